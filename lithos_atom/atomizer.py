@@ -1,0 +1,215 @@
+"""The global opt-in: which atomizer, if any, handles intercepted kernel launches.
+
+Modeled on ``cupy.cuda.set_allocator`` / ``using_allocator``: `set_atomizer` sets the
+process-wide atomizer, `using_atomizer` sets one for the calling thread inside a ``with``
+block and restores the previous state on exit. While any atomizer is set, ordinary
+CuPy ``RawKernel``/``RawModule`` and Numba ``@cuda.jit`` launches are intercepted;
+when none is, the libraries' own classes and methods are back in place, unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+from lithos_atom.plan import LaunchPlan
+from lithos_atom.settings import get_settings
+from lithos_atom.sizing import LaunchDurations
+
+
+class AtomizeWarning(UserWarning):
+    """A kernel runs whole because it cannot be atomized (issued once per kernel)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AtomizeOptions:
+    """How launches are split.
+
+    Attributes
+    ----------
+    atom_blocks : int, optional
+        Fixed number of blocks per atom. Wins over ``atom_us``.
+    atom_us : float, optional
+        Target atom duration in microseconds (default: ``LITHOS_ATOM_US``, 250). The first
+        launch of each kernel shape runs whole and is timed with device events.
+    strict : bool, optional
+        Raise `lithos_atom.UnsupportedKernelError` for a kernel that cannot be atomized,
+        instead of running it whole with an `AtomizeWarning` (default: ``LITHOS_STRICT``).
+    """
+
+    atom_blocks: int | None = None
+    atom_us: float | None = None
+    strict: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.atom_blocks is not None and (
+            isinstance(self.atom_blocks, bool) or not isinstance(self.atom_blocks, int) or self.atom_blocks < 1
+        ):
+            raise ValueError(f"atom_blocks must be a positive int, got {self.atom_blocks!r}")
+        if self.atom_us is not None and (isinstance(self.atom_us, bool) or not self.atom_us > 0):
+            raise ValueError(f"atom_us must be a positive number, got {self.atom_us!r}")
+        if self.strict is not None and not isinstance(self.strict, bool):
+            raise ValueError(f"strict must be a bool, got {self.strict!r}")
+
+    def resolved(self) -> AtomizeOptions:
+        """These options with unset fields taken from the settings."""
+        s = get_settings()
+        return AtomizeOptions(
+            atom_blocks=self.atom_blocks,
+            atom_us=self.atom_us if self.atom_us is not None or self.atom_blocks is not None else s.atom_us,
+            strict=s.strict if self.strict is None else self.strict,
+        )
+
+
+# Launch durations learned for atom sizing, shared by every front end.
+DURATIONS = LaunchDurations()
+
+
+class Atomizer:
+    """Issues the atoms of intercepted launches.
+
+    The base atomizer issues every atom of a launch onto the launch's own stream, in
+    increasing block order, so stream semantics stay exactly as the user wrote them. A
+    scheduler subclasses it and overrides `submit` to place atoms on partitions.
+
+    Parameters
+    ----------
+    atom_blocks, atom_us, strict
+        See `AtomizeOptions`.
+    """
+
+    def __init__(self, *, atom_blocks: int | None = None, atom_us: float | None = None, strict: bool | None = None):
+        self.options = AtomizeOptions(atom_blocks=atom_blocks, atom_us=atom_us, strict=strict).resolved()
+        self._warned: set[str] = set()
+        self._warned_lock = threading.Lock()
+
+    def submit(self, plan: LaunchPlan, stream: Any) -> None:
+        """Issue ``plan`` onto ``stream``.
+
+        When the plan's kernel shape has not been timed yet, the launch is bracketed by
+        device events so later launches can be sized (read without waiting).
+        """
+        timed = plan.atomized and DURATIONS.wants_measurement(plan.key)
+        if timed:
+            import cupy
+
+            cupy_stream = as_cupy_stream(stream)
+            start, end = cupy.cuda.Event(), cupy.cuda.Event()
+            start.record(cupy_stream)
+        plan.issue_all(stream)
+        if timed:
+            end.record(cupy_stream)
+            DURATIONS.add_pending(plan.key, start, end)
+
+    def warn_whole(self, kernel_name: str, reason: str) -> None:
+        """Warn, once per kernel name, that a kernel runs whole."""
+        with self._warned_lock:
+            if kernel_name in self._warned:
+                return
+            self._warned.add(kernel_name)
+        warnings.warn(f"lithos: kernel {kernel_name!r} runs whole (not atomized): {reason}", AtomizeWarning, stacklevel=4)
+
+
+def as_cupy_stream(stream: Any) -> Any:
+    """A ``cupy.cuda.Stream`` for ``stream`` (CuPy stream, ``__cuda_stream__`` object or None)."""
+    import cupy
+
+    if stream is None:
+        return cupy.cuda.get_current_stream()
+    if isinstance(stream, cupy.cuda.Stream):
+        return stream
+    cached = getattr(stream, "cupy", None)
+    if isinstance(cached, cupy.cuda.Stream):
+        return cached
+    if hasattr(stream, "__cuda_stream__"):
+        return cupy.cuda.Stream.from_external(stream)
+    raise TypeError(f"cannot use {type(stream).__name__} as a CUDA stream (no __cuda_stream__)")
+
+
+_global_atomizer: Atomizer | None = None
+_state_lock = threading.Lock()
+_local = threading.local()
+_UNSET = object()
+_active_users = 0  # the global atomizer plus every open using_atomizer block
+
+
+def _retain() -> None:
+    global _active_users
+    from lithos_atom import interception
+
+    with _state_lock:
+        _active_users += 1
+        if _active_users == 1:
+            interception.install()
+
+
+def _release() -> None:
+    global _active_users
+    from lithos_atom import interception
+
+    with _state_lock:
+        _active_users -= 1
+        if _active_users == 0:
+            interception.uninstall()
+
+
+def get_atomizer() -> Atomizer | None:
+    """The atomizer in effect for the calling thread, or None when launches run as written.
+
+    Returns
+    -------
+    Atomizer or None
+    """
+    local = getattr(_local, "atomizer", _UNSET)
+    if local is not _UNSET:
+        return local  # type: ignore[return-value]
+    return _global_atomizer
+
+
+def set_atomizer(atomizer: Atomizer | None) -> None:
+    """Set the process-wide atomizer; None turns global interception off.
+
+    Parameters
+    ----------
+    atomizer : Atomizer or None
+        For example ``Atomizer(atom_us=250)``, or a scheduler.
+    """
+    global _global_atomizer
+    if atomizer is not None and not isinstance(atomizer, Atomizer):
+        raise TypeError(f"atomizer must be an Atomizer or None, got {type(atomizer).__name__}")
+    previous = _global_atomizer
+    _global_atomizer = atomizer
+    if previous is None and atomizer is not None:
+        _retain()
+    elif previous is not None and atomizer is None:
+        _release()
+
+
+@contextlib.contextmanager
+def using_atomizer(atomizer: Atomizer | None) -> Iterator[Atomizer | None]:
+    """Use ``atomizer`` for launches from the calling thread inside the ``with`` block.
+
+    ``using_atomizer(None)`` runs the block's launches as written even while a global
+    atomizer is set. The previous thread state is restored on exit.
+
+    Parameters
+    ----------
+    atomizer : Atomizer or None
+    """
+    if atomizer is not None and not isinstance(atomizer, Atomizer):
+        raise TypeError(f"atomizer must be an Atomizer or None, got {type(atomizer).__name__}")
+    previous = getattr(_local, "atomizer", _UNSET)
+    _local.atomizer = atomizer
+    _retain()
+    try:
+        yield atomizer
+    finally:
+        if previous is _UNSET:
+            del _local.atomizer
+        else:
+            _local.atomizer = previous
+        _release()

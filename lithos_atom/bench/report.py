@@ -1,0 +1,136 @@
+"""Tables (rich) and plots (matplotlib) of benchmark results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def json_default(obj: Any) -> Any:
+    """JSON for numpy scalars, tuples-as-keys and paths."""
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (Path, set, frozenset)):
+        return str(obj) if isinstance(obj, Path) else sorted(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def print_mapping(values: dict[str, Any], console: Console, title: str) -> None:
+    """A two-column table of the scalar entries of ``values``."""
+    table = Table(title=title)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in values.items():
+        if isinstance(value, (int, float, str, bool)):
+            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+def print_atoms(out: dict[str, Any], console: Console) -> None:
+    """The atomization overhead tables."""
+    print_mapping(out["launch_cost"], console, "launch cost (host us per launch)")
+    long = out["long_kernel"]
+    table = Table(title=f"long kernel {long['kernel']}: {long['blocks']} blocks, whole {long['whole_us']:.0f} us")
+    for col in ("variant", "atoms", "blocks/atom", "mean atom us", "total us", "overhead"):
+        table.add_column(col, justify="right")
+    for name, row in long.items():
+        if isinstance(row, dict) and "overhead_ratio" in row:
+            table.add_row(name, str(row["atoms"]), str(row["blocks_per_atom"]), f"{row['mean_atom_us']:.0f}",
+                          f"{row['total_us']:.0f}", f"{(row['overhead_ratio'] - 1) * 100:+.2f}%")
+    console.print(table)
+    growth = Table(title="rewritten kernels: registers and static shared memory")
+    for col in ("kernel", "regs", "regs atomized", "shared B", "shared B atomized"):
+        growth.add_column(col, justify="right")
+    for name, r in {"burn": long["resources"], **out.get("resource_growth", {})}.items():
+        growth.add_row(name, str(r["regs_original"]), str(r["regs_atomized"]),
+                       str(r["static_shared_original"]), str(r["static_shared_atomized"]))
+    console.print(growth)
+
+
+def print_colocation(out: dict[str, Any], console: Console) -> None:
+    """Per-scenario latency/throughput table and lithos-vs-baseline ratios."""
+    scenarios = out.get("scenarios", {})
+    table = Table(title="co-location" + (" (SIMULATED)" if out.get("simulated") else ""))
+    for col in ("scenario", "hp p50 ms", "hp p99 ms", "hp done", "be throughput (norm)"):
+        table.add_column(col, justify="right")
+    for name, s in scenarios.items():
+        hp, be = s.get("hp", {}), s.get("be", {})
+        table.add_row(name, _fmt(hp.get("p50_ms")), _fmt(hp.get("p99_ms")), str(hp.get("completed", "")),
+                      _fmt(be.get("throughput_norm")))
+    console.print(table)
+    ratios = out.get("ratios")
+    if ratios:
+        rt = Table(title="lithos vs each baseline")
+        for col in ("baseline", "hp p99 baseline/lithos", "be throughput lithos/baseline"):
+            rt.add_column(col, justify="right")
+        for name, r in ratios.items():
+            rt.add_row(name, _fmt(r.get("p99_reduction")), _fmt(r.get("be_throughput_gain")))
+        console.print(rt)
+
+
+def _fmt(v: Any) -> str:
+    return "" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))
+
+
+def plots(results: dict[str, Any], folder: Path) -> list[Path]:
+    """Write the PNG plots the results support; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    tag = " (simulated device)" if results.get("simulated") else ""
+    col = results["sections"].get("colocation") or {}
+    scen = col.get("scenarios") or {}
+    if scen:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name, s in scen.items():
+            lat = s.get("hp", {}).get("latencies_ms")
+            if lat:
+                xs = np.sort(np.asarray(lat))
+                ax.plot(xs, np.arange(1, len(xs) + 1) / len(xs), label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("latency-critical request latency (ms)")
+        ax.set_ylabel("CDF")
+        ax.set_title("latency CDF" + tag)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = folder / "latency_cdf.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+        fig, ax = plt.subplots(figsize=(7, 4))
+        names = [n for n in scen if scen[n].get("be", {}).get("throughput_norm") is not None]
+        ax.bar(names, [scen[n]["be"]["throughput_norm"] for n in names])
+        ax.set_ylabel("best-effort throughput (normalized to alone)")
+        ax.set_title("best-effort throughput" + tag)
+        ax.tick_params(axis="x", rotation=30, labelsize=7)
+        fig.tight_layout()
+        path = folder / "be_throughput.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    atoms = results["sections"].get("atoms") or {}
+    long = atoms.get("long_kernel")
+    if long:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        names = [n for n, r in long.items() if isinstance(r, dict) and "overhead_ratio" in r]
+        ax.bar(names, [(long[n]["overhead_ratio"] - 1) * 100 for n in names])
+        ax.axhline(3.0, color="red", linestyle="--", label="3% goal")
+        ax.set_ylabel("total-time overhead vs one launch (%)")
+        ax.set_title("atomization overhead" + tag)
+        ax.legend()
+        fig.tight_layout()
+        path = folder / "atom_overhead.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,344 @@
+"""Atomized launches of CuPy ``RawKernel`` and ``RawModule`` kernels.
+
+The kernel's source is compiled again to PTX with NVRTC (CuPy 14 keeps only a cubin),
+every entry of the module is rewritten, and the result is linked and loaded once per
+device. An atom is a launch of the rewritten function over a 1-D grid of ``count``
+blocks with the four atom arguments appended; CuPy packs the user's arguments exactly
+as it does for the original kernel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from lithos_atom.atomizer import DURATIONS, AtomizeOptions, Atomizer, as_cupy_stream, get_atomizer
+from lithos_atom.compile import cuda_source_to_ptx, link_ptx
+from lithos_atom.errors import AtomizeError, UnsupportedKernelError
+from lithos_atom.indexing import total_blocks as count_blocks
+from lithos_atom.plan import KernelKey, LaunchPlan
+from lithos_atom.ptx import RewriteResult, rewrite_module
+from lithos_atom.sizing import choose_atom_blocks
+
+_MAX_DEFAULT_DYNAMIC_SHMEM = 48 * 1024
+_CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class CupySource:
+    """Everything needed to compile a CuPy raw kernel again, to PTX.
+
+    Attributes
+    ----------
+    code : str
+        CUDA source ("" when loaded from a file).
+    name : str
+        Kernel name, or a name expression of ``name_expressions``.
+    options : tuple of str
+        NVRTC options.
+    name_expressions : tuple of str
+        Template instantiations of the module.
+    backend : str
+        ``"nvrtc"`` or ``"nvcc"``.
+    jitify : bool
+        Whether Jitify was requested.
+    cooperative : bool
+        Whether the kernel was built for cooperative launch.
+    file_path : str or None
+        Path the module was loaded from, if any.
+    """
+
+    code: str
+    name: str
+    options: tuple[str, ...] = ()
+    name_expressions: tuple[str, ...] = ()
+    backend: str = "nvrtc"
+    jitify: bool = False
+    cooperative: bool = False
+    file_path: str | None = None
+
+    def unsupported_reason(self) -> str | None:
+        """Why this kernel cannot be rewritten from its source, or None."""
+        if self.cooperative:
+            return "built with enable_cooperative_groups=True (its blocks may rely on being co-resident)"
+        if self.jitify:
+            return "compiled with jitify (deprecated in CuPy; compile without it to atomize)"
+        if self.backend != "nvrtc":
+            return f"backend={self.backend!r}; only NVRTC-compiled kernels are rewritten"
+        if self.file_path is not None and not self.file_path.endswith(".ptx"):
+            return f"loaded from {self.file_path!r}, a binary without PTX to rewrite"
+        return None
+
+
+def source_of_raw_kernel(kernel: Any) -> CupySource:
+    """The `CupySource` of a ``cupy.RawKernel``.
+
+    Raises
+    ------
+    TypeError
+        For a kernel without source code (a ``RawModule`` function; use
+        `lithos_atom.atomize_module_function`).
+    """
+    if not kernel.code and not getattr(kernel, "file_path", None):
+        raise TypeError(
+            f"kernel {kernel.name!r} carries no source to rewrite; for a RawModule function use "
+            "lithos_atom.atomize_module_function(module, name)"
+        )
+    return CupySource(
+        code=kernel.code or "",
+        name=kernel.name,
+        options=tuple(kernel.options),
+        backend=kernel.backend,
+        jitify=bool(getattr(kernel, "_jitify", False)),
+        cooperative=bool(kernel.enable_cooperative_groups),
+        file_path=getattr(kernel, "file_path", None),
+    )
+
+
+def source_of_module_function(module: Any, name: str) -> CupySource:
+    """The `CupySource` of function ``name`` of a ``cupy.RawModule``."""
+    return CupySource(
+        code=module.code or "",
+        name=name,
+        options=tuple(module.options),
+        name_expressions=tuple(module.name_expressions or ()),
+        backend=module.backend,
+        cooperative=bool(module.enable_cooperative_groups),
+        file_path=module.file_path,
+    )
+
+
+def _cupy_default_options(options: Sequence[str]) -> tuple[str, ...]:
+    # CuPy 14 compiles raw kernels as C++17 unless the user chose a standard.
+    if any(o.startswith(("-std", "--std")) for o in options):
+        return tuple(options)
+    return (*options, "-std=c++17")
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedKernel:
+    """A rewritten, linked and loaded kernel ready for atom launches.
+
+    Attributes
+    ----------
+    function : cupy.cuda.function.Function
+        The rewritten kernel.
+    entry : str
+        Its PTX entry name.
+    rewrite : RewriteResult
+        The module rewrite, for reports (register and shared-memory growth).
+    """
+
+    function: Any
+    entry: str
+    rewrite: RewriteResult
+
+
+_prepared: dict[tuple[CupySource, int], PreparedKernel | str] = {}
+_prepared_lock = threading.Lock()
+
+
+def _device_id_and_cc() -> tuple[int, str]:
+    import cupy
+
+    dev = cupy.cuda.Device()
+    return dev.id, dev.compute_capability
+
+
+def prepare(source: CupySource) -> PreparedKernel | str:
+    """Rewrite, link and load ``source`` on the current device (cached).
+
+    Returns
+    -------
+    PreparedKernel or str
+        The prepared kernel, or the reason it cannot be atomized.
+    """
+    device_id, cc = _device_id_and_cc()
+    key = (source, device_id)
+    with _prepared_lock:
+        cached = _prepared.get(key)
+    if cached is not None:
+        return cached
+    result = _prepare_uncached(source, cc)
+    with _prepared_lock:
+        _prepared[key] = result
+    return result
+
+
+def _prepare_uncached(source: CupySource, cc: str) -> PreparedKernel | str:
+    import cupy
+
+    reason = source.unsupported_reason()
+    if reason is not None:
+        return reason
+    if source.file_path is not None:
+        with open(source.file_path) as f:
+            ptx, mapping = f.read(), {}
+    else:
+        ptx, mapping = cuda_source_to_ptx(
+            source.code, _cupy_default_options(source.options), cc, source.name_expressions,
+            filename=f"{hashlib.sha1(source.code.encode()).hexdigest()[:12]}.cu",
+        )
+    entry = mapping.get(source.name, source.name)
+    result = rewrite_module(ptx, skip_unsupported=True)
+    info = result.entries.get(entry)
+    if info is None:
+        raise AtomizeError(f"kernel {source.name!r} (entry {entry!r}) is not in the compiled module")
+    if not info.atomized:
+        return info.reason or "the rewriter refused it"
+    cubin = link_ptx(result.ptx, f"sm_{cc}", name=entry)
+    module = cupy.cuda.function.Module()
+    module.load(cubin)
+    return PreparedKernel(function=module.get_function(entry), entry=entry, rewrite=result)
+
+
+def _dim3(value: Any, what: str) -> tuple[int, int, int]:
+    dims = (value,) if isinstance(value, (int, np.integer)) else tuple(value)
+    if not 1 <= len(dims) <= 3 or not all(isinstance(d, (int, np.integer)) for d in dims):
+        raise ValueError(f"{what} must be an int or a tuple of 1-3 ints, got {value!r}")
+    return tuple(int(d) for d in dims) + (1,) * (3 - len(dims))  # type: ignore[return-value]
+
+
+def _arg_shapes(args: Sequence[Any]) -> tuple:
+    return tuple(getattr(a, "shape", ()) for a in args)
+
+
+class AtomizedRawKernel:
+    """A CuPy raw kernel whose launches run as atoms; call it like the kernel itself.
+
+    ``k(grid, block, args, shared_mem=0, stream=None)`` launches the grid as atoms on
+    ``stream`` in increasing block order (or hands them to the active scheduler). Every
+    other attribute is the wrapped kernel's.
+
+    Parameters
+    ----------
+    kernel : cupy.RawKernel
+        The kernel (from ``cupy.RawKernel`` or ``RawModule.get_function``).
+    options : AtomizeOptions, optional
+        Atom sizing; defaults from the settings.
+    source : CupySource, optional
+        How to compile it again; derived from ``kernel`` when omitted.
+    """
+
+    def __init__(self, kernel: Any, options: AtomizeOptions | None = None, *, source: CupySource | None = None):
+        self._kernel = kernel
+        self._source = source if source is not None else source_of_raw_kernel(kernel)
+        self._direct = Atomizer(**dataclasses.asdict(options or AtomizeOptions()))
+
+    @property
+    def options(self) -> AtomizeOptions:
+        """The atom sizing used when no scheduler is active."""
+        return self._direct.options
+
+    @property
+    def source(self) -> CupySource:
+        """How the kernel is compiled to PTX."""
+        return self._source
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._kernel, name)
+
+    def __repr__(self) -> str:
+        return f"<lithos atomized {self._source.name!r}>"
+
+    def prepared(self) -> PreparedKernel | str:
+        """The rewritten kernel, or why the kernel cannot be atomized."""
+        return prepare(self._source)
+
+    def plan(
+        self,
+        grid: Any,
+        block: Any,
+        args: Sequence[Any],
+        *,
+        shared_mem: int = 0,
+        enable_cooperative_groups: bool = False,
+        options: AtomizeOptions | None = None,
+    ) -> LaunchPlan:
+        """Build the `LaunchPlan` of one launch without issuing anything.
+
+        Raises
+        ------
+        UnsupportedKernelError
+            In strict mode, when the kernel cannot be atomized.
+        """
+        opts = options or self.options
+        grid3, block3 = _dim3(grid, "grid"), _dim3(block, "block")
+        args = tuple(args)
+        key = KernelKey(self._source.name, grid3, block3, int(shared_mem), _arg_shapes(args))
+        total = grid3[0] * grid3[1] * grid3[2]
+        reason = None
+        if enable_cooperative_groups:
+            reason = "launched with enable_cooperative_groups=True"
+        prepared = None if reason else self.prepared()
+        if isinstance(prepared, str):
+            reason = prepared
+        if reason is None:
+            try:
+                count_blocks(grid3)
+            except ValueError as exc:
+                reason = str(exc)  # let CuPy report the bad grid from the original launch
+        if reason is not None:
+            if opts.strict:
+                raise UnsupportedKernelError(reason, entry=self._source.name)
+
+            def launch_whole(stream: Any) -> None:
+                self._kernel(grid, block, args, shared_mem=shared_mem, stream=as_cupy_stream(stream),
+                             enable_cooperative_groups=enable_cooperative_groups)
+
+            return LaunchPlan.whole(key, total, launch_whole, reason)
+        assert isinstance(prepared, PreparedKernel)
+        function = prepared.function
+        if shared_mem > _MAX_DEFAULT_DYNAMIC_SHMEM:
+            import cupy
+
+            cupy.cuda.driver.funcSetAttribute(function.ptr, _CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, shared_mem)
+        wave = _wave_blocks(function, block3, shared_mem)
+        gx, gy, gz = (np.uint32(d) for d in grid3)
+
+        def issue_range(start: int, count: int, stream: Any) -> None:
+            function((count, 1, 1), block3, (*args, np.uint64(start), gx, gy, gz),
+                     shared_mem=shared_mem, stream=as_cupy_stream(stream))
+
+        atom_blocks = choose_atom_blocks(
+            total, wave, atom_blocks=opts.atom_blocks, atom_us=opts.atom_us, launch_us=DURATIONS.estimate_us(key)
+        )
+        return LaunchPlan.build(key, total, atom_blocks, issue_range, wave_blocks=wave)
+
+    def __call__(
+        self,
+        grid: Any,
+        block: Any,
+        args: Sequence[Any],
+        *,
+        shared_mem: int = 0,
+        stream: Any = None,
+        enable_cooperative_groups: bool = False,
+    ) -> None:
+        atomizer = get_atomizer() or self._direct
+        plan = self.plan(grid, block, args, shared_mem=shared_mem,
+                         enable_cooperative_groups=enable_cooperative_groups, options=self.options)
+        if not plan.atomized:
+            atomizer.warn_whole(self._source.name, plan.reason or "")
+        atomizer.submit(plan, stream)
+
+
+_wave_cache: dict[tuple[int, tuple[int, int, int], int], int] = {}
+
+
+def _wave_blocks(function: Any, block: tuple[int, int, int], shared_mem: int) -> int:
+    import cupy
+
+    key = (function.ptr, block, shared_mem)
+    wave = _wave_cache.get(key)
+    if wave is None:
+        threads = block[0] * block[1] * block[2]
+        per_sm = cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(function.ptr, threads, shared_mem)
+        sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
+        wave = _wave_cache[key] = max(1, per_sm) * sms
+    return wave

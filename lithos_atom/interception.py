@@ -1,0 +1,98 @@
+"""Swap lithos into CuPy and Numba while an atomizer is set, and back out exactly.
+
+CuPy's ``RawKernel`` and ``RawModule`` are Cython classes whose methods cannot be patched,
+so while an atomizer is set the public names ``cupy.RawKernel`` and ``cupy.RawModule``
+refer to subclasses that route launches through the active atomizer; kernels created in
+that time are intercepted (kernels created earlier are not: wrap them with
+``lithos.atomize``). Numba launches are intercepted at ``_Kernel.launch`` for every kernel.
+`uninstall` puts the original objects back, so ``cupy.RawKernel is`` the original again.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from lithos_atom import numba_frontend
+
+_lock = threading.Lock()
+_originals: dict[str, Any] = {}
+
+
+def _make_classes(raw_kernel: type, raw_module: type) -> tuple[type, type]:
+    from lithos_atom.atomizer import get_atomizer
+    from lithos_atom.cupy_frontend import AtomizedRawKernel, source_of_module_function
+
+    def launch(atomized: AtomizedRawKernel, fallback: Any, grid: Any, block: Any, args: Any,
+               shared_mem: int, stream: Any, enable_cooperative_groups: bool) -> None:
+        atomizer = get_atomizer()
+        if atomizer is None:
+            return fallback(grid, block, args, shared_mem=shared_mem, stream=stream,
+                            enable_cooperative_groups=enable_cooperative_groups)
+        plan = atomized.plan(grid, block, args, shared_mem=shared_mem,
+                             enable_cooperative_groups=enable_cooperative_groups, options=atomizer.options)
+        if not plan.atomized:
+            atomizer.warn_whole(atomized.source.name, plan.reason or "")
+        atomizer.submit(plan, stream)
+
+    class RawKernel(raw_kernel):  # type: ignore[misc, valid-type]
+        __doc__ = raw_kernel.__doc__
+
+        def __call__(self, grid: Any, block: Any, args: Any, *, shared_mem: int = 0, stream: Any = None,
+                     enable_cooperative_groups: bool = False) -> None:
+            atomized = self.__dict__.get("_lithos_atomized")
+            if atomized is None:
+                atomized = self.__dict__["_lithos_atomized"] = AtomizedRawKernel(self)
+            launch(atomized, super().__call__, grid, block, args, shared_mem, stream, enable_cooperative_groups)
+
+    class ModuleKernel:
+        """A function of an intercepted ``RawModule``; attributes are the kernel's."""
+
+        def __init__(self, kernel: Any, module: Any, name: str):
+            self._kernel = kernel
+            self._atomized = AtomizedRawKernel(kernel, source=source_of_module_function(module, name))
+
+        def __call__(self, grid: Any, block: Any, args: Any, *, shared_mem: int = 0, stream: Any = None,
+                     enable_cooperative_groups: bool = False) -> None:
+            launch(self._atomized, self._kernel, grid, block, args, shared_mem, stream, enable_cooperative_groups)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._kernel, name)
+
+    class RawModule(raw_module):  # type: ignore[misc, valid-type]
+        __doc__ = raw_module.__doc__
+
+        def get_function(self, name: str) -> Any:
+            return ModuleKernel(super().get_function(name), self, name)
+
+    RawKernel.__name__ = RawKernel.__qualname__ = "RawKernel"
+    RawModule.__name__ = RawModule.__qualname__ = "RawModule"
+    return RawKernel, RawModule
+
+
+def install() -> None:
+    """Route CuPy and Numba kernel launches through the active atomizer."""
+    import cupy
+
+    with _lock:
+        if _originals:
+            return
+        _originals["RawKernel"], _originals["RawModule"] = cupy.RawKernel, cupy.RawModule
+        cupy.RawKernel, cupy.RawModule = _make_classes(cupy.RawKernel, cupy.RawModule)
+        numba_frontend.acquire_hook()
+
+
+def uninstall() -> None:
+    """Restore CuPy's and Numba's own objects."""
+    import cupy
+
+    with _lock:
+        if not _originals:
+            return
+        cupy.RawKernel, cupy.RawModule = _originals.pop("RawKernel"), _originals.pop("RawModule")
+        numba_frontend.release_hook()
+
+
+def installed() -> bool:
+    """Whether interception is in place."""
+    return bool(_originals)

@@ -1,0 +1,149 @@
+"""Atoms: the block ranges one kernel launch is split into, issued one at a time.
+
+A `LaunchPlan` is one intercepted launch (kernel, grid, block, shared memory, arguments),
+split into `Atom`s that cover the linearized block index space ``[0, total_blocks)`` in
+increasing order. Each atom can be issued onto any stream; the front end that built the
+plan knows how to launch the rewritten kernel for a block range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from lithos_atom.indexing import split_blocks
+
+# issue_range(start, count, stream) launches blocks [start, start + count) of the plan.
+IssueRange = Callable[[int, int, Any], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelKey:
+    """What identifies a kernel launch shape for prediction and caching.
+
+    Attributes
+    ----------
+    name : str
+        Kernel (entry) name.
+    grid, block : tuple of int
+        The user's 3-D grid and block.
+    shared_mem : int
+        Dynamic shared memory in bytes.
+    arg_shapes : tuple
+        Shapes of array arguments (``()`` for scalars), so one kernel over different
+        sizes is predicted separately.
+    """
+
+    name: str
+    grid: tuple[int, int, int]
+    block: tuple[int, int, int]
+    shared_mem: int
+    arg_shapes: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Atom:
+    """One contiguous range of a launch's blocks.
+
+    Attributes
+    ----------
+    plan : LaunchPlan
+        The launch this atom belongs to.
+    index : int
+        Position of the atom in the plan.
+    start : int
+        First linear block index.
+    count : int
+        Number of blocks.
+    """
+
+    plan: LaunchPlan
+    index: int
+    start: int
+    count: int
+
+    def issue(self, stream: Any) -> None:
+        """Launch this atom's blocks on ``stream`` (asynchronously).
+
+        Parameters
+        ----------
+        stream
+            A CuPy stream, a Numba/cuda.core stream, or any object with ``__cuda_stream__``.
+        """
+        self.plan.issue_range(self.start, self.count, stream)
+
+
+@dataclasses.dataclass
+class LaunchPlan:
+    """One kernel launch, split into atoms.
+
+    Attributes
+    ----------
+    key : KernelKey
+        The launch's shape.
+    total_blocks : int
+        Blocks in the whole grid.
+    wave_blocks : int
+        Blocks that fit on the whole device at once (occupancy x SMs); 0 if unknown.
+    atoms : tuple of Atom
+        The atoms, in increasing block order.
+    atomized : bool
+        False when the kernel runs whole (one unsplit launch of the original kernel).
+    reason : str or None
+        Why the kernel runs whole, when it does.
+    """
+
+    key: KernelKey
+    total_blocks: int
+    wave_blocks: int
+    issue_range: IssueRange
+    atoms: tuple[Atom, ...] = ()
+    atomized: bool = True
+    reason: str | None = None
+    finish: Callable[[], None] | None = None
+
+    @classmethod
+    def build(
+        cls,
+        key: KernelKey,
+        total_blocks: int,
+        atom_blocks: int,
+        issue_range: IssueRange,
+        *,
+        wave_blocks: int = 0,
+        finish: Callable[[], None] | None = None,
+    ) -> LaunchPlan:
+        """Split a launch into atoms of ``atom_blocks`` blocks (the last may be shorter)."""
+        plan = cls(key=key, total_blocks=total_blocks, wave_blocks=wave_blocks, issue_range=issue_range, finish=finish)
+        plan.atoms = tuple(
+            Atom(plan, i, start, count) for i, (start, count) in enumerate(split_blocks(total_blocks, atom_blocks))
+        )
+        return plan
+
+    @classmethod
+    def whole(
+        cls, key: KernelKey, total_blocks: int, launch_whole: Callable[[Any], None], reason: str
+    ) -> LaunchPlan:
+        """A plan with a single atom that launches the original kernel unsplit."""
+        plan = cls(
+            key=key,
+            total_blocks=total_blocks,
+            wave_blocks=0,
+            issue_range=lambda start, count, stream: launch_whole(stream),
+            atomized=False,
+            reason=reason,
+        )
+        plan.atoms = (Atom(plan, 0, 0, total_blocks),)
+        return plan
+
+    def issue_all(self, stream: Any) -> None:
+        """Issue every atom on ``stream`` in order, then run the front end's completion step."""
+        for atom in self.atoms:
+            atom.issue(stream)
+        self.complete()
+
+    def complete(self) -> None:
+        """Run the front end's step after the last atom is issued (Numba copies back host arrays)."""
+        if self.finish is not None:
+            self.finish()

@@ -1,0 +1,94 @@
+"""Typed lithos settings, read from the environment in one place.
+
+Each setting has a default and an environment variable; a bad value raises
+``ValueError`` naming the variable, at the moment the settings are read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from pathlib import Path
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """lithos settings.
+
+    Attributes
+    ----------
+    cache_dir : Path
+        Where rewritten and linked kernels are cached on disk (``LITHOS_CACHE_DIR``,
+        default ``~/.cache/lithos``).
+    disk_cache : bool
+        Whether the on-disk kernel cache is used (``LITHOS_DISK_CACHE``, default on).
+    atom_us : float
+        Default target duration of one atom in microseconds (``LITHOS_ATOM_US``,
+        default 250, the low end of what the LithOS paper found to work well).
+    strict : bool
+        Default for ``strict``: raise instead of running a kernel whole when it cannot be
+        atomized (``LITHOS_STRICT``, default off).
+    """
+
+    cache_dir: Path
+    disk_cache: bool
+    atom_us: float
+    strict: bool
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _read_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{name}={raw!r} is not a boolean (use 1/0, true/false, on/off)")
+
+
+def _read_positive_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+    if not value > 0:
+        raise ValueError(f"{name}={raw!r} must be > 0")
+    return value
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Read the settings from the environment (once per process; see `reload_settings`).
+
+    Returns
+    -------
+    Settings
+    """
+    cache_dir = Path(os.environ.get("LITHOS_CACHE_DIR") or Path.home() / ".cache" / "lithos")
+    return Settings(
+        cache_dir=cache_dir,
+        disk_cache=_read_bool("LITHOS_DISK_CACHE", True),
+        atom_us=_read_positive_float("LITHOS_ATOM_US", 250.0),
+        strict=_read_bool("LITHOS_STRICT", False),
+    )
+
+
+def reload_settings() -> Settings:
+    """Forget the cached settings and read the environment again.
+
+    Returns
+    -------
+    Settings
+    """
+    get_settings.cache_clear()
+    return get_settings()

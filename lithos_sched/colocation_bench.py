@@ -1,0 +1,336 @@
+"""Co-location benchmark: a latency-critical tenant beside a best-effort one.
+
+The latency-critical (LC) tenant serves requests that arrive as a Poisson process; each
+request is a few short kernels, and its latency runs from arrival to completion. The
+best-effort (BE) tenant launches long kernels back to back; its throughput is kernels per
+second, normalized to running alone. Every scenario runs in the same process, one after
+the other, with the same kernels and the same arrival times:
+
+- ``lc_alone`` / ``be_alone``: each tenant alone on the whole device
+- ``streams``: both on ordinary streams (NVIDIA's default sharing within a process)
+- ``priorities``: the LC tenant on a high-priority stream
+- ``static_split``: each on its own TPC partition, no stealing, no atoms (MIG-like)
+- ``lithos``: the scheduler: atoms, partitions, stealing, prediction
+- ``lithos_no_steal`` / ``lithos_no_atoms``: ablations
+
+On a machine without a GPU the same scenarios run on the simulated device
+(`lithos_sched.sim_colocation`), and the results say so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from lithos_sched.tenant import Priority, TenantSpec
+
+BURN = r'''
+extern "C" __global__ void burn(float* out, int iters) {
+    float a = threadIdx.x * 1e-3f + blockIdx.x, b = 0.999f, c = 1e-4f;
+    for (int i = 0; i < iters; ++i) { a = fmaf(a, b, c); b = fmaf(b, a, c) * 0.5f + 0.5f; }
+    out[(long long)blockIdx.x * blockDim.x + threadIdx.x] = a + b;
+}'''
+
+THREADS = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class ColocationConfig:
+    """Workload and scenario settings.
+
+    Attributes
+    ----------
+    duration_s : float
+        Length of each co-located scenario.
+    lc_rate_hz : float
+        Mean LC request rate (Poisson arrivals).
+    lc_kernels : int
+        Kernels per LC request.
+    lc_blocks : int
+        Blocks per LC kernel (a batch-1 style kernel that does not need the whole GPU).
+    lc_block_us : float
+        Target duration of one LC block.
+    be_block_us : float
+        Target duration of one BE block (it bounds how fast stolen TPCs come back).
+    be_kernel_ms : float
+        Target duration of one BE kernel alone.
+    lc_share : float
+        Fraction of TPCs owned by the LC tenant in the partitioned scenarios.
+    seed : int
+        Seed of the arrival process.
+    """
+
+    duration_s: float = 4.0
+    lc_rate_hz: float = 150.0
+    lc_kernels: int = 2
+    lc_blocks: int = 264
+    lc_block_us: float = 150.0
+    be_block_us: float = 150.0
+    be_kernel_ms: float = 20.0
+    lc_share: float = 0.5
+    seed: int = 0
+
+    def arrivals(self) -> np.ndarray:
+        """LC arrival times in seconds from the scenario start."""
+        rng = np.random.default_rng(self.seed)
+        n = int(self.duration_s * self.lc_rate_hz * 2) + 10
+        t = np.cumsum(rng.exponential(1.0 / self.lc_rate_hz, size=n))
+        return t[t < self.duration_s]
+
+
+@dataclasses.dataclass
+class _Calibration:
+    lc_iters: int
+    be_iters: int
+    be_blocks: int
+    lc_kernel_us: float
+    be_kernel_us: float
+    wave_blocks: int
+
+
+def _burn_kernel() -> Any:
+    import cupy
+
+    return cupy.RawKernel(BURN, "burn")  # looked up now, so an installed opt-in sees it
+
+
+def _time_launch(fn: Callable[[], None], stream: Any, reps: int = 5) -> float:
+    import cupy
+
+    out = []
+    for _ in range(reps):
+        a, b = cupy.cuda.Event(), cupy.cuda.Event()
+        a.record(stream)
+        fn()
+        b.record(stream)
+        b.synchronize()
+        out.append(cupy.cuda.get_elapsed_time(a, b) * 1000.0)
+    return statistics.median(out)
+
+
+def calibrate(cfg: ColocationConfig) -> _Calibration:
+    """Pick loop counts so blocks and kernels last about as long as configured."""
+    import cupy
+
+    k = _burn_kernel()
+    stream = cupy.cuda.Stream(non_blocking=True)
+    sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
+    per_sm = cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(k.kernel.ptr, THREADS, 0)
+    wave = per_sm * sms
+    out = cupy.empty(wave * THREADS, np.float32)
+    probe_iters = 2000
+    wave_us = _time_launch(lambda: k((wave,), (THREADS,), (out, np.int32(probe_iters)), stream=stream), stream)
+    us_per_iter = wave_us / probe_iters
+    lc_iters = max(1, int(cfg.lc_block_us / us_per_iter))
+    be_iters = max(1, int(cfg.be_block_us / us_per_iter))
+    be_waves = max(1, round(cfg.be_kernel_ms * 1000 / cfg.be_block_us))
+    be_blocks = be_waves * wave
+    lc_out = cupy.empty(cfg.lc_blocks * THREADS, np.float32)
+    be_out = cupy.empty(be_blocks * THREADS, np.float32)
+    lc_us = _time_launch(lambda: k((cfg.lc_blocks,), (THREADS,), (lc_out, np.int32(lc_iters)), stream=stream), stream)
+    be_us = _time_launch(lambda: k((be_blocks,), (THREADS,), (be_out, np.int32(be_iters)), stream=stream), stream, 3)
+    return _Calibration(lc_iters, be_iters, be_blocks, lc_us, be_us, wave)
+
+
+class _Workloads:
+    """The two tenants' loops, parameterized by how they launch and on which stream."""
+
+    def __init__(self, cfg: ColocationConfig, cal: _Calibration):
+        import cupy
+
+        self.cfg, self.cal = cfg, cal
+        self.lc_out = cupy.empty(cfg.lc_blocks * THREADS, np.float32)
+        self.be_out = cupy.empty(cal.be_blocks * THREADS, np.float32)
+
+    def lc_loop(self, enter: Callable[[], Any], stream_of: Callable[[], Any], t0: float,
+                stop: threading.Event, latencies: list[float]) -> None:
+        cfg, cal = self.cfg, self.cal
+        with enter():
+            k = _burn_kernel()
+            stream = stream_of()
+            for arrival in cfg.arrivals():
+                if stop.is_set():
+                    break
+                delay = t0 + arrival - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                for _ in range(cfg.lc_kernels):
+                    k((cfg.lc_blocks,), (THREADS,), (self.lc_out, np.int32(cal.lc_iters)), stream=stream)
+                _sync(stream)
+                latencies.append((time.perf_counter() - (t0 + arrival)) * 1000.0)
+
+    def be_loop(self, enter: Callable[[], Any], stream_of: Callable[[], Any], stop: threading.Event,
+                done: list[float]) -> None:
+        import cupy
+
+        cal = self.cal
+        with enter():
+            k = _burn_kernel()
+            stream = stream_of()
+            events = []
+            while not stop.is_set():
+                k((cal.be_blocks,), (THREADS,), (self.be_out, np.int32(cal.be_iters)), stream=stream)
+                ev = cupy.cuda.Event(disable_timing=True)
+                ev.record(_cupy(stream))
+                events.append(ev)
+                while len(events) > 2:  # keep two kernels queued, as a training loop would
+                    events.pop(0).synchronize()
+                    done.append(time.perf_counter())
+            for ev in events:
+                ev.synchronize()
+                done.append(time.perf_counter())
+
+
+def _cupy(stream: Any) -> Any:
+    from lithos_atom.atomizer import as_cupy_stream
+
+    return as_cupy_stream(stream)
+
+
+def _sync(stream: Any) -> None:
+    _cupy(stream).synchronize()
+
+
+def _run_pair(w: _Workloads, lc: tuple | None, be: tuple | None, duration_s: float) -> dict[str, Any]:
+    """Run the LC and/or BE loop in threads for ``duration_s``; return their figures."""
+    stop = threading.Event()
+    latencies: list[float] = []
+    done: list[float] = []
+    threads = []
+    t0 = time.perf_counter() + 0.05
+    if lc is not None:
+        threads.append(threading.Thread(target=w.lc_loop, args=(*lc, t0, stop, latencies), name="lc"))
+    if be is not None:
+        threads.append(threading.Thread(target=w.be_loop, args=(*be, stop, done), name="be"))
+    errors: list[BaseException] = []
+
+    def guarded(t: threading.Thread) -> Callable[[], None]:
+        target = t.run
+
+        def run() -> None:
+            try:
+                target()
+            except BaseException as exc:  # reported below: a failed tenant must fail the scenario
+                errors.append(exc)
+                stop.set()
+
+        return run
+
+    for t in threads:
+        t.run = guarded(t)  # type: ignore[method-assign]
+        t.start()
+    time.sleep(max(0.0, t0 - time.perf_counter() + duration_s))
+    stop.set()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    result: dict[str, Any] = {}
+    if lc is not None:
+        lat = np.asarray(latencies)
+        result["hp"] = {
+            "completed": int(lat.size),
+            "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)),
+            "p999_ms": float(np.percentile(lat, 99.9)),
+            "mean_ms": float(lat.mean()),
+            "latencies_ms": lat.round(4).tolist(),
+        }
+    if be is not None:
+        window = [d for d in done if t0 <= d <= t0 + duration_s]
+        result["be"] = {"kernels": len(window), "kernels_per_s": len(window) / duration_s}
+    return result
+
+
+def run_gpu(cfg: ColocationConfig, console: Any = None) -> dict[str, Any]:
+    """Every scenario on the GPU, side by side."""
+    import contextlib
+
+    import cupy
+    from rich.progress import Progress
+
+    from lithos_sched import open_device
+    from lithos_sched.scheduler import Policy, Scheduler
+
+    cal = calibrate(cfg)
+    w = _Workloads(cfg, cal)
+    device = open_device(simulate=False)
+    n_lc = max(1, round(cfg.lc_share * device.num_tpcs))
+    lc_part = device.partition(range(n_lc))
+    be_part = device.partition(range(n_lc, device.num_tpcs))
+    nothing = contextlib.nullcontext
+    plain = cupy.cuda.Stream(non_blocking=True)
+    plain2 = cupy.cuda.Stream(non_blocking=True)
+    low, high = cupy.cuda.runtime.deviceGetStreamPriorityRange()
+    hi_stream = cupy.cuda.Stream(non_blocking=True, priority=high)
+    lo_stream = cupy.cuda.Stream(non_blocking=True, priority=low)
+
+    def lithos(policy: Policy) -> Callable[[], dict[str, Any]]:
+        def run() -> dict[str, Any]:
+            specs = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=cfg.lc_share),
+                     TenantSpec("be", Priority.BEST_EFFORT, share=1 - cfg.lc_share)]
+            sched = Scheduler(device, specs, policy)
+            lc_t, be_t = sched.tenant("lc"), sched.tenant("be")
+            cur = cupy.cuda.get_current_stream
+            res = _run_pair(w, (lambda: lc_t, cur), (lambda: be_t, cur), cfg.duration_s)
+            sched.close()
+            res["scheduler"] = sched.stats()
+            return res
+        return run
+
+    scenarios: dict[str, Callable[[], dict[str, Any]]] = {
+        "lc_alone": lambda: _run_pair(w, (nothing, lambda: plain), None, cfg.duration_s),
+        "be_alone": lambda: _run_pair(w, None, (nothing, lambda: plain2), cfg.duration_s),
+        "streams": lambda: _run_pair(w, (nothing, lambda: plain), (nothing, lambda: plain2), cfg.duration_s),
+        "priorities": lambda: _run_pair(w, (nothing, lambda: hi_stream), (nothing, lambda: lo_stream), cfg.duration_s),
+        "static_split": lambda: _run_pair(w, (nothing, lambda: lc_part.high), (nothing, lambda: be_part.normal),
+                                          cfg.duration_s),
+        "lithos": lithos(Policy()),
+        "lithos_no_steal": lithos(Policy(stealing=False)),
+        "lithos_no_atoms": lithos(Policy(atomize_best_effort=False)),
+    }
+    results: dict[str, Any] = {}
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("co-location scenarios", total=len(scenarios))
+        for name, fn in scenarios.items():
+            progress.update(task, description=f"scenario {name}")
+            results[name] = fn()
+            cupy.cuda.Device().synchronize()
+            progress.advance(task)
+    return {"config": dataclasses.asdict(cfg), "calibration": dataclasses.asdict(cal),
+            "device": device.describe(), **summarize(results)}
+
+
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    """Normalize BE throughput to ``be_alone`` and compute lithos-vs-baseline ratios."""
+    alone = results.get("be_alone", {}).get("be", {}).get("kernels_per_s")
+    for s in results.values():
+        be = s.get("be")
+        if be is not None and alone:
+            be["throughput_norm"] = be["kernels_per_s"] / alone
+    ratios = {}
+    lithos = results.get("lithos", {})
+    for name, s in results.items():
+        if name == "lithos" or "hp" not in s or "hp" not in lithos:
+            continue
+        r: dict[str, float | None] = {"p99_reduction": s["hp"]["p99_ms"] / lithos["hp"]["p99_ms"]}
+        if "be" in s and "be" in lithos and s["be"].get("kernels_per_s"):
+            r["be_throughput_gain"] = lithos["be"]["kernels_per_s"] / s["be"]["kernels_per_s"]
+        ratios[name] = r
+    return {"scenarios": results, "ratios": ratios}
+
+
+def run(*, simulated: bool, duration_s: float | None = None, seed: int = 0, console: Any = None) -> dict[str, Any]:
+    """Run the co-location benchmark on the GPU or, when ``simulated``, the simulated device."""
+    if simulated:
+        from lithos_sched.sim_colocation import run_sim
+
+        return run_sim(duration_s=duration_s, seed=seed)
+    cfg = ColocationConfig(seed=seed, **({"duration_s": duration_s} if duration_s else {}))
+    return run_gpu(cfg, console)

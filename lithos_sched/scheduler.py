@@ -1,0 +1,543 @@
+"""The cooperative multi-tenant scheduler.
+
+Tenants share one device. Each owns a TPC partition. A latency-critical tenant's launches
+are issued at once onto its partition's high-priority stream. A best-effort tenant's
+launches are issued atom by atom *by the tenant's own thread* (no hand-off thread on the
+hot path): before each atom the thread waits, with the GIL released, until the work it
+has queued on the target stream is predicted to drain within ``queue_cap_us``, so a
+latency-critical kernel never finds more than about one atom queued ahead of it. While
+every latency-critical tenant is idle, best-effort atoms go to a partition that adds the
+idle tenants' TPCs (stealing); once one submits work, new atoms stay home, and the TPCs are
+back when the atoms already there finish.
+
+Stream semantics stay as the user wrote them: atoms on partition streams start after the
+work the tenant queued before the launch, and the tenant's stream waits for every atom, so
+later work (opaque CuPy ops, copies, host reads) sees the results.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import json
+import math
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from lithos_atom.atomizer import Atomizer, using_atomizer
+from lithos_atom.plan import KernelKey, LaunchPlan
+from lithos_sched.predictor import LatencyPredictor
+from lithos_sched.tenant import Priority, TenantConfigError, TenantSpec, assign_tpcs, specs_from
+from lithos_sched.timeline import CupyTimeline, SimTimeline, Timeline
+
+_MAX_GRID_X = 2**31 - 1
+
+
+class SchedulerClosedError(RuntimeError):
+    """The scheduler was closed; its tenants can no longer launch through it."""
+
+
+class KernelFaultError(RuntimeError):
+    """A kernel failed on the device; names the tenant and kernel whose atom was waited on."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """Scheduling policy.
+
+    Attributes
+    ----------
+    atom_us : float
+        Target duration of a best-effort atom (LithOS: 250-500 us).
+    queue_cap_us : float
+        Predicted best-effort work allowed queued on a stream beyond what will drain
+        within this time (LithOS: ~100 us outstanding).
+    stealing : bool
+        Let best-effort atoms use idle latency-critical TPCs.
+    steal_max_block_us : float
+        Do not steal for kernels whose blocks (waves) are predicted to run longer than
+        this: a running block cannot be preempted, so it bounds how fast TPCs come back.
+    lc_idle_grace_us : float
+        A latency-critical tenant counts as busy for this long after its last launch, so
+        the gaps between the kernels of one request are not stolen.
+    atomize_best_effort : bool
+        Split best-effort launches into atoms (False: the no-atomization ablation).
+    """
+
+    atom_us: float = 250.0
+    queue_cap_us: float = 100.0
+    stealing: bool = True
+    steal_max_block_us: float = 1000.0
+    lc_idle_grace_us: float = 200.0
+    atomize_best_effort: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("atom_us", "queue_cap_us", "steal_max_block_us"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"Policy.{name} must be a positive number, got {value!r}")
+        if isinstance(self.lc_idle_grace_us, bool) or not self.lc_idle_grace_us >= 0:
+            raise ValueError(f"Policy.lc_idle_grace_us must be >= 0, got {self.lc_idle_grace_us!r}")
+
+
+@dataclasses.dataclass
+class TenantStats:
+    """Per-tenant accounting (device times from events)."""
+
+    kernels: int = 0
+    atoms: int = 0
+    stolen_atoms: int = 0
+    tpc_ms: float = 0.0
+    busy_ms: float = 0.0
+    queue_wait_ms: float = 0.0
+
+
+@dataclasses.dataclass
+class _AtomRecord:
+    tenant: Tenant
+    key: KernelKey
+    start_block: int
+    count: int
+    partition: Any
+    stream: Any
+    start: Any
+    end: Any
+    wave_blocks: int
+    predicted_us: float | None
+    predicted_end_us: float
+    stolen: bool
+
+
+class Tenant:
+    """A tenant of a `Scheduler`: enter it with ``with`` to bind the calling thread.
+
+    Inside the block, CuPy's current stream is the tenant's partition stream (so CuPy's
+    own ops and cuBLAS run confined to its TPCs) and kernel launches of the thread go
+    through the scheduler.
+    """
+
+    def __init__(self, scheduler: Scheduler, spec: TenantSpec, tpcs: frozenset[int]):
+        self.scheduler = scheduler
+        self.spec = spec
+        self.tpcs = tpcs
+        self.home = scheduler.device.partition(tpcs)
+        self.stats = TenantStats()
+        self._inflight: collections.deque[_AtomRecord] = collections.deque()
+        self._lock = threading.RLock()
+        self._last_end: Any = None
+        self._last_submit_us = -math.inf
+        self._atomizer = _TenantAtomizer(scheduler, self)
+        self._contexts: dict[int, contextlib.ExitStack] = {}
+
+    @property
+    def name(self) -> str:
+        """The tenant's name."""
+        return self.spec.name
+
+    @property
+    def priority(self) -> Priority:
+        """The tenant's priority class."""
+        return self.spec.priority
+
+    @property
+    def stream(self) -> Any:
+        """The tenant's own stream: high priority for latency-critical tenants."""
+        return self.home.high if self.priority is Priority.LATENCY_CRITICAL else self.home.normal
+
+    def idle(self) -> bool:
+        """Whether the tenant has no work on the device and launched nothing recently."""
+        s = self.scheduler
+        if s.timeline.now_us() - self._last_submit_us < s.policy.lc_idle_grace_us:
+            return False
+        last = self._last_end
+        return last is None or s.timeline.done(last)
+
+    def __enter__(self) -> Tenant:
+        s = self.scheduler
+        s._check_open()
+        tid = threading.get_ident()
+        if tid in self._contexts:
+            raise RuntimeError(f"tenant {self.name!r} is already entered by this thread")
+        bound = _current.tenant if hasattr(_current, "tenant") else None
+        if bound is not None:
+            raise RuntimeError(f"this thread is already bound to tenant {bound.name!r}")
+        stack = contextlib.ExitStack()
+        stack.enter_context(using_atomizer(self._atomizer))
+        if not s.device.simulated:
+            stack.enter_context(s.timeline.as_cupy(self.stream))  # type: ignore[attr-defined]
+        _current.tenant = self
+        stack.callback(lambda: setattr(_current, "tenant", None))
+        self._contexts[tid] = stack
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._contexts.pop(threading.get_ident()).close()
+
+    def synchronize(self) -> None:
+        """Wait until every atom this tenant issued has finished."""
+        with self._lock:
+            pending = list(self._inflight)
+        for rec in pending:
+            self.scheduler._wait_event(rec)
+        self.scheduler._retire(self)
+
+    def __repr__(self) -> str:
+        return f"<Tenant {self.name!r} {self.priority.value} tpcs={len(self.tpcs)}>"
+
+
+_current = threading.local()
+
+
+def current_tenant() -> Tenant | None:
+    """The tenant the calling thread is bound to, or None."""
+    return getattr(_current, "tenant", None)
+
+
+class _TenantAtomizer(Atomizer):
+    """Routes a bound thread's intercepted launches to the scheduler."""
+
+    def __init__(self, scheduler: Scheduler, tenant: Tenant):
+        super().__init__(atom_us=scheduler.policy.atom_us, strict=False)
+        self.scheduler = scheduler
+        self.tenant = tenant
+
+    def submit(self, plan: LaunchPlan, stream: Any) -> None:
+        self.scheduler.submit(self.tenant, plan, stream)
+
+
+class Scheduler(Atomizer):
+    """Shares one device among tenants.
+
+    Parameters
+    ----------
+    device
+        A ``lithos_sched`` device (GPU or simulated).
+    tenants : sequence of TenantSpec
+        The tenants; each gets its TPCs (see `assign_tpcs`).
+    policy : Policy, optional
+    predictor : LatencyPredictor, optional
+    trace : bool
+        Keep a record of every atom for `export_trace`.
+
+    Notes
+    -----
+    The scheduler is also an `Atomizer`: ``set_scheduler(s)`` routes launches of threads
+    bound to a tenant through it; launches of unbound threads run as written.
+    """
+
+    def __init__(
+        self,
+        device: Any,
+        tenants: Sequence[TenantSpec],
+        policy: Policy | None = None,
+        predictor: LatencyPredictor | None = None,
+        *,
+        trace: bool = True,
+    ):
+        self.policy = policy or Policy()
+        super().__init__(atom_us=self.policy.atom_us, strict=False)
+        self.device = device
+        self.predictor = predictor or LatencyPredictor()
+        self.timeline: Timeline = SimTimeline(device) if device.simulated else CupyTimeline()
+        specs = specs_from(tenants)
+        if not specs:
+            raise TenantConfigError("a scheduler needs at least one tenant")
+        assignment = assign_tpcs(specs, device.num_tpcs)
+        self.tenants: dict[str, Tenant] = {s.name: Tenant(self, s, assignment[s.name]) for s in specs}
+        self._lc = [t for t in self.tenants.values() if t.priority is Priority.LATENCY_CRITICAL]
+        self._closed = False
+        self._closing = False
+        self._trace_on = trace
+        self._trace: list[dict[str, Any]] = []
+        self._trace_lock = threading.Lock()
+        self._t0 = self.timeline.record(next(iter(self.tenants.values())).home.normal)
+
+    # ---- public API --------------------------------------------------------------
+
+    def tenant(self, name: str) -> Tenant:
+        """The tenant called ``name``."""
+        try:
+            return self.tenants[name]
+        except KeyError:
+            raise KeyError(f"no tenant {name!r}; tenants are {sorted(self.tenants)}") from None
+
+    def submit(self, plan: LaunchPlan, stream: Any) -> None:  # type: ignore[override]
+        """`Atomizer` entry point: route to the calling thread's tenant, if any."""
+        tenant = current_tenant()
+        if tenant is None or tenant.scheduler is not self:
+            plan.issue_all(stream)
+            return
+        self.submit_for(tenant, plan, stream)
+
+    def submit_for(self, tenant: Tenant, plan: LaunchPlan, stream: Any = None) -> None:
+        """Issue ``plan`` for ``tenant``; returns once every atom is issued.
+
+        Parameters
+        ----------
+        tenant : Tenant
+        plan : LaunchPlan
+        stream
+            The stream the user launched on; None or the legacy default stream mean the
+            tenant's own stream (the default stream would escape the partition).
+        """
+        self._check_open()
+        user = stream
+        if user is None or self.timeline.handle(user) == 0:
+            user = tenant.stream
+        with tenant._lock:
+            tenant.stats.kernels += 1
+            if tenant.priority is Priority.LATENCY_CRITICAL:
+                self._run_latency_critical(tenant, plan, user)
+            else:
+                self._run_best_effort(tenant, plan, user)
+
+    def synchronize(self) -> None:
+        """Wait until every tenant's issued work has finished."""
+        for t in self.tenants.values():
+            t.synchronize()
+
+    def close(self) -> None:
+        """Stop accepting launches, let every issued atom finish, release the partitions.
+
+        A best-effort tenant in the middle of a launch issues its remaining blocks at once
+        instead of waiting for room, so no submitted work is lost.
+        """
+        if self._closed:
+            return
+        self._closing = True
+        for t in self.tenants.values():
+            with t._lock:  # waits for a tenant thread that is mid-launch
+                pass
+        self.synchronize()
+        self._closed = True
+
+    def __enter__(self) -> Scheduler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def stats(self) -> dict[str, Any]:
+        """Per-tenant accounting and the predictor's error report."""
+        for t in self.tenants.values():
+            self._retire(t)
+        return {
+            "tenants": {
+                t.name: {"priority": t.priority.value, "tpcs": len(t.tpcs), **dataclasses.asdict(t.stats)}
+                for t in self.tenants.values()
+            },
+            "predictor": self.predictor.error_report(),
+        }
+
+    def export_trace(self, path: str | Path) -> Path:
+        """Write a Chrome/Perfetto trace of every retired atom: one process per partition,
+        one thread per stream. Returns the path."""
+        for t in self.tenants.values():
+            self._retire(t)
+        with self._trace_lock:
+            events = list(self._trace)
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
+        return out
+
+    # ---- dispatch ------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed or self._closing:
+            raise SchedulerClosedError("the scheduler is closed")
+
+    def _issue(self, tenant: Tenant, plan: LaunchPlan, start: int, count: int, partition: Any, stream: Any,
+               predicted: float | None, stolen: bool) -> _AtomRecord:
+        tl = self.timeline
+        wave = self._wave_blocks(plan, partition)
+        begin = tl.record(stream)
+        done = 0
+        while done < count:  # a 1-D grid holds at most 2**31 - 1 blocks
+            n = min(count - done, _MAX_GRID_X)
+            plan.issue_range(start + done, n, stream)
+            done += n
+        end = tl.record(stream)
+        now = tl.now_us()
+        same_stream = [r for r in tenant._inflight if r.stream is stream]
+        begin_us = max(now, same_stream[-1].predicted_end_us) if same_stream else now
+        rec = _AtomRecord(tenant, plan.key, start, count, partition, stream, begin, end, wave, predicted,
+                          begin_us + (predicted if predicted is not None else self.policy.atom_us), stolen)
+        tenant._inflight.append(rec)
+        tenant.stats.atoms += 1
+        tenant.stats.stolen_atoms += int(stolen)
+        return rec
+
+    def _run_latency_critical(self, tenant: Tenant, plan: LaunchPlan, user: Any) -> None:
+        tl = self.timeline
+        stream = tenant.home.high
+        tenant._last_submit_us = tl.now_us()
+        own = tl.handle(user) == tl.handle(stream)
+        if not own:
+            tl.wait(stream, tl.record(user))
+        predicted = self.predictor.predict_us(plan.key, tenant.home.num_tpcs, plan.total_blocks,
+                                              self._wave_blocks(plan, tenant.home))
+        rec = self._issue(tenant, plan, 0, plan.total_blocks, tenant.home, stream, predicted, False)
+        plan.complete()
+        tenant._last_end = rec.end
+        tenant._last_submit_us = tl.now_us()
+        if not own:
+            tl.wait(user, rec.end)
+        self._retire(tenant)
+
+    def _run_best_effort(self, tenant: Tenant, plan: LaunchPlan, user: Any) -> None:
+        tl = self.timeline
+        user_handle = tl.handle(user)
+        before = tl.record(user)  # atoms start after what the tenant queued before the launch
+        joined: dict[int, Any] = {}  # partition streams used, by handle
+        last_on: dict[int, Any] = {}
+        next_block = 0
+        total = plan.total_blocks
+        try:
+            while next_block < total:
+                if self._closing:
+                    break
+                partition, stolen = self._best_effort_target(tenant, plan)
+                stream = partition.normal
+                count = self._atom_blocks(plan, partition, total - next_block)
+                predicted = self.predictor.predict_us(plan.key, partition.num_tpcs, count,
+                                                      self._wave_blocks(plan, partition))
+                self._wait_for_room(tenant, stream)
+                h = tl.handle(stream)
+                if h != user_handle and h not in joined:
+                    tl.wait(stream, before)
+                    joined[h] = stream
+                rec = self._issue(tenant, plan, next_block, count, partition, stream, predicted, stolen)
+                last_on[h] = rec.end
+                next_block += count
+        finally:
+            if next_block < total:
+                # Interrupted (an exception while waiting, or close()): issue the rest now
+                # on the tenant's own partition so no submitted block is lost.
+                stream = tenant.home.normal
+                h = tl.handle(stream)
+                if h != user_handle and h not in joined:
+                    tl.wait(stream, before)
+                    joined[h] = stream
+                rec = self._issue(tenant, plan, next_block, total - next_block, tenant.home, stream, None, False)
+                last_on[h] = rec.end
+            plan.complete()
+            for h, end in last_on.items():
+                if h != user_handle:
+                    tl.wait(user, end)
+
+    def _best_effort_target(self, tenant: Tenant, plan: LaunchPlan) -> tuple[Any, bool]:
+        policy = self.policy
+        if not policy.stealing or not self._lc:
+            return tenant.home, False
+        idle = [t for t in self._lc if t.idle()]
+        if not idle:
+            return tenant.home, False
+        wave_us = self.predictor.wave_us(plan.key, tenant.home.num_tpcs)
+        if wave_us is not None and wave_us > policy.steal_max_block_us:
+            return tenant.home, False
+        tpcs = frozenset(tenant.tpcs).union(*(t.tpcs for t in idle))
+        return self.device.partition(tpcs), True
+
+    def _wave_blocks(self, plan: LaunchPlan, partition: Any) -> int:
+        per_sm = max(1, plan.wave_blocks // max(1, self.device.num_sms))
+        return per_sm * len(partition.sm_ids)
+
+    def _atom_blocks(self, plan: LaunchPlan, partition: Any, remaining: int) -> int:
+        if not plan.atomized or not self.policy.atomize_best_effort:
+            return remaining
+        wave = self._wave_blocks(plan, partition)
+        wave_us = self.predictor.wave_us(plan.key, partition.num_tpcs)
+        waves = 1 if wave_us is None else max(1, math.floor(self.policy.atom_us / wave_us))
+        return min(remaining, waves * wave)
+
+    def _wait_for_room(self, tenant: Tenant, stream: Any) -> None:
+        """Block until the tenant's queued work on ``stream`` drains within the cap."""
+        tl = self.timeline
+        cap = self.policy.queue_cap_us
+        while not self._closing:
+            self._retire(tenant)
+            queued = [r for r in tenant._inflight if r.stream is stream]
+            if not queued:
+                return
+            drain_at = queued[-1].predicted_end_us
+            now = tl.now_us()
+            if drain_at - now <= cap:
+                return
+            # the first atom after whose end at most `cap` of work remains
+            target = next((r for r in queued if drain_at - r.predicted_end_us <= cap), queued[-1])
+            t0 = now
+            self._wait_event(target)
+            tenant.stats.queue_wait_ms += (tl.now_us() - t0) / 1000.0
+            # re-anchor the predicted ends of what is still queued at the real completion
+            now = tl.now_us()
+            later = [r for r in tenant._inflight if r.stream is stream and r.predicted_end_us > target.predicted_end_us]
+            for r in later:
+                r.predicted_end_us = now
+                now += r.predicted_us if r.predicted_us is not None else self.policy.atom_us
+
+    def _wait_event(self, rec: _AtomRecord) -> None:
+        try:
+            self.timeline.synchronize(rec.end)
+        except Exception as exc:  # the driver's sticky error after a fault: say whose atom it was
+            raise KernelFaultError(
+                f"kernel {rec.key.name!r} of tenant {rec.tenant.name!r} failed on the device "
+                f"(atom blocks {rec.start_block}..{rec.start_block + rec.count - 1}): {exc}"
+            ) from exc
+
+    def _retire(self, tenant: Tenant) -> None:
+        """Account, learn from and trace every finished atom of ``tenant``."""
+        tl = self.timeline
+        with tenant._lock:
+            done = [r for r in tenant._inflight if tl.done(r.end)]
+            if not done:
+                return
+            for r in done:
+                tenant._inflight.remove(r)
+        for r in done:
+            measured = tl.elapsed_us(r.start, r.end)
+            self.predictor.observe(r.key, r.partition.num_tpcs, r.count, r.wave_blocks, measured, r.predicted_us)
+            tenant.stats.busy_ms += measured / 1000.0
+            tenant.stats.tpc_ms += measured / 1000.0 * r.partition.num_tpcs
+            if self._trace_on:
+                ts = tl.elapsed_us(self._t0, r.start)
+                event = {
+                    "name": r.key.name, "ph": "X", "ts": ts, "dur": measured,
+                    "pid": f"TPCs {_ranges(r.partition.tpcs)}", "tid": f"{tenant.name} stream {tl.handle(r.stream):#x}",
+                    "args": {"tenant": tenant.name, "blocks": [r.start_block, r.start_block + r.count],
+                             "predicted_us": r.predicted_us, "stolen": r.stolen},
+                }
+                with self._trace_lock:
+                    self._trace.append(event)
+
+
+def _ranges(ids: Any) -> str:
+    """'0-32,40' for a set of ints."""
+    out: list[str] = []
+    for i in sorted(ids):
+        if out and out[-1][1] == i - 1:
+            out[-1] = (out[-1][0], i)  # type: ignore[assignment]
+        else:
+            out.append((i, i))  # type: ignore[arg-type]
+    return ",".join(f"{a}-{b}" if a != b else f"{a}" for a, b in out)  # type: ignore[misc]
+
+
+@contextlib.contextmanager
+def using_scheduler(scheduler: Scheduler | None) -> Iterator[Scheduler | None]:
+    """Route the calling thread's launches through ``scheduler`` inside the block.
+
+    Launches go to the tenant the thread is bound to (``with scheduler.tenant(name):``);
+    ``using_scheduler(None)`` runs launches as written.
+    """
+    with using_atomizer(scheduler):
+        yield scheduler
+
+
+def set_scheduler(scheduler: Scheduler | None) -> None:
+    """Install ``scheduler`` process-wide (None uninstalls it), like ``cupy.cuda.set_allocator``."""
+    from lithos_atom.atomizer import set_atomizer
+
+    set_atomizer(scheduler)

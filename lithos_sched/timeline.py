@@ -1,0 +1,113 @@
+"""Events and cross-stream ordering for the scheduler, on the GPU or the simulated device.
+
+The scheduler records events around atoms, makes streams wait on events, polls them and
+reads elapsed times. On the GPU everything goes through CuPy events, which order work
+across the primary context and green contexts both ways (DESIGN.md) and whose waits
+release the GIL; user streams may be CuPy streams, Numba/cuda.core streams or anything
+with ``__cuda_stream__``. On the simulated device the device's own streams and events
+are used, in virtual time.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+
+class Timeline(Protocol):
+    """What the scheduler needs from streams and events."""
+
+    def record(self, stream: Any) -> Any:
+        """Record an event on ``stream`` and return it."""
+
+    def wait(self, stream: Any, event: Any) -> None:
+        """Make ``stream`` wait for ``event``."""
+
+    def done(self, event: Any) -> bool:
+        """Whether ``event`` has completed (never blocks)."""
+
+    def synchronize(self, event: Any) -> None:
+        """Block until ``event`` completes (the GIL is released on the GPU)."""
+
+    def elapsed_us(self, start: Any, end: Any) -> float:
+        """Device time between two completed events, in microseconds."""
+
+    def handle(self, stream: Any) -> int:
+        """A number identifying ``stream`` (0 for the legacy default stream)."""
+
+    def now_us(self) -> float:
+        """Host time in microseconds (virtual time on the simulated device)."""
+
+
+class CupyTimeline:
+    """`Timeline` on the GPU, through CuPy events and stream wrappers."""
+
+    def __init__(self) -> None:
+        import cupy
+
+        self._cupy = cupy
+
+    def now_us(self) -> float:
+        return time.perf_counter() * 1e6
+
+    def as_cupy(self, stream: Any) -> Any:
+        from lithos_atom.atomizer import as_cupy_stream
+
+        return as_cupy_stream(stream)
+
+    def record(self, stream: Any) -> Any:
+        event = self._cupy.cuda.Event()
+        event.record(self.as_cupy(stream))
+        return event
+
+    def wait(self, stream: Any, event: Any) -> None:
+        self.as_cupy(stream).wait_event(event)
+
+    def done(self, event: Any) -> bool:
+        return bool(event.done)
+
+    def synchronize(self, event: Any) -> None:
+        event.synchronize()
+
+    def elapsed_us(self, start: Any, end: Any) -> float:
+        return self._cupy.cuda.get_elapsed_time(start, end) * 1000.0
+
+    def handle(self, stream: Any) -> int:
+        if stream is None:
+            return int(self._cupy.cuda.get_current_stream().ptr)
+        if hasattr(stream, "__cuda_stream__"):
+            return int(stream.__cuda_stream__()[1])
+        if isinstance(stream, int):
+            return stream
+        handle = getattr(stream, "handle", None)
+        if handle is not None:
+            return int(getattr(handle, "value", handle) or 0)
+        raise TypeError(f"cannot use {type(stream).__name__} as a CUDA stream")
+
+
+class SimTimeline:
+    """`Timeline` on the simulated device: its streams record and wait on its events."""
+
+    def __init__(self, device: Any) -> None:
+        self._device = device
+
+    def now_us(self) -> float:
+        return float(self._device.now_us)
+
+    def record(self, stream: Any) -> Any:
+        return stream.record()
+
+    def wait(self, stream: Any, event: Any) -> None:
+        stream.wait(event)
+
+    def done(self, event: Any) -> bool:
+        return bool(event.query())
+
+    def synchronize(self, event: Any) -> None:
+        event.synchronize()
+
+    def elapsed_us(self, start: Any, end: Any) -> float:
+        return start.elapsed_ms(end) * 1000.0
+
+    def handle(self, stream: Any) -> int:
+        return 0 if stream is None else int(stream.handle)

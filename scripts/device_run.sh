@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Everything lithos does on the lent GPU, in one call: install, GPU tests, benchmarks.
+# Usage (on the device machine, from the repo root): bash scripts/device_run.sh [what...]
+#   what: probe | tests | atoms | partitions | colocation | rightsize  (default: all)
+# Writes logs, JSON and plots to a staging folder, packed at the end into $OUT/results.tgz
+# (the device tool returns at most 8 files), with the summary log beside it.
+set -uo pipefail
+OUT=${OUT:-$PWD/out}
+STAGE=$(mktemp -d /tmp/lithos-out.XXXX)
+mkdir -p "$OUT"
+trap 'tar czf "$OUT/results.tgz" -C "$STAGE" . ; cp "$STAGE"/*.log "$OUT"/ 2>/dev/null' EXIT
+export PYTHONUNBUFFERED=1 LITHOS_CACHE_DIR=/tmp/lithos-cache
+what=("$@"); [ ${#what[@]} -eq 0 ] && what=(probe tests atoms partitions colocation)
+python3 -m pip install -q --no-deps --no-build-isolation -e . > "$STAGE/install.log" 2>&1 || { cat "$STAGE/install.log"; exit 1; }
+status=0
+for w in "${what[@]}"; do
+  echo "=== $w ($(date +%T))"
+  case "$w" in
+    probe)
+      { nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,power.draw --format=csv
+        python3 -c "import cupy, numpy; print('cupy', cupy.__version__, 'numpy', numpy.__version__)"
+        python3 -c "from lithos_atom._compat import import_numba_cuda as f; c=f(); print('numba-cuda ok', c.get_current_device().name)"
+        python3 -c "from cuda.bindings import nvjitlink, nvrtc; print('nvjitlink', nvjitlink.version(), 'nvrtc', nvrtc.nvrtcVersion())"
+      } 2>&1 | tee "$STAGE/probe.log" ;;
+    tests)
+      python3 -m pytest -q -m gpu tests -p no:cacheprovider --junitxml="$STAGE/gpu-tests.xml" 2>&1 | tee "$STAGE/gpu-tests.log" | tail -40
+      [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+    atoms|partitions|colocation|rightsize)
+      python3 -m lithos_atom.bench --"$w" --json "$STAGE/bench-$w.json" --plot "$STAGE/plots-$w" 2>&1 | tee "$STAGE/bench-$w.log" | tail -40
+      [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+    *) echo "unknown step $w"; status=2 ;;
+  esac
+done
+exit $status
