@@ -80,20 +80,18 @@ def link_ptx(ptx: str, arch: str, *, name: str = "lithos") -> bytes:
 def _link_uncached(ptx: str, arch: str, name: str) -> bytes:
     from cuda.core import Linker, LinkerOptions, ObjectCode
 
-    linker = Linker(ObjectCode.from_ptx(ptx.encode(), name=name), options=LinkerOptions(arch=arch, name=name))
+    linker = None
     try:
+        # nvJitLink assembles the PTX while the linker is constructed, so errors come from both steps.
+        linker = Linker(ObjectCode.from_ptx(ptx.encode(), name=name), options=LinkerOptions(arch=arch, name=name))
         return bytes(linker.link("cubin").code)
-    except Exception as exc:  # cuda.core raises its own error types; keep the log
-        try:
-            log = linker.get_error_log()
-        except Exception:  # the log itself may be unavailable after a failed link
-            log = ""
+    except Exception as exc:  # cuda.core raises nvJitLinkError / CUDAError; keep their logs
         raise AtomizeError(
-            f"linking rewritten PTX of {name!r} for {arch} failed with nvJitLink "
-            f"{_nvjitlink_version()}: {exc}\n{log}".rstrip()
+            f"linking rewritten PTX of {name!r} for {arch} failed with nvJitLink {_nvjitlink_version()}: {exc}"
         ) from exc
     finally:
-        linker.close()
+        if linker is not None:
+            linker.close()
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -107,6 +105,22 @@ def _write_atomically(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _include_dirs() -> list[str]:
+    """CuPy's headers and the CUDA toolkit's (``cooperative_groups.h``, CCCL), as CuPy adds them."""
+    import cupy
+    from cuda import pathfinder
+
+    dirs = [str(Path(cupy.__file__).parent / "_core" / "include")]
+    for lib in ("cudart", "cccl"):
+        try:
+            found = pathfinder.find_nvidia_header_directory(lib)
+        except Exception:  # pathfinder raises its own error types when a toolkit part is absent
+            found = None
+        if found:
+            dirs.append(str(found))
+    return dirs
 
 
 def cuda_source_to_ptx(
@@ -154,10 +168,8 @@ def cuda_source_to_ptx(
             raise AtomizeError(f"NVRTC {what} failed: {err.name}")
         return tuple(rest)
 
-    import cupy
-
-    include = Path(cupy.__file__).parent / "_core" / "include"
-    opts = [*options, "-ftz=true", "--device-as-default-execution-space", f"-I{include}", f"-arch=compute_{compute_capability}"]
+    opts = [*options, "-ftz=true", "--device-as-default-execution-space",
+            *(f"-I{d}" for d in _include_dirs()), f"-arch=compute_{compute_capability}"]
     (prog,) = check(nvrtc.nvrtcCreateProgram(code.encode(), filename.encode(), 0, [], []), "create")
     try:
         for expr in name_expressions:

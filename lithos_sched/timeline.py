@@ -10,7 +10,9 @@ are used, in virtual time.
 
 from __future__ import annotations
 
+import heapq
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 
@@ -86,13 +88,38 @@ class CupyTimeline:
 
 
 class SimTimeline:
-    """`Timeline` on the simulated device: its streams record and wait on its events."""
+    """`Timeline` on the simulated device: its streams record and wait on its events.
+
+    Host time is the device's virtual time. Waiting advances virtual time, and host
+    callbacks registered with `call_at` (a latency-critical tenant's request arrivals,
+    say) run at their virtual times while another tenant waits, so several tenants are
+    driven deterministically from one thread.
+    """
 
     def __init__(self, device: Any) -> None:
         self._device = device
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = 0
 
     def now_us(self) -> float:
         return float(self._device.now_us)
+
+    def call_at(self, t_us: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` when virtual time reaches ``t_us`` (during a wait or `advance_to`)."""
+        heapq.heappush(self._timers, (t_us, self._seq, fn))
+        self._seq += 1
+
+    def _fire_due(self) -> None:
+        while self._timers and self._timers[0][0] <= self.now_us():
+            _, _, fn = heapq.heappop(self._timers)
+            fn()
+
+    def advance_to(self, t_us: float) -> None:
+        """Advance virtual time to ``t_us``, running due callbacks in order."""
+        while self._timers and self._timers[0][0] <= t_us:
+            self._device.run_until(max(self.now_us(), self._timers[0][0]))
+            self._fire_due()
+        self._device.run_until(max(self.now_us(), t_us))
 
     def record(self, stream: Any) -> Any:
         return stream.record()
@@ -104,7 +131,17 @@ class SimTimeline:
         return bool(event.query())
 
     def synchronize(self, event: Any) -> None:
-        event.synchronize()
+        self._fire_due()
+        while not event.query():
+            next_timer = self._timers[0][0] if self._timers else None
+            next_done = self._device.next_completion_us()
+            if next_done is None and next_timer is None:
+                raise RuntimeError("simulated device: waiting for an event that can never complete")
+            if next_timer is not None and (next_done is None or next_timer <= next_done):
+                self._device.run_until(max(self.now_us(), next_timer))
+                self._fire_due()
+            else:
+                self._device.run_until(next_done)
 
     def elapsed_us(self, start: Any, end: Any) -> float:
         return start.elapsed_ms(end) * 1000.0

@@ -9,8 +9,8 @@ def step(name, fn):
 
 import numpy as np, cupy
 step("versions", lambda: (sys.version.split()[0], np.__version__, cupy.__version__))
-from lithos_atom._compat import import_numba_cuda
-cuda = import_numba_cuda()
+if not hasattr(np, 'row_stack'): np.row_stack = np.vstack
+from numba import cuda
 import numba_cuda, cuda.core as cc
 from cuda.bindings import nvjitlink, nvrtc, driver
 step("numba-cuda/cuda.core", lambda: (numba_cuda.__version__, cc.__version__))
