@@ -93,14 +93,17 @@ class Atomizer:
         When the plan's kernel shape has not been timed yet, the launch is bracketed by
         device events so later launches can be sized (read without waiting).
         """
-        timed = plan.atomized and DURATIONS.wants_measurement(plan.key)
-        if timed:
-            import cupy
+        import cupy
 
-            cupy_stream = as_cupy_stream(stream)
+        timed = plan.atomized and DURATIONS.wants_measurement(plan.key)
+        cupy_stream = as_cupy_stream(stream)
+        if timed:
             start, end = cupy.cuda.Event(), cupy.cuda.Event()
             start.record(cupy_stream)
-        plan.issue_all(stream)
+        if len(plan.atoms) > 1 and getattr(stream, "partition", None) is None:
+            issue_pipelined(plan, cupy_stream)
+        else:
+            plan.issue_all(stream)
         if timed:
             end.record(cupy_stream)
             DURATIONS.add_pending(plan.key, start, end)
@@ -112,6 +115,46 @@ class Atomizer:
                 return
             self._warned.add(kernel_name)
         warnings.warn(f"lithos: kernel {kernel_name!r} runs whole (not atomized): {reason}", AtomizeWarning, stacklevel=4)
+
+
+_side_streams: dict[tuple[int, int], Any] = {}
+_side_lock = threading.Lock()
+
+
+def _side_stream(cupy_stream: Any) -> Any:
+    """A second stream beside ``cupy_stream`` (same device and priority), made once."""
+    import cupy
+
+    key = (cupy.cuda.Device().id, int(cupy_stream.ptr))
+    with _side_lock:
+        side = _side_streams.get(key)
+        if side is None:
+            priority = cupy.cuda.runtime.streamGetPriority(cupy_stream.ptr)
+            side = _side_streams[key] = cupy.cuda.Stream(non_blocking=True, priority=priority)
+        return side
+
+
+def issue_pipelined(plan: LaunchPlan, cupy_stream: Any) -> None:
+    """Issue a plan's atoms alternately on ``cupy_stream`` and a side stream.
+
+    Atoms of one launch are independent, so atom i+1 may start while the last blocks of
+    atom i drain; on one stream each boundary would idle the SMs those blocks leave. The
+    side stream first waits for everything queued on ``cupy_stream``, and ``cupy_stream``
+    waits for the side stream's last atom, so the launch is ordered exactly as one launch.
+    Streams of a TPC partition are not used here: a side stream would escape the partition.
+    """
+    import cupy
+
+    side = _side_stream(cupy_stream)
+    before = cupy.cuda.Event(disable_timing=True)
+    before.record(cupy_stream)
+    side.wait_event(before)
+    for i, atom in enumerate(plan.atoms):
+        atom.issue(cupy_stream if i % 2 == 0 else side)
+    after = cupy.cuda.Event(disable_timing=True)
+    after.record(side)
+    cupy_stream.wait_event(after)
+    plan.complete()
 
 
 def as_cupy_stream(stream: Any) -> Any:

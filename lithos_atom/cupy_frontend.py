@@ -257,7 +257,6 @@ class AtomizedRawKernel:
         args: Sequence[Any],
         *,
         shared_mem: int = 0,
-        enable_cooperative_groups: bool = False,
         options: AtomizeOptions | None = None,
     ) -> LaunchPlan:
         """Build the `LaunchPlan` of one launch without issuing anything.
@@ -273,9 +272,7 @@ class AtomizedRawKernel:
         key = KernelKey(self._source.name, grid3, block3, int(shared_mem), _arg_shapes(args))
         total = grid3[0] * grid3[1] * grid3[2]
         reason = None
-        if enable_cooperative_groups:
-            reason = "launched with enable_cooperative_groups=True"
-        prepared = None if reason else self.prepared()
+        prepared = self.prepared()
         if isinstance(prepared, str):
             reason = prepared
         if reason is None:
@@ -288,8 +285,7 @@ class AtomizedRawKernel:
                 raise UnsupportedKernelError(reason, entry=self._source.name)
 
             def launch_whole(stream: Any) -> None:
-                self._kernel(grid, block, args, shared_mem=shared_mem, stream=as_cupy_stream(stream),
-                             enable_cooperative_groups=enable_cooperative_groups)
+                self._kernel(grid, block, args, shared_mem=shared_mem, stream=as_cupy_stream(stream))
 
             return LaunchPlan.whole(key, total, launch_whole, reason)
         assert isinstance(prepared, PreparedKernel)
@@ -318,11 +314,9 @@ class AtomizedRawKernel:
         *,
         shared_mem: int = 0,
         stream: Any = None,
-        enable_cooperative_groups: bool = False,
     ) -> None:
         atomizer = get_atomizer() or self._direct
-        plan = self.plan(grid, block, args, shared_mem=shared_mem,
-                         enable_cooperative_groups=enable_cooperative_groups, options=self.options)
+        plan = self.plan(grid, block, args, shared_mem=shared_mem, options=self.options)
         if not plan.atomized:
             atomizer.warn_whole(self._source.name, plan.reason or "")
         atomizer.submit(plan, stream)

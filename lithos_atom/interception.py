@@ -24,13 +24,11 @@ def _make_classes(raw_kernel: type, raw_module: type) -> tuple[type, type]:
     from lithos_atom.cupy_frontend import AtomizedRawKernel, source_of_module_function
 
     def launch(atomized: AtomizedRawKernel, fallback: Any, grid: Any, block: Any, args: Any,
-               shared_mem: int, stream: Any, enable_cooperative_groups: bool) -> None:
+               shared_mem: int, stream: Any) -> None:
         atomizer = get_atomizer()
         if atomizer is None:
-            return fallback(grid, block, args, shared_mem=shared_mem, stream=stream,
-                            enable_cooperative_groups=enable_cooperative_groups)
-        plan = atomized.plan(grid, block, args, shared_mem=shared_mem,
-                             enable_cooperative_groups=enable_cooperative_groups, options=atomizer.options)
+            return fallback(grid, block, args, shared_mem=shared_mem, stream=stream)
+        plan = atomized.plan(grid, block, args, shared_mem=shared_mem, options=atomizer.options)
         if not plan.atomized:
             atomizer.warn_whole(atomized.source.name, plan.reason or "")
         atomizer.submit(plan, stream)
@@ -38,12 +36,11 @@ def _make_classes(raw_kernel: type, raw_module: type) -> tuple[type, type]:
     class RawKernel(raw_kernel):  # type: ignore[misc, valid-type]
         __doc__ = raw_kernel.__doc__
 
-        def __call__(self, grid: Any, block: Any, args: Any, *, shared_mem: int = 0, stream: Any = None,
-                     enable_cooperative_groups: bool = False) -> None:
+        def __call__(self, grid: Any, block: Any, args: Any, *, shared_mem: int = 0, stream: Any = None) -> None:
             atomized = self.__dict__.get("_lithos_atomized")
             if atomized is None:
                 atomized = self.__dict__["_lithos_atomized"] = AtomizedRawKernel(self)
-            launch(atomized, super().__call__, grid, block, args, shared_mem, stream, enable_cooperative_groups)
+            launch(atomized, super().__call__, grid, block, args, shared_mem, stream)
 
     class ModuleKernel:
         """A function of an intercepted ``RawModule``; attributes are the kernel's."""
@@ -52,9 +49,8 @@ def _make_classes(raw_kernel: type, raw_module: type) -> tuple[type, type]:
             self._kernel = kernel
             self._atomized = AtomizedRawKernel(kernel, source=source_of_module_function(module, name))
 
-        def __call__(self, grid: Any, block: Any, args: Any, *, shared_mem: int = 0, stream: Any = None,
-                     enable_cooperative_groups: bool = False) -> None:
-            launch(self._atomized, self._kernel, grid, block, args, shared_mem, stream, enable_cooperative_groups)
+        def __call__(self, grid: Any, block: Any, args: Any, *, shared_mem: int = 0, stream: Any = None) -> None:
+            launch(self._atomized, self._kernel, grid, block, args, shared_mem, stream)
 
         def __getattr__(self, name: str) -> Any:
             return getattr(self._kernel, name)

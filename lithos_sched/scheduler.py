@@ -444,7 +444,7 @@ class Scheduler(Atomizer):
 
     def _wave_blocks(self, plan: LaunchPlan, partition: Any) -> int:
         per_sm = max(1, plan.wave_blocks // max(1, self.device.num_sms))
-        return per_sm * len(partition.sm_ids)
+        return per_sm * partition.num_sms
 
     def _atom_blocks(self, plan: LaunchPlan, partition: Any, remaining: int) -> int:
         if not plan.atomized or not self.policy.atomize_best_effort:

@@ -158,7 +158,7 @@ def run_sim(duration_s: float | None = None, seed: int = 0) -> dict[str, Any]:
     cfg = SimColocationConfig(seed=seed, **({"duration_s": duration_s} if duration_s else {}))
 
     def scenario(body: Callable[[Any, _Run], dict[str, Any]]) -> dict[str, Any]:
-        device = SimDevice(seed=seed)
+        device = SimDevice(seed=seed, record_blocks=False)
         run = _Run(cfg, device, SimTimeline(device))
         try:
             return body(device, run)

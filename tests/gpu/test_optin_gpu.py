@@ -124,15 +124,15 @@ def test_unsupported_kernel_runs_whole_with_one_warning_or_raises_in_strict():
         g.sync();
         if (i < n) x[i] *= 2.0f;
     }'''
-    k = cupy.RawKernel(code, "gsync", enable_cooperative_groups=True)
+    k = cupy.RawKernel(code, "gsync")
     x = cupy.ones(1024, np.float32)
     a = lithos.atomize(k, atom_blocks=1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        a((4,), (256,), (x, np.int32(1024)), enable_cooperative_groups=True)
-        a((4,), (256,), (x, np.int32(1024)), enable_cooperative_groups=True)
+        a((4,), (256,), (x, np.int32(1024)))
+        a((4,), (256,), (x, np.int32(1024)))
     ours = [w for w in caught if issubclass(w.category, lithos.AtomizeWarning)]
     assert len(ours) == 1 and "gsync" in str(ours[0].message)
     assert float(x[0]) == 10.0  # ran whole, twice: ((1+1)*2+1)*2
     with pytest.raises(lithos.UnsupportedKernelError):
-        lithos.atomize(k, atom_blocks=1, strict=True)((4,), (256,), (x, np.int32(1024)), enable_cooperative_groups=True)
+        lithos.atomize(k, atom_blocks=1, strict=True)((4,), (256,), (x, np.int32(1024)))
