@@ -267,9 +267,8 @@ def run_gpu(cfg: ColocationConfig, console: Any = None) -> dict[str, Any]:
     nothing = contextlib.nullcontext
     plain = cupy.cuda.Stream(non_blocking=True)
     plain2 = cupy.cuda.Stream(non_blocking=True)
-    low, high = cupy.cuda.runtime.deviceGetStreamPriorityRange()
-    hi_stream = cupy.cuda.Stream(non_blocking=True, priority=high)
-    lo_stream = cupy.cuda.Stream(non_blocking=True, priority=low)
+    hi_stream = cupy.cuda.Stream(non_blocking=True, priority=device.greatest_priority)
+    lo_stream = cupy.cuda.Stream(non_blocking=True, priority=0)
 
     def lithos(policy: Policy) -> Callable[[], dict[str, Any]]:
         def run() -> dict[str, Any]:

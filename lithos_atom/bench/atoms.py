@@ -112,18 +112,37 @@ def total_time_overhead(stream: Any, target_ms: float = 60.0, reps: int = 7) -> 
     args = (out, np.int32(iters))
     whole = lambda: k((blocks,), (threads,), args, stream=stream)  # noqa: E731
     results: dict[str, Any] = {"kernel": "burn", "blocks": blocks, "threads": threads}
+    wave = 132 * 8
     variants = {"atom_us_250": lithos_atom.atomize(k, atom_us=250.0, strict=True),
-                "atom_us_500": lithos_atom.atomize(k, atom_us=500.0, strict=True)}
+                "atom_us_500": lithos_atom.atomize(k, atom_us=500.0, strict=True),
+                "one_atom": lithos_atom.atomize(k, atom_blocks=blocks, strict=True),
+                "atom_64_waves": lithos_atom.atomize(k, atom_blocks=64 * wave, strict=True),
+                "atom_16_waves": lithos_atom.atomize(k, atom_blocks=16 * wave, strict=True)}
     for a in variants.values():  # first launch runs whole and is timed; sizing uses it after
         a((blocks,), (threads,), args, stream=stream)
         stream.synchronize()
         a((blocks,), (threads,), args, stream=stream)
         stream.synchronize()
+    class OneStream(lithos_atom.Atomizer):
+        """Every atom on the launch's own stream (no side stream), for comparison."""
+
+        def submit(self, plan: Any, s: Any) -> None:
+            plan.issue_all(s)
+
+    one_stream = OneStream()
+
+    def run_variant(name: str, a: Any) -> float:
+        if name.endswith("_one_stream"):
+            with lithos_atom.using_atomizer(one_stream):
+                return _median_launch_us(lambda: a((blocks,), (threads,), args, stream=stream), stream, 1)
+        return _median_launch_us(lambda: a((blocks,), (threads,), args, stream=stream), stream, 1)
+
+    variants["atom_us_250_one_stream"] = variants["atom_us_250"]
     rows: dict[str, list[float]] = {"whole": []} | {name: [] for name in variants}
     for _ in range(reps):  # interleaved, so drift hits every variant alike
         rows["whole"].append(_median_launch_us(whole, stream, 1))
         for name, a in variants.items():
-            rows[name].append(_median_launch_us(lambda a=a: a((blocks,), (threads,), args, stream=stream), stream, 1))
+            rows[name].append(run_variant(name, a))
     whole_med = statistics.median(rows["whole"])
     results["whole_us"] = whole_med
     for name, a in variants.items():

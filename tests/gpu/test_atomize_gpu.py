@@ -87,8 +87,19 @@ def test_atomized_bitwise_identical(case: Case, rng):
             assert np.array_equal(g, r), f"{case.name}: output {name!r} differs with atom_blocks={n}"
 
 
+@pytest.fixture(scope="module")
+def green_streams():
+    from lithos_sched import open_device
+
+    device = open_device(simulate=False)
+    half = device.num_tpcs // 2
+    yield [device.partition(range(half)).normal.cupy, device.partition(range(half, device.num_tpcs)).normal.cupy]
+    device.close()
+
+
+@pytest.mark.parametrize("where", ["plain_streams", "green_context_streams"])
 @pytest.mark.parametrize("case", [c for c in CASES if c.frontend == "cupy"][:4], ids=lambda c: c.name)
-def test_atoms_in_any_order_and_on_two_streams(case: Case, rng):
+def test_atoms_in_any_order_and_on_two_streams(case: Case, where, rng, request):
     import cupy
 
     kernel = case.kernel()
@@ -114,7 +125,10 @@ def test_atoms_in_any_order_and_on_two_streams(case: Case, rng):
     plan = atomized.plan(captured["grid"], captured["block"], captured["args"], shared_mem=captured["shared_mem"])
     assert plan.atomized and len(plan.atoms) > 2
     poison(bufs, case.outputs)
-    streams = [cupy.cuda.Stream(non_blocking=True) for _ in range(2)]
+    if where == "green_context_streams":
+        streams = request.getfixturevalue("green_streams")
+    else:
+        streams = [cupy.cuda.Stream(non_blocking=True) for _ in range(2)]
     order = rng.permutation(len(plan.atoms))
     for j, i in enumerate(order):
         plan.atoms[i].issue(streams[j % 2])

@@ -124,7 +124,7 @@ def test_unsupported_kernel_runs_whole_with_one_warning_or_raises_in_strict():
         g.sync();
         if (i < n) x[i] *= 2.0f;
     }'''
-    k = cupy.RawKernel(code, "gsync")
+    k = cupy.RawKernel(code, "gsync", enable_cooperative_groups=True)
     x = cupy.ones(1024, np.float32)
     a = lithos.atomize(k, atom_blocks=1)
     with warnings.catch_warnings(record=True) as caught:
