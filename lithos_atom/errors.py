@@ -1,32 +1,75 @@
-"""Errors of the atomizer."""
+"""Errors raised while reading, checking and rewriting kernels for atomization."""
 
 from __future__ import annotations
 
 
 class AtomizeError(Exception):
-    """PTX that cannot be read or rewritten, or a compile/link step that failed.
+    """A kernel or its PTX cannot be processed (malformed input, compiler failure, ...).
 
     Parameters
     ----------
     reason : str
-        What is wrong.
+        What went wrong, without the location.
     entry : str, optional
-        The kernel entry (or function) concerned.
+        The kernel (PTX ``.entry``) or function concerned, when known.
     line : int, optional
-        1-based line of the PTX input.
+        1-based line in the input PTX, when known.
+
+    Attributes
+    ----------
+    reason : str
+    entry : str or None
+    line : int or None
     """
 
     def __init__(self, reason: str, *, entry: str | None = None, line: int | None = None):
         self.reason = reason
         self.entry = entry
         self.line = line
+        super().__init__(self._message())
+
+    def _message(self) -> str:
         where = []
-        if entry is not None:
-            where.append(f"entry {entry!r}")
-        if line is not None:
-            where.append(f"line {line}")
-        super().__init__(f"{' '.join(where)}: {reason}" if where else reason)
+        if self.entry is not None:
+            where.append(f"entry {self.entry!r}")
+        if self.line is not None:
+            where.append(f"line {self.line}")
+        return f"{' '.join(where)}: {self.reason}" if where else self.reason
+
+    def __str__(self) -> str:
+        return self._message()
 
 
 class UnsupportedKernelError(AtomizeError):
-    """A valid kernel that cannot be split safely (grid-wide sync, clusters, ...)."""
+    """A valid kernel that cannot be split into atoms safely.
+
+    Examples: cooperative-groups grid synchronization, thread-block clusters,
+    programmatic dependent launch. When several entries of one module are refused,
+    ``problems`` lists each of them and ``reason`` summarizes them all.
+
+    Parameters
+    ----------
+    reason : str
+        Why the kernel cannot be atomized.
+    entry : str, optional
+        The refused entry (``None`` when several are).
+    line : int, optional
+        1-based PTX line of the construct that prevents it.
+    problems : tuple of (str, int or None, str), optional
+        ``(entry, line, reason)`` for every refused entry.
+
+    Attributes
+    ----------
+    problems : tuple of (str, int or None, str)
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        entry: str | None = None,
+        line: int | None = None,
+        problems: tuple[tuple[str, int | None, str], ...] = (),
+    ):
+        self.problems = tuple(problems)
+        super().__init__(reason, entry=entry, line=line)

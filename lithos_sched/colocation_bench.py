@@ -288,7 +288,7 @@ def run_gpu(cfg: ColocationConfig, console: Any = None) -> dict[str, Any]:
         "be_alone": lambda: _run_pair(w, None, (nothing, lambda: plain2), cfg.duration_s),
         "streams": lambda: _run_pair(w, (nothing, lambda: plain), (nothing, lambda: plain2), cfg.duration_s),
         "priorities": lambda: _run_pair(w, (nothing, lambda: hi_stream), (nothing, lambda: lo_stream), cfg.duration_s),
-        "static_split": lambda: _run_pair(w, (nothing, lambda: lc_part.high), (nothing, lambda: be_part.normal),
+        "static_split": lambda: _run_pair(w, (nothing, lambda: lc_part.high.cupy), (nothing, lambda: be_part.normal.cupy),
                                           cfg.duration_s),
         "lithos": lithos(Policy()),
         "lithos_no_steal": lithos(Policy(stealing=False)),

@@ -212,8 +212,8 @@ def _destroy_partition(ctx: Any, handles: list[int]) -> None:
     from cuda.bindings import driver
 
     for h in handles:
-        driver.cuStreamDestroy(driver.CUstream(h))
-    driver.cuGreenCtxDestroy(ctx)
+        check(driver.cuStreamDestroy(driver.CUstream(h)), "cuStreamDestroy")
+    check(driver.cuGreenCtxDestroy(ctx), "cuGreenCtxDestroy")
 
 
 class GpuDevice:

@@ -28,10 +28,15 @@ def sms_of(stream: Any, blocks: int = 64) -> set[int]:
     """SM ids that ``blocks`` one-warp blocks launched on ``stream`` ran on."""
     import cupy
 
-    out = cupy.full(blocks, -1, dtype=np.int32)
-    smid_kernel()((blocks,), (32,), (out,), stream=stream.cupy)
+    with stream.cupy:  # fill, launch and read back in one stream's order
+        out = cupy.full(blocks, -1, dtype=np.int32)
+        smid_kernel()((blocks,), (32,), (out,), stream=stream.cupy)
+        values = cupy.asnumpy(out, stream=stream.cupy)
     stream.synchronize()
-    return set(int(v) for v in cupy.asnumpy(out))
+    seen = set(int(v) for v in values)
+    if -1 in seen:
+        raise RuntimeError("smid probe: some blocks did not run")
+    return seen
 
 
 def probe_tpc_sms(device: Any) -> dict[int, tuple[int, ...]]:

@@ -129,14 +129,19 @@ def test_cublas_matmul_under_partition_is_confined(device):
 def test_create_and_close_partitions_leaks_nothing(device):
     import cupy
 
-    before_free = cupy.cuda.runtime.memGetInfo()[0]
+    def churn(n: int) -> None:
+        for i in range(n):
+            p = device.partition([i % device.num_tpcs, (i + 7) % device.num_tpcs])
+            p.close()
+            assert p.closed
+
     live = device.live_partitions()
-    for i in range(50):
-        p = device.partition([i % device.num_tpcs, (i + 7) % device.num_tpcs])
-        p.close()
-        assert p.closed
+    churn(20)  # the driver may keep a one-time reserve after the first green contexts
+    before_free = cupy.cuda.runtime.memGetInfo()[0]
+    churn(50)
+    after_free = cupy.cuda.runtime.memGetInfo()[0]
     assert device.live_partitions() == live
-    assert abs(cupy.cuda.runtime.memGetInfo()[0] - before_free) < 64 * 2**20
+    assert before_free - after_free < 16 * 2**20, (before_free - after_free) / 2**20
 
 
 def test_bad_partition_requests_raise(device):
