@@ -205,7 +205,7 @@ class _TenantAtomizer(Atomizer):
         self.tenant = tenant
 
     def submit(self, plan: LaunchPlan, stream: Any) -> None:
-        self.scheduler.submit(self.tenant, plan, stream)
+        self.scheduler.submit_for(self.tenant, plan, stream)
 
 
 class Scheduler(Atomizer):
