@@ -10,6 +10,7 @@ hash of the PTX, the target and the linker version, so only the first launch pay
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 import threading
@@ -135,7 +136,9 @@ def cuda_source_to_ptx(
 
     CuPy 14 compiles raw kernels straight to cubin, so their PTX must be produced again
     from the source. The options mirror CuPy's NVRTC path: the user's options, ``-ftz=true``,
-    ``--device-as-default-execution-space`` and CuPy's include directory.
+    ``--device-as-default-execution-space`` and CuPy's include directory. The PTX is cached
+    on disk (keyed by source, options, target and NVRTC version), so later processes skip
+    the compile.
 
     Parameters
     ----------
@@ -160,6 +163,24 @@ def cuda_source_to_ptx(
     AtomizeError
         If NVRTC fails; its log is included.
     """
+    from cuda.bindings import nvrtc
+
+    settings = get_settings()
+    key = hashlib.sha256(
+        json.dumps([code, list(options), compute_capability, list(name_expressions), nvrtc.nvrtcVersion()[1:]]).encode()
+    ).hexdigest()
+    cached_path = settings.cache_dir / f"{key}.ptx.json"
+    if settings.disk_cache and cached_path.is_file():
+        cached = json.loads(cached_path.read_text())
+        return cached["ptx"], cached["mapping"]
+    ptx, mapping = _nvrtc_compile(code, options, compute_capability, name_expressions, filename)
+    if settings.disk_cache:
+        _write_atomically(cached_path, json.dumps({"ptx": ptx, "mapping": mapping}).encode())
+    return ptx, mapping
+
+
+def _nvrtc_compile(code: str, options: Sequence[str], compute_capability: str, name_expressions: Sequence[str],
+                   filename: str) -> tuple[str, dict[str, str]]:
     from cuda.bindings import nvrtc
 
     def check(result: tuple, what: str) -> tuple:

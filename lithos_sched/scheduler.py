@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import sys
 import dataclasses
 import json
 import math
@@ -53,8 +54,10 @@ class Policy:
     atom_us : float
         Target duration of a best-effort atom (LithOS: 250-500 us).
     queue_cap_us : float
-        Predicted best-effort work allowed queued on a stream beyond what will drain
-        within this time (LithOS: ~100 us outstanding).
+        A best-effort thread issues its next atom once the work it has queued on the
+        stream is predicted to drain within this time. LithOS keeps ~100 us outstanding
+        from C++; issuing an atom from Python takes tens of microseconds and may wait for
+        the GIL, so the default leaves room for one atom of host delay.
     stealing : bool
         Let best-effort atoms use idle latency-critical TPCs.
     steal_max_block_us : float
@@ -65,14 +68,19 @@ class Policy:
         the gaps between the kernels of one request are not stolen.
     atomize_best_effort : bool
         Split best-effort launches into atoms (False: the no-atomization ablation).
+    gil_switch_interval_s : float or None
+        While the scheduler is open, ``sys.setswitchinterval`` is set to this (restored by
+        `Scheduler.close`): a latency-critical thread waiting for the GIL behind a busy
+        best-effort thread would otherwise wait up to Python's default 5 ms. None leaves it.
     """
 
     atom_us: float = 250.0
-    queue_cap_us: float = 100.0
+    queue_cap_us: float = 250.0
     stealing: bool = True
     steal_max_block_us: float = 1000.0
     lc_idle_grace_us: float = 200.0
     atomize_best_effort: bool = True
+    gil_switch_interval_s: float | None = 0.0002
 
     def __post_init__(self) -> None:
         for name in ("atom_us", "queue_cap_us", "steal_max_block_us"):
@@ -81,6 +89,8 @@ class Policy:
                 raise ValueError(f"Policy.{name} must be a positive number, got {value!r}")
         if isinstance(self.lc_idle_grace_us, bool) or not self.lc_idle_grace_us >= 0:
             raise ValueError(f"Policy.lc_idle_grace_us must be >= 0, got {self.lc_idle_grace_us!r}")
+        if self.gil_switch_interval_s is not None and not self.gil_switch_interval_s > 0:
+            raise ValueError(f"Policy.gil_switch_interval_s must be > 0 or None, got {self.gil_switch_interval_s!r}")
 
 
 @dataclasses.dataclass
@@ -251,9 +261,12 @@ class Scheduler(Atomizer):
         self._closed = False
         self._closing = False
         self._trace_on = trace
-        self._trace: list[dict[str, Any]] = []
+        self._trace: list[tuple[_AtomRecord, float, float]] = []
         self._trace_lock = threading.Lock()
         self._t0 = self.timeline.record(next(iter(self.tenants.values())).home.normal)
+        self._saved_switch_interval = sys.getswitchinterval()
+        if self.policy.gil_switch_interval_s is not None and not device.simulated:
+            sys.setswitchinterval(self.policy.gil_switch_interval_s)
 
     # ---- public API --------------------------------------------------------------
 
@@ -313,6 +326,7 @@ class Scheduler(Atomizer):
                 pass
         self.synchronize()
         self._closed = True
+        sys.setswitchinterval(self._saved_switch_interval)
 
     def __enter__(self) -> Scheduler:
         return self
@@ -337,8 +351,16 @@ class Scheduler(Atomizer):
         one thread per stream. Returns the path."""
         for t in self.tenants.values():
             self._retire(t)
+        tl = self.timeline
         with self._trace_lock:
-            events = list(self._trace)
+            records = list(self._trace)
+        events = [
+            {"name": r.key.name, "ph": "X", "ts": ts, "dur": dur,
+             "pid": f"TPCs {_ranges(r.partition.tpcs)}", "tid": f"{r.tenant.name} stream {tl.handle(r.stream):#x}",
+             "args": {"tenant": r.tenant.name, "blocks": [r.start_block, r.start_block + r.count],
+                      "predicted_us": r.predicted_us, "stolen": r.stolen}}
+            for r, ts, dur in records
+        ]
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
@@ -503,26 +525,19 @@ class Scheduler(Atomizer):
             tenant.stats.busy_ms += measured / 1000.0
             tenant.stats.tpc_ms += measured / 1000.0 * r.partition.num_tpcs
             if self._trace_on:
-                ts = tl.elapsed_us(self._t0, r.start)
-                event = {
-                    "name": r.key.name, "ph": "X", "ts": ts, "dur": measured,
-                    "pid": f"TPCs {_ranges(r.partition.tpcs)}", "tid": f"{tenant.name} stream {tl.handle(r.stream):#x}",
-                    "args": {"tenant": tenant.name, "blocks": [r.start_block, r.start_block + r.count],
-                             "predicted_us": r.predicted_us, "stolen": r.stolen},
-                }
-                with self._trace_lock:
-                    self._trace.append(event)
+                with self._trace_lock:  # formatted at export, off the dispatch path
+                    self._trace.append((r, tl.elapsed_us(self._t0, r.start), measured))
 
 
 def _ranges(ids: Any) -> str:
     """'0-32,40' for a set of ints."""
-    out: list[str] = []
+    runs: list[list[int]] = []
     for i in sorted(ids):
-        if out and out[-1][1] == i - 1:
-            out[-1] = (out[-1][0], i)  # type: ignore[assignment]
+        if runs and runs[-1][1] == i - 1:
+            runs[-1][1] = i
         else:
-            out.append((i, i))  # type: ignore[arg-type]
-    return ",".join(f"{a}-{b}" if a != b else f"{a}" for a, b in out)  # type: ignore[misc]
+            runs.append([i, i])
+    return ",".join(f"{a}-{b}" if a != b else f"{a}" for a, b in runs)
 
 
 @contextlib.contextmanager

@@ -28,8 +28,8 @@ class SimColocationConfig:
     duration_s: float = 2.0
     lc_rate_hz: float = 150.0
     lc_kernels: int = 2
-    lc_blocks: int = 264
-    lc_block_us: float = 150.0
+    lc_blocks: int = 66
+    lc_kernel_us: float = 300.0
     be_block_us: float = 150.0
     be_kernel_ms: float = 20.0
     blocks_per_sm: int = 4
@@ -63,7 +63,7 @@ class _Run:
 
         self.cfg, self.device, self.timeline = cfg, device, timeline
         wave = cfg.blocks_per_sm * device.num_sms
-        self.lc_kernel = SimKernel("lc_kernel", cfg.lc_blocks, cfg.lc_block_us, blocks_per_sm=cfg.blocks_per_sm)
+        self.lc_kernel = SimKernel("lc_kernel", cfg.lc_blocks, cfg.lc_kernel_us, blocks_per_sm=cfg.blocks_per_sm)
         be_blocks = max(1, round(cfg.be_kernel_ms * 1000 / cfg.be_block_us)) * wave
         self.be_kernel = SimKernel("be_kernel", be_blocks, cfg.be_block_us, blocks_per_sm=cfg.blocks_per_sm)
         self.latencies_ms: list[float] = []
