@@ -9,11 +9,12 @@ user's own parameters come four more, in this order::
     .param .u32 __lithos_grid_z
 
 An atom is launched as a 1-D grid ``(count, 1, 1)`` with the user's block and dynamic
-shared memory. A prelude at the top of the entry computes, in u64 arithmetic,
-``linear = base + %ctaid.x`` (the hardware index), ``x = linear % gx``,
-``t = linear / gx``, ``y = t % gy``, ``z = t / gy``; every read of ``%ctaid.{x,y,z}``
-becomes a read of that virtual index and every read of ``%nctaid.{x,y,z}`` a read of the
-original grid. Device functions (``.func``) cannot see kernel parameters: when one that
+shared memory. A prelude at the top of the entry computes ``linear = base + %ctaid.x``
+(the hardware index) and ``t = linear / gx``, ``x = linear % gx`` in u64 arithmetic, then
+``y = t % gy``, ``z = t / gy`` in u32 (exact: ``t < gy * gz < 2**32``), exactly as
+`lithos_atom.indexing.virtual_block` does; every read of ``%ctaid.{x,y,z}`` becomes a
+read of that virtual index and every read of ``%nctaid.{x,y,z}`` a read of the original
+grid. Device functions (``.func``) cannot see kernel parameters: when one that
 an atomized entry reaches reads these registers, the module gets a 24-byte ``.shared``
 slot, ``__lithos_blockinfo`` (x, y, z, gx, gy, gz as u32), that the entry's prelude fills
 and the function loads at its top.
@@ -385,13 +386,17 @@ class _Parser:
     def __init__(self, text: str):
         self.toks = _tokenize(_mask(text))
         self.i = 0
-        self.last_line = text.count("\n") + 1
+        self.last_line = max(1, text.count("\n") + (not text.endswith("\n")))
 
     # -- token helpers
 
     def peek(self, k: int = 0) -> _Tok | None:
         j = self.i + k
         return self.toks[j] if j < len(self.toks) else None
+
+    def at(self, text: str) -> bool:
+        t = self.peek()
+        return t is not None and t.text == text
 
     def next(self, what: str, entry: str | None = None) -> _Tok:
         t = self.peek()
@@ -412,7 +417,7 @@ class _Parser:
     def module(self) -> tuple[dict, list[_RawFunction], dict[str, str], set[str]]:
         header: dict = {}
         functions: list[_RawFunction] = []
-        aliases: dict[str, str] = {}
+        aliases: dict[str, tuple[str, int]] = {}  # alias -> (target, line)
         module_names: set[str] = set()  # words used in module-scope declarations
         while (t := self.peek()) is not None:
             if t.kind != "word" or not t.text.startswith("."):
@@ -433,13 +438,17 @@ class _Parser:
                     words = [x.text for x in stmt if x.kind == "word"]
                     if len(words) != 3:
                         raise AtomizeError("malformed .alias (expected '.alias name, target;')", line=t.line)
-                    aliases[words[1]] = words[2]
+                    aliases[words[1]] = (words[2], t.line)
                 else:
                     module_names.update(x.text for x in stmt if x.kind == "word")
             else:
                 raise AtomizeError(f"unknown directive {t.text!r} at module scope", line=t.line)
         self.require_header(header, self.last_line)
-        return header, functions, aliases, module_names
+        declared = {f.name for f in functions}
+        for alias, (target, line) in aliases.items():
+            if target not in declared:
+                raise AtomizeError(f".alias {alias} names undeclared function {target!r}", line=line)
+        return header, functions, {a: target for a, (target, _) in aliases.items()}, module_names
 
     def require_header(self, header: dict, line: int) -> None:
         for d in (".version", ".target"):
@@ -482,7 +491,10 @@ class _Parser:
         self.expect("{", "'{' after .section")
         depth = 1
         while depth:
-            t = self.next("'}' closing the .section opened here", None)
+            t = self.peek()
+            if t is None:
+                raise AtomizeError(".section is not closed by '}'", line=start.line)
+            self.i += 1
             depth += {"{": 1, "}": -1}.get(t.text, 0)
 
     def is_function_header(self) -> bool:
@@ -519,16 +531,16 @@ class _Parser:
             linkage.append(self.next("linkage").text)
         kind = self.next(".entry or .func").text[1:]
         return_params: tuple[PtxParam, ...] = ()
-        if kind == "func" and self.peek() is not None and self.peek().text == "(":
-            return_params, _, _ = self.param_list(None, first.line)
+        if kind == "func" and self.at("("):
+            return_params, _, _ = self.param_list(None)
         name_tok = self.next(f"the name of the .{kind}")
         if name_tok.kind != "word" or name_tok.text[0] in ".%":
             raise AtomizeError(f"expected the name of the .{kind}, found {name_tok.text!r}", line=name_tok.line)
         name = name_tok.text
         params: tuple[PtxParam, ...] = ()
         params_open = last_param_end = None
-        if self.peek() is not None and self.peek().text == "(":
-            params, params_open, last_param_end = self.param_list(name, name_tok.line)
+        if self.at("("):
+            params, params_open, last_param_end = self.param_list(name)
         elif kind == "entry":
             raise AtomizeError("entry has no parameter list", entry=name, line=name_tok.line)
         directives = self.function_directives(name)
@@ -544,7 +556,7 @@ class _Parser:
         return _RawFunction(name, kind, tuple(linkage), first.line, return_params, params, params_open,
                             last_param_end, directives, body, statements)
 
-    def param_list(self, name: str | None, line: int) -> tuple[tuple[PtxParam, ...], int, int | None]:
+    def param_list(self, name: str | None) -> tuple[tuple[PtxParam, ...], int, int | None]:
         """Parse ``( ... )``; return the params, the offset after '(' and after the last param."""
         open_tok = self.expect("(", "'('", name)
         groups: list[list[_Tok]] = [[]]
@@ -567,9 +579,12 @@ class _Parser:
         return params, open_tok.end, groups[-1][-1].end
 
     def param(self, toks: list[_Tok], name: str | None, line: int) -> PtxParam:
+        """One parameter: ``.param``/``.reg``, attributes in any order, then ``name`` or ``name[N]``."""
+
         def bad(why: str) -> AtomizeError:
             text = " ".join(t.text for t in toks) or "(empty)"
-            return AtomizeError(f"cannot read parameter {text!r}: {why}", entry=name, line=toks[0].line if toks else line)
+            return AtomizeError(f"cannot read parameter {text!r}: {why}", entry=name,
+                                line=toks[0].line if toks else line)
 
         if not toks or toks[0].text not in (".param", ".reg"):
             raise bad("expected .param or .reg")
@@ -590,7 +605,7 @@ class _Parser:
             elif t.kind == "word" and not t.text.startswith(".") and pname is None:
                 pname = t.text
             elif t.text == "[" and pname is not None:
-                if k + 2 >= len(toks) or not toks[k + 1].text.isdigit() or toks[k + 2].text != "]" or k + 3 != len(toks):
+                if k + 3 != len(toks) or not toks[k + 1].text.isdigit() or toks[k + 2].text != "]":
                     raise bad("expected name[N]")
                 array_len = int(toks[k + 1].text)
                 break
@@ -718,10 +733,15 @@ def _register_hazard(reg: str) -> str | None:
     return None
 
 
+def _is_op(opcode: str, *names: str) -> bool:
+    """Whether ``opcode`` is one of ``names``, with or without further ``.modifiers``."""
+    return any(opcode == n or opcode.startswith(n + ".") for n in names)
+
+
 def _opcode_hazard(opcode: str, stmt: tuple[_Tok, ...]) -> str | None:
-    if opcode.startswith("griddepcontrol"):
+    if _is_op(opcode, "griddepcontrol"):
         return f"uses {opcode} (programmatic dependent launch orders whole grids, not atoms)"
-    if opcode.startswith(("barrier.cluster", "mapa", "getctarank")):
+    if _is_op(opcode, "barrier.cluster", "mapa", "getctarank"):
         return f"uses {opcode}: thread-block clusters cannot be split into atoms"
     for t in stmt:
         if "::cluster" in t.text:
@@ -764,7 +784,7 @@ def _analyze(raw: _RawFunction, names: Mapping[str, _RawFunction], aliases: Mapp
         why = _opcode_hazard(opcode, stmt)
         if why:
             hazards.append(Hazard(stmt[k].line, raw.name, why))
-        target = _call_target(stmt, k) if opcode == "call" or opcode.startswith("call.") else None
+        target = _call_target(stmt, k) if _is_op(opcode, "call") else None
         if target is not None:
             if target.text.startswith("%"):
                 indirect.append(target.line)
@@ -827,16 +847,13 @@ def parse_module(text: str) -> PtxModule:
     by_name: dict[str, _RawFunction] = {}
     for r in raws:
         old = by_name.get(r.name)
-        if old is not None and old.body is not None and r.body is not None:
-            raise AtomizeError(f"function {r.name!r} is defined twice", entry=r.name, line=r.first_line)
         if old is not None and old.kind != r.kind:
             raise AtomizeError(f"{r.name!r} is declared both as .{old.kind} and .{r.kind}", entry=r.name,
                                line=r.first_line)
+        if old is not None and old.body is not None and r.body is not None:
+            raise AtomizeError(f"function {r.name!r} is defined twice", entry=r.name, line=r.first_line)
         if old is None or r.body is not None:
             by_name[r.name] = r
-    for alias, target in aliases.items():
-        if target not in by_name:
-            raise AtomizeError(f".alias {alias} names undeclared function {target!r}")
     address_taken = {n for n in module_names if n in by_name}
     functions = {n: _analyze(r, by_name, aliases, address_taken) for n, r in by_name.items()}
     version, _ = header[".version"]
@@ -925,8 +942,8 @@ def entry_hazards(module: PtxModule, entry: str) -> tuple[Hazard, ...]:
 
 
 def _describe(h: Hazard, entry: str) -> str:
-    where = "" if h.function == entry else f" in function {h.function!r}"
-    return f"{h.reason} (line {h.line}{where})"
+    """The hazard's reason, naming the function when it is not ``entry`` itself."""
+    return h.reason if h.function == entry else f"{h.reason} (in function {h.function!r})"
 
 
 # ---- rewriting -------------------------------------------------------------------------
@@ -937,8 +954,7 @@ def _entry_prelude(store_slot: bool) -> str:
     d = [f"%{_PREFIX}rd{i}" for i in range(7)]
     w = [f"%{_PREFIX}r{i}" for i in range(3)]
     lines = [
-        "// lithos atom prelude: this launch runs blocks [base, base + count) of the original grid;",
-        "// recover each block's original 3-D index (x fastest) and the original grid size.",
+        "// lithos atom prelude: original block index (x fastest) and grid of this atom's blocks",
         f".reg .b32 {r['%ctaid.x']}, {r['%ctaid.y']}, {r['%ctaid.z']};",
         f".reg .b32 {r['%nctaid.x']}, {r['%nctaid.y']}, {r['%nctaid.z']};",
         f".reg .b32 %{_PREFIX}r<3>;",
@@ -965,7 +981,7 @@ def _entry_prelude(store_slot: bool) -> str:
         # Every thread stores the same six values before it runs anything else, so no
         # barrier is needed: a thread reads the slot only after its own stores, and any
         # sibling store it may observe wrote the identical value.
-        lines.append("// for device functions: every thread stores identical values before any use (no barrier)")
+        lines.append("// lithos: for device functions; all threads store identical values before any use")
         lines += [f"st.shared.u32 [{BLOCKINFO}+{_SLOT_OFFSET[v]}], {_REG[v]};" for v in _VALUES]
     lines.append("// end of lithos atom prelude")
     return "".join(f"\n\t{ln}" for ln in lines)
@@ -979,13 +995,13 @@ def _func_prelude(values: Sequence[str]) -> str:
     return "".join(f"\n\t{ln}" for ln in lines)
 
 
-def _refuse(refused: Mapping[str, tuple[Hazard, str]]) -> UnsupportedKernelError:
-    problems = tuple((name, h.line, text) for name, (h, text) in refused.items())
+def _refuse(refused: Mapping[str, Hazard]) -> UnsupportedKernelError:
+    problems = tuple((name, h.line, _describe(h, name)) for name, h in refused.items())
     if len(problems) == 1:
         name, line, text = problems[0]
         return UnsupportedKernelError(f"cannot be split into atoms: {text}", entry=name, line=line,
                                       problems=problems)
-    listing = "; ".join(f"entry {name!r}: {text}" for name, _, text in problems)
+    listing = "; ".join(f"entry {name!r} line {line}: {text}" for name, line, text in problems)
     return UnsupportedKernelError(f"{len(problems)} kernels cannot be split into atoms: {listing}",
                                   problems=problems)
 
@@ -997,7 +1013,9 @@ def rewrite_module(text: str, *, skip_unsupported: bool = False) -> RewriteResul
     that is atomized and from one that is not would read a shared slot that the latter
     never fills. Such modules are refused as a whole unless ``skip_unsupported``; with
     it, the function stays unpatched and every entry reaching it is left unchanged too
-    (to a fixed point), so nothing ever reads an unset slot.
+    (to a fixed point), so nothing ever reads an unset slot. Functions no atomized entry
+    reaches are left as they are (a ``.visible`` one that is patched must not be called from
+    entries of other modules: lithos links each rewritten module on its own).
 
     Parameters
     ----------
@@ -1026,30 +1044,15 @@ def rewrite_module(text: str, *, skip_unsupported: bool = False) -> RewriteResul
     module = parse_module(text)
     entries = module.entries
     reach = {e.name: set(reachable_functions(module, e.name)) for e in entries}
-    refused: dict[str, tuple[Hazard, str]] = {}
+    refused: dict[str, Hazard] = {}  # entry -> the first thing that prevents splitting it
     for e in entries:
         hazards = entry_hazards(module, e.name)
         if hazards:
-            refused[e.name] = (hazards[0], _describe(hazards[0], e.name))
+            refused[e.name] = hazards[0]
     if refused and not skip_unsupported:
         raise _refuse(refused)
     patchable = {f.name for f in module.functions.values() if f.kind == "func" and f.anchors and f.anchors.sites}
-    changed = True
-    while changed:
-        changed = False
-        for e in entries:
-            if e.name in refused:
-                continue
-            for other, (_, other_text) in list(refused.items()):
-                shared = sorted(reach[e.name] & reach[other] & patchable)
-                if shared:
-                    f = module.functions[shared[0]]
-                    h = Hazard(f.first_line, e.name, (
-                        f"shares device function {f.name!r}, which reads the block index, with entry {other!r}, "
-                        f"which cannot be split ({other_text})"))
-                    refused[e.name] = (h, f"{h.reason} (line {h.line})")
-                    changed = True
-                    break
+    _refuse_sharers(module, reach, patchable, refused)
     atomized = [e for e in entries if e.name not in refused]
     reached = set().union(*(reach[e.name] for e in atomized))
     patched = tuple(n for n in module.functions if n in reached and n in patchable)
@@ -1058,7 +1061,8 @@ def rewrite_module(text: str, *, skip_unsupported: bool = False) -> RewriteResul
     for name in patched:
         a = module.functions[name].anchors
         assert a is not None and a.body_open is not None
-        edits.append((a.body_open, a.body_open, _func_prelude([v for v in _VALUES if any(s.value == v for s in a.sites)])))
+        read = [v for v in _VALUES if any(site.value == v for site in a.sites)]
+        edits.append((a.body_open, a.body_open, _func_prelude(read)))
         edits += [(s.start, s.end, _REG[s.value]) for s in a.sites]
     for e in atomized:
         a = e.anchors
@@ -1079,14 +1083,36 @@ def rewrite_module(text: str, *, skip_unsupported: bool = False) -> RewriteResul
         pieces += [text[pos:start], new]
         pos = end
     out = "".join(pieces) + text[pos:]
-    results = {
-        e.name: EntryRewrite(
-            e.name, e.name not in refused, refused[e.name][1] if e.name in refused else None, len(e.params),
-            refused[e.name][0].line if e.name in refused else None,
-        )
-        for e in entries
-    }
+    results = {}
+    for e in entries:
+        h = refused.get(e.name)
+        reason = None if h is None else f"{_describe(h, e.name)} (line {h.line})"
+        results[e.name] = EntryRewrite(e.name, h is None, reason, len(e.params), None if h is None else h.line)
     return RewriteResult(out, results, patched, module.version)
+
+
+def _refuse_sharers(module: PtxModule, reach: Mapping[str, set[str]], patchable: set[str],
+                    refused: dict[str, Hazard]) -> None:
+    """Add to ``refused`` every entry that reaches a patchable function a refused entry reaches.
+
+    Repeats until nothing changes, since each newly refused entry may share functions
+    with others in turn.
+    """
+    changed = True
+    while changed:
+        changed = False
+        for e in module.entries:
+            if e.name in refused:
+                continue
+            for other, why in list(refused.items()):
+                shared = sorted(reach[e.name] & reach[other] & patchable)
+                if shared:
+                    f = module.functions[shared[0]]
+                    refused[e.name] = Hazard(f.first_line, e.name, (
+                        f"shares device function {f.name!r}, which reads the block index, with entry {other!r}, "
+                        f"which cannot be split ({_describe(why, other)})"))
+                    changed = True
+                    break
 
 
 def set_ptx_version(text: str, version: tuple[int, int]) -> str:
@@ -1158,8 +1184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UnsupportedKernelError as exc:
         print(f"{prog}: error: {args.input}: kernels that cannot be split into atoms "
               "(use --skip-unsupported to leave them unchanged):", file=sys.stderr)
-        for name, _, reason in exc.problems:
-            print(f"  {name}: {reason}", file=sys.stderr)
+        for name, line, reason in exc.problems:
+            print(f"  {name} (line {line}): {reason}", file=sys.stderr)
         return 2
     except AtomizeError as exc:
         print(f"{prog}: error: {args.input}: {exc}", file=sys.stderr)

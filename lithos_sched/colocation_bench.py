@@ -237,7 +237,10 @@ def _run_pair(w: _Workloads, lc: tuple | None, be: tuple | None, duration_s: flo
     if errors:
         raise errors[0]
     result: dict[str, Any] = {}
-    if lc is not None:
+    if lc is not None and not latencies:
+        result["hp"] = {"completed": 0, "p50_ms": None, "p99_ms": None, "p999_ms": None, "mean_ms": None,
+                        "latencies_ms": []}
+    elif lc is not None:
         lat = np.asarray(latencies)
         result["hp"] = {
             "completed": int(lat.size),

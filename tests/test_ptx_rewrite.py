@@ -6,6 +6,8 @@ executed by a tiny interpreter and compared with `lithos_atom.indexing.virtual_b
 
 from __future__ import annotations
 
+import difflib
+import functools
 import re
 
 import pytest
@@ -81,10 +83,10 @@ def test_no_block_index_read_remains_but_the_hardware_one(ptx_corpus, case):
         reads = block_index_reads(after, name)
         assert list(reads) == ["%ctaid.x"] and len(reads["%ctaid.x"]) == 1, reads
         assert HW_READ.match(out_lines[reads["%ctaid.x"][0] - 1])
-        # the user's own reads all went to the prelude's registers
+        # each of the user's own reads now reads a prelude register
         n_user = sum(len(v) for v in block_index_reads(before, name).values())
-        body = function_text(result.ptx, after, name)
-        assert sum(body.count(f"%__lithos_{v[1:].replace('.', '_')}") for v in BLOCK_INDEX) >= n_user
+        body = function_text(result.ptx, after, name).split("end of lithos atom prelude", 1)[1]
+        assert len(re.findall(r"%__lithos_n?ctaid_[xyz]\b", body)) == n_user
     reached = {f for n in atomized for f in reachable_functions(after, n)}
     for name in reached:
         assert not block_index_reads(after, name), name
@@ -215,19 +217,22 @@ def test_rewriting_twice_is_refused(ptx_corpus):
 # ---- the prelude computes virtual_block ----------------------------------------------------
 
 
-def run_prelude(ptx: str, entry: str, base: int, hw: int, grid: tuple[int, int, int]) -> dict[str, int]:
-    """Execute an atomized entry's prelude (a straight-line u32/u64 program) in Python."""
-    m = parse_module(ptx)
-    lines = function_text(ptx, m, entry).split("\n")
+@functools.lru_cache(maxsize=None)
+def prelude_lines(ptx: str, entry: str) -> tuple[str, ...]:
+    """The instructions of an atomized entry's prelude, comments and declarations removed."""
+    lines = function_text(ptx, parse_module(ptx), entry).split("\n")
     start = next(i for i, ln in enumerate(lines) if "lithos atom prelude:" in ln)
     end = next(i for i, ln in enumerate(lines) if "end of lithos atom prelude" in ln)
+    code = (ln.split("//")[0].strip().rstrip(";") for ln in lines[start:end])
+    return tuple(ln for ln in code if ln and not ln.startswith(".reg"))
+
+
+def run_prelude(ptx: str, entry: str, base: int, hw: int, grid: tuple[int, int, int]) -> dict[str, int]:
+    """Execute an atomized entry's prelude (a straight-line u32/u64 program) in Python."""
     params = dict(zip((p for p, _ in ATOM_PARAMS), (base, *grid)))
     regs: dict[str, int] = {"%ctaid.x": hw}
     shared: dict[int, int] = {}
-    for ln in lines[start:end]:
-        ln = ln.split("//")[0].strip().rstrip(";")
-        if not ln or ln.startswith(".reg"):
-            continue
+    for ln in prelude_lines(ptx, entry):
         op, args = ln.split(None, 1)
         a = [x.strip() for x in args.split(",")]
         bits = 64 if op.endswith("64") else 32
@@ -261,11 +266,10 @@ def run_prelude(ptx: str, entry: str, base: int, hw: int, grid: tuple[int, int, 
     where=st.floats(0, 1, exclude_max=True), back=st.integers(0, MAX_GRID_X - 1),
 )
 def test_prelude_computes_virtual_block(gx, gy, gz, where, back):
-    ptx = PRELUDE_PTX
     total = gx * gy * gz
     linear = min(int(where * total), total - 1)
     hw = min(back, linear)  # the atom started hw blocks before this one
-    out = run_prelude(ptx, "k", linear - hw, hw, (gx, gy, gz))
+    out = run_prelude(PRELUDE_PTX, "kern", linear - hw, hw, (gx, gy, gz))
     assert (out["%ctaid.x"], out["%ctaid.y"], out["%ctaid.z"]) == virtual_block(linear, (gx, gy, gz))
     assert (out["%nctaid.x"], out["%nctaid.y"], out["%nctaid.z"]) == (gx, gy, gz)
 
@@ -375,7 +379,7 @@ $L__skip:
 }
 """
 
-PRELUDE_PTX = rewrite_module(HANDWRITTEN.replace("kern(", "k(", 1)).ptx
+PRELUDE_PTX = rewrite_module(HANDWRITTEN).ptx  # kern's prelude stores the shared slot too
 
 
 def test_handwritten_module_is_read_exactly():
@@ -409,16 +413,26 @@ def test_handwritten_module_rewrites_and_assembles():
     assert result.entries["no_params"].num_user_params == 0
     after = parse_module(result.ptx)
     assert [p.name for p in after.functions["no_params"].params] == [n for n, _ in ATOM_PARAMS]
-    assert block_index_reads(after, "unused_reader") == {"%ctaid.z": (after.functions["unused_reader"].body_start_line + 2,)}
+    unused = after.functions["unused_reader"]  # reached by no entry: left as it was
+    assert block_index_reads(after, "unused_reader") == {"%ctaid.z": (unused.body_start_line + 2,)}
     assemble(result.ptx)
 
 
 def test_output_outside_edits_is_byte_identical():
     result = rewrite_module(HANDWRITTEN)
-    stripped = re.sub(r"%__lithos_(n?ctaid)_([xyz])", r"%\1.\2", result.ptx)
-    kept = [ln for ln in stripped.split("\n") if "lithos" not in ln]
-    assert "\n".join(kept) == HANDWRITTEN.replace(
-        "\t.param .u32 kern_param_2,", "\t.param .u32 kern_param_2)").replace("no_params(\n)", "no_params()")
+    before = HANDWRITTEN.split("\n")
+    # undo the register renaming in the user's lines (not in the lithos declarations)
+    after = [ln if ln.lstrip().startswith(".reg") else re.sub(r"%__lithos_(n?ctaid)_([xyz])", r"%\1.\2", ln)
+             for ln in result.ptx.split("\n")]
+    # the two header lines where the ABI parameters go in, before and after
+    changed_headers = {"\t.param .u32 kern_param_2)", ".visible .entry no_params()"}
+    new_headers = {"\t.param .u32 kern_param_2,", ".visible .entry no_params("}
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=before, b=after, autojunk=False).get_opcodes():
+        if tag == "equal":
+            continue
+        assert tag in ("insert", "replace"), (tag, before[i1:i2])
+        assert set(before[i1:i2]) <= changed_headers
+        assert all("lithos" in ln or ln in ("", ")") or ln in new_headers for ln in after[j1:j2]), after[j1:j2]
 
 
 ENTRY = """.version 8.0
@@ -476,9 +490,8 @@ def test_unsafe_constructs_are_refused(body, directive, decls, fragment):
     err = info.value
     assert fragment in err.reason and err.entry == "k"
     assert err.problems == (("k", err.line, err.problems[0][2]),)
-    offending = ptx.split("\n")[err.line - 1]
-    assert any(tok in offending for tok in fragment.replace(":", " ").replace("'", " ").split() if tok[0] in ".%")\
-        or fragment.split()[-1].strip("'") in offending or "call" in offending
+    offending = ptx.split("\n")[err.line - 1].strip()
+    assert offending == (directive.strip() or body.split("\n")[-1].strip())
     # with skip_unsupported the module comes back byte for byte
     result = rewrite_module(ptx, skip_unsupported=True)
     assert result.ptx == ptx and not result.entries["k"].atomized and fragment in result.entries["k"].reason
@@ -522,7 +535,7 @@ def test_several_refused_entries_are_all_listed():
     with pytest.raises(UnsupportedKernelError) as info:
         rewrite_module(ptx)
     err = info.value
-    assert [(n, ln) for n, ln, _ in err.problems] == [("k", 11), ("other", 18)]
+    assert [(n, ln) for n, ln, _ in err.problems] == [("k", 11), ("other", 17)]
     assert err.entry is None and "2 kernels" in str(err) and "'k'" in str(err) and "'other'" in str(err)
 
 
@@ -541,3 +554,66 @@ def test_set_ptx_version():
         set_ptx_version(".target sm_90\n", (9, 0))
     with pytest.raises(ValueError, match="version"):
         set_ptx_version(text, (9,))  # type: ignore[arg-type]
+
+
+CHAIN = """.version 8.0
+.target sm_90
+.address_size 64
+.func f1()
+{
+	.reg .b32 %r<2>;
+	mov.u32 %r1, %ctaid.x;
+	ret;
+}
+.func f2()
+{
+	.reg .b32 %r<2>;
+	mov.u32 %r1, %nctaid.y;
+	ret;
+}
+.func plain()
+{
+	ret;
+}
+.visible .entry refused()
+{
+	griddepcontrol.wait;
+	call.uni f1, ();
+	call.uni plain, ();
+	ret;
+}
+.visible .entry a()
+{
+	call.uni f1, ();
+	call.uni f2, ();
+	ret;
+}
+.visible .entry b()
+{
+	call.uni f2, ();
+	call.uni plain, ();
+	ret;
+}
+.visible .entry c()
+{
+	call.uni plain, ();
+	ret;
+}
+"""
+
+
+def test_sharing_a_reading_function_with_a_refused_entry_propagates():
+    result = rewrite_module(CHAIN, skip_unsupported=True)
+    # refused reaches f1; a shares f1, so a is refused; b shares f2 with a, so b is too.
+    # c shares only 'plain', which reads nothing and is never patched: c is atomized.
+    assert {n: e.atomized for n, e in result.entries.items()} == {"refused": False, "a": False, "b": False, "c": True}
+    assert "'f1'" in result.entries["a"].reason and "'refused'" in result.entries["a"].reason
+    assert "'f2'" in result.entries["b"].reason and "'a'" in result.entries["b"].reason
+    assert result.funcs_patched == () and BLOCKINFO not in result.ptx
+    before, after = parse_module(CHAIN), parse_module(result.ptx)
+    for name in ("f1", "f2", "plain", "refused", "a", "b"):
+        assert function_text(result.ptx, after, name) == function_text(CHAIN, before, name)
+    assemble(result.ptx)
+    with pytest.raises(UnsupportedKernelError) as info:  # without skipping, only the cause is listed
+        rewrite_module(CHAIN)
+    assert [n for n, _, _ in info.value.problems] == ["refused"]
