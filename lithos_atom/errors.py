@@ -26,18 +26,12 @@ class AtomizeError(Exception):
         self.reason = reason
         self.entry = entry
         self.line = line
-        super().__init__(self._message())
-
-    def _message(self) -> str:
         where = []
-        if self.entry is not None:
-            where.append(f"entry {self.entry!r}")
-        if self.line is not None:
-            where.append(f"line {self.line}")
-        return f"{' '.join(where)}: {self.reason}" if where else self.reason
-
-    def __str__(self) -> str:
-        return self._message()
+        if entry is not None:
+            where.append(f"entry {entry!r}")
+        if line is not None:
+            where.append(f"line {line}")
+        super().__init__(f"{' '.join(where)}: {reason}" if where else reason)
 
 
 class UnsupportedKernelError(AtomizeError):

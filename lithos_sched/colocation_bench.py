@@ -20,10 +20,12 @@ On a machine without a GPU the same scenarios run on the simulated device
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -256,6 +258,15 @@ def _run_pair(w: _Workloads, lc: tuple | None, be: tuple | None, duration_s: flo
     return result
 
 
+def policy_name(policy: Any) -> str:
+    """A short name for a scheduling policy (for file names)."""
+    if not policy.stealing:
+        return "lithos_no_steal"
+    if not policy.atomize_best_effort:
+        return "lithos_no_atoms"
+    return "lithos"
+
+
 def run_gpu(cfg: ColocationConfig, console: Any = None) -> dict[str, Any]:
     """Every scenario on the GPU, side by side."""
     import contextlib
@@ -288,6 +299,9 @@ def run_gpu(cfg: ColocationConfig, console: Any = None) -> dict[str, Any]:
             _run_pair(w, (lambda: lc_t, cur), (lambda: be_t, cur), WARMUP_S)  # compile, learn block times
             res = _run_pair(w, (lambda: lc_t, cur), (lambda: be_t, cur), cfg.duration_s)
             sched.close()
+            trace_dir = os.environ.get("LITHOS_TRACE_DIR")
+            if trace_dir:
+                res["trace_file"] = str(sched.export_trace(Path(trace_dir) / f"trace_{policy_name(policy)}.json"))
             res["scheduler"] = sched.stats()
             return res
         return run

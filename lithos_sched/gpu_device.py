@@ -125,7 +125,7 @@ class GpuStream:
 
 
 class GpuPartition:
-    """A set of TPCs as a green context with a high- and a normal-priority stream.
+    """A set of TPCs as a green context with a high- and two normal-priority streams.
 
     Made by `GpuDevice.partition`; do not construct directly.
     """
@@ -137,6 +137,9 @@ class GpuPartition:
         self.create_ms = resources.create_ms
         self.high = GpuStream(resources.high, "high", self)
         self.normal = GpuStream(resources.normal, "normal", self)
+        # A second normal-priority stream lets consecutive atoms of one launch overlap
+        # (the next starts while the last blocks of the previous drain).
+        self.normal_b = GpuStream(resources.normal_b, "normal", self)
         self.closed = False
 
     @property
@@ -191,7 +194,7 @@ class GpuPartition:
         """
         if self.closed:
             return
-        for s in (self.high, self.normal):
+        for s in (self.high, self.normal, self.normal_b):
             s.synchronize()
         self.closed = True
         self.device._release(self)
@@ -217,7 +220,8 @@ class _GreenContext:
         self.high = int(check(driver.cuGreenCtxStreamCreate(self.ctx, flags, device.greatest_priority),
                               "cuGreenCtxStreamCreate"))
         self.normal = int(check(driver.cuGreenCtxStreamCreate(self.ctx, flags, 0), "cuGreenCtxStreamCreate"))
-        self._finalizer = weakref.finalize(self, _destroy_green_context, self.ctx, [self.high, self.normal])
+        self.normal_b = int(check(driver.cuGreenCtxStreamCreate(self.ctx, flags, 0), "cuGreenCtxStreamCreate"))
+        self._finalizer = weakref.finalize(self, _destroy_green_context, self.ctx, [self.high, self.normal, self.normal_b])
 
     def destroy(self) -> None:
         self._finalizer()

@@ -9,6 +9,7 @@ exponentially weighted mean, and falls back to the same kernel on another partit
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import math
 import threading
@@ -40,7 +41,7 @@ class LatencyPredictor:
         self._lock = threading.Lock()
         self._by_tpcs: dict[tuple[KernelKey, int], _Estimate] = {}
         self._by_key: dict[KernelKey, _Estimate] = {}
-        self._errors_us: list[float] = []
+        self._errors_us = array.array("d")  # untracked by the garbage collector, unlike a list of floats
 
     @staticmethod
     def waves(count: int, wave_blocks: int) -> int:

@@ -52,7 +52,11 @@ class Policy:
     Attributes
     ----------
     atom_us : float
-        Target duration of a best-effort atom (LithOS: 250-500 us).
+        Target duration of a best-effort atom. LithOS uses 250-500 us from C++; each atom
+        issued from Python costs tens of microseconds of GIL time that a latency-critical
+        thread may wait for, so the default is longer. The hardware already dispatches a
+        latency-critical kernel's blocks ahead of queued best-effort blocks on shared SMs
+        (measured), so the atom size bounds queued work, not the latency-critical wait.
     queue_cap_us : float
         A best-effort thread issues its next atom once the work it has queued on the
         stream is predicted to drain within this time. LithOS keeps ~100 us outstanding
@@ -74,13 +78,13 @@ class Policy:
         best-effort thread would otherwise wait up to Python's default 5 ms. None leaves it.
     """
 
-    atom_us: float = 250.0
+    atom_us: float = 1000.0
     queue_cap_us: float = 250.0
     stealing: bool = True
     steal_max_block_us: float = 1000.0
     lc_idle_grace_us: float = 200.0
     atomize_best_effort: bool = True
-    gil_switch_interval_s: float | None = 0.0002
+    gil_switch_interval_s: float | None = 0.00005
 
     def __post_init__(self) -> None:
         for name in ("atom_us", "queue_cap_us", "steal_max_block_us"):
@@ -261,7 +265,7 @@ class Scheduler(Atomizer):
         self._closed = False
         self._closing = False
         self._trace_on = trace
-        self._trace: list[tuple[_AtomRecord, float, float]] = []
+        self._trace: list[tuple] = []
         self._trace_lock = threading.Lock()
         self._t0 = self.timeline.record(next(iter(self.tenants.values())).home.normal)
         self._saved_switch_interval = sys.getswitchinterval()
@@ -351,15 +355,13 @@ class Scheduler(Atomizer):
         one thread per stream. Returns the path."""
         for t in self.tenants.values():
             self._retire(t)
-        tl = self.timeline
         with self._trace_lock:
             records = list(self._trace)
         events = [
-            {"name": r.key.name, "ph": "X", "ts": ts, "dur": dur,
-             "pid": f"TPCs {_ranges(r.partition.tpcs)}", "tid": f"{r.tenant.name} stream {tl.handle(r.stream):#x}",
-             "args": {"tenant": r.tenant.name, "blocks": [r.start_block, r.start_block + r.count],
-                      "predicted_us": r.predicted_us, "stolen": r.stolen}}
-            for r, ts, dur in records
+            {"name": name, "ph": "X", "ts": ts, "dur": dur, "pid": f"TPCs {_ranges(tpcs)}",
+             "tid": f"{tenant} stream {handle:#x}",
+             "args": {"tenant": tenant, "blocks": [start, start + count], "predicted_us": predicted, "stolen": stolen}}
+            for name, tenant, tpcs, handle, start, count, predicted, stolen, ts, dur in records
         ]
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -423,11 +425,11 @@ class Scheduler(Atomizer):
                 if self._closing:
                     break
                 partition, stolen = self._best_effort_target(tenant, plan)
-                stream = partition.normal
+                stream = self._emptier_stream(tenant, partition)
                 count = self._atom_blocks(plan, partition, total - next_block)
                 predicted = self.predictor.predict_us(plan.key, partition.num_tpcs, count,
                                                       self._wave_blocks(plan, partition))
-                self._wait_for_room(tenant, stream)
+                self._wait_for_room(tenant, partition)
                 h = tl.handle(stream)
                 if h != user_handle and h not in joined:
                     tl.wait(stream, before)
@@ -450,6 +452,14 @@ class Scheduler(Atomizer):
             for h, end in last_on.items():
                 if h != user_handle:
                     tl.wait(user, end)
+
+    def _emptier_stream(self, tenant: Tenant, partition: Any) -> Any:
+        """Of the partition's two normal streams, the one whose queued work drains first."""
+        ends = {id(s): -math.inf for s in (partition.normal, partition.normal_b)}
+        for r in tenant._inflight:
+            if id(r.stream) in ends:
+                ends[id(r.stream)] = max(ends[id(r.stream)], r.predicted_end_us)
+        return partition.normal if ends[id(partition.normal)] <= ends[id(partition.normal_b)] else partition.normal_b
 
     def _best_effort_target(self, tenant: Tenant, plan: LaunchPlan) -> tuple[Any, bool]:
         policy = self.policy
@@ -476,13 +486,13 @@ class Scheduler(Atomizer):
         waves = 1 if wave_us is None else max(1, math.floor(self.policy.atom_us / wave_us))
         return min(remaining, waves * wave)
 
-    def _wait_for_room(self, tenant: Tenant, stream: Any) -> None:
-        """Block until the tenant's queued work on ``stream`` drains within the cap."""
+    def _wait_for_room(self, tenant: Tenant, partition: Any) -> None:
+        """Block until the tenant's queued work on ``partition`` drains within the cap."""
         tl = self.timeline
         cap = self.policy.queue_cap_us
         while not self._closing:
             self._retire(tenant)
-            queued = [r for r in tenant._inflight if r.stream is stream]
+            queued = sorted((r for r in tenant._inflight if r.partition is partition), key=lambda r: r.predicted_end_us)
             if not queued:
                 return
             drain_at = queued[-1].predicted_end_us
@@ -496,7 +506,9 @@ class Scheduler(Atomizer):
             tenant.stats.queue_wait_ms += (tl.now_us() - t0) / 1000.0
             # re-anchor the predicted ends of what is still queued at the real completion
             now = tl.now_us()
-            later = [r for r in tenant._inflight if r.stream is stream and r.predicted_end_us > target.predicted_end_us]
+            later = sorted((r for r in tenant._inflight
+                            if r.partition is partition and r.predicted_end_us > target.predicted_end_us),
+                           key=lambda r: r.predicted_end_us)
             for r in later:
                 r.predicted_end_us = now
                 now += r.predicted_us if r.predicted_us is not None else self.policy.atom_us
@@ -525,8 +537,12 @@ class Scheduler(Atomizer):
             tenant.stats.busy_ms += measured / 1000.0
             tenant.stats.tpc_ms += measured / 1000.0 * r.partition.num_tpcs
             if self._trace_on:
-                with self._trace_lock:  # formatted at export, off the dispatch path
-                    self._trace.append((r, tl.elapsed_us(self._t0, r.start), measured))
+                # Plain tuples of numbers and strings: the garbage collector stops tracking
+                # them, so a long trace adds nothing to collection pauses.
+                row = (r.key.name, tenant.name, tuple(sorted(r.partition.tpcs)), tl.handle(r.stream),
+                       r.start_block, r.count, r.predicted_us, r.stolen, tl.elapsed_us(self._t0, r.start), measured)
+                with self._trace_lock:
+                    self._trace.append(row)
 
 
 def _ranges(ids: Any) -> str:

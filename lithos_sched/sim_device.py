@@ -170,7 +170,7 @@ class SimStream:
 
 
 class SimPartition:
-    """A set of simulated TPCs with a high- and a normal-priority stream."""
+    """A set of simulated TPCs with a high- and two normal-priority streams."""
 
     def __init__(self, device: SimDevice, tpcs: frozenset[int]):
         self.device = device
@@ -180,6 +180,7 @@ class SimPartition:
         self.closed = False
         self.high = device._new_stream(self, "high")
         self.normal = device._new_stream(self, "normal")
+        self.normal_b = device._new_stream(self, "normal")
         self._extra: list[SimStream] = []
 
     @property
@@ -217,7 +218,7 @@ class SimPartition:
         """Run this partition's streams dry, then release it."""
         if self.closed:
             return
-        for s in (self.high, self.normal, *self._extra):
+        for s in (self.high, self.normal, self.normal_b, *self._extra):
             s.synchronize()
         self.closed = True
         self.device._forget(self)

@@ -9,7 +9,7 @@ OUT=${OUT:-$PWD/out}
 STAGE=$(mktemp -d /tmp/lithos-out.XXXX)
 mkdir -p "$OUT"
 trap 'tar czf "$OUT/results.tgz" -C "$STAGE" . ; cp "$STAGE"/*.log "$OUT"/ 2>/dev/null' EXIT
-export PYTHONUNBUFFERED=1 LITHOS_CACHE_DIR=/tmp/lithos-cache
+export PYTHONUNBUFFERED=1 LITHOS_CACHE_DIR=/tmp/lithos-cache LITHOS_TRACE_DIR="$STAGE"
 what=("$@"); [ ${#what[@]} -eq 0 ] && what=(probe tests atoms partitions colocation)
 python3 -m pip install -q --no-deps --no-build-isolation -e . > "$STAGE/install.log" 2>&1 || { cat "$STAGE/install.log"; exit 1; }
 status=0
