@@ -100,7 +100,7 @@ class Atomizer:
         if timed:
             start, end = cupy.cuda.Event(), cupy.cuda.Event()
             start.record(cupy_stream)
-        if len(plan.atoms) > 1 and getattr(stream, "partition", None) is None:
+        if plan.num_atoms > 1 and getattr(stream, "partition", None) is None:
             issue_pipelined(plan, cupy_stream)
         else:
             plan.issue_all(stream)

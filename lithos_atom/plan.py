@@ -86,8 +86,11 @@ class LaunchPlan:
         Blocks in the whole grid.
     wave_blocks : int
         Blocks that fit on the whole device at once (occupancy x SMs); 0 if unknown.
+    atom_blocks : int
+        Blocks per atom (the last atom may be shorter).
     atoms : tuple of Atom
-        The atoms, in increasing block order.
+        The atoms, in increasing block order (made on access: atoms refer to their plan,
+        and storing them would make every launch a reference cycle for the collector).
     atomized : bool
         False when the kernel runs whole (one unsplit launch of the original kernel).
     reason : str or None
@@ -98,7 +101,7 @@ class LaunchPlan:
     total_blocks: int
     wave_blocks: int
     issue_range: IssueRange
-    atoms: tuple[Atom, ...] = ()
+    atom_blocks: int = 1
     atomized: bool = True
     reason: str | None = None
     finish: Callable[[], None] | None = None
@@ -115,27 +118,35 @@ class LaunchPlan:
         finish: Callable[[], None] | None = None,
     ) -> LaunchPlan:
         """Split a launch into atoms of ``atom_blocks`` blocks (the last may be shorter)."""
-        plan = cls(key=key, total_blocks=total_blocks, wave_blocks=wave_blocks, issue_range=issue_range, finish=finish)
-        plan.atoms = tuple(
-            Atom(plan, i, start, count) for i, (start, count) in enumerate(split_blocks(total_blocks, atom_blocks))
-        )
-        return plan
+        split_blocks(total_blocks, atom_blocks)  # validates both counts
+        return cls(key=key, total_blocks=total_blocks, wave_blocks=wave_blocks, issue_range=issue_range,
+                   atom_blocks=atom_blocks, finish=finish)
 
     @classmethod
     def whole(
         cls, key: KernelKey, total_blocks: int, launch_whole: Callable[[Any], None], reason: str
     ) -> LaunchPlan:
         """A plan with a single atom that launches the original kernel unsplit."""
-        plan = cls(
+        return cls(
             key=key,
             total_blocks=total_blocks,
             wave_blocks=0,
             issue_range=lambda start, count, stream: launch_whole(stream),
+            atom_blocks=total_blocks,
             atomized=False,
             reason=reason,
         )
-        plan.atoms = (Atom(plan, 0, 0, total_blocks),)
-        return plan
+
+    @property
+    def num_atoms(self) -> int:
+        """Number of atoms."""
+        return -(-self.total_blocks // self.atom_blocks)
+
+    @property
+    def atoms(self) -> tuple[Atom, ...]:
+        """The atoms, in increasing block order."""
+        return tuple(Atom(self, i, start, count)
+                     for i, (start, count) in enumerate(split_blocks(self.total_blocks, self.atom_blocks)))
 
     def issue_all(self, stream: Any) -> None:
         """Issue every atom on ``stream`` in order, then run the front end's completion step."""

@@ -150,9 +150,9 @@ def total_time_overhead(stream: Any, target_ms: float = 60.0, reps: int = 7) -> 
         med = statistics.median(rows[name])
         results[name] = {
             "total_us": med,
-            "atoms": len(plan.atoms),
-            "blocks_per_atom": plan.atoms[0].count,
-            "mean_atom_us": med / len(plan.atoms),
+            "atoms": plan.num_atoms,
+            "blocks_per_atom": plan.atom_blocks,
+            "mean_atom_us": med / plan.num_atoms,
             "overhead_ratio": med / whole_med,
         }
     results["resources"] = _resource_growth(k, variants["atom_us_250"])

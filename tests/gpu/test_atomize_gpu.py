@@ -123,15 +123,16 @@ def test_atoms_in_any_order_and_on_two_streams(case: Case, where, rng, request):
 
     capture(None, bufs, main)
     plan = atomized.plan(captured["grid"], captured["block"], captured["args"], shared_mem=captured["shared_mem"])
-    assert plan.atomized and len(plan.atoms) > 2
+    atoms = plan.atoms
+    assert plan.atomized and len(atoms) > 2
     poison(bufs, case.outputs)
     if where == "green_context_streams":
         streams = request.getfixturevalue("green_streams")
     else:
         streams = [cupy.cuda.Stream(non_blocking=True) for _ in range(2)]
-    order = rng.permutation(len(plan.atoms))
+    order = rng.permutation(len(atoms))
     for j, i in enumerate(order):
-        plan.atoms[i].issue(streams[j % 2])
+        atoms[i].issue(streams[j % 2])
     for st in streams:
         st.synchronize()
     assert all(np.array_equal(g, r) for g, r in zip(_snapshot(bufs, case.outputs), ref))
