@@ -279,6 +279,9 @@ def run_gpu(cfg: ColocationConfig, console: Any = None) -> dict[str, Any]:
 
     cal = calibrate(cfg)
     w = _Workloads(cfg, cal)
+    from lithos_atom import atomize
+
+    atomize(_burn_kernel()).prepared()  # rewrite and link once, outside every measurement
     device = open_device(simulate=False)
     n_lc = max(1, round(cfg.lc_share * device.num_tpcs))
     lc_part = device.partition(range(n_lc))
