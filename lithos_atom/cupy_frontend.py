@@ -290,6 +290,7 @@ class AtomizedRawKernel:
             return LaunchPlan.whole(key, total, launch_whole, reason)
         assert isinstance(prepared, PreparedKernel)
         function = prepared.function
+        _ensure_context()
         if shared_mem > _MAX_DEFAULT_DYNAMIC_SHMEM:
             import cupy
 
@@ -320,6 +321,17 @@ class AtomizedRawKernel:
         if not plan.atomized:
             atomizer.warn_whole(self._source.name, plan.reason or "")
         atomizer.submit(plan, stream)
+
+
+def _ensure_context() -> None:
+    """Make the primary context current in this thread (driver calls below need one).
+
+    A new thread has no current context until a runtime call makes one; ``cudaFree(0)``
+    is the idiom that does so without side effects.
+    """
+    import cupy
+
+    cupy.cuda.runtime.free(0)
 
 
 _wave_cache: dict[tuple[int, tuple[int, int, int], int], int] = {}
