@@ -11,6 +11,7 @@ the legacy default stream escapes every partition, so no partition hands it out.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import threading
 import time
@@ -40,7 +41,7 @@ def validate_tpcs(tpcs: Iterable[int], num_tpcs: int) -> frozenset[int]:
     bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, int)]
     if bad:
         raise PartitionError(f"TPC ids must be ints, got {bad!r}")
-    dup = sorted({t for t in ids if ids.count(t) > 1})
+    dup = sorted(t for t, n in collections.Counter(ids).items() if n > 1)
     if dup:
         raise PartitionError(f"duplicate TPC ids {dup}")
     out = sorted(t for t in ids if not 0 <= t < num_tpcs)

@@ -271,6 +271,7 @@ class Scheduler(Atomizer):
         self._lc = [t for t in self.tenants.values() if t.priority is Priority.LATENCY_CRITICAL]
         self._closed = False
         self._closing = False
+        self._steal_partitions: dict[frozenset[int], Any] = {}
         self._trace_on = trace
         self._trace: list[tuple] = []
         self._trace_lock = threading.Lock()
@@ -484,7 +485,10 @@ class Scheduler(Atomizer):
         if wave_us is not None and wave_us > policy.steal_max_block_us:
             return tenant.home, False
         tpcs = frozenset(tenant.tpcs).union(*(t.tpcs for t in idle))
-        return self.device.partition(tpcs), True
+        part = self._steal_partitions.get(tpcs)
+        if part is None or part.closed:
+            part = self._steal_partitions[tpcs] = self.device.partition(tpcs)
+        return part, True
 
     def _wave_blocks(self, plan: LaunchPlan, partition: Any) -> int:
         per_sm = max(1, plan.wave_blocks // max(1, self.device.num_sms))
