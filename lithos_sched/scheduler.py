@@ -36,6 +36,7 @@ from lithos_sched.tenant import Priority, TenantConfigError, TenantSpec, assign_
 from lithos_sched.timeline import CupyTimeline, SimTimeline, Timeline
 
 _MAX_GRID_X = 2**31 - 1
+_CUDA_ERRORS = ("CUDARuntimeError", "CUDADriverError", "CUDAError", "LithosCudaError")
 
 
 class SchedulerClosedError(RuntimeError):
@@ -150,6 +151,7 @@ class Tenant:
         self._lock = threading.RLock()
         self._last_end: Any = None
         self._last_submit_us = -math.inf
+        self._in_launch = False
         self._atomizer = _TenantAtomizer(scheduler, self)
         self._contexts: dict[int, contextlib.ExitStack] = {}
 
@@ -316,11 +318,19 @@ class Scheduler(Atomizer):
         if user is None or self.timeline.handle(user) == 0:
             user = tenant.stream
         with tenant._lock:
-            tenant.stats.kernels += 1
-            if tenant.priority is Priority.LATENCY_CRITICAL:
-                self._run_latency_critical(tenant, plan, user)
-            else:
-                self._run_best_effort(tenant, plan, user)
+            if tenant._in_launch:
+                # Only possible from a callback run while this tenant's own launch waits:
+                # issuing now would interleave two launches of one tenant.
+                raise RuntimeError(f"tenant {tenant.name!r} submitted a launch from inside its own launch")
+            tenant._in_launch = True
+            try:
+                tenant.stats.kernels += 1
+                if tenant.priority is Priority.LATENCY_CRITICAL:
+                    self._run_latency_critical(tenant, plan, user)
+                else:
+                    self._run_best_effort(tenant, plan, user)
+            finally:
+                tenant._in_launch = False
 
     def synchronize(self) -> None:
         """Wait until every tenant's issued work has finished."""
@@ -532,7 +542,10 @@ class Scheduler(Atomizer):
     def _wait_event(self, rec: _AtomRecord) -> None:
         try:
             self.timeline.synchronize(rec.end)
-        except Exception as exc:  # the driver's sticky error after a fault: say whose atom it was
+        except Exception as exc:
+            if type(exc).__name__ not in _CUDA_ERRORS:
+                raise
+            # the driver's sticky error after a fault: say whose atom it was
             raise KernelFaultError(
                 f"kernel {rec.key.name!r} of tenant {rec.tenant.name!r} failed on the device "
                 f"(atom blocks {rec.start_block}..{rec.start_block + rec.count - 1}): {exc}"

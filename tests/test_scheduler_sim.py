@@ -1,0 +1,294 @@
+"""CPU tier: the scheduler's invariants on the simulated device, under random workloads."""
+
+from __future__ import annotations
+
+import collections
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lithos_sched import (
+    LatencyPredictor,
+    Policy,
+    Priority,
+    Scheduler,
+    SchedulerClosedError,
+    SimDevice,
+    SimKernel,
+    TenantConfigError,
+    TenantSpec,
+)
+from lithos_sched.sim_colocation import sim_plan
+from lithos_sched.tenant import assign_tpcs
+from lithos_sched.timeline import SimTimeline
+
+SPECS = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5), TenantSpec("be", Priority.BEST_EFFORT, share=0.5)]
+
+
+def make(policy: Policy | None = None, num_tpcs: int = 8) -> tuple[SimDevice, Scheduler]:
+    device = SimDevice(num_tpcs=num_tpcs, seed=0)
+    sched = Scheduler(device, SPECS, policy or Policy(atom_us=200.0, queue_cap_us=100.0))
+    sched.timeline = SimTimeline(device)
+    return device, sched
+
+
+def blocks_by_kernel(device: SimDevice) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = collections.defaultdict(list)
+    for r in device.records:
+        out[r.kernel].append(r.block)
+    return out
+
+
+workload = st.lists(
+    st.tuples(
+        st.sampled_from(["lc", "be"]),
+        st.integers(1, 200),  # blocks
+        st.floats(5.0, 400.0),  # block_us
+        st.integers(1, 4),  # blocks_per_sm
+        st.floats(0.0, 3000.0),  # submit time (us)
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+def run_workload(items, policy: Policy | None = None):
+    """Each tenant submits its kernels in arrival order, one launch at a time, as its thread would."""
+    device, sched = make(policy)
+    tl = sched.timeline
+    submitted = {}
+    pending: dict[str, list] = {"lc": [], "be": []}
+    busy = {"lc": False, "be": False}
+    order_log: list[str] = []
+
+    def pump(who: str) -> None:
+        if busy[who]:
+            return  # the tenant's thread is inside a launch; it picks this up when it returns
+        busy[who] = True
+        while pending[who]:
+            k = pending[who].pop(0)
+            submitted[k.name] = (*submitted[k.name], len(order_log))
+            order_log.append(k.name)
+            sched.submit_for(sched.tenant(who), sim_plan(device, k))
+        busy[who] = False
+
+    for i, (who, blocks, block_us, per_sm, at) in enumerate(items):
+        k = SimKernel(f"{who}{i}", blocks, block_us, blocks_per_sm=per_sm)
+        submitted[k.name] = (who, k, at)
+
+        def fire(who=who, k=k) -> None:
+            pending[who].append(k)
+            pump(who)
+
+        tl.call_at(at, fire)
+    tl.advance_to(max(at for *_, at in items))
+    sched.close()
+    device.run_until_idle()
+    return device, sched, submitted
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(workload)
+def test_every_submitted_block_runs_exactly_once(items):
+    device, _, submitted = run_workload(items)
+    ran = blocks_by_kernel(device)
+    for name, (_, k, *_rest) in submitted.items():
+        assert sorted(ran[name]) == list(range(k.grid_blocks)), name
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(workload)
+def test_each_tenant_runs_its_kernels_in_order(items):
+    device, _, submitted = run_workload(items)
+    spans = {}
+    for r in device.records:
+        lo, hi = spans.get(r.kernel, (float("inf"), 0.0))
+        spans[r.kernel] = (min(lo, r.start_us), max(hi, r.end_us))
+    for who in ("lc", "be"):
+        order = sorted((v[3], n) for n, v in submitted.items() if v[0] == who)
+        for (_, a), (_, b) in zip(order, order[1:]):
+            assert spans[b][0] >= spans[a][1] - 1e-9, (a, b)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.floats(20.0, 300.0), st.integers(1, 4), st.lists(st.floats(100.0, 20000.0), min_size=1, max_size=6))
+def test_latency_critical_waits_at_most_about_one_best_effort_block(be_block_us, per_sm, arrivals):
+    device, sched = make()
+    tl = sched.timeline
+    lc, be = sched.tenant("lc"), sched.tenant("be")
+    be_kernel = SimKernel("be", 40 * 16 * per_sm, be_block_us, blocks_per_sm=per_sm)
+    lc_submit = {}
+    for i, at in enumerate(sorted(arrivals)):
+        k = SimKernel(f"lc{i}", 8, 50.0)
+
+        def fire(k=k) -> None:
+            lc_submit[k.name] = tl.now_us()
+            sched.submit_for(lc, sim_plan(device, k))
+
+        tl.call_at(at, fire)
+    for _ in range(3):  # best-effort kernels back to back while the requests arrive
+        sched.submit_for(be, sim_plan(device, be_kernel))
+    tl.synchronize(tl.record(be.stream))
+    tl.advance_to(max(arrivals) + 1)
+    sched.close()
+    device.run_until_idle()
+    first, last = {}, {}
+    for r in device.records:
+        if r.kernel.startswith("lc"):
+            first[r.kernel] = min(first.get(r.kernel, float("inf")), r.start_us)
+            last[r.kernel] = max(last.get(r.kernel, 0.0), r.end_us)
+    prev_end = 0.0
+    for name, t in sorted(lc_submit.items(), key=lambda kv: int(kv[0][2:])):
+        ready = max(t, prev_end)  # it also waits for its own tenant's previous kernel
+        assert first[name] - ready <= be_block_us + 1e-6, (name, first[name] - ready)
+        prev_end = last[name]
+
+
+def _be_makespan(policy: Policy) -> float:
+    device, sched = make(policy)
+    be = sched.tenant("be")
+    for i in range(3):
+        sched.submit_for(be, sim_plan(device, SimKernel(f"be{i}", 16 * 20, 100.0)))
+    sched.timeline.synchronize(sched.timeline.record(be.stream))
+    stats = sched.stats()["tenants"]["be"]
+    sched.close()
+    return device.now_us, stats
+
+
+def test_stealing_raises_best_effort_throughput_while_latency_critical_is_idle():
+    with_steal, s1 = _be_makespan(Policy(atom_us=200.0))
+    without, s2 = _be_makespan(Policy(atom_us=200.0, stealing=False))
+    assert s1["stolen_atoms"] > 0 and s2["stolen_atoms"] == 0
+    assert with_steal < 0.6 * without  # the idle half of the device is used
+
+
+def test_best_effort_is_not_starved_by_a_busy_latency_critical_tenant():
+    device, sched = make()
+    tl = sched.timeline
+    lc, be = sched.tenant("lc"), sched.tenant("be")
+    stop = []
+
+    def lc_kernel(i: int) -> None:
+        if not stop:
+            sched.submit_for(lc, sim_plan(device, SimKernel(f"lc{i}", 8, 100.0)))
+
+    for i in range(200):  # the latency-critical tenant is busy the whole time
+        tl.call_at(i * 100.0, lambda i=i: lc_kernel(i))
+    sched.submit_for(be, sim_plan(device, SimKernel("be", 8 * 10, 100.0)))
+    done = tl.record(be.stream)
+    tl.synchronize(done)
+    assert done.time_us < 20000.0 / 2  # it finished while the latency-critical load went on
+    stop.append(True)
+    sched.close()
+
+
+def test_an_interrupted_best_effort_launch_loses_no_block():
+    device, sched = make()
+    be = sched.tenant("be")
+    calls = {"n": 0}
+    original = sched.timeline.synchronize
+
+    def flaky(event):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("tenant thread interrupted while waiting")
+        original(event)
+
+    sched.timeline.synchronize = flaky
+    k = SimKernel("be", 16 * 30, 100.0)
+    with pytest.raises(KeyboardInterrupt):
+        sched.submit_for(be, sim_plan(device, k))
+    sched.timeline.synchronize = original
+    device.run_until_idle()
+    assert sorted(blocks_by_kernel(device)["be"]) == list(range(k.grid_blocks))
+    sched.close()
+
+
+def test_close_with_work_queued_finishes_it_and_refuses_new_work():
+    device, sched = make()
+    be = sched.tenant("be")
+    k = SimKernel("be", 16 * 10, 100.0)
+    sched.submit_for(be, sim_plan(device, k))
+    sched.close()
+    assert sorted(blocks_by_kernel(device)["be"]) == list(range(k.grid_blocks))
+    with pytest.raises(SchedulerClosedError):
+        sched.submit_for(be, sim_plan(device, k))
+    with pytest.raises(SchedulerClosedError):
+        be.__enter__()
+
+
+def test_accounting_and_trace(tmp_path):
+    device, sched, _ = run_workload([("lc", 16, 50.0, 1, 0.0), ("be", 200, 80.0, 2, 10.0)])
+    stats = sched.stats()
+    assert stats["tenants"]["lc"]["kernels"] == 1 and stats["tenants"]["be"]["kernels"] == 1
+    assert stats["tenants"]["be"]["atoms"] >= 1 and stats["tenants"]["be"]["tpc_ms"] > 0
+    trace = json.loads(sched.export_trace(tmp_path / "t.json").read_text())["traceEvents"]
+    assert {e["args"]["tenant"] for e in trace} == {"lc", "be"}
+    assert all(e["ph"] == "X" and e["dur"] > 0 for e in trace)
+    blocks = sum(e["args"]["blocks"][1] - e["args"]["blocks"][0] for e in trace if e["args"]["tenant"] == "be")
+    assert blocks == 200
+
+
+def test_predictor_learns_wave_time_and_reports_errors():
+    from lithos_atom.plan import KernelKey
+
+    p = LatencyPredictor(alpha=0.5)
+    key = KernelKey("k", (100, 1, 1), (256, 1, 1), 0)
+    assert p.predict_us(key, 8, 100, 16) is None
+    p.observe(key, 8, 32, 16, measured_us=200.0)  # 2 waves of 100 us
+    assert p.predict_us(key, 8, 48, 16) == pytest.approx(300.0)
+    p.observe(key, 8, 16, 16, measured_us=100.0, predicted_us=160.0)
+    report = p.error_report()
+    assert report["count"] == 1 and report["share_off_by_more_than_50us"] == 1.0
+    with pytest.raises(ValueError, match="alpha"):
+        LatencyPredictor(alpha=0)
+
+
+@pytest.mark.parametrize(
+    "specs, match",
+    [
+        ([TenantSpec("a", Priority.BEST_EFFORT, share=0.7), TenantSpec("b", Priority.BEST_EFFORT, share=0.7)], "shares ask"),
+        ([TenantSpec("a", Priority.BEST_EFFORT, tpcs=(0, 1)), TenantSpec("b", Priority.BEST_EFFORT, tpcs=(1,))], "already belong"),
+        ([TenantSpec("a", Priority.BEST_EFFORT, tpcs=(99,))], "out of range"),
+        ([TenantSpec("a", Priority.BEST_EFFORT, share=0.5), TenantSpec("a", Priority.BEST_EFFORT, share=0.5)], "duplicate"),
+        ([TenantSpec("a", Priority.BEST_EFFORT, share=0.01)], "less than one TPC"),
+    ],
+)
+def test_invalid_tenant_configuration_is_refused(specs, match):
+    with pytest.raises(TenantConfigError, match=match):
+        assign_tpcs(specs, 8)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"name": "", "priority": Priority.BEST_EFFORT, "share": 0.5}, "name"),
+     ({"name": "x", "priority": "high", "share": 0.5}, "priority"),
+     ({"name": "x", "priority": Priority.BEST_EFFORT}, "exactly one"),
+     ({"name": "x", "priority": Priority.BEST_EFFORT, "share": 1.5}, "share"),
+     ({"name": "x", "priority": Priority.BEST_EFFORT, "tpcs": ()}, "empty"),
+     ({"name": "x", "priority": Priority.BEST_EFFORT, "tpcs": (1, 1)}, "duplicates")],
+)
+def test_invalid_tenant_spec_names_the_field(kwargs, match):
+    with pytest.raises(TenantConfigError, match=match):
+        TenantSpec(**kwargs)
+
+
+@pytest.mark.parametrize("field, value", [("atom_us", 0), ("queue_cap_us", -1.0), ("lc_idle_grace_us", -5.0),
+                                          ("gil_switch_interval_s", 0.0)])
+def test_invalid_policy_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        Policy(**{field: value})
+
+
+def test_tenant_binds_one_thread_and_routes_its_launches():
+    device, sched = make()
+    with sched.tenant("be") as t:
+        from lithos_sched.scheduler import current_tenant
+
+        assert current_tenant() is t
+        with pytest.raises(RuntimeError, match="already"):
+            sched.tenant("lc").__enter__()
+    assert current_tenant() is None
+    sched.close()
