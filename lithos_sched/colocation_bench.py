@@ -156,7 +156,7 @@ class _Workloads:
         self.be_out = cupy.empty(cal.be_blocks * THREADS, np.float32)
 
     def lc_loop(self, enter: Callable[[], Any], stream_of: Callable[[], Any], t0: float,
-                stop: threading.Event, latencies: list[float]) -> None:
+                stop: threading.Event, latencies: list[float], phases: list[tuple[float, float, float]]) -> None:
         cfg, cal = self.cfg, self.cal
         with enter():
             k = _burn_kernel()
@@ -167,10 +167,15 @@ class _Workloads:
                 delay = t0 + arrival - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
+                woke = time.perf_counter()
                 for _ in range(cfg.lc_kernels):
                     k((cfg.lc_blocks,), (THREADS,), (self.lc_out, np.int32(cal.lc_iters)), stream=stream)
+                issued = time.perf_counter()
                 _sync(stream)
-                latencies.append((time.perf_counter() - (t0 + arrival)) * 1000.0)
+                done = time.perf_counter()
+                latencies.append((done - (t0 + arrival)) * 1000.0)
+                # where the time went: late wake-up, issuing (host), waiting for the GPU
+                phases.append(((woke - (t0 + arrival)) * 1e3, (issued - woke) * 1e3, (done - issued) * 1e3))
 
     def be_loop(self, enter: Callable[[], Any], stream_of: Callable[[], Any], stop: threading.Event,
                 done: list[float]) -> None:
@@ -208,11 +213,12 @@ def _run_pair(w: _Workloads, lc: tuple | None, be: tuple | None, duration_s: flo
     """Run the LC and/or BE loop in threads for ``duration_s``; return their figures."""
     stop = threading.Event()
     latencies: list[float] = []
+    phases: list[tuple[float, float, float]] = []
     done: list[float] = []
     threads = []
     t0 = time.perf_counter() + 0.05
     if lc is not None:
-        threads.append(threading.Thread(target=w.lc_loop, args=(*lc, t0, stop, latencies), name="lc"))
+        threads.append(threading.Thread(target=w.lc_loop, args=(*lc, t0, stop, latencies, phases), name="lc"))
     if be is not None:
         threads.append(threading.Thread(target=w.be_loop, args=(*be, stop, done), name="be"))
     errors: list[BaseException] = []
@@ -252,6 +258,9 @@ def _run_pair(w: _Workloads, lc: tuple | None, be: tuple | None, duration_s: flo
             "mean_ms": float(lat.mean()),
             "latencies_ms": lat.round(4).tolist(),
         }
+        ph = np.asarray(phases)
+        result["hp"]["phases_p99_ms"] = {name: float(np.percentile(ph[:, i], 99))
+                                         for i, name in enumerate(("wake_late", "issue", "gpu_wait"))}
     if be is not None:
         window = [d for d in done if t0 <= d <= t0 + duration_s]
         result["be"] = {"kernels": len(window), "kernels_per_s": len(window) / duration_s}

@@ -1,0 +1,35 @@
+"""CPU tier: the benchmark command runs on the simulated device and says so."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_bench_runs_simulated_without_gpu(tmp_path):
+    out = tmp_path / "r.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lithos_atom.bench", "--sim", "--duration", "0.2", "--json", str(out),
+         "--plot", str(tmp_path / "plots")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "SIMULATED DEVICE" in proc.stdout
+    data = json.loads(out.read_text())
+    assert data["simulated"] is True
+    assert data["sections"]["atoms"] == {"skipped": "atomization overhead needs a GPU"}
+    col = data["sections"]["colocation"]
+    assert col["simulated"] is True
+    for name in ("lc_alone", "streams", "priorities", "static_split", "lithos", "lithos_no_steal", "lithos_no_atoms"):
+        hp = col["scenarios"][name]["hp"]
+        assert hp["completed"] > 0 and hp["p99_ms"] >= hp["p50_ms"] > 0
+    assert col["scenarios"]["lithos"]["be"]["throughput_norm"] > 0
+    assert (tmp_path / "plots" / "latency_cdf.png").stat().st_size > 0
+    part = data["sections"]["partitions"]
+    assert all(row["confined"] for row in part["scaling"].values())
+
+
+def test_bench_rejects_unknown_options():
+    proc = subprocess.run([sys.executable, "-m", "lithos_atom.bench", "--bogus"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "unrecognized arguments" in proc.stderr
