@@ -453,6 +453,8 @@ class Scheduler(Atomizer):
                 predicted = self.predictor.predict_us(plan.key, partition.num_tpcs, count,
                                                       self._wave_blocks(plan, partition))
                 self._wait_for_room(tenant, partition)
+                if self._lc and not all(t.idle() for t in self._lc):
+                    time.sleep(0)  # let a latency-critical thread that wants the GIL take it first
                 h = tl.handle(stream)
                 if h != user_handle and h not in joined:
                     tl.wait(stream, before)

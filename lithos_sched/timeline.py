@@ -58,7 +58,9 @@ class CupyTimeline:
         return as_cupy_stream(stream)
 
     def record(self, stream: Any) -> Any:
-        event = self._cupy.cuda.Event()
+        # Blocking-sync events: a best-effort thread waiting for room sleeps in the driver
+        # instead of spinning a core next to the latency-critical thread.
+        event = self._cupy.cuda.Event(block=True)
         event.record(self.as_cupy(stream))
         return event
 
