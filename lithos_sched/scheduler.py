@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import gc
-import sys
 import dataclasses
+import gc
 import json
 import math
+import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
