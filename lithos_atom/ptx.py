@@ -951,19 +951,39 @@ def _describe(h: Hazard, entry: str) -> str:
 
 def _entry_prelude(store_slot: bool) -> str:
     r = _REG
-    d = [f"%{_PREFIX}rd{i}" for i in range(7)]
-    w = [f"%{_PREFIX}r{i}" for i in range(3)]
+    d = [f"%{_PREFIX}rd{i}" for i in range(9)]
+    w = [f"%{_PREFIX}r{i}" for i in range(7)]
+    wide, done = f"${_PREFIX}wide", f"${_PREFIX}done"
     lines = [
-        "// lithos atom prelude: original block index (x fastest) and grid of this atom's blocks",
+        "// lithos atom prelude: this launch runs blocks [base, base + count) of the original grid;",
+        "// lithos: recover each block's original 3-D index (x fastest) and the original grid size.",
         f".reg .b32 {r['%ctaid.x']}, {r['%ctaid.y']}, {r['%ctaid.z']};",
         f".reg .b32 {r['%nctaid.x']}, {r['%nctaid.y']}, {r['%nctaid.z']};",
-        f".reg .b32 %{_PREFIX}r<3>;",
-        f".reg .b64 %{_PREFIX}rd<7>;",
+        f".reg .b32 %{_PREFIX}r<7>;",
+        f".reg .b64 %{_PREFIX}rd<9>;",
+        f".reg .pred %{_PREFIX}p0;",
         f"ld.param.u64 {d[0]}, [{ATOM_PARAMS[0][0]}];",
         f"ld.param.u32 {r['%nctaid.x']}, [{ATOM_PARAMS[1][0]}];",
         f"ld.param.u32 {r['%nctaid.y']}, [{ATOM_PARAMS[2][0]}];",
         f"ld.param.u32 {r['%nctaid.z']}, [{ATOM_PARAMS[3][0]}];",
         f"mov.u32 {w[0]}, %ctaid.x;",
+        # Grids of fewer than 2**32 blocks (all but the largest) take 32-bit division, several
+        # times cheaper than the 64-bit routine; the branch is uniform across the launch.
+        f"mul.wide.u32 {d[7]}, {r['%nctaid.x']}, {r['%nctaid.y']};",
+        f"cvt.u64.u32 {d[8]}, {r['%nctaid.z']};",
+        f"mul.lo.u64 {d[7]}, {d[7]}, {d[8]};  // blocks in the grid",
+        f"setp.gt.u64 %{_PREFIX}p0, {d[7]}, 4294967295;",
+        f"@%{_PREFIX}p0 bra {wide};",
+        f"cvt.u32.u64 {w[3]}, {d[0]};",
+        f"add.u32 {w[3]}, {w[3]}, {w[0]};  // linear, < 2**32",
+        f"div.u32 {w[4]}, {w[3]}, {r['%nctaid.x']};  // t = linear / gx",
+        f"mul.lo.u32 {w[5]}, {w[4]}, {r['%nctaid.x']};",
+        f"sub.u32 {r['%ctaid.x']}, {w[3]}, {w[5]};  // linear % gx",
+        f"div.u32 {r['%ctaid.z']}, {w[4]}, {r['%nctaid.y']};  // t / gy",
+        f"mul.lo.u32 {w[6]}, {r['%ctaid.z']}, {r['%nctaid.y']};",
+        f"sub.u32 {r['%ctaid.y']}, {w[4]}, {w[6]};  // t % gy",
+        f"bra.uni {done};",
+        f"{wide}:",
         f"cvt.u64.u32 {d[1]}, {w[0]};",
         f"add.u64 {d[2]}, {d[0]}, {d[1]};  // linear",
         f"cvt.u64.u32 {d[3]}, {r['%nctaid.x']};",
@@ -976,6 +996,7 @@ def _entry_prelude(store_slot: bool) -> str:
         f"div.u32 {r['%ctaid.z']}, {w[1]}, {r['%nctaid.y']};  // t / gy",
         f"mul.lo.u32 {w[2]}, {r['%ctaid.z']}, {r['%nctaid.y']};",
         f"sub.u32 {r['%ctaid.y']}, {w[1]}, {w[2]};  // t % gy",
+        f"{done}:",
     ]
     if store_slot:
         # Every thread stores the same six values before it runs anything else, so no

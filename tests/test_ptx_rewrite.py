@@ -233,12 +233,26 @@ def prelude_lines(ptx: str, entry: str) -> tuple[str, ...]:
 
 
 def run_prelude(ptx: str, entry: str, base: int, hw: int, grid: tuple[int, int, int]) -> dict[str, int]:
-    """Execute an atomized entry's prelude (a straight-line u32/u64 program) in Python."""
+    """Execute an atomized entry's prelude (u32/u64 arithmetic and forward branches) in Python."""
     params = dict(zip((p for p, _ in ATOM_PARAMS), (base, *grid)))
     regs: dict[str, int] = {"%ctaid.x": hw}
     shared: dict[int, int] = {}
-    for ln in prelude_lines(ptx, entry):
+    code = prelude_lines(ptx, entry)
+    labels = {ln[:-1]: i for i, ln in enumerate(code) if ln.endswith(":")}
+    pc = 0
+    while pc < len(code):
+        ln = code[pc]
+        pc += 1
+        if ln.endswith(":"):
+            continue
+        if ln.startswith("@"):
+            pred, ln = ln.split(None, 1)
+            if not regs[pred[1:]]:
+                continue
         op, args = ln.split(None, 1)
+        if op.startswith("bra"):
+            pc = labels[args.strip()]
+            continue
         a = [x.strip() for x in args.split(",")]
         bits = 64 if op.endswith("64") else 32
         mask = (1 << bits) - 1
@@ -255,6 +269,10 @@ def run_prelude(ptx: str, entry: str, base: int, hw: int, grid: tuple[int, int, 
             regs[a[0]] = (val(a[1]) - val(a[2])) & mask
         elif op.startswith("mul.lo."):
             regs[a[0]] = (val(a[1]) * val(a[2])) & mask
+        elif op == "mul.wide.u32":
+            regs[a[0]] = val(a[1]) * val(a[2])
+        elif op == "setp.gt.u64":
+            regs[a[0]] = val(a[1]) > int(a[2])
         elif op.startswith("div."):
             regs[a[0]] = val(a[1]) // val(a[2])
         else:
