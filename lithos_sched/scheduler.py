@@ -567,6 +567,9 @@ class Scheduler(Atomizer):
                 tenant._inflight.remove(r)
         for r in done:
             measured = tl.elapsed_us(r.start, r.end)
+            tl.release(r.start)
+            if r.end is not tenant._last_end:  # idle() still reads the last one
+                tl.release(r.end)
             self.predictor.observe(r.key, r.partition.num_tpcs, r.count, r.wave_blocks, measured, r.predicted_us)
             tenant.stats.busy_ms += measured / 1000.0
             tenant.stats.tpc_ms += measured / 1000.0 * r.partition.num_tpcs
@@ -577,9 +580,6 @@ class Scheduler(Atomizer):
                        r.start_block, r.count, r.predicted_us, r.stolen, tl.elapsed_us(self._t0, r.start), measured)
                 with self._trace_lock:
                     self._trace.append(row)
-            tl.release(r.start)  # last use of the events: another thread may now reuse them
-            if r.end is not tenant._last_end:  # idle() still reads the last one
-                tl.release(r.end)
 
 
 def _ranges(ids: Any) -> str:
