@@ -37,7 +37,6 @@ from lithos_sched.tenant import Priority, TenantConfigError, TenantSpec, assign_
 from lithos_sched.timeline import CupyTimeline, SimTimeline, Timeline
 
 _MAX_GRID_X = 2**31 - 1
-_LC_RETIRE_BATCH = 16
 _CUDA_ERRORS = ("CUDARuntimeError", "CUDADriverError", "CUDAError", "LithosCudaError")
 
 
@@ -435,8 +434,7 @@ class Scheduler(Atomizer):
         tenant._last_submit_us = tl.now_us()
         if not own:
             tl.wait(user, rec.end)
-        if len(tenant._inflight) >= _LC_RETIRE_BATCH:
-            self._retire(tenant)  # in batches: the bookkeeping stays off most requests' path
+        self._retire(tenant)
 
     def _run_best_effort(self, tenant: Tenant, plan: LaunchPlan, user: Any) -> None:
         tl = self.timeline
@@ -567,9 +565,6 @@ class Scheduler(Atomizer):
                 tenant._inflight.remove(r)
         for r in done:
             measured = tl.elapsed_us(r.start, r.end)
-            tl.release(r.start)
-            if r.end is not tenant._last_end:  # idle() still reads the last one
-                tl.release(r.end)
             self.predictor.observe(r.key, r.partition.num_tpcs, r.count, r.wave_blocks, measured, r.predicted_us)
             tenant.stats.busy_ms += measured / 1000.0
             tenant.stats.tpc_ms += measured / 1000.0 * r.partition.num_tpcs

@@ -40,9 +40,6 @@ class Timeline(Protocol):
     def now_us(self) -> float:
         """Host time in microseconds (virtual time on the simulated device)."""
 
-    def release(self, event: Any) -> None:
-        """Hand back a completed event the scheduler no longer needs (it may be reused)."""
-
 
 class CupyTimeline:
     """`Timeline` on the GPU, through CuPy events and stream wrappers."""
@@ -51,7 +48,6 @@ class CupyTimeline:
         import cupy
 
         self._cupy = cupy
-        self._free: list[Any] = []  # completed events for reuse (list.pop/append are atomic)
 
     def now_us(self) -> float:
         return time.perf_counter() * 1e6
@@ -63,17 +59,10 @@ class CupyTimeline:
 
     def record(self, stream: Any) -> Any:
         # Blocking-sync events: a best-effort thread waiting for room sleeps in the driver
-        # instead of spinning a core next to the latency-critical thread. Completed events
-        # are reused, which saves an event create and destroy per record.
-        try:
-            event = self._free.pop()
-        except IndexError:
-            event = self._cupy.cuda.Event(block=True)
+        # instead of spinning a core next to the latency-critical thread.
+        event = self._cupy.cuda.Event(block=True)
         event.record(self.as_cupy(stream))
         return event
-
-    def release(self, event: Any) -> None:
-        self._free.append(event)
 
     def wait(self, stream: Any, event: Any) -> None:
         self.as_cupy(stream).wait_event(event)
@@ -158,9 +147,6 @@ class SimTimeline:
 
     def elapsed_us(self, start: Any, end: Any) -> float:
         return start.elapsed_ms(end) * 1000.0
-
-    def release(self, event: Any) -> None:
-        """Simulated events are cheap; nothing is reused."""
 
     def handle(self, stream: Any) -> int:
         return 0 if stream is None else int(stream.handle)
