@@ -73,6 +73,34 @@ def print_colocation(out: dict[str, Any], console: Console) -> None:
         console.print(rt)
 
 
+def timeline_plot(trace_path: Path, out: Path, window_ms: float = 60.0) -> Path:
+    """Draw ``window_ms`` of a Perfetto/Chrome trace: one row per partition stream, atoms as bars."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    events = json.loads(Path(trace_path).read_text())["traceEvents"]
+    start = min(e["ts"] for e in events) + 0.25 * (max(e["ts"] for e in events) - min(e["ts"] for e in events))
+    shown = [e for e in events if start <= e["ts"] <= start + window_ms * 1000]
+    rows = sorted({(e["pid"], e["tid"]) for e in shown})
+    fig, ax = plt.subplots(figsize=(10, 0.5 * len(rows) + 1.5))
+    colors = {"lc": "tab:red", "be": "tab:blue"}
+    for y, row in enumerate(rows):
+        bars = [((e["ts"] - start) / 1000, e["dur"] / 1000) for e in shown if (e["pid"], e["tid"]) == row]
+        tenant = next(e["args"]["tenant"] for e in shown if (e["pid"], e["tid"]) == row)
+        ax.broken_barh(bars, (y - 0.4, 0.8), color=colors.get(tenant, "gray"))
+    ax.set_yticks(range(len(rows)), [f"{p} / {t}" for p, t in rows], fontsize=6)
+    ax.set_xlabel("time (ms)")
+    ax.set_title(f"atoms per partition stream ({window_ms:g} ms window; red: latency-critical, blue: best-effort)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def _fmt(v: Any) -> str:
     return "" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))
 
@@ -118,6 +146,9 @@ def plots(results: dict[str, Any], folder: Path) -> list[Path]:
         fig.savefig(path, dpi=120)
         plt.close(fig)
         written.append(path)
+    trace = col.get("scenarios", {}).get("lithos", {}).get("trace_file")
+    if trace and Path(trace).is_file():
+        written.append(timeline_plot(Path(trace), folder / "timeline_lithos.png"))
     atoms = results["sections"].get("atoms") or {}
     long = atoms.get("long_kernel")
     if long:
