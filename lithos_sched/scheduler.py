@@ -108,7 +108,8 @@ class Policy:
 
 @dataclasses.dataclass
 class TenantStats:
-    """Per-tenant accounting (device times from events)."""
+    """Per-tenant accounting (device times from events; ``host_issue_us`` is the host time
+    spent issuing atoms: recording their events and launching them)."""
 
     kernels: int = 0
     atoms: int = 0
@@ -116,6 +117,7 @@ class TenantStats:
     tpc_ms: float = 0.0
     busy_ms: float = 0.0
     queue_wait_ms: float = 0.0
+    host_issue_us: float = 0.0
 
 
 @dataclasses.dataclass
@@ -368,7 +370,8 @@ class Scheduler(Atomizer):
             self._retire(t)
         return {
             "tenants": {
-                t.name: {"priority": t.priority.value, "tpcs": len(t.tpcs), **dataclasses.asdict(t.stats)}
+                t.name: {"priority": t.priority.value, "tpcs": len(t.tpcs), **dataclasses.asdict(t.stats),
+                         "host_us_per_atom": t.stats.host_issue_us / max(1, t.stats.atoms)}
                 for t in self.tenants.values()
             },
             "predictor": self.predictor.error_report(),
@@ -401,6 +404,7 @@ class Scheduler(Atomizer):
     def _issue(self, tenant: Tenant, plan: LaunchPlan, start: int, count: int, partition: Any, stream: Any,
                predicted: float | None, stolen: bool) -> _AtomRecord:
         tl = self.timeline
+        t_host = time.perf_counter()
         wave = self._wave_blocks(plan, partition)
         begin = tl.record(stream)
         done = 0
@@ -415,6 +419,7 @@ class Scheduler(Atomizer):
         rec = _AtomRecord(tenant, plan.key, start, count, partition, stream, begin, end, wave, predicted,
                           begin_us + (predicted if predicted is not None else self.policy.atom_us), stolen)
         tenant._inflight.append(rec)
+        tenant.stats.host_issue_us += (time.perf_counter() - t_host) * 1e6
         tenant.stats.atoms += 1
         tenant.stats.stolen_atoms += int(stolen)
         return rec
