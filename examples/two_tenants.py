@@ -12,14 +12,9 @@ import time
 import cupy
 import numpy as np
 
+from lithos_atom.bench.burn import BURN
 from lithos_sched import Policy, Priority, Scheduler, TenantSpec, open_device
 
-SRC = r'''
-extern "C" __global__ void burn(float* out, int iters) {
-    float a = threadIdx.x * 1e-3f + blockIdx.x, b = 0.999f, c = 1e-4f;
-    for (int i = 0; i < iters; ++i) { a = fmaf(a, b, c); b = fmaf(b, a, c) * 0.5f + 0.5f; }
-    out[(long long)blockIdx.x * blockDim.x + threadIdx.x] = a + b;
-}'''
 
 device = open_device()
 sched = Scheduler(device, [TenantSpec("inference", Priority.LATENCY_CRITICAL, share=0.5),
@@ -30,7 +25,7 @@ latencies = []
 
 def inference():
     with sched.tenant("inference"):
-        k = cupy.RawKernel(SRC, "burn")  # plain user code: created and launched as usual
+        k = cupy.RawKernel(BURN, "burn")  # plain user code: created and launched as usual
         out = cupy.empty(264 * 256, np.float32)
         while not stop.is_set():
             t0 = time.perf_counter()
@@ -42,7 +37,7 @@ def inference():
 
 def training():
     with sched.tenant("training"):
-        k = cupy.RawKernel(SRC, "burn")
+        k = cupy.RawKernel(BURN, "burn")
         out = cupy.empty(132 * 8 * 100 * 256, np.float32)
         while not stop.is_set():
             k((132 * 8 * 100,), (256,), (out, np.int32(20000)))

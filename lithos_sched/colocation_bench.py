@@ -30,16 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from lithos_atom.bench.burn import BURN, THREADS
 from lithos_sched.tenant import Priority, TenantSpec
 
-BURN = r'''
-extern "C" __global__ void burn(float* out, int iters) {
-    float a = threadIdx.x * 1e-3f + blockIdx.x, b = 0.999f, c = 1e-4f;
-    for (int i = 0; i < iters; ++i) { a = fmaf(a, b, c); b = fmaf(b, a, c) * 0.5f + 0.5f; }
-    out[(long long)blockIdx.x * blockDim.x + threadIdx.x] = a + b;
-}'''
-
-THREADS = 256
 WARMUP_S = 0.5  # every scenario first runs this long unmeasured: compiles, caches, predictor
 
 

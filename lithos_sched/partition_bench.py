@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from lithos_sched.colocation_bench import BURN, THREADS
+from lithos_atom.bench.burn import BURN, THREADS
 
 
 def _gpu_figures(device: Any) -> dict[str, Any]:

@@ -14,34 +14,27 @@ from typing import Any
 import numpy as np
 
 from lithos_atom.plan import KernelKey, LaunchPlan
+from lithos_sched.colocation_bench import ColocationConfig, summarize
 from lithos_sched.scheduler import Policy, Scheduler
 from lithos_sched.tenant import Priority, TenantSpec
 
 
 @dataclasses.dataclass(frozen=True)
-class SimColocationConfig:
-    """Workload of the simulated co-location run (times in microseconds of virtual time).
+class SimColocationConfig(ColocationConfig):
+    """`ColocationConfig` for the simulated device; times are virtual.
 
-    Attributes mirror `ColocationConfig` on the GPU.
+    Attributes
+    ----------
+    blocks_per_sm : int
+        Blocks of either kernel that fit on one simulated SM at once.
     """
 
     duration_s: float = 2.0
-    lc_rate_hz: float = 150.0
-    lc_kernels: int = 2
-    lc_blocks: int = 66
-    lc_kernel_us: float = 300.0
-    be_block_us: float = 150.0
-    be_kernel_ms: float = 20.0
     blocks_per_sm: int = 4
-    lc_share: float = 0.5
-    seed: int = 0
 
     def arrivals_us(self) -> np.ndarray:
         """LC arrival times in virtual microseconds."""
-        rng = np.random.default_rng(self.seed)
-        n = int(self.duration_s * self.lc_rate_hz * 2) + 10
-        t = np.cumsum(rng.exponential(1e6 / self.lc_rate_hz, size=n))
-        return t[t < self.duration_s * 1e6]
+        return self.arrivals() * 1e6
 
 
 def sim_plan(device: Any, kernel: Any) -> LaunchPlan:
@@ -151,7 +144,6 @@ def _lithos(device: Any, run: _Run, cfg: SimColocationConfig, policy: Policy) ->
 
 def run_sim(duration_s: float | None = None, seed: int = 0) -> dict[str, Any]:
     """Every co-location scenario on a fresh simulated H100-sized device each."""
-    from lithos_sched.colocation_bench import summarize
     from lithos_sched.sim_device import SimDevice
     from lithos_sched.timeline import SimTimeline
 

@@ -9,14 +9,7 @@ from typing import Any
 
 import numpy as np
 
-# A compute-bound kernel whose blocks each run a fixed FMA chain: long enough in total to
-# be split into many 250 us atoms, with blocks short enough (~tens of us) to fill waves.
-BURN = r'''
-extern "C" __global__ void burn(float* out, int iters) {
-    float a = threadIdx.x * 1e-3f + blockIdx.x, b = 0.999f, c = 1e-4f;
-    for (int i = 0; i < iters; ++i) { a = fmaf(a, b, c); b = fmaf(b, a, c) * 0.5f + 0.5f; }
-    out[(long long)blockIdx.x * blockDim.x + threadIdx.x] = a + b;
-}'''
+from lithos_atom.bench.burn import BURN
 
 EMPTY = r'''extern "C" __global__ void empty(float* out) { if (out == nullptr) out[0] = 1.0f; }'''
 
@@ -171,16 +164,9 @@ def resource_growth_suite() -> dict[str, dict[str, int]]:
     for case in atom_cases.cupy_cases():
         kernel = case.kernel()
         if isinstance(kernel, atom_cases._ModuleFunction):
-            atomized = kernel.atomize_fn(kernel.module, kernel.name)
-            original = kernel.fn
+            original, atomized = kernel.fn, kernel.atomize_fn(kernel.module, kernel.name)
         else:
-            atomized, original = lithos_atom.atomize(kernel), kernel
-        prepared = atomized.prepared()
-        if isinstance(prepared, str):
-            continue
-        original_attrs = original.attributes if hasattr(original, "attributes") else None
-        if original_attrs is None:
-            continue
+            original, atomized = kernel, lithos_atom.atomize(kernel)
         report[case.name] = _resource_growth(original, atomized)
     return report
 

@@ -7,18 +7,9 @@ import statistics
 import numpy as np
 import pytest
 
-from lithos_sched.colocation_bench import BURN, THREADS
+from lithos_atom.bench.burn import BURN, THREADS
 
 pytestmark = pytest.mark.gpu
-
-
-@pytest.fixture(scope="module")
-def device():
-    from lithos_sched import open_device
-
-    dev = open_device(simulate=False)
-    yield dev
-    dev.close()
 
 
 def _burn(device, stream, waves: int, iters: int = 3000) -> float:

@@ -14,15 +14,6 @@ from tests.gpu import atom_cases
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture(scope="module")
-def device():
-    from lithos_sched import open_device
-
-    dev = open_device(simulate=False)
-    yield dev
-    dev.close()
-
-
 def test_unchanged_code_in_a_tenant_sees_its_results_and_runs_on_its_tpcs(device):
     import cupy
 
