@@ -1,18 +1,40 @@
 """TPC partitions on a real GPU, built from CUDA green contexts.
 
-The device's SMs are split once, with ``cuDevSmResourceSplitByCount`` and
-``CU_DEV_SM_RESOURCE_SPLIT_IGNORE_SM_COSCHEDULING``, into groups of two SMs: one TPC each
-(66 on an H100). A partition for any TPC set is a green context built from those groups
-in one descriptor; groups of one split are disjoint, so disjoint TPC sets never share an
-SM. Each partition has a high- and a normal-priority stream. Kernels loaded by CuPy or
-Numba in the primary context run confined to the partition when launched on its streams;
-the legacy default stream escapes every partition, so no partition hands it out.
+How it follows the measured facts of DESIGN.md:
+
+- The device's SM resource is split **once** per process and device, with
+  ``cuDevSmResourceSplitByCount(n, sm, CU_DEV_SM_RESOURCE_SPLIT_IGNORE_SM_COSCHEDULING, 2)``
+  (``n=0`` first asks for the count): on an H100, 66 disjoint groups of 2 SMs, one TPC
+  each. Groups of different split calls may overlap, so every partition is built from
+  this one split. Where the driver refuses the flag or gives bigger groups, the finest
+  split it offers is used and `GpuDevice.sms_per_unit` says what was obtained (with a
+  warning).
+- A partition for any TPC set is one green context made from those groups in one
+  ``cuDevResourceGenerateDesc``, created with ``CU_GREEN_CTX_DEFAULT_STREAM``, with a
+  high-priority and two normal-priority ``CU_STREAM_NON_BLOCKING`` streams
+  (``cuGreenCtxStreamCreate``; priorities from ``cuCtxGetStreamPriorityRange``).
+- Kernels loaded by CuPy (or Numba) in the primary context run confined when launched on
+  those streams, so the primary context is initialized first and is the one current
+  around every driver call here; creating a green context never leaves it current (the
+  thread's previous context is restored), so CuPy keeps working.
+- The legacy default stream escapes every partition: streams refuse null handles and
+  `GpuPartition.use` makes the partition stream CuPy's current stream.
+- ``cuDevSmResourceSplit`` (CUDA 13.1), which ``cuda.core``'s ``SMResource.split`` relies
+  on for co-scheduling control, is not in a 13.0 driver, so ``cuda.bindings`` is used.
+
+A partition's green context outlives `GpuPartition.close`: the device keeps it, idle, for
+the next partition of the same TPCs (up to ``max_idle_contexts``, least recently used
+first out) and destroys it in `GpuDevice.close` or at exit. The driver was measured to
+keep about 4 MiB of device memory for every green context destroyed (driver 580, raw
+driver calls, ``scripts/green_leak.py``), so create/destroy cycles would leak.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
+import logging
 import threading
 import time
 import warnings
@@ -20,38 +42,190 @@ import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from lithos_sched.device_api import (
+    NULL_STREAM_HANDLES,
+    StreamPriority,
+    validate_priority,
+    validate_tpcs,
+)
 from lithos_sched.errors import LithosCudaError, PartitionError, check
 
-_SPLIT_IGNORE_SM_COSCHEDULING = 1
+log = logging.getLogger("lithos_sched")
+
+_TPC_SMS = 2
+_CUDA_ERROR_DEINITIALIZED = 4  # at interpreter exit the driver may be gone before our finalizers
 
 
-def validate_tpcs(tpcs: Iterable[int], num_tpcs: int) -> frozenset[int]:
-    """Check a TPC set: non-empty, ints, no duplicates, in range.
+def _driver() -> Any:
+    """The ``cuda.bindings`` driver module (imported late: CPU-only machines import this file)."""
+    from cuda.bindings import driver
+
+    return driver
+
+
+def _activate_primary(device_id: int) -> None:
+    """Have the CUDA runtime (through CuPy) create the device's primary context.
+
+    Green contexts retain the primary context; creating it first keeps it from being
+    initialized and torn down around each of them (driver documentation), and it is the
+    context CuPy loads kernels and allocates memory in.
+    """
+    import cupy
+
+    with cupy.cuda.Device(device_id):
+        cupy.empty(1, dtype="u1")
+
+
+@contextlib.contextmanager
+def _bound(ctx: Any) -> Iterator[None]:
+    """Make ``ctx`` current on this thread inside the block; restore the previous context
+    afterwards, also when a call inside changed it."""
+    driver = _driver()
+    prev = check(driver.cuCtxGetCurrent(), "cuCtxGetCurrent")
+    if int(prev) != int(ctx):
+        check(driver.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
+    try:
+        yield
+    finally:
+        if int(check(driver.cuCtxGetCurrent(), "cuCtxGetCurrent")) != int(prev):
+            check(driver.cuCtxSetCurrent(prev), "cuCtxSetCurrent")
+
+
+# ---- the one split ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _SplitAttempt:
+    flags: int
+    min_count: int
+    label: str
+
+
+# Finest first: TPCs (flag 1 = CU_DEV_SM_RESOURCE_SPLIT_IGNORE_SM_COSCHEDULING), then the
+# driver's default, co-scheduling-aligned groups (8 SMs on the H100).
+_ATTEMPTS = (
+    _SplitAttempt(1, _TPC_SMS, "TPC (ignore SM co-scheduling, 2 SMs)"),
+    _SplitAttempt(0, _TPC_SMS, "default (co-scheduling aligned)"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """The device's SM split, made once.
+
+    Attributes
+    ----------
+    groups : tuple
+        The ``CUdevResource`` groups, disjoint; group i is unit (TPC) i.
+    sms_per_unit : int
+        SMs per group (2: TPC granularity).
+    flags : int
+        The ``cuDevSmResourceSplitByCount`` flags that gave it.
+    label : str
+        Human-readable description.
+    unused_sms : int
+        SMs in no group (the split's remainder); no partition uses them.
+    """
+
+    groups: tuple[Any, ...]
+    sms_per_unit: int
+    flags: int
+    label: str
+    unused_sms: int
+
+
+def discover_units(resource: Any, num_sms: int) -> Split:
+    """Split the SM resource into the finest disjoint groups the driver offers.
+
+    Parameters
+    ----------
+    resource : CUdevResource
+        The device's SM resource (``cuDeviceGetDevResource``).
+    num_sms : int
+        SMs of the device.
+
+    Returns
+    -------
+    Split
 
     Raises
     ------
-    PartitionError
-        Naming the bad values.
+    LithosCudaError
+        When every attempt fails; names the last driver error.
+
+    Warns
+    -----
+    RuntimeWarning
+        When the finest split is coarser than a TPC.
     """
-    if isinstance(tpcs, (str, bytes)):
-        raise PartitionError(f"TPC ids must be ints, got {tpcs!r}")
-    ids = list(tpcs)
-    if not ids:
-        raise PartitionError("a partition needs at least one TPC")
-    bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, int)]
-    if bad:
-        raise PartitionError(f"TPC ids must be ints, got {bad!r}")
-    dup = sorted(t for t, n in collections.Counter(ids).items() if n > 1)
-    if dup:
-        raise PartitionError(f"duplicate TPC ids {dup}")
-    out = sorted(t for t in ids if not 0 <= t < num_tpcs)
-    if out:
-        raise PartitionError(f"TPC ids {out} out of range: the device has TPCs 0..{num_tpcs - 1}")
-    return frozenset(ids)
+    driver = _driver()
+    best: Split | None = None
+    failures: list[str] = []
+    last_error: LithosCudaError | None = None
+    for attempt in _ATTEMPTS:
+        try:
+            # n=0 asks only how many groups the split would make. The answer is a hint: if
+            # the query fails or says nothing, ask for as many groups as could fit; the
+            # driver makes what it can and says how many.
+            err, _, asked, _ = driver.cuDevSmResourceSplitByCount(0, resource, attempt.flags, attempt.min_count)
+            count = (int(asked) if int(err) == 0 else 0) or num_sms // attempt.min_count
+            result, made, _ = check(
+                driver.cuDevSmResourceSplitByCount(count, resource, attempt.flags, attempt.min_count),
+                "cuDevSmResourceSplitByCount")
+            groups = tuple(result)[: int(made)]
+        except LithosCudaError as exc:
+            last_error = exc
+            failures.append(f"{attempt.label}: {exc.name}")
+            continue
+        sizes = sorted({int(g.sm.smCount) for g in groups})
+        if len(sizes) != 1:
+            failures.append(f"{attempt.label}: group sizes {sizes or 'none'}")
+            continue
+        split = Split(groups, sizes[0], attempt.flags, attempt.label, num_sms - sizes[0] * len(groups))
+        if best is None or split.sms_per_unit < best.sms_per_unit:
+            best = split
+        if best.sms_per_unit <= _TPC_SMS:
+            break
+    if best is None:
+        detail = "; ".join(failures)
+        if last_error is not None:
+            raise LithosCudaError("cuDevSmResourceSplitByCount", last_error.code, f"{last_error.name} ({detail})")
+        raise LithosCudaError("cuDevSmResourceSplitByCount", 0, f"no usable split ({detail})")
+    if best.sms_per_unit != _TPC_SMS:
+        message = (f"lithos: the driver gives no TPC-granular split ({'; '.join(failures) or 'groups too big'}); "
+                   f"partitions are made of {best.sms_per_unit}-SM units ({best.label}), "
+                   f"{best.unused_sms} SMs unused")
+        log.warning(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    return best
+
+
+_splits: dict[int, Split] = {}
+_splits_lock = threading.Lock()
+
+
+def _split_for(device_id: int, cu_device: Any) -> tuple[Split, int]:
+    """The process's one split of ``device_id`` (made on first use) and the SM count."""
+    driver = _driver()
+    resource = check(driver.cuDeviceGetDevResource(cu_device, driver.CUdevResourceType.CU_DEV_RESOURCE_TYPE_SM),
+                     "cuDeviceGetDevResource")
+    num_sms = int(resource.sm.smCount)
+    with _splits_lock:
+        if device_id not in _splits:
+            _splits[device_id] = discover_units(resource, num_sms)
+        return _splits[device_id], num_sms
+
+
+# ---- events, streams, partitions --------------------------------------------------------
 
 
 class GpuEvent:
-    """A CUDA event (CuPy's) recorded on a partition stream."""
+    """A CUDA event (CuPy's) recorded on a stream.
+
+    Attributes
+    ----------
+    cupy : cupy.cuda.Event
+    """
 
     def __init__(self, event: Any):
         self.cupy = event
@@ -77,75 +251,181 @@ class GpuStream:
     Attributes
     ----------
     handle : int
-        The ``CUstream``, never 0.
-    priority : str
-        ``"high"`` or ``"normal"``.
+        The ``CUstream``; never a null handle (0, 1 or 2), which would escape the partition.
+    priority : {"high", "normal"}
     partition : GpuPartition
-    cupy : cupy.cuda.Stream
-        The same stream for CuPy (``with stream.cupy:`` makes it current).
+
+    Raises
+    ------
+    PartitionError
+        At construction, for a null handle.
     """
 
-    def __init__(self, handle: int, priority: str, partition: GpuPartition):
+    def __init__(self, handle: int, priority: StreamPriority, partition: GpuPartition):
         import cupy
 
-        if not handle:
-            raise PartitionError("refusing the legacy default stream: it escapes every partition")
-        self.handle = int(handle)
-        self.priority = priority
+        handle = int(handle)
+        if handle in NULL_STREAM_HANDLES:
+            raise PartitionError(f"refusing stream handle {handle}: the default stream escapes every partition")
+        self.handle = handle
+        self.priority = validate_priority(priority)
         self.partition = partition
-        self.cupy = cupy.cuda.Stream.from_external(self)
+        # CuPy keeps a reference to this object; it never destroys an external stream.
+        self._cupy = cupy.cuda.Stream.from_external(self)
+        self._numba: Any = None
 
     def __cuda_stream__(self) -> tuple[int, int]:
+        """The CUDA stream protocol (version 0, handle)."""
+        self.partition._check_open()
         return (0, self.handle)
 
     @property
-    def numba(self) -> Any:
-        """The same stream for Numba launches (``k[grid, block, stream.numba]``)."""
-        from lithos_atom._compat import import_numba_cuda
+    def cupy(self) -> Any:
+        """The same stream for CuPy: ``with stream.cupy:`` or ``k(..., stream=stream.cupy)``."""
+        self.partition._check_open()
+        return self._cupy
 
-        return import_numba_cuda().external_stream(self.handle)
+    @property
+    def numba(self) -> Any:
+        """The same stream for Numba launches: ``k[grid, block, stream.numba](...)``."""
+        self.partition._check_open()
+        if self._numba is None:
+            from lithos_atom._compat import import_numba_cuda
+
+            self._numba = import_numba_cuda().external_stream(self.handle)
+        return self._numba
 
     def record(self) -> GpuEvent:
-        """Record an event on this stream."""
+        """Record an event (timing enabled) after the work queued so far."""
         import cupy
 
         event = cupy.cuda.Event()
         event.record(self.cupy)
         return GpuEvent(event)
 
-    def wait(self, event: GpuEvent) -> None:
-        """Make later work on this stream wait for ``event``."""
-        self.cupy.wait_event(event.cupy)
+    def wait(self, event: Any) -> None:
+        """Make later work on this stream wait for ``event`` (a `GpuEvent` or CuPy event)."""
+        self.cupy.wait_event(getattr(event, "cupy", event))
 
     def synchronize(self) -> None:
-        """Wait until all work on this stream has finished."""
-        self.cupy.synchronize()
+        """Wait until all work on this stream has finished (the GIL is released)."""
+        self.partition._check_open()
+        self._drain()
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[GpuStream]:
+        """Make this stream CuPy's current stream inside the block, and restore the previous one.
+
+        CuPy operations issued in the block without an explicit stream (ufuncs,
+        reductions, copies, cuBLAS ``a @ b``) run on the partition's TPCs. Work sent
+        explicitly to ``cupy.cuda.Stream.null`` (or any stream not of this partition)
+        still escapes the partition: the legacy default stream runs on every SM.
+
+        Yields
+        ------
+        GpuStream
+            This stream.
+        """
+        import cupy
+
+        with cupy.cuda.Device(self.partition.device.device_id), self.cupy:
+            current = cupy.cuda.get_current_stream().ptr
+            if current != self.handle:  # would mean CuPy ignored the stream: work would escape
+                raise RuntimeError(f"CuPy's current stream is {current:#x}, not the partition's {self.handle:#x}")
+            yield self
+
+    def _drain(self) -> None:
+        self._cupy.synchronize()
 
     def __repr__(self) -> str:
         return f"<GpuStream {self.priority} {self.handle:#x} of {self.partition!r}>"
 
 
+class _GreenContext:
+    """A green context for one TPC set and its streams; owned by the device."""
+
+    def __init__(self, device: GpuDevice, tpcs: frozenset[int]):
+        driver = _driver()
+        groups = [device._groups[t] for t in sorted(tpcs)]
+        flags = driver.CUstream_flags.CU_STREAM_NON_BLOCKING
+        with _bound(device._primary):
+            desc = check(driver.cuDevResourceGenerateDesc(groups, len(groups)), "cuDevResourceGenerateDesc")
+            t0 = time.perf_counter()
+            ctx = check(driver.cuGreenCtxCreate(desc, device._cu_device,
+                                                driver.CUgreenCtxCreate_flags.CU_GREEN_CTX_DEFAULT_STREAM),
+                        "cuGreenCtxCreate")
+            self.create_ms = (time.perf_counter() - t0) * 1000.0
+            handles: list[int] = []
+            try:
+                for priority in (device.greatest_priority, device.least_priority, device.least_priority):
+                    handles.append(int(check(driver.cuGreenCtxStreamCreate(ctx, flags, priority),
+                                             "cuGreenCtxStreamCreate")))
+            except BaseException:
+                _destroy_green_context(device._primary, ctx, handles)
+                raise
+        self.high, self.normal, self.normal_b = handles
+        # Runs on destroy(), on garbage collection, or at exit, whichever comes first.
+        self._finalizer = weakref.finalize(self, _destroy_green_context, device._primary, ctx, handles)
+
+    def destroy(self) -> None:
+        """Destroy the streams and the green context (once)."""
+        self._finalizer()
+
+
+def _destroy_green_context(primary: Any, ctx: Any, handles: list[int]) -> None:
+    driver = _driver()
+    try:
+        with _bound(primary):
+            for h in handles:
+                stream = driver.CUstream(h)
+                check(driver.cuStreamSynchronize(stream), "cuStreamSynchronize")
+                check(driver.cuStreamDestroy(stream), "cuStreamDestroy")
+            check(driver.cuGreenCtxDestroy(ctx), "cuGreenCtxDestroy")
+    except LithosCudaError as exc:
+        if exc.code != _CUDA_ERROR_DEINITIALIZED:  # at exit the process tears everything down anyway
+            raise
+
+
+def _release_primary(cu_device: Any) -> None:
+    try:
+        check(_driver().cuDevicePrimaryCtxRelease(cu_device), "cuDevicePrimaryCtxRelease")
+    except LithosCudaError as exc:
+        if exc.code != _CUDA_ERROR_DEINITIALIZED:
+            raise
+
+
 class GpuPartition:
-    """A set of TPCs as a green context with a high- and two normal-priority streams.
+    """A set of TPCs as a green context, with a high- and two normal-priority streams.
 
     Made by `GpuDevice.partition`; do not construct directly.
+
+    Attributes
+    ----------
+    device : GpuDevice
+    tpcs : frozenset of int
+    high, normal : GpuStream
+        The high- and normal-priority streams.
+    normal_b : GpuStream
+        A second normal-priority stream: consecutive atoms of one launch can overlap
+        (the next starts while the previous one's last blocks drain).
+    create_ms : float
+        How long ``cuGreenCtxCreate`` took for this TPC set.
+    closed : bool
     """
 
-    def __init__(self, device: GpuDevice, tpcs: frozenset[int], resources: _GreenContext):
+    def __init__(self, device: GpuDevice, tpcs: frozenset[int], context: _GreenContext):
         self.device = device
         self.tpcs = tpcs
-        self._resources = resources
-        self.create_ms = resources.create_ms
-        self.high = GpuStream(resources.high, "high", self)
-        self.normal = GpuStream(resources.normal, "normal", self)
-        # A second normal-priority stream lets consecutive atoms of one launch overlap
-        # (the next starts while the last blocks of the previous drain).
-        self.normal_b = GpuStream(resources.normal_b, "normal", self)
+        self._context = context
+        self.create_ms = context.create_ms
         self.closed = False
+        self.high = GpuStream(context.high, "high", self)
+        self.normal = GpuStream(context.normal, "normal", self)
+        self.normal_b = GpuStream(context.normal_b, "normal", self)
 
     @property
     def num_tpcs(self) -> int:
-        """Number of TPCs."""
+        """Number of TPCs (units)."""
         return len(self.tpcs)
 
     @property
@@ -159,81 +439,32 @@ class GpuPartition:
         mapping = self.device.sm_map()
         return tuple(sorted(sm for t in self.tpcs for sm in mapping[t]))
 
-    def stream(self, priority: str = "normal") -> GpuStream:
+    def stream(self, priority: StreamPriority = "normal") -> GpuStream:
         """The ``"high"`` or ``"normal"`` priority stream."""
         self._check_open()
-        if priority == "high":
-            return self.high
-        if priority == "normal":
-            return self.normal
-        raise PartitionError(f"priority must be 'high' or 'normal', got {priority!r}")
+        return self.high if validate_priority(priority) == "high" else self.normal
 
-    @contextlib.contextmanager
-    def use(self, priority: str = "normal") -> Iterator[GpuStream]:
-        """Make this partition's stream CuPy's current stream inside the block.
-
-        CuPy's own operations (ufuncs, reductions, cuBLAS matmul) issued in the block run
-        on the partition's TPCs. Work sent explicitly to ``cupy.cuda.Stream.null`` still
-        escapes the partition.
-        """
-        s = self.stream(priority)
-        with s.cupy:
-            yield s
+    def use(self, priority: StreamPriority = "normal") -> contextlib.AbstractContextManager[GpuStream]:
+        """Make this partition's stream of ``priority`` CuPy's current stream inside the block
+        (see `GpuStream.use`)."""
+        return self.stream(priority).use()
 
     def _check_open(self) -> None:
         if self.closed:
-            raise PartitionError(f"partition {sorted(self.tpcs)} is closed")
+            raise PartitionError(f"partition of TPCs {sorted(self.tpcs)} is closed")
         self.device._check_open()
 
     def close(self) -> None:
-        """Wait for the partition's streams and give its green context back to the device.
-
-        The device keeps the context for the next partition of the same TPCs and destroys
-        it in `GpuDevice.close`: the driver keeps about 4 MiB of device memory for every
-        green context ever destroyed (measured on driver 580, raw driver calls), so
-        create/destroy cycles would leak.
-        """
+        """Wait for the partition's streams and hand its green context back to the device."""
         if self.closed:
             return
         for s in (self.high, self.normal, self.normal_b):
-            s.synchronize()
+            s._drain()
         self.closed = True
         self.device._release(self)
 
     def __repr__(self) -> str:
         return f"<GpuPartition {self.num_tpcs} TPCs{' closed' if self.closed else ''}>"
-
-
-class _GreenContext:
-    """A green context of one TPC set with its two streams (owned by the device's pool)."""
-
-    def __init__(self, device: GpuDevice, tpcs: frozenset[int]):
-        from cuda.bindings import driver
-
-        groups = [device._groups[t] for t in sorted(tpcs)]
-        desc = check(driver.cuDevResourceGenerateDesc(groups, len(groups)), "cuDevResourceGenerateDesc")
-        t0 = time.perf_counter()
-        self.ctx = check(driver.cuGreenCtxCreate(desc, device._cu_device,
-                                                 driver.CUgreenCtxCreate_flags.CU_GREEN_CTX_DEFAULT_STREAM),
-                         "cuGreenCtxCreate")
-        self.create_ms = (time.perf_counter() - t0) * 1000.0
-        flags = driver.CUstream_flags.CU_STREAM_NON_BLOCKING
-        self.high = int(check(driver.cuGreenCtxStreamCreate(self.ctx, flags, device.greatest_priority),
-                              "cuGreenCtxStreamCreate"))
-        self.normal = int(check(driver.cuGreenCtxStreamCreate(self.ctx, flags, 0), "cuGreenCtxStreamCreate"))
-        self.normal_b = int(check(driver.cuGreenCtxStreamCreate(self.ctx, flags, 0), "cuGreenCtxStreamCreate"))
-        self._finalizer = weakref.finalize(self, _destroy_green_context, self.ctx, [self.high, self.normal, self.normal_b])
-
-    def destroy(self) -> None:
-        self._finalizer()
-
-
-def _destroy_green_context(ctx: Any, handles: list[int]) -> None:
-    from cuda.bindings import driver
-
-    for h in handles:
-        check(driver.cuStreamDestroy(driver.CUstream(h)), "cuStreamDestroy")
-    check(driver.cuGreenCtxDestroy(ctx), "cuGreenCtxDestroy")
 
 
 class GpuDevice:
@@ -243,96 +474,178 @@ class GpuDevice:
     ----------
     device_id : int
         CUDA device ordinal.
+    max_idle_contexts : int
+        Green contexts of closed partitions kept for reuse; beyond this the least
+        recently used are destroyed.
+
+    Attributes
+    ----------
+    name : str
+    driver_version : int
+        ``cuDriverGetVersion`` (13000 = CUDA 13.0).
+    num_sms : int
+        SMs of the device.
+    num_tpcs : int
+        Units of the split: TPCs when ``sms_per_unit == 2``.
+    sms_per_unit : int
+    split : str
+        How the SMs were split.
+    greatest_priority, least_priority : int
+        The stream priority range; high streams get the greatest (numerically lowest).
+    simulated : bool
+        Always False.
+
+    Raises
+    ------
+    RuntimeError
+        Without a CUDA driver.
+    PartitionError
+        For a bad ``device_id`` or ``max_idle_contexts``.
+    LithosCudaError
+        When a driver call fails.
     """
 
     simulated = False
 
-    def __init__(self, device_id: int = 0):
-        import cupy
-        from cuda.bindings import driver
-
+    def __init__(self, device_id: int = 0, *, max_idle_contexts: int = 128):
+        if isinstance(device_id, bool) or not isinstance(device_id, int) or device_id < 0:
+            raise PartitionError(f"device_id must be a non-negative int, got {device_id!r}")
+        if isinstance(max_idle_contexts, bool) or not isinstance(max_idle_contexts, int) or max_idle_contexts < 0:
+            raise PartitionError(f"max_idle_contexts must be a non-negative int, got {max_idle_contexts!r}")
+        try:
+            driver = _driver()
+            init = driver.cuInit(0)
+        except Exception as exc:  # no libcuda: a CPU-only machine
+            raise RuntimeError(f"no CUDA driver ({exc}); use open_device(simulate=True)") from exc
+        check(init, "cuInit")
+        count = check(driver.cuDeviceGetCount(), "cuDeviceGetCount")
+        if device_id >= count:
+            raise PartitionError(f"device_id {device_id} out of range: {count} CUDA device(s)")
         self.device_id = device_id
-        # Green contexts retain the primary context; have CuPy create it first so it is not
-        # initialized and torn down around every green context.
-        cupy.cuda.Device(device_id).use()
-        cupy.empty(1, dtype="u1")
-        check(driver.cuInit(0), "cuInit")
+        self.max_idle_contexts = max_idle_contexts
+        _activate_primary(device_id)
         self._cu_device = check(driver.cuDeviceGet(device_id), "cuDeviceGet")
-        self.name = check(driver.cuDeviceGetName(256, self._cu_device), "cuDeviceGetName").split(b"\0")[0].decode()
-        self.driver_version = check(driver.cuDriverGetVersion(), "cuDriverGetVersion")
-        resource = check(driver.cuDeviceGetDevResource(self._cu_device, driver.CUdevResourceType.CU_DEV_RESOURCE_TYPE_SM),
-                         "cuDeviceGetDevResource")
-        self.num_sms = int(resource.sm.smCount)
-        self._groups, self.sms_per_unit, self.split = _split(resource, self.num_sms)
-        self.num_tpcs = len(self._groups)
-        low, high = check(driver.cuCtxGetStreamPriorityRange(), "cuCtxGetStreamPriorityRange")
-        self.greatest_priority = int(high)
-        self._partitions: dict[frozenset[int], GpuPartition] = {}
-        self._pool: dict[frozenset[int], _GreenContext] = {}
-        self._lock = threading.Lock()
+        self._primary = check(driver.cuDevicePrimaryCtxRetain(self._cu_device), "cuDevicePrimaryCtxRetain")
+        # Keeps the primary context alive as long as the device; created before any green
+        # context's finalizer, so at exit it runs after them (finalizers run newest first).
+        self._primary_finalizer = weakref.finalize(self, _release_primary, self._cu_device)
+        raw_name = check(driver.cuDeviceGetName(256, self._cu_device), "cuDeviceGetName")
+        self.name = raw_name.split(b"\0")[0].decode()
+        self.driver_version = int(check(driver.cuDriverGetVersion(), "cuDriverGetVersion"))
+        split, self.num_sms = _split_for(device_id, self._cu_device)
+        self._groups = split.groups
+        self.sms_per_unit = split.sms_per_unit
+        self.split = split.label
+        self.unused_sms = split.unused_sms
+        self.num_tpcs = len(split.groups)
+        with _bound(self._primary):
+            least, greatest = check(driver.cuCtxGetStreamPriorityRange(), "cuCtxGetStreamPriorityRange")
+        self.least_priority, self.greatest_priority = int(least), int(greatest)
+        self._open: dict[frozenset[int], GpuPartition] = {}
+        self._idle: collections.OrderedDict[frozenset[int], _GreenContext] = collections.OrderedDict()
+        self._lock = threading.RLock()
         self._sm_map: dict[int, tuple[int, ...]] | None = None
         self.closed = False
 
+    # ---- the device interface -------------------------------------------------------
+
     def all_tpcs(self) -> frozenset[int]:
-        """Every TPC id of the device."""
+        """Every TPC (unit) id of the device."""
         return frozenset(range(self.num_tpcs))
 
     def partition(self, tpcs: Iterable[int]) -> GpuPartition:
-        """The partition of exactly these TPCs (created once, then cached).
+        """The partition of exactly these TPCs.
+
+        An open partition of the same set is returned as is; otherwise a new one is made
+        on the set's idle green context, or on a new one (~1-3 ms).
 
         Raises
         ------
         PartitionError
-            For an empty set, non-int or duplicate ids, ids out of range, or a closed device.
+            For an empty set, non-int, duplicate or out-of-range ids, or a closed device.
+        LithosCudaError
+            When the driver refuses the green context or its streams.
         """
         self._check_open()
         key = validate_tpcs(tpcs, self.num_tpcs)
         with self._lock:
-            part = self._partitions.get(key)
-            if part is None or part.closed:
-                resources = self._pool.pop(key, None) or _GreenContext(self, key)
-                part = self._partitions[key] = GpuPartition(self, key, resources)
+            self._check_open()
+            part = self._open.get(key)
+            if part is None:
+                context = self._idle.pop(key, None) or _GreenContext(self, key)
+                try:
+                    part = GpuPartition(self, key, context)
+                except BaseException:
+                    self._idle[key] = context
+                    raise
+                self._open[key] = part
             return part
 
     def live_partitions(self) -> int:
-        """Partitions (green contexts) currently alive."""
-        return sum(1 for p in self._partitions.values() if not p.closed)
+        """Partitions currently open."""
+        return len(self._open)
+
+    def live_green_contexts(self) -> int:
+        """Green contexts alive: those of open partitions plus idle ones kept for reuse."""
+        with self._lock:
+            return len(self._open) + len(self._idle)
+
+    def has_context(self, tpcs: Iterable[int]) -> bool:
+        """Whether a green context for exactly this TPC set exists (open or idle)."""
+        key = validate_tpcs(tpcs, self.num_tpcs)
+        with self._lock:
+            return key in self._open or key in self._idle
 
     def sm_map(self) -> dict[int, tuple[int, ...]]:
-        """TPC id to the SM ids its blocks ran on, probed once with a ``%smid`` kernel."""
-        if self._sm_map is None:
-            from lithos_sched.smid_probe import probe_tpc_sms
+        """TPC (unit) id to its SM ids, probed once with a ``%smid`` kernel.
 
-            self._sm_map = probe_tpc_sms(self)
-        return self._sm_map
+        Raises
+        ------
+        RuntimeError
+            If the probe does not find ``sms_per_unit`` distinct SMs per unit.
+        """
+        from lithos_sched.smid_probe import sms_of, unit_map_problems
+
+        with self._lock:  # one probe, even when several threads ask at once
+            if self._sm_map is None:
+                mapping: dict[int, tuple[int, ...]] = {}
+                for t in range(self.num_tpcs):
+                    key = frozenset([t])
+                    opened_here = key not in self._open  # never close a partition the user holds
+                    part = self.partition(key)
+                    try:
+                        mapping[t] = tuple(sorted(sms_of(part.normal, blocks=32 * self.sms_per_unit)))
+                    finally:
+                        if opened_here:
+                            part.close()
+                problems = unit_map_problems(mapping, self.sms_per_unit)
+                if problems:
+                    raise RuntimeError("smid probe: " + "; ".join(problems[:4]))
+                self._sm_map = mapping
+            return self._sm_map
 
     def describe(self) -> dict[str, Any]:
-        """Name, driver, SMs, TPC granularity; ``simulated`` is False."""
+        """Name, driver version, SMs, TPCs and the granularity obtained; ``simulated`` False."""
         return {
             "name": self.name, "simulated": False, "driver_version": self.driver_version,
-            "sms": self.num_sms, "tpcs": self.num_tpcs, "sms_per_unit": self.sms_per_unit, "split": self.split,
+            "sms": self.num_sms, "tpcs": self.num_tpcs, "sms_per_unit": self.sms_per_unit,
+            "granularity": "TPC" if self.sms_per_unit == _TPC_SMS else f"{self.sms_per_unit}-SM units",
+            "split": self.split, "unused_sms": self.unused_sms,
         }
 
-    def _release(self, part: GpuPartition) -> None:
-        with self._lock:
-            if self._partitions.get(part.tpcs) is part:
-                del self._partitions[part.tpcs]
-            self._pool[part.tpcs] = part._resources
-
-    def _check_open(self) -> None:
-        if self.closed:
-            raise PartitionError("the device is closed")
-
     def close(self) -> None:
-        """Close every partition."""
-        if self.closed:
-            return
-        for part in list(self._partitions.values()):
-            part.close()
-        for resources in self._pool.values():
-            resources.destroy()
-        self._pool.clear()
-        self.closed = True
+        """Close every partition, destroy every green context, release the primary context."""
+        with self._lock:
+            if self.closed:
+                return
+            try:
+                for part in list(self._open.values()):
+                    part.close()
+                while self._idle:
+                    self._idle.popitem(last=False)[1].destroy()
+            finally:
+                self.closed = True
+                self._primary_finalizer()
 
     def __enter__(self) -> GpuDevice:
         return self
@@ -343,27 +656,17 @@ class GpuDevice:
     def __repr__(self) -> str:
         return f"<GpuDevice {self.name!r} {self.num_tpcs} units of {self.sms_per_unit} SMs>"
 
+    # ---- internals ------------------------------------------------------------------
 
-def _split(resource: Any, num_sms: int) -> tuple[list[Any], int, str]:
-    """Split the SMs into the finest groups the driver gives: TPCs (2 SMs) when it can."""
-    from cuda.bindings import driver
+    def _release(self, part: GpuPartition) -> None:
+        with self._lock:
+            if self._open.get(part.tpcs) is not part:
+                return
+            del self._open[part.tpcs]
+            self._idle[part.tpcs] = part._context
+            while len(self._idle) > self.max_idle_contexts:
+                self._idle.popitem(last=False)[1].destroy()
 
-    attempts = ((_SPLIT_IGNORE_SM_COSCHEDULING, 2, "TPC (ignore SM co-scheduling, 2 SMs)"),
-                (0, 2, "default (co-scheduling aligned)"))
-    last: Exception | None = None
-    for flags, min_count, label in attempts:
-        try:
-            groups, n, _remaining = check(driver.cuDevSmResourceSplitByCount(num_sms, resource, flags, min_count),
-                                          "cuDevSmResourceSplitByCount")
-        except LithosCudaError as exc:
-            last = exc
-            continue
-        groups = list(groups)[: int(n)]
-        if not groups:
-            continue
-        size = int(groups[0].sm.smCount)
-        if size != 2:
-            warnings.warn(f"lithos: this driver splits SMs into groups of {size}, not TPCs; partitions are "
-                          f"{size}-SM units", RuntimeWarning, stacklevel=3)
-        return groups, size, label
-    raise LithosCudaError("cuDevSmResourceSplitByCount", getattr(last, "code", -1), getattr(last, "name", "no groups"))
+    def _check_open(self) -> None:
+        if self.closed:
+            raise PartitionError(f"device {self.device_id} ({self.name}) is closed")

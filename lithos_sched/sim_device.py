@@ -1,15 +1,18 @@
 """A simulated GPU with the interface of `GpuDevice`, in virtual time.
 
 Kernels are `SimKernel` latency models: every block runs on one SM for ``block_us``
-(optionally with seeded jitter) and takes ``1 / blocks_per_sm`` of the SM. Launches are
-block ranges issued on streams; streams are FIFO and a launch's blocks start only after
-the previous operation of its stream has finished. When SM slots free up, pending blocks
-of high-priority streams are placed first, then those of earlier launches; a running
-block is never preempted (as on the hardware, which is why atoms matter). A partition's
-blocks only ever run on its SMs. Given a seed, a run is deterministic.
+(optionally with seeded, mean-preserving jitter) and takes ``1 / blocks_per_sm`` of the
+SM. Launches are block ranges (atoms: ``start``, ``count``) issued on streams; streams are
+FIFO and a launch's blocks start only after the previous operation of its stream has
+finished. A launch's blocks fill the free SM slots of its partition in waves. When slots
+free up, pending blocks of high-priority streams are placed first, then those of earlier
+launches; a running block is never preempted (as on the hardware, which is why lithos
+splits kernels into atoms and partitions the TPCs). A partition's blocks only ever run on
+its SMs, so disjoint partitions run side by side and overlapping ones compete. Given a
+seed, a run is deterministic.
 
-Time advances only when asked: `SimDevice.step`, `run_until`, `run_until_idle`, or an
-event's `synchronize`.
+Time advances only when asked: `SimDevice.step`, `run_until`, `run_until_idle`, an
+event's or a stream's ``synchronize``, or closing a partition (which drains its streams).
 """
 
 from __future__ import annotations
@@ -18,16 +21,21 @@ import contextlib
 import dataclasses
 import heapq
 import itertools
+import math
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
+from lithos_sched.device_api import StreamPriority, validate_priority, validate_tpcs
 from lithos_sched.errors import PartitionError
-from lithos_sched.gpu_device import validate_tpcs
 
 _CAPACITY = 2520  # slots per SM: divisible by every blocks_per_sm from 1 to 10
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,11 +48,12 @@ class SimKernel:
     grid_blocks : int
         Blocks in the whole grid.
     block_us : float
-        Duration of one block.
+        Duration of one block, in microseconds.
     blocks_per_sm : int
         Blocks of this kernel that fit on one SM at once (1..10).
     jitter : float
-        Relative standard deviation of block durations (lognormal), 0 for none.
+        Spread of block durations: each is ``block_us`` times a lognormal factor of mean 1
+        and this standard deviation of its logarithm; 0 for none.
     """
 
     name: str
@@ -54,19 +63,32 @@ class SimKernel:
     jitter: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.grid_blocks < 1:
-            raise ValueError(f"SimKernel.grid_blocks must be >= 1, got {self.grid_blocks}")
-        if not self.block_us > 0:
-            raise ValueError(f"SimKernel.block_us must be > 0, got {self.block_us}")
-        if not 1 <= self.blocks_per_sm <= 10:
-            raise ValueError(f"SimKernel.blocks_per_sm must be in 1..10, got {self.blocks_per_sm}")
-        if self.jitter < 0:
-            raise ValueError(f"SimKernel.jitter must be >= 0, got {self.jitter}")
+        if not _is_int(self.grid_blocks) or self.grid_blocks < 1:
+            raise ValueError(f"SimKernel.grid_blocks must be an int >= 1, got {self.grid_blocks!r}")
+        if not (isinstance(self.block_us, (int, float)) and math.isfinite(self.block_us) and self.block_us > 0):
+            raise ValueError(f"SimKernel.block_us must be a finite number > 0, got {self.block_us!r}")
+        if not _is_int(self.blocks_per_sm) or not 1 <= self.blocks_per_sm <= 10:
+            raise ValueError(f"SimKernel.blocks_per_sm must be an int in 1..10, got {self.blocks_per_sm!r}")
+        if not (isinstance(self.jitter, (int, float)) and math.isfinite(self.jitter) and self.jitter >= 0):
+            raise ValueError(f"SimKernel.jitter must be a finite number >= 0, got {self.jitter!r}")
 
 
 @dataclasses.dataclass(frozen=True)
 class BlockRecord:
-    """One block that ran: which launch, which linear block, which SM, when."""
+    """One block that ran: which launch, which linear block, which SM, when.
+
+    Attributes
+    ----------
+    launch_id : int
+        What `SimStream.launch` returned.
+    kernel : str
+    block : int
+        Linear block index in the kernel's grid.
+    sm : int
+    start_us, end_us : float
+    stream : int
+        The stream's handle.
+    """
 
     launch_id: int
     kernel: str
@@ -78,19 +100,30 @@ class BlockRecord:
 
 
 class SimEvent:
-    """An event on a simulated stream; its time is set when the stream reaches it."""
+    """An event on a simulated stream; it completes when the stream reaches it.
+
+    Attributes
+    ----------
+    time_us : float or None
+        Virtual time at which it completed; None while pending.
+    """
 
     def __init__(self, device: SimDevice):
         self._device = device
         self.time_us: float | None = None
-        self.recorded = False
 
     def query(self) -> bool:
         """Whether the event has completed (never advances time)."""
         return self.time_us is not None
 
     def synchronize(self) -> None:
-        """Advance virtual time until the event completes."""
+        """Advance virtual time until the event completes.
+
+        Raises
+        ------
+        RuntimeError
+            If nothing runs but the event is still pending (a stream waits forever).
+        """
         while self.time_us is None:
             if not self._device.step():
                 raise RuntimeError("simulated device is idle but the event never completes "
@@ -98,9 +131,13 @@ class SimEvent:
 
     def elapsed_ms(self, end: SimEvent) -> float:
         """Virtual milliseconds from this event to ``end`` (both must have completed)."""
+        return self.elapsed_us(end) / 1000.0
+
+    def elapsed_us(self, end: SimEvent) -> float:
+        """Virtual microseconds from this event to ``end`` (both must have completed)."""
         if self.time_us is None or end.time_us is None:
-            raise RuntimeError("elapsed_ms needs two completed events")
-        return (end.time_us - self.time_us) / 1000.0
+            raise RuntimeError("elapsed time needs two completed events")
+        return end.time_us - self.time_us
 
 
 @dataclasses.dataclass
@@ -110,10 +147,9 @@ class _Launch:
     start: int
     count: int
     stream: SimStream
+    seq: int
     next_block: int = 0
     running: int = 0
-    activated_us: float = 0.0
-    seq: int = 0
 
     @property
     def pending(self) -> int:
@@ -121,9 +157,17 @@ class _Launch:
 
 
 class SimStream:
-    """A FIFO stream of a simulated partition."""
+    """A FIFO stream of a simulated partition.
 
-    def __init__(self, device: SimDevice, partition: SimPartition, priority: str, handle: int):
+    Attributes
+    ----------
+    handle : int
+        An id, unique on the device and never 0.
+    priority : {"high", "normal"}
+    partition : SimPartition
+    """
+
+    def __init__(self, device: SimDevice, partition: SimPartition, priority: StreamPriority, handle: int):
         self.device = device
         self.partition = partition
         self.priority = priority
@@ -132,34 +176,59 @@ class SimStream:
         self._active: _Launch | None = None
 
     def __cuda_stream__(self) -> tuple[int, int]:
+        """The CUDA stream protocol shape, ``(0, handle)``, so code that reads handles works."""
         return (0, self.handle)
 
-    def launch(self, kernel: SimKernel, start: int = 0, count: int | None = None) -> None:
-        """Enqueue blocks ``[start, start + count)`` of ``kernel``."""
+    def launch(self, kernel: SimKernel, start: int = 0, count: int | None = None) -> int:
+        """Enqueue blocks ``[start, start + count)`` of ``kernel`` (default: to the end).
+
+        Returns
+        -------
+        int
+            The launch id, as found in the device's `BlockRecord`s.
+
+        Raises
+        ------
+        ValueError
+            For a block range outside the kernel's grid.
+        PartitionError
+            On a closed partition or device.
+        """
         self.partition._check_open()
+        if not _is_int(start) or not (count is None or _is_int(count)):
+            raise ValueError(f"block range start and count must be ints, got {start!r} and {count!r}")
         count = kernel.grid_blocks - start if count is None else count
         if not (0 <= start and count >= 1 and start + count <= kernel.grid_blocks):
-            raise ValueError(f"block range [{start}, {start + count}) is outside {kernel.name!r}'s "
+            raise ValueError(f"block range start={start!r} count={count!r} is outside {kernel.name!r}'s "
                              f"{kernel.grid_blocks} blocks")
-        self._ops.append(("launch", (kernel, start, count)))
+        launch_id = next(self.device._launch_ids)
+        self._ops.append(("launch", (launch_id, kernel, start, count)))
         self.device._progress()
+        return launch_id
 
     def record(self) -> SimEvent:
-        """Enqueue an event; it completes when every earlier operation has."""
+        """Enqueue an event; it completes when every earlier operation of the stream has."""
+        self.partition._check_open()
         event = SimEvent(self.device)
-        event.recorded = True
         self._ops.append(("record", event))
         self.device._progress()
         return event
 
     def wait(self, event: SimEvent) -> None:
-        """Later operations of this stream wait for ``event`` (no-op if it was never recorded)."""
+        """Later operations of this stream wait until ``event`` has completed."""
+        self.partition._check_open()
         self._ops.append(("wait", event))
         self.device._progress()
 
     def synchronize(self) -> None:
         """Advance virtual time until this stream has no work left."""
         self.record().synchronize()
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[SimStream]:
+        """Yield this stream (the simulator has no CuPy current stream to set)."""
+        self.partition._check_open()
+        yield self
 
     def idle(self) -> bool:
         """No queued or running work."""
@@ -170,7 +239,19 @@ class SimStream:
 
 
 class SimPartition:
-    """A set of simulated TPCs with a high- and two normal-priority streams."""
+    """A set of simulated TPCs with a high- and two normal-priority streams.
+
+    Attributes
+    ----------
+    device : SimDevice
+    tpcs : frozenset of int
+    sm_ids : tuple of int
+    high, normal, normal_b : SimStream
+        As on `GpuPartition`.
+    create_ms : float
+        Always 0.
+    closed : bool
+    """
 
     def __init__(self, device: SimDevice, tpcs: frozenset[int]):
         self.device = device
@@ -178,10 +259,10 @@ class SimPartition:
         self.sm_ids = tuple(sorted(sm for t in tpcs for sm in device.tpc_sms(t)))
         self.create_ms = 0.0
         self.closed = False
-        self.high = device._new_stream(self, "high")
-        self.normal = device._new_stream(self, "normal")
-        self.normal_b = device._new_stream(self, "normal")
-        self._extra: list[SimStream] = []
+        self._streams: list[SimStream] = []
+        self.high = self._new_stream("high")
+        self.normal = self._new_stream("normal")
+        self.normal_b = self._new_stream("normal")
 
     @property
     def num_tpcs(self) -> int:
@@ -193,38 +274,40 @@ class SimPartition:
         """Number of SMs."""
         return len(self.sm_ids)
 
-    def stream(self, priority: str = "normal", *, new: bool = False) -> SimStream:
+    def stream(self, priority: StreamPriority = "normal", *, new: bool = False) -> SimStream:
         """The partition's stream of ``priority``; ``new=True`` makes another one."""
         self._check_open()
-        if priority not in ("high", "normal"):
-            raise PartitionError(f"priority must be 'high' or 'normal', got {priority!r}")
+        priority = validate_priority(priority)
         if new:
-            s = self.device._new_stream(self, priority)
-            self._extra.append(s)
-            return s
+            return self._new_stream(priority)
         return self.high if priority == "high" else self.normal
 
-    @contextlib.contextmanager
-    def use(self, priority: str = "normal") -> Iterator[SimStream]:
-        """Yield the partition's stream (the simulated device has no CuPy current stream)."""
-        yield self.stream(priority)
+    def use(self, priority: StreamPriority = "normal") -> contextlib.AbstractContextManager[SimStream]:
+        """Yield the partition's stream of ``priority`` (see `SimStream.use`)."""
+        return self.stream(priority).use()
+
+    def _new_stream(self, priority: StreamPriority) -> SimStream:
+        s = SimStream(self.device, self, priority, next(self.device._handles))
+        self._streams.append(s)
+        self.device._streams.append(s)
+        return s
 
     def _check_open(self) -> None:
         if self.closed:
-            raise PartitionError(f"partition {sorted(self.tpcs)} is closed")
+            raise PartitionError(f"partition of TPCs {sorted(self.tpcs)} is closed")
         self.device._check_open()
 
     def close(self) -> None:
-        """Run this partition's streams dry, then release it."""
+        """Run this partition's streams dry (advancing virtual time), then release it."""
         if self.closed:
             return
-        for s in (self.high, self.normal, self.normal_b, *self._extra):
+        for s in self._streams:
             s.synchronize()
         self.closed = True
         self.device._forget(self)
 
     def __repr__(self) -> str:
-        return f"<SimPartition {self.num_tpcs} TPCs>"
+        return f"<SimPartition {self.num_tpcs} TPCs{' closed' if self.closed else ''}>"
 
 
 class SimDevice:
@@ -239,14 +322,26 @@ class SimDevice:
     name : str
     record_blocks : bool
         Keep a `BlockRecord` of every block in ``records`` (for checks; off for long runs).
+
+    Attributes
+    ----------
+    now_us : float
+        Virtual time.
+    records : list of BlockRecord
+    num_sms, num_tpcs, sms_per_unit : int
+    simulated : bool
+        Always True.
     """
 
     simulated = True
 
     def __init__(self, num_tpcs: int = 66, sms_per_tpc: int = 2, seed: int = 0, name: str = "simulated H100",
                  record_blocks: bool = True):
-        if num_tpcs < 1 or sms_per_tpc < 1:
-            raise ValueError(f"num_tpcs and sms_per_tpc must be >= 1, got {num_tpcs}, {sms_per_tpc}")
+        for label, value in (("num_tpcs", num_tpcs), ("sms_per_tpc", sms_per_tpc)):
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"SimDevice.{label} must be an int >= 1, got {value!r}")
+        if not _is_int(seed):
+            raise ValueError(f"SimDevice.seed must be an int, got {seed!r}")
         self.name = name
         self.num_tpcs = num_tpcs
         self.sms_per_unit = sms_per_tpc
@@ -277,12 +372,12 @@ class SimDevice:
         return frozenset(range(self.num_tpcs))
 
     def partition(self, tpcs: Iterable[int]) -> SimPartition:
-        """The partition of exactly these TPCs (cached).
+        """The partition of exactly these TPCs (an open one of the same set is returned as is).
 
         Raises
         ------
         PartitionError
-            For an empty set, bad or duplicate ids, ids out of range, or a closed device.
+            For an empty set, non-int, duplicate or out-of-range ids, or a closed device.
         """
         self._check_open()
         key = validate_tpcs(tpcs, self.num_tpcs)
@@ -292,20 +387,28 @@ class SimDevice:
         return part
 
     def live_partitions(self) -> int:
-        """Partitions currently alive."""
+        """Partitions currently open."""
         return len(self._partitions)
 
+    def has_context(self, tpcs: Iterable[int]) -> bool:
+        """Whether a partition of exactly this TPC set is open (the simulator's stand-in
+        for `GpuDevice.has_context`)."""
+        return validate_tpcs(tpcs, self.num_tpcs) in self._partitions
+
     def describe(self) -> dict[str, Any]:
-        """Name, SMs, TPCs; ``simulated`` is True."""
-        return {"name": self.name, "simulated": True, "sms": self.num_sms, "tpcs": self.num_tpcs,
-                "sms_per_unit": self.sms_per_unit, "seed": self.seed}
+        """Name, SMs, TPCs, granularity; ``simulated`` True and no driver."""
+        return {"name": self.name, "simulated": True, "driver_version": None, "sms": self.num_sms,
+                "tpcs": self.num_tpcs, "sms_per_unit": self.sms_per_unit,
+                "granularity": "TPC" if self.sms_per_unit == 2 else f"{self.sms_per_unit}-SM units",
+                "seed": self.seed}
 
     def close(self) -> None:
-        """Run every stream dry and release every partition."""
+        """Run every stream dry and close every partition."""
         if self.closed:
             return
         self.run_until_idle()
-        self._partitions.clear()
+        for part in list(self._partitions.values()):
+            part.close()
         self.closed = True
 
     def __enter__(self) -> SimDevice:
@@ -314,14 +417,21 @@ class SimDevice:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def __repr__(self) -> str:
+        return f"<SimDevice {self.num_tpcs} TPCs of {self.sms_per_unit} SMs, t={self.now_us:g} us>"
+
     # ---- virtual time ---------------------------------------------------------------
+
+    def elapsed_us(self, start: SimEvent, end: SimEvent) -> float:
+        """Virtual microseconds between two completed events."""
+        return start.elapsed_us(end)
 
     def next_completion_us(self) -> float | None:
         """When the next running block ends, or None if nothing runs."""
         return self._running[0][0] if self._running else None
 
     def step(self) -> bool:
-        """Advance to the next block completion; False if nothing is running."""
+        """Advance to the next block completion; False (and no change) if nothing runs."""
         if not self._running:
             return False
         self._complete_until(self._running[0][0])
@@ -330,24 +440,22 @@ class SimDevice:
     def run_until(self, t_us: float) -> None:
         """Advance virtual time to ``t_us``, completing every block that ends by then."""
         if t_us < self.now_us:
-            raise ValueError(f"cannot run back in time to {t_us} (now {self.now_us})")
+            raise ValueError(f"cannot run back in time to {t_us} us (now {self.now_us} us)")
         self._complete_until(t_us)
         self.now_us = t_us
 
     def run_until_idle(self) -> None:
-        """Advance until no block runs and no stream can make progress."""
+        """Advance until no block runs (streams blocked on never-completing waits stay blocked)."""
         while self.step():
             pass
 
     # ---- internals ------------------------------------------------------------------
 
-    def _new_stream(self, partition: SimPartition, priority: str) -> SimStream:
-        s = SimStream(self, partition, priority, next(self._handles))
-        self._streams.append(s)
-        return s
-
     def _forget(self, part: SimPartition) -> None:
-        self._partitions.pop(part.tpcs, None)
+        if self._partitions.get(part.tpcs) is part:
+            del self._partitions[part.tpcs]
+        gone = {id(s) for s in part._streams}
+        self._streams = [s for s in self._streams if id(s) not in gone]
 
     def _check_open(self) -> None:
         if self.closed:
@@ -388,23 +496,25 @@ class SimDevice:
             if kind == "record":
                 payload.time_us = self.now_us
             elif kind == "wait":
-                if payload.recorded and payload.time_us is None:
+                if payload.time_us is None:
                     return moved
             else:
-                kernel, start, count = payload
-                s._active = _Launch(next(self._launch_ids), kernel, start, count, s,
-                                    activated_us=self.now_us, seq=next(self._seq))
+                launch_id, kernel, start, count = payload
+                s._active = _Launch(launch_id, kernel, start, count, s, seq=next(self._seq))
                 self._active.append(s._active)
             s._ops.popleft()
             moved = True
 
     def _dispatch(self) -> None:
+        # High-priority launches pick free slots first, then launches in the order their
+        # streams reached them; placed blocks run to completion.
         order = sorted((la for la in self._active if la.pending),
                        key=lambda la: (la.stream.priority != "high", la.seq))
         free = self._free
         for la in order:
             need = _CAPACITY // la.kernel.blocks_per_sm
-            # emptiest SMs of the partition first (lowest id on ties)
+            # emptiest SMs of the partition first (lowest id on ties), like the hardware's
+            # breadth-first block distribution
             for sm in sorted(la.stream.partition.sm_ids, key=lambda i: (-free[i], i)):
                 while la.pending and free[sm] >= need:
                     free[sm] -= need
@@ -413,7 +523,8 @@ class SimDevice:
                     la.running += 1
                     dur = la.kernel.block_us
                     if la.kernel.jitter:
-                        dur *= float(self._rng.lognormal(0.0, la.kernel.jitter))
+                        sigma = la.kernel.jitter
+                        dur *= float(self._rng.lognormal(-sigma * sigma / 2.0, sigma))  # mean 1
                     end = self.now_us + dur
                     heapq.heappush(self._running, (end, next(self._seq), sm, la, block))
                     if self.record_blocks:
