@@ -108,8 +108,13 @@ def _write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-def _include_dirs() -> list[str]:
-    """CuPy's headers and the CUDA toolkit's (``cooperative_groups.h``, CCCL), as CuPy adds them."""
+def cuda_include_dirs() -> list[str]:
+    """Header directories for NVRTC: CuPy's, and the CUDA toolkit's as CuPy adds them.
+
+    The toolkit's ``mma.h`` includes ``crt/mma.h``, which some installs keep outside the
+    runtime headers' directory (seen on the lent H100: the CUDA 13 wheel's ``include`` had
+    no ``crt/``); the first toolkit include directory that has it is added too.
+    """
     import cupy
     from cuda import pathfinder
 
@@ -121,6 +126,11 @@ def _include_dirs() -> list[str]:
             found = None
         if found:
             dirs.append(str(found))
+    candidates = [*dirs[1:2], *(os.path.join(os.environ[v], "include") for v in ("CUDA_PATH", "CUDA_HOME")
+                                if os.environ.get(v)), "/usr/local/cuda/include"]
+    with_crt = next((d for d in candidates if os.path.isfile(os.path.join(d, "crt", "mma.h"))), None)
+    if with_crt is not None and with_crt not in dirs:
+        dirs.append(with_crt)
     return dirs
 
 
@@ -190,7 +200,7 @@ def _nvrtc_compile(code: str, options: Sequence[str], compute_capability: str, n
         return tuple(rest)
 
     opts = [*options, "-ftz=true", "--device-as-default-execution-space",
-            *(f"-I{d}" for d in _include_dirs()), f"-arch=compute_{compute_capability}"]
+            *(f"-I{d}" for d in cuda_include_dirs()), f"-arch=compute_{compute_capability}"]
     (prog,) = check(nvrtc.nvrtcCreateProgram(code.encode(), filename.encode(), 0, [], []), "create")
     try:
         for expr in name_expressions:
