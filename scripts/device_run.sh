@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything lithos does on the lent GPU, in one call: install, GPU tests, benchmarks.
 # Usage (on the device machine, from the repo root): bash scripts/device_run.sh [what...]
-#   what: probe | tests | atoms | partitions | colocation | rightsize  (default: all)
+#   what: probe | tests | atoms | partitions | colocation | kernels  (default: all but kernels)
 # Writes logs, JSON and plots to a staging folder, packed at the end into $OUT/results.tgz
 # (the device tool returns at most 8 files), with the summary log beside it.
 set -uo pipefail
@@ -25,7 +25,10 @@ for w in "${what[@]}"; do
     tests)
       python3 -m pytest -q -m gpu tests -p no:cacheprovider --junitxml="$STAGE/gpu-tests.xml" 2>&1 | tee "$STAGE/gpu-tests.log" | tail -40
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
-    atoms|partitions|colocation|rightsize)
+    kernels)
+      python3 -m kernels.bench --size bench --json "$STAGE/bench-kernels.json" 2>&1 | tee "$STAGE/bench-kernels.log" | tail -60
+      [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+    atoms|partitions|colocation)
       python3 -m lithos_atom.bench --"$w" --json "$STAGE/bench-$w.json" --plot "$STAGE/plots-$w" 2>&1 | tee "$STAGE/bench-$w.log" | tail -40
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     *) echo "unknown step $w"; status=2 ;;
