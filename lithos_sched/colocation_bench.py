@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from lithos_atom.bench.burn import BURN, THREADS
+from lithos_atom.bench.burn import BURN, THREADS, median_device_us
 from lithos_sched.tenant import Priority, TenantSpec
 
 WARMUP_S = 0.5  # every scenario first runs this long unmeasured: compiles, caches, predictor
@@ -97,20 +96,6 @@ def _burn_kernel() -> Any:
     return cupy.RawKernel(BURN, "burn")  # looked up now, so an installed opt-in sees it
 
 
-def _time_launch(fn: Callable[[], None], stream: Any, reps: int = 5) -> float:
-    import cupy
-
-    out = []
-    for _ in range(reps):
-        a, b = cupy.cuda.Event(), cupy.cuda.Event()
-        a.record(stream)
-        fn()
-        b.record(stream)
-        b.synchronize()
-        out.append(cupy.cuda.get_elapsed_time(a, b) * 1000.0)
-    return statistics.median(out)
-
-
 def calibrate(cfg: ColocationConfig) -> _Calibration:
     """Pick loop counts so blocks and kernels last about as long as configured."""
     import cupy
@@ -122,19 +107,19 @@ def calibrate(cfg: ColocationConfig) -> _Calibration:
     wave = per_sm * sms
     out = cupy.empty(wave * THREADS, np.float32)
     probe_iters = 2000
-    wave_us = _time_launch(lambda: k((wave,), (THREADS,), (out, np.int32(probe_iters)), stream=stream), stream)
+    wave_us = median_device_us(lambda: k((wave,), (THREADS,), (out, np.int32(probe_iters)), stream=stream), stream)
     us_per_iter = wave_us / probe_iters
     be_iters = max(1, int(cfg.be_block_us / us_per_iter))
     lc_probe = cupy.empty(cfg.lc_blocks * THREADS, np.float32)
-    lc_probe_us = _time_launch(lambda: k((cfg.lc_blocks,), (THREADS,), (lc_probe, np.int32(probe_iters)),
+    lc_probe_us = median_device_us(lambda: k((cfg.lc_blocks,), (THREADS,), (lc_probe, np.int32(probe_iters)),
                                          stream=stream), stream)
     lc_iters = max(1, int(probe_iters * cfg.lc_kernel_us / lc_probe_us))
     be_waves = max(1, round(cfg.be_kernel_ms * 1000 / cfg.be_block_us))
     be_blocks = be_waves * wave
     lc_out = cupy.empty(cfg.lc_blocks * THREADS, np.float32)
     be_out = cupy.empty(be_blocks * THREADS, np.float32)
-    lc_us = _time_launch(lambda: k((cfg.lc_blocks,), (THREADS,), (lc_out, np.int32(lc_iters)), stream=stream), stream)
-    be_us = _time_launch(lambda: k((be_blocks,), (THREADS,), (be_out, np.int32(be_iters)), stream=stream), stream, 3)
+    lc_us = median_device_us(lambda: k((cfg.lc_blocks,), (THREADS,), (lc_out, np.int32(lc_iters)), stream=stream), stream)
+    be_us = median_device_us(lambda: k((be_blocks,), (THREADS,), (be_out, np.int32(be_iters)), stream=stream), stream, 3)
     return _Calibration(lc_iters, be_iters, be_blocks, lc_us, be_us, wave)
 
 

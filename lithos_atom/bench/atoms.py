@@ -9,23 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from lithos_atom.bench.burn import BURN
+from lithos_atom.bench.burn import BURN, median_device_us
 
 EMPTY = r'''extern "C" __global__ void empty(float* out) { if (out == nullptr) out[0] = 1.0f; }'''
-
-
-def _median_launch_us(fn: Any, stream: Any, reps: int) -> float:
-    import cupy
-
-    times = []
-    for _ in range(reps):
-        start, end = cupy.cuda.Event(), cupy.cuda.Event()
-        start.record(stream)
-        fn()
-        end.record(stream)
-        end.synchronize()
-        times.append(cupy.cuda.get_elapsed_time(start, end) * 1000.0)
-    return statistics.median(times)
 
 
 def _host_us_per_launch(fn: Any, stream: Any, n: int) -> float:
@@ -98,7 +84,7 @@ def total_time_overhead(stream: Any, target_ms: float = 60.0, reps: int = 7) -> 
     out = cupy.empty(out_blocks * threads, np.float32)
     args = (out, np.int32(iters))
     whole = lambda: k((out_blocks,), (threads,), args, stream=stream)  # noqa: E731
-    whole_us = _median_launch_us(whole, stream, 3)
+    whole_us = median_device_us(whole, stream, 3)
     # choose the block count for ~target_ms in total
     blocks = max(132 * 8, int(out_blocks * target_ms * 1000 / whole_us) // (132 * 8) * (132 * 8))
     out = cupy.empty(blocks * threads, np.float32)
@@ -127,13 +113,13 @@ def total_time_overhead(stream: Any, target_ms: float = 60.0, reps: int = 7) -> 
     def run_variant(name: str, a: Any) -> float:
         if name.endswith("_one_stream"):
             with lithos_atom.using_atomizer(one_stream):
-                return _median_launch_us(lambda: a((blocks,), (threads,), args, stream=stream), stream, 1)
-        return _median_launch_us(lambda: a((blocks,), (threads,), args, stream=stream), stream, 1)
+                return median_device_us(lambda: a((blocks,), (threads,), args, stream=stream), stream, 1)
+        return median_device_us(lambda: a((blocks,), (threads,), args, stream=stream), stream, 1)
 
     variants["atom_us_250_one_stream"] = variants["atom_us_250"]
     rows: dict[str, list[float]] = {"whole": []} | {name: [] for name in variants}
     for _ in range(reps):  # interleaved, so drift hits every variant alike
-        rows["whole"].append(_median_launch_us(whole, stream, 1))
+        rows["whole"].append(median_device_us(whole, stream, 1))
         for name, a in variants.items():
             rows[name].append(run_variant(name, a))
     whole_med = statistics.median(rows["whole"])
