@@ -290,11 +290,6 @@ class AtomizedRawKernel:
             return LaunchPlan.whole(key, total, launch_whole, reason)
         assert isinstance(prepared, PreparedKernel)
         function = prepared.function
-        _ensure_context()
-        if shared_mem > _MAX_DEFAULT_DYNAMIC_SHMEM:
-            import cupy
-
-            cupy.cuda.driver.funcSetAttribute(function.ptr, _CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, shared_mem)
         wave = _wave_blocks(function, block3, shared_mem)
         gx, gy, gz = (np.uint32(d) for d in grid3)
 
@@ -335,14 +330,25 @@ def _ensure_context() -> None:
 
 
 _wave_cache: dict[tuple[int, tuple[int, int, int], int], int] = {}
+_shmem_limit: dict[int, int] = {}  # function -> the dynamic shared memory it was opened up to
 
 
 def _wave_blocks(function: Any, block: tuple[int, int, int], shared_mem: int) -> int:
+    """Blocks of one full-device wave, for a launch shape seen for the first time.
+
+    The driver calls (and the shared-memory opt-in they need first) run once per shape,
+    off the launch path of every later launch.
+    """
     import cupy
 
     key = (function.ptr, block, shared_mem)
     wave = _wave_cache.get(key)
     if wave is None:
+        _ensure_context()
+        if shared_mem > max(_MAX_DEFAULT_DYNAMIC_SHMEM, _shmem_limit.get(function.ptr, 0)):
+            cupy.cuda.driver.funcSetAttribute(function.ptr, _CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                              shared_mem)
+            _shmem_limit[function.ptr] = shared_mem
         threads = block[0] * block[1] * block[2]
         per_sm = cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(function.ptr, threads, shared_mem)
         sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
