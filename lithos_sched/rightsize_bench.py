@@ -1,0 +1,332 @@
+"""Right-sizing and DVFS report: ``python -m lithos_sched.rightsize_bench --out DIR``.
+
+For every `kernels.registry` case (bench size) and every kernel of the inference
+service's decoder layer (batches 1 and 8), and for a whole inference request:
+
+1. profile it on partitions of 10 TPC counts and fit its scaling model;
+2. right-size it (the fewest TPCs whose predicted slowdown is within the slack);
+3. MEASURE it again on the chosen partition and on the whole device, interleaved: the
+   measured slowdown, and the capacity saved, ``1 - (T * t_T) / (66 * t_66)`` of TPC-time;
+4. measure its mean power at the default clock with NVML's energy counter, and choose its
+   SM clock with the DVFS policy; the energy at that clock is MODELED (`PowerModel`),
+   never measured: no clock is changed.
+
+Writes ``rightsizing.json`` and ``rightsizing.png`` to ``--out``. ``--sim`` runs the
+same steps on the SIMULATED device with stand-in kernels (no energy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import logging
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lithos_sched.dvfs import DvfsActuator, DvfsPolicy, compute_share, h100_sm_clocks_mhz, time_ratio
+from lithos_sched.energy import MODELED, fit_power_model
+from lithos_sched.partition_timing import TimingOptions, default_sizes, time_on_partitions
+from lithos_sched.rightsize_cases import ProfileCase
+from lithos_sched.rightsizing import RightSizeOptions, choose_tpcs
+from lithos_sched.scaling import ProfileStore
+
+log = logging.getLogger("lithos_sched.rightsize_bench")
+
+#: Peak DRAM bandwidth the achieved fractions are relative to (`kernels.registry.PEAKS`).
+PEAK_BYTES_PER_S = 3.0e12
+
+
+def _busy_step(case: ProfileCase, stream: Any, kernel_us: float) -> Any:
+    """A step for `EnergyMeter.mean_power_w` keeping ~5 ms of ``case`` queued."""
+    pending: collections.deque[Any] = collections.deque()
+    per_step = max(1, math.ceil(5000.0 / max(kernel_us, 1.0)))
+
+    def step() -> None:
+        for _ in range(per_step):
+            case.launch(stream)
+        pending.append(stream.record())
+        while len(pending) > 2:
+            pending.popleft().synchronize()
+
+    return step
+
+
+def measure_case(device: Any, case: ProfileCase, sizes: list[int], slack: float, meter: Any,
+                 profile_timing: TimingOptions, confirm_timing: TimingOptions, energy_window_s: float,
+                 store: ProfileStore) -> dict[str, Any]:
+    """Profile, right-size, confirm and (with a meter) measure the power of one case."""
+    from lithos_sched.partition_timing import profile_on_partitions
+
+    full_tpcs = sizes[0]
+    prof = profile_on_partitions(device, case.key, case.launch, sizes, profile_timing, store.profile(case.key))
+    model = prof.model()
+    assert model is not None
+    chosen = choose_tpcs(model, full_tpcs, slack, min_saving=RightSizeOptions().min_saving)
+    row: dict[str, Any] = {"key": case.key, "bound": case.bound, "per_request": case.per_request,
+                           "profile_us": {str(t): m for t, (m, _) in prof.samples.items()},
+                           "model": model.to_json(), "tpcs": chosen, "home_tpcs": full_tpcs,
+                           "predicted_slowdown": model.slowdown(chosen, full_tpcs)}
+    confirm = time_on_partitions(device, case.launch, sorted({full_tpcs, chosen}, reverse=True), confirm_timing)
+    t_full = statistics.median(confirm[full_tpcs])
+    t_chosen = statistics.median(confirm[chosen])
+    row.update({"us_full": t_full, "us_chosen": t_chosen, "measured_slowdown": t_chosen / t_full - 1.0,
+                "capacity_saved": 1.0 - (chosen * t_chosen) / (full_tpcs * t_full)})
+    bandwidth = case.bytes / (t_full * 1e-6) if case.bytes else None
+    row["bandwidth_fraction"] = None if bandwidth is None else bandwidth / PEAK_BYTES_PER_S
+    row["elasticity"] = model.elasticity(full_tpcs)
+    row["compute_share"] = compute_share(row["elasticity"], row["bandwidth_fraction"])
+    # Power is measured for kernels long enough to keep the GPU busy from Python: the
+    # inference layer's 10-50 us kernels would measure the host's launch rate instead.
+    long_enough = not case.key.startswith("inference:") or case.key.endswith(":request")
+    if meter is not None and energy_window_s > 0 and long_enough:
+        full = device.partition(range(full_tpcs))
+        try:
+            row["power_w_measured"] = meter.mean_power_w(_busy_step(case, full.normal, t_full), energy_window_s)
+            row["sm_clock_mhz_observed"] = meter.sm_clock_mhz()  # still busy: the clock the power was drawn at
+        finally:
+            full.normal.synchronize()
+            full.close()
+    return row
+
+
+def _summaries(rows: list[dict[str, Any]], slack: float) -> dict[str, Any]:
+    def mean(values: list[float]) -> float | None:
+        return statistics.fmean(values) if values else None
+
+    registry_rows = [r for r in rows if not r["key"].startswith("inference:")]  # registry (or simulated) kernels
+    out: dict[str, Any] = {}
+    if registry_rows:
+        out["registry"] = {
+            "kernels": len(registry_rows),
+            "mean_capacity_saved": mean([r["capacity_saved"] for r in registry_rows]),
+            "mean_measured_slowdown": mean([r["measured_slowdown"] for r in registry_rows]),
+            "max_measured_slowdown": max(r["measured_slowdown"] for r in registry_rows),
+            "kernels_within_slack": sum(r["measured_slowdown"] <= slack for r in registry_rows),
+            "kernels_right_sized": sum(r["tpcs"] < r["home_tpcs"] for r in registry_rows),
+        }
+    by_batch: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for r in rows:
+        if r["key"].startswith("inference:"):
+            by_batch[r["key"].split(":")[1]].append(r)
+    inference: dict[str, Any] = {}
+    for batch, group in sorted(by_batch.items()):
+        ops = [r for r in group if not r["key"].endswith(":request")]
+        req = next((r for r in group if r["key"].endswith(":request")), None)
+        entry: dict[str, Any] = {}
+        if ops:
+            full_tpcs = ops[0]["home_tpcs"]
+            t_full = sum(r["per_request"] * r["us_full"] for r in ops)
+            t_chosen = sum(r["per_request"] * r["us_chosen"] for r in ops)
+            tpc_time = sum(r["per_request"] * r["tpcs"] * r["us_chosen"] for r in ops)
+            entry["per_kernel"] = {
+                "method": "each kernel on its own right-sized partition; request figures are sums of the "
+                          "kernels' measured device times (times the layers), not a timed request",
+                "request_us_full": t_full, "request_us_right_sized": t_chosen,
+                "measured_slowdown": t_chosen / t_full - 1.0,
+                "capacity_saved": 1.0 - tpc_time / (full_tpcs * t_full),
+                "tpcs": {r["key"].rsplit(":", 1)[1]: r["tpcs"] for r in ops},
+            }
+        if req is not None:
+            entry["whole_request"] = {
+                "method": "the whole request timed on one right-sized partition",
+                "tpcs": req["tpcs"], "us_full": req["us_full"], "us_chosen": req["us_chosen"],
+                "measured_slowdown": req["measured_slowdown"], "capacity_saved": req["capacity_saved"],
+            }
+        inference[batch] = entry
+    if inference:
+        out["inference"] = inference
+    suite = [r for r in registry_rows] + [
+        {"capacity_saved": e["per_kernel"]["capacity_saved"], "measured_slowdown": e["per_kernel"]["measured_slowdown"]}
+        for e in inference.values() if "per_kernel" in e]
+    if suite:
+        out["suite"] = {
+            "items": len(suite),
+            "what": "registry (or simulated) cases and the inference request (per-kernel right-sizing) of each batch, "
+                    "each weighted 1",
+            "mean_capacity_saved": mean([r["capacity_saved"] for r in suite]),
+            "mean_measured_slowdown": mean([r["measured_slowdown"] for r in suite]),
+            "target": "mean capacity saved >= 25% at < 5% measured slowdown",
+        }
+    return out
+
+
+def dvfs_section(rows: list[dict[str, Any]], clocks: list[int], default_mhz: int, idle_w: float | None,
+                 slack: float) -> dict[str, Any]:
+    """DVFS decisions per kernel (logged, never applied) and the modeled energy saving."""
+    policy = DvfsPolicy(clocks, default_mhz)
+    actuator = DvfsActuator()  # log-only: not enabled
+    decisions = []
+    for r in rows:
+        d = policy.decide(r["key"], r["compute_share"])
+        actuator.apply(d)
+        r["dvfs"] = d.to_json()
+        decisions.append(d)
+    out: dict[str, Any] = {"policy": {"slack": policy.options.slack, "min_fraction": policy.options.min_fraction,
+                                      "time_model": "t(f) = t0 * (c * f0 / f + 1 - c), c = max(elasticity, "
+                                                    "1 - bandwidth / 3.0 TB/s)"},
+                           "actuator_active": actuator.active, "default_mhz": default_mhz,
+                           "clocks_chosen": {r["key"]: r["dvfs"]["clock_mhz"] for r in rows}}
+    powered = [r for r in rows if "power_w_measured" in r]
+    if idle_w is None or not powered:
+        out["energy"] = {"skipped": "no NVML energy measurements"}
+        return out
+    bw = [(r["bandwidth_fraction"] or 0.0) * PEAK_BYTES_PER_S / 1e12 for r in powered]
+    model = fit_power_model(idle_w, [r["power_w_measured"] for r in powered], bw,
+                            [r["compute_share"] for r in powered], default_mhz, min(clocks), max(clocks))
+    e_default = e_dvfs = t_default = t_dvfs = 0.0
+    for r, tbs in zip(powered, bw):
+        seconds = r["us_full"] * 1e-6
+        ratio = time_ratio(r["compute_share"], r["dvfs"]["clock_mhz"], default_mhz)
+        r["energy_j_measured_default_clock"] = r["power_w_measured"] * seconds
+        r["energy_j_modeled_dvfs"] = model.kernel_energy_j(r["power_w_measured"], tbs, seconds,
+                                                           r["dvfs"]["clock_mhz"], ratio)
+        e_default += r["energy_j_measured_default_clock"]
+        e_dvfs += r["energy_j_modeled_dvfs"]
+        t_default += seconds
+        t_dvfs += seconds * ratio
+    out["energy"] = {
+        "kernels": len(powered),
+        "idle_power_w_measured": idle_w,
+        "suite_energy_j_measured": e_default,
+        "suite_energy_how": "per kernel: mean power measured with NVML's energy counter while it ran back to "
+                            "back on all TPCs at the default clock, times its measured time; summed",
+        "suite_energy_j_at_dvfs_clocks_modeled": e_dvfs,
+        "energy_saving_modeled": 1.0 - e_dvfs / e_default,
+        "suite_slowdown_modeled": t_dvfs / t_default - 1.0,
+        "power_model": model.to_json(),
+        "source_of_savings": MODELED,
+    }
+    return out
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Capacity saved and measured slowdown per kernel; DVFS clocks (headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["kernels"]
+    names = [r["key"].replace("case:", "").replace("@bench", "") for r in rows]
+    fig, axes = plt.subplots(3, 1, figsize=(max(10, 0.28 * len(rows)), 11), sharex=True)
+    x = range(len(rows))
+    axes[0].bar(x, [100 * r["capacity_saved"] for r in rows], color="tab:green")
+    axes[0].set_ylabel("capacity saved\n(% TPC-time)")
+    axes[0].axhline(25, ls="--", c="gray", lw=0.8)
+    axes[1].bar(x, [100 * r["measured_slowdown"] for r in rows], color="tab:red")
+    axes[1].axhline(100 * report["slack"], ls="--", c="gray", lw=0.8)
+    axes[1].set_ylabel("measured\nslowdown (%)")
+    axes[2].bar(x, [r["dvfs"]["clock_mhz"] for r in rows], color="tab:blue")
+    axes[2].set_ylabel("DVFS SM clock\n(MHz, logged only)")
+    axes[2].set_xticks(list(x), names, rotation=90, fontsize=7)
+    sim = " (SIMULATED)" if report["simulated"] else ""
+    fig.suptitle(f"Right-sizing on {report['device']['name']}{sim}: TPCs chosen at {100 * report['slack']:.0f}% slack")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the report; returns the exit status."""
+    from kernels import registry
+
+    p = argparse.ArgumentParser(prog="python -m lithos_sched.rightsize_bench", description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="rightsizing-report", help="output directory (default ./rightsizing-report)")
+    p.add_argument("--sim", action="store_true", help="SIMULATED device and stand-in kernels")
+    p.add_argument("--case", action="append", choices=registry.case_names(), metavar="NAME",
+                   help="registry case (repeatable; default all)")
+    p.add_argument("--inference-batch", action="append", type=int, help="decoder batches (default 1 and 8)")
+    p.add_argument("--slack", type=float, default=0.05, help="right-sizing slack (default 0.05)")
+    p.add_argument("--energy-window", type=float, default=0.3, help="seconds of power measurement per kernel "
+                                                                     "(0: none)")
+    p.add_argument("--max-seconds", type=float, default=170.0, help="skip the remaining kernels after this long")
+    args = p.parse_args(argv)
+    if not 0 <= args.slack < 10:
+        p.error(f"--slack must be in [0, 10), got {args.slack}")
+    if args.inference_batch and any(not 1 <= b <= 8 for b in args.inference_batch):
+        p.error(f"--inference-batch must be 1-8, got {args.inference_batch}")
+    if args.energy_window < 0 or args.max_seconds <= 0:
+        p.error("--energy-window must be >= 0 and --max-seconds > 0")
+    logging.basicConfig(level=logging.WARNING)
+
+    from lithos_sched import open_device
+    from lithos_sched import rightsize_cases as rc
+
+    t_start = time.perf_counter()
+    device = open_device(simulate=True if args.sim else False)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if device.simulated:
+        print("SIMULATED DEVICE: latencies are the simulator's model; no energy is measured")
+    sizes = default_sizes(device.num_tpcs)
+    meter = None
+    idle_w = None
+    clocks, default_mhz = h100_sm_clocks_mhz(), 1980
+    energy_start = None
+    if not device.simulated:
+        from lithos_sched.energy import EnergyMeter
+
+        try:
+            meter = EnergyMeter()
+            clocks, default_mhz = meter.supported_sm_clocks_mhz(), meter.max_sm_clock_mhz()
+            idle_w = meter.mean_power_w(lambda: time.sleep(0.005), args.energy_window) if args.energy_window else None
+            energy_start = meter.energy_mj()
+        except Exception as exc:  # NVML missing or not permitted: report without energy
+            print(f"NVML unavailable, no energy figures: {exc}")
+            meter = None
+    groups: list[tuple[str, Any]]  # (label, builder of the group's cases): built one group at a time
+    if device.simulated:
+        groups = [(c.key, lambda c=c: [c]) for c in rc.sim_cases(device.num_tpcs)]
+    else:
+        # The inference workload first: it is short, and the time limit cuts from the end.
+        groups = [(f"inference batch {b}", lambda b=b: rc.inference_cases(b)) for b in (args.inference_batch or [1, 8])]
+        groups += [(n, lambda n=n: [rc.registry_case(n, "bench")]) for n in (args.case or registry.case_names())]
+    store = ProfileStore(out_dir / "profiles.json", device_name=device.name)
+    rows: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    profile_timing = TimingOptions(rounds=3, launches_per_round=2)
+    confirm_timing = TimingOptions(rounds=5, launches_per_round=2, warmup=1)
+    try:
+        for label, build in groups:
+            if time.perf_counter() - t_start > args.max_seconds:
+                skipped.append(label)
+                continue
+            cases = build()
+            try:
+                for case in cases:
+                    row = measure_case(device, case, sizes, args.slack, meter, profile_timing, confirm_timing,
+                                       args.energy_window, store)
+                    rows.append(row)
+                    print(f"{case.key:40s} {row['tpcs']:3d}/{sizes[0]} TPCs  slowdown {100 * row['measured_slowdown']:+5.1f}% "
+                          f"(pred {100 * row['predicted_slowdown']:+5.1f}%)  saved {100 * row['capacity_saved']:5.1f}%  "
+                          f"{row['us_full']:9.1f} us" + (f"  {row['power_w_measured']:.0f} W" if "power_w_measured" in row
+                                                         else ""), flush=True)
+            finally:
+                for case in cases:
+                    case.release()
+        report: dict[str, Any] = {
+            "device": device.describe(), "simulated": device.simulated, "slack": args.slack, "tpc_counts": sizes,
+            "kernels": rows, "skipped_for_time": skipped, "summary": _summaries(rows, args.slack),
+        }
+        report["dvfs"] = dvfs_section(rows, clocks, default_mhz, idle_w, args.slack)
+        if meter is not None and energy_start is not None:
+            report["dvfs"]["bench_energy_j_measured"] = (meter.energy_mj() - energy_start) / 1000.0
+        report["seconds"] = time.perf_counter() - t_start
+    finally:
+        device.close()
+    store.save()
+    (out_dir / "rightsizing.json").write_text(json.dumps(report, indent=1, default=str))
+    plot(report, out_dir / "rightsizing.png")
+    print(json.dumps(report["summary"], indent=1))
+    print(json.dumps({k: v for k, v in report["dvfs"].get("energy", {}).items() if k != "power_model"}, indent=1))
+    print(f"wrote {out_dir / 'rightsizing.json'} and {out_dir / 'rightsizing.png'} in {report['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

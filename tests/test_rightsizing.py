@@ -1,0 +1,187 @@
+"""CPU tier: the right-sizing policy, its online learning on the simulated device, the
+profile command and the report on the simulated device."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lithos_atom.plan import KernelKey
+from lithos_sched import SimKernel, open_device
+from lithos_sched.partition_timing import TimingOptions, default_sizes, profile_on_partitions, validate_sizes
+from lithos_sched.rightsizing import RightSizeOptions, RightSizer, choose_tpcs
+from lithos_sched.scaling import ProfileStore, ScalingModel, fit_scaling
+
+SIZES = np.array([66, 59, 53, 46, 40, 33, 26, 20, 13, 7])
+
+
+def test_saturating_kernel_is_cut_to_its_knee():
+    model = fit_scaling(SIZES, 3000 / np.minimum(SIZES, 30) + 5)
+    chosen = choose_tpcs(model, 66, slack=0.05)
+    assert 26 <= chosen <= 33
+    assert model.slowdown(chosen, 66) <= 0.05 + 1e-9
+
+
+def test_slack_bounds_the_predicted_slowdown():
+    model = ScalingModel("amdahl", m_us=1000.0, b_us=200.0, t_min=1, t_max=66)
+    for slack in (0.0, 0.02, 0.05, 0.2, 1.0):
+        chosen = choose_tpcs(model, 66, slack, min_saving=0.0)
+        assert model.slowdown(chosen, 66) <= slack + 1e-9
+        if chosen > 1:
+            assert model.slowdown(chosen - 1, 66) > slack
+
+
+def test_a_perfectly_scaling_kernel_keeps_its_home():
+    model = ScalingModel("amdahl", m_us=66000.0, b_us=0.0, t_min=7, t_max=66)
+    assert choose_tpcs(model, 66, 0.05) == 66  # 63 TPCs would cost as much TPC-time, 5% slower
+    assert choose_tpcs(model, 66, 0.05, min_saving=0.0) == 66  # 63 TPCs save exactly nothing
+    almost = ScalingModel("amdahl", m_us=66000.0, b_us=10.0, t_min=7, t_max=66)
+    assert choose_tpcs(almost, 66, 0.05, min_saving=0.0) < 66  # saves 0.05%: only a zero threshold takes it
+    assert choose_tpcs(almost, 66, 0.05) == 66
+
+
+def test_no_extrapolation_below_the_smallest_sample():
+    model = ScalingModel("amdahl", m_us=0.0, b_us=50.0, t_min=13, t_max=66)
+    assert choose_tpcs(model, 66, 0.05) == 13
+    assert choose_tpcs(model, 66, 0.05, cap_tpcs=10) == 10
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"slack": -0.1}, "slack"), ({"min_tpcs": 0}, "min_tpcs"), ({"min_sizes": 1.5}, "min_sizes"),
+    ({"min_saving": 1.0}, "min_saving"), ({"explore_max_slowdown": True}, "explore_max_slowdown"),
+])
+def test_options_name_the_bad_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        RightSizeOptions(**kwargs)
+
+
+def test_occupancy_filter_needs_no_profile():
+    sizer = RightSizer(ProfileStore("unused.json"))
+    key = KernelKey("small", (24, 1, 1), (256, 1, 1), 0)
+    assert sizer.tpcs_for(key, 66, blocks_per_tpc=4) == 6
+    assert sizer.tpcs_for("unknown", 66) == 66
+    with pytest.raises(ValueError, match="home_tpcs"):
+        sizer.tpcs_for(key, 0)
+
+
+def test_exploration_walks_down_the_ladder_and_stops_when_it_hurts():
+    sizer = RightSizer(ProfileStore("unused.json"), RightSizeOptions(min_sizes=4, explore_max_slowdown=0.25))
+    key = "k"
+    latency = {66: 100.0, 50: 105.0, 33: 140.0, 17: 300.0}
+    seen = []
+    for _ in range(4):
+        t = sizer.tpcs_for(key, 66)
+        seen.append(t)
+        sizer.store.profile(key).observe(t, latency[t])
+    # 66, 50 and 33 are probed; 33 was 40% slower, so 17 is never tried.
+    assert seen[:3] == [66, 50, 33]
+    assert 17 not in seen
+    assert sizer.tpcs_for(key, 66) == 66
+
+
+def test_decisions_are_memoized_until_the_profile_changes():
+    store = ProfileStore("unused.json")
+    prof = store.profile("k")
+    for t in (66, 40, 20):
+        prof.add(t, 100.0)
+    sizer = RightSizer(store)
+    first = sizer.tpcs_for("k", 66)
+    assert first == 20
+    prof.add(20, 400.0)
+    assert sizer.tpcs_for("k", 66) > 20
+
+
+def test_online_right_sizing_on_the_simulated_device():
+    """The scheduler's loop: ask, run on that many home TPCs, observe; it settles on the
+    fewest TPCs the grid can fill, with no latency lost (simulated device)."""
+    dev = open_device(simulate=True)
+    try:
+        kernel = SimKernel("k", grid_blocks=40, block_us=100.0)  # 20 TPCs' worth at 1 block per SM
+        key = KernelKey("k", (40, 1, 1), (128, 1, 1), 0)
+        sizer = RightSizer(ProfileStore("unused.json"))
+        chosen = []
+        for _ in range(8):
+            t = sizer.tpcs_for(key, 66)  # blocks_per_tpc unknown: learned from the timings alone
+            part = dev.partition(range(t))
+            start = part.normal.record()
+            part.normal.launch(kernel)
+            end = part.normal.record()
+            end.synchronize()
+            sizer.observe(key, t, 40, 2 * t, start.elapsed_ms(end) * 1000.0)
+            chosen.append(t)
+            part.close()
+        assert chosen[0] == 66
+        assert 20 <= chosen[-1] <= 33
+        assert sizer.store.get(key).samples[chosen[-1]][0] == pytest.approx(100.0)
+    finally:
+        dev.close()
+
+
+def test_offline_profile_on_the_simulated_device_matches_wave_quantization():
+    dev = open_device(simulate=True)
+    try:
+        kernel = SimKernel("w", grid_blocks=264, block_us=50.0)  # 2 waves on 132 SMs
+        prof = profile_on_partitions(dev, "w", lambda s: s.launch(kernel), [66, 44, 33, 22],
+                                     TimingOptions(rounds=1, launches_per_round=2, warmup=0))
+        assert prof.samples[66][0] == pytest.approx(100.0)
+        assert prof.samples[44][0] == pytest.approx(150.0)  # ceil(264 / 88) = 3 waves
+        assert prof.samples[33][0] == pytest.approx(200.0)
+    finally:
+        dev.close()
+
+
+def test_size_helpers():
+    assert default_sizes(66)[0] == 66 and len(default_sizes(66)) == 10
+    assert validate_sizes([3, 66, 3], 66) == [66, 3]
+    with pytest.raises(ValueError, match="1..66"):
+        validate_sizes([67], 66)
+    with pytest.raises(ValueError, match="rounds"):
+        TimingOptions(rounds=0)
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_profile_cli_sim_writes_the_cache(tmp_path):
+    cache = tmp_path / "p.json"
+    proc = _run("lithos_sched.profile", "--sim", "--cache", str(cache), "--rounds", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "SIMULATED DEVICE" in proc.stdout
+    data = json.loads(cache.read_text())
+    assert "simulated" in data["device"]
+    assert {p["key"] for p in data["profiles"]} >= {"sim:small_grid", "sim:tiny_grid"}
+
+
+@pytest.mark.parametrize("args, message", [
+    ((), "nothing to profile"),
+    (("--sim", "--case", "gemm_f16"), "takes no --case"),
+    (("--case", "no_such_kernel"), "invalid choice"),
+    (("--sim", "--sizes", "0,5"), "--sizes"),
+    (("--sim", "--sizes", "a,b"), "comma-separated"),
+    (("--inference-batch", "9"), "1-8"),
+    (("--sim", "--slack", "-1"), "--slack"),
+])
+def test_profile_cli_errors(args, message):
+    proc = _run("lithos_sched.profile", *args)
+    assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_report_on_the_simulated_device(tmp_path):
+    proc = _run("lithos_sched.rightsize_bench", "--sim", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "SIMULATED DEVICE" in proc.stdout
+    report = json.loads((tmp_path / "rightsizing.json").read_text())
+    assert report["simulated"] is True
+    rows = {r["key"]: r for r in report["kernels"]}
+    assert rows["sim:tiny_grid"]["tpcs"] < 66 and rows["sim:three_waves"]["tpcs"] == 66
+    assert all(r["measured_slowdown"] <= 0.05 + 1e-9 for r in rows.values())
+    assert report["summary"]["registry"]["mean_capacity_saved"] > 0.25
+    assert report["dvfs"]["actuator_active"] is False
+    assert (tmp_path / "rightsizing.png").stat().st_size > 0
+    bad = _run("lithos_sched.rightsize_bench", "--sim", "--slack", "-1")
+    assert bad.returncode == 2 and "--slack" in bad.stderr
