@@ -13,10 +13,10 @@ import contextlib
 import dataclasses
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from lithos_atom.plan import LaunchPlan
+from lithos_atom.plan import LaunchPlan, LaunchShape, WholeLaunch
 from lithos_atom.settings import get_settings
 from lithos_atom.sizing import LaunchDurations
 
@@ -107,6 +107,31 @@ class Atomizer:
         if timed:
             end.record(cupy_stream)
             DURATIONS.add_pending(plan.key, start, end)
+
+    def launch_whole(self, launch: WholeLaunch, stream: Any, describe: Callable[[], LaunchShape]) -> bool:
+        """Offer one launch to run unsplit, before a plan is built for it.
+
+        Front ends call this first. An atomizer that wants the launch whole (a scheduler's
+        latency-critical tenant: its kernels are never split) calls ``launch(target_stream)``
+        and returns True, which skips rewriting arguments and building a plan, tens of
+        microseconds of host time. The base atomizer splits every launch.
+
+        Parameters
+        ----------
+        launch : callable
+            ``launch(stream)`` runs the original kernel, unsplit, on ``stream``.
+        stream
+            The stream the user launched on (None: the current stream).
+        describe : callable
+            Returns the launch's `LaunchShape`; call it only when needed (it costs a few
+            microseconds).
+
+        Returns
+        -------
+        bool
+            Whether the launch was issued.
+        """
+        return False
 
     def warn_whole(self, kernel_name: str, reason: str) -> None:
         """Warn, once per kernel name, that a kernel runs whole."""

@@ -21,7 +21,7 @@ from lithos_atom.atomizer import DURATIONS, AtomizeOptions, Atomizer, as_cupy_st
 from lithos_atom.compile import cuda_source_to_ptx, link_ptx
 from lithos_atom.errors import AtomizeError, UnsupportedKernelError
 from lithos_atom.indexing import total_blocks as count_blocks
-from lithos_atom.plan import KernelKey, LaunchPlan
+from lithos_atom.plan import KernelKey, LaunchPlan, LaunchShape
 from lithos_atom.ptx import RewriteResult, rewrite_module
 from lithos_atom.sizing import choose_atom_blocks
 
@@ -250,6 +250,14 @@ class AtomizedRawKernel:
         """The rewritten kernel, or why the kernel cannot be atomized."""
         return prepare(self._source)
 
+    def shape(self, grid: Any, block: Any, args: Sequence[Any], *, shared_mem: int = 0) -> LaunchShape:
+        """The `LaunchShape` of one launch (for a scheduler that runs it unsplit)."""
+        grid3, block3 = _dim3(grid, "grid"), _dim3(block, "block")
+        key = KernelKey(self._source.name, grid3, block3, int(shared_mem), _arg_shapes(tuple(args)))
+        prepared = self.prepared()
+        wave = _wave_blocks(prepared.function, block3, shared_mem) if isinstance(prepared, PreparedKernel) else 0
+        return LaunchShape(key, grid3[0] * grid3[1] * grid3[2], wave)
+
     def plan(
         self,
         grid: Any,
@@ -312,6 +320,11 @@ class AtomizedRawKernel:
         stream: Any = None,
     ) -> None:
         atomizer = get_atomizer() or self._direct
+        if atomizer.launch_whole(
+            lambda s: self._kernel(grid, block, args, shared_mem=shared_mem, stream=as_cupy_stream(s)),
+            stream, lambda: self.shape(grid, block, args, shared_mem=shared_mem),
+        ):
+            return
         plan = self.plan(grid, block, args, shared_mem=shared_mem, options=self.options)
         if not plan.atomized:
             atomizer.warn_whole(self._source.name, plan.reason or "")

@@ -20,7 +20,7 @@ _originals: dict[str, Any] = {}
 
 
 def _make_classes(raw_kernel: type, raw_module: type) -> tuple[type, type]:
-    from lithos_atom.atomizer import get_atomizer
+    from lithos_atom.atomizer import as_cupy_stream, get_atomizer
     from lithos_atom.cupy_frontend import AtomizedRawKernel, source_of_module_function
 
     def launch(atomized: AtomizedRawKernel, fallback: Any, grid: Any, block: Any, args: Any,
@@ -28,6 +28,9 @@ def _make_classes(raw_kernel: type, raw_module: type) -> tuple[type, type]:
         atomizer = get_atomizer()
         if atomizer is None:
             return fallback(grid, block, args, shared_mem=shared_mem, stream=stream)
+        if atomizer.launch_whole(lambda s: fallback(grid, block, args, shared_mem=shared_mem, stream=as_cupy_stream(s)),
+                                 stream, lambda: atomized.shape(grid, block, args, shared_mem=shared_mem)):
+            return
         plan = atomized.plan(grid, block, args, shared_mem=shared_mem, options=atomizer.options)
         if not plan.atomized:
             atomizer.warn_whole(atomized.source.name, plan.reason or "")

@@ -20,7 +20,7 @@ from lithos_atom._compat import import_numba_cuda
 from lithos_atom.atomizer import DURATIONS, AtomizeOptions, Atomizer, get_atomizer
 from lithos_atom.compile import link_ptx
 from lithos_atom.errors import AtomizeError, UnsupportedKernelError
-from lithos_atom.plan import KernelKey, LaunchPlan
+from lithos_atom.plan import KernelKey, LaunchPlan, LaunchShape
 from lithos_atom.ptx import RewriteResult, rewrite_module
 from lithos_atom.sizing import choose_atom_blocks
 
@@ -117,6 +117,20 @@ def _arg_shapes(args: tuple) -> tuple:
     return tuple(getattr(a, "shape", ()) for a in args)
 
 
+def _key(kernel: Any, args: tuple, griddim: tuple[int, int, int], blockdim: tuple[int, int, int],
+         sharedmem: int) -> KernelKey:
+    name = getattr(kernel, "entry_name", None) or str(getattr(kernel, "py_func", kernel))
+    return KernelKey(name, tuple(griddim), tuple(blockdim), int(sharedmem), _arg_shapes(args))
+
+
+def launch_shape(kernel: Any, args: tuple, griddim: tuple[int, int, int], blockdim: tuple[int, int, int],
+                 sharedmem: int) -> LaunchShape:
+    """The `LaunchShape` of one Numba launch (for a scheduler that runs it unsplit)."""
+    prepared = prepare(kernel)
+    wave = 0 if isinstance(prepared, str) else _wave_blocks(prepared, tuple(blockdim), sharedmem)
+    return LaunchShape(_key(kernel, args, griddim, blockdim, sharedmem), griddim[0] * griddim[1] * griddim[2], wave)
+
+
 def plan_launch(
     kernel: Any,
     args: tuple,
@@ -136,13 +150,12 @@ def plan_launch(
     """
     from cuda.core import LaunchConfig, launch
 
-    name = getattr(kernel, "entry_name", None) or str(getattr(kernel, "py_func", kernel))
-    key = KernelKey(name, tuple(griddim), tuple(blockdim), int(sharedmem), _arg_shapes(args))
+    key = _key(kernel, args, griddim, blockdim, sharedmem)
     total = griddim[0] * griddim[1] * griddim[2]
     prepared = prepare(kernel)
     if isinstance(prepared, str):
         if options.strict:
-            raise UnsupportedKernelError(prepared, entry=name)
+            raise UnsupportedKernelError(prepared, entry=key.name)
 
         def launch_whole(s: Any) -> None:
             original_launch(kernel, args, griddim, blockdim, _core_stream(s), sharedmem)
@@ -190,6 +203,10 @@ def _launch_hook(self: Any, args: Any, griddim: Any, blockdim: Any, stream: Any 
     else:
         assert atomizer is not None
         options = atomizer.options
+    original = _original_launch
+    if atomizer.launch_whole(lambda s: original(self, args, griddim, blockdim, _core_stream(s), sharedmem), stream,
+                             lambda: launch_shape(self, tuple(args), tuple(griddim), tuple(blockdim), sharedmem)):
+        return
     plan = plan_launch(self, tuple(args), tuple(griddim), tuple(blockdim), stream, sharedmem, options, _original_launch)
     if not plan.atomized:
         atomizer.warn_whole(plan.key.name, plan.reason or "")

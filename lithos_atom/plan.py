@@ -43,6 +43,29 @@ class KernelKey:
 
 
 @dataclasses.dataclass(frozen=True)
+class LaunchShape:
+    """What a scheduler needs to time and predict an unsplit launch.
+
+    Attributes
+    ----------
+    key : KernelKey
+        The launch's shape.
+    total_blocks : int
+        Blocks in the whole grid.
+    wave_blocks : int
+        Blocks that fit on the whole device at once (occupancy x SMs); 0 if unknown.
+    """
+
+    key: KernelKey
+    total_blocks: int
+    wave_blocks: int
+
+
+# launch(stream) runs one launch unsplit, as the user wrote it, on the given stream.
+WholeLaunch = Callable[[Any], None]
+
+
+@dataclasses.dataclass(frozen=True)
 class Atom:
     """One contiguous range of a launch's blocks.
 

@@ -26,12 +26,12 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from lithos_atom.atomizer import Atomizer, using_atomizer
-from lithos_atom.plan import KernelKey, LaunchPlan
+from lithos_atom.plan import KernelKey, LaunchPlan, LaunchShape, WholeLaunch
 from lithos_sched.predictor import LatencyPredictor
 from lithos_sched.tenant import Priority, TenantConfigError, TenantSpec, assign_tpcs, specs_from
 from lithos_sched.timeline import CupyTimeline, SimTimeline, Timeline
@@ -76,10 +76,16 @@ class Policy:
     atomize_best_effort : bool
         Split best-effort launches into atoms (False: the no-atomization ablation).
     freeze_gc : bool
-        Call ``gc.freeze()`` when the scheduler starts (undone by `Scheduler.close`): the
-        objects alive then (CuPy's and Numba's many) leave the collector's view, so a full
-        collection no longer pauses every thread for tens of milliseconds (measured 75 ms
-        stalls of both tenants without it).
+        Call ``gc.freeze()`` when the scheduler starts and whenever a thread enters a
+        tenant (undone by `Scheduler.close`): the objects alive then (CuPy's and Numba's
+        many; entering a tenant imports Numba) leave the collector's view, so a full
+        collection no longer pauses every thread for tens of milliseconds (measured: 75 ms
+        without freezing; 25 ms with Numba imported after the first freeze).
+    lc_timing_every : int
+        Time one in this many latency-critical launches with device events (for the
+        predictor and the accounting). Latency-critical kernels run unsplit, straight
+        from the front end; skipping the events and their bookkeeping on the other
+        launches keeps a launch within a few microseconds of a plain CuPy launch.
     gil_switch_interval_s : float or None
         While the scheduler is open, ``sys.setswitchinterval`` is set to this (restored by
         `Scheduler.close`): a latency-critical thread waiting for the GIL behind a busy
@@ -94,6 +100,7 @@ class Policy:
     atomize_best_effort: bool = True
     gil_switch_interval_s: float | None = 0.00005
     freeze_gc: bool = True
+    lc_timing_every: int = 4
 
     def __post_init__(self) -> None:
         for name in ("atom_us", "queue_cap_us", "steal_max_block_us"):
@@ -102,17 +109,25 @@ class Policy:
                 raise ValueError(f"Policy.{name} must be a positive number, got {value!r}")
         if isinstance(self.lc_idle_grace_us, bool) or not self.lc_idle_grace_us >= 0:
             raise ValueError(f"Policy.lc_idle_grace_us must be >= 0, got {self.lc_idle_grace_us!r}")
+        if isinstance(self.lc_timing_every, bool) or not isinstance(self.lc_timing_every, int) \
+                or self.lc_timing_every < 1:
+            raise ValueError(f"Policy.lc_timing_every must be an int >= 1, got {self.lc_timing_every!r}")
         if self.gil_switch_interval_s is not None and not self.gil_switch_interval_s > 0:
             raise ValueError(f"Policy.gil_switch_interval_s must be > 0 or None, got {self.gil_switch_interval_s!r}")
 
 
 @dataclasses.dataclass
 class TenantStats:
-    """Per-tenant accounting (device times from events; ``host_issue_us`` is the host time
-    spent issuing atoms: recording their events and launching them)."""
+    """Per-tenant accounting.
+
+    Device times (``busy_ms``, ``tpc_ms``) come from events around the ``timed_atoms``:
+    every best-effort atom, and one in `Policy.lc_timing_every` latency-critical launches.
+    ``host_issue_us`` is the host time spent issuing atoms (events and launches).
+    """
 
     kernels: int = 0
     atoms: int = 0
+    timed_atoms: int = 0
     stolen_atoms: int = 0
     tpc_ms: float = 0.0
     busy_ms: float = 0.0
@@ -157,6 +172,8 @@ class Tenant:
         self._in_launch = False
         self._atomizer = _TenantAtomizer(scheduler, self)
         self._contexts: dict[int, contextlib.ExitStack] = {}
+        self._busy: Any = None  # re-recorded after each unsplit launch: done when all are
+        self._stream_handle: int | None = None
 
     @property
     def name(self) -> str:
@@ -191,7 +208,9 @@ class Tenant:
         if bound is not None:
             raise RuntimeError(f"this thread is already bound to tenant {bound.name!r}")
         stack = contextlib.ExitStack()
-        stack.enter_context(using_atomizer(self._atomizer))
+        stack.enter_context(using_atomizer(self._atomizer))  # the first one imports Numba
+        if s.policy.freeze_gc:
+            gc.freeze()
         if not s.device.simulated:
             stack.enter_context(s.timeline.as_cupy(self.stream))  # type: ignore[attr-defined]
         _current.tenant = self
@@ -206,8 +225,11 @@ class Tenant:
         """Wait until every atom this tenant issued has finished."""
         with self._lock:
             pending = list(self._inflight)
+            busy = self._busy
         for rec in pending:
             self.scheduler._wait_event(rec)
+        if busy is not None:
+            self.scheduler._wait_busy(self, busy)
         self.scheduler._retire(self)
 
     def __repr__(self) -> str:
@@ -232,6 +254,12 @@ class _TenantAtomizer(Atomizer):
 
     def submit(self, plan: LaunchPlan, stream: Any) -> None:
         self.scheduler.submit_for(self.tenant, plan, stream)
+
+    def launch_whole(self, launch: WholeLaunch, stream: Any, describe: Callable[[], LaunchShape]) -> bool:
+        if self.tenant.priority is not Priority.LATENCY_CRITICAL:
+            return False
+        self.scheduler._launch_latency_critical(self.tenant, launch, stream, describe)
+        return True
 
 
 class Scheduler(Atomizer):
@@ -296,6 +324,15 @@ class Scheduler(Atomizer):
             return self.tenants[name]
         except KeyError:
             raise KeyError(f"no tenant {name!r}; tenants are {sorted(self.tenants)}") from None
+
+    def launch_whole(self, launch: WholeLaunch, stream: Any, describe: Callable[[], LaunchShape]) -> bool:
+        """`Atomizer` entry point: a latency-critical tenant's launch runs unsplit at once;
+        a launch of a thread bound to no tenant runs as written."""
+        tenant = current_tenant()
+        if tenant is None or tenant.scheduler is not self:
+            launch(stream)
+            return True
+        return tenant._atomizer.launch_whole(launch, stream, describe)
 
     def submit(self, plan: LaunchPlan, stream: Any) -> None:  # type: ignore[override]
         """`Atomizer` entry point: route to the calling thread's tenant, if any."""
@@ -421,8 +458,63 @@ class Scheduler(Atomizer):
         tenant._inflight.append(rec)
         tenant.stats.host_issue_us += (time.perf_counter() - t_host) * 1e6
         tenant.stats.atoms += 1
+        tenant.stats.timed_atoms += 1
         tenant.stats.stolen_atoms += int(stolen)
         return rec
+
+    def _launch_latency_critical(self, tenant: Tenant, launch: WholeLaunch, user: Any,
+                                 describe: Callable[[], LaunchShape]) -> None:
+        """Issue one latency-critical launch unsplit on the tenant's high-priority stream.
+
+        The hot path of a latency-critical request: one launch, one re-recorded event that
+        tells best-effort tenants whether this one is idle, and, one launch in
+        `Policy.lc_timing_every`, timing events for the predictor and the accounting.
+        """
+        self._check_open()
+        tl = self.timeline
+        stream = tenant.home.high
+        if tenant._stream_handle is None:
+            tenant._stream_handle = tl.handle(stream)
+            tenant._busy = tl.marker()  # type: ignore[attr-defined]
+        user_handle = tl.handle(user)
+        own = user_handle == 0 or user_handle == tenant._stream_handle
+        timed = False
+        with tenant._lock:
+            if tenant._in_launch:
+                raise RuntimeError(f"tenant {tenant.name!r} submitted a launch from inside its own launch")
+            tenant._in_launch = True
+            try:
+                t_host = time.perf_counter()
+                stats = tenant.stats
+                stats.kernels += 1
+                stats.atoms += 1
+                tenant._last_submit_us = tl.now_us()
+                if not own:
+                    tl.wait(stream, tl.record(user))
+                timed = (stats.kernels - 1) % self.policy.lc_timing_every == 0
+                if timed:
+                    shape = describe()
+                    wave = self._partition_wave(shape.wave_blocks, tenant.home)
+                    predicted = self.predictor.predict_us(shape.key, tenant.home.num_tpcs, shape.total_blocks, wave)
+                    begin = tl.record(stream)
+                launch(stream)
+                if timed:
+                    end = tl.record(stream)
+                    now = tl.now_us()
+                    tenant._inflight.append(_AtomRecord(
+                        tenant, shape.key, 0, shape.total_blocks, tenant.home, stream, begin, end, wave, predicted,
+                        now + (predicted or 0.0), False))
+                    stats.timed_atoms += 1
+                tl.record_into(tenant._busy, stream)  # type: ignore[attr-defined]
+                tenant._last_end = tenant._busy
+                if not own:
+                    tl.wait(user, tenant._busy)
+                tenant._last_submit_us = tl.now_us()
+                stats.host_issue_us += (time.perf_counter() - t_host) * 1e6
+            finally:
+                tenant._in_launch = False
+        if timed:
+            self._retire(tenant)
 
     def _run_latency_critical(self, tenant: Tenant, plan: LaunchPlan, user: Any) -> None:
         tl = self.timeline
@@ -509,7 +601,11 @@ class Scheduler(Atomizer):
         return part, True
 
     def _wave_blocks(self, plan: LaunchPlan, partition: Any) -> int:
-        per_sm = max(1, plan.wave_blocks // max(1, self.device.num_sms))
+        return self._partition_wave(plan.wave_blocks, partition)
+
+    def _partition_wave(self, device_wave_blocks: int, partition: Any) -> int:
+        """Blocks of one wave on ``partition``, from those of one wave on the whole device."""
+        per_sm = max(1, device_wave_blocks // max(1, self.device.num_sms))
         return per_sm * partition.num_sms
 
     def _atom_blocks(self, plan: LaunchPlan, partition: Any, remaining: int) -> int:
@@ -558,6 +654,14 @@ class Scheduler(Atomizer):
                 f"kernel {rec.key.name!r} of tenant {rec.tenant.name!r} failed on the device "
                 f"(atom blocks {rec.start_block}..{rec.start_block + rec.count - 1}): {exc}"
             ) from exc
+
+    def _wait_busy(self, tenant: Tenant, event: Any) -> None:
+        try:
+            self.timeline.synchronize(event)
+        except Exception as exc:
+            if type(exc).__name__ not in _CUDA_ERRORS:
+                raise
+            raise KernelFaultError(f"a kernel of tenant {tenant.name!r} failed on the device: {exc}") from exc
 
     def _retire(self, tenant: Tenant) -> None:
         """Account, learn from and trace every finished atom of ``tenant``."""

@@ -64,6 +64,17 @@ class CupyTimeline:
         event.record(self.as_cupy(stream))
         return event
 
+    def marker(self) -> Any:
+        """A reusable event without timing, for `record_into` (GPU only). It is polled,
+        not waited on in the hot path, so it is not a blocking-sync event (those make the
+        driver take an interrupt at completion)."""
+        return self._cupy.cuda.Event(disable_timing=True)
+
+    def record_into(self, event: Any, stream: Any) -> None:
+        """Record ``event`` again on ``stream``: it completes when the work queued so far
+        does (no event is made, so a hot path allocates nothing)."""
+        event.record(self.as_cupy(stream))
+
     def wait(self, stream: Any, event: Any) -> None:
         self.as_cupy(stream).wait_event(event)
 

@@ -61,6 +61,57 @@ def test_unchanged_code_in_a_tenant_sees_its_results_and_runs_on_its_tpcs(device
     sched.close()
 
 
+def _saxpy_chain(kernel, x, bufs, n, steps, stream=None):
+    """buf[i % 2] = i * x + buf[(i + 1) % 2]: each launch reads the previous one's output."""
+    blocks = (n + 255) // 256
+    for i in range(steps):
+        kernel((blocks,), (256,), (x, bufs[(i + 1) % 2], bufs[i % 2], np.float32(i), np.int32(n)), stream=stream)
+
+
+def test_latency_critical_launches_run_unsplit_in_order(device):
+    import cupy
+
+    from lithos_atom._compat import import_numba_cuda
+    from lithos_sched import Policy, Priority, Scheduler, TenantSpec
+
+    cuda = import_numba_cuda()
+    sched = Scheduler(device, [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5),
+                               TenantSpec("be", Priority.BEST_EFFORT, share=0.5)], Policy(lc_timing_every=3))
+    rng = np.random.default_rng()
+    n = 1_000_003
+    xh, yh = rng.standard_normal((2, n)).astype(np.float32)
+    with sched.tenant("lc") as lc:
+        k = cupy.RawKernel(atom_cases.SAXPY, "saxpy")
+        x = cupy.asarray(xh)
+        bufs = [cupy.full(n, np.nan, np.float32), cupy.asarray(yh)]
+        _saxpy_chain(k, x, bufs, n, 7)  # on the tenant's stream
+        other = cupy.cuda.Stream(non_blocking=True)
+        with other:  # a stream of the user's choosing: ordered after what it holds, not before
+            other.wait_event(cupy.cuda.get_current_stream().record())
+            k(((n + 255) // 256,), (256,), (x, bufs[0], bufs[1], np.float32(0.5), np.int32(n)))
+        other.synchronize()
+        got_other = cupy.asnumpy(bufs[1])
+
+        @cuda.jit
+        def add_one(a):
+            i = cuda.grid(1)
+            if i < a.shape[0]:
+                a[i] += 1.0
+
+        add_one[(n + 255) // 256, 256](bufs[1])  # Numba on the default stream: the tenant's stream
+        lc.synchronize()  # untimed launches included
+        got_numba = cupy.asnumpy(bufs[1])
+    plain = cupy.RawKernel(atom_cases.SAXPY, "saxpy")
+    ref = [cupy.full(n, np.nan, np.float32), cupy.asarray(yh)]
+    _saxpy_chain(plain, cupy.asarray(xh), ref, n, 7)
+    plain(((n + 255) // 256,), (256,), (cupy.asarray(xh), ref[0], ref[1], np.float32(0.5), np.int32(n)))
+    assert np.array_equal(got_other, cupy.asnumpy(ref[1]))
+    assert np.array_equal(got_numba, cupy.asnumpy(ref[1] + 1))
+    stats = sched.stats()["tenants"]["lc"]
+    assert stats["kernels"] == 9 and stats["atoms"] == 9 and stats["timed_atoms"] == 3
+    sched.close()
+
+
 def test_numba_kernel_on_a_partition_stream(device):
     import cupy
 
