@@ -114,7 +114,7 @@ class ClockDecision:
     clock_mhz : int
         Chosen SM clock.
     default_mhz : int
-        The clock the kernel was measured at.
+        The clock the kernel was measured running at (the time model's ``f0``).
     compute_share : float
         ``c`` of the time model.
     predicted_slowdown : float
@@ -156,15 +156,28 @@ class DvfsPolicy:
         self.default_mhz = int(default_mhz)
         self.options = options or DvfsOptions()
 
-    def decide(self, kernel: str, share: float) -> ClockDecision:
-        """The clock for a kernel whose compute share (`compute_share`) is ``share``."""
+    def decide(self, kernel: str, share: float, running_mhz: int | None = None) -> ClockDecision:
+        """The clock for a kernel whose compute share (`compute_share`) is ``share``.
+
+        Parameters
+        ----------
+        kernel : str
+        share : float
+            In [0, 1].
+        running_mhz : int, optional
+            The SM clock the kernel was seen running at (NVML, under load): below the
+            default when the GPU holds its power limit (measured: 1740 MHz for fp16 GEMMs
+            on the H100). The time model is relative to it; the default clock otherwise.
+        """
         if not 0 <= share <= 1:
             raise ValueError(f"share must be in [0, 1], got {share!r}")
-        floor = self.options.min_fraction * self.default_mhz
-        allowed = [c for c in self.clocks if floor <= c <= self.default_mhz] or [self.default_mhz]
-        chosen = next((c for c in allowed if time_ratio(share, c, self.default_mhz) - 1 <= self.options.slack + 1e-12),
-                      self.default_mhz)
-        return ClockDecision(kernel, chosen, self.default_mhz, share, time_ratio(share, chosen, self.default_mhz) - 1)
+        f0 = int(running_mhz) if running_mhz else self.default_mhz
+        if f0 <= 0:
+            raise ValueError(f"running_mhz must be > 0, got {running_mhz!r}")
+        floor = self.options.min_fraction * f0
+        allowed = [c for c in self.clocks if floor <= c <= f0] or [f0]
+        chosen = next((c for c in allowed if time_ratio(share, c, f0) - 1 <= self.options.slack + 1e-12), f0)
+        return ClockDecision(kernel, chosen, f0, share, time_ratio(share, chosen, f0) - 1)
 
 
 class DvfsActuator:

@@ -224,14 +224,16 @@ class PowerModel:
         return mem, dynamic - mem
 
     def kernel_energy_j(self, busy_w: float, bandwidth_tbs: float, seconds: float, mhz: float,
-                        time_ratio: float) -> float:
+                        time_ratio: float, running_mhz: float | None = None) -> float:
         """Modeled energy of a kernel run at ``mhz`` that takes ``time_ratio`` times as long.
 
         DRAM energy per byte is kept (same bytes, spread over the longer time); static
-        power is paid for the longer time; SM power scales with ``f V(f)^2``.
+        power is paid for the longer time; SM power scales with ``f V(f)^2`` from
+        ``running_mhz``, the clock its power was measured at (``default_mhz`` if None).
         """
         mem, sm = self.split(busy_w, bandwidth_tbs)
-        scale = (mhz * self.voltage(mhz) ** 2) / (self.default_mhz * self.voltage(self.default_mhz) ** 2)
+        f0 = running_mhz or self.default_mhz
+        scale = (mhz * self.voltage(mhz) ** 2) / (f0 * self.voltage(f0) ** 2)
         t = seconds * time_ratio
         return self.static_w * t + mem * seconds + sm * scale * t
 

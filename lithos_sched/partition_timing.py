@@ -42,13 +42,15 @@ class TimingOptions:
     warmup : int
         Untimed launches on the whole device first (compilation, caches, clocks).
     spin_us : float
-        Length of the GPU spin kernel queued before each size's launches (0: none).
+        Length of the GPU spin kernel queued before each size's launches (0: none): long
+        enough for Python to issue all of them (an op's wrapper can take 50-100 us), so
+        no launch waits for the host and no event brackets host time.
     """
 
     rounds: int = 3
     launches_per_round: int = 3
     warmup: int = 2
-    spin_us: float = 300.0
+    spin_us: float = 2000.0
 
     def __post_init__(self) -> None:
         for name in ("rounds", "launches_per_round"):

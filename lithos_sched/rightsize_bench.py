@@ -28,11 +28,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lithos_sched.dvfs import DvfsActuator, DvfsPolicy, compute_share, h100_sm_clocks_mhz, time_ratio
 from lithos_sched.energy import MODELED, fit_power_model
 from lithos_sched.partition_timing import TimingOptions, default_sizes, time_on_partitions
 from lithos_sched.rightsize_cases import ProfileCase
-from lithos_sched.rightsizing import RightSizeOptions, choose_tpcs
+from lithos_sched.rightsizing import RightSizeOptions, choose_tpcs, predicted_latency_us
 from lithos_sched.scaling import ProfileStore
 
 log = logging.getLogger("lithos_sched.rightsize_bench")
@@ -66,11 +68,13 @@ def measure_case(device: Any, case: ProfileCase, sizes: list[int], slack: float,
     prof = profile_on_partitions(device, case.key, case.launch, sizes, profile_timing, store.profile(case.key))
     model = prof.model()
     assert model is not None
-    chosen = choose_tpcs(model, full_tpcs, slack, min_saving=RightSizeOptions().min_saving)
+    samples = prof.samples
+    chosen = choose_tpcs(model, full_tpcs, slack, min_saving=RightSizeOptions().min_saving, samples=samples)
+    predicted = float(predicted_latency_us(model, np.array([chosen]), samples)[0]) / samples[full_tpcs][0] - 1.0
     row: dict[str, Any] = {"key": case.key, "bound": case.bound, "per_request": case.per_request,
-                           "profile_us": {str(t): m for t, (m, _) in prof.samples.items()},
+                           "profile_us": {str(t): m for t, (m, _) in samples.items()},
                            "model": model.to_json(), "tpcs": chosen, "home_tpcs": full_tpcs,
-                           "predicted_slowdown": model.slowdown(chosen, full_tpcs)}
+                           "predicted_slowdown": predicted}
     confirm = time_on_partitions(device, case.launch, sorted({full_tpcs, chosen}, reverse=True), confirm_timing)
     t_full = statistics.median(confirm[full_tpcs])
     t_chosen = statistics.median(confirm[chosen])
@@ -162,7 +166,7 @@ def dvfs_section(rows: list[dict[str, Any]], clocks: list[int], default_mhz: int
     actuator = DvfsActuator()  # log-only: not enabled
     decisions = []
     for r in rows:
-        d = policy.decide(r["key"], r["compute_share"])
+        d = policy.decide(r["key"], r["compute_share"], r.get("sm_clock_mhz_observed"))
         actuator.apply(d)
         r["dvfs"] = d.to_json()
         decisions.append(d)
@@ -181,10 +185,11 @@ def dvfs_section(rows: list[dict[str, Any]], clocks: list[int], default_mhz: int
     e_default = e_dvfs = t_default = t_dvfs = 0.0
     for r, tbs in zip(powered, bw):
         seconds = r["us_full"] * 1e-6
-        ratio = time_ratio(r["compute_share"], r["dvfs"]["clock_mhz"], default_mhz)
+        f0 = r["dvfs"]["default_mhz"]
+        ratio = time_ratio(r["compute_share"], r["dvfs"]["clock_mhz"], f0)
         r["energy_j_measured_default_clock"] = r["power_w_measured"] * seconds
         r["energy_j_modeled_dvfs"] = model.kernel_energy_j(r["power_w_measured"], tbs, seconds,
-                                                           r["dvfs"]["clock_mhz"], ratio)
+                                                           r["dvfs"]["clock_mhz"], ratio, f0)
         e_default += r["energy_j_measured_default_clock"]
         e_dvfs += r["energy_j_modeled_dvfs"]
         t_default += seconds
@@ -194,7 +199,9 @@ def dvfs_section(rows: list[dict[str, Any]], clocks: list[int], default_mhz: int
         "idle_power_w_measured": idle_w,
         "suite_energy_j_measured": e_default,
         "suite_energy_how": "per kernel: mean power measured with NVML's energy counter while it ran back to "
-                            "back on all TPCs at the default clock, times its measured time; summed",
+                            "back on all TPCs at the default clock setting, times its measured time; summed",
+        "clock_note": "f0 of each kernel is the SM clock NVML reported while it ran (below the default "
+                      "where the GPU held its power limit)",
         "suite_energy_j_at_dvfs_clocks_modeled": e_dvfs,
         "energy_saving_modeled": 1.0 - e_dvfs / e_default,
         "suite_slowdown_modeled": t_dvfs / t_default - 1.0,
@@ -289,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     store = ProfileStore(out_dir / "profiles.json", device_name=device.name)
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
-    profile_timing = TimingOptions(rounds=3, launches_per_round=2)
+    profile_timing = TimingOptions(rounds=3, launches_per_round=3)
     confirm_timing = TimingOptions(rounds=5, launches_per_round=2, warmup=1)
     try:
         for label, build in groups:

@@ -8,7 +8,8 @@ comes from the kernel's scaling profile (`lithos_sched.scaling`):
    `fill_tpcs` TPCs, with no profile at all;
 2. with a fitted model: the fewest TPCs ``T`` (not below the smallest count sampled, so
    the model never extrapolates downwards) whose predicted latency is within
-   ``1 + slack`` of the prediction on the home partition;
+   ``1 + slack`` of the latency on the home partition; predictions are never below the
+   measured latency of the next smaller sampled count (`predicted_latency_us`);
 3. while a kernel has too few sampled sizes, and exploration is on: the next size of a
    descending ladder (home, 3/4, 1/2, 1/4 of it), stopping the descent as soon as a probe
    was more than ``explore_max_slowdown`` slower than home, so learning costs a bounded
@@ -21,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 
 import numpy as np
 
@@ -74,8 +75,30 @@ class RightSizeOptions:
                 raise ValueError(f"RightSizeOptions.{name} must be an int >= 1, got {value!r}")
 
 
+def predicted_latency_us(model: ScalingModel, tpcs: np.ndarray,
+                         samples: Mapping[int, tuple[float, int]] | None = None) -> np.ndarray:
+    """The model's latency on each of ``tpcs``, raised to a pessimistic measured bound.
+
+    More TPCs never make a kernel slower (to first order), so on ``T`` TPCs a kernel is
+    no slower than on the largest sampled count ``s <= T``; taking ``latency(s)`` as the
+    prediction when the model says less assumes the worst between samples. It keeps a
+    smooth measured knee (memory-bound kernels saturate gradually, not at the sharp
+    corner of the ``saturating`` form) from being predicted too fast, at the price of
+    choices on or near sampled counts.
+    """
+    predicted = np.asarray(model.predict_us(tpcs), dtype=float)
+    if not samples:
+        return predicted
+    sampled = np.array(sorted(samples), dtype=float)
+    measured = np.array([samples[int(t)][0] for t in sampled])
+    idx = np.searchsorted(sampled, np.asarray(tpcs, dtype=float), side="right") - 1
+    floor = np.where(idx >= 0, measured[np.clip(idx, 0, None)], 0.0)
+    return np.maximum(predicted, floor)
+
+
 def choose_tpcs(model: ScalingModel, home_tpcs: int, slack: float = 0.05, min_tpcs: int = 1,
-                cap_tpcs: int | None = None, min_saving: float = 0.02) -> int:
+                cap_tpcs: int | None = None, min_saving: float = 0.02,
+                samples: Mapping[int, tuple[float, int]] | None = None) -> int:
     """The fewest TPCs whose predicted latency stays within ``1 + slack`` of home's.
 
     Parameters
@@ -94,6 +117,10 @@ def choose_tpcs(model: ScalingModel, home_tpcs: int, slack: float = 0.05, min_tp
         The model's choice must save more than this share of home's TPC-time
         (``1 - T * latency(T) / (home * latency(home))``), else the answer is home (or
         ``cap_tpcs``, which costs no time).
+    samples : mapping, optional
+        The profile's measured ``{tpcs: (mean_us, count)}``: predictions are raised to
+        the measured envelope (`predicted_latency_us`) and the reference is the measured
+        latency on home when it was sampled.
 
     Returns
     -------
@@ -111,15 +138,16 @@ def choose_tpcs(model: ScalingModel, home_tpcs: int, slack: float = 0.05, min_tp
         raise ValueError(f"slack must be >= 0, got {slack!r}")
     top = int(home_tpcs) if cap_tpcs is None else max(1, min(int(home_tpcs), int(cap_tpcs)))
     low = min(top, max(int(min_tpcs), model.t_min))
-    reference = model.predict_us(home_tpcs)
+    home_sample = samples.get(int(home_tpcs)) if samples else None
+    reference = home_sample[0] if home_sample is not None else model.predict_us(home_tpcs)
     candidates = np.arange(low, top + 1)
-    predicted = model.predict_us(candidates)
+    predicted = predicted_latency_us(model, candidates, samples)
     ok = predicted <= reference * (1.0 + slack) * (1 + 1e-12)
     if not ok.any():
         return top
     i = int(np.argmax(ok))
     saving = 1.0 - candidates[i] * predicted[i] / (home_tpcs * reference)
-    top_saving = 1.0 - top * model.predict_us(top) / (home_tpcs * reference)
+    top_saving = 1.0 - top * predicted[-1] / (home_tpcs * reference)
     return int(candidates[i]) if saving > max(min_saving, top_saving) else top
 
 
@@ -198,7 +226,7 @@ class RightSizer:
         if len(samples) >= opts.min_sizes:
             model = prof.model()  # type: ignore[union-attr]
             assert model is not None
-            return choose_tpcs(model, home, opts.slack, opts.min_tpcs, capped, opts.min_saving)
+            return choose_tpcs(model, home, opts.slack, opts.min_tpcs, capped, opts.min_saving, samples)
         if not opts.explore or prof is None:
             return capped
         return self._next_probe(samples, capped, home)
@@ -222,5 +250,7 @@ class RightSizer:
         out: dict[str, object] = {"key": prof.key if prof else str(key), "home_tpcs": home_tpcs, "tpcs": chosen,
                                   "model": None if model is None else model.to_json()}
         if model is not None:
-            out["predicted_slowdown"] = model.slowdown(chosen, home_tpcs)
+            samples = prof.samples  # type: ignore[union-attr]
+            ref = samples[home_tpcs][0] if home_tpcs in samples else model.predict_us(home_tpcs)
+            out["predicted_slowdown"] = float(predicted_latency_us(model, np.array([chosen]), samples)[0]) / ref - 1
         return out

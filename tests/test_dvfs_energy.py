@@ -245,3 +245,10 @@ def test_modeled_energy_at_the_default_clock_is_the_measured_one():
     lower = model.kernel_energy_j(400.0, 2.0, 0.01, 1200, time_ratio(0.05, 1200, 1980))
     assert lower < 4.0
     assert model.voltage(345) == pytest.approx(0.7) and model.voltage(1980) == pytest.approx(1.0)
+
+
+def test_policy_is_relative_to_the_clock_the_kernel_ran_at():
+    policy = DvfsPolicy(CLOCKS, 1980)
+    capped = policy.decide("gemm_f16", 1.0, running_mhz=1740)  # held at the power limit
+    assert capped.default_mhz == 1740 and capped.clock_mhz <= 1740
+    assert capped.predicted_slowdown <= 0.05 + 1e-9
