@@ -62,7 +62,7 @@ class ColocationConfig:
         Seed of the arrival process.
     """
 
-    duration_s: float = 4.0
+    duration_s: float = 8.0
     lc_rate_hz: float = 150.0
     lc_kernels: int = 2
     lc_blocks: int = 66

@@ -35,6 +35,7 @@ from lithos_atom.plan import KernelKey, LaunchPlan, LaunchShape, WholeLaunch
 from lithos_sched.predictor import LatencyPredictor
 from lithos_sched.tenant import Priority, TenantConfigError, TenantSpec, assign_tpcs, specs_from
 from lithos_sched.timeline import CupyTimeline, SimTimeline, Timeline
+from lithos_sched.trace_buffer import TraceBuffer
 
 _MAX_GRID_X = 2**31 - 1
 _CUDA_ERRORS = ("CUDARuntimeError", "CUDADriverError", "CUDAError", "LithosCudaError")
@@ -135,7 +136,7 @@ class TenantStats:
     host_issue_us: float = 0.0
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class _AtomRecord:
     tenant: Tenant
     key: KernelKey
@@ -306,8 +307,7 @@ class Scheduler(Atomizer):
         self._closing = False
         self._steal_partitions: dict[frozenset[int], Any] = {}
         self._trace_on = trace
-        self._trace: list[tuple] = []
-        self._trace_lock = threading.Lock()
+        self._trace = TraceBuffer()
         self._t0 = self.timeline.record(next(iter(self.tenants.values())).home.normal)
         self._saved_switch_interval = sys.getswitchinterval()
         if self.policy.freeze_gc:
@@ -419,13 +419,12 @@ class Scheduler(Atomizer):
         one thread per stream. Returns the path."""
         for t in self.tenants.values():
             self._retire(t)
-        with self._trace_lock:
-            records = list(self._trace)
         events = [
-            {"name": name, "ph": "X", "ts": ts, "dur": dur, "pid": f"TPCs {_ranges(tpcs)}",
-             "tid": f"{tenant} stream {handle:#x}",
-             "args": {"tenant": tenant, "blocks": [start, start + count], "predicted_us": predicted, "stolen": stolen}}
-            for name, tenant, tpcs, handle, start, count, predicted, stolen, ts, dur in records
+            {"name": r.kernel, "ph": "X", "ts": r.start_us, "dur": r.duration_us, "pid": f"TPCs {_ranges(r.tpcs)}",
+             "tid": f"{r.tenant} stream {r.stream:#x}",
+             "args": {"tenant": r.tenant, "blocks": [r.start_block, r.start_block + r.blocks],
+                      "predicted_us": r.predicted_us, "stolen": r.stolen}}
+            for r in self._trace.rows()
         ]
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -678,12 +677,8 @@ class Scheduler(Atomizer):
             tenant.stats.busy_ms += measured / 1000.0
             tenant.stats.tpc_ms += measured / 1000.0 * r.partition.num_tpcs
             if self._trace_on:
-                # Plain tuples of numbers and strings: the garbage collector stops tracking
-                # them, so a long trace adds nothing to collection pauses.
-                row = (r.key.name, tenant.name, tuple(sorted(r.partition.tpcs)), tl.handle(r.stream),
-                       r.start_block, r.count, r.predicted_us, r.stolen, tl.elapsed_us(self._t0, r.start), measured)
-                with self._trace_lock:
-                    self._trace.append(row)
+                self._trace.append(r.key.name, tenant.name, r.partition.tpcs, tl.handle(r.stream), r.start_block,
+                                   r.count, r.predicted_us, r.stolen, tl.elapsed_us(self._t0, r.start), measured)
 
 
 def _ranges(ids: Any) -> str:
