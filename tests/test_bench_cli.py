@@ -10,7 +10,8 @@ import sys
 def test_bench_runs_simulated_without_gpu(tmp_path):
     out = tmp_path / "r.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "lithos_atom.bench", "--sim", "--duration", "0.2", "--json", str(out),
+        [sys.executable, "-m", "lithos_atom.bench", "--sim", "--duration", "0.2", "--ml-size", "small",
+         "--ml-duration", "0.06", "--ml-warmup", "0.02", "--json", str(out),
          "--plot", str(tmp_path / "plots")],
         capture_output=True, text=True, timeout=600,
     )
@@ -26,6 +27,8 @@ def test_bench_runs_simulated_without_gpu(tmp_path):
         assert hp["completed"] > 0 and hp["p99_ms"] >= hp["p50_ms"] > 0
     assert col["scenarios"]["lithos"]["be"]["throughput_norm"] > 0
     assert (tmp_path / "plots" / "latency_cdf.png").stat().st_size > 0
+    ml = data["sections"]["ml"]
+    assert ml["simulated"] is True and set(ml["pairs"]) == {"training", "batch_inference"}
     part = data["sections"]["partitions"]
     assert all(row["confined"] for row in part["scaling"].values())
 

@@ -4,6 +4,9 @@ Sections (default: every section the machine can run):
   --atoms       atomization overhead (GPU only)
   --partitions  TPC partition costs (GPU; the simulated device's contract otherwise)
   --colocation  a latency-critical tenant beside a best-effort one, lithos vs baselines
+  --ml          ML co-location: an inference service beside training and beside batch
+                inference, lithos vs NVIDIA's sharing modes (streams, priorities, time-sliced
+                processes, MPS) and a static TPC split
 Without a GPU, or with --sim, everything that can runs on the simulated device, and every
 output says so.
 """
@@ -20,8 +23,9 @@ from rich.console import Console
 
 from lithos_atom.bench import report
 from lithos_atom.bench.environment import environment
+from lithos_sched.ml_colocation import PAIRS, SCENARIOS, SIZES
 
-SECTIONS = ("atoms", "partitions", "colocation")
+SECTIONS = ("atoms", "partitions", "colocation", "ml")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,7 +38,38 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, help="write PNG plots into this folder")
     p.add_argument("--duration", type=float, default=None, help="seconds per co-location scenario")
     p.add_argument("--seed", type=int, default=0, help="seed for workloads and the simulated device")
+    ml = p.add_argument_group("ML co-location (--ml)")
+    ml.add_argument("--ml-duration", type=float, help="measured seconds per ML scenario (GPU 3, simulated 0.5)")
+    ml.add_argument("--ml-warmup", type=float, help="unmeasured co-located seconds before each ML scenario")
+    ml.add_argument("--ml-pairs", help=f"comma-separated best-effort workloads (default: {','.join(PAIRS)})")
+    ml.add_argument("--ml-scenarios", help=f"comma-separated scenarios (default: all of {','.join(SCENARIOS)})")
+    ml.add_argument("--ml-size", choices=SIZES, help="workload sizes (default: default)")
+    ml.add_argument("--lc-rate", type=float, help="inference requests per second (Poisson; default 200)")
+    ml.add_argument("--lc-share", type=float, help="fraction of TPCs owned by the inference tenant (default 0.5)")
+    ml.add_argument("--slo-mult", type=float, help="SLO = this multiple of the inference-alone p99 (default 1.5)")
+    ml.add_argument("--slo-ms", type=float, help="absolute SLO in ms (instead of --slo-mult)")
     return p
+
+
+def ml_config(args: argparse.Namespace, simulated: bool) -> Any:
+    """The `MLColocationConfig` (or `SimMLConfig`) of the command line.
+
+    Raises
+    ------
+    ValueError
+        For a bad value; the message names the option's field.
+    """
+    from lithos_sched.ml_colocation import MLColocationConfig
+    from lithos_sched.sim_ml_colocation import SimMLConfig
+
+    given = {"duration_s": args.ml_duration, "warmup_s": args.ml_warmup, "size": args.ml_size,
+             "lc_rate_hz": args.lc_rate, "lc_share": args.lc_share, "slo_mult": args.slo_mult,
+             "slo_ms": args.slo_ms}
+    kw: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    for name, text in (("pairs", args.ml_pairs), ("scenarios", args.ml_scenarios)):
+        if text is not None:
+            kw[name] = tuple(x.strip() for x in text.split(",") if x.strip())
+    return (SimMLConfig if simulated else MLColocationConfig)(seed=args.seed, **kw)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"GPU: {env['gpu']['name']} ({env['gpu'].get('multiprocessors')} SMs), "
                       f"driver {env['gpu']['driver']}")
     chosen = [s for s in SECTIONS if getattr(args, s)] or list(SECTIONS)
+    if "ml" in chosen:
+        try:
+            args.ml_config = ml_config(args, simulated)
+        except ValueError as exc:
+            _parser().error(f"ML options: {exc}")
     results: dict[str, Any] = {"environment": env, "simulated": simulated, "sections": {}}
     for section in chosen:
         runner = _RUNNERS[section]
@@ -99,7 +139,19 @@ def _run_colocation(args: argparse.Namespace, simulated: bool, console: Console)
     return out
 
 
-_RUNNERS = {"atoms": _run_atoms, "partitions": _run_partitions, "colocation": _run_colocation}
+def _run_ml(args: argparse.Namespace, simulated: bool, console: Console) -> dict[str, Any]:
+    import os
+
+    from lithos_sched import ml_colocation
+
+    # The lithos scenario's trace goes where the timeline plot is drawn from.
+    trace_dir = args.plot or os.environ.get("LITHOS_TRACE_DIR")
+    out = ml_colocation.run(simulated=simulated, config=args.ml_config, console=console, trace_dir=trace_dir)
+    report.print_ml(out, console)
+    return out
+
+
+_RUNNERS = {"atoms": _run_atoms, "partitions": _run_partitions, "colocation": _run_colocation, "ml": _run_ml}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -73,6 +73,45 @@ def print_colocation(out: dict[str, Any], console: Console) -> None:
         console.print(rt)
 
 
+def print_ml(out: dict[str, Any], console: Console) -> None:
+    """Per pair: each scenario's figures, then the ratios of lithos to each baseline."""
+    sim = " (SIMULATED)" if out.get("simulated") else ""
+    slo = out.get("slo_ms")
+    console.print(f"inference SLO: {_fmt(slo)} ms; inference tenant owns {out.get('lc_tpcs')} TPCs in the split scenarios")
+    for pair, res in out.get("pairs", {}).items():
+        table = Table(title=f"inference + {pair}{sim}")
+        for col in ("scenario", "p50 ms", "p99 ms", "p99.9 ms", "SLO met", "done/arrived", "BE thr (norm)",
+                    "sum (norm)", "note"):
+            table.add_column(col, justify="left" if col in ("scenario", "note") else "right",
+                             no_wrap=col == "scenario")
+        notes = []
+        for name, sc in res.get("scenarios", {}).items():
+            if "skipped" in sc or "error" in sc:
+                what, color = ("skipped", "yellow") if "skipped" in sc else ("error", "red")
+                table.add_row(name, *[""] * 7, f"[{color}]{'failed' if what == 'error' else what}[/]")
+                notes.append(f"[{color}]{name}: {what}: {sc[what]}[/]")
+                continue
+            hp, be = sc.get("hp", {}), sc.get("be", {})
+            done = f"{hp['completed']}/{hp['arrived']}" if hp else ""
+            table.add_row(name, _fmt(hp.get("p50_ms")), _fmt(hp.get("p99_ms")), _fmt(hp.get("p999_ms")),
+                          _fmt(hp.get("slo_attainment")), done, _fmt(be.get("throughput_norm")),
+                          _fmt(sc.get("sum_norm_throughput")), "modeled" if "model" in sc else "")
+            if "model" in sc:
+                notes.append(f"{name}: {sc['model']}")
+        console.print(table)
+        for note in notes:
+            console.print(f"  {note}")
+        ratios = res.get("ratios")
+        if ratios:
+            rt = Table(title=f"lithos vs each baseline: inference + {pair}{sim}")
+            for col in ("baseline", "p99 baseline/lithos", "p99.9 baseline/lithos", "BE thr lithos/baseline"):
+                rt.add_column(col, justify="right")
+            for name, r in ratios.items():
+                rt.add_row(name, _fmt(r.get("p99_reduction")), _fmt(r.get("p999_reduction")),
+                           _fmt(r.get("be_throughput_gain")))
+            console.print(rt)
+
+
 def timeline_plot(trace_path: Path, out: Path, window_ms: float = 60.0) -> Path:
     """Draw ``window_ms`` of a Perfetto/Chrome trace: one row per partition stream, atoms as bars."""
     import json
@@ -149,6 +188,7 @@ def plots(results: dict[str, Any], folder: Path) -> list[Path]:
     trace = col.get("scenarios", {}).get("lithos", {}).get("trace_file")
     if trace and Path(trace).is_file():
         written.append(timeline_plot(Path(trace), folder / "timeline_lithos.png"))
+    written += _ml_plots(results["sections"].get("ml") or {}, folder, tag)
     atoms = results["sections"].get("atoms") or {}
     long = atoms.get("long_kernel")
     if long:
@@ -164,4 +204,62 @@ def plots(results: dict[str, Any], folder: Path) -> list[Path]:
         fig.savefig(path, dpi=120)
         plt.close(fig)
         written.append(path)
+    return written
+
+
+def _ml_plots(ml: dict[str, Any], folder: Path, tag: str) -> list[Path]:
+    """Latency CDFs and throughput bars of every ML pair (one figure each), and the lithos
+    timeline of each pair whose trace exists."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    pairs = ml.get("pairs") or {}
+    if not pairs:
+        return []
+    written = []
+    fig, axes = plt.subplots(1, len(pairs), figsize=(6.5 * len(pairs), 4.5), squeeze=False)
+    for ax, (pair, res) in zip(axes[0], pairs.items()):
+        for name, sc in res["scenarios"].items():
+            lat = sc.get("hp", {}).get("latencies_ms")
+            if lat:
+                xs = np.sort(np.asarray(lat))
+                ax.plot(xs, np.arange(1, len(xs) + 1) / len(xs), label=name,
+                        linewidth=2.2 if name.startswith("lithos") or name == "lc_alone" else 1.2)
+        if ml.get("slo_ms"):
+            ax.axvline(ml["slo_ms"], color="black", linestyle=":", label="SLO")
+        ax.set_xscale("log")
+        ax.set_xlabel("inference request latency (ms)")
+        ax.set_ylabel("CDF")
+        ax.set_title(f"inference + {pair}{tag}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = folder / "ml_latency_cdf.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    written.append(path)
+    fig, axes = plt.subplots(1, len(pairs), figsize=(6.5 * len(pairs), 4.5), squeeze=False)
+    for ax, (pair, res) in zip(axes[0], pairs.items()):
+        names = [n for n, sc in res["scenarios"].items() if sc.get("be", {}).get("throughput_norm") is not None
+                 and sc.get("hp")]
+        x = np.arange(len(names))
+        be = [res["scenarios"][n]["be"]["throughput_norm"] for n in names]
+        hp = [res["scenarios"][n]["hp"].get("slo_attainment") or 0.0 for n in names]
+        ax.bar(x - 0.2, be, 0.4, label="best-effort throughput (norm. to alone)")
+        ax.bar(x + 0.2, hp, 0.4, label="inference SLO attainment")
+        ax.set_xticks(x, names, rotation=35, ha="right", fontsize=7)
+        ax.set_ylim(0, 1.1)
+        ax.set_title(f"inference + {pair}{tag}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = folder / "ml_throughput.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    written.append(path)
+    for pair, res in pairs.items():
+        trace = res["scenarios"].get("lithos", {}).get("trace_file")
+        if trace and Path(trace).is_file():
+            written.append(timeline_plot(Path(trace), folder / f"ml_timeline_{pair}.png", window_ms=100.0))
     return written

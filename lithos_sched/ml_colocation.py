@@ -1,0 +1,326 @@
+"""ML co-location benchmark: an inference service beside training or batch inference.
+
+The latency-critical (LC) tenant is `kernels.workloads.InferenceService` (a transformer
+decoder stack, requests of batch 1-8 arriving as a Poisson process); the best-effort (BE)
+tenant is a `TrainingJob` (MLP forward, backward, Adam) or a `BatchInference` job. For
+each pair, side by side in one run:
+
+- ``lc_alone`` / ``be_alone``: each tenant alone on the whole GPU
+- ``streams``: both on ordinary streams of one process
+- ``priorities``: the LC tenant on a high-priority CUDA stream
+- ``processes``: two processes, time-sliced by the driver (NVIDIA's default without MPS)
+- ``mps``: two processes under an MPS daemon that the benchmark starts and stops itself
+  (skipped, with the reason, where that is not possible)
+- ``static_split``: each tenant on its own TPC partition, no stealing (MIG-like)
+- ``lithos``: the scheduler (atoms, partitions, stealing, prediction)
+- ``lithos_no_steal`` / ``lithos_no_atoms``: ablations
+
+Figures per scenario: LC p50/p99/p99.9 latency and SLO attainment, BE throughput
+normalized to alone, and the sum of normalized throughputs. Without a GPU the same
+scenarios run on the simulated device (`lithos_sched.sim_ml_colocation`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+#: Best-effort workloads, one pair with the inference service each.
+PAIRS: tuple[str, ...] = ("training", "batch_inference")
+
+#: Every scenario, in report order.
+SCENARIOS: tuple[str, ...] = ("lc_alone", "be_alone", "streams", "priorities", "processes", "mps",
+                              "static_split", "lithos", "lithos_no_steal", "lithos_no_atoms")
+
+#: Scenarios that run both tenants (the baselines lithos is compared with, and lithos).
+COLOCATED: tuple[str, ...] = tuple(s for s in SCENARIOS if s not in ("lc_alone", "be_alone"))
+
+#: Workload sizes by preset name (see `MLColocationConfig.size`).
+SIZES: tuple[str, ...] = ("default", "small")
+
+#: The clock of every timestamp (CLOCK_MONOTONIC on Linux: shared by the worker processes).
+clock = time.monotonic
+
+
+@dataclasses.dataclass(frozen=True)
+class MLColocationConfig:
+    """Settings of the ML co-location benchmark.
+
+    Attributes
+    ----------
+    pairs : tuple of str
+        Best-effort workloads to pair with the inference service (`PAIRS`).
+    scenarios : tuple of str
+        Scenarios to run (`SCENARIOS`); the alone ones are always run (everything is
+        normalized to them).
+    duration_s : float
+        Measured length of each scenario.
+    warmup_s : float
+        Unmeasured co-located run before the measurement of each scenario.
+    lc_rate_hz : float
+        Mean LC request rate (Poisson arrivals).
+    lc_batch : (int, int)
+        Inclusive range of the batch of a request, drawn uniformly per request.
+    lc_share : float
+        Fraction of the TPCs owned by the LC tenant in the partitioned scenarios.
+    slo_mult : float
+        The LC SLO is this multiple of the LC-alone p99 (unless `slo_ms` is given).
+    slo_ms : float or None
+        An absolute LC SLO in milliseconds.
+    size : str
+        Workload sizes: ``"default"`` (decoder d_model 1024, 4 layers, 128-token prompts,
+        fp16; MLP training 2048 x 8192 on a 4096-row batch, fp32; batch inference of 32
+        prompts) or ``"small"`` (a quick smoke run).
+    be_queue_depth : int
+        BE iterations kept queued on the device (as a training loop does).
+    seed : int
+        Seeds arrivals, batches and weights.
+    """
+
+    pairs: tuple[str, ...] = PAIRS
+    scenarios: tuple[str, ...] = SCENARIOS
+    duration_s: float = 3.0
+    warmup_s: float = 0.5
+    lc_rate_hz: float = 200.0
+    lc_batch: tuple[int, int] = (1, 8)
+    lc_share: float = 0.5
+    slo_mult: float = 1.5
+    slo_ms: float | None = None
+    size: str = "default"
+    be_queue_depth: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pairs", tuple(self.pairs))
+        object.__setattr__(self, "scenarios", tuple(self.scenarios))
+        object.__setattr__(self, "lc_batch", tuple(self.lc_batch))
+        _check_names("pairs", self.pairs, PAIRS)
+        _check_names("scenarios", self.scenarios, SCENARIOS)
+        for name in ("duration_s", "lc_rate_hz", "slo_mult"):
+            _check_positive(name, getattr(self, name))
+        if isinstance(self.warmup_s, bool) or not isinstance(self.warmup_s, (int, float)) or not self.warmup_s >= 0:
+            raise ValueError(f"MLColocationConfig.warmup_s must be a number >= 0, got {self.warmup_s!r}")
+        if self.slo_ms is not None:
+            _check_positive("slo_ms", self.slo_ms)
+        lo_hi = self.lc_batch
+        if len(lo_hi) != 2 or not all(_is_int(b) for b in lo_hi) or not 1 <= lo_hi[0] <= lo_hi[1] <= 64:
+            raise ValueError(f"MLColocationConfig.lc_batch must be two ints 1 <= lo <= hi <= 64, got {self.lc_batch!r}")
+        if isinstance(self.lc_share, bool) or not isinstance(self.lc_share, (int, float)) or not 0 < self.lc_share < 1:
+            raise ValueError(f"MLColocationConfig.lc_share must be in (0, 1), got {self.lc_share!r}")
+        if self.size not in SIZES:
+            raise ValueError(f"MLColocationConfig.size must be one of {SIZES}, got {self.size!r}")
+        if not _is_int(self.be_queue_depth) or self.be_queue_depth < 1:
+            raise ValueError(f"MLColocationConfig.be_queue_depth must be an int >= 1, got {self.be_queue_depth!r}")
+        if not _is_int(self.seed):
+            raise ValueError(f"MLColocationConfig.seed must be an int, got {self.seed!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> MLColocationConfig:
+        """The config of ``dataclasses.asdict(config)`` (as sent to worker processes)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown MLColocationConfig fields {unknown}")
+        return cls(**values)
+
+    @property
+    def span_s(self) -> float:
+        """Warm-up plus measurement."""
+        return self.warmup_s + self.duration_s
+
+    def requests(self) -> tuple[np.ndarray, np.ndarray]:
+        """Arrival times (seconds from the scenario start, over `span_s`) and batches."""
+        rng = np.random.default_rng(self.seed)
+        n = int(self.span_s * self.lc_rate_hz * 2) + 10
+        t = np.cumsum(rng.exponential(1.0 / self.lc_rate_hz, size=n))
+        t = t[t < self.span_s]
+        batches = rng.integers(self.lc_batch[0], self.lc_batch[1] + 1, size=t.size)
+        return t, batches
+
+    def workload_sizes(self) -> dict[str, Any]:
+        """The `DecoderConfig`, `MLPConfig` and batch-inference batch of `size`."""
+        from kernels.workloads import DecoderConfig, MLPConfig
+
+        if self.size == "small":
+            return {"decoder": DecoderConfig(d_model=256, n_heads=4, n_layers=2, seq_len=64),
+                    "mlp": MLPConfig(d_model=512, hidden=2048, batch=1024), "batch_inference_batch": 8}
+        return {"decoder": DecoderConfig(), "mlp": MLPConfig(batch=4096), "batch_inference_batch": 32}
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _check_positive(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"MLColocationConfig.{name} must be a finite number > 0, got {value!r}")
+
+
+def _check_names(field: str, names: Sequence[str], allowed: Sequence[str]) -> None:
+    bad = [n for n in names if n not in allowed]
+    if bad or not names:
+        raise ValueError(f"MLColocationConfig.{field}: unknown or empty {bad or names!r}; choose from {list(allowed)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"MLColocationConfig.{field} has duplicates: {list(names)!r}")
+
+
+# ---- figures from raw records -------------------------------------------------------------
+
+
+def lc_figures(arrivals_s: Sequence[float], latencies_ms: Sequence[float], cfg: MLColocationConfig,
+               phases_ms: Sequence[Sequence[float]] | None = None) -> dict[str, Any]:
+    """LC figures of the measured window from per-request records.
+
+    Parameters
+    ----------
+    arrivals_s : sequence of float
+        Arrival of each *completed* request, seconds from the scenario start.
+    latencies_ms : sequence of float
+        Its latency, arrival to completion.
+    cfg : MLColocationConfig
+    phases_ms : sequence of (start_late, issue, gpu_wait), optional
+        Where each request's time went (host side).
+
+    Returns
+    -------
+    dict
+        ``arrived`` (requests scheduled to arrive in the window), ``completed``,
+        ``p50_ms``, ``p99_ms``, ``p999_ms``, ``mean_ms``, ``latencies_ms`` and, with
+        phases, ``phases_p99_ms``. Requests that arrived but never completed count
+        against the SLO (see `add_slo`).
+    """
+    arr = np.asarray(arrivals_s, dtype=np.float64)
+    lat = np.asarray(latencies_ms, dtype=np.float64)
+    if arr.shape != lat.shape:
+        raise ValueError(f"arrivals ({arr.size}) and latencies ({lat.size}) differ in length")
+    scheduled, _ = cfg.requests()
+    arrived = int(np.count_nonzero(scheduled >= cfg.warmup_s))
+    keep = arr >= cfg.warmup_s
+    lat = lat[keep]
+    out: dict[str, Any] = {"arrived": arrived, "completed": int(lat.size)}
+    if lat.size == 0:
+        out.update({"p50_ms": None, "p99_ms": None, "p999_ms": None, "mean_ms": None, "latencies_ms": []})
+        return out
+    out.update({"p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+                "p999_ms": float(np.percentile(lat, 99.9)), "mean_ms": float(lat.mean()),
+                "latencies_ms": lat.round(4).tolist()})
+    if phases_ms is not None and len(phases_ms):
+        ph = np.asarray(phases_ms, dtype=np.float64)[keep]
+        if ph.size:
+            out["phases_p99_ms"] = {name: float(np.percentile(ph[:, i], 99))
+                                    for i, name in enumerate(("start_late", "issue", "gpu_wait"))}
+    return out
+
+
+def be_figures(done_s: Sequence[float], cfg: MLColocationConfig) -> dict[str, Any]:
+    """BE figures of the measured window from iteration completion times.
+
+    Throughput is ``(n - 1) / (last - first)`` over the ``n`` completions inside the
+    window (sub-iteration precision for long iterations); with fewer than two it is
+    ``n / duration`` and ``coarse`` is True.
+    """
+    t = np.sort(np.asarray(done_s, dtype=np.float64))
+    t = t[(t >= cfg.warmup_s) & (t <= cfg.span_s)]
+    n = int(t.size)
+    if n >= 2 and t[-1] > t[0]:
+        rate, coarse = (n - 1) / float(t[-1] - t[0]), False
+    else:
+        rate, coarse = n / cfg.duration_s, True
+    return {"iterations": n, "iters_per_s": rate, "coarse": coarse}
+
+
+def summarize_pair(scenarios: dict[str, Any], slo_ms: float | None) -> dict[str, Any]:
+    """Normalize, add SLO attainment and sums, and compute lithos-vs-baseline ratios.
+
+    Parameters
+    ----------
+    scenarios : dict
+        Scenario name to its raw figures (``hp``/``be`` dicts, or ``skipped``).
+    slo_ms : float or None
+        The LC SLO (None when LC alone produced no latency).
+
+    Returns
+    -------
+    dict
+        ``{"scenarios": ..., "ratios": ...}``.
+    """
+    alone_be = scenarios.get("be_alone", {}).get("be", {}).get("iters_per_s")
+    for s in scenarios.values():
+        hp, be = s.get("hp"), s.get("be")
+        if hp is not None:
+            hp["throughput_norm"] = hp["completed"] / hp["arrived"] if hp["arrived"] else None
+            hp["slo_ms"] = slo_ms
+            if slo_ms is not None and hp["arrived"]:
+                met = sum(1 for v in hp["latencies_ms"] if v <= slo_ms)
+                hp["slo_attainment"] = met / hp["arrived"]
+            else:
+                hp["slo_attainment"] = None
+        if be is not None:
+            be["throughput_norm"] = be["iters_per_s"] / alone_be if alone_be else None
+        if hp is not None and be is not None and None not in (hp["throughput_norm"], be["throughput_norm"]):
+            s["sum_norm_throughput"] = hp["throughput_norm"] + be["throughput_norm"]
+    lithos = scenarios.get("lithos", {})
+    ratios: dict[str, dict[str, float | None]] = {}
+    if lithos.get("hp", {}).get("p99_ms"):
+        for name, s in scenarios.items():
+            if name == "lithos" or "hp" not in s or not s["hp"].get("p99_ms"):
+                continue
+            r: dict[str, float | None] = {
+                "p99_reduction": s["hp"]["p99_ms"] / lithos["hp"]["p99_ms"],
+                "p999_reduction": _ratio(s["hp"].get("p999_ms"), lithos["hp"].get("p999_ms")),
+            }
+            if "be" in s and "be" in lithos:
+                r["be_throughput_gain"] = _ratio(lithos["be"]["iters_per_s"], s["be"]["iters_per_s"])
+            ratios[name] = r
+    return {"scenarios": scenarios, "ratios": ratios}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def slo_of(cfg: MLColocationConfig, lc_alone: dict[str, Any]) -> float | None:
+    """The LC SLO in ms: `slo_ms`, else `slo_mult` times the LC-alone p99."""
+    if cfg.slo_ms is not None:
+        return float(cfg.slo_ms)
+    p99 = lc_alone.get("hp", {}).get("p99_ms")
+    return None if p99 is None else cfg.slo_mult * p99
+
+
+def order(scenarios: dict[str, Any]) -> dict[str, Any]:
+    """Scenarios in report order (`SCENARIOS`)."""
+    return {n: scenarios[n] for n in SCENARIOS if n in scenarios}
+
+
+def run(*, simulated: bool, config: MLColocationConfig | None = None, console: Any = None,
+        trace_dir: Any = None) -> dict[str, Any]:
+    """Run the ML co-location benchmark on the GPU or, when ``simulated``, the simulated device.
+
+    Parameters
+    ----------
+    simulated : bool
+    config : MLColocationConfig, optional
+        Defaults to `MLColocationConfig()` (on the simulator, `SimMLConfig()`).
+    console : rich.console.Console, optional
+        Where the progress bar goes.
+    trace_dir : path, optional
+        Where the lithos scenario's scheduler trace is written, per pair.
+
+    Returns
+    -------
+    dict
+        ``config``, ``device``, ``slo_ms``, ``simulated`` and ``pairs``: per pair the
+        scenarios and the ratios of `summarize_pair`.
+    """
+    if simulated:
+        from lithos_sched.sim_ml_colocation import run_sim
+
+        return run_sim(config, console=console, trace_dir=trace_dir)
+    from lithos_sched.ml_gpu import run_gpu
+
+    return run_gpu(config or MLColocationConfig(), console=console, trace_dir=trace_dir)

@@ -1,0 +1,241 @@
+"""One tenant of the ML co-location benchmark in its own process (the multi-process baselines).
+
+Run as ``python -m lithos_sched.ml_colocation_worker``; it speaks JSON lines:
+
+1. parent -> worker (stdin): ``{"config": {...MLColocationConfig...}, "role": "lc" | "be",
+   "be_kind": "training" | "batch_inference"}``
+2. worker -> parent (stdout): ``LITHOS-WORKER {"ready": true}`` once its workload is built and
+   warmed up (kernels compiled, memory allocated)
+3. parent -> worker: ``{"go": t0}``, a `ml_colocation.clock` time shared by both workers
+4. worker -> parent: ``LITHOS-WORKER {"result": {...}}`` with the raw records of
+   `ml_tenants.serve` (``lc``) or `ml_tenants.train` (``be``), then it exits
+
+A failure is answered ``LITHOS-WORKER {"error": "..."}`` and exit status 1. Lines without
+the prefix (a library's chatter) are ignored by the parent. `run_process_pair` is the
+parent side: two workers, a synchronized start, results or a `WorkerError` with the
+worker's stderr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from lithos_sched.ml_colocation import MLColocationConfig, clock
+
+PREFIX = "LITHOS-WORKER "
+WORKER_COMMAND: tuple[str, ...] = (sys.executable, "-m", "lithos_sched.ml_colocation_worker")
+
+
+class WorkerError(RuntimeError):
+    """A worker process failed, timed out or broke the protocol; the message says which and why."""
+
+
+def send(out: IO[str], message: dict[str, Any]) -> None:
+    """Write one protocol message."""
+    out.write(PREFIX + json.dumps(message) + "\n")
+    out.flush()
+
+
+def parse(line: str) -> dict[str, Any] | None:
+    """The message of a protocol line, or None for any other line."""
+    if not line.startswith(PREFIX):
+        return None
+    return json.loads(line[len(PREFIX):])
+
+
+# ---- worker side ----------------------------------------------------------------------------
+
+#: A role builds its workload and returns ``run(t0) -> result``.
+Role = Callable[[MLColocationConfig, dict[str, Any]], Callable[[float], dict[str, Any]]]
+
+
+def _stop_at(deadline: float) -> threading.Event:
+    stop = threading.Event()
+    threading.Timer(max(0.0, deadline - clock()), stop.set).start()
+    return stop
+
+
+def _lc_role(cfg: MLColocationConfig, spec: dict[str, Any]) -> Callable[[float], dict[str, Any]]:
+    import cupy
+
+    from lithos_sched import ml_tenants
+
+    stream = cupy.cuda.Stream(non_blocking=True)
+    service = ml_tenants.build_lc(cfg, stream)
+    service.warmup(stream)
+
+    def run(t0: float) -> dict[str, Any]:
+        with ml_tenants.host_settings():
+            rec = ml_tenants.serve(service, stream, cfg, t0, _stop_at(t0 + cfg.span_s))
+        return dataclasses.asdict(rec)
+
+    return run
+
+
+def _be_role(cfg: MLColocationConfig, spec: dict[str, Any]) -> Callable[[float], dict[str, Any]]:
+    import cupy
+
+    from lithos_sched import ml_tenants
+
+    stream = cupy.cuda.Stream(non_blocking=True)
+    job = ml_tenants.build_be(cfg, spec["be_kind"], stream)
+    job.step(stream)
+    stream.synchronize()
+
+    def run(t0: float) -> dict[str, Any]:
+        with ml_tenants.host_settings():
+            done = ml_tenants.train(job.step, stream, cfg.be_queue_depth, t0, _stop_at(t0 + cfg.span_s))
+        return {"done_s": done}
+
+    return run
+
+
+ROLES: dict[str, Role] = {"lc": _lc_role, "be": _be_role}
+
+
+def worker_main(inp: IO[str], out: IO[str], roles: dict[str, Role] = ROLES) -> int:
+    """Serve the protocol on ``inp`` / ``out``; returns the exit status."""
+    try:
+        spec = json.loads(inp.readline())
+        role = spec.get("role")
+        if role not in roles:
+            raise ValueError(f"spec.role must be one of {sorted(roles)}, got {role!r}")
+        cfg = MLColocationConfig.from_dict(spec["config"])
+        run = roles[role](cfg, spec)
+        send(out, {"ready": True})
+        line = inp.readline()
+        if not line:
+            raise EOFError("the parent closed stdin before sending go")
+        result = run(float(json.loads(line)["go"]))
+        send(out, {"result": result})
+        return 0
+    except Exception as exc:  # reported to the parent, which raises WorkerError with it
+        send(out, {"error": f"{type(exc).__name__}: {exc}"})
+        return 1
+
+
+# ---- parent side ----------------------------------------------------------------------------
+
+
+class _Worker:
+    """A worker process with a thread that turns its protocol lines into queued messages."""
+
+    def __init__(self, name: str, command: Sequence[str], env: dict[str, str]):
+        self.name = name
+        self.stderr = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+                                     text=True, env=env, bufsize=1)
+        self.messages: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.reader = threading.Thread(target=self._read, name=f"read-{name}", daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                msg = parse(line.rstrip("\n"))
+            except json.JSONDecodeError:
+                msg = {"error": f"unreadable protocol line {line.strip()[:200]!r}"}
+            if msg is not None:
+                self.messages.put(msg)
+        self.messages.put(None)  # end of output
+
+    def tell(self, message: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps(message) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError) as exc:
+            raise WorkerError(f"worker {self.name}: could not write to it ({exc}); {self.stderr_tail()}") from exc
+
+    def expect(self, key: str, timeout_s: float) -> Any:
+        try:
+            msg = self.messages.get(timeout=timeout_s)
+        except queue.Empty:
+            raise WorkerError(f"worker {self.name}: no {key!r} within {timeout_s:g} s; {self.stderr_tail()}") from None
+        if msg is None:
+            self.proc.wait(timeout=10)
+            raise WorkerError(f"worker {self.name} exited ({self.proc.returncode}) before {key!r}; "
+                              f"{self.stderr_tail()}")
+        if "error" in msg:
+            raise WorkerError(f"worker {self.name}: {msg['error']}; {self.stderr_tail()}")
+        if key not in msg:
+            raise WorkerError(f"worker {self.name}: expected {key!r}, got {sorted(msg)}")
+        return msg[key]
+
+    def stderr_tail(self, chars: int = 1500) -> str:
+        self.stderr.flush()
+        self.stderr.seek(0)
+        text = self.stderr.read()[-chars:].strip()
+        return f"stderr: {text}" if text else "no stderr"
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()  # only on failure: a healthy worker has exited after its result
+        self.proc.wait(timeout=30)
+        self.stderr.close()
+
+
+def run_process_pair(cfg: MLColocationConfig, be_kind: str, *, env: dict[str, str] | None = None,
+                     command: Sequence[str] = WORKER_COMMAND, ready_timeout_s: float = 180.0) -> dict[str, Any]:
+    """Run the LC and the BE tenant as two worker processes with a synchronized start.
+
+    Parameters
+    ----------
+    cfg : MLColocationConfig
+    be_kind : str
+        ``"training"`` or ``"batch_inference"``.
+    env : dict, optional
+        Variables added to this process's environment for both workers (MPS's pipe
+        directory, say).
+    command : sequence of str
+        How to start a worker.
+    ready_timeout_s : float
+        How long a worker may take to build and warm up its workload.
+
+    Returns
+    -------
+    dict
+        ``lc``: the LC worker's raw records, ``be``: the BE worker's, ``setup_s``.
+
+    Raises
+    ------
+    WorkerError
+        A worker failed, timed out or broke the protocol (both are stopped).
+    """
+    full_env = {**os.environ, **(env or {})}
+    # Workers import the same lithos as this process, installed or not.
+    root = str(Path(__file__).resolve().parents[1])
+    full_env["PYTHONPATH"] = os.pathsep.join(p for p in (root, full_env.get("PYTHONPATH", "")) if p)
+    workers: list[_Worker] = []
+    t_start = clock()
+    try:
+        for role in ("lc", "be"):
+            w = _Worker(role, command, full_env)
+            workers.append(w)
+            w.tell({"config": dataclasses.asdict(cfg), "role": role, "be_kind": be_kind})
+        for w in workers:  # both build and warm up at the same time
+            w.expect("ready", ready_timeout_s)
+        setup_s = clock() - t_start
+        t0 = clock() + 0.2
+        for w in workers:
+            w.tell({"go": t0})
+        results = {w.name: w.expect("result", cfg.span_s + 120.0) for w in workers}
+        return {"lc": results["lc"], "be": results["be"]["done_s"], "setup_s": setup_s}
+    finally:
+        for w in workers:
+            w.close()
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main(sys.stdin, sys.stdout))

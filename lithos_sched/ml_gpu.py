@@ -1,0 +1,213 @@
+"""The ML co-location scenarios on the GPU (see `lithos_sched.ml_colocation`).
+
+In-process scenarios run the two tenants as threads of this process; ``processes`` and
+``mps`` run them as two worker processes (`lithos_sched.ml_colocation_worker`). The
+baselines launch CuPy's own kernel objects; the lithos scenarios rebuild them while
+lithos' interception is installed, so that a tenant thread's launches go through the
+scheduler, and drop them again afterwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lithos_sched.ml_colocation import (
+    MLColocationConfig,
+    be_figures,
+    lc_figures,
+    order,
+    slo_of,
+    summarize_pair,
+)
+from lithos_sched.tenant import Priority, TenantSpec
+
+_LITHOS_POLICIES = ("lithos", "lithos_no_steal", "lithos_no_atoms")
+
+
+def figures(cfg: MLColocationConfig, raw: dict[str, Any]) -> dict[str, Any]:
+    """Scenario figures from the raw records of `ml_tenants.run_threads` or a worker pair."""
+    out: dict[str, Any] = {}
+    lc = raw.get("lc")
+    if lc is not None:
+        rec = lc if isinstance(lc, dict) else dataclasses.asdict(lc)
+        out["hp"] = lc_figures(rec["arrivals_s"], rec["latencies_ms"], cfg, rec["phases_ms"])
+    if raw.get("be") is not None:
+        out["be"] = be_figures(raw["be"], cfg)
+    return out
+
+
+def _policy(name: str) -> Any:
+    from lithos_sched.scheduler import Policy
+
+    return {"lithos": Policy(), "lithos_no_steal": Policy(stealing=False),
+            "lithos_no_atoms": Policy(atomize_best_effort=False)}[name]
+
+
+def _run_mps(cfg: MLColocationConfig, pair: str) -> dict[str, Any]:
+    from lithos_sched.ml_colocation_worker import WorkerError, run_process_pair
+    from lithos_sched.mps import MPSDaemon, MPSUnavailable
+
+    daemon = MPSDaemon()
+    try:
+        with daemon:
+            raw = run_process_pair(cfg, pair, env=daemon.client_env())
+            servers = daemon.server_list()
+    except MPSUnavailable as exc:
+        return {"skipped": f"MPS unavailable: {exc}"}
+    except WorkerError as exc:
+        return {"skipped": f"MPS clients failed: {exc}; daemon log: {daemon.log_tail()}",
+                "mps": {"stop": daemon.stop_status}}
+    out = figures(cfg, raw)
+    out["mps"] = {"server_list": servers, "stop": daemon.stop_status, "setup_s": raw["setup_s"]}
+    return out
+
+
+def _run_processes(cfg: MLColocationConfig, pair: str) -> dict[str, Any]:
+    from lithos_sched.ml_colocation_worker import WorkerError, run_process_pair
+
+    try:
+        raw = run_process_pair(cfg, pair)
+    except WorkerError as exc:
+        return {"skipped": f"worker processes failed: {exc}"}
+    out = figures(cfg, raw)
+    out["setup_s"] = raw["setup_s"]
+    return out
+
+
+def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None) -> dict[str, Any]:
+    """Every selected scenario of every selected pair on the GPU.
+
+    Returns
+    -------
+    dict
+        As `lithos_sched.ml_colocation.run`.
+    """
+    import cupy
+    from rich.progress import Progress
+
+    import kernels
+    from lithos_atom.atomizer import using_atomizer
+    from lithos_sched import ml_tenants, open_device
+
+    device = open_device(simulate=False)
+    n_lc = max(1, round(cfg.lc_share * device.num_tpcs))
+    lc_part = device.partition(range(n_lc))
+    be_part = device.partition(range(n_lc, device.num_tpcs))
+    plain, plain2 = cupy.cuda.Stream(non_blocking=True), cupy.cuda.Stream(non_blocking=True)
+    hi = cupy.cuda.Stream(non_blocking=True, priority=device.greatest_priority)
+    lo = cupy.cuda.Stream(non_blocking=True, priority=0)
+    # The baselines launch CuPy's own kernel objects (an earlier section may have left
+    # intercepting ones in the kernels' cache).
+    kernels.reset_cache()
+    t_setup = time.monotonic()
+    service = ml_tenants.build_lc(cfg, plain)
+    service.warmup(plain)
+    jobs = {pair: ml_tenants.build_be(cfg, pair, plain2) for pair in cfg.pairs}
+    for job in jobs.values():
+        job.step(plain2)
+    plain2.synchronize()
+    setup_s = time.monotonic() - t_setup
+    max_batch = cfg.lc_batch[1]
+    selected = [s for s in cfg.scenarios if s not in ("lc_alone", "be_alone")]
+    total = 1 + len(cfg.pairs) * (1 + len(selected))
+    raw: dict[str, dict[str, Any]] = {pair: {} for pair in cfg.pairs}
+
+    def lc_on(stream: Any) -> tuple[Callable[[], Any], Any]:
+        return (lambda: stream), service
+
+    def be_on(stream: Any, job: Any) -> tuple[Callable[[], Any], Any]:
+        return (lambda: stream), job.step
+
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("ML co-location", total=total)
+
+        def measure(label: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+            progress.update(task, description=f"ML {label}")
+            t = time.monotonic()
+            try:
+                out = fn()
+                cupy.cuda.Device().synchronize()
+            except Exception as exc:  # recorded and shown: one broken scenario must not void the others
+                out = {"error": f"{type(exc).__name__}: {exc}"}
+            out["wall_s"] = time.monotonic() - t
+            progress.advance(task)
+            return out
+
+        lc_alone = measure("lc_alone", lambda: figures(cfg, ml_tenants.run_threads(cfg, lc_on(plain), None)))
+        for pair, job in jobs.items():
+            r = raw[pair]
+            r["lc_alone"] = lc_alone
+            r["be_alone"] = measure(f"{pair}: be_alone",
+                                    lambda: figures(cfg, ml_tenants.run_threads(cfg, None, be_on(plain2, job))))
+            in_process = {
+                "streams": (lc_on(plain), be_on(plain2, job)),
+                "priorities": (lc_on(hi), be_on(lo, job)),
+                "static_split": (lc_on(lc_part.high.cupy), be_on(be_part.normal.cupy, job)),
+            }
+            for name in selected:
+                if name in in_process:
+                    lc, be = in_process[name]
+                    r[name] = measure(f"{pair}: {name}", lambda: figures(cfg, ml_tenants.run_threads(cfg, lc, be)))
+                elif name == "processes":
+                    r[name] = measure(f"{pair}: {name}", lambda: _run_processes(cfg, pair))
+                elif name == "mps":
+                    r[name] = measure(f"{pair}: {name}", lambda: _run_mps(cfg, pair))
+
+        lithos_runs = [(pair, name) for pair in cfg.pairs for name in selected if name in _LITHOS_POLICIES]
+        if lithos_runs:
+            kernels.reset_cache()
+            # Holding an atomizer (None: this thread launches as written) keeps lithos'
+            # interception installed, so the kernel objects rebuilt below route the
+            # launches of tenant threads through the scheduler.
+            with using_atomizer(None):
+                service.warmup(plain)
+                for job in jobs.values():
+                    job.step(plain2)
+                plain2.synchronize()
+                for pair, name in lithos_runs:
+                    raw[pair][name] = measure(f"{pair}: {name}",
+                                              lambda: _run_lithos(cfg, device, name, service, jobs[pair], max_batch,
+                                                                  trace_dir, pair))
+            kernels.reset_cache()
+    slo = slo_of(cfg, lc_alone)
+    pairs = {pair: summarize_pair(order(raw[pair]), slo) for pair in cfg.pairs}
+    out = {"simulated": False, "config": dataclasses.asdict(cfg), "device": device.describe(),
+           "setup_s": setup_s, "slo_ms": slo, "lc_tpcs": n_lc,
+           "workloads": {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+                         for k, v in cfg.workload_sizes().items()},
+           "pairs": pairs}
+    return out
+
+
+def _run_lithos(cfg: MLColocationConfig, device: Any, name: str, service: Any, job: Any, max_batch: int,
+                trace_dir: Any, pair: str) -> dict[str, Any]:
+    import cupy
+
+    from lithos_sched import ml_tenants
+    from lithos_sched.scheduler import Scheduler
+
+    specs = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=cfg.lc_share),
+             TenantSpec("be", Priority.BEST_EFFORT, share=1 - cfg.lc_share)]
+    sched = Scheduler(device, specs, _policy(name))
+    try:
+        lc_t, be_t = sched.tenant("lc"), sched.tenant("be")
+        # One request and one iteration inside each tenant, untimed: rewrites and links
+        # the atomized kernels and gives the predictor its first samples.
+        with lc_t:
+            service.request(max_batch, cupy.cuda.get_current_stream())
+            cupy.cuda.get_current_stream().synchronize()
+        with be_t:
+            job.step(cupy.cuda.get_current_stream())
+            cupy.cuda.get_current_stream().synchronize()
+        raw = ml_tenants.run_threads(cfg, ((lambda: lc_t), service), ((lambda: be_t), job.step))
+    finally:
+        sched.close()
+    out = figures(cfg, raw)
+    if trace_dir is not None and name == "lithos":
+        out["trace_file"] = str(sched.export_trace(Path(trace_dir) / f"trace_ml_{pair}_lithos.json"))
+    out["scheduler"] = sched.stats()
+    return out

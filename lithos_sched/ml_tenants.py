@@ -1,0 +1,203 @@
+"""The two tenants' loops on the GPU, shared by in-process threads and worker processes.
+
+`serve` plays the inference service's scheduled requests (one at a time, in arrival order,
+each synchronized); `train` keeps a best-effort job's iterations queued until told to stop.
+Both record raw timestamps on `lithos_sched.ml_colocation.clock` relative to a common
+start ``t0``; `ml_colocation.lc_figures` / `be_figures` turn them into figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from lithos_sched.ml_colocation import MLColocationConfig, clock
+
+
+@dataclasses.dataclass
+class LCRecord:
+    """Raw per-request records of the LC tenant (completed requests only).
+
+    Attributes
+    ----------
+    arrivals_s : list of float
+        Scheduled arrival, seconds from ``t0``.
+    latencies_ms : list of float
+        Arrival to completion.
+    phases_ms : list of (float, float, float)
+        Start late (queueing behind the previous request, or a late wake-up), issuing
+        (host), waiting for the GPU.
+    """
+
+    arrivals_s: list[float] = dataclasses.field(default_factory=list)
+    latencies_ms: list[float] = dataclasses.field(default_factory=list)
+    phases_ms: list[tuple[float, float, float]] = dataclasses.field(default_factory=list)
+
+
+#: GIL switch interval of every in-process scenario (the scheduler's own default).
+SWITCH_INTERVAL_S = 5e-5
+
+
+@contextlib.contextmanager
+def host_settings() -> Iterator[None]:
+    """The host settings a lithos scheduler applies, for every scenario alike.
+
+    A short GIL switch interval and ``gc.freeze()``: without them a latency-critical
+    thread waits up to 5 ms for the GIL behind a busy thread, and full collections pause
+    every thread (see `lithos_sched.scheduler.Policy`). Applying them to the baselines
+    too keeps host effects out of the comparison of GPU sharing modes.
+    """
+    saved = sys.getswitchinterval()
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        sys.setswitchinterval(saved)
+
+
+def build_lc(cfg: MLColocationConfig, stream: Any) -> Any:
+    """The inference service of ``cfg`` (weights and inputs set up on ``stream``)."""
+    from kernels.workloads import InferenceService
+
+    sizes = cfg.workload_sizes()
+    return InferenceService(sizes["decoder"], batch=cfg.lc_batch, rate_hz=cfg.lc_rate_hz, seed=cfg.seed,
+                            stream=stream)
+
+
+def build_be(cfg: MLColocationConfig, kind: str, stream: Any) -> Any:
+    """The best-effort job ``kind`` (``"training"`` or ``"batch_inference"``) of ``cfg``."""
+    from kernels.workloads import BatchInference, TrainingJob
+
+    sizes = cfg.workload_sizes()
+    if kind == "training":
+        return TrainingJob(sizes["mlp"], seed=cfg.seed, stream=stream)
+    if kind == "batch_inference":
+        return BatchInference(sizes["decoder"], batch=sizes["batch_inference_batch"], seed=cfg.seed + 7,
+                              stream=stream)
+    raise ValueError(f"best-effort kind must be 'training' or 'batch_inference', got {kind!r}")
+
+
+def serve(service: Any, stream: Any, cfg: MLColocationConfig, t0: float, stop: threading.Event) -> LCRecord:
+    """Play the scheduled requests of ``cfg`` from ``t0`` until ``stop`` is set.
+
+    A request starts at its arrival or when the previous one completes, whichever is
+    later; requests not started when ``stop`` is set are not run (they count as arrived
+    and not completed).
+    """
+    arrivals, batches = cfg.requests()
+    rec = LCRecord()
+    for i, (arrival, batch) in enumerate(zip(arrivals.tolist(), batches.tolist())):
+        if stop.is_set():
+            break
+        due = t0 + arrival
+        delay = due - clock()
+        if delay > 0:
+            time.sleep(delay)
+        started = clock()
+        service.request(int(batch), stream, i)
+        issued = clock()
+        stream.synchronize()
+        done = clock()
+        rec.arrivals_s.append(arrival)
+        rec.latencies_ms.append((done - due) * 1e3)
+        rec.phases_ms.append(((started - due) * 1e3, (issued - started) * 1e3, (done - issued) * 1e3))
+    return rec
+
+
+def train(step: Callable[[Any], Any], stream: Any, depth: int, t0: float, stop: threading.Event) -> list[float]:
+    """Issue ``step(stream)`` back to back with ``depth`` iterations queued, until ``stop``.
+
+    Returns
+    -------
+    list of float
+        Completion time of every iteration, seconds from ``t0``.
+    """
+    import cupy
+
+    done: list[float] = []
+    queued: list[Any] = []
+    while not stop.is_set():
+        step(stream)
+        # A blocking-sync event: the waiting thread sleeps in the driver instead of
+        # spinning a core beside the latency-critical thread.
+        ev = cupy.cuda.Event(block=True, disable_timing=True)
+        ev.record(stream)
+        queued.append(ev)
+        while len(queued) > depth:
+            queued.pop(0).synchronize()
+            done.append(clock() - t0)
+    for ev in queued:
+        ev.synchronize()
+        done.append(clock() - t0)
+    return done
+
+
+def run_threads(cfg: MLColocationConfig, lc: tuple[Callable[[], Any], Any] | None,
+                be: tuple[Callable[[], Any], Callable[[Any], Any]] | None) -> dict[str, Any]:
+    """Run the LC and/or BE loop in threads for ``cfg.span_s``; return their raw records.
+
+    Parameters
+    ----------
+    lc : (enter, service) or None
+        ``enter()`` returns the context the LC thread runs in (a lithos tenant, or a
+        stream's context); inside it CuPy's current stream is the one used.
+    be : (enter, step) or None
+        Likewise for the BE thread; ``step(stream)`` issues one iteration.
+
+    Returns
+    -------
+    dict
+        ``lc``: an `LCRecord`, ``be``: completion times (each present when run).
+
+    Raises
+    ------
+    BaseException
+        The first exception of either thread (the other is stopped).
+    """
+    import cupy
+
+    stop = threading.Event()
+    out: dict[str, Any] = {}
+    errors: list[BaseException] = []
+    t0 = clock() + 0.05
+
+    def lc_body() -> None:
+        enter, service = lc  # type: ignore[misc]
+        with enter():
+            out["lc"] = serve(service, cupy.cuda.get_current_stream(), cfg, t0, stop)
+
+    def be_body() -> None:
+        enter, step = be  # type: ignore[misc]
+        with enter():
+            out["be"] = train(step, cupy.cuda.get_current_stream(), cfg.be_queue_depth, t0, stop)
+
+    def guarded(body: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                body()
+            except BaseException as exc:  # re-raised below: a failed tenant fails the scenario
+                errors.append(exc)
+                stop.set()
+        return run
+
+    threads = [threading.Thread(target=guarded(body), name=name)
+               for name, body, on in (("lc", lc_body, lc), ("be", be_body, be)) if on is not None]
+    with host_settings():
+        for t in threads:
+            t.start()
+        stop.wait(max(0.0, t0 + cfg.span_s - clock()))
+        stop.set()
+        for t in threads:
+            t.join()
+    if errors:
+        raise errors[0]
+    return out

@@ -1,0 +1,321 @@
+"""CPU tier of the ML co-location benchmark: config, figures, the time-slicing model, the
+simulated scenarios, the CLI, the MPS start/skip logic and the worker protocol."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lithos_sched import ml_colocation as mc
+from lithos_sched import mps
+from lithos_sched.ml_colocation import MLColocationConfig
+from lithos_sched.ml_colocation_worker import PREFIX, WorkerError, parse, run_process_pair, worker_main
+from lithos_sched.sim_ml_colocation import SimMLConfig, run_sim, timeslice_model
+
+# ---- config ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field, value", [
+    ("pairs", ("training", "bogus")), ("pairs", ()), ("scenarios", ("lithos", "lithos")),
+    ("duration_s", 0), ("lc_rate_hz", -1.0), ("slo_mult", float("nan")), ("slo_ms", 0.0),
+    ("lc_batch", (0, 8)), ("lc_batch", (4, 2)), ("lc_share", 1.0), ("size", "huge"),
+    ("be_queue_depth", 0), ("warmup_s", -0.1), ("seed", 1.5),
+])
+def test_config_rejects_bad_values_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        MLColocationConfig(**{field: value})
+
+
+def test_config_round_trips_through_a_dict_and_rejects_unknown_fields():
+    import dataclasses
+
+    cfg = MLColocationConfig(pairs=["training"], lc_batch=[2, 4], seed=3)
+    assert MLColocationConfig.from_dict(json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg
+    with pytest.raises(ValueError, match="bogus"):
+        MLColocationConfig.from_dict({"bogus": 1})
+
+
+def test_requests_are_seeded_poisson_arrivals_with_batches_in_range():
+    cfg = MLColocationConfig(duration_s=2.0, warmup_s=0.5, lc_rate_hz=300.0, lc_batch=(2, 5), seed=4)
+    t, b = cfg.requests()
+    t2, b2 = cfg.requests()
+    assert np.array_equal(t, t2) and np.array_equal(b, b2)
+    assert np.all(np.diff(t) > 0) and t[-1] < cfg.span_s
+    assert b.min() >= 2 and b.max() <= 5
+    assert 0.7 * 750 < t.size < 1.3 * 750
+
+
+def test_sim_config_rejects_bad_timeslice():
+    with pytest.raises(ValueError, match="timeslice_us"):
+        SimMLConfig(timeslice_us=0)
+    with pytest.raises(ValueError, match="switch_us"):
+        SimMLConfig(switch_us=-1)
+
+
+# ---- figures --------------------------------------------------------------------------------
+
+
+def test_lc_figures_count_unserved_requests_against_the_slo():
+    cfg = MLColocationConfig(duration_s=1.0, warmup_s=0.2, lc_rate_hz=100.0)
+    sched, _ = cfg.requests()
+    window = sched[sched >= cfg.warmup_s]
+    served = window[: len(window) // 2]  # half the window's requests never completed
+    hp = mc.lc_figures(np.r_[sched[sched < cfg.warmup_s], served],
+                       np.r_[np.full(np.count_nonzero(sched < cfg.warmup_s), 99.0), np.ones(served.size)], cfg)
+    assert hp["arrived"] == window.size and hp["completed"] == served.size
+    assert hp["p99_ms"] == pytest.approx(1.0)  # warm-up requests (99 ms) are not measured
+    res = mc.summarize_pair({"lc_alone": {"hp": hp}}, slo_ms=2.0)
+    assert res["scenarios"]["lc_alone"]["hp"]["slo_attainment"] == pytest.approx(served.size / window.size)
+    assert res["scenarios"]["lc_alone"]["hp"]["throughput_norm"] == pytest.approx(served.size / window.size)
+
+
+def test_lc_figures_without_completions_and_mismatched_lengths():
+    cfg = MLColocationConfig(duration_s=0.5, warmup_s=0.0)
+    hp = mc.lc_figures([], [], cfg)
+    assert hp["completed"] == 0 and hp["p99_ms"] is None and hp["arrived"] > 0
+    with pytest.raises(ValueError, match="differ"):
+        mc.lc_figures([0.1], [], cfg)
+
+
+def test_be_figures_rate_from_first_to_last_completion_in_the_window():
+    cfg = MLColocationConfig(duration_s=1.0, warmup_s=0.5)
+    be = mc.be_figures([0.1, 0.55, 0.75, 0.95, 1.2, 1.6], cfg)
+    assert be["iterations"] == 4 and be["iters_per_s"] == pytest.approx(3 / 0.65) and not be["coarse"]
+    assert mc.be_figures([0.7], cfg) == {"iterations": 1, "iters_per_s": 1.0, "coarse": True}
+
+
+def test_summarize_pair_normalizes_and_compares_with_each_baseline():
+    def hp(p99):
+        return {"arrived": 10, "completed": 10, "p50_ms": p99 / 2, "p99_ms": p99, "p999_ms": p99, "latencies_ms": [p99] * 10}
+
+    scen = {"lc_alone": {"hp": hp(1.0)}, "be_alone": {"be": {"iters_per_s": 10.0}},
+            "streams": {"hp": hp(20.0), "be": {"iters_per_s": 9.0}},
+            "mps": {"skipped": "MPS unavailable: nope"},
+            "lithos": {"hp": hp(2.0), "be": {"iters_per_s": 6.0}}}
+    out = mc.summarize_pair(scen, slo_ms=mc.slo_of(MLColocationConfig(slo_mult=3.0), scen["lc_alone"]))
+    s = out["scenarios"]
+    assert s["lithos"]["be"]["throughput_norm"] == pytest.approx(0.6)
+    assert s["lithos"]["sum_norm_throughput"] == pytest.approx(1.6)
+    assert s["lithos"]["hp"]["slo_attainment"] == 1.0 and s["streams"]["hp"]["slo_attainment"] == 0.0
+    assert out["ratios"]["streams"] == {"p99_reduction": 10.0, "p999_reduction": 10.0,
+                                        "be_throughput_gain": pytest.approx(6 / 9)}
+    assert "mps" not in out["ratios"] and s["mps"] == {"skipped": "MPS unavailable: nope"}
+    assert mc.slo_of(MLColocationConfig(slo_ms=5.0), scen["lc_alone"]) == 5.0
+
+
+# ---- the time-slicing model -------------------------------------------------------------------
+
+
+def test_timeslice_model_waits_for_the_end_of_the_best_effort_slice():
+    # one request at 0.5 ms; BE's first slice ends at 2 ms; switch 0.1 ms; 1 ms of work
+    lat, share = timeslice_model([0.0005], [1000.0], 2000.0, 100.0, (0.0, 0.01))
+    assert lat == [pytest.approx((2000 + 100 + 1000 - 500) / 1000)]
+    # BE holds everything but the switch, the request and the switch back
+    assert share == pytest.approx((10000 - 1200) / 10000)
+
+
+def test_timeslice_model_splits_long_requests_over_slices():
+    lat, _ = timeslice_model([0.0], [5000.0], 2000.0, 0.0, (0.0, 0.1))
+    # LC waits one slice, then runs 2 ms, BE 2 ms, LC 2 ms, BE 2 ms, LC 1 ms
+    assert lat == [pytest.approx(11.0)]
+
+
+# ---- the simulated scenarios ---------------------------------------------------------------------
+
+SMALL = dict(size="small", duration_s=0.08, warmup_s=0.02, lc_rate_hz=150.0)
+
+
+def test_sim_runs_every_scenario_of_both_pairs():
+    out = mc.run(simulated=True, config=MLColocationConfig(**SMALL))
+    assert out["simulated"] is True and out["device"]["simulated"] is True
+    assert out["slo_ms"] == pytest.approx(1.5 * out["pairs"]["training"]["scenarios"]["lc_alone"]["hp"]["p99_ms"])
+    for pair in mc.PAIRS:
+        scen = out["pairs"][pair]["scenarios"]
+        assert list(scen) == list(mc.SCENARIOS)
+        for name in mc.SCENARIOS:
+            if name != "be_alone":
+                hp = scen[name]["hp"]
+                assert hp["completed"] > 0 and hp["p99_ms"] >= hp["p50_ms"] > 0
+            if name != "lc_alone":
+                assert scen[name]["be"]["throughput_norm"] is not None
+        assert "time-slicing" in scen["processes"]["model"] and "MPS" in scen["mps"]["model"]
+        assert set(out["pairs"][pair]["ratios"]) == set(mc.SCENARIOS) - {"lithos", "be_alone"}
+
+
+def test_sim_is_deterministic_and_honours_the_scenario_selection(tmp_path):
+    cfg = SimMLConfig(pairs=("batch_inference",), scenarios=("static_split", "lithos"), **SMALL)
+    a = run_sim(cfg, trace_dir=tmp_path)
+    b = run_sim(cfg)
+    scen = a["pairs"]["batch_inference"]["scenarios"]
+    assert list(scen) == ["lc_alone", "be_alone", "static_split", "lithos"]
+    assert scen["static_split"]["hp"]["latencies_ms"] == b["pairs"]["batch_inference"]["scenarios"]["static_split"]["hp"]["latencies_ms"]
+    assert Path(scen["lithos"]["trace_file"]).is_file()
+    assert "training" not in a["pairs"]
+
+
+# ---- the command line ------------------------------------------------------------------------------
+
+
+def _bench(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "lithos_atom.bench", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "COLUMNS": "160"})
+
+
+def test_cli_ml_section_writes_json_and_plots(tmp_path):
+    out = tmp_path / "r.json"
+    proc = _bench("--ml", "--sim", "--ml-size", "small", "--ml-duration", "0.06", "--ml-warmup", "0.02",
+                  "--lc-rate", "150", "--slo-ms", "4", "--json", str(out), "--plot", str(tmp_path / "plots"))
+    assert proc.returncode == 0, proc.stderr
+    assert "SIMULATED DEVICE" in proc.stdout and "lithos vs each baseline" in proc.stdout
+    data = json.loads(out.read_text())
+    assert set(data["sections"]) == {"ml"}
+    assert data["environment"]["packages"] and "python" in data["environment"]
+    ml = data["sections"]["ml"]
+    assert ml["simulated"] is True and ml["slo_ms"] == 4.0 and ml["config"]["lc_rate_hz"] == 150.0
+    for pair in mc.PAIRS:
+        for name, sc in ml["pairs"][pair]["scenarios"].items():
+            if name != "be_alone":
+                assert {"p50_ms", "p99_ms", "p999_ms", "completed", "slo_attainment"} <= set(sc["hp"])
+            if name != "lc_alone":
+                assert "throughput_norm" in sc["be"]
+    for png in ("ml_latency_cdf.png", "ml_throughput.png", "ml_timeline_training.png"):
+        assert (tmp_path / "plots" / png).stat().st_size > 0
+
+
+@pytest.mark.parametrize("args, field", [
+    (["--ml-pairs", "training,bogus"], "pairs"),
+    (["--ml-scenarios", "lithos,nope"], "scenarios"),
+    (["--slo-ms", "-1"], "slo_ms"),
+    (["--lc-share", "1.5"], "lc_share"),
+    (["--ml-duration", "0"], "duration_s"),
+])
+def test_cli_rejects_bad_ml_options_naming_the_field(args, field):
+    proc = _bench("--ml", "--sim", *args, timeout=120)
+    assert proc.returncode == 2 and field in proc.stderr, proc.stderr
+
+
+def test_cli_rejects_unknown_size():
+    proc = _bench("--ml", "--sim", "--ml-size", "huge", timeout=120)
+    assert proc.returncode == 2 and "--ml-size" in proc.stderr
+
+
+# ---- MPS -----------------------------------------------------------------------------------------------
+
+
+def test_mps_missing_binary_is_reported_as_skipped(monkeypatch):
+    from lithos_sched import ml_gpu
+
+    monkeypatch.setattr(mps.shutil, "which", lambda name: None)
+    with pytest.raises(mps.MPSUnavailable, match="not found"):
+        with mps.MPSDaemon():
+            pass
+    out = ml_gpu._run_mps(MLColocationConfig(), "training")
+    assert out == {"skipped": "MPS unavailable: nvidia-cuda-mps-control not found on PATH"}
+
+
+def _fake_control(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "fake-mps-control"
+    path.write_text("#!/bin/sh\n" + textwrap.dedent(body))
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return str(path)
+
+
+def test_mps_daemon_that_fails_to_start_says_why(tmp_path):
+    binary = _fake_control(tmp_path, 'echo "cannot open /dev/nvidia0" >&2; exit 3\n')
+    with pytest.raises(mps.MPSUnavailable, match="exited 3: cannot open /dev/nvidia0"):
+        with mps.MPSDaemon(binary):
+            pass
+
+
+def test_mps_daemon_starts_with_private_dirs_and_is_stopped(tmp_path):
+    # "-d" creates the control pipe (as a file); a "quit" on stdin removes it
+    binary = _fake_control(tmp_path, '''
+        if [ "$1" = "-d" ]; then touch "$CUDA_MPS_PIPE_DIRECTORY/control"; exit 0; fi
+        read cmd
+        if [ "$cmd" = quit ]; then rm -f "$CUDA_MPS_PIPE_DIRECTORY/control"; fi
+        if [ "$cmd" = get_server_list ]; then echo 4242; fi
+        ''')
+    daemon = mps.MPSDaemon(binary)
+    with daemon:
+        env = daemon.client_env()
+        assert Path(env["CUDA_MPS_PIPE_DIRECTORY"], "control").exists()
+        assert env["CUDA_MPS_LOG_DIRECTORY"].startswith(str(daemon.root))
+        assert daemon.server_list() == "4242"
+    assert daemon.stop_status == "quit" and not daemon.root.exists()
+
+
+# ---- the worker protocol -----------------------------------------------------------------------------
+
+
+def _echo_role(cfg, spec):
+    return lambda t0: {"role": spec["role"], "t0": t0, "span": cfg.span_s}
+
+
+def test_worker_main_speaks_the_protocol():
+    import dataclasses
+
+    cfg = MLColocationConfig(duration_s=1.0, warmup_s=0.25)
+    inp = io.StringIO(json.dumps({"config": dataclasses.asdict(cfg), "role": "lc"}) + "\n" + json.dumps({"go": 12.5}) + "\n")
+    out = io.StringIO()
+    assert worker_main(inp, out, {"lc": _echo_role}) == 0
+    msgs = [parse(line) for line in out.getvalue().splitlines()]
+    assert msgs == [{"ready": True}, {"result": {"role": "lc", "t0": 12.5, "span": 1.25}}]
+
+
+def test_worker_main_reports_errors():
+    out = io.StringIO()
+    assert worker_main(io.StringIO(json.dumps({"config": {}, "role": "nope"}) + "\n"), out, {"lc": _echo_role}) == 1
+    assert "spec.role" in parse(out.getvalue().strip())["error"]
+    assert parse("some library chatter") is None
+
+
+_FAKE_WORKER = """
+import sys
+from lithos_sched.ml_colocation_worker import worker_main
+def role(cfg, spec):
+    if spec["role"] == "be" and "{fail}" == "yes":
+        raise RuntimeError("out of memory, say")
+    print("chatter before the protocol")
+    if spec["role"] == "lc":
+        return lambda t0: {{"arrivals_s": [0.1], "latencies_ms": [1.0], "phases_ms": [[0, 0, 1]], "t0": t0}}
+    return lambda t0: {{"done_s": [t0]}}
+sys.exit(worker_main(sys.stdin, sys.stdout, {{"lc": role, "be": role}}))
+"""
+
+
+def test_process_pair_starts_both_workers_together(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(_FAKE_WORKER.format(fail="no"))
+    res = run_process_pair(MLColocationConfig(duration_s=0.1, warmup_s=0.0), "training",
+                           command=[sys.executable, str(script)], ready_timeout_s=60)
+    assert res["lc"]["t0"] == res["be"][0]  # one start time for both
+    assert res["lc"]["latencies_ms"] == [1.0] and res["setup_s"] >= 0
+
+
+def test_process_pair_failure_names_the_worker_and_the_error(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(_FAKE_WORKER.format(fail="yes"))
+    with pytest.raises(WorkerError, match="worker be: RuntimeError: out of memory"):
+        run_process_pair(MLColocationConfig(duration_s=0.1), "training", command=[sys.executable, str(script)],
+                         ready_timeout_s=60)
+
+
+def test_process_pair_worker_that_dies_is_reported(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text("import sys; sys.stderr.write('segfault, say'); sys.exit(139)\n")
+    with pytest.raises(WorkerError, match="exited .*segfault, say"):
+        run_process_pair(MLColocationConfig(duration_s=0.1), "training", command=[sys.executable, str(script)],
+                         ready_timeout_s=60)
+
+
+def test_protocol_prefix_is_stable():
+    assert PREFIX == "LITHOS-WORKER "
