@@ -60,19 +60,21 @@ def compute_share(elasticity: float | None, bandwidth_fraction: float | None) ->
     Returns
     -------
     float
-        The larger of ``elasticity`` and ``1 - bandwidth_fraction``; 1 when both are
-        unknown (no evidence the kernel tolerates a lower clock).
+        The larger of ``elasticity`` and ``1 - bandwidth_fraction``; 1 when the bandwidth
+        is unknown: only a kernel seen near peak DRAM bandwidth is evidence of time spent
+        waiting on memory (a small grid that no more SMs speed up still stretches with
+        the clock).
     """
-    parts = []
+    if elasticity is not None and not math.isfinite(elasticity):
+        raise ValueError(f"elasticity must be finite, got {elasticity!r}")
+    if bandwidth_fraction is None:
+        return 1.0
+    if not math.isfinite(bandwidth_fraction) or bandwidth_fraction < 0:
+        raise ValueError(f"bandwidth_fraction must be a finite number >= 0, got {bandwidth_fraction!r}")
+    share = 1.0 - min(1.0, bandwidth_fraction)
     if elasticity is not None:
-        if not math.isfinite(elasticity):
-            raise ValueError(f"elasticity must be finite, got {elasticity!r}")
-        parts.append(min(1.0, max(0.0, elasticity)))
-    if bandwidth_fraction is not None:
-        if not math.isfinite(bandwidth_fraction) or bandwidth_fraction < 0:
-            raise ValueError(f"bandwidth_fraction must be a finite number >= 0, got {bandwidth_fraction!r}")
-        parts.append(1.0 - min(1.0, bandwidth_fraction))
-    return max(parts) if parts else 1.0
+        share = max(share, min(1.0, max(0.0, elasticity)))
+    return share
 
 
 def time_ratio(share: float, clock_mhz: float, default_mhz: float) -> float:

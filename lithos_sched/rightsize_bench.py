@@ -37,8 +37,6 @@ from lithos_sched.rightsize_cases import ProfileCase
 from lithos_sched.rightsizing import RightSizeOptions, choose_tpcs, predicted_latency_us
 from lithos_sched.scaling import ProfileStore
 
-log = logging.getLogger("lithos_sched.rightsize_bench")
-
 #: Peak DRAM bandwidth the achieved fractions are relative to (`kernels.registry.PEAKS`).
 PEAK_BYTES_PER_S = 3.0e12
 
@@ -159,8 +157,8 @@ def _summaries(rows: list[dict[str, Any]], slack: float) -> dict[str, Any]:
     return out
 
 
-def dvfs_section(rows: list[dict[str, Any]], clocks: list[int], default_mhz: int, idle_w: float | None,
-                 slack: float) -> dict[str, Any]:
+def dvfs_section(rows: list[dict[str, Any]], clocks: list[int], default_mhz: int, idle_w: float | None
+                 ) -> dict[str, Any]:
     """DVFS decisions per kernel (logged, never applied) and the modeled energy saving."""
     policy = DvfsPolicy(clocks, default_mhz)
     actuator = DvfsActuator()  # log-only: not enabled
@@ -259,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--inference-batch must be 1-8, got {args.inference_batch}")
     if args.energy_window < 0 or args.max_seconds <= 0:
         p.error("--energy-window must be >= 0 and --max-seconds > 0")
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("lithos_sched.dvfs").setLevel(logging.INFO)  # the log-only DVFS decisions
 
     from lithos_sched import open_device
     from lithos_sched import rightsize_cases as rc
@@ -320,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             "device": device.describe(), "simulated": device.simulated, "slack": args.slack, "tpc_counts": sizes,
             "kernels": rows, "skipped_for_time": skipped, "summary": _summaries(rows, args.slack),
         }
-        report["dvfs"] = dvfs_section(rows, clocks, default_mhz, idle_w, args.slack)
+        report["dvfs"] = dvfs_section(rows, clocks, default_mhz, idle_w)
         if meter is not None and energy_start is not None:
             report["dvfs"]["bench_energy_j_measured"] = (meter.energy_mj() - energy_start) / 1000.0
         report["seconds"] = time.perf_counter() - t_start

@@ -73,7 +73,8 @@ def test_compute_share_takes_the_cautious_estimate():
     assert compute_share(0.1, 0.95) == pytest.approx(0.1)
     assert compute_share(0.0, 0.2) == pytest.approx(0.8)  # far from peak bandwidth: assumed SM-bound
     assert compute_share(None, None) == 1.0
-    assert compute_share(1.3, None) == 1.0
+    assert compute_share(0.0, None) == 1.0  # flat scaling alone is no evidence of memory-boundedness
+    assert compute_share(1.3, 0.5) == 1.0
     with pytest.raises(ValueError, match="bandwidth_fraction"):
         compute_share(0.5, -1.0)
 
