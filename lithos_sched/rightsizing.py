@@ -52,6 +52,10 @@ class RightSizeOptions:
         Keep the home partition unless the choice is predicted to save more than this
         share of the kernel's TPC-time: a kernel that scales perfectly would otherwise run
         up to ``slack`` slower for no capacity at all.
+    refit_every : int
+        A decision is kept for this many new timings of already sampled sizes (a new size
+        always refits): every latency-critical launch is timed, and refitting on each
+        would put a fit (~0.1-1 ms) on the launch path.
     """
 
     slack: float = 0.05
@@ -60,6 +64,7 @@ class RightSizeOptions:
     explore: bool = True
     explore_max_slowdown: float = 0.25
     min_saving: float = 0.02
+    refit_every: int = 64
 
     def __post_init__(self) -> None:
         if isinstance(self.min_saving, bool) or not isinstance(self.min_saving, (int, float)) \
@@ -69,7 +74,7 @@ class RightSizeOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 10:
                 raise ValueError(f"RightSizeOptions.{name} must be a number in [0, 10), got {value!r}")
-        for name in ("min_tpcs", "min_sizes"):
+        for name in ("min_tpcs", "min_sizes", "refit_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"RightSizeOptions.{name} must be an int >= 1, got {value!r}")
@@ -163,15 +168,17 @@ class RightSizer:
 
     Notes
     -----
-    `tpcs_for` memoizes its answer per (key, home, grid) until the key's profile changes,
-    so a repeated launch costs a dictionary lookup; `observe` is the predictor's call.
+    `tpcs_for` memoizes its answer per (key, home, grid) until the key's profile gains a
+    TPC count or ``refit_every`` new timings, so a repeated launch costs a dictionary
+    lookup; `observe` is the predictor's call.
     """
 
     def __init__(self, store: ProfileStore | None = None, options: RightSizeOptions | None = None):
         self.store = store if store is not None else ProfileStore()
         self.options = options or RightSizeOptions()
         self._lock = threading.Lock()
-        self._memo: dict[tuple[str, int, int | None, float | None], tuple[int, int]] = {}
+        # (key, home, grid, occupancy) -> (profile version, sizes version, answer)
+        self._memo: dict[tuple[Hashable, int, int | None, float | None], tuple[int, int, int]] = {}
 
     def observe(self, key: Hashable, tpcs: int, count: int, wave_blocks: int, measured_us: float,
                 predicted_us: float | None = None) -> None:
@@ -202,20 +209,20 @@ class RightSizer:
             raise ValueError(f"home_tpcs must be an int >= 1, got {home_tpcs!r}")
         home = int(home_tpcs)
         if grid_blocks is None and getattr(key, "grid", None) is not None:
-            grid_blocks = int(np.prod(key.grid))  # type: ignore[attr-defined]
+            grid_blocks = math.prod(key.grid)  # type: ignore[attr-defined]
         cap = fill_tpcs(grid_blocks, blocks_per_tpc) if grid_blocks is not None and blocks_per_tpc else None
         prof = self.store.get(key)
-        version = -1 if prof is None else prof.version
-        memo_key = (prof.key if prof is not None else "", home, grid_blocks, blocks_per_tpc)
-        if prof is not None:
-            with self._lock:
-                hit = self._memo.get(memo_key)
-            if hit is not None and hit[0] == version:
-                return hit[1]
+        if prof is None:
+            return self._decide(None, home, cap)
+        memo_key = (key, home, grid_blocks, blocks_per_tpc)
+        version, sizes_version = prof.version, prof.sizes_version
+        with self._lock:
+            hit = self._memo.get(memo_key)
+        if hit is not None and hit[1] == sizes_version and version - hit[0] < self.options.refit_every:
+            return hit[2]
         answer = self._decide(prof, home, cap)
-        if prof is not None:
-            with self._lock:
-                self._memo[memo_key] = (version, answer)
+        with self._lock:
+            self._memo[memo_key] = (version, sizes_version, answer)
         return answer
 
     def _decide(self, prof: ScalingProfile | None, home: int, cap: int | None) -> int:

@@ -339,12 +339,16 @@ class ScalingProfile:
         self.alpha = alpha
         self._samples: dict[int, _Sample] = {}
         self._model: ScalingModel | None = None
+        # The scheduler's thread that retires atoms and the one asking for a size may differ.
+        self._lock = threading.Lock()
         self.version = 0  # bumped by every change: lets callers memoize decisions
+        self.sizes_version = 0  # bumped when a TPC count is sampled for the first time
 
     @property
     def samples(self) -> dict[int, tuple[float, int]]:
         """``{tpcs: (mean_us, count)}``."""
-        return {t: (s.mean_us, s.count) for t, s in sorted(self._samples.items())}
+        with self._lock:
+            return {t: (s.mean_us, s.count) for t, s in sorted(self._samples.items())}
 
     def fill_tpcs(self) -> int | None:
         """`fill_tpcs` of the grid, or None when the grid or occupancy is unknown."""
@@ -362,32 +366,41 @@ class ScalingProfile:
         """Set the sample of ``tpcs`` TPCs to an offline measurement (e.g. a median of
         ``count`` timings), replacing what was there."""
         self._check(tpcs, latency_us)
-        self._samples[int(tpcs)] = _Sample(float(latency_us), int(count))
-        self._model = None
-        self.version += 1
+        with self._lock:
+            self.sizes_version += int(int(tpcs) not in self._samples)
+            self._samples[int(tpcs)] = _Sample(float(latency_us), int(count))
+            self._model = None
+            self.version += 1
 
     def observe(self, tpcs: int, latency_us: float) -> None:
         """Learn one online timing of the whole kernel on ``tpcs`` TPCs (moving mean)."""
         self._check(tpcs, latency_us)
-        s = self._samples.get(int(tpcs))
-        if s is None:
-            self._samples[int(tpcs)] = _Sample(float(latency_us), 1)
-        else:
-            s.mean_us += self.alpha * (float(latency_us) - s.mean_us)
-            s.count += 1
-        self._model = None
-        self.version += 1
+        with self._lock:
+            s = self._samples.get(int(tpcs))
+            if s is None:
+                self._samples[int(tpcs)] = _Sample(float(latency_us), 1)
+                self.sizes_version += 1
+            else:
+                s.mean_us += self.alpha * (float(latency_us) - s.mean_us)
+                s.count += 1
+            self._model = None
+            self.version += 1
 
     def model(self) -> ScalingModel | None:
         """The model fitted to the samples (refitted after a change), or None without samples."""
-        if self._model is None and self._samples:
+        with self._lock:
+            if self._model is not None or not self._samples:
+                return self._model
             ts = sorted(self._samples)
-            waves = None
-            if self.grid_blocks is not None and self.blocks_per_tpc is not None:
-                waves = self.grid_blocks / self.blocks_per_tpc
-            self._model = fit_scaling(ts, [self._samples[t].mean_us for t in ts],
-                                      [self._samples[t].count for t in ts], waves_w=waves)
-        return self._model
+            means = [self._samples[t].mean_us for t in ts]
+            counts = [self._samples[t].count for t in ts]
+        waves = None
+        if self.grid_blocks is not None and self.blocks_per_tpc is not None:
+            waves = self.grid_blocks / self.blocks_per_tpc
+        model = fit_scaling(ts, means, counts, waves_w=waves)
+        with self._lock:
+            self._model = model
+        return model
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (`from_json` reads it back); includes the fitted model."""
@@ -439,6 +452,9 @@ class ProfileStore:
         self.alpha = alpha
         self._lock = threading.Lock()
         self._profiles: dict[str, ScalingProfile] = {}
+        # The same profiles by the caller's key object: `key_id` of a KernelKey formats its
+        # fields, too slow for a lookup on every latency-critical launch.
+        self._by_key: dict[Hashable, ScalingProfile] = {}
 
     def __len__(self) -> int:
         return len(self._profiles)
@@ -452,7 +468,12 @@ class ProfileStore:
 
     def get(self, key: Hashable) -> ScalingProfile | None:
         """The profile of ``key``, or None."""
-        return self._profiles.get(key_id(key))
+        prof = self._by_key.get(key)
+        if prof is None:
+            prof = self._profiles.get(key_id(key))
+            if prof is not None:
+                self._by_key[key] = prof
+        return prof
 
     def profile(self, key: Hashable, grid_blocks: int | None = None, blocks_per_tpc: float | None = None
                 ) -> ScalingProfile:
@@ -485,8 +506,7 @@ class ProfileStore:
         prof = self.profile(key, total, per_tpc)
         waves_atom = math.ceil(count / wave_blocks)
         waves_total = math.ceil(total / wave_blocks)
-        with self._lock:
-            prof.observe(tpcs, measured_us * waves_total / waves_atom)
+        prof.observe(tpcs, measured_us * waves_total / waves_atom)
 
     def load(self) -> int:
         """Read the cache file if it exists (and was written for this device name).

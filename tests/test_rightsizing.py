@@ -83,16 +83,20 @@ def test_exploration_walks_down_the_ladder_and_stops_when_it_hurts():
     assert sizer.tpcs_for(key, 66) == 66
 
 
-def test_decisions_are_memoized_until_the_profile_changes():
+def test_decisions_are_memoized_until_a_new_size_or_enough_timings():
     store = ProfileStore("unused.json")
     prof = store.profile("k")
     for t in (66, 40, 20):
         prof.add(t, 100.0)
-    sizer = RightSizer(store)
-    first = sizer.tpcs_for("k", 66)
-    assert first == 20
-    prof.add(20, 400.0)
+    sizer = RightSizer(store, RightSizeOptions(refit_every=3))
+    assert sizer.tpcs_for("k", 66) == 20
+    prof.observe(20, 2000.0)  # 20 TPCs turn out slow; one timing keeps the decision
+    assert sizer.tpcs_for("k", 66) == 20
+    prof.observe(20, 2000.0)
+    prof.observe(20, 2000.0)  # the third refits
     assert sizer.tpcs_for("k", 66) > 20
+    prof.observe(10, 100.0)  # a new size refits at once
+    assert sizer.tpcs_for("k", 66) == 10
 
 
 def test_online_right_sizing_on_the_simulated_device():
