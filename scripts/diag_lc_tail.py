@@ -33,6 +33,7 @@ from lithos_sched.tenant import Priority, TenantSpec
 OUTDIR = Path(sys.argv[1] if len(sys.argv) > 1 else "diag-out")
 OUTDIR.mkdir(parents=True, exist_ok=True)
 DURATION = float(os.environ.get("DIAG_DURATION", "2.5"))
+REQUESTS: list[tuple[float, float]] = []
 GC_PAUSES: list[tuple[int, float]] = []
 _gc_start = [0.0]
 
@@ -42,11 +43,13 @@ def _on_gc(phase: str, info: dict) -> None:
         _gc_start[0] = time.perf_counter()
     else:
         GC_PAUSES.append((info["generation"], (time.perf_counter() - _gc_start[0]) * 1e3))
+        EVENTS.append((f"gc{info['generation']}", _gc_start[0], (time.perf_counter() - _gc_start[0]) * 1e3))
 
 
 gc.callbacks.append(_on_gc)
 
 TIMES: dict[str, list[float]] = {}
+EVENTS: list[tuple[str, float, float]] = []  # (name, start s, duration ms) of calls over 1 ms
 
 
 def timed(name, fn):  # noqa: ANN001, ANN201
@@ -55,7 +58,10 @@ def timed(name, fn):  # noqa: ANN001, ANN201
         try:
             return fn(*a, **k)
         finally:
-            TIMES.setdefault(name, []).append((time.perf_counter() - t) * 1e6)
+            d = time.perf_counter() - t
+            TIMES.setdefault(name, []).append(d * 1e6)
+            if d > 1e-3:
+                EVENTS.append((name, t, d * 1e3))
     return wrapper
 
 
@@ -72,6 +78,8 @@ if os.environ.get("DIAG_TIMERS"):
             self, tenant, timed("  cupy launch", launch), user, timed("  describe", describe))
 
     _S._launch_latency_critical = _lc
+    for _m in ("_issue", "_retire", "_best_effort_target", "_emptier_stream", "_atom_blocks", "_check_open"):
+        setattr(_S, _m, timed(f"scheduler.{_m}", getattr(_S, _m)))
 STALL_FILE = open(OUTDIR / "stall_dumps.txt", "w")  # noqa: SIM115 - faulthandler needs a real fd
 WATCH = {"on": False}
 
@@ -101,6 +109,7 @@ class _WatchedWorkloads(cb._Workloads):
                 if WATCH["on"]:
                     faulthandler.cancel_dump_traceback_later()
                 latencies.append((done - (t0 + arrival)) * 1000.0)
+                REQUESTS.append((t0 + arrival, (done - (t0 + arrival)) * 1000.0))
                 phases.append(((woke - (t0 + arrival)) * 1e3, (issued - woke) * 1e3, (done - issued) * 1e3))
 
 
@@ -206,6 +215,8 @@ def main() -> None:
         t = time.perf_counter()
         GC_PAUSES.clear()
         TIMES.clear()
+        EVENTS.clear()
+        REQUESTS.clear()
         res = fn()
         pauses = np.asarray(GC_PAUSES).reshape(-1, 2)
         res["gc"] = {f"gen{g}": [int((pauses[:, 0] == g).sum()), float(pauses[pauses[:, 0] == g, 1].max(initial=0))]
@@ -223,6 +234,8 @@ def main() -> None:
             print(f"    {op:36s} n {a.size:6d} p50 {np.percentile(a, 50):8.1f} p99 {np.percentile(a, 99):8.1f} "
                   f"max {a.max():9.1f} n>500us {(a > 500).sum()}")
         res["hp"].pop("latencies_ms", None)
+        res["events"] = EVENTS[:]
+        res["requests"] = REQUESTS[:]
         results[name] = res
     results["cgroup_after"] = cgroup_stat()
     (OUTDIR / "diag.json").write_text(json.dumps(results, indent=1, default=str))
