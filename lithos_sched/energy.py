@@ -186,7 +186,7 @@ def attribute_energy(joules: float, tpc_ms: Mapping[str, float], capacity_tpc_ms
     total = float(sum(shares.values()))
     if total <= 0:
         raise ValueError("no TPC-time to attribute energy by")
-    return {k: joules * v / total for k, v in shares.items()}
+    return {k: joules * (v / total) for k, v in shares.items()}  # share first: no underflow for tiny TPC-times
 
 
 @dataclasses.dataclass(frozen=True)

@@ -95,8 +95,8 @@ def test_decisions_are_memoized_until_a_new_size_or_enough_timings():
     prof.observe(20, 2000.0)
     prof.observe(20, 2000.0)  # the third refits
     assert sizer.tpcs_for("k", 66) > 20
-    prof.observe(10, 100.0)  # a new size refits at once
-    assert sizer.tpcs_for("k", 66) == 10
+    prof.observe(50, 100.0)  # a new size refits at once: the answer is a fresh sizer's
+    assert sizer.tpcs_for("k", 66) == RightSizer(store).tpcs_for("k", 66)
 
 
 def test_online_right_sizing_on_the_simulated_device():
