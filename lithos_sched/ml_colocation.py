@@ -41,7 +41,7 @@ SCENARIOS: tuple[str, ...] = ("lc_alone", "be_alone", "streams", "priorities", "
 COLOCATED: tuple[str, ...] = tuple(s for s in SCENARIOS if s not in ("lc_alone", "be_alone"))
 
 #: Workload sizes by preset name (see `MLColocationConfig.size`).
-SIZES: tuple[str, ...] = ("default", "small")
+SIZES: tuple[str, ...] = ("default", "small", "long")
 
 #: The clock of every timestamp (CLOCK_MONOTONIC on Linux: shared by the worker processes).
 clock = time.monotonic
@@ -75,7 +75,9 @@ class MLColocationConfig:
     size : str
         Workload sizes: ``"default"`` (decoder d_model 1024, 4 layers, 128-token prompts,
         fp16; MLP training 2048 x 8192 on a 4096-row batch, fp32; batch inference of 32
-        prompts) or ``"small"`` (a quick smoke run).
+        prompts), ``"long"`` (the same with 512-token prompts and batch inference of 8: more
+        GPU time per launched kernel, so the inference requests are less bound by the host's
+        issuing) or ``"small"`` (a quick smoke run).
     be_queue_depth : int
         BE iterations kept queued on the device (as a training loop does).
     seed : int
@@ -146,6 +148,8 @@ class MLColocationConfig:
         """The `DecoderConfig`, `MLPConfig` and batch-inference batch of `size`."""
         from kernels.workloads import DecoderConfig, MLPConfig
 
+        if self.size == "long":
+            return {"decoder": DecoderConfig(seq_len=512), "mlp": MLPConfig(batch=4096), "batch_inference_batch": 8}
         if self.size == "small":
             return {"decoder": DecoderConfig(d_model=256, n_heads=4, n_layers=2, seq_len=64),
                     "mlp": MLPConfig(d_model=512, hidden=2048, batch=1024), "batch_inference_batch": 8}

@@ -103,18 +103,38 @@ class MPSDaemon:
         log = self.log_dir / "control.log"
         return log.read_text(errors="replace")[-chars:].strip() if log.is_file() else ""
 
+    def _daemon_pids(self) -> list[int]:
+        """PIDs of control daemons serving this pipe directory (from /proc; empty where unreadable)."""
+        pids = []
+        want = f"CUDA_MPS_PIPE_DIRECTORY={self.pipe_dir}".encode()
+        for entry in Path("/proc").glob("[0-9]*"):
+            try:
+                # comm holds at most 15 characters of the program's name
+                if (entry / "comm").read_text().strip() != Path(self.path or self.binary).name[:15]:
+                    continue
+                if want in (entry / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(entry.name))
+            except (OSError, ValueError):
+                continue
+        return pids
+
     def _stop(self) -> None:
+        pids = self._daemon_pids()
         try:
             res = self._control("quit")
             self.stop_status = "quit" if res.returncode == 0 else f"quit exited {res.returncode}: {res.stderr.strip()}"
         except (OSError, subprocess.TimeoutExpired) as exc:
             self.stop_status = f"quit failed: {exc}"
-        # The daemon removes its control pipe on exit: wait for that so no daemon outlives us.
+        # Wait for the daemon itself to exit (its control pipe file may outlive it), so no
+        # daemon outlives the scenario.
         deadline = time.monotonic() + 10.0
-        while (self.pipe_dir / "control").exists() and time.monotonic() < deadline:
+        while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if (self.pipe_dir / "control").exists():
-            self.stop_status = f"{self.stop_status}; control pipe still present after 10 s"
+        alive = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+        if alive:
+            self.stop_status = f"{self.stop_status}; daemon {alive} still running after 10 s"
+        elif pids:
+            self.stop_status = f"{self.stop_status}; daemon {pids} exited"
         self._cleanup()
 
     def _cleanup(self) -> None:

@@ -80,21 +80,22 @@ def print_ml(out: dict[str, Any], console: Console) -> None:
     console.print(f"inference SLO: {_fmt(slo)} ms; inference tenant owns {out.get('lc_tpcs')} TPCs in the split scenarios")
     for pair, res in out.get("pairs", {}).items():
         table = Table(title=f"inference + {pair}{sim}")
-        for col in ("scenario", "p50 ms", "p99 ms", "p99.9 ms", "SLO met", "done/arrived", "BE thr (norm)",
-                    "sum (norm)", "note"):
+        for col in ("scenario", "p50 ms", "p99 ms", "p99.9 ms", "GPU wait p99", "SLO met", "done/arrived",
+                    "BE thr (norm)", "sum (norm)", "note"):
             table.add_column(col, justify="left" if col in ("scenario", "note") else "right",
                              no_wrap=col == "scenario")
         notes = []
         for name, sc in res.get("scenarios", {}).items():
             if "skipped" in sc or "error" in sc:
                 what, color = ("skipped", "yellow") if "skipped" in sc else ("error", "red")
-                table.add_row(name, *[""] * 7, f"[{color}]{'failed' if what == 'error' else what}[/]")
+                table.add_row(name, *[""] * 8, f"[{color}]{'failed' if what == 'error' else what}[/]")
                 notes.append(f"[{color}]{name}: {what}: {sc[what]}[/]")
                 continue
             hp, be = sc.get("hp", {}), sc.get("be", {})
             done = f"{hp['completed']}/{hp['arrived']}" if hp else ""
+            gpu_wait = (hp.get("phases_p99_ms") or {}).get("gpu_wait")
             table.add_row(name, _fmt(hp.get("p50_ms")), _fmt(hp.get("p99_ms")), _fmt(hp.get("p999_ms")),
-                          _fmt(hp.get("slo_attainment")), done, _fmt(be.get("throughput_norm")),
+                          _fmt(gpu_wait), _fmt(hp.get("slo_attainment")), done, _fmt(be.get("throughput_norm")),
                           _fmt(sc.get("sum_norm_throughput")), "modeled" if "model" in sc else "")
             if "model" in sc:
                 notes.append(f"{name}: {sc['model']}")
