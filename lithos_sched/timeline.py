@@ -42,12 +42,22 @@ class Timeline(Protocol):
 
 
 class CupyTimeline:
-    """`Timeline` on the GPU, through CuPy events and stream wrappers."""
+    """`Timeline` on the GPU, through CuPy events and stream wrappers.
 
-    def __init__(self) -> None:
+    Parameters
+    ----------
+    blocking : bool
+        Make blocking-sync events, so a thread waiting for one sleeps in the driver
+        instead of spinning a core. Off by default: each blocking-sync event makes the
+        driver take an interrupt when the GPU reaches it, thousands a second for a
+        best-effort tenant's atoms.
+    """
+
+    def __init__(self, blocking: bool = False) -> None:
         import cupy
 
         self._cupy = cupy
+        self._blocking = blocking
 
     def now_us(self) -> float:
         return time.perf_counter() * 1e6
@@ -58,9 +68,7 @@ class CupyTimeline:
         return as_cupy_stream(stream)
 
     def record(self, stream: Any) -> Any:
-        # Blocking-sync events: a best-effort thread waiting for room sleeps in the driver
-        # instead of spinning a core next to the latency-critical thread.
-        event = self._cupy.cuda.Event(block=True)
+        event = self._cupy.cuda.Event(block=self._blocking)
         event.record(self.as_cupy(stream))
         return event
 
