@@ -123,7 +123,9 @@ def timeline_plot(trace_path: Path, out: Path, window_ms: float = 60.0) -> Path:
     import matplotlib.pyplot as plt
 
     events = json.loads(Path(trace_path).read_text())["traceEvents"]
-    start = min(e["ts"] for e in events) + 0.25 * (max(e["ts"] for e in events) - min(e["ts"] for e in events))
+    # Start at the median atom: a trace's span can be dominated by a gap (the first
+    # launches of a kernel rewrite and link it), so a fraction of the span may show nothing.
+    start = sorted(e["ts"] for e in events)[len(events) // 2]
     shown = [e for e in events if start <= e["ts"] <= start + window_ms * 1000]
     rows = sorted({(e["pid"], e["tid"]) for e in shown})
     fig, ax = plt.subplots(figsize=(10, 0.5 * len(rows) + 1.5))
