@@ -26,8 +26,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from lithos_sched.ml_colocation import (
     MLColocationConfig,
     be_figures,
