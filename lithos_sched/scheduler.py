@@ -33,6 +33,7 @@ from typing import Any
 from lithos_atom.atomizer import Atomizer, using_atomizer
 from lithos_atom.plan import KernelKey, LaunchPlan, LaunchShape, WholeLaunch
 from lithos_sched.predictor import LatencyPredictor
+from lithos_sched.rightsizing import RightSizer
 from lithos_sched.tenant import Priority, TenantConfigError, TenantSpec, assign_tpcs, specs_from
 from lithos_sched.timeline import CupyTimeline, SimTimeline, Timeline
 from lithos_sched.trace_buffer import TraceBuffer
@@ -186,6 +187,8 @@ class Tenant:
         self._atomizer = _TenantAtomizer(scheduler, self)
         self._contexts: dict[int, contextlib.ExitStack] = {}
         self._busy: Any = None  # re-recorded after each unsplit launch: done when all are
+        self._join: Any = None  # re-recorded on the user's stream before a launch elsewhere
+        self._active_tpcs = tpcs  # the TPCs of its latest kernel (fewer when right-sized)
         self._stream_handle: int | None = None
 
     @property
@@ -286,6 +289,10 @@ class Scheduler(Atomizer):
         The tenants; each gets its TPCs (see `assign_tpcs`).
     policy : Policy, optional
     predictor : LatencyPredictor, optional
+    right_sizer : RightSizer, optional
+        Run each latency-critical kernel on the fewest of its tenant's TPCs that keep it
+        within the sizer's slowdown slack (`lithos_sched.rightsizing`); the TPCs it leaves
+        go to best-effort tenants. None (the default) runs them on the whole home partition.
     trace : bool
         Keep a record of every atom for `export_trace`.
 
@@ -301,6 +308,7 @@ class Scheduler(Atomizer):
         tenants: Sequence[TenantSpec],
         policy: Policy | None = None,
         predictor: LatencyPredictor | None = None,
+        right_sizer: RightSizer | None = None,
         *,
         trace: bool = True,
     ):
@@ -308,6 +316,8 @@ class Scheduler(Atomizer):
         super().__init__(atom_us=self.policy.atom_us, strict=False)
         self.device = device
         self.predictor = predictor or LatencyPredictor()
+        self.right_sizer = right_sizer
+        self._rightsized: dict[frozenset[int], Any] = {}
         self.timeline: Timeline = (SimTimeline(device) if device.simulated
                                    else CupyTimeline(blocking=self.policy.blocking_waits))
         specs = specs_from(tenants)
@@ -476,20 +486,24 @@ class Scheduler(Atomizer):
 
     def _launch_latency_critical(self, tenant: Tenant, launch: WholeLaunch, user: Any,
                                  describe: Callable[[], LaunchShape]) -> None:
-        """Issue one latency-critical launch unsplit on the tenant's high-priority stream.
+        """Issue one latency-critical launch unsplit on a high-priority stream.
 
         The hot path of a latency-critical request: one launch, one re-recorded event that
         tells best-effort tenants whether this one is idle, and, one launch in
-        `Policy.lc_timing_every`, timing events for the predictor and the accounting.
+        `Policy.lc_timing_every`, timing events for the predictor and the accounting. With
+        a right-sizer the kernel runs on the partition of the TPCs it needs, ordered with
+        the user's stream by two event waits.
         """
         self._check_open()
         tl = self.timeline
-        stream = tenant.home.high
+        home = tenant.home
         if tenant._stream_handle is None:
-            tenant._stream_handle = tl.handle(stream)
+            tenant._stream_handle = tl.handle(home.high)
             tenant._busy = tl.marker()  # type: ignore[attr-defined]
+            tenant._join = tl.marker()  # type: ignore[attr-defined]
         user_handle = tl.handle(user)
-        own = user_handle == 0 or user_handle == tenant._stream_handle
+        if user_handle == 0 or user_handle == tenant._stream_handle:
+            user, user_handle = home.high, tenant._stream_handle  # the tenant's own stream
         timed = False
         with tenant._lock:
             if tenant._in_launch:
@@ -501,20 +515,26 @@ class Scheduler(Atomizer):
                 stats.kernels += 1
                 stats.atoms += 1
                 tenant._last_submit_us = tl.now_us()
-                if not own:
-                    tl.wait(stream, tl.record(user))
                 timed = (stats.kernels - 1) % self.policy.lc_timing_every == 0
+                shape = describe() if timed or self.right_sizer is not None else None
+                part = home if shape is None else self._latency_critical_partition(
+                    tenant, shape.key, shape.total_blocks, shape.wave_blocks)
+                stream = part.high
+                own = part is home and user_handle == tenant._stream_handle
+                if not own:
+                    tl.record_into(tenant._join, user)  # type: ignore[attr-defined]
+                    tl.wait(stream, tenant._join)
                 if timed:
-                    shape = describe()
-                    wave = self._partition_wave(shape.wave_blocks, tenant.home)
-                    predicted = self.predictor.predict_us(shape.key, tenant.home.num_tpcs, shape.total_blocks, wave)
+                    assert shape is not None
+                    wave = self._partition_wave(shape.wave_blocks, part)
+                    predicted = self.predictor.predict_us(shape.key, part.num_tpcs, shape.total_blocks, wave)
                     begin = tl.record(stream)
                 launch(stream)
                 if timed:
                     end = tl.record(stream)
                     now = tl.now_us()
                     tenant._inflight.append(_AtomRecord(
-                        tenant, shape.key, 0, shape.total_blocks, tenant.home, stream, begin, end, wave, predicted,
+                        tenant, shape.key, 0, shape.total_blocks, part, stream, begin, end, wave, predicted,
                         now + (predicted or 0.0), False))
                     stats.timed_atoms += 1
                 tl.record_into(tenant._busy, stream)  # type: ignore[attr-defined]
@@ -530,20 +550,41 @@ class Scheduler(Atomizer):
 
     def _run_latency_critical(self, tenant: Tenant, plan: LaunchPlan, user: Any) -> None:
         tl = self.timeline
-        stream = tenant.home.high
+        part = self._latency_critical_partition(tenant, plan.key, plan.total_blocks, plan.wave_blocks)
+        stream = part.high
         tenant._last_submit_us = tl.now_us()
         own = tl.handle(user) == tl.handle(stream)
         if not own:
             tl.wait(stream, tl.record(user))
-        predicted = self.predictor.predict_us(plan.key, tenant.home.num_tpcs, plan.total_blocks,
-                                              self._wave_blocks(plan, tenant.home))
-        rec = self._issue(tenant, plan, 0, plan.total_blocks, tenant.home, stream, predicted, False)
+        predicted = self.predictor.predict_us(plan.key, part.num_tpcs, plan.total_blocks,
+                                              self._wave_blocks(plan, part))
+        rec = self._issue(tenant, plan, 0, plan.total_blocks, part, stream, predicted, False)
         plan.complete()
         tenant._last_end = rec.end
         tenant._last_submit_us = tl.now_us()
         if not own:
             tl.wait(user, rec.end)
         self._retire(tenant)
+
+    def _latency_critical_partition(self, tenant: Tenant, key: KernelKey, total_blocks: int,
+                                    device_wave_blocks: int) -> Any:
+        """Where a latency-critical kernel runs: its tenant's home partition or, with a
+        right-sizer, the partition of the first TPCs of the home that the kernel needs."""
+        home = tenant.home
+        sizer = self.right_sizer
+        if sizer is None:
+            return home
+        per_tpc = device_wave_blocks / self.device.num_tpcs if device_wave_blocks > 0 else None
+        n = sizer.tpcs_for(key, home.num_tpcs, total_blocks, per_tpc)
+        if n >= home.num_tpcs:
+            part = home
+        else:
+            tpcs = frozenset(sorted(tenant.tpcs)[:n])
+            part = self._rightsized.get(tpcs)
+            if part is None or part.closed:
+                part = self._rightsized[tpcs] = self.device.partition(tpcs)
+        tenant._active_tpcs = part.tpcs
+        return part
 
     def _run_best_effort(self, tenant: Tenant, plan: LaunchPlan, user: Any) -> None:
         tl = self.timeline
@@ -560,8 +601,8 @@ class Scheduler(Atomizer):
                 self._yield_to_latency_critical()
                 partition, stolen = self._best_effort_target(tenant, plan)
                 self._wait_for_room(tenant, partition)
-                if stolen and not all(t.idle() for t in self._lc):
-                    continue  # a latency-critical tenant woke up while we waited: not its TPCs
+                if stolen and self._best_effort_target(tenant, plan)[0] is not partition:
+                    continue  # a latency-critical tenant needs its TPCs again since we chose
                 stream = self._emptier_stream(tenant, partition)
                 count = self._atom_blocks(plan, partition, total - next_block)
                 predicted = self.predictor.predict_us(plan.key, partition.num_tpcs, count,
@@ -622,12 +663,14 @@ class Scheduler(Atomizer):
         if not policy.stealing or not self._lc:
             return tenant.home, False
         idle = [t for t in self._lc if t.idle()]
-        if not idle:
+        # TPCs a busy latency-critical tenant leaves while its kernel is right-sized
+        spare = [t.tpcs - t._active_tpcs for t in self._lc if t not in idle and t._active_tpcs != t.tpcs]
+        if not idle and not spare:
             return tenant.home, False
         wave_us = self.predictor.wave_us(plan.key, tenant.home.num_tpcs)
         if wave_us is not None and wave_us > policy.steal_max_block_us:
             return tenant.home, False
-        tpcs = frozenset(tenant.tpcs).union(*(t.tpcs for t in idle))
+        tpcs = frozenset(tenant.tpcs).union(*(t.tpcs for t in idle), *spare)
         part = self._steal_partitions.get(tpcs)
         if part is None or part.closed:
             part = self._steal_partitions[tpcs] = self.device.partition(tpcs)
@@ -708,6 +751,8 @@ class Scheduler(Atomizer):
         for r in done:
             measured = tl.elapsed_us(r.start, r.end)
             self.predictor.observe(r.key, r.partition.num_tpcs, r.count, r.wave_blocks, measured, r.predicted_us)
+            if self.right_sizer is not None and tenant.priority is Priority.LATENCY_CRITICAL:
+                self.right_sizer.observe(r.key, r.partition.num_tpcs, r.count, r.wave_blocks, measured)
             tenant.stats.busy_ms += measured / 1000.0
             tenant.stats.tpc_ms += measured / 1000.0 * r.partition.num_tpcs
             if self._trace_on:
