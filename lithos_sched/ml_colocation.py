@@ -14,6 +14,8 @@ each pair, side by side in one run:
 - ``static_split``: each tenant on its own TPC partition, no stealing (MIG-like)
 - ``lithos``: the scheduler (atoms, partitions, stealing, prediction)
 - ``lithos_no_steal`` / ``lithos_no_atoms``: ablations
+- ``lithos_rightsized``: lithos with right-sizing: each inference kernel runs on the fewest
+  of the inference TPCs that keep it within 5% (learned online), the rest go to training
 
 Figures per scenario: LC p50/p99/p99.9 latency and SLO attainment, BE throughput
 normalized to alone, and the sum of normalized throughputs. Without a GPU the same
@@ -35,7 +37,10 @@ PAIRS: tuple[str, ...] = ("training", "batch_inference")
 
 #: Every scenario, in report order.
 SCENARIOS: tuple[str, ...] = ("lc_alone", "be_alone", "streams", "priorities", "processes", "mps",
-                              "static_split", "lithos", "lithos_no_steal", "lithos_no_atoms")
+                              "static_split", "lithos", "lithos_no_steal", "lithos_no_atoms", "lithos_rightsized")
+
+#: The scenarios that run the lithos scheduler (see `scheduler_for`).
+LITHOS_SCENARIOS: tuple[str, ...] = ("lithos", "lithos_no_steal", "lithos_no_atoms", "lithos_rightsized")
 
 #: Scenarios that run both tenants (the baselines lithos is compared with, and lithos).
 COLOCATED: tuple[str, ...] = tuple(s for s in SCENARIOS if s not in ("lc_alone", "be_alone"))
@@ -328,3 +333,16 @@ def run(*, simulated: bool, config: MLColocationConfig | None = None, console: A
     from lithos_sched.ml_gpu import run_gpu
 
     return run_gpu(config or MLColocationConfig(), console=console, trace_dir=trace_dir)
+
+
+def scheduler_for(name: str, device: Any, specs: Sequence[Any]) -> Any:
+    """The `Scheduler` of the lithos scenario ``name`` (one of `LITHOS_SCENARIOS`)."""
+    from lithos_sched.rightsizing import RightSizer
+    from lithos_sched.scheduler import Policy, Scheduler
+
+    policies = {"lithos": Policy(), "lithos_no_steal": Policy(stealing=False),
+                "lithos_no_atoms": Policy(atomize_best_effort=False), "lithos_rightsized": Policy()}
+    if name not in policies:
+        raise ValueError(f"not a lithos scenario: {name!r}; expected one of {list(policies)}")
+    return Scheduler(device, specs, policies[name],
+                     right_sizer=RightSizer() if name == "lithos_rightsized" else None)

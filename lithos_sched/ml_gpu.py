@@ -16,16 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from lithos_sched.ml_colocation import (
+    LITHOS_SCENARIOS,
     MLColocationConfig,
     be_figures,
     lc_figures,
     order,
+    scheduler_for,
     slo_of,
     summarize_pair,
 )
 from lithos_sched.tenant import Priority, TenantSpec
-
-_LITHOS_POLICIES = ("lithos", "lithos_no_steal", "lithos_no_atoms")
 
 
 def figures(cfg: MLColocationConfig, raw: dict[str, Any]) -> dict[str, Any]:
@@ -38,13 +38,6 @@ def figures(cfg: MLColocationConfig, raw: dict[str, Any]) -> dict[str, Any]:
     if raw.get("be") is not None:
         out["be"] = be_figures(raw["be"], cfg)
     return out
-
-
-def _policy(name: str) -> Any:
-    from lithos_sched.scheduler import Policy
-
-    return {"lithos": Policy(), "lithos_no_steal": Policy(stealing=False),
-            "lithos_no_atoms": Policy(atomize_best_effort=False)}[name]
 
 
 def _run_mps(cfg: MLColocationConfig, pair: str) -> dict[str, Any]:
@@ -157,7 +150,7 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None)
                 elif name == "mps":
                     r[name] = measure(f"{pair}: {name}", lambda: _run_mps(cfg, pair))
 
-        lithos_runs = [(pair, name) for pair in cfg.pairs for name in selected if name in _LITHOS_POLICIES]
+        lithos_runs = [(pair, name) for pair in cfg.pairs for name in selected if name in LITHOS_SCENARIOS]
         if lithos_runs:
             kernels.reset_cache()
             # Holding an atomizer (None: this thread launches as written) keeps lithos'
@@ -188,11 +181,9 @@ def _run_lithos(cfg: MLColocationConfig, device: Any, name: str, service: Any, j
     import cupy
 
     from lithos_sched import ml_tenants
-    from lithos_sched.scheduler import Scheduler
-
     specs = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=cfg.lc_share),
              TenantSpec("be", Priority.BEST_EFFORT, share=1 - cfg.lc_share)]
-    sched = Scheduler(device, specs, _policy(name))
+    sched = scheduler_for(name, device, specs)
     try:
         lc_t, be_t = sched.tenant("lc"), sched.tenant("be")
         # One request and one iteration inside each tenant, untimed: rewrites and links

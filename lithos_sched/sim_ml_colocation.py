@@ -27,14 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from lithos_sched.ml_colocation import (
+    LITHOS_SCENARIOS,
     MLColocationConfig,
     be_figures,
     lc_figures,
     order,
     slo_of,
+    scheduler_for,
     summarize_pair,
 )
-from lithos_sched.scheduler import Policy, Scheduler
 from lithos_sched.sim_colocation import sim_plan
 from lithos_sched.tenant import Priority, TenantSpec
 
@@ -283,11 +284,11 @@ def _direct(run: _Run, lc_stream: Any | None, be_stream: Any | None) -> dict[str
     return run.figures(lc_stream is not None, be_stream is not None)
 
 
-def _lithos(run: _Run, policy: Policy, trace: Path | None) -> dict[str, Any]:
+def _lithos(run: _Run, name: str, trace: Path | None) -> dict[str, Any]:
     cfg = run.cfg
     specs = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=cfg.lc_share),
              TenantSpec("be", Priority.BEST_EFFORT, share=1 - cfg.lc_share)]
-    sched = Scheduler(run.device, specs, policy)
+    sched = scheduler_for(name, run.device, specs)
     sched.timeline = run.timeline  # share the scenario's timers
     lc, be = sched.tenant("lc"), sched.tenant("be")
     tl = run.timeline
@@ -453,8 +454,6 @@ def run_sim(config: MLColocationConfig | None = None, console: Any = None, trace
         n = max(1, round(cfg.lc_share * d.num_tpcs))
         return d.partition(range(n)), d.partition(range(n, d.num_tpcs))
 
-    policies = {"lithos": Policy(), "lithos_no_steal": Policy(stealing=False),
-                "lithos_no_atoms": Policy(atomize_best_effort=False)}
     total = 1 + len(cfg.pairs) * (1 + len(selected))
     raw: dict[str, dict[str, Any]] = {}
     with Progress(console=console, transient=True) as progress:
@@ -482,10 +481,10 @@ def run_sim(config: MLColocationConfig | None = None, console: Any = None, trace
                 "static_split": lambda: scenario(pair, lambda d, x: _direct(x, split(d)[0].high, split(d)[1].normal)),
             }
             for name in selected:
-                if name in policies:
+                if name in LITHOS_SCENARIOS:
                     trace = Path(trace_dir) / f"trace_ml_{pair}_lithos.json" if trace_dir and name == "lithos" else None
                     r[name] = measure(f"{pair}: {name}",
-                                      lambda: scenario(pair, lambda d, x: _lithos(x, policies[name], trace)))
+                                      lambda: scenario(pair, lambda d, x: _lithos(x, name, trace)))
                 else:
                     r[name] = measure(f"{pair}: {name}", bodies[name])
             raw[pair] = r

@@ -18,7 +18,6 @@ import time
 import cupy
 import numpy as np
 
-from lithos_atom import cupy_frontend
 from lithos_sched import Priority, Scheduler, TenantSpec, open_device
 from lithos_sched import colocation_bench as cb
 from lithos_sched import timeline

@@ -18,7 +18,6 @@ import gc
 import json
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 

@@ -297,8 +297,6 @@ def test_tenant_binds_one_thread_and_routes_its_launches():
 def _right_sized_run(right_sizer):
     """A latency-critical tenant busy with small kernels (4 one-wave blocks on its 4 TPCs)
     beside a best-effort kernel; returns the device, the scheduler and the BE finish time."""
-    from lithos_sched.rightsizing import RightSizer  # noqa: F401 - the type passed in
-
     device = SimDevice(num_tpcs=8, seed=0)
     sched = Scheduler(device, SPECS, Policy(atom_us=200.0, queue_cap_us=100.0), right_sizer=right_sizer)
     sched.timeline = tl = SimTimeline(device)
