@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything lithos does on the lent GPU, in one call: install, GPU tests, benchmarks.
 # Usage (on the device machine, from the repo root): bash scripts/device_run.sh [what...]
-#   what: probe | tests | atoms | partitions | colocation | kernels  (default: all but kernels)
+#   what: probe | tests | atoms | partitions | colocation | ml | rightsizing | kernels
+#   (default: all but kernels; about 8 minutes on an H100)
 # Writes logs, JSON and plots to a staging folder, packed at the end into $OUT/results.tgz
 # (the device tool returns at most 8 files), with the summary log beside it.
 set -uo pipefail
@@ -10,7 +11,7 @@ STAGE=$(mktemp -d /tmp/lithos-out.XXXX)
 mkdir -p "$OUT"
 trap 'tar czf "$OUT/results.tgz" -C "$STAGE" . ; cp "$STAGE"/*.log "$OUT"/ 2>/dev/null' EXIT
 export PYTHONUNBUFFERED=1 LITHOS_CACHE_DIR=/tmp/lithos-cache LITHOS_TRACE_DIR="$STAGE"
-what=("$@"); [ ${#what[@]} -eq 0 ] && what=(probe tests atoms partitions colocation)
+what=("$@"); [ ${#what[@]} -eq 0 ] && what=(probe tests atoms partitions colocation ml rightsizing)
 python3 -m pip install -q --no-deps --no-build-isolation -e . > "$STAGE/install.log" 2>&1 || { cat "$STAGE/install.log"; exit 1; }
 status=0
 for w in "${what[@]}"; do
@@ -28,7 +29,10 @@ for w in "${what[@]}"; do
     kernels)
       python3 -m kernels.bench --size bench --json "$STAGE/bench-kernels.json" 2>&1 | tee "$STAGE/bench-kernels.log" | tail -60
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
-    atoms|partitions|colocation)
+    rightsizing)
+      python3 -m lithos_sched.rightsize_bench --out "$STAGE/rightsizing" 2>&1 | tee "$STAGE/bench-rightsizing.log" | tail -30
+      [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+    atoms|partitions|colocation|ml)
       python3 -m lithos_atom.bench --"$w" --json "$STAGE/bench-$w.json" --plot "$STAGE/plots-$w" 2>&1 | tee "$STAGE/bench-$w.log" | tail -40
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     *) echo "unknown step $w"; status=2 ;;
