@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     ml.add_argument("--ml-pairs", help=f"comma-separated best-effort workloads (default: {','.join(PAIRS)})")
     ml.add_argument("--ml-scenarios", help=f"comma-separated scenarios (default: all of {','.join(SCENARIOS)})")
     ml.add_argument("--ml-size", choices=SIZES, help="workload sizes (default: default)")
-    ml.add_argument("--lc-rate", type=float, help="inference requests per second (Poisson; default 200)")
+    ml.add_argument("--lc-rate", type=float, help="inference requests per second (Poisson; default 100)")
     ml.add_argument("--lc-share", type=float, help="fraction of TPCs owned by the inference tenant (default 0.5)")
     ml.add_argument("--slo-mult", type=float, help="SLO = this multiple of the inference-alone p99 (default 1.5)")
     ml.add_argument("--slo-ms", type=float, help="absolute SLO in ms (instead of --slo-mult)")
