@@ -359,7 +359,9 @@ class SimDevice:
         self._launch_ids = itertools.count()
         self._seq = itertools.count()
         self._active: list[_Launch] = []
-        self._running: list[tuple[float, int, int, _Launch, int]] = []  # (end, seq, sm, launch, block)
+        # (end, seq, sm, launch, blocks): blocks of one launch placed on one SM at one instant
+        # with one duration end together, so they are one entry (a wave is a few entries).
+        self._running: list[tuple[float, int, int, _Launch, int]] = []
 
     # ---- the device interface -----------------------------------------------------
 
@@ -466,9 +468,9 @@ class SimDevice:
             end = self._running[0][0]
             # Blocks ending at the same instant (a whole wave, without jitter) retire together.
             while self._running and self._running[0][0] == end:
-                _, _, sm, launch, _ = heapq.heappop(self._running)
-                self._free[sm] += _CAPACITY // launch.kernel.blocks_per_sm
-                launch.running -= 1
+                _, _, sm, launch, blocks = heapq.heappop(self._running)
+                self._free[sm] += blocks * (_CAPACITY // launch.kernel.blocks_per_sm)
+                launch.running -= blocks
             self.now_us = end
             self._progress()
 
@@ -517,18 +519,20 @@ class SimDevice:
             # breadth-first block distribution
             for sm in sorted(la.stream.partition.sm_ids, key=lambda i: (-free[i], i)):
                 while la.pending and free[sm] >= need:
-                    free[sm] -= need
-                    block = la.start + la.next_block
-                    la.next_block += 1
-                    la.running += 1
+                    # without jitter every block that fits here now ends at the same time
+                    n = 1 if la.kernel.jitter else min(la.pending, free[sm] // need)
+                    free[sm] -= n * need
+                    first = la.start + la.next_block
+                    la.next_block += n
+                    la.running += n
                     dur = la.kernel.block_us
                     if la.kernel.jitter:
                         sigma = la.kernel.jitter
                         dur *= float(self._rng.lognormal(-sigma * sigma / 2.0, sigma))  # mean 1
                     end = self.now_us + dur
-                    heapq.heappush(self._running, (end, next(self._seq), sm, la, block))
+                    heapq.heappush(self._running, (end, next(self._seq), sm, la, n))
                     if self.record_blocks:
-                        self.records.append(BlockRecord(la.launch_id, la.kernel.name, block, sm, self.now_us, end,
-                                                        la.stream.handle))
+                        self.records.extend(BlockRecord(la.launch_id, la.kernel.name, b, sm, self.now_us, end,
+                                                        la.stream.handle) for b in range(first, first + n))
                 if not la.pending:
                     break
