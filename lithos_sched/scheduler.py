@@ -1,14 +1,18 @@
 """The cooperative multi-tenant scheduler.
 
-Tenants share one device. Each owns a TPC partition. A latency-critical tenant's launches
-are issued at once onto its partition's high-priority stream. A best-effort tenant's
-launches are issued atom by atom *by the tenant's own thread* (no hand-off thread on the
-hot path): before each atom the thread waits, with the GIL released, until the work it
-has queued on the target stream is predicted to drain within ``queue_cap_us``, so a
+Tenants share one device. Each owns a TPC partition. A latency-critical tenant's kernels
+run unsplit, issued at once onto a high-priority stream of its partition (or, with a
+right-sizer, of the part of it the kernel needs). A best-effort tenant's launches are
+issued atom by atom *by the tenant's own thread* (no hand-off thread on the hot path):
+before each atom the thread waits, with the GIL released, until the work it has queued
+on the target partition is predicted to drain within ``queue_cap_us`` where a
+latency-critical tenant may need those SMs (``home_queue_cap_us`` on its own TPCs), so a
 latency-critical kernel never finds more than about one atom queued ahead of it. While
 every latency-critical tenant is idle, best-effort atoms go to a partition that adds the
 idle tenants' TPCs (stealing); once one submits work, new atoms stay home, and the TPCs are
-back when the atoms already there finish.
+back when the atoms already there finish. On the GPU a best-effort thread also issues
+nothing while a latency-critical tenant has work in flight, which leaves the GIL to the
+latency-critical thread.
 
 Stream semantics stay as the user wrote them: atoms on partition streams start after the
 work the tenant queued before the launch, and the tenant's stream waits for every atom, so
@@ -69,6 +73,10 @@ class Policy:
         stream is predicted to drain within this time. LithOS keeps ~100 us outstanding
         from C++; issuing an atom from Python takes tens of microseconds and may wait for
         the GIL, so the default leaves room for one atom of host delay.
+    home_queue_cap_us : float
+        The same cap on the best-effort tenant's own TPCs, which no latency-critical tenant
+        uses: there, queued work delays nobody, and a deeper queue hides the host's time
+        to issue the next atom (the GPU would otherwise idle between atoms).
     stealing : bool
         Let best-effort atoms use idle latency-critical TPCs.
     steal_max_block_us : float
@@ -106,6 +114,7 @@ class Policy:
 
     atom_us: float = 1000.0
     queue_cap_us: float = 250.0
+    home_queue_cap_us: float = 2000.0
     stealing: bool = True
     steal_max_block_us: float = 1000.0
     lc_idle_grace_us: float = 200.0
@@ -117,7 +126,7 @@ class Policy:
     blocking_waits: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("atom_us", "queue_cap_us", "steal_max_block_us"):
+        for name in ("atom_us", "queue_cap_us", "home_queue_cap_us", "steal_max_block_us"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"Policy.{name} must be a positive number, got {value!r}")
@@ -695,7 +704,8 @@ class Scheduler(Atomizer):
     def _wait_for_room(self, tenant: Tenant, partition: Any) -> None:
         """Block until the tenant's queued work on ``partition`` drains within the cap."""
         tl = self.timeline
-        cap = self.policy.queue_cap_us
+        shared = any(partition.tpcs & t.tpcs for t in self._lc)
+        cap = self.policy.queue_cap_us if shared else self.policy.home_queue_cap_us
         while not self._closing:
             self._retire(tenant)
             queued = sorted((r for r in tenant._inflight if r.partition is partition), key=lambda r: r.predicted_end_us)

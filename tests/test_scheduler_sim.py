@@ -333,3 +333,25 @@ def test_right_sizing_runs_small_latency_critical_kernels_on_fewer_tpcs_and_give
     assert be_sms & spare_sms  # best-effort blocks ran on the TPCs the kernels left
     _, _, be_done_home = _right_sized_run(None)
     assert be_done_sized < be_done_home
+
+
+@pytest.mark.parametrize("home_cap", [100.0, 2000.0])
+def test_best_effort_queues_deeper_only_on_tpcs_no_latency_critical_tenant_uses(home_cap):
+    device, sched = make(Policy(atom_us=200.0, queue_cap_us=100.0, home_queue_cap_us=home_cap, stealing=False))
+    be = sched.tenant("be")
+    ahead: list[float] = []  # predicted work queued on the partition when each atom is issued
+    issue = sched._issue
+
+    def watched(tenant, plan, start, count, partition, stream, predicted, stolen):
+        now = sched.timeline.now_us()
+        ahead.append(max([r.predicted_end_us - now for r in tenant._inflight if r.partition is partition],
+                         default=0.0))
+        return issue(tenant, plan, start, count, partition, stream, predicted, stolen)
+
+    sched._issue = watched
+    for i in range(3):  # the first launch teaches the predictor the block time
+        sched.submit_for(be, sim_plan(device, SimKernel(f"be{i}", 8 * 200, 100.0)))
+    sched.close()
+    assert max(ahead) <= home_cap + 1e-6
+    if home_cap > 100.0:
+        assert max(ahead) > 100.0  # deeper than the cap where latency-critical SMs are shared
