@@ -1,0 +1,144 @@
+"""CPU tier: the latency-critical launch path (`Atomizer.launch_whole`) orders work as the
+user wrote it, times one launch in `Policy.lc_timing_every`, and follows the right-sizer,
+checked against a timeline that records every operation."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from lithos_atom.plan import KernelKey, LaunchShape
+from lithos_sched import Policy, Priority, Scheduler, SimDevice, TenantSpec
+
+SPECS = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5), TenantSpec("be", Priority.BEST_EFFORT, share=0.5)]
+SHAPE = LaunchShape(KernelKey("k", (8, 1, 1), (256, 1, 1), 0, ((2048,),)), 8, 8 * 32)
+
+
+class RecordingTimeline:
+    """Records stream operations as (op, stream handle) tuples; events are ints."""
+
+    def __init__(self) -> None:
+        self.ops: list[tuple] = []
+        self._ids = itertools.count(1)
+
+    def now_us(self) -> float:
+        return 0.0
+
+    def handle(self, stream) -> int:  # noqa: ANN001
+        return 0 if stream is None else int(stream.handle)
+
+    def marker(self) -> int:
+        return -next(self._ids)
+
+    def record(self, stream) -> int:  # noqa: ANN001
+        ev = next(self._ids)
+        self.ops.append(("record", self.handle(stream), ev))
+        return ev
+
+    def record_into(self, event, stream) -> None:  # noqa: ANN001
+        self.ops.append(("record", self.handle(stream), event))
+
+    def wait(self, stream, event) -> None:  # noqa: ANN001
+        self.ops.append(("wait", self.handle(stream), event))
+
+    def done(self, event) -> bool:  # noqa: ANN001
+        return False
+
+    def synchronize(self, event) -> None:  # noqa: ANN001
+        pass
+
+    def elapsed_us(self, start, end) -> float:  # noqa: ANN001
+        return 1.0
+
+
+def scheduler(policy: Policy | None = None, right_sizer=None):  # noqa: ANN001, ANN201
+    sched = Scheduler(SimDevice(num_tpcs=8, seed=0), SPECS, policy or Policy(lc_timing_every=3),
+                      right_sizer=right_sizer)
+    sched.timeline = tl = RecordingTimeline()
+    return sched, tl
+
+
+def launch_on(tl: RecordingTimeline, name: str):  # noqa: ANN201
+    return lambda stream: tl.ops.append(("launch " + name, tl.handle(stream)))
+
+
+def test_own_stream_launches_need_no_waits_and_one_in_n_is_timed():
+    sched, tl = scheduler()
+    lc = sched.tenant("lc")
+    high = lc.home.high.handle
+    for i in range(6):
+        sched._launch_latency_critical(lc, launch_on(tl, str(i)), None, lambda: SHAPE)
+    assert not [op for op in tl.ops if op[0] == "wait"]
+    launches = [op for op in tl.ops if op[0].startswith("launch")]
+    assert launches == [(f"launch {i}", high) for i in range(6)]
+    timed = [i for i, op in enumerate(tl.ops) if op[0] == "record" and op[2] > 0]
+    assert len(timed) == 4  # launches 0 and 3: a begin and an end event each
+    stats = lc.stats
+    assert (stats.kernels, stats.atoms, stats.timed_atoms) == (6, 6, 2)
+
+
+def test_a_launch_on_another_stream_is_ordered_both_ways():
+    sched, tl = scheduler()
+    lc = sched.tenant("lc")
+    other = sched.device.partition(range(8)).normal  # any stream that is not the tenant's
+    sched._launch_latency_critical(lc, launch_on(tl, "x"), other, lambda: SHAPE)
+    ops = [op for op in tl.ops if op[0] != "record" or op[2] < 0]  # drop timing events
+    high, user = lc.home.high.handle, other.handle
+    join, busy = lc._join, lc._busy
+    assert ops == [("record", user, join), ("wait", high, join), ("launch x", high),
+                   ("record", high, busy), ("wait", user, busy)]
+
+
+class FixedSizer:
+    """A right-sizer that always answers ``n`` TPCs."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def tpcs_for(self, key, home_tpcs, grid_blocks=None, blocks_per_tpc=None) -> int:  # noqa: ANN001
+        return min(self.n, home_tpcs)
+
+    def observe(self, *args) -> None:  # noqa: ANN002
+        pass
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_a_right_sized_kernel_runs_on_its_first_tpcs_ordered_with_the_tenant_stream(n):
+    sched, tl = scheduler(Policy(lc_timing_every=1000), FixedSizer(n))
+    lc = sched.tenant("lc")
+    sched._launch_latency_critical(lc, launch_on(tl, "k"), None, lambda: SHAPE)
+    part = sched._rightsized[frozenset(sorted(lc.tpcs)[:n])]
+    assert lc._active_tpcs == part.tpcs and len(part.tpcs) == n
+    high, sub = lc.home.high.handle, part.high.handle
+    ops = [op for op in tl.ops if op[0] != "record" or op[2] < 0]
+    assert ops == [("record", high, lc._join), ("wait", sub, lc._join), ("launch k", sub),
+                   ("record", sub, lc._busy), ("wait", high, lc._busy)]
+
+
+def test_right_sizer_answering_the_whole_home_keeps_the_plain_path():
+    sched, tl = scheduler(Policy(lc_timing_every=1000), FixedSizer(10**6))
+    lc = sched.tenant("lc")
+    sched._launch_latency_critical(lc, launch_on(tl, "k"), None, lambda: SHAPE)
+    assert not [op for op in tl.ops if op[0] == "wait"] and lc._active_tpcs == lc.tpcs
+
+
+def test_launch_whole_routes_by_the_calling_threads_tenant():
+    from lithos_sched import SchedulerClosedError
+    from lithos_sched import scheduler as scheduler_module
+
+    sched, tl = scheduler()
+    ran: list = []
+    assert sched.launch_whole(ran.append, "user-stream", lambda: SHAPE) is True  # unbound: as written
+    assert ran == ["user-stream"]
+    scheduler_module._current.tenant = sched.tenant("be")
+    try:
+        assert sched.launch_whole(ran.append, None, lambda: SHAPE) is False  # best-effort: split into atoms
+        scheduler_module._current.tenant = sched.tenant("lc")
+        assert sched.launch_whole(launch_on(tl, "k"), None, lambda: SHAPE) is True
+        assert ("launch k", sched.tenant("lc").home.high.handle) in tl.ops
+        sched.close()
+        with pytest.raises(SchedulerClosedError):
+            sched.launch_whole(launch_on(tl, "k"), None, lambda: SHAPE)
+    finally:
+        scheduler_module._current.tenant = None
