@@ -262,6 +262,7 @@ def run_gpu(cfg: ColocationConfig, console: Any = None) -> dict[str, Any]:
     from rich.progress import Progress
 
     from lithos_sched import open_device
+    from lithos_sched.energy import EnergyRun, open_meter, tenant_energy
     from lithos_sched.scheduler import Policy, Scheduler
 
     cal = calibrate(cfg)
@@ -278,6 +279,15 @@ def run_gpu(cfg: ColocationConfig, console: Any = None) -> dict[str, Any]:
     plain2 = cupy.cuda.Stream(non_blocking=True)
     hi_stream = cupy.cuda.Stream(non_blocking=True, priority=device.greatest_priority)
     lo_stream = cupy.cuda.Stream(non_blocking=True, priority=0)
+    meter, no_meter = open_meter()
+
+    def measured(run: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], Any]:
+        """``run()`` with the GPU's energy over it (NVML counter reads before and after)."""
+        if meter is None:
+            return run(), None
+        e0, t0 = meter.energy_mj(), time.perf_counter()
+        res = run()
+        return res, EnergyRun((meter.energy_mj() - e0) / 1000.0, time.perf_counter() - t0)
 
     def lithos(policy: Policy) -> Callable[[], dict[str, Any]]:
         def run() -> dict[str, Any]:
@@ -287,7 +297,11 @@ def run_gpu(cfg: ColocationConfig, console: Any = None) -> dict[str, Any]:
             lc_t, be_t = sched.tenant("lc"), sched.tenant("be")
             cur = cupy.cuda.get_current_stream
             _run_pair(w, (lambda: lc_t, cur), (lambda: be_t, cur), WARMUP_S)  # compile, learn block times
-            res = _run_pair(w, (lambda: lc_t, cur), (lambda: be_t, cur), cfg.duration_s)
+            before = sched.stats()["tenants"]
+            res, energy = measured(lambda: _run_pair(w, (lambda: lc_t, cur), (lambda: be_t, cur), cfg.duration_s))
+            after = sched.stats()["tenants"]
+            res["energy"] = ({"skipped": no_meter} if energy is None
+                             else tenant_energy(energy, before, after, device.num_tpcs))
             sched.close()
             trace_dir = os.environ.get("LITHOS_TRACE_DIR")
             if trace_dir:
@@ -299,7 +313,9 @@ def run_gpu(cfg: ColocationConfig, console: Any = None) -> dict[str, Any]:
     def plain_pair(lc: tuple | None, be: tuple | None) -> Callable[[], dict[str, Any]]:
         def run() -> dict[str, Any]:
             _run_pair(w, lc, be, WARMUP_S)
-            return _run_pair(w, lc, be, cfg.duration_s)
+            res, energy = measured(lambda: _run_pair(w, lc, be, cfg.duration_s))
+            res["energy"] = {"skipped": no_meter} if energy is None else {"measured": energy.to_json()}
+            return res
         return run
 
     scenarios: dict[str, Callable[[], dict[str, Any]]] = {

@@ -189,6 +189,38 @@ def attribute_energy(joules: float, tpc_ms: Mapping[str, float], capacity_tpc_ms
     return {k: joules * (v / total) for k, v in shares.items()}  # share first: no underflow for tiny TPC-times
 
 
+def open_meter(device_index: int = 0) -> tuple[EnergyMeter | None, str | None]:
+    """An `EnergyMeter`, or None and why NVML cannot be read here."""
+    try:
+        return EnergyMeter(device_index), None
+    except Exception as exc:  # no NVML library, no driver, no such GPU: reported by the caller
+        return None, f"NVML unavailable: {type(exc).__name__}: {exc}"
+
+
+def tenant_energy(run: EnergyRun, before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any]],
+                  num_tpcs: int) -> dict[str, Any]:
+    """A scheduler run's measured energy, split among its tenants by the TPC-time each used.
+
+    Parameters
+    ----------
+    run : EnergyRun
+        Energy and wall time measured around the run.
+    before, after : mapping
+        ``Scheduler.stats()["tenants"]`` taken just before and after the run.
+    num_tpcs : int
+        TPCs of the device: the TPC-time nobody used is charged to ``"(idle)"``.
+
+    Returns
+    -------
+    dict
+        The measured run, and joules per tenant (measured energy, attributed).
+    """
+    used = {t: max(0.0, after[t]["tpc_ms_estimated"] - before[t]["tpc_ms_estimated"]) for t in after}
+    capacity = max(num_tpcs * run.seconds * 1000.0, sum(used.values()))
+    return {"measured": run.to_json(), "by_tenant_j": attribute_energy(run.joules, used, capacity),
+            "attribution": "measured energy split by TPC-time used during the run (tpc_ms_estimated)"}
+
+
 @dataclasses.dataclass(frozen=True)
 class PowerModel:
     """``P(f) = P_static + beta * bandwidth + P_sm(f0) * f V(f)^2 / (f0 V(f0)^2)`` (MODELED).

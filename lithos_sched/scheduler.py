@@ -434,13 +434,19 @@ class Scheduler(Atomizer):
         self.close()
 
     def stats(self) -> dict[str, Any]:
-        """Per-tenant accounting and the predictor's error report."""
+        """Per-tenant accounting and the predictor's error report.
+
+        Besides the `TenantStats` fields, each tenant has ``host_us_per_atom`` and
+        ``tpc_ms_estimated``: its measured TPC-time scaled from the timed atoms to all
+        of them (the same as ``tpc_ms`` for best-effort tenants, whose atoms are all timed).
+        """
         for t in self.tenants.values():
             self._retire(t)
         return {
             "tenants": {
                 t.name: {"priority": t.priority.value, "tpcs": len(t.tpcs), **dataclasses.asdict(t.stats),
-                         "host_us_per_atom": t.stats.host_issue_us / max(1, t.stats.atoms)}
+                         "host_us_per_atom": t.stats.host_issue_us / max(1, t.stats.atoms),
+                         "tpc_ms_estimated": t.stats.tpc_ms * t.stats.atoms / max(1, t.stats.timed_atoms)}
                 for t in self.tenants.values()
             },
             "predictor": self.predictor.error_report(),

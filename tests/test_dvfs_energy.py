@@ -253,3 +253,41 @@ def test_policy_is_relative_to_the_clock_the_kernel_ran_at():
     capped = policy.decide("gemm_f16", 1.0, running_mhz=1740)  # held at the power limit
     assert capped.default_mhz == 1740 and capped.clock_mhz <= 1740
     assert capped.predicted_slowdown <= 0.05 + 1e-9
+
+
+def test_a_scheduler_runs_energy_is_split_by_the_tpc_time_used_during_it():
+    from lithos_sched.energy import EnergyRun, tenant_energy
+
+    before = {"lc": {"tpc_ms_estimated": 100.0}, "be": {"tpc_ms_estimated": 1000.0}}
+    after = {"lc": {"tpc_ms_estimated": 300.0}, "be": {"tpc_ms_estimated": 3000.0}}
+    out = tenant_energy(EnergyRun(joules=100.0, seconds=0.1), before, after, num_tpcs=66)
+    j = out["by_tenant_j"]
+    # 200 + 2000 TPC-ms used of 6600 available: the rest is idle
+    assert j["lc"] == pytest.approx(100.0 * 200 / 6600) and j["be"] == pytest.approx(100.0 * 2000 / 6600)
+    assert sum(j.values()) == pytest.approx(100.0) and out["measured"]["source"] == "measured"
+
+
+def test_an_estimate_above_the_devices_capacity_leaves_no_idle_share():
+    from lithos_sched.energy import EnergyRun, tenant_energy
+
+    out = tenant_energy(EnergyRun(10.0, 0.001), {"a": {"tpc_ms_estimated": 0.0}}, {"a": {"tpc_ms_estimated": 5.0}}, 2)
+    assert out["by_tenant_j"]["a"] == pytest.approx(10.0) and out["by_tenant_j"]["(idle)"] == pytest.approx(0.0)
+
+
+def test_without_nvml_the_meter_says_why():
+    from lithos_sched import energy
+
+    class NoDriver:
+        def nvmlInit(self):  # noqa: N802 - NVML's name
+            raise RuntimeError("NVML Shared Library Not Found")
+
+    saved = sys.modules.get("pynvml")
+    sys.modules["pynvml"] = NoDriver()  # type: ignore[assignment]
+    try:
+        meter, why = energy.open_meter()
+    finally:
+        if saved is None:
+            del sys.modules["pynvml"]
+        else:
+            sys.modules["pynvml"] = saved
+    assert meter is None and "NVML Shared Library Not Found" in why

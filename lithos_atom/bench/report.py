@@ -56,12 +56,13 @@ def print_colocation(out: dict[str, Any], console: Console) -> None:
     """Per-scenario latency/throughput table and lithos-vs-baseline ratios."""
     scenarios = out.get("scenarios", {})
     table = Table(title="co-location" + (" (SIMULATED)" if out.get("simulated") else ""))
-    for col in ("scenario", "hp p50 ms", "hp p99 ms", "hp done", "be throughput (norm)"):
+    for col in ("scenario", "hp p50 ms", "hp p99 ms", "hp done", "be throughput (norm)", "GPU W (measured)"):
         table.add_column(col, justify="right")
     for name, s in scenarios.items():
         hp, be = s.get("hp", {}), s.get("be", {})
+        watts = s.get("energy", {}).get("measured", {}).get("mean_watts")
         table.add_row(name, _fmt(hp.get("p50_ms")), _fmt(hp.get("p99_ms")), str(hp.get("completed", "")),
-                      _fmt(be.get("throughput_norm")))
+                      _fmt(be.get("throughput_norm")), _fmt(watts))
     console.print(table)
     ratios = out.get("ratios")
     if ratios:
