@@ -21,10 +21,44 @@ from typing import Any
 
 import numpy as np
 
+from lithos_atom.atomizer import Atomizer, using_atomizer
+from lithos_atom.plan import KernelKey, LaunchShape, WholeLaunch
 from lithos_sched.partition_timing import TimingOptions, default_sizes, profile_on_partitions, validate_sizes
 from lithos_sched.rightsize_cases import ProfileCase
 from lithos_sched.rightsizing import RightSizeOptions, choose_tpcs, predicted_latency_us
 from lithos_sched.scaling import ProfileStore, ScalingProfile
+
+
+class LaunchRecorder(Atomizer):
+    """An atomizer that runs every intercepted launch as written and records its key."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keys: list[KernelKey] = []
+
+    def launch_whole(self, launch: WholeLaunch, stream: Any, describe: Callable[[], LaunchShape]) -> bool:
+        self.keys.append(describe().key)
+        launch(stream)
+        return True
+
+
+def launch_keys(launch: Callable[[Any], None], stream: Any) -> list[KernelKey]:
+    """The `KernelKey` of every kernel that ``launch(stream)`` launches.
+
+    ``kernels/`` builds its CuPy kernels on first use into a cache, and only kernels built
+    while an atomizer is set are intercepted, so the cache is emptied before (the kernels
+    are built again, intercepted) and after (later launches build plain ones again).
+    """
+    import kernels
+
+    recorder = LaunchRecorder()
+    kernels.reset_cache()
+    try:
+        with using_atomizer(recorder):
+            launch(stream)
+    finally:
+        kernels.reset_cache()
+    return recorder.keys
 
 
 def profile_cases(device: Any, cases: Iterable[ProfileCase | Callable[[], list[ProfileCase]]], sizes: list[int],
@@ -59,12 +93,24 @@ def profile_cases(device: Any, cases: Iterable[ProfileCase | Callable[[], list[P
             for case in group:
                 prof = store.profile(case.key) if store is not None else None
                 out[case.key] = profile_on_partitions(device, case.key, case.launch, sizes, timing, prof)
+                if store is not None and not device.simulated:
+                    _alias_by_kernel_key(device, case, store)
                 if on_profile is not None:
                     on_profile(case, out[case.key])
         finally:
             for case in group:
                 case.release()
     return out
+
+
+def _alias_by_kernel_key(device: Any, case: ProfileCase, store: ProfileStore) -> None:
+    """File a one-kernel case's profile also under the kernel's `KernelKey`, the key the
+    scheduler's right-sizer looks up (cases of several kernels keep their case name only)."""
+    stream = device.partition(range(device.num_tpcs)).normal
+    keys = set(launch_keys(case.launch, stream))
+    stream.synchronize()
+    if len(keys) == 1:
+        store.alias(keys.pop(), case.key)
 
 
 def _sizes_arg(text: str) -> list[int]:

@@ -489,6 +489,26 @@ class ProfileStore:
                 prof.version += 1
             return prof
 
+    def alias(self, key: Hashable, profiled: Hashable) -> ScalingProfile:
+        """Keep a copy of the profile of ``profiled`` (a case name, say) under ``key`` (the
+        `KernelKey` its launch has inside the scheduler), so an offline profile reaches the
+        right-sizer. Returns the copy.
+
+        Raises
+        ------
+        KeyError
+            When ``profiled`` has no profile.
+        """
+        source = self.get(profiled)
+        if source is None:
+            raise KeyError(f"no profile for {key_id(profiled)!r}")
+        copy = ScalingProfile.from_json({**source.to_json(), "key": key_id(key)})
+        copy.alpha = self.alpha
+        with self._lock:
+            self._profiles[copy.key] = copy
+            self._by_key.pop(key, None)
+        return copy
+
     def observe(self, key: Hashable, tpcs: int, count: int, wave_blocks: int, measured_us: float,
                 predicted_us: float | None = None) -> None:
         """Learn from one timed atom (the arguments of `LatencyPredictor.observe`).

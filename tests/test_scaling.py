@@ -156,3 +156,42 @@ def test_store_rejects_a_file_that_is_not_a_cache(tmp_path):
     bad.write_text(json.dumps({"profiles": {}}))
     with pytest.raises(ValueError, match="'profiles' list"):
         ProfileStore(bad).load()
+
+
+def test_an_alias_files_a_profile_under_the_schedulers_kernel_key_and_survives_the_cache(tmp_path):
+    from lithos_atom.plan import KernelKey
+    from lithos_sched.scaling import ProfileStore
+
+    store = ProfileStore(tmp_path / "p.json", device_name="H100")
+    for tpcs, us in ((66, 100.0), (33, 120.0), (11, 300.0)):
+        store.profile("gemm_f16").observe(tpcs, us)
+    key = KernelKey("gemm", (528, 1, 1), (256, 1, 1), 0, ((4096, 4096),))
+    copy = store.alias(key, "gemm_f16")
+    assert store.get(key) is copy and copy.samples == store.get("gemm_f16").samples
+    store.save()
+    again = ProfileStore(tmp_path / "p.json", device_name="H100")
+    again.load()
+    assert again.get(key).samples == copy.samples
+    with pytest.raises(KeyError, match="nothing"):
+        store.alias(key, "nothing")
+
+
+def test_launch_keys_records_every_intercepted_launch_and_runs_it(monkeypatch):
+    import kernels
+    from lithos_atom.atomizer import get_atomizer
+    from lithos_atom.plan import KernelKey, LaunchShape
+    from lithos_sched import profile
+
+    resets = []
+    monkeypatch.setattr(kernels, "reset_cache", lambda: resets.append(1))
+    ran = []
+
+    def front_end_launch(stream):  # what an intercepted kernel call does
+        for name in ("a", "b"):
+            key = KernelKey(name, (1, 1, 1), (32, 1, 1), 0)
+            assert get_atomizer().launch_whole(lambda s, n=name: ran.append((n, s)), stream,
+                                               lambda k=key: LaunchShape(k, 1, 132))
+
+    keys = profile.launch_keys(front_end_launch, "s0")
+    assert [k.name for k in keys] == ["a", "b"] and ran == [("a", "s0"), ("b", "s0")]
+    assert len(resets) == 2 and get_atomizer() is None
