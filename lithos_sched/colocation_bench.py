@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from lithos_atom.bench.burn import BURN, THREADS, median_device_us
+from lithos_sched.percentiles import percentile_ci, ratio_ci
 from lithos_sched.tenant import Priority, TenantSpec
 
 WARMUP_S = 0.5  # every scenario first runs this long unmeasured: compiles, caches, predictor
@@ -349,10 +350,18 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             be["throughput_norm"] = be["kernels_per_s"] / alone
     ratios = {}
     lithos = results.get("lithos", {})
+    for s in results.values():
+        lat = s.get("hp", {}).get("latencies_ms")
+        if lat:
+            s["hp"]["p99_ci95_ms"] = list(percentile_ci(lat, 99))
     for name, s in results.items():
         if name == "lithos" or "hp" not in s or "hp" not in lithos:
             continue
-        r: dict[str, float | None] = {"p99_reduction": s["hp"]["p99_ms"] / lithos["hp"]["p99_ms"]}
+        r: dict[str, Any] = {"p99_reduction": s["hp"]["p99_ms"] / lithos["hp"]["p99_ms"]}
+        if s["hp"].get("latencies_ms") and lithos["hp"].get("latencies_ms"):
+            # baseline p99 / lithos p99, both samples resampled: where it straddles a target,
+            # the run cannot tell
+            r["p99_reduction_ci95"] = list(ratio_ci(s["hp"]["latencies_ms"], lithos["hp"]["latencies_ms"], 99))
         if "be" in s and "be" in lithos and s["be"].get("kernels_per_s"):
             r["be_throughput_gain"] = lithos["be"]["kernels_per_s"] / s["be"]["kernels_per_s"]
         ratios[name] = r

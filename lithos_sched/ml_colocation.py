@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from lithos_sched.percentiles import percentile_ci
+
 #: Best-effort workloads, one pair with the inference service each.
 PAIRS: tuple[str, ...] = ("training", "batch_inference")
 
@@ -202,7 +204,7 @@ def lc_figures(arrivals_s: Sequence[float], latencies_ms: Sequence[float], cfg: 
     -------
     dict
         ``arrived`` (requests scheduled to arrive in the window), ``completed``,
-        ``p50_ms``, ``p99_ms``, ``p999_ms``, ``mean_ms``, ``latencies_ms`` and, with
+        ``p50_ms``, ``p99_ms`` (and its bootstrap ``p99_ci95_ms``), ``p999_ms``, ``mean_ms``, ``latencies_ms`` and, with
         phases, ``phases_p99_ms``. Requests that arrived but never completed count
         against the SLO (see `add_slo`).
     """
@@ -219,6 +221,7 @@ def lc_figures(arrivals_s: Sequence[float], latencies_ms: Sequence[float], cfg: 
         out.update({"p50_ms": None, "p99_ms": None, "p999_ms": None, "mean_ms": None, "latencies_ms": []})
         return out
     out.update({"p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+                "p99_ci95_ms": list(percentile_ci(lat, 99)),
                 "p999_ms": float(np.percentile(lat, 99.9)), "mean_ms": float(lat.mean()),
                 "latencies_ms": lat.round(4).tolist()})
     if phases_ms is not None and len(phases_ms):

@@ -67,10 +67,12 @@ def print_colocation(out: dict[str, Any], console: Console) -> None:
     ratios = out.get("ratios")
     if ratios:
         rt = Table(title="lithos vs each baseline")
-        for col in ("baseline", "hp p99 baseline/lithos", "be throughput lithos/baseline"):
+        for col in ("baseline", "hp p99 baseline/lithos", "95% interval", "be throughput lithos/baseline"):
             rt.add_column(col, justify="right")
         for name, r in ratios.items():
-            rt.add_row(name, _fmt(r.get("p99_reduction")), _fmt(r.get("be_throughput_gain")))
+            ci = r.get("p99_reduction_ci95")
+            rt.add_row(name, _fmt(r.get("p99_reduction")), f"{_fmt(ci[0])}-{_fmt(ci[1])}" if ci else "",
+                       _fmt(r.get("be_throughput_gain")))
         console.print(rt)
 
 
