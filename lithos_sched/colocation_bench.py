@@ -61,6 +61,8 @@ class ColocationConfig:
         Fraction of TPCs owned by the LC tenant in the partitioned scenarios.
     seed : int
         Seed of the arrival process.
+    atom_us : float or None
+        `Policy.atom_us` of the lithos scenarios (None: the policy's default).
     """
 
     duration_s: float = 8.0
@@ -72,6 +74,16 @@ class ColocationConfig:
     be_kernel_ms: float = 20.0
     lc_share: float = 0.5
     seed: int = 0
+    atom_us: float | None = None
+
+    def __post_init__(self) -> None:
+        self.policy()  # a bad atom_us is refused now, naming the field, not after calibration
+
+    def policy(self, **changes: Any) -> Any:
+        """The lithos scenarios' `Policy`, with ``changes``."""
+        from lithos_sched.scheduler import Policy
+
+        return Policy(**({} if self.atom_us is None else {"atom_us": self.atom_us}), **changes)
 
     def arrivals(self) -> np.ndarray:
         """LC arrival times in seconds from the scenario start."""
@@ -325,9 +337,9 @@ def run_gpu(cfg: ColocationConfig, console: Any = None) -> dict[str, Any]:
         "streams": plain_pair((nothing, lambda: plain), (nothing, lambda: plain2)),
         "priorities": plain_pair((nothing, lambda: hi_stream), (nothing, lambda: lo_stream)),
         "static_split": plain_pair((nothing, lambda: lc_part.high.cupy), (nothing, lambda: be_part.normal.cupy)),
-        "lithos": lithos(Policy()),
-        "lithos_no_steal": lithos(Policy(stealing=False)),
-        "lithos_no_atoms": lithos(Policy(atomize_best_effort=False)),
+        "lithos": lithos(cfg.policy()),
+        "lithos_no_steal": lithos(cfg.policy(stealing=False)),
+        "lithos_no_atoms": lithos(cfg.policy(atomize_best_effort=False)),
     }
     results: dict[str, Any] = {}
     with Progress(console=console, transient=True) as progress:
@@ -368,11 +380,12 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     return {"scenarios": results, "ratios": ratios}
 
 
-def run(*, simulated: bool, duration_s: float | None = None, seed: int = 0, console: Any = None) -> dict[str, Any]:
+def run(*, simulated: bool, duration_s: float | None = None, seed: int = 0, atom_us: float | None = None,
+        console: Any = None) -> dict[str, Any]:
     """Run the co-location benchmark on the GPU or, when ``simulated``, the simulated device."""
     if simulated:
         from lithos_sched.sim_colocation import run_sim
 
-        return run_sim(duration_s=duration_s, seed=seed)
-    cfg = ColocationConfig(seed=seed, **({"duration_s": duration_s} if duration_s else {}))
+        return run_sim(duration_s=duration_s, seed=seed, atom_us=atom_us)
+    cfg = ColocationConfig(seed=seed, atom_us=atom_us, **({"duration_s": duration_s} if duration_s else {}))
     return run_gpu(cfg, console)

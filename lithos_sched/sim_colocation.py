@@ -142,12 +142,12 @@ def _lithos(device: Any, run: _Run, cfg: SimColocationConfig, policy: Policy) ->
     return out
 
 
-def run_sim(duration_s: float | None = None, seed: int = 0) -> dict[str, Any]:
+def run_sim(duration_s: float | None = None, seed: int = 0, atom_us: float | None = None) -> dict[str, Any]:
     """Every co-location scenario on a fresh simulated H100-sized device each."""
     from lithos_sched.sim_device import SimDevice
     from lithos_sched.timeline import SimTimeline
 
-    cfg = SimColocationConfig(seed=seed, **({"duration_s": duration_s} if duration_s else {}))
+    cfg = SimColocationConfig(seed=seed, atom_us=atom_us, **({"duration_s": duration_s} if duration_s else {}))
 
     def scenario(body: Callable[[Any, _Run], dict[str, Any]]) -> dict[str, Any]:
         device = SimDevice(seed=seed, record_blocks=False)
@@ -170,8 +170,8 @@ def run_sim(duration_s: float | None = None, seed: int = 0) -> dict[str, Any]:
         "streams": scenario(lambda d, r: _direct(d, r, full(d).normal, full(d).stream("normal", new=True))),
         "priorities": scenario(lambda d, r: _direct(d, r, full(d).high, full(d).normal)),
         "static_split": scenario(lambda d, r: _direct(d, r, split(d)[0].high, split(d)[1].normal)),
-        "lithos": scenario(lambda d, r: _lithos(d, r, cfg, Policy())),
-        "lithos_no_steal": scenario(lambda d, r: _lithos(d, r, cfg, Policy(stealing=False))),
-        "lithos_no_atoms": scenario(lambda d, r: _lithos(d, r, cfg, Policy(atomize_best_effort=False))),
+        "lithos": scenario(lambda d, r: _lithos(d, r, cfg, cfg.policy())),
+        "lithos_no_steal": scenario(lambda d, r: _lithos(d, r, cfg, cfg.policy(stealing=False))),
+        "lithos_no_atoms": scenario(lambda d, r: _lithos(d, r, cfg, cfg.policy(atomize_best_effort=False))),
     }
     return {"simulated": True, "config": dataclasses.asdict(cfg), **summarize(results)}

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def test_bench_runs_simulated_without_gpu(tmp_path):
     out = tmp_path / "r.json"
@@ -36,3 +38,13 @@ def test_bench_runs_simulated_without_gpu(tmp_path):
 def test_bench_rejects_unknown_options():
     proc = subprocess.run([sys.executable, "-m", "lithos_atom.bench", "--bogus"], capture_output=True, text=True)
     assert proc.returncode == 2 and "unrecognized arguments" in proc.stderr
+
+
+def test_colocation_atom_length_reaches_the_lithos_policies_and_is_checked():
+    from lithos_sched.colocation_bench import ColocationConfig
+    from lithos_sched.sim_colocation import SimColocationConfig
+
+    assert ColocationConfig(atom_us=4000.0).policy(stealing=False).atom_us == 4000.0
+    assert SimColocationConfig().policy().atom_us == ColocationConfig().policy().atom_us
+    with pytest.raises(ValueError, match="atom_us"):
+        ColocationConfig(atom_us=-1.0)

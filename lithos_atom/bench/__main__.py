@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="write results as JSON here")
     p.add_argument("--plot", type=Path, help="write PNG plots into this folder")
     p.add_argument("--duration", type=float, default=None, help="seconds per co-location scenario")
+    p.add_argument("--atom-us", type=float, default=None,
+                   help="best-effort atom length of the co-location section's lithos scenarios (default: Policy's)")
     p.add_argument("--seed", type=int, default=0, help="seed for workloads and the simulated device")
     ml = p.add_argument_group("ML co-location (--ml)")
     ml.add_argument("--ml-duration", type=float, help="measured seconds per ML scenario (GPU 3, simulated 0.5)")
@@ -134,7 +136,8 @@ def _run_partitions(args: argparse.Namespace, simulated: bool, console: Console)
 def _run_colocation(args: argparse.Namespace, simulated: bool, console: Console) -> dict[str, Any]:
     from lithos_sched import colocation_bench
 
-    out = colocation_bench.run(simulated=simulated, duration_s=args.duration, seed=args.seed, console=console)
+    out = colocation_bench.run(simulated=simulated, duration_s=args.duration, seed=args.seed, atom_us=args.atom_us,
+                               console=console)
     report.print_colocation(out, console)
     return out
 
