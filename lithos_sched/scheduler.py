@@ -216,12 +216,18 @@ class Tenant:
         return self.home.high if self.priority is Priority.LATENCY_CRITICAL else self.home.normal
 
     def idle(self) -> bool:
-        """Whether the tenant has no work on the device and launched nothing recently."""
+        """Whether the tenant has no work on the device and launched nothing recently.
+
+        Its own stream is queried too: CuPy's own kernels and cuBLAS calls are not
+        intercepted, and only the stream knows they are still running.
+        """
         s = self.scheduler
         if s.timeline.now_us() - self._last_submit_us < s.policy.lc_idle_grace_us:
             return False
         last = self._last_end
-        return last is None or s.timeline.done(last)
+        if last is not None and not s.timeline.done(last):
+            return False
+        return s.timeline.stream_done(self.stream)
 
     def __enter__(self) -> Tenant:
         s = self.scheduler

@@ -224,6 +224,10 @@ class SimStream:
         """Advance virtual time until this stream has no work left."""
         self.record().synchronize()
 
+    def query(self) -> bool:
+        """Whether every operation queued on the stream has completed (never advances time)."""
+        return not self._ops and self._active is None
+
     @contextlib.contextmanager
     def use(self) -> Iterator[SimStream]:
         """Yield this stream (the simulator has no CuPy current stream to set)."""

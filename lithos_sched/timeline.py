@@ -28,6 +28,9 @@ class Timeline(Protocol):
     def done(self, event: Any) -> bool:
         """Whether ``event`` has completed (never blocks)."""
 
+    def stream_done(self, stream: Any) -> bool:
+        """Whether all work queued on ``stream`` has completed (never blocks)."""
+
     def synchronize(self, event: Any) -> None:
         """Block until ``event`` completes (the GIL is released on the GPU)."""
 
@@ -88,6 +91,9 @@ class CupyTimeline:
 
     def done(self, event: Any) -> bool:
         return bool(event.done)
+
+    def stream_done(self, stream: Any) -> bool:
+        return bool(self.as_cupy(stream).done)
 
     def synchronize(self, event: Any) -> None:
         event.synchronize()
@@ -150,6 +156,9 @@ class SimTimeline:
 
     def done(self, event: Any) -> bool:
         return bool(event.query())
+
+    def stream_done(self, stream: Any) -> bool:
+        return bool(stream.query())
 
     def synchronize(self, event: Any) -> None:
         self._fire_due()

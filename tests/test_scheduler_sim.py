@@ -355,3 +355,18 @@ def test_best_effort_queues_deeper_only_on_tpcs_no_latency_critical_tenant_uses(
     assert max(ahead) <= home_cap + 1e-6
     if home_cap > 100.0:
         assert max(ahead) > 100.0  # deeper than the cap where latency-critical SMs are shared
+
+
+def test_work_a_latency_critical_tenant_runs_outside_the_scheduler_keeps_its_tpcs_from_stealing():
+    device, sched = make(Policy(atom_us=200.0, queue_cap_us=100.0))
+    lc, be = sched.tenant("lc"), sched.tenant("be")
+    opaque = SimKernel("opaque", 2, 3000.0)  # a CuPy/cuBLAS op on the tenant's stream, not intercepted
+    lc.home.high.launch(opaque)
+    sched.submit_for(be, sim_plan(device, SimKernel("be", 16 * 40, 100.0)))
+    sched.close()
+    device.run_until_idle()
+    lc_sms = set(lc.home.sm_ids)
+    opaque_end = max(r.end_us for r in device.records if r.kernel == "opaque")
+    stolen_early = [r for r in device.records if r.kernel == "be" and r.sm in lc_sms and r.start_us < opaque_end]
+    assert not stolen_early
+    assert be.stats.stolen_atoms > 0  # once the opaque work was done, the idle TPCs were used
