@@ -275,7 +275,7 @@ def run_gpu(cfg: ColocationConfig, console: Any = None) -> dict[str, Any]:
     from rich.progress import Progress
 
     from lithos_sched import open_device
-    from lithos_sched.energy import EnergyRun, open_meter, tenant_energy
+    from lithos_sched.energy import open_meter, tenant_energy
     from lithos_sched.scheduler import Policy, Scheduler
 
     cal = calibrate(cfg)
@@ -295,12 +295,12 @@ def run_gpu(cfg: ColocationConfig, console: Any = None) -> dict[str, Any]:
     meter, no_meter = open_meter()
 
     def measured(run: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], Any]:
-        """``run()`` with the GPU's energy over it (NVML counter reads before and after)."""
+        """``run()`` with the GPU's energy over it (`EnergyMeter.measure`), or None without NVML."""
         if meter is None:
             return run(), None
-        e0, t0 = meter.energy_mj(), time.perf_counter()
-        res = run()
-        return res, EnergyRun((meter.energy_mj() - e0) / 1000.0, time.perf_counter() - t0)
+        out: list[dict[str, Any]] = []
+        energy = meter.measure(lambda: out.append(run()))
+        return out[0], energy
 
     def lithos(policy: Policy) -> Callable[[], dict[str, Any]]:
         def run() -> dict[str, Any]:

@@ -621,8 +621,8 @@ class Scheduler(Atomizer):
                     break
                 self._yield_to_latency_critical()
                 partition, stolen = self._best_effort_target(tenant, plan)
-                self._wait_for_room(tenant, partition)
-                if stolen and self._best_effort_target(tenant, plan)[0] is not partition:
+                waited = self._wait_for_room(tenant, partition)
+                if stolen and waited and self._best_effort_target(tenant, plan)[0] is not partition:
                     continue  # a latency-critical tenant needs its TPCs again since we chose
                 stream = self._emptier_stream(tenant, partition)
                 count = self._atom_blocks(plan, partition, total - next_block)
@@ -713,24 +713,27 @@ class Scheduler(Atomizer):
         waves = 1 if wave_us is None else max(1, math.floor(self.policy.atom_us / wave_us))
         return min(remaining, waves * wave)
 
-    def _wait_for_room(self, tenant: Tenant, partition: Any) -> None:
-        """Block until the tenant's queued work on ``partition`` drains within the cap."""
+    def _wait_for_room(self, tenant: Tenant, partition: Any) -> bool:
+        """Block until the tenant's queued work on ``partition`` drains within the cap;
+        returns whether it had to wait."""
         tl = self.timeline
         shared = any(partition.tpcs & t.tpcs for t in self._lc)
         cap = self.policy.queue_cap_us if shared else self.policy.home_queue_cap_us
+        waited = False
         while not self._closing:
             self._retire(tenant)
             queued = sorted((r for r in tenant._inflight if r.partition is partition), key=lambda r: r.predicted_end_us)
             if not queued:
-                return
+                return waited
             drain_at = queued[-1].predicted_end_us
             now = tl.now_us()
             if drain_at - now <= cap:
-                return
+                return waited
             # the first atom after whose end at most `cap` of work remains
             target = next((r for r in queued if drain_at - r.predicted_end_us <= cap), queued[-1])
             t0 = now
             self._wait_event(target)
+            waited = True
             tenant.stats.queue_wait_ms += (tl.now_us() - t0) / 1000.0
             # re-anchor the predicted ends of what is still queued at the real completion
             now = tl.now_us()
@@ -740,26 +743,24 @@ class Scheduler(Atomizer):
             for r in later:
                 r.predicted_end_us = now
                 now += r.predicted_us if r.predicted_us is not None else self.policy.atom_us
+        return waited
 
     def _wait_event(self, rec: _AtomRecord) -> None:
-        try:
-            self.timeline.synchronize(rec.end)
-        except Exception as exc:
-            if type(exc).__name__ not in _CUDA_ERRORS:
-                raise
-            # the driver's sticky error after a fault: say whose atom it was
-            raise KernelFaultError(
-                f"kernel {rec.key.name!r} of tenant {rec.tenant.name!r} failed on the device "
-                f"(atom blocks {rec.start_block}..{rec.start_block + rec.count - 1}): {exc}"
-            ) from exc
+        self._wait(rec.end, f"kernel {rec.key.name!r} of tenant {rec.tenant.name!r} failed on the device "
+                            f"(atom blocks {rec.start_block}..{rec.start_block + rec.count - 1})")
 
     def _wait_busy(self, tenant: Tenant, event: Any) -> None:
+        self._wait(event, f"a kernel of tenant {tenant.name!r} failed on the device")
+
+    def _wait(self, event: Any, failure: str) -> None:
+        """Wait for ``event``; the driver's sticky error after a fault becomes a
+        `KernelFaultError` that says whose work it was (``failure``)."""
         try:
             self.timeline.synchronize(event)
         except Exception as exc:
             if type(exc).__name__ not in _CUDA_ERRORS:
                 raise
-            raise KernelFaultError(f"a kernel of tenant {tenant.name!r} failed on the device: {exc}") from exc
+            raise KernelFaultError(f"{failure}: {exc}") from exc
 
     def _retire(self, tenant: Tenant) -> None:
         """Account, learn from and trace every finished atom of ``tenant``."""
