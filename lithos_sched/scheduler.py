@@ -45,6 +45,9 @@ from lithos_sched.trace_buffer import TraceBuffer
 _MAX_GRID_X = 2**31 - 1
 # A latency-critical thread retires its own timed launches only once this many are pending.
 _LC_RETIRE_BATCH = 32
+# A parked best-effort thread re-checks a latency-critical tenant between its launches this
+# often (Linux sleeps at least ~50 us anyway); the sleep releases the GIL.
+_HOST_YIELD_SLEEP_S = 50e-6
 _CUDA_ERRORS = ("CUDARuntimeError", "CUDADriverError", "CUDAError", "LithosCudaError")
 
 
@@ -99,7 +102,8 @@ class Policy:
         interrupt when the GPU reaches it, and the spinning waits release the GIL too.
     yield_host_to_latency_critical : bool
         On the GPU, a best-effort thread issues no atom while a latency-critical tenant
-        has work in flight; it waits with the GIL released (see
+        is busy (work in flight, or a launch within `lc_idle_grace_us`), for at most
+        `home_queue_cap_us`; it waits with the GIL released (see
         ``Scheduler._yield_to_latency_critical``).
     lc_timing_every : int
         Time one in this many latency-critical launches with device events (for the
@@ -652,24 +656,32 @@ class Scheduler(Atomizer):
                     tl.wait(user, end)
 
     def _yield_to_latency_critical(self) -> None:
-        """On the GPU, wait with the GIL released while a latency-critical tenant has work
-        in flight.
+        """On the GPU, wait with the GIL released while a latency-critical tenant is busy.
 
         Each driver call of the latency-critical thread releases the GIL and must take it
         back; a best-effort thread running Python between its own driver calls wins many
         of those hand-offs, and on the lent machine a launch then took up to 8 ms (measured).
         Parked here, the best-effort thread leaves the GIL to the latency-critical thread;
-        the GPU keeps running the best-effort atoms already queued. Virtual time has no GIL,
-        so the simulated device skips this.
+        the GPU keeps running the best-effort atoms already queued. The tenant counts as
+        busy while its kernels run and for `Policy.lc_idle_grace_us` after its last launch
+        (its host thread is then between the kernels of one request), and the wait lasts
+        at most `Policy.home_queue_cap_us`, the device time the best-effort tenant may have
+        queued, so a latency-critical tenant that never idles cannot starve it. Virtual
+        time has no GIL, so the simulated device skips this.
         """
         for t in self._lc:
             self._retire(t)  # the latency-critical thread leaves this to us, off its hot path
         if self.device.simulated or not self.policy.yield_host_to_latency_critical:
             return
+        tl = self.timeline
+        deadline = tl.now_us() + self.policy.home_queue_cap_us
         for t in self._lc:
-            last = t._last_end
-            if last is not None and not t.idle():
-                self._wait_busy(t, last)
+            while not t.idle() and tl.now_us() < deadline:
+                last = t._last_end
+                if last is not None and not tl.done(last):
+                    self._wait_busy(t, last)
+                else:  # between launches, or its own stream runs CuPy's or cuBLAS' kernels
+                    time.sleep(_HOST_YIELD_SLEEP_S)
 
     def _emptier_stream(self, tenant: Tenant, partition: Any) -> Any:
         """Of the partition's two normal streams, the one whose queued work drains first."""

@@ -4,12 +4,12 @@
 #   what: probe | tests | atoms | partitions | colocation | ml | rightsizing | kernels
 #   (default: all but kernels; about 8 minutes on an H100)
 # Writes logs, JSON and plots to a staging folder, packed at the end into $OUT/results.tgz
-# (the device tool returns at most 8 files), with the summary log beside it.
+# (the device tool returns at most 8 files), with the GPU-test log beside it.
 set -uo pipefail
 OUT=${OUT:-$PWD/out}
 STAGE=$(mktemp -d /tmp/lithos-out.XXXX)
 mkdir -p "$OUT"
-trap 'tar czf "$OUT/results.tgz" -C "$STAGE" . ; cp "$STAGE"/*.log "$OUT"/ 2>/dev/null' EXIT
+trap 'tar czf "$OUT/results.tgz" -C "$STAGE" . ; cp "$STAGE"/gpu-tests.log "$OUT"/ 2>/dev/null' EXIT
 export PYTHONUNBUFFERED=1 LITHOS_CACHE_DIR=/tmp/lithos-cache LITHOS_TRACE_DIR="$STAGE"
 what=("$@"); [ ${#what[@]} -eq 0 ] && what=(probe tests atoms partitions colocation ml rightsizing)
 python3 -m pip install -q --no-deps --no-build-isolation -e . > "$STAGE/install.log" 2>&1 || { cat "$STAGE/install.log"; exit 1; }

@@ -1,0 +1,138 @@
+"""Diagnostic: where the inference tenant's host time goes in the ML co-location bench.
+
+1. Per request (batch 8, back to back, synchronized): host issue time and total time on
+   a plain stream, then inside a lithos latency-critical tenant with no best-effort
+   thread; the count of intercepted launches per request.
+2. A cProfile of 100 such requests inside the tenant (top functions by own time).
+3. The inference + training pair co-located under lithos for several GIL switch
+   intervals, plus the stream-priorities baseline: p50/p99, phases at p99 and training
+   throughput against training alone.
+
+Usage (on the GPU): python scripts/diag_ml_host.py OUT_JSON
+"""
+
+from __future__ import annotations
+
+import cProfile
+import dataclasses
+import io
+import json
+import pstats
+import sys
+import time
+
+import cupy
+import numpy as np
+
+import kernels
+from lithos_atom.atomizer import using_atomizer
+from lithos_sched import Priority, Scheduler, TenantSpec, ml_tenants, open_device
+from lithos_sched.ml_colocation import MLColocationConfig
+from lithos_sched.ml_gpu import figures
+from lithos_sched.scheduler import Policy
+
+OUT = sys.argv[1] if len(sys.argv) > 1 else "diag-ml-host.json"
+cfg = MLColocationConfig(pairs=("training",))
+device = open_device(simulate=False)
+plain, plain2 = cupy.cuda.Stream(non_blocking=True), cupy.cuda.Stream(non_blocking=True)
+kernels.reset_cache()
+service = ml_tenants.build_lc(cfg, plain)
+service.warmup(plain)
+job = ml_tenants.build_be(cfg, "training", plain2)
+job.step(plain2)
+plain2.synchronize()
+result: dict = {"device": device.describe()}
+
+
+def per_request(stream, n: int = 200, batch: int = 8) -> dict:
+    issue, total = [], []
+    for i in range(n):
+        t0 = time.perf_counter()
+        service.request(batch, stream, i)
+        t1 = time.perf_counter()
+        stream.synchronize()
+        t2 = time.perf_counter()
+        issue.append((t1 - t0) * 1e3)
+        total.append((t2 - t0) * 1e3)
+    return {"issue_ms_p50": float(np.median(issue)), "total_ms_p50": float(np.median(total)),
+            "issue_ms_p99": float(np.percentile(issue, 99)), "total_ms_p99": float(np.percentile(total, 99))}
+
+
+result["plain"] = per_request(plain)
+print("plain", result["plain"], flush=True)
+specs = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5), TenantSpec("be", Priority.BEST_EFFORT, share=0.5)]
+
+kernels.reset_cache()
+with using_atomizer(None):
+    service.warmup(plain)
+    job.step(plain2)
+    plain2.synchronize()
+    sched = Scheduler(device, specs, Policy())
+    try:
+        with sched.tenant("lc"):
+            s = cupy.cuda.get_current_stream()
+            per_request(s, 5)
+            k0 = sched.tenant("lc").stats.kernels
+            result["lithos_lc_only"] = per_request(s)
+            result["lithos_lc_only"]["intercepted_per_request"] = (sched.tenant("lc").stats.kernels - k0) / 200
+            print("lithos lc only", result["lithos_lc_only"], flush=True)
+            prof = cProfile.Profile()
+            prof.enable()
+            per_request(s, 100)
+            prof.disable()
+            buf = io.StringIO()
+            pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(30)
+            result["profile_lc_only"] = buf.getvalue()
+            print(buf.getvalue()[:6000], flush=True)
+    finally:
+        sched.close()
+
+    def colocated(policy: Policy) -> dict:
+        ml_tenants.SWITCH_INTERVAL_S = policy.gil_switch_interval_s  # run_threads applies it too
+        sched = Scheduler(device, specs, policy)
+        try:
+            lc_t, be_t = sched.tenant("lc"), sched.tenant("be")
+            with lc_t:
+                service.request(8, cupy.cuda.get_current_stream())
+                cupy.cuda.get_current_stream().synchronize()
+            with be_t:
+                job.step(cupy.cuda.get_current_stream())
+                cupy.cuda.get_current_stream().synchronize()
+            raw = ml_tenants.run_threads(cfg, ((lambda: lc_t), service), ((lambda: be_t), job.step))
+        finally:
+            sched.close()
+        return figures(cfg, raw)
+
+    def brief(fig: dict, be_alone: float | None) -> dict:
+        hp = fig["hp"]
+        out = {k: hp[k] for k in ("p50_ms", "p99_ms", "completed") if k in hp}
+        out["phases_p99_ms"] = hp.get("phases_p99_ms")
+        if "be" in fig and be_alone:
+            out["be_norm"] = fig["be"]["iters_per_s"] / be_alone
+        return out
+
+    be_alone = figures(cfg, ml_tenants.run_threads(cfg, None, ((lambda: plain2), job.step)))["be"]["iters_per_s"]
+    result["be_alone_per_s"] = be_alone
+    runs = {}
+    for label, policy in (("lithos_gil50us", Policy()),
+                          ("lithos_gil10us", Policy(gil_switch_interval_s=1e-5)),
+                          ("lithos_gil2us", Policy(gil_switch_interval_s=2e-6)),
+                          ("lithos_noyield", Policy(yield_host_to_latency_critical=False)),
+                          ("lithos_no_atoms", Policy(atomize_best_effort=False))):
+        runs[label] = brief(colocated(policy), be_alone)
+        print(label, runs[label], flush=True)
+    ml_tenants.SWITCH_INTERVAL_S = Policy().gil_switch_interval_s
+kernels.reset_cache()
+hi = cupy.cuda.Stream(non_blocking=True, priority=device.greatest_priority)
+lo = cupy.cuda.Stream(non_blocking=True, priority=0)
+for label, interval in (("priorities_gil50us", 5e-5), ("priorities_gil2us", 2e-6)):
+    ml_tenants.SWITCH_INTERVAL_S = interval
+    runs[label] = brief(figures(cfg, ml_tenants.run_threads(cfg, ((lambda: hi), service), ((lambda: lo), job.step))),
+                        be_alone)
+    print(label, runs[label], flush=True)
+runs["alone"] = brief(figures(cfg, ml_tenants.run_threads(cfg, ((lambda: plain), service), None)), None)
+print("alone", runs["alone"], flush=True)
+result["colocated"] = runs
+result["config"] = dataclasses.asdict(cfg)
+with open(OUT, "w") as f:
+    json.dump(result, f, indent=1, default=str)
