@@ -276,10 +276,17 @@ class InferenceService:
         return self.model.forward(x, batch, s)
 
     def warmup(self, stream: Any = None, n: int = 3) -> None:
-        """Build the kernels and run ``n`` requests of the largest batch."""
+        """Build the kernels and run ``n`` requests of every batch in the range.
+
+        Every batch size, not just the largest: kernel variants and their first launches
+        depend on the shapes, and one built during a measurement delays every request
+        queued behind it.
+        """
         s = self.stream if stream is None else as_cupy_stream(stream)
+        lo, hi = self.batch_range
         for i in range(n):
-            self.request(self.batch_range[1], s, i)
+            for batch in range(lo, hi + 1):
+                self.request(batch, s, i)
         s.synchronize()
 
     def run(self, duration_s: float, stream: Any = None, max_requests: int | None = None) -> np.ndarray:

@@ -104,7 +104,6 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None)
         job.step(plain2)
     plain2.synchronize()
     setup_s = time.monotonic() - t_setup
-    max_batch = cfg.lc_batch[1]
     selected = [s for s in cfg.scenarios if s not in ("lc_alone", "be_alone")]
     total = 1 + len(cfg.pairs) * (1 + len(selected))
     raw: dict[str, dict[str, Any]] = {pair: {} for pair in cfg.pairs}
@@ -163,7 +162,7 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None)
                 plain2.synchronize()
                 for pair, name in lithos_runs:
                     raw[pair][name] = measure(f"{pair}: {name}",
-                                              lambda: _run_lithos(cfg, device, name, service, jobs[pair], max_batch,
+                                              lambda: _run_lithos(cfg, device, name, service, jobs[pair],
                                                                   trace_dir, pair))
             kernels.reset_cache()
     slo = slo_of(cfg, lc_alone)
@@ -176,7 +175,7 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None)
     return out
 
 
-def _run_lithos(cfg: MLColocationConfig, device: Any, name: str, service: Any, job: Any, max_batch: int,
+def _run_lithos(cfg: MLColocationConfig, device: Any, name: str, service: Any, job: Any,
                 trace_dir: Any, pair: str) -> dict[str, Any]:
     import cupy
 
@@ -186,11 +185,10 @@ def _run_lithos(cfg: MLColocationConfig, device: Any, name: str, service: Any, j
     sched = scheduler_for(name, device, specs)
     try:
         lc_t, be_t = sched.tenant("lc"), sched.tenant("be")
-        # One request and one iteration inside each tenant, untimed: rewrites and links
+        # A request of each batch and one iteration inside each tenant, untimed: rewrites and links
         # the atomized kernels and gives the predictor its first samples.
         with lc_t:
-            service.request(max_batch, cupy.cuda.get_current_stream())
-            cupy.cuda.get_current_stream().synchronize()
+            service.warmup(cupy.cuda.get_current_stream(), n=1)
         with be_t:
             job.step(cupy.cuda.get_current_stream())
             cupy.cuda.get_current_stream().synchronize()

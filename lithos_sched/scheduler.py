@@ -45,8 +45,7 @@ from lithos_sched.trace_buffer import TraceBuffer
 _MAX_GRID_X = 2**31 - 1
 # A latency-critical thread retires its own timed launches only once this many are pending.
 _LC_RETIRE_BATCH = 32
-# A parked best-effort thread re-checks a latency-critical tenant between its launches this
-# often (Linux sleeps at least ~50 us anyway); the sleep releases the GIL.
+# The shortest sleep of a parked best-effort thread (Linux sleeps at least ~50 us anyway).
 _HOST_YIELD_SLEEP_S = 50e-6
 _CUDA_ERRORS = ("CUDARuntimeError", "CUDADriverError", "CUDAError", "LithosCudaError")
 
@@ -676,12 +675,16 @@ class Scheduler(Atomizer):
         tl = self.timeline
         deadline = tl.now_us() + self.policy.home_queue_cap_us
         for t in self._lc:
-            while not t.idle() and tl.now_us() < deadline:
+            while not t.idle() and (now := tl.now_us()) < deadline:
                 last = t._last_end
                 if last is not None and not tl.done(last):
                     self._wait_busy(t, last)
-                else:  # between launches, or its own stream runs CuPy's or cuBLAS' kernels
-                    time.sleep(_HOST_YIELD_SLEEP_S)
+                else:
+                    # Between the launches of a request (or CuPy's or cuBLAS' kernels run on
+                    # its stream): sleep out the grace, not a short poll, since every wake-up
+                    # takes the GIL from the latency-critical thread.
+                    grace_left_us = t._last_submit_us + self.policy.lc_idle_grace_us - now
+                    time.sleep(max(grace_left_us * 1e-6, _HOST_YIELD_SLEEP_S))
 
     def _emptier_stream(self, tenant: Tenant, partition: Any) -> Any:
         """Of the partition's two normal streams, the one whose queued work drains first."""
