@@ -4,8 +4,8 @@
    a plain stream, then inside a lithos latency-critical tenant with no best-effort
    thread; the count of intercepted launches per request.
 2. A cProfile of 100 such requests inside the tenant (top functions by own time).
-3. The inference + training pair co-located under lithos for several GIL switch
-   intervals, plus the stream-priorities baseline: p50/p99, phases at p99 and training
+3. The inference + training pair co-located under lithos and variants (idle grace, no
+   host yielding, no atoms, right-sizing), plus the stream-priorities baseline: p50/p99, phases at p99 and training
    throughput against training alone.
 
 Usage (on the GPU): python scripts/diag_ml_host.py OUT_JSON
@@ -29,6 +29,7 @@ from lithos_atom.atomizer import using_atomizer
 from lithos_sched import Priority, Scheduler, TenantSpec, ml_tenants, open_device
 from lithos_sched.ml_colocation import MLColocationConfig
 from lithos_sched.ml_gpu import figures
+from lithos_sched.rightsizing import RightSizer
 from lithos_sched.scheduler import Policy
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else "diag-ml-host.json"
@@ -86,10 +87,19 @@ with using_atomizer(None):
             print(buf.getvalue()[:6000], flush=True)
     finally:
         sched.close()
+    sched = Scheduler(device, specs, Policy(), right_sizer=RightSizer())
+    try:
+        with sched.tenant("lc"):
+            s = cupy.cuda.get_current_stream()
+            per_request(s, 20)
+            result["lithos_lc_only_rightsized"] = per_request(s)
+            print("lithos lc only right-sized", result["lithos_lc_only_rightsized"], flush=True)
+    finally:
+        sched.close()
 
-    def colocated(policy: Policy) -> dict:
+    def colocated(policy: Policy, sizer: RightSizer | None = None) -> dict:
         ml_tenants.SWITCH_INTERVAL_S = policy.gil_switch_interval_s  # run_threads applies it too
-        sched = Scheduler(device, specs, policy)
+        sched = Scheduler(device, specs, policy, right_sizer=sizer)
         try:
             lc_t, be_t = sched.tenant("lc"), sched.tenant("be")
             with lc_t:
@@ -114,18 +124,18 @@ with using_atomizer(None):
     be_alone = figures(cfg, ml_tenants.run_threads(cfg, None, ((lambda: plain2), job.step)))["be"]["iters_per_s"]
     result["be_alone_per_s"] = be_alone
     runs = {}
-    for label, policy in (("lithos_gil50us", Policy()),
-                          ("lithos_gil10us", Policy(gil_switch_interval_s=1e-5)),
-                          ("lithos_gil2us", Policy(gil_switch_interval_s=2e-6)),
-                          ("lithos_noyield", Policy(yield_host_to_latency_critical=False)),
-                          ("lithos_no_atoms", Policy(atomize_best_effort=False))):
-        runs[label] = brief(colocated(policy), be_alone)
+    for label, policy, sizer in (("lithos", Policy(), None),
+                                 ("lithos_grace500", Policy(lc_idle_grace_us=500), None),
+                                 ("lithos_noyield", Policy(yield_host_to_latency_critical=False), None),
+                                 ("lithos_no_atoms", Policy(atomize_best_effort=False), None),
+                                 ("lithos_rightsized", Policy(), RightSizer())):
+        runs[label] = brief(colocated(policy, sizer), be_alone)
         print(label, runs[label], flush=True)
     ml_tenants.SWITCH_INTERVAL_S = Policy().gil_switch_interval_s
 kernels.reset_cache()
 hi = cupy.cuda.Stream(non_blocking=True, priority=device.greatest_priority)
 lo = cupy.cuda.Stream(non_blocking=True, priority=0)
-for label, interval in (("priorities_gil50us", 5e-5), ("priorities_gil2us", 2e-6)):
+for label, interval in (("priorities", 5e-5),):
     ml_tenants.SWITCH_INTERVAL_S = interval
     runs[label] = brief(figures(cfg, ml_tenants.run_threads(cfg, ((lambda: hi), service), ((lambda: lo), job.step))),
                         be_alone)
