@@ -198,7 +198,7 @@ class Tenant:
         self._in_launch = False
         self._atomizer = _TenantAtomizer(scheduler, self)
         self._contexts: dict[int, contextlib.ExitStack] = {}
-        self._busy: Any = None  # re-recorded after each unsplit launch: done when all are
+        self._busy: Any = None  # re-recorded after each unsplit launch off its own stream
         self._join: Any = None  # re-recorded on the user's stream before a launch elsewhere
         self._active_tpcs = tpcs  # the TPCs of its latest kernel (fewer when right-sized)
         self._stream_handle: int | None = None
@@ -260,11 +260,14 @@ class Tenant:
         with self._lock:
             pending = list(self._inflight)
             busy = self._busy
+        s = self.scheduler
         for rec in pending:
-            self.scheduler._wait_event(rec)
+            s._wait_event(rec)
         if busy is not None:
-            self.scheduler._wait_busy(self, busy)
-        self.scheduler._retire(self)
+            s._wait_busy(self, busy)
+        if self._stream_handle is not None:  # unsplit launches ran on its own stream
+            s._wait_busy(self, s.timeline.record(self.stream))
+        s._retire(self)
 
     def __repr__(self) -> str:
         return f"<Tenant {self.name!r} {self.priority.value} tpcs={len(self.tpcs)}>"
@@ -561,9 +564,11 @@ class Scheduler(Atomizer):
                         tenant, shape.key, 0, shape.total_blocks, part, stream, begin, end, wave, predicted,
                         now + (predicted or 0.0), False))
                     stats.timed_atoms += 1
-                tl.record_into(tenant._busy, stream)  # type: ignore[attr-defined]
-                tenant._last_end = tenant._busy
                 if not own:
+                    # Its own stream tells `Tenant.idle` when an own launch is done; a launch
+                    # elsewhere is marked, and the user's stream waits for it.
+                    tl.record_into(tenant._busy, stream)  # type: ignore[attr-defined]
+                    tenant._last_end = tenant._busy
                     tl.wait(user, tenant._busy)
                 tenant._last_submit_us = tl.now_us()
                 stats.host_issue_us += (time.perf_counter() - t_host) * 1e6
@@ -679,12 +684,14 @@ class Scheduler(Atomizer):
                 last = t._last_end
                 if last is not None and not tl.done(last):
                     self._wait_busy(t, last)
-                else:
-                    # Between the launches of a request (or CuPy's or cuBLAS' kernels run on
-                    # its stream): sleep out the grace, not a short poll, since every wake-up
-                    # takes the GIL from the latency-critical thread.
-                    grace_left_us = t._last_submit_us + self.policy.lc_idle_grace_us - now
+                    continue
+                grace_left_us = t._last_submit_us + self.policy.lc_idle_grace_us - now
+                if grace_left_us > 0:
+                    # Between the launches of a request: sleep out the grace, not a short
+                    # poll, since every wake-up takes the GIL from the latency-critical thread.
                     time.sleep(max(grace_left_us * 1e-6, _HOST_YIELD_SLEEP_S))
+                else:  # its own stream still runs (its launches, CuPy's or cuBLAS' kernels)
+                    self._wait_busy(t, tl.record(t.stream))
 
     def _emptier_stream(self, tenant: Tenant, partition: Any) -> Any:
         """Of the partition's two normal streams, the one whose queued work drains first."""

@@ -74,6 +74,8 @@ def test_own_stream_launches_need_no_waits_and_one_in_n_is_timed():
     assert launches == [(f"launch {i}", high) for i in range(6)]
     timed = [i for i, op in enumerate(tl.ops) if op[0] == "record" and op[2] > 0]
     assert len(timed) == 4  # launches 0 and 3: a begin and an end event each
+    # no marker either: the tenant's own stream tells whether it is idle
+    assert len(tl.ops) == len(launches) + len(timed)
     stats = lc.stats
     assert (stats.kernels, stats.atoms, stats.timed_atoms) == (6, 6, 2)
 
