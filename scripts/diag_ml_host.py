@@ -8,7 +8,7 @@
    host yielding, no atoms, right-sizing), plus the stream-priorities baseline: p50/p99, phases at p99 and training
    throughput against training alone.
 
-Usage (on the GPU): python scripts/diag_ml_host.py OUT_JSON
+Usage (on the GPU): python scripts/diag_ml_host.py OUT_JSON [--lc-only]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from lithos_sched.rightsizing import RightSizer
 from lithos_sched.scheduler import Policy
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else "diag-ml-host.json"
+LC_ONLY = "--lc-only" in sys.argv
 cfg = MLColocationConfig(pairs=("training",))
 device = open_device(simulate=False)
 plain, plain2 = cupy.cuda.Stream(non_blocking=True), cupy.cuda.Stream(non_blocking=True)
@@ -61,6 +62,9 @@ def per_request(stream, n: int = 200, batch: int = 8) -> dict:
 
 result["plain"] = per_request(plain)
 print("plain", result["plain"], flush=True)
+half = device.partition(range(device.num_tpcs // 2))
+result["plain_on_partition"] = per_request(half.high.cupy)
+print("plain on a partition's high stream", result["plain_on_partition"], flush=True)
 specs = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5), TenantSpec("be", Priority.BEST_EFFORT, share=0.5)]
 
 kernels.reset_cache()
@@ -68,14 +72,30 @@ with using_atomizer(None):
     service.warmup(plain)
     job.step(plain2)
     plain2.synchronize()
+    result["intercepted_no_tenant"] = per_request(plain)
+    print("intercepted, no tenant", result["intercepted_no_tenant"], flush=True)
+    sched = Scheduler(device, specs, Policy(lc_timing_every=10**9))
+    try:
+        with sched.tenant("lc"):
+            s = cupy.cuda.get_current_stream()
+            per_request(s, 5)
+            st = sched.tenant("lc").stats
+            k0, h0 = st.kernels, st.host_issue_us
+            result["lithos_lc_only_untimed"] = per_request(s)
+            result["lithos_lc_only_untimed"]["sched_us_per_launch"] = (st.host_issue_us - h0) / (st.kernels - k0)
+            print("lithos lc only, untimed", result["lithos_lc_only_untimed"], flush=True)
+    finally:
+        sched.close()
     sched = Scheduler(device, specs, Policy())
     try:
         with sched.tenant("lc"):
             s = cupy.cuda.get_current_stream()
             per_request(s, 5)
-            k0 = sched.tenant("lc").stats.kernels
+            st = sched.tenant("lc").stats
+            k0, h0 = st.kernels, st.host_issue_us
             result["lithos_lc_only"] = per_request(s)
-            result["lithos_lc_only"]["intercepted_per_request"] = (sched.tenant("lc").stats.kernels - k0) / 200
+            result["lithos_lc_only"]["intercepted_per_request"] = (st.kernels - k0) / 200
+            result["lithos_lc_only"]["sched_us_per_launch"] = (st.host_issue_us - h0) / (st.kernels - k0)
             print("lithos lc only", result["lithos_lc_only"], flush=True)
             prof = cProfile.Profile()
             prof.enable()
@@ -92,10 +112,18 @@ with using_atomizer(None):
         with sched.tenant("lc"):
             s = cupy.cuda.get_current_stream()
             per_request(s, 20)
+            st = sched.tenant("lc").stats
+            k0, h0 = st.kernels, st.host_issue_us
             result["lithos_lc_only_rightsized"] = per_request(s)
+            result["lithos_lc_only_rightsized"]["sched_us_per_launch"] = (st.host_issue_us - h0) / (st.kernels - k0)
             print("lithos lc only right-sized", result["lithos_lc_only_rightsized"], flush=True)
     finally:
         sched.close()
+
+    if LC_ONLY:
+        with open(OUT, "w") as f:
+            json.dump(result, f, indent=1, default=str)
+        sys.exit(0)
 
     def colocated(policy: Policy, sizer: RightSizer | None = None) -> dict:
         ml_tenants.SWITCH_INTERVAL_S = policy.gil_switch_interval_s  # run_threads applies it too
