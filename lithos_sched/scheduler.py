@@ -45,8 +45,6 @@ from lithos_sched.trace_buffer import TraceBuffer
 _MAX_GRID_X = 2**31 - 1
 # A latency-critical thread retires its own timed launches only once this many are pending.
 _LC_RETIRE_BATCH = 32
-# The shortest sleep of a parked best-effort thread (Linux sleeps at least ~50 us anyway).
-_HOST_YIELD_SLEEP_S = 50e-6
 _CUDA_ERRORS = ("CUDARuntimeError", "CUDADriverError", "CUDAError", "LithosCudaError")
 
 
@@ -100,10 +98,10 @@ class Policy:
         instead of spinning a core. Off by default: every blocking-sync event costs an
         interrupt when the GPU reaches it, and the spinning waits release the GIL too.
     yield_host_to_latency_critical : bool
-        On the GPU, a best-effort thread issues no atom while a latency-critical tenant
-        is busy (work in flight, or a launch within `lc_idle_grace_us`), for at most
-        `home_queue_cap_us`; it waits with the GIL released (see
-        ``Scheduler._yield_to_latency_critical``).
+        On the GPU, while a latency-critical tenant is busy (work in flight, or a launch
+        within `lc_idle_grace_us`), a best-effort thread issues only when at most
+        `atom_us` of its work remains queued; otherwise it waits with the GIL released
+        (see ``Scheduler._yield_to_latency_critical``).
     lc_timing_every : int
         Time one in this many latency-critical launches with device events (for the
         predictor and the accounting). Latency-critical kernels run unsplit, straight
@@ -627,7 +625,7 @@ class Scheduler(Atomizer):
             while next_block < total:
                 if self._closing:
                     break
-                self._yield_to_latency_critical()
+                self._yield_to_latency_critical(tenant)
                 partition, stolen = self._best_effort_target(tenant, plan)
                 waited = self._wait_for_room(tenant, partition)
                 if stolen and waited and self._best_effort_target(tenant, plan)[0] is not partition:
@@ -659,39 +657,41 @@ class Scheduler(Atomizer):
                 if h != user_handle:
                     tl.wait(user, end)
 
-    def _yield_to_latency_critical(self) -> None:
-        """On the GPU, wait with the GIL released while a latency-critical tenant is busy.
+    def _yield_to_latency_critical(self, tenant: Tenant) -> None:
+        """On the GPU, while a latency-critical tenant is busy, let the best-effort
+        ``tenant`` issue only when at most one atom of its work remains queued.
 
         Each driver call of the latency-critical thread releases the GIL and must take it
         back; a best-effort thread running Python between its own driver calls wins many
         of those hand-offs, and on the lent machine a launch then took up to 8 ms (measured).
-        Parked here, the best-effort thread leaves the GIL to the latency-critical thread;
-        the GPU keeps running the best-effort atoms already queued. The tenant counts as
-        busy while its kernels run and for `Policy.lc_idle_grace_us` after its last launch
-        (its host thread is then between the kernels of one request), and the wait lasts
-        at most `Policy.home_queue_cap_us`, the device time the best-effort tenant may have
-        queued, so a latency-critical tenant that never idles cannot starve it. Virtual
-        time has no GIL, so the simulated device skips this.
+        So while the latency-critical tenant is busy (its kernels run, or it launched
+        within `Policy.lc_idle_grace_us`: its host thread is between the kernels of one
+        request), the best-effort thread waits, GIL released, on its own queued atom after
+        which at most `Policy.atom_us` of work remains, then issues again: its TPCs, and
+        those a right-sized kernel leaves, never run dry, and it takes the GIL about once
+        per atom. Virtual time has no GIL, so the simulated device skips this.
         """
         for t in self._lc:
             self._retire(t)  # the latency-critical thread leaves this to us, off its hot path
         if self.device.simulated or not self.policy.yield_host_to_latency_critical:
             return
-        tl = self.timeline
-        deadline = tl.now_us() + self.policy.home_queue_cap_us
-        for t in self._lc:
-            while not t.idle() and (now := tl.now_us()) < deadline:
-                last = t._last_end
-                if last is not None and not tl.done(last):
-                    self._wait_busy(t, last)
-                    continue
-                grace_left_us = t._last_submit_us + self.policy.lc_idle_grace_us - now
-                if grace_left_us > 0:
-                    # Between the launches of a request: sleep out the grace, not a short
-                    # poll, since every wake-up takes the GIL from the latency-critical thread.
-                    time.sleep(max(grace_left_us * 1e-6, _HOST_YIELD_SLEEP_S))
-                else:  # its own stream still runs (its launches, CuPy's or cuBLAS' kernels)
-                    self._wait_busy(t, tl.record(t.stream))
+        while any(not t.idle() for t in self._lc):
+            self._retire(tenant)
+            low = self._queue_low_point(tenant)
+            if low is None:
+                return
+            self._wait_event(low)
+
+    def _queue_low_point(self, tenant: Tenant) -> _AtomRecord | None:
+        """The queued atom of ``tenant`` after whose end at most `Policy.atom_us` of its
+        work remains (by the predicted ends), or None if that little is queued already."""
+        queued = sorted(tenant._inflight, key=lambda r: r.predicted_end_us)
+        if not queued:
+            return None
+        drain_at = queued[-1].predicted_end_us
+        if drain_at - self.timeline.now_us() <= self.policy.atom_us:
+            return None
+        return next(r for r in queued if drain_at - r.predicted_end_us <= self.policy.atom_us)
 
     def _emptier_stream(self, tenant: Tenant, partition: Any) -> Any:
         """Of the partition's two normal streams, the one whose queued work drains first."""

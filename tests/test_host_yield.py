@@ -1,0 +1,92 @@
+"""CPU tier: a best-effort thread's host yield to a busy latency-critical tenant
+(`Scheduler._yield_to_latency_critical`), run on the simulated device with the GPU-only
+yield switched on, so its virtual time shows when the thread would go on issuing."""
+
+from __future__ import annotations
+
+import pytest
+
+from lithos_atom.plan import KernelKey
+from lithos_sched import Policy, Priority, Scheduler, SimDevice, TenantSpec
+from lithos_sched.sim_device import SimKernel
+from lithos_sched.scheduler import _AtomRecord
+from lithos_sched.timeline import SimTimeline
+
+SPECS = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5), TenantSpec("be", Priority.BEST_EFFORT, share=0.5)]
+
+
+def scheduler(policy: Policy) -> tuple[Scheduler, SimTimeline]:
+    device = SimDevice(num_tpcs=8, seed=0)
+    sched = Scheduler(device, SPECS, policy)
+    device.simulated = False  # take the GPU path: the simulated device has no GIL to yield
+    return sched, sched.timeline
+
+
+def busy_latency_critical(sched: Scheduler, kernel_us: float) -> float:
+    """Put one unsplit kernel of ``kernel_us`` on the latency-critical tenant's stream
+    (as its launch path does); returns when it will end."""
+    lc = sched.tenant("lc")
+    tl = sched.timeline
+    start = tl.now_us()
+    lc.stream.launch(SimKernel("lc", 1, kernel_us))
+    lc._last_submit_us = start
+    return start + kernel_us
+
+
+def queue_best_effort(sched: Scheduler, atom_us: float) -> None:
+    """Queue one best-effort atom of ``atom_us`` on its home partition's stream."""
+    be = sched.tenant("be")
+    stream = be.home.normal
+    tl = sched.timeline
+    begin = tl.record(stream)
+    stream.launch(SimKernel("be", 1, atom_us))
+    end = tl.record(stream)
+    key = KernelKey("be", (1, 1, 1), (32, 1, 1), 0, ())
+    starts = max([r.predicted_end_us for r in be._inflight], default=tl.now_us())  # after those queued before
+    be._inflight.append(_AtomRecord(be, key, 0, 1, be.home, stream, begin, end, 1, atom_us, starts + atom_us, False))
+
+
+@pytest.fixture
+def policy() -> Policy:
+    return Policy(atom_us=1000.0, lc_idle_grace_us=0.0)
+
+
+def test_with_work_queued_the_best_effort_thread_waits_while_the_latency_critical_tenant_is_busy(policy):
+    sched, tl = scheduler(policy)
+    try:
+        for _ in range(3):
+            queue_best_effort(sched, 1000.0)
+        lc_end = busy_latency_critical(sched, 800.0)
+        sched._yield_to_latency_critical(sched.tenant("be"))
+        # it woke when one atom was left (at 2000 us) and found the latency-critical tenant idle
+        assert lc_end <= tl.now_us() == 2000.0
+        assert sched.tenant("lc").idle()
+    finally:
+        sched.close()
+
+
+def test_with_less_than_an_atom_queued_it_goes_on_issuing_at_once(policy):
+    sched, tl = scheduler(policy)
+    try:
+        queue_best_effort(sched, 900.0)  # under one atom: its TPCs would soon idle if it waited
+        busy_latency_critical(sched, 800.0)
+        before = tl.now_us()
+        sched._yield_to_latency_critical(sched.tenant("be"))
+        assert tl.now_us() == before
+        assert not sched.tenant("lc").idle()
+    finally:
+        sched.close()
+
+
+def test_it_goes_on_issuing_once_its_queue_runs_low_even_if_the_latency_critical_tenant_is_still_busy(policy):
+    sched, tl = scheduler(policy)
+    try:
+        for _ in range(4):
+            queue_best_effort(sched, 1000.0)
+        lc_end = busy_latency_critical(sched, 10_000.0)
+        sched._yield_to_latency_critical(sched.tenant("be"))
+        assert tl.now_us() == 3000.0  # one atom (3000 - 4000 us) still queued
+        assert tl.now_us() < lc_end
+        assert not sched.tenant("lc").idle()
+    finally:
+        sched.close()
