@@ -452,9 +452,11 @@ class ProfileStore:
         self.alpha = alpha
         self._lock = threading.Lock()
         self._profiles: dict[str, ScalingProfile] = {}
-        # The same profiles by the caller's key object: `key_id` of a KernelKey formats its
-        # fields, too slow for a lookup on every latency-critical launch.
-        self._by_key: dict[Hashable, ScalingProfile] = {}
+        # The same profiles by the caller's key object, None for a key without one (a
+        # right-sizer asks on every latency-critical launch, profiled or not): `key_id` of
+        # a KernelKey formats its fields, too slow for that. Entries for a key are dropped
+        # whenever a profile may appear under it.
+        self._by_key: dict[Hashable, ScalingProfile | None] = {}
 
     def __len__(self) -> int:
         return len(self._profiles)
@@ -468,12 +470,15 @@ class ProfileStore:
 
     def get(self, key: Hashable) -> ScalingProfile | None:
         """The profile of ``key``, or None."""
-        prof = self._by_key.get(key)
-        if prof is None:
-            prof = self._profiles.get(key_id(key))
-            if prof is not None:
-                self._by_key[key] = prof
-        return prof
+        try:
+            return self._by_key[key]
+        except KeyError:
+            prof = self._by_key[key] = self._profiles.get(key_id(key))
+            return prof
+
+    def _forget_misses(self) -> None:
+        """Drop the cached "no profile" answers (a profile was just added; rare)."""
+        self._by_key = {k: v for k, v in self._by_key.items() if v is not None}
 
     def profile(self, key: Hashable, grid_blocks: int | None = None, blocks_per_tpc: float | None = None
                 ) -> ScalingProfile:
@@ -483,6 +488,7 @@ class ProfileStore:
             prof = self._profiles.get(kid)
             if prof is None:
                 prof = self._profiles[kid] = ScalingProfile(kid, grid_blocks, blocks_per_tpc, self.alpha)
+                self._forget_misses()
             elif prof.grid_blocks is None and grid_blocks is not None and blocks_per_tpc is not None:
                 fill_tpcs(grid_blocks, blocks_per_tpc)
                 prof.grid_blocks, prof.blocks_per_tpc = grid_blocks, blocks_per_tpc
@@ -506,7 +512,7 @@ class ProfileStore:
         copy.alpha = self.alpha
         with self._lock:
             self._profiles[copy.key] = copy
-            self._by_key.pop(key, None)
+            self._forget_misses()
         return copy
 
     def observe(self, key: Hashable, tpcs: int, count: int, wave_blocks: int, measured_us: float,
@@ -556,6 +562,7 @@ class ProfileStore:
                 prof = ScalingProfile.from_json(entry)
                 prof.alpha = self.alpha
                 self._profiles[prof.key] = prof
+            self._forget_misses()
         return len(data["profiles"])
 
     def save(self) -> Path:

@@ -199,6 +199,7 @@ class Tenant:
         self._busy: Any = None  # re-recorded after each unsplit launch off its own stream
         self._join: Any = None  # re-recorded on the user's stream before a launch elsewhere
         self._active_tpcs = tpcs  # the TPCs of its latest kernel (fewer when right-sized)
+        self._rightsized: dict[int, Any] = {}  # right-sized partitions of its first n TPCs, by n
         self._stream_handle: int | None = None
 
     @property
@@ -606,10 +607,13 @@ class Scheduler(Atomizer):
         if n >= home.num_tpcs:
             part = home
         else:
-            tpcs = frozenset(sorted(tenant.tpcs)[:n])
-            part = self._rightsized.get(tpcs)
+            part = tenant._rightsized.get(n)  # per tenant and size: no set built per launch
             if part is None or part.closed:
-                part = self._rightsized[tpcs] = self.device.partition(tpcs)
+                tpcs = frozenset(sorted(tenant.tpcs)[:n])
+                part = self._rightsized.get(tpcs)
+                if part is None or part.closed:
+                    part = self._rightsized[tpcs] = self.device.partition(tpcs)
+                tenant._rightsized[n] = part
         tenant._active_tpcs = part.tpcs
         return part
 

@@ -131,6 +131,28 @@ def test_store_observe_scales_partial_atoms_to_the_whole_grid():
         store.get(3.5)
 
 
+def test_a_key_without_a_profile_is_answered_from_memory_until_one_appears(tmp_path, monkeypatch):
+    key = KernelKey("k", (264, 1, 1), (128, 1, 1), 0)
+    store = ProfileStore(path=tmp_path / "p.json")
+    assert store.get(key) is None
+    from lithos_sched import scaling
+
+    monkeypatch.setattr(scaling, "key_id", lambda k: pytest.fail("formatted the key again"))
+    assert store.get(key) is None  # the miss is remembered: no key formatting per launch
+    monkeypatch.undo()
+    store.observe(key, 66, 264, 132, 80.0)  # a profile appears under the key
+    assert store.get(key) is not None and store.get(key).samples[66][0] == pytest.approx(80.0)
+    other = KernelKey("other", (1, 1, 1), (32, 1, 1), 0)
+    assert store.get(other) is None
+    store.save()
+    store.alias(other, key)  # appears by alias
+    assert store.get(other).samples == store.get(key).samples
+    fresh = ProfileStore(path=tmp_path / "p.json")
+    assert fresh.get(key) is None
+    fresh.load()  # appears by loading the cache
+    assert fresh.get(key) is not None
+
+
 def test_store_cache_round_trip(tmp_path, monkeypatch):
     monkeypatch.delenv("LITHOS_SCALING_DIR", raising=False)
     monkeypatch.setenv("LITHOS_CACHE_DIR", str(tmp_path))
