@@ -15,7 +15,10 @@ each pair, side by side in one run:
 - ``lithos``: the scheduler (atoms, partitions, stealing, prediction)
 - ``lithos_no_steal`` / ``lithos_no_atoms``: ablations
 - ``lithos_rightsized``: lithos with right-sizing: each inference kernel runs on the fewest
-  of the inference TPCs that keep it within 5% (learned online), the rest go to training
+  of the inference TPCs that keep it within 5%, the rest go to the best-effort job (on the
+  GPU from profiles of the inference kernels taken just before, on partitions of the
+  inference tenant's sizes, with no exploring on live requests; learned online on the
+  simulated device)
 
 Figures per scenario: LC p50/p99/p99.9 latency and SLO attainment, BE throughput
 normalized to alone, and the sum of normalized throughputs. Without a GPU the same
@@ -341,8 +344,12 @@ def run(*, simulated: bool, config: MLColocationConfig | None = None, console: A
     return run_gpu(config or MLColocationConfig(), console=console, trace_dir=trace_dir)
 
 
-def scheduler_for(name: str, device: Any, specs: Sequence[Any]) -> Any:
-    """The `Scheduler` of the lithos scenario ``name`` (one of `LITHOS_SCENARIOS`)."""
+def scheduler_for(name: str, device: Any, specs: Sequence[Any], right_sizer: Any = None) -> Any:
+    """The `Scheduler` of the lithos scenario ``name`` (one of `LITHOS_SCENARIOS`).
+
+    ``right_sizer`` is the one ``lithos_rightsized`` uses (default: a `RightSizer` that
+    learns online); the other scenarios have none.
+    """
     from lithos_sched.rightsizing import RightSizer
     from lithos_sched.scheduler import Policy, Scheduler
 
@@ -350,5 +357,5 @@ def scheduler_for(name: str, device: Any, specs: Sequence[Any]) -> Any:
                 "lithos_no_atoms": Policy(atomize_best_effort=False), "lithos_rightsized": Policy()}
     if name not in policies:
         raise ValueError(f"not a lithos scenario: {name!r}; expected one of {list(policies)}")
-    return Scheduler(device, specs, policies[name],
-                     right_sizer=RightSizer() if name == "lithos_rightsized" else None)
+    sizer = (right_sizer if right_sizer is not None else RightSizer()) if name == "lithos_rightsized" else None
+    return Scheduler(device, specs, policies[name], right_sizer=sizer)

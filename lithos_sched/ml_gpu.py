@@ -150,6 +150,12 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None)
                     r[name] = measure(f"{pair}: {name}", lambda: _run_mps(cfg, pair))
 
         lithos_runs = [(pair, name) for pair in cfg.pairs for name in selected if name in LITHOS_SCENARIOS]
+        sizer, rightsizing_setup = None, {}
+        if "lithos_rightsized" in selected:
+            progress.update(task, description="ML: profiling the inference kernels for right-sizing")
+            t = time.monotonic()
+            sizer, profiled = inference_right_sizer(cfg, device, n_lc)
+            rightsizing_setup = {"profiled_keys": profiled, "seconds": time.monotonic() - t}
         if lithos_runs:
             kernels.reset_cache()
             # Holding an atomizer (None: this thread launches as written) keeps lithos'
@@ -163,7 +169,7 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None)
                 for pair, name in lithos_runs:
                     raw[pair][name] = measure(f"{pair}: {name}",
                                               lambda: _run_lithos(cfg, device, name, service, jobs[pair],
-                                                                  trace_dir, pair))
+                                                                  trace_dir, pair, sizer))
             kernels.reset_cache()
     slo = slo_of(cfg, lc_alone)
     pairs = {pair: summarize_pair(order(raw[pair]), slo) for pair in cfg.pairs}
@@ -172,17 +178,50 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None)
            "workloads": {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
                          for k, v in cfg.workload_sizes().items()},
            "pairs": pairs}
+    if sizer is not None:
+        out["rightsizing_setup"] = rightsizing_setup
     return out
 
 
+def inference_right_sizer(cfg: MLColocationConfig, device: Any, n_lc: int) -> tuple[Any, int]:
+    """A `RightSizer` over profiles of the inference service's kernels, taken now.
+
+    Every kernel of a decoder layer, at every batch of ``cfg.lc_batch``, is timed on
+    partitions of 10 sizes up to the inference tenant's ``n_lc`` TPCs and filed under
+    the `KernelKey` the scheduler sees. Exploring is off, so no live request runs on a
+    probe size; a kernel without a profile runs on all the tenant's TPCs.
+
+    Returns
+    -------
+    (RightSizer, int)
+        The sizer and the number of kernel keys profiled.
+    """
+    from lithos_sched import rightsize_cases as rc
+    from lithos_sched.partition_timing import TimingOptions, default_sizes
+    from lithos_sched.profile import profile_cases
+    from lithos_sched.rightsizing import RightSizeOptions, RightSizer
+    from lithos_sched.scaling import ProfileStore
+
+    store = ProfileStore(path=Path("unsaved-ml-profiles.json"), device_name=device.name)  # never saved
+    lo, hi = cfg.lc_batch
+
+    def layer_kernels(batch: int) -> list[Any]:
+        return [c for c in rc.inference_cases(batch, seed=cfg.seed) if not c.key.endswith(":request")]
+
+    profile_cases(device, [lambda b=b: layer_kernels(b) for b in range(lo, hi + 1)], default_sizes(n_lc),
+                  TimingOptions(rounds=2, launches_per_round=2), store)
+    kernel_keys = sum(1 for k in store.keys() if not k.startswith("inference:"))
+    return RightSizer(store, RightSizeOptions(explore=False)), kernel_keys
+
+
 def _run_lithos(cfg: MLColocationConfig, device: Any, name: str, service: Any, job: Any,
-                trace_dir: Any, pair: str) -> dict[str, Any]:
+                trace_dir: Any, pair: str, sizer: Any) -> dict[str, Any]:
     import cupy
 
     from lithos_sched import ml_tenants
     specs = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=cfg.lc_share),
              TenantSpec("be", Priority.BEST_EFFORT, share=1 - cfg.lc_share)]
-    sched = scheduler_for(name, device, specs)
+    sched = scheduler_for(name, device, specs, right_sizer=sizer)
     try:
         lc_t, be_t = sched.tenant("lc"), sched.tenant("be")
         # A request of each batch and one iteration inside each tenant, untimed: rewrites and links

@@ -88,3 +88,28 @@ def test_inference_layer_kernels_profile(device):
             assert np.isfinite(prof.model().predict_us(20))
     finally:
         cases[0].release()
+
+
+def test_the_ml_benchs_inference_profiles_reach_the_schedulers_right_sizer(device):
+    """The right-sizer of the ``lithos_rightsized`` ML scenario finds a profile for the
+    kernels a real request launches (filed under the keys the scheduler sees), and runs
+    some of them on fewer TPCs than the inference tenant owns."""
+    import cupy
+
+    from kernels.workloads import InferenceService
+    from lithos_sched.ml_colocation import MLColocationConfig
+    from lithos_sched.ml_gpu import inference_right_sizer
+    from lithos_sched.profile import launch_keys
+
+    cfg = MLColocationConfig(lc_batch=(2, 2))
+    n_lc = device.num_tpcs // 2
+    sizer, profiled = inference_right_sizer(cfg, device, n_lc)
+    assert profiled > 0
+    stream = cupy.cuda.Stream(non_blocking=True)
+    service = InferenceService(batch=2, stream=stream)
+    keys = set(launch_keys(lambda s: service.request(2, s), stream))
+    stream.synchronize()
+    found = [k for k in keys if sizer.store.get(k) is not None]
+    assert found, f"no profile for any of the request's kernels {sorted(k.name for k in keys)}"
+    chosen = {k: sizer.tpcs_for(k, n_lc) for k in found}
+    assert all(1 <= n <= n_lc for n in chosen.values())
