@@ -92,8 +92,8 @@ def test_inference_layer_kernels_profile(device):
 
 def test_the_ml_benchs_inference_profiles_reach_the_schedulers_right_sizer(device):
     """The right-sizer of the ``lithos_rightsized`` ML scenario finds a profile for the
-    kernels a real request launches (filed under the keys the scheduler sees), and runs
-    some of them on fewer TPCs than the inference tenant owns."""
+    kernels a real request launches (filed under the keys the scheduler sees), and its
+    answers stay within the inference tenant's TPCs."""
     import cupy
 
     from kernels.workloads import InferenceService
