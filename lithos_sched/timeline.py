@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from lithos_sched import gil_held_driver
+
 
 class Timeline(Protocol):
     """What the scheduler needs from streams and events."""
@@ -47,6 +49,10 @@ class Timeline(Protocol):
 class CupyTimeline:
     """`Timeline` on the GPU, through CuPy events and stream wrappers.
 
+    Recording an event and making a stream wait on one go through
+    `lithos_sched.gil_held_driver`, which keeps the GIL: both are on a latency-critical
+    launch's path and never block.
+
     Parameters
     ----------
     blocking : bool
@@ -72,7 +78,7 @@ class CupyTimeline:
 
     def record(self, stream: Any) -> Any:
         event = self._cupy.cuda.Event(block=self._blocking)
-        event.record(self.as_cupy(stream))
+        gil_held_driver.event_record(event.ptr, self.as_cupy(stream).ptr)
         return event
 
     def marker(self) -> Any:
@@ -84,10 +90,10 @@ class CupyTimeline:
     def record_into(self, event: Any, stream: Any) -> None:
         """Record ``event`` again on ``stream``: it completes when the work queued so far
         does (no event is made, so a hot path allocates nothing)."""
-        event.record(self.as_cupy(stream))
+        gil_held_driver.event_record(event.ptr, self.as_cupy(stream).ptr)
 
     def wait(self, stream: Any, event: Any) -> None:
-        self.as_cupy(stream).wait_event(event)
+        gil_held_driver.stream_wait_event(self.as_cupy(stream).ptr, event.ptr)
 
     def done(self, event: Any) -> bool:
         return bool(event.done)

@@ -68,7 +68,23 @@ def _saxpy_chain(kernel, x, bufs, n, steps, stream=None):
         kernel((blocks,), (256,), (x, bufs[(i + 1) % 2], bufs[i % 2], np.float32(i), np.int32(n)), stream=stream)
 
 
-def test_latency_critical_launches_run_unsplit_in_order(device):
+class FixedSizer:
+    """A right-sizer that runs every kernel on ``n`` TPCs."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def tpcs_for(self, key, home_tpcs, grid_blocks=None, blocks_per_tpc=None) -> int:  # noqa: ANN001
+        return min(self.n, home_tpcs)
+
+    def observe(self, *args) -> None:  # noqa: ANN002
+        pass
+
+
+@pytest.mark.parametrize("right_sized", [False, True], ids=["home", "right_sized"])
+def test_latency_critical_launches_run_unsplit_in_order(device, right_sized):
+    """Each launch runs whole, in the order written, on the tenant's stream or (right-
+    sized) on a partition of 3 of its TPCs joined to that stream by event waits."""
     import cupy
 
     from lithos_atom._compat import import_numba_cuda
@@ -76,7 +92,8 @@ def test_latency_critical_launches_run_unsplit_in_order(device):
 
     cuda = import_numba_cuda()
     sched = Scheduler(device, [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5),
-                               TenantSpec("be", Priority.BEST_EFFORT, share=0.5)], Policy(lc_timing_every=3))
+                               TenantSpec("be", Priority.BEST_EFFORT, share=0.5)], Policy(lc_timing_every=3),
+                      right_sizer=FixedSizer(3) if right_sized else None)
     rng = np.random.default_rng()
     n = 1_000_003
     xh, yh = rng.standard_normal((2, n)).astype(np.float32)
@@ -109,6 +126,7 @@ def test_latency_critical_launches_run_unsplit_in_order(device):
     assert np.array_equal(got_numba, cupy.asnumpy(ref[1] + 1))
     stats = sched.stats()["tenants"]["lc"]
     assert stats["kernels"] == 9 and stats["atoms"] == 9 and stats["timed_atoms"] == 3
+    assert len(sched.tenant("lc")._active_tpcs) == (3 if right_sized else len(sched.tenant("lc").tpcs))
     sched.close()
 
 
