@@ -1,0 +1,85 @@
+"""Diagnostic: the timeline's event record / stream wait with the GIL held (as shipped) against
+CuPy's calls, which release it, on the inference + training pair; interleaved A/B/A/B so a
+drifting host shows up in both arms.
+
+Usage (on the GPU): python scripts/diag_gil_ab.py OUT_JSON [seconds per run]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+
+import cupy
+
+import kernels
+from lithos_atom.atomizer import using_atomizer
+from lithos_sched import Priority, Scheduler, TenantSpec, gil_held_driver, ml_tenants, open_device
+from lithos_sched.ml_colocation import MLColocationConfig
+from lithos_sched.ml_gpu import figures, inference_right_sizer
+from lithos_sched.scheduler import Policy
+
+OUT = sys.argv[1] if len(sys.argv) > 1 else "diag-gil-ab.json"
+cfg = MLColocationConfig(pairs=("training",), duration_s=float(sys.argv[2]) if len(sys.argv) > 2 else 4.0)
+device = open_device(simulate=False)
+n_lc = round(cfg.lc_share * device.num_tpcs)
+plain, plain2 = cupy.cuda.Stream(non_blocking=True), cupy.cuda.Stream(non_blocking=True)
+kernels.reset_cache()
+service = ml_tenants.build_lc(cfg, plain)
+service.warmup(plain)
+job = ml_tenants.build_be(cfg, "training", plain2)
+job.step(plain2)
+plain2.synchronize()
+held = (gil_held_driver.event_record, gil_held_driver.stream_wait_event)
+released = (lambda event, stream: cupy.cuda.runtime.eventRecord(event, stream),
+            lambda stream, event: cupy.cuda.runtime.streamWaitEvent(stream, event, 0))
+specs = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=cfg.lc_share),
+         TenantSpec("be", Priority.BEST_EFFORT, share=1 - cfg.lc_share)]
+be_alone = figures(cfg, ml_tenants.run_threads(cfg, None, ((lambda: plain2), job.step)))["be"]["iters_per_s"]
+sizer, _ = inference_right_sizer(cfg, device, n_lc)
+
+
+def brief(fig: dict) -> dict:
+    hp = fig["hp"]
+    out = {k: hp[k] for k in ("p50_ms", "p99_ms", "p99_ci95_ms")}
+    out["phases_p99_ms"] = hp.get("phases_p99_ms")
+    if "be" in fig:
+        out["be_norm"] = fig["be"]["iters_per_s"] / be_alone
+    return out
+
+
+runs: list[dict] = []
+runs.append({"arm": "alone", **brief(figures(cfg, ml_tenants.run_threads(cfg, ((lambda: plain), service), None)))})
+print(runs[-1], flush=True)
+kernels.reset_cache()
+with using_atomizer(None):
+    service.warmup(plain)
+    job.step(plain2)
+    plain2.synchronize()
+    for rnd in range(2):
+        for arm, calls in (("held", held), ("released", released)):
+            for scenario, right_sizer in (("lithos", None), ("lithos_rightsized", sizer)):
+                gil_held_driver.event_record, gil_held_driver.stream_wait_event = calls
+                sched = Scheduler(device, specs, Policy(), right_sizer=right_sizer)
+                try:
+                    lc_t, be_t = sched.tenant("lc"), sched.tenant("be")
+                    with lc_t:
+                        service.warmup(cupy.cuda.get_current_stream(), n=1)
+                    with be_t:
+                        job.step(cupy.cuda.get_current_stream())
+                        cupy.cuda.get_current_stream().synchronize()
+                    fig = figures(cfg, ml_tenants.run_threads(cfg, ((lambda: lc_t), service), ((lambda: be_t), job.step)))
+                    st = sched.stats()["tenants"]
+                finally:
+                    sched.close()
+                    gil_held_driver.event_record, gil_held_driver.stream_wait_event = held
+                runs.append({"round": rnd, "arm": arm, "scenario": scenario, **brief(fig),
+                             "lc_host_us_per_launch": st["lc"]["host_us_per_atom"],
+                             "be_host_us_per_atom": st["be"]["host_us_per_atom"]})
+                print({k: v for k, v in runs[-1].items() if k != "p99_ci95_ms"}, flush=True)
+kernels.reset_cache()
+runs.append({"arm": "alone_end", **brief(figures(cfg, ml_tenants.run_threads(cfg, ((lambda: plain), service), None)))})
+print(runs[-1], flush=True)
+with open(OUT, "w") as f:
+    json.dump({"device": device.describe(), "config": dataclasses.asdict(cfg), "runs": runs}, f, indent=1, default=str)
