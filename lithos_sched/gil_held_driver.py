@@ -2,13 +2,15 @@
 stream's wait on an event.
 
 CuPy and cuda.bindings release the GIL around every driver call. For these two, which
-never block and take about a microsecond, that is a loss when threads contend: the
-caller must win the GIL back, and a best-effort thread that took it in between runs its
-Python first. On the H100 a right-sized latency-critical launch (four of these calls
-around the kernel) took 96-167 us of host time beside a best-effort tenant, against
-36-55 us for a launch without them (bench-ml.json, h100-2026-11-25-run11). The scheduler's
-timeline makes them through here. ``ctypes.PyDLL`` is the standard library's way to call
-a C function with the GIL held; no CUDA Python binding offers that.
+never block and take about a microsecond, the release is a cost when threads contend:
+the caller must win the GIL back, and another thread that took it in between runs its
+Python first. The scheduler's timeline makes them through here. Measured on the H100
+(interleaved A/B on the inference + training pair, `scripts/diag_gil_ab.py`,
+bench/results/h100-2026-11-25-session3-diagnostics/run14-diag-gil-ab.json): host time per
+best-effort atom 72-178 us with the GIL held against 130-232 us released, lower in all four
+pairs; per latency-critical launch unchanged within the host's noise. ``ctypes.PyDLL`` is
+the standard library's way to call a C function with the GIL held; no CUDA Python binding
+offers that.
 """
 
 from __future__ import annotations
