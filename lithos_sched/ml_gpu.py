@@ -214,24 +214,41 @@ def inference_right_sizer(cfg: MLColocationConfig, device: Any, n_lc: int) -> tu
     return RightSizer(store, RightSizeOptions(explore=False)), kernel_keys
 
 
-def _run_lithos(cfg: MLColocationConfig, device: Any, name: str, service: Any, job: Any,
-                trace_dir: Any, pair: str, sizer: Any) -> dict[str, Any]:
+def run_tenants(cfg: MLColocationConfig, sched: Any, service: Any, job: Any) -> dict[str, Any]:
+    """Warm both tenants of ``sched`` (``"lc"``, ``"be"``) up, then run the pair's threads.
+
+    A request of each batch and one iteration inside each tenant, untimed, rewrite and
+    link the atomized kernels and give the predictor its first samples.
+
+    Returns
+    -------
+    dict
+        As `ml_tenants.run_threads`.
+    """
     import cupy
 
     from lithos_sched import ml_tenants
-    specs = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=cfg.lc_share),
-             TenantSpec("be", Priority.BEST_EFFORT, share=1 - cfg.lc_share)]
-    sched = scheduler_for(name, device, specs, right_sizer=sizer)
+
+    lc_t, be_t = sched.tenant("lc"), sched.tenant("be")
+    with lc_t:
+        service.warmup(cupy.cuda.get_current_stream(), n=1)
+    with be_t:
+        job.step(cupy.cuda.get_current_stream())
+        cupy.cuda.get_current_stream().synchronize()
+    return ml_tenants.run_threads(cfg, ((lambda: lc_t), service), ((lambda: be_t), job.step))
+
+
+def tenant_specs(cfg: MLColocationConfig) -> list[TenantSpec]:
+    """The inference (``"lc"``) and best-effort (``"be"``) tenants of ``cfg``."""
+    return [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=cfg.lc_share),
+            TenantSpec("be", Priority.BEST_EFFORT, share=1 - cfg.lc_share)]
+
+
+def _run_lithos(cfg: MLColocationConfig, device: Any, name: str, service: Any, job: Any,
+                trace_dir: Any, pair: str, sizer: Any) -> dict[str, Any]:
+    sched = scheduler_for(name, device, tenant_specs(cfg), right_sizer=sizer)
     try:
-        lc_t, be_t = sched.tenant("lc"), sched.tenant("be")
-        # A request of each batch and one iteration inside each tenant, untimed: rewrites and links
-        # the atomized kernels and gives the predictor its first samples.
-        with lc_t:
-            service.warmup(cupy.cuda.get_current_stream(), n=1)
-        with be_t:
-            job.step(cupy.cuda.get_current_stream())
-            cupy.cuda.get_current_stream().synchronize()
-        raw = ml_tenants.run_threads(cfg, ((lambda: lc_t), service), ((lambda: be_t), job.step))
+        raw = run_tenants(cfg, sched, service, job)
     finally:
         sched.close()
     out = figures(cfg, raw)

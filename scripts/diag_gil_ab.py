@@ -15,9 +15,9 @@ import cupy
 
 import kernels
 from lithos_atom.atomizer import using_atomizer
-from lithos_sched import Priority, Scheduler, TenantSpec, gil_held_driver, ml_tenants, open_device
+from lithos_sched import Scheduler, gil_held_driver, ml_tenants, open_device
 from lithos_sched.ml_colocation import MLColocationConfig
-from lithos_sched.ml_gpu import figures, inference_right_sizer
+from lithos_sched.ml_gpu import figures, inference_right_sizer, run_tenants, tenant_specs
 from lithos_sched.scheduler import Policy
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else "diag-gil-ab.json"
@@ -34,8 +34,7 @@ plain2.synchronize()
 held = (gil_held_driver.event_record, gil_held_driver.stream_wait_event)
 released = (lambda event, stream: cupy.cuda.runtime.eventRecord(event, stream),
             lambda stream, event: cupy.cuda.runtime.streamWaitEvent(stream, event, 0))
-specs = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=cfg.lc_share),
-         TenantSpec("be", Priority.BEST_EFFORT, share=1 - cfg.lc_share)]
+specs = tenant_specs(cfg)
 be_alone = figures(cfg, ml_tenants.run_threads(cfg, None, ((lambda: plain2), job.step)))["be"]["iters_per_s"]
 sizer, _ = inference_right_sizer(cfg, device, n_lc)
 
@@ -63,13 +62,7 @@ with using_atomizer(None):
                 gil_held_driver.event_record, gil_held_driver.stream_wait_event = calls
                 sched = Scheduler(device, specs, Policy(), right_sizer=right_sizer)
                 try:
-                    lc_t, be_t = sched.tenant("lc"), sched.tenant("be")
-                    with lc_t:
-                        service.warmup(cupy.cuda.get_current_stream(), n=1)
-                    with be_t:
-                        job.step(cupy.cuda.get_current_stream())
-                        cupy.cuda.get_current_stream().synchronize()
-                    fig = figures(cfg, ml_tenants.run_threads(cfg, ((lambda: lc_t), service), ((lambda: be_t), job.step)))
+                    fig = figures(cfg, run_tenants(cfg, sched, service, job))
                     st = sched.stats()["tenants"]
                 finally:
                     sched.close()

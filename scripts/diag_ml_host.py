@@ -28,7 +28,7 @@ import kernels
 from lithos_atom.atomizer import using_atomizer
 from lithos_sched import Priority, Scheduler, TenantSpec, ml_tenants, open_device
 from lithos_sched.ml_colocation import MLColocationConfig
-from lithos_sched.ml_gpu import figures
+from lithos_sched.ml_gpu import figures, run_tenants
 from lithos_sched.rightsizing import RightSizer
 from lithos_sched.scheduler import Policy
 
@@ -129,14 +129,7 @@ with using_atomizer(None):
         ml_tenants.SWITCH_INTERVAL_S = policy.gil_switch_interval_s  # run_threads applies it too
         sched = Scheduler(device, specs, policy, right_sizer=sizer)
         try:
-            lc_t, be_t = sched.tenant("lc"), sched.tenant("be")
-            with lc_t:
-                service.request(8, cupy.cuda.get_current_stream())
-                cupy.cuda.get_current_stream().synchronize()
-            with be_t:
-                job.step(cupy.cuda.get_current_stream())
-                cupy.cuda.get_current_stream().synchronize()
-            raw = ml_tenants.run_threads(cfg, ((lambda: lc_t), service), ((lambda: be_t), job.step))
+            raw = run_tenants(cfg, sched, service, job)
         finally:
             sched.close()
         return figures(cfg, raw)

@@ -10,6 +10,7 @@ import pytest
 
 from lithos_atom.plan import KernelKey, LaunchShape
 from lithos_sched import Policy, Priority, Scheduler, SimDevice, TenantSpec
+from tests.sizers import FixedSizer
 
 SPECS = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5), TenantSpec("be", Priority.BEST_EFFORT, share=0.5)]
 SHAPE = LaunchShape(KernelKey("k", (8, 1, 1), (256, 1, 1), 0, ((2048,),)), 8, 8 * 32)
@@ -90,19 +91,6 @@ def test_a_launch_on_another_stream_is_ordered_both_ways():
     join, busy = lc._join, lc._busy
     assert ops == [("record", user, join), ("wait", high, join), ("launch x", high),
                    ("record", high, busy), ("wait", user, busy)]
-
-
-class FixedSizer:
-    """A right-sizer that always answers ``n`` TPCs."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def tpcs_for(self, key, home_tpcs, grid_blocks=None, blocks_per_tpc=None) -> int:  # noqa: ANN001
-        return min(self.n, home_tpcs)
-
-    def observe(self, *args) -> None:  # noqa: ANN002
-        pass
 
 
 @pytest.mark.parametrize("n", [1, 3])

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tests.gpu import atom_cases
+from tests.sizers import FixedSizer
 
 pytestmark = pytest.mark.gpu
 
@@ -66,19 +67,6 @@ def _saxpy_chain(kernel, x, bufs, n, steps, stream=None):
     blocks = (n + 255) // 256
     for i in range(steps):
         kernel((blocks,), (256,), (x, bufs[(i + 1) % 2], bufs[i % 2], np.float32(i), np.int32(n)), stream=stream)
-
-
-class FixedSizer:
-    """A right-sizer that runs every kernel on ``n`` TPCs."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def tpcs_for(self, key, home_tpcs, grid_blocks=None, blocks_per_tpc=None) -> int:  # noqa: ANN001
-        return min(self.n, home_tpcs)
-
-    def observe(self, *args) -> None:  # noqa: ANN002
-        pass
 
 
 @pytest.mark.parametrize("right_sized", [False, True], ids=["home", "right_sized"])
