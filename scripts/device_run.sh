@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Everything lithos does on the lent GPU, in one call: install, GPU tests, benchmarks.
 # Usage (on the device machine, from the repo root): bash scripts/device_run.sh [what...]
-#   what: probe | tests | atoms | partitions | colocation | ml | rightsizing | kernels
-#   (default: all but kernels; about 7 minutes on an H100; ML_DURATION sets --ml-duration, default 6)
+#   what: probe | tests | atoms | partitions | colocation | ml | rightsizing | kernels | diag
+#   (default: all but kernels and diag; about 7 minutes on an H100; ML_DURATION sets
+#   --ml-duration, default 6; diag: the host-time diagnostics of scripts/, about 3 minutes)
 # Writes logs, JSON and plots to a staging folder, packed at the end into $OUT/results.tgz
 # (the device tool returns at most 8 files), with the GPU-test log beside it.
 set -uo pipefail
@@ -36,6 +37,11 @@ for w in "${what[@]}"; do
       extra=(); [ "$w" = ml ] && extra=(--ml-duration "${ML_DURATION:-6}")  # 3 s gave p99s from ~3 slow requests
       python3 -m lithos_atom.bench --"$w" "${extra[@]}" --json "$STAGE/bench-$w.json" --plot "$STAGE/plots-$w" 2>&1 | tee "$STAGE/bench-$w.log" | tail -40
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+    diag)
+      for d in diag_launch_cost diag_ml_host diag_gil_ab; do
+        PYTHONPATH=$PWD python3 scripts/$d.py "$STAGE/$d.json" 2>&1 | tee "$STAGE/$d.log" | tail -20
+        [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+      done ;;
     *) echo "unknown step $w"; status=2 ;;
   esac
 done
