@@ -337,7 +337,6 @@ class Scheduler(Atomizer):
         self.device = device
         self.predictor = predictor or LatencyPredictor()
         self.right_sizer = right_sizer
-        self._rightsized: dict[frozenset[int], Any] = {}
         self.timeline: Timeline = (SimTimeline(device) if device.simulated
                                    else CupyTimeline(blocking=self.policy.blocking_waits))
         specs = specs_from(tenants)
@@ -607,13 +606,9 @@ class Scheduler(Atomizer):
         if n >= home.num_tpcs:
             part = home
         else:
-            part = tenant._rightsized.get(n)  # per tenant and size: no set built per launch
+            part = tenant._rightsized.get(n)  # by size: no TPC set is built per launch
             if part is None or part.closed:
-                tpcs = frozenset(sorted(tenant.tpcs)[:n])
-                part = self._rightsized.get(tpcs)
-                if part is None or part.closed:
-                    part = self._rightsized[tpcs] = self.device.partition(tpcs)
-                tenant._rightsized[n] = part
+                part = tenant._rightsized[n] = self.device.partition(sorted(tenant.tpcs)[:n])
         tenant._active_tpcs = part.tpcs
         return part
 
@@ -681,21 +676,23 @@ class Scheduler(Atomizer):
             return
         while any(not t.idle() for t in self._lc):
             self._retire(tenant)
-            low = self._queue_low_point(tenant)
+            low = self._queue_low_point(tenant, self.policy.atom_us)
             if low is None:
                 return
             self._wait_event(low)
 
-    def _queue_low_point(self, tenant: Tenant) -> _AtomRecord | None:
-        """The queued atom of ``tenant`` after whose end at most `Policy.atom_us` of its
-        work remains (by the predicted ends), or None if that little is queued already."""
-        queued = sorted(tenant._inflight, key=lambda r: r.predicted_end_us)
+    def _queue_low_point(self, tenant: Tenant, cap_us: float, partition: Any = None) -> _AtomRecord | None:
+        """The queued atom of ``tenant`` (on ``partition``, or anywhere) after whose end at
+        most ``cap_us`` of that work remains, by the predicted ends; None if that little is
+        queued already."""
+        queued = sorted((r for r in tenant._inflight if partition is None or r.partition is partition),
+                        key=lambda r: r.predicted_end_us)
         if not queued:
             return None
         drain_at = queued[-1].predicted_end_us
-        if drain_at - self.timeline.now_us() <= self.policy.atom_us:
+        if drain_at - self.timeline.now_us() <= cap_us:
             return None
-        return next(r for r in queued if drain_at - r.predicted_end_us <= self.policy.atom_us)
+        return next(r for r in queued if drain_at - r.predicted_end_us <= cap_us)
 
     def _emptier_stream(self, tenant: Tenant, partition: Any) -> Any:
         """Of the partition's two normal streams, the one whose queued work drains first."""
@@ -748,16 +745,10 @@ class Scheduler(Atomizer):
         waited = False
         while not self._closing:
             self._retire(tenant)
-            queued = sorted((r for r in tenant._inflight if r.partition is partition), key=lambda r: r.predicted_end_us)
-            if not queued:
+            target = self._queue_low_point(tenant, cap, partition)
+            if target is None:
                 return waited
-            drain_at = queued[-1].predicted_end_us
-            now = tl.now_us()
-            if drain_at - now <= cap:
-                return waited
-            # the first atom after whose end at most `cap` of work remains
-            target = next((r for r in queued if drain_at - r.predicted_end_us <= cap), queued[-1])
-            t0 = now
+            t0 = tl.now_us()
             self._wait_event(target)
             waited = True
             tenant.stats.queue_wait_ms += (tl.now_us() - t0) / 1000.0

@@ -98,7 +98,8 @@ def test_a_right_sized_kernel_runs_on_its_first_tpcs_ordered_with_the_tenant_str
     sched, tl = scheduler(Policy(lc_timing_every=1000), FixedSizer(n))
     lc = sched.tenant("lc")
     sched._launch_latency_critical(lc, launch_on(tl, "k"), None, lambda: SHAPE)
-    part = sched._rightsized[frozenset(sorted(lc.tpcs)[:n])]
+    part = lc._rightsized[n]
+    assert part.tpcs == frozenset(sorted(lc.tpcs)[:n])  # its first n TPCs
     assert lc._active_tpcs == part.tpcs and len(part.tpcs) == n
     high, sub = lc.home.high.handle, part.high.handle
     ops = [op for op in tl.ops if op[0] != "record" or op[2] < 0]
