@@ -65,6 +65,26 @@ def _cast(x: Any, kind: str) -> Any:
     return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(cupy.uint16)
 
 
+def _run_steps(step: Any, stream: Any, iters: int | None, duration_s: float | None) -> tuple[int, float]:
+    """Call ``step(stream)`` and synchronize, ``iters`` times or for ``duration_s`` seconds;
+    returns (steps run, seconds).
+
+    Raises
+    ------
+    ValueError
+        Unless exactly one of ``iters`` and ``duration_s`` is given.
+    """
+    if (iters is None) == (duration_s is None):
+        raise ValueError("give exactly one of iters and duration_s")
+    t0 = time.perf_counter()
+    n = 0
+    while (iters is not None and n < iters) or (duration_s is not None and time.perf_counter() - t0 < duration_s):
+        step(stream)
+        stream.synchronize()
+        n += 1
+    return n, time.perf_counter() - t0
+
+
 def latency_summary(latencies_ms: Any) -> dict[str, float]:
     """Count, mean, p50, p90, p99 and max of latencies (ms)."""
     lat = np.asarray(latencies_ms, dtype=np.float64)
@@ -352,16 +372,8 @@ class BatchInference:
         dict
             ``iters``, ``seconds``, ``iters_per_s``, ``tokens_per_s``, ``tflops``.
         """
-        if (iters is None) == (duration_s is None):
-            raise ValueError("give exactly one of iters and duration_s")
         s = self.stream if stream is None else as_cupy_stream(stream)
-        t0 = time.perf_counter()
-        n = 0
-        while (iters is not None and n < iters) or (duration_s is not None and time.perf_counter() - t0 < duration_s):
-            self.step(s)
-            s.synchronize()
-            n += 1
-        secs = time.perf_counter() - t0
+        n, secs = _run_steps(self.step, s, iters, duration_s)
         tokens = n * self.batch * self.config.seq_len
         return {"iters": n, "seconds": secs, "iters_per_s": n / secs, "tokens_per_s": tokens / secs,
                 "tflops": tokens * self.config.flops_per_token() / secs / 1e12}
@@ -508,16 +520,7 @@ class TrainingJob:
         dict
             ``iters``, ``seconds``, ``iters_per_s``, ``tflops``.
         """
-        if (iters is None) == (duration_s is None):
-            raise ValueError("give exactly one of iters and duration_s")
-        s = self._s(stream)
-        t0 = time.perf_counter()
-        n = 0
-        while (iters is not None and n < iters) or (duration_s is not None and time.perf_counter() - t0 < duration_s):
-            self.step(s)
-            s.synchronize()
-            n += 1
-        secs = time.perf_counter() - t0
+        n, secs = _run_steps(self.step, self._s(stream), iters, duration_s)
         return {"iters": n, "seconds": secs, "iters_per_s": n / secs,
                 "tflops": n * self.config.flops_per_step() / secs / 1e12}
 

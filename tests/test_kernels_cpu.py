@@ -656,6 +656,26 @@ def test_workload_configs():
     assert workloads.latency_summary([]) == {"count": 0}
 
 
+def test_run_steps_synchronizes_after_every_step_and_needs_one_bound():
+    from kernels import workloads
+
+    class Stream:
+        def __init__(self) -> None:
+            self.log: list[str] = []
+
+        def synchronize(self) -> None:
+            self.log.append("sync")
+
+    s = Stream()
+    n, secs = workloads._run_steps(lambda st: st.log.append("step"), s, 3, None)
+    assert n == 3 and secs >= 0 and s.log == ["step", "sync"] * 3
+    n, secs = workloads._run_steps(lambda st: st.log.append("step"), Stream(), None, 0.01)
+    assert n >= 1 and secs >= 0.01
+    for iters, duration in ((None, None), (2, 1.0)):
+        with pytest.raises(ValueError, match="exactly one of iters and duration_s"):
+            workloads._run_steps(lambda st: None, Stream(), iters, duration)
+
+
 # ---- documentation ---------------------------------------------------------------------------
 
 
