@@ -26,9 +26,9 @@ import numpy as np
 
 import kernels
 from lithos_atom.atomizer import using_atomizer
-from lithos_sched import Priority, Scheduler, TenantSpec, ml_tenants, open_device
+from lithos_sched import Scheduler, ml_tenants, open_device
 from lithos_sched.ml_colocation import MLColocationConfig
-from lithos_sched.ml_gpu import figures, run_tenants
+from lithos_sched.ml_gpu import figures, run_tenants, tenant_specs
 from lithos_sched.rightsizing import RightSizer
 from lithos_sched.scheduler import Policy
 
@@ -65,7 +65,7 @@ print("plain", result["plain"], flush=True)
 half = device.partition(range(device.num_tpcs // 2))
 result["plain_on_partition"] = per_request(half.high.cupy)
 print("plain on a partition's high stream", result["plain_on_partition"], flush=True)
-specs = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5), TenantSpec("be", Priority.BEST_EFFORT, share=0.5)]
+specs = tenant_specs(cfg)
 
 kernels.reset_cache()
 with using_atomizer(None):
@@ -74,51 +74,37 @@ with using_atomizer(None):
     plain2.synchronize()
     result["intercepted_no_tenant"] = per_request(plain)
     print("intercepted, no tenant", result["intercepted_no_tenant"], flush=True)
-    sched = Scheduler(device, specs, Policy(lc_timing_every=10**9))
-    try:
-        with sched.tenant("lc"):
-            s = cupy.cuda.get_current_stream()
-            per_request(s, 5)
-            st = sched.tenant("lc").stats
-            k0, h0 = st.kernels, st.host_issue_us
-            result["lithos_lc_only_untimed"] = per_request(s)
-            result["lithos_lc_only_untimed"]["sched_us_per_launch"] = (st.host_issue_us - h0) / (st.kernels - k0)
-            print("lithos lc only, untimed", result["lithos_lc_only_untimed"], flush=True)
-    finally:
-        sched.close()
-    sched = Scheduler(device, specs, Policy())
-    try:
-        with sched.tenant("lc"):
-            s = cupy.cuda.get_current_stream()
-            per_request(s, 5)
-            st = sched.tenant("lc").stats
-            k0, h0 = st.kernels, st.host_issue_us
-            result["lithos_lc_only"] = per_request(s)
-            result["lithos_lc_only"]["intercepted_per_request"] = (st.kernels - k0) / 200
-            result["lithos_lc_only"]["sched_us_per_launch"] = (st.host_issue_us - h0) / (st.kernels - k0)
-            print("lithos lc only", result["lithos_lc_only"], flush=True)
-            prof = cProfile.Profile()
-            prof.enable()
-            per_request(s, 100)
-            prof.disable()
-            buf = io.StringIO()
-            pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(30)
-            result["profile_lc_only"] = buf.getvalue()
-            print(buf.getvalue()[:6000], flush=True)
-    finally:
-        sched.close()
-    sched = Scheduler(device, specs, Policy(), right_sizer=RightSizer())
-    try:
-        with sched.tenant("lc"):
-            s = cupy.cuda.get_current_stream()
-            per_request(s, 20)
-            st = sched.tenant("lc").stats
-            k0, h0 = st.kernels, st.host_issue_us
-            result["lithos_lc_only_rightsized"] = per_request(s)
-            result["lithos_lc_only_rightsized"]["sched_us_per_launch"] = (st.host_issue_us - h0) / (st.kernels - k0)
-            print("lithos lc only right-sized", result["lithos_lc_only_rightsized"], flush=True)
-    finally:
-        sched.close()
+
+    def lc_only(label: str, policy: Policy, sizer: RightSizer | None = None, warm: int = 5,
+                profile: bool = False) -> None:
+        """The inference tenant alone in a scheduler: per-request times, scheduler time per
+        launch, intercepted launches per request and, with ``profile``, a cProfile."""
+        sched = Scheduler(device, specs, policy, right_sizer=sizer)
+        try:
+            with sched.tenant("lc"):
+                s = cupy.cuda.get_current_stream()
+                per_request(s, warm)
+                st = sched.tenant("lc").stats
+                k0, h0 = st.kernels, st.host_issue_us
+                out = result[label] = per_request(s)
+                out["intercepted_per_request"] = (st.kernels - k0) / 200
+                out["sched_us_per_launch"] = (st.host_issue_us - h0) / (st.kernels - k0)
+                print(label, out, flush=True)
+                if profile:
+                    prof = cProfile.Profile()
+                    prof.enable()
+                    per_request(s, 100)
+                    prof.disable()
+                    buf = io.StringIO()
+                    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(30)
+                    result["profile_" + label.removeprefix("lithos_")] = buf.getvalue()
+                    print(buf.getvalue()[:6000], flush=True)
+        finally:
+            sched.close()
+
+    lc_only("lithos_lc_only_untimed", Policy(lc_timing_every=10**9))
+    lc_only("lithos_lc_only", Policy(), profile=True)
+    lc_only("lithos_lc_only_rightsized", Policy(), RightSizer(), warm=20)
 
     if LC_ONLY:
         with open(OUT, "w") as f:
