@@ -1,4 +1,4 @@
-"""Errors raised while reading, checking and rewriting kernels for atomization."""
+"""Errors raised while reading, checking, rewriting and launching kernels."""
 
 from __future__ import annotations
 
@@ -67,3 +67,21 @@ class UnsupportedKernelError(AtomizeError):
     ):
         self.problems = tuple(problems)
         super().__init__(reason, entry=entry, line=line)
+
+
+class LithosCudaError(RuntimeError):
+    """A CUDA driver call failed.
+
+    Attributes
+    ----------
+    call : str
+        The driver function.
+    code : int
+        The ``CUresult`` value.
+    name : str
+        The ``CUresult`` name, for example ``CUDA_ERROR_INVALID_HANDLE``.
+    """
+
+    def __init__(self, call: str, code: int, name: str):
+        self.call, self.code, self.name = call, code, name
+        super().__init__(f"{call} failed: {name} ({code})")

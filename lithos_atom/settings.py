@@ -35,6 +35,7 @@ class Settings:
     disk_cache: bool
     atom_us: float
     strict: bool
+    gil_held_launch: bool
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -80,6 +81,7 @@ def get_settings() -> Settings:
         disk_cache=_read_bool("LITHOS_DISK_CACHE", True),
         atom_us=_read_positive_float("LITHOS_ATOM_US", 250.0),
         strict=_read_bool("LITHOS_STRICT", False),
+        gil_held_launch=_read_bool("LITHOS_GIL_HELD_LAUNCH", True),
     )
 
 

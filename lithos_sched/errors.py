@@ -4,23 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from lithos_atom.errors import LithosCudaError
 
-class LithosCudaError(RuntimeError):
-    """A CUDA driver call failed.
-
-    Attributes
-    ----------
-    call : str
-        The driver function.
-    code : int
-        The ``CUresult`` value.
-    name : str
-        The ``CUresult`` name, for example ``CUDA_ERROR_INVALID_HANDLE``.
-    """
-
-    def __init__(self, call: str, code: int, name: str):
-        self.call, self.code, self.name = call, code, name
-        super().__init__(f"{call} failed: {name} ({code})")
+__all__ = ["LithosCudaError", "PartitionError", "check", "error_name"]
 
 
 class PartitionError(ValueError):

@@ -1,21 +1,23 @@
 """Events and cross-stream ordering for the scheduler, on the GPU or the simulated device.
 
 The scheduler records events around atoms, makes streams wait on events, polls them and
-reads elapsed times. On the GPU everything goes through CuPy events, which order work
-across the primary context and green contexts both ways (DESIGN.md) and whose waits
-release the GIL; user streams may be CuPy streams, Numba/cuda.core streams or anything
-with ``__cuda_stream__``. On the simulated device the device's own streams and events
+reads elapsed times. On the GPU these are driver events of the primary context, which
+order work across the primary context and green contexts both ways (DESIGN.md); every
+call on them keeps the GIL except the blocking wait (`lithos_atom.gil_held_driver`). User
+streams may be CuPy streams, Numba/cuda.core streams or anything with ``__cuda_stream__``. On the simulated device the device's own streams and events
 are used, in virtual time.
 """
 
 from __future__ import annotations
 
 import heapq
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from lithos_sched import gil_held_driver
+from lithos_atom import gil_held_driver
+from lithos_atom.errors import LithosCudaError
 
 
 class Timeline(Protocol):
@@ -46,12 +48,45 @@ class Timeline(Protocol):
         """Host time in microseconds (virtual time on the simulated device)."""
 
 
-class CupyTimeline:
-    """`Timeline` on the GPU, through CuPy events and stream wrappers.
+class DeviceEvent:
+    """A driver event of the primary context, made, queried and destroyed with the GIL
+    held (`lithos_atom.gil_held_driver`).
 
-    Recording an event and making a stream wait on one go through
-    `lithos_sched.gil_held_driver`, which keeps the GIL: both are on a latency-critical
-    launch's path and never block.
+    Parameters
+    ----------
+    flags : int
+        ``cuEventCreate`` flags.
+
+    Attributes
+    ----------
+    ptr : int
+        The ``CUevent`` handle.
+    """
+
+    __slots__ = ("ptr",)
+
+    def __init__(self, flags: int) -> None:
+        self.ptr = 0
+        try:
+            self.ptr = gil_held_driver.event_create(flags)
+        except LithosCudaError as exc:
+            if exc.code != gil_held_driver.CUDA_ERROR_INVALID_CONTEXT:
+                raise
+            import cupy
+
+            cupy.cuda.runtime.free(0)  # a thread's first driver call: make CuPy's context current
+            self.ptr = gil_held_driver.event_create(flags)
+
+    def __del__(self) -> None:
+        if self.ptr and not sys.is_finalizing():  # at exit the driver may be gone first
+            gil_held_driver.event_destroy(self.ptr)
+
+
+class CupyTimeline:
+    """`Timeline` on the GPU: driver events (`DeviceEvent`) and CuPy stream wrappers.
+
+    Making, recording, querying and timing events and making a stream wait on one keep
+    the GIL: they are on the launch paths and never block. Only `synchronize` releases it.
 
     Parameters
     ----------
@@ -66,7 +101,7 @@ class CupyTimeline:
         import cupy
 
         self._cupy = cupy
-        self._blocking = blocking
+        self._flags = gil_held_driver.EVENT_BLOCKING_SYNC if blocking else gil_held_driver.EVENT_DEFAULT
 
     def now_us(self) -> float:
         return time.perf_counter() * 1e6
@@ -77,7 +112,7 @@ class CupyTimeline:
         return as_cupy_stream(stream)
 
     def record(self, stream: Any) -> Any:
-        event = self._cupy.cuda.Event(block=self._blocking)
+        event = DeviceEvent(self._flags)
         gil_held_driver.event_record(event.ptr, self.as_cupy(stream).ptr)
         return event
 
@@ -85,7 +120,7 @@ class CupyTimeline:
         """A reusable event without timing, for `record_into` (GPU only). It is polled,
         not waited on in the hot path, so it is not a blocking-sync event (those make the
         driver take an interrupt at completion)."""
-        return self._cupy.cuda.Event(disable_timing=True)
+        return DeviceEvent(gil_held_driver.EVENT_DISABLE_TIMING)
 
     def record_into(self, event: Any, stream: Any) -> None:
         """Record ``event`` again on ``stream``: it completes when the work queued so far
@@ -96,16 +131,16 @@ class CupyTimeline:
         gil_held_driver.stream_wait_event(self.as_cupy(stream).ptr, event.ptr)
 
     def done(self, event: Any) -> bool:
-        return bool(event.done)
+        return gil_held_driver.event_query(event.ptr)
 
     def stream_done(self, stream: Any) -> bool:
-        return bool(self.as_cupy(stream).done)
+        return gil_held_driver.stream_query(self.as_cupy(stream).ptr)
 
     def synchronize(self, event: Any) -> None:
-        event.synchronize()
+        self._cupy.cuda.runtime.eventSynchronize(event.ptr)  # releases the GIL while it waits
 
     def elapsed_us(self, start: Any, end: Any) -> float:
-        return self._cupy.cuda.get_elapsed_time(start, end) * 1000.0
+        return gil_held_driver.event_elapsed_ms(start.ptr, end.ptr) * 1000.0
 
     def handle(self, stream: Any) -> int:
         if stream is None:

@@ -1,6 +1,7 @@
-"""Diagnostic: the timeline's event record / stream wait with the GIL held (as shipped) against
-CuPy's calls, which release it, on the inference + training pair; interleaved A/B/A/B so a
-drifting host shows up in both arms.
+"""Diagnostic: lithos' driver calls with the GIL held (as shipped: kernel launches, event
+records, stream waits, event and stream queries, event timing) against the same calls through
+CuPy, which releases it, on the inference + training pair; interleaved A/B/A/B so a drifting
+host shows up in both arms.
 
 Usage (on the GPU): python scripts/diag_gil_ab.py OUT_JSON [seconds per run]
 """
@@ -9,13 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 
 import cupy
 
 import kernels
 from lithos_atom.atomizer import using_atomizer
-from lithos_sched import Scheduler, gil_held_driver, ml_tenants, open_device
+from lithos_atom import gil_held_driver
+from lithos_atom.settings import reload_settings
+from lithos_sched import Scheduler, ml_tenants, open_device
 from lithos_sched.ml_colocation import MLColocationConfig
 from lithos_sched.ml_gpu import figures, inference_right_sizer, run_tenants, tenant_specs
 from lithos_sched.scheduler import Policy
@@ -31,9 +35,24 @@ service.warmup(plain)
 job = ml_tenants.build_be(cfg, "training", plain2)
 job.step(plain2)
 plain2.synchronize()
-held = (gil_held_driver.event_record, gil_held_driver.stream_wait_event)
-released = (lambda event, stream: cupy.cuda.runtime.eventRecord(event, stream),
-            lambda stream, event: cupy.cuda.runtime.streamWaitEvent(stream, event, 0))
+_NAMES = ("event_record", "stream_wait_event", "event_query", "stream_query", "event_elapsed_ms")
+held = {name: getattr(gil_held_driver, name) for name in _NAMES}
+released = {
+    "event_record": lambda event, stream: cupy.cuda.runtime.eventRecord(event, stream),
+    "stream_wait_event": lambda stream, event: cupy.cuda.runtime.streamWaitEvent(stream, event, 0),
+    "event_query": lambda event: cupy.cuda.runtime.eventQuery(event) == 0,
+    "stream_query": lambda stream: cupy.cuda.runtime.streamQuery(stream) == 0,
+    "event_elapsed_ms": lambda start, end: cupy.cuda.runtime.eventElapsedTime(start, end),
+}
+
+
+def use(calls: dict, launch_held: bool) -> None:
+    for name, fn in calls.items():
+        setattr(gil_held_driver, name, fn)
+    os.environ["LITHOS_GIL_HELD_LAUNCH"] = "1" if launch_held else "0"
+    reload_settings()
+
+
 specs = tenant_specs(cfg)
 be_alone = figures(cfg, ml_tenants.run_threads(cfg, None, ((lambda: plain2), job.step)))["be"]["iters_per_s"]
 sizer, _ = inference_right_sizer(cfg, device, n_lc)
@@ -59,14 +78,14 @@ with using_atomizer(None):
     for rnd in range(2):
         for arm, calls in (("held", held), ("released", released)):
             for scenario, right_sizer in (("lithos", None), ("lithos_rightsized", sizer)):
-                gil_held_driver.event_record, gil_held_driver.stream_wait_event = calls
+                use(calls, arm == "held")
                 sched = Scheduler(device, specs, Policy(), right_sizer=right_sizer)
                 try:
                     fig = figures(cfg, run_tenants(cfg, sched, service, job))
                     st = sched.stats()["tenants"]
                 finally:
                     sched.close()
-                    gil_held_driver.event_record, gil_held_driver.stream_wait_event = held
+                    use(held, True)
                 runs.append({"round": rnd, "arm": arm, "scenario": scenario, **brief(fig),
                              "lc_host_us_per_launch": st["lc"]["host_us_per_atom"],
                              "be_host_us_per_atom": st["be"]["host_us_per_atom"]})
