@@ -19,12 +19,11 @@ import numpy as np
 
 from lithos_atom.atomizer import DURATIONS, AtomizeOptions, Atomizer, as_cupy_stream, get_atomizer
 from lithos_atom.compile import cuda_source_to_ptx, link_ptx
-from lithos_atom import gil_held_launch
+from lithos_atom import driver_launch
 from lithos_atom.errors import AtomizeError, UnsupportedKernelError
 from lithos_atom.indexing import total_blocks as count_blocks
 from lithos_atom.plan import KernelKey, LaunchPlan, LaunchShape
 from lithos_atom.ptx import RewriteResult, rewrite_module
-from lithos_atom.settings import get_settings
 from lithos_atom.sizing import choose_atom_blocks
 
 _MAX_DEFAULT_DYNAMIC_SHMEM = 48 * 1024
@@ -295,7 +294,7 @@ class AtomizedRawKernel:
                 raise UnsupportedKernelError(reason, entry=self._source.name)
 
             def launch_whole(stream: Any) -> None:
-                gil_held_launch.launch(self._kernel, grid, block, args, shared_mem, as_cupy_stream(stream))
+                driver_launch.launch(self._kernel, grid, block, args, shared_mem, as_cupy_stream(stream))
 
             return LaunchPlan.whole(key, total, launch_whole, reason)
         assert isinstance(prepared, PreparedKernel)
@@ -303,16 +302,16 @@ class AtomizedRawKernel:
         wave = _wave_blocks(function, block3, shared_mem)
         gx, gy, gz = (np.uint32(d) for d in grid3)
         # One packing per launch; each atom only rewrites its first block (CuPy's call
-        # when the arguments cannot be packed here: see `lithos_atom.gil_held_launch`).
-        packed = (gil_held_launch.pack(function.ptr, (*args, np.uint64(0), gx, gy, gz))
-                  if get_settings().gil_held_launch and type(shared_mem) is int and shared_mem >= 0 else None)
+        # when the arguments cannot be packed here: see `lithos_atom.driver_launch`).
+        packed = (driver_launch.pack(function.ptr, (*args, np.uint64(0), gx, gy, gz))
+                  if type(shared_mem) is int and shared_mem >= 0 else None)
         start_param = len(args)
         block_dims = tuple(max(1, d) for d in block3)
 
         def issue_range(start: int, count: int, stream: Any) -> None:
             if packed is not None:
                 packed.set_u64(start_param, start)
-                gil_held_launch.launch_packed(function.ptr, (count, 1, 1), block_dims,  # type: ignore[arg-type]
+                driver_launch.launch_packed(function.ptr, (count, 1, 1), block_dims,  # type: ignore[arg-type]
                                               shared_mem, as_cupy_stream(stream).ptr, packed)
                 return
             function((count, 1, 1), block3, (*args, np.uint64(start), gx, gy, gz),
@@ -334,7 +333,7 @@ class AtomizedRawKernel:
     ) -> None:
         atomizer = get_atomizer() or self._direct
         if atomizer.launch_whole(
-            lambda s: gil_held_launch.launch(self._kernel, grid, block, args, shared_mem, as_cupy_stream(s)),
+            lambda s: driver_launch.launch(self._kernel, grid, block, args, shared_mem, as_cupy_stream(s)),
             stream, lambda: self.shape(grid, block, args, shared_mem=shared_mem),
         ):
             return

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from lithos_atom import gil_held_launch, numba_frontend
+from lithos_atom import driver_launch, numba_frontend
 
 _lock = threading.Lock()
 _originals: dict[str, Any] = {}
@@ -29,7 +29,7 @@ def _make_classes(raw_kernel: type, raw_module: type) -> tuple[type, type]:
         if atomizer is None:
             return fallback(grid, block, args, shared_mem=shared_mem, stream=stream)
         if atomizer.launch_whole(
-                lambda s: gil_held_launch.launch(kernel, grid, block, args, shared_mem, as_cupy_stream(s), fallback),
+                lambda s: driver_launch.launch(kernel, grid, block, args, shared_mem, as_cupy_stream(s), fallback),
                 stream, lambda: atomized.shape(grid, block, args, shared_mem=shared_mem)):
             return
         plan = atomized.plan(grid, block, args, shared_mem=shared_mem, options=atomizer.options)

@@ -35,7 +35,7 @@ class Settings:
     disk_cache: bool
     atom_us: float
     strict: bool
-    gil_held_launch: bool
+    hold_gil: str
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -67,6 +67,19 @@ def _read_positive_float(name: str, default: float) -> float:
     return value
 
 
+def _read_choice(name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value not in choices:
+        raise ValueError(f"{name}={raw!r} is not one of {', '.join(choices)}")
+    return value
+
+
+HOLD_GIL_CHOICES = ("latency-critical", "all", "none")
+
+
 @functools.lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """Read the settings from the environment (once per process; see `reload_settings`).
@@ -81,7 +94,7 @@ def get_settings() -> Settings:
         disk_cache=_read_bool("LITHOS_DISK_CACHE", True),
         atom_us=_read_positive_float("LITHOS_ATOM_US", 250.0),
         strict=_read_bool("LITHOS_STRICT", False),
-        gil_held_launch=_read_bool("LITHOS_GIL_HELD_LAUNCH", True),
+        hold_gil=_read_choice("LITHOS_HOLD_GIL", HOLD_GIL_CHOICES, "latency-critical"),
     )
 
 

@@ -267,6 +267,48 @@ def policy_name(policy: Any) -> str:
     return "lithos"
 
 
+def run_lithos(cfg: ColocationConfig, w: _Workloads, device: Any, policy: Any,
+               measure: Callable[[Callable[[], dict[str, Any]]], dict[str, Any]] | None = None,
+               ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The pair under a lithos scheduler with ``policy``: a warm-up, then the measured run
+    (through ``measure``, if given). Returns the figures (with the scheduler's stats and,
+    under ``LITHOS_TRACE_DIR``, the trace file) and the tenants' stats before and after
+    the measured run."""
+    import cupy
+
+    from lithos_sched.scheduler import Scheduler
+
+    specs = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=cfg.lc_share),
+             TenantSpec("be", Priority.BEST_EFFORT, share=1 - cfg.lc_share)]
+    sched = Scheduler(device, specs, policy)
+    lc_t, be_t = sched.tenant("lc"), sched.tenant("be")
+    cur = cupy.cuda.get_current_stream
+    _run_pair(w, (lambda: lc_t, cur), (lambda: be_t, cur), WARMUP_S)  # compile, learn block times
+    before = sched.stats()["tenants"]
+
+    def pair() -> dict[str, Any]:
+        return _run_pair(w, (lambda: lc_t, cur), (lambda: be_t, cur), cfg.duration_s)
+
+    res = measure(pair) if measure is not None else pair()
+    after = sched.stats()["tenants"]
+    sched.close()
+    trace_dir = os.environ.get("LITHOS_TRACE_DIR")
+    if trace_dir:
+        res["trace_file"] = str(sched.export_trace(Path(trace_dir) / f"trace_{policy_name(policy)}.json"))
+    res["scheduler"] = sched.stats()
+    return res, before, after
+
+
+def setup_gpu(cfg: ColocationConfig) -> tuple[_Calibration, _Workloads]:
+    """Calibrate the workloads and rewrite the burn kernel once, outside every measurement."""
+    from lithos_atom import atomize
+
+    cal = calibrate(cfg)
+    w = _Workloads(cfg, cal)
+    atomize(_burn_kernel()).prepared()
+    return cal, w
+
+
 def run_gpu(cfg: ColocationConfig, console: Any = None) -> dict[str, Any]:
     """Every scenario on the GPU, side by side."""
     import contextlib
@@ -276,13 +318,9 @@ def run_gpu(cfg: ColocationConfig, console: Any = None) -> dict[str, Any]:
 
     from lithos_sched import open_device
     from lithos_sched.energy import open_meter, tenant_energy
-    from lithos_sched.scheduler import Policy, Scheduler
+    from lithos_sched.scheduler import Policy
 
-    cal = calibrate(cfg)
-    w = _Workloads(cfg, cal)
-    from lithos_atom import atomize
-
-    atomize(_burn_kernel()).prepared()  # rewrite and link once, outside every measurement
+    cal, w = setup_gpu(cfg)
     device = open_device(simulate=False)
     n_lc = max(1, round(cfg.lc_share * device.num_tpcs))
     lc_part = device.partition(range(n_lc))
@@ -304,22 +342,16 @@ def run_gpu(cfg: ColocationConfig, console: Any = None) -> dict[str, Any]:
 
     def lithos(policy: Policy) -> Callable[[], dict[str, Any]]:
         def run() -> dict[str, Any]:
-            specs = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=cfg.lc_share),
-                     TenantSpec("be", Priority.BEST_EFFORT, share=1 - cfg.lc_share)]
-            sched = Scheduler(device, specs, policy)
-            lc_t, be_t = sched.tenant("lc"), sched.tenant("be")
-            cur = cupy.cuda.get_current_stream
-            _run_pair(w, (lambda: lc_t, cur), (lambda: be_t, cur), WARMUP_S)  # compile, learn block times
-            before = sched.stats()["tenants"]
-            res, energy = measured(lambda: _run_pair(w, (lambda: lc_t, cur), (lambda: be_t, cur), cfg.duration_s))
-            after = sched.stats()["tenants"]
-            res["energy"] = ({"skipped": no_meter} if energy is None
-                             else tenant_energy(energy, before, after, device.num_tpcs))
-            sched.close()
-            trace_dir = os.environ.get("LITHOS_TRACE_DIR")
-            if trace_dir:
-                res["trace_file"] = str(sched.export_trace(Path(trace_dir) / f"trace_{policy_name(policy)}.json"))
-            res["scheduler"] = sched.stats()
+            energy: list[Any] = []
+
+            def run_measured(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+                res, e = measured(fn)
+                energy.append(e)
+                return res
+
+            res, before, after = run_lithos(cfg, w, device, policy, run_measured)
+            res["energy"] = ({"skipped": no_meter} if energy[0] is None
+                             else tenant_energy(energy[0], before, after, device.num_tpcs))
             return res
         return run
 

@@ -34,8 +34,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from lithos_atom import driver_calls
 from lithos_atom.atomizer import Atomizer, using_atomizer
 from lithos_atom.plan import KernelKey, LaunchPlan, LaunchShape, WholeLaunch
+from lithos_atom.settings import get_settings
 from lithos_sched.predictor import LatencyPredictor
 from lithos_sched.rightsizing import RightSizer
 from lithos_sched.tenant import Priority, TenantConfigError, TenantSpec, assign_tpcs, specs_from
@@ -246,6 +248,9 @@ class Tenant:
             gc.freeze()
         if not s.device.simulated:
             stack.enter_context(s.timeline.as_cupy(self.stream))  # type: ignore[attr-defined]
+        hold = get_settings().hold_gil
+        stack.enter_context(driver_calls.gil_held(
+            hold == "all" or (hold == "latency-critical" and self.priority is Priority.LATENCY_CRITICAL)))
         _current.tenant = self
         stack.callback(lambda: setattr(_current, "tenant", None))
         self._contexts[tid] = stack

@@ -2,8 +2,9 @@
 
 The scheduler records events around atoms, makes streams wait on events, polls them and
 reads elapsed times. On the GPU these are driver events of the primary context, which
-order work across the primary context and green contexts both ways (DESIGN.md); every
-call on them keeps the GIL except the blocking wait (`lithos_atom.gil_held_driver`). User
+order work across the primary context and green contexts both ways (DESIGN.md), made
+through `lithos_atom.driver_calls` (a latency-critical thread keeps the GIL in every call
+but the blocking wait). User
 streams may be CuPy streams, Numba/cuda.core streams or anything with ``__cuda_stream__``. On the simulated device the device's own streams and events
 are used, in virtual time.
 """
@@ -16,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from lithos_atom import gil_held_driver
+from lithos_atom import driver_calls
 from lithos_atom.errors import LithosCudaError
 
 
@@ -49,8 +50,8 @@ class Timeline(Protocol):
 
 
 class DeviceEvent:
-    """A driver event of the primary context, made, queried and destroyed with the GIL
-    held (`lithos_atom.gil_held_driver`).
+    """A driver event of the primary context, made, queried and destroyed through
+    `lithos_atom.driver_calls`.
 
     Parameters
     ----------
@@ -68,25 +69,26 @@ class DeviceEvent:
     def __init__(self, flags: int) -> None:
         self.ptr = 0
         try:
-            self.ptr = gil_held_driver.event_create(flags)
+            self.ptr = driver_calls.event_create(flags)
         except LithosCudaError as exc:
-            if exc.code != gil_held_driver.CUDA_ERROR_INVALID_CONTEXT:
+            if exc.code != driver_calls.CUDA_ERROR_INVALID_CONTEXT:
                 raise
             import cupy
 
             cupy.cuda.runtime.free(0)  # a thread's first driver call: make CuPy's context current
-            self.ptr = gil_held_driver.event_create(flags)
+            self.ptr = driver_calls.event_create(flags)
 
     def __del__(self) -> None:
         if self.ptr and not sys.is_finalizing():  # at exit the driver may be gone first
-            gil_held_driver.event_destroy(self.ptr)
+            driver_calls.event_destroy(self.ptr)
 
 
 class CupyTimeline:
     """`Timeline` on the GPU: driver events (`DeviceEvent`) and CuPy stream wrappers.
 
-    Making, recording, querying and timing events and making a stream wait on one keep
-    the GIL: they are on the launch paths and never block. Only `synchronize` releases it.
+    Making, recording, querying and timing events and making a stream wait on one go
+    through `lithos_atom.driver_calls`: they are on the launch paths and never block, so
+    a latency-critical thread keeps the GIL in them. `synchronize` always releases it.
 
     Parameters
     ----------
@@ -101,7 +103,7 @@ class CupyTimeline:
         import cupy
 
         self._cupy = cupy
-        self._flags = gil_held_driver.EVENT_BLOCKING_SYNC if blocking else gil_held_driver.EVENT_DEFAULT
+        self._flags = driver_calls.EVENT_BLOCKING_SYNC if blocking else driver_calls.EVENT_DEFAULT
 
     def now_us(self) -> float:
         return time.perf_counter() * 1e6
@@ -113,34 +115,34 @@ class CupyTimeline:
 
     def record(self, stream: Any) -> Any:
         event = DeviceEvent(self._flags)
-        gil_held_driver.event_record(event.ptr, self.as_cupy(stream).ptr)
+        driver_calls.event_record(event.ptr, self.as_cupy(stream).ptr)
         return event
 
     def marker(self) -> Any:
         """A reusable event without timing, for `record_into` (GPU only). It is polled,
         not waited on in the hot path, so it is not a blocking-sync event (those make the
         driver take an interrupt at completion)."""
-        return DeviceEvent(gil_held_driver.EVENT_DISABLE_TIMING)
+        return DeviceEvent(driver_calls.EVENT_DISABLE_TIMING)
 
     def record_into(self, event: Any, stream: Any) -> None:
         """Record ``event`` again on ``stream``: it completes when the work queued so far
         does (no event is made, so a hot path allocates nothing)."""
-        gil_held_driver.event_record(event.ptr, self.as_cupy(stream).ptr)
+        driver_calls.event_record(event.ptr, self.as_cupy(stream).ptr)
 
     def wait(self, stream: Any, event: Any) -> None:
-        gil_held_driver.stream_wait_event(self.as_cupy(stream).ptr, event.ptr)
+        driver_calls.stream_wait_event(self.as_cupy(stream).ptr, event.ptr)
 
     def done(self, event: Any) -> bool:
-        return gil_held_driver.event_query(event.ptr)
+        return driver_calls.event_query(event.ptr)
 
     def stream_done(self, stream: Any) -> bool:
-        return gil_held_driver.stream_query(self.as_cupy(stream).ptr)
+        return driver_calls.stream_query(self.as_cupy(stream).ptr)
 
     def synchronize(self, event: Any) -> None:
         self._cupy.cuda.runtime.eventSynchronize(event.ptr)  # releases the GIL while it waits
 
     def elapsed_us(self, start: Any, end: Any) -> float:
-        return gil_held_driver.event_elapsed_ms(start.ptr, end.ptr) * 1000.0
+        return driver_calls.event_elapsed_ms(start.ptr, end.ptr) * 1000.0
 
     def handle(self, stream: Any) -> int:
         if stream is None:

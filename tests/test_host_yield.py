@@ -90,3 +90,24 @@ def test_it_goes_on_issuing_once_its_queue_runs_low_even_if_the_latency_critical
         assert not sched.tenant("lc").idle()
     finally:
         sched.close()
+
+
+@pytest.mark.parametrize("mode, lc_holds, be_holds", [
+    ("latency-critical", True, False), ("all", True, True), ("none", False, False)])
+def test_only_latency_critical_threads_keep_the_gil_in_driver_calls(monkeypatch, mode, lc_holds, be_holds):
+    from lithos_atom import driver_calls
+    from lithos_atom.settings import reload_settings
+
+    monkeypatch.setenv("LITHOS_HOLD_GIL", mode)
+    reload_settings()
+    try:
+        sched = Scheduler(SimDevice(num_tpcs=8, seed=0), SPECS, Policy())
+        with sched.tenant("lc"):
+            assert driver_calls.holds_gil() is lc_holds
+        with sched.tenant("be"):
+            assert driver_calls.holds_gil() is be_holds
+        assert driver_calls.holds_gil() is (mode == "all")  # restored on leaving the tenant
+        sched.close()
+    finally:
+        monkeypatch.delenv("LITHOS_HOLD_GIL")
+        reload_settings()

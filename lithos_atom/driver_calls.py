@@ -1,27 +1,32 @@
-"""Short CUDA driver calls made without releasing the GIL.
+"""Short CUDA driver calls, made with the GIL held in latency-critical threads.
 
-CuPy and cuda.bindings release the GIL around every driver call. For the calls here,
-which never block and take a microsecond or a few, the release is a cost when threads
-contend: the caller must win the GIL back, and another thread that took it in between
-runs its Python first. A latency-critical thread issuing a request through several
-launches then waits behind a best-effort thread once per launch. So lithos' hot paths
+CuPy and cuda.bindings release the GIL around every driver call. For the calls here
 (kernel launches, event records, stream waits, event and stream queries, event timing,
-event creation) come through here, and only the calls that block (event and stream
-synchronization) release the GIL.
+event creation), which never block and take a microsecond or a few, each release is a
+hand-off when threads contend: the caller must win the GIL back, and another thread that
+took it in between runs its Python first. Whether a thread keeps the GIL is per thread
+(`gil_held`, `holds_gil`), because what helps one tenant hurts the other:
 
-Measured on the H100 for the event calls alone (interleaved A/B on the inference +
-training pair, `scripts/diag_gil_ab.py`,
-bench/results/h100-2026-11-25-session3-diagnostics/run14-diag-gil-ab.json): host time per
-best-effort atom 72-178 us with the GIL held against 130-232 us released, lower in all four
-pairs. ``ctypes.PyDLL`` is the standard library's way to call a C function with the GIL
-held; no CUDA Python binding offers that.
+- a latency-critical thread keeps it, so a request of many launches is issued without
+  waiting behind a best-effort thread once per launch;
+- a best-effort thread releases it at every call, so a latency-critical thread waiting
+  for the GIL gets it within one call instead of one GIL switch interval. Measured on the
+  H100 (bench/results/h100-2026-11-25-run15): with every thread holding it, the
+  latency-critical p99 rose 3.3x on the synthetic pair and the inference service was
+  overloaded beside batch inference.
+
+``ctypes.PyDLL`` is the standard library's way to call a C function with the GIL held
+(``ctypes.CDLL`` releases it); no CUDA Python binding offers the choice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from lithos_atom.errors import LithosCudaError
@@ -50,10 +55,10 @@ _SIGNATURES: dict[str, tuple] = {
 }
 
 
-@functools.lru_cache(maxsize=1)
-def _libcuda() -> Any:
+@functools.lru_cache(maxsize=2)
+def _libcuda(hold_gil: bool = True) -> Any:
     path = ctypes.util.find_library("cuda") or "libcuda.so.1"
-    lib = ctypes.PyDLL(path)  # PyDLL: the GIL stays held during each call
+    lib = (ctypes.PyDLL if hold_gil else ctypes.CDLL)(path)  # PyDLL: the GIL stays held during each call
     for name, args in _SIGNATURES.items():
         fn = getattr(lib, name, None)
         if fn is None and name == "cuEventElapsedTime_v2":  # drivers before CUDA 12.8
@@ -63,10 +68,40 @@ def _libcuda() -> Any:
     return lib
 
 
+_local = threading.local()
+
+
+def holds_gil() -> bool:
+    """Whether the calling thread's driver calls keep the GIL (see `gil_held`; threads
+    that never chose keep it only under ``LITHOS_HOLD_GIL=all``)."""
+    hold = getattr(_local, "hold", None)
+    if hold is None:
+        from lithos_atom.settings import get_settings
+
+        hold = get_settings().hold_gil == "all"
+    return bool(hold)
+
+
+@contextlib.contextmanager
+def gil_held(hold: bool) -> Iterator[None]:
+    """Make the calling thread's driver calls keep the GIL (``hold``) or release it, until
+    the block exits; the thread's previous choice is restored then."""
+    saved = getattr(_local, "hold", None)
+    _local.hold = hold
+    try:
+        yield
+    finally:
+        _local.hold = saved
+
+
+def _lib() -> Any:
+    return _libcuda(holds_gil())
+
+
 def _check(call: str, code: int) -> None:
     if code != 0:
         name = ctypes.c_char_p()
-        _libcuda().cuGetErrorName(code, ctypes.byref(name))
+        _libcuda(True).cuGetErrorName(code, ctypes.byref(name))
         raise LithosCudaError(call, code, (name.value or b"CUDA_ERROR_UNKNOWN").decode())
 
 
@@ -80,53 +115,53 @@ def _ready(call: str, code: int) -> bool:
 def event_create(flags: int) -> int:
     """``cuEventCreate`` in the calling thread's current context; returns the handle."""
     handle = _P()
-    _check("cuEventCreate", _libcuda().cuEventCreate(ctypes.byref(handle), flags))
+    _check("cuEventCreate", _lib().cuEventCreate(ctypes.byref(handle), flags))
     return int(handle.value or 0)
 
 
 def event_destroy(event: int) -> None:
     """``cuEventDestroy`` (the driver frees it once pending work that records it is done)."""
-    _check("cuEventDestroy", _libcuda().cuEventDestroy_v2(event))
+    _check("cuEventDestroy", _lib().cuEventDestroy_v2(event))
 
 
 def event_record(event: int, stream: int) -> None:
     """``cuEventRecord(event, stream)`` (handles as ints)."""
-    _check("cuEventRecord", _libcuda().cuEventRecord(event, stream))
+    _check("cuEventRecord", _lib().cuEventRecord(event, stream))
 
 
 def event_query(event: int) -> bool:
     """Whether the work before ``event``'s latest record has completed (``cuEventQuery``)."""
-    return _ready("cuEventQuery", _libcuda().cuEventQuery(event))
+    return _ready("cuEventQuery", _lib().cuEventQuery(event))
 
 
 def event_elapsed_ms(start: int, end: int) -> float:
     """Device time between two completed timing events, in ms (``cuEventElapsedTime``)."""
     out = ctypes.c_float()
-    _check("cuEventElapsedTime", _libcuda().cuEventElapsedTime_v2(ctypes.byref(out), start, end))
+    _check("cuEventElapsedTime", _lib().cuEventElapsedTime_v2(ctypes.byref(out), start, end))
     return float(out.value)
 
 
 def stream_wait_event(stream: int, event: int) -> None:
     """``cuStreamWaitEvent(stream, event, 0)`` (handles as ints)."""
-    _check("cuStreamWaitEvent", _libcuda().cuStreamWaitEvent(stream, event, 0))
+    _check("cuStreamWaitEvent", _lib().cuStreamWaitEvent(stream, event, 0))
 
 
 def stream_query(stream: int) -> bool:
     """Whether all work queued on ``stream`` has completed (``cuStreamQuery``)."""
-    return _ready("cuStreamQuery", _libcuda().cuStreamQuery(stream))
+    return _ready("cuStreamQuery", _lib().cuStreamQuery(stream))
 
 
 def launch_kernel(function: int, grid: tuple[int, int, int], block: tuple[int, int, int], shared_mem: int,
                   stream: int, params: Any) -> None:
     """``cuLaunchKernel`` with ``params`` a ctypes array of pointers to the arguments."""
-    _check("cuLaunchKernel", _libcuda().cuLaunchKernel(function, grid[0], grid[1], grid[2], block[0], block[1],
+    _check("cuLaunchKernel", _lib().cuLaunchKernel(function, grid[0], grid[1], grid[2], block[0], block[1],
                                                        block[2], shared_mem, stream, params, None))
 
 
 def param_layout(function: int) -> tuple[tuple[int, int], ...] | None:
     """``(offset, size)`` in bytes of each parameter of ``function`` (``cuFuncGetParamInfo``);
     None on a driver too old to say (before CUDA 12.4)."""
-    lib = _libcuda()
+    lib = _lib()
     if not hasattr(lib, "cuFuncGetParamInfo"):
         return None
     layout: list[tuple[int, int]] = []

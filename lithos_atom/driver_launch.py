@@ -1,9 +1,9 @@
-"""CuPy kernel launches made with the GIL held.
+"""CuPy kernel launches through lithos' own driver call.
 
 ``RawKernel.__call__`` packs its arguments in Cython and calls ``cuLaunchKernel`` with
 the GIL released. lithos launches a CuPy kernel itself instead, through
-`lithos_atom.gil_held_driver`, whenever it can pack the arguments to the same bytes
-CuPy would:
+`lithos_atom.driver_calls` (which keeps the GIL in latency-critical threads), whenever it
+can pack the arguments to the same bytes CuPy would:
 
 - a ``cupy.ndarray`` for a pointer parameter: its data pointer (CuPy passes a ``CArray``
   whose first field is that pointer; the driver reads the parameter's 8 bytes);
@@ -16,8 +16,8 @@ A parameter narrower than its value takes the value's first bytes, as the driver
 them from CuPy's buffer. Anything else (another argument type, a value narrower than its
 parameter, an argument count other than the kernel's, a cooperative kernel, a grid or
 block that is not a tuple of ints, a driver without ``cuFuncGetParamInfo``) goes through
-CuPy's own call, which then also raises CuPy's own errors. ``LITHOS_GIL_HELD_LAUNCH=0``
-sends every launch through CuPy.
+CuPy's own call, which then also raises CuPy's own errors. An atom's arguments are packed
+once per launch; each atom rewrites only its first block.
 """
 
 from __future__ import annotations
@@ -29,9 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from lithos_atom import gil_held_driver
+from lithos_atom import driver_calls
 from lithos_atom.errors import LithosCudaError
-from lithos_atom.settings import get_settings
 
 _layouts: dict[int, tuple[tuple[int, int], ...] | None] = {}  # function handle -> parameter layout
 _INT64_MIN, _UINT64_LIMIT, _INT64_LIMIT = -(2**63), 2**64, 2**63
@@ -104,7 +103,7 @@ def pack(function: int, args: tuple) -> PackedParams | None:
     try:
         layout = _layouts[function]
     except KeyError:
-        layout = _layouts[function] = gil_held_driver.param_layout(function)
+        layout = _layouts[function] = driver_calls.param_layout(function)
     if layout is None or len(layout) != len(args):
         return None
     arrays, memory_pointer = _cupy_types()
@@ -144,7 +143,7 @@ def _dim3(value: Any) -> tuple[int, int, int] | None:
 def launch(kernel: Any, grid: Any, block: Any, args: Any, shared_mem: Any, stream: Any,
            call: Callable[..., Any] | None = None) -> None:
     """Launch the CuPy kernel ``kernel`` as ``kernel(grid, block, args, shared_mem=...,
-    stream=...)`` would, with the GIL held when the arguments allow.
+    stream=...)`` would, through `launch_packed` when the arguments allow.
 
     Parameters
     ----------
@@ -156,8 +155,7 @@ def launch(kernel: Any, grid: Any, block: Any, args: Any, shared_mem: Any, strea
         CuPy's own call of the kernel, for what cannot be packed here (default
         ``kernel``; an intercepting subclass passes its base class's ``__call__``).
     """
-    if (get_settings().gil_held_launch and not kernel.enable_cooperative_groups
-            and type(shared_mem) is int and shared_mem >= 0 and type(args) in (tuple, list)):
+    if (not kernel.enable_cooperative_groups and type(shared_mem) is int and shared_mem >= 0 and type(args) in (tuple, list)):
         g, b = _dim3(grid), _dim3(block)
         if g is not None and b is not None:
             function = kernel.kernel.ptr  # CuPy compiles on first use and caches per device
@@ -170,14 +168,14 @@ def launch(kernel: Any, grid: Any, block: Any, args: Any, shared_mem: Any, strea
 
 def launch_packed(function: int, grid: tuple[int, int, int], block: tuple[int, int, int], shared_mem: int,
                   stream: int, packed: PackedParams) -> None:
-    """``cuLaunchKernel`` with the GIL held; a thread with no current context gets CuPy's
-    (the primary context) first, as CuPy's own launch would."""
+    """``cuLaunchKernel`` through `lithos_atom.driver_calls`; a thread with no current
+    context gets CuPy's (the primary context) first, as CuPy's own launch would."""
     try:
-        gil_held_driver.launch_kernel(function, grid, block, shared_mem, stream, packed.pointers)
+        driver_calls.launch_kernel(function, grid, block, shared_mem, stream, packed.pointers)
     except LithosCudaError as exc:
-        if exc.code != gil_held_driver.CUDA_ERROR_INVALID_CONTEXT:
+        if exc.code != driver_calls.CUDA_ERROR_INVALID_CONTEXT:
             raise
         import cupy
 
         cupy.cuda.runtime.free(0)
-        gil_held_driver.launch_kernel(function, grid, block, shared_mem, stream, packed.pointers)
+        driver_calls.launch_kernel(function, grid, block, shared_mem, stream, packed.pointers)

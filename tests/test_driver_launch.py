@@ -5,7 +5,6 @@ bitwise equality with CuPy's, run in the GPU tier)."""
 from __future__ import annotations
 
 import ctypes
-import os
 import struct
 
 import numpy as np
@@ -13,9 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lithos_atom import gil_held_driver, gil_held_launch
+from lithos_atom import driver_calls, driver_launch
 from lithos_atom.errors import LithosCudaError
-from lithos_atom.settings import reload_settings
 
 
 class FakeArray:
@@ -33,11 +31,11 @@ class FakeMemoryPointer:
 @pytest.fixture
 def layout(monkeypatch):
     """Kernels whose parameter layout the test sets; CuPy's types replaced by stand-ins."""
-    monkeypatch.setattr(gil_held_launch, "_cupy_types", lambda: ((FakeArray,), FakeMemoryPointer))
-    monkeypatch.setattr(gil_held_launch, "_layouts", {})
+    monkeypatch.setattr(driver_launch, "_cupy_types", lambda: ((FakeArray,), FakeMemoryPointer))
+    monkeypatch.setattr(driver_launch, "_layouts", {})
 
     def set_layout(function: int, params: tuple) -> None:
-        gil_held_launch._layouts[function] = params
+        driver_launch._layouts[function] = params
     return set_layout
 
 
@@ -54,7 +52,7 @@ def test_each_argument_is_packed_to_cupys_bytes_at_its_offset(layout):
     layout(1, ((0, 8), (8, 8), (16, 4), (24, 8), (32, 2), (34, 1), (40, 8), (48, 16), (64, 8), (72, 4)))
     args = (FakeArray(0x7F0000001000), None, np.int32(-7), 3.25, np.float16(1.5), True, -(2**40),
             1 + 2j, FakeMemoryPointer(0xABC), np.array([9], np.uint32))
-    packed = gil_held_launch.pack(1, args)
+    packed = driver_launch.pack(1, args)
     assert packed is not None
     assert [_pointed(packed, i) for i in range(len(args))] == [o for o, _ in packed.layout]
     assert _param(packed, 0) == struct.pack("<Q", 0x7F0000001000)
@@ -71,7 +69,7 @@ def test_each_argument_is_packed_to_cupys_bytes_at_its_offset(layout):
 
 def test_a_narrower_parameter_takes_the_values_first_bytes_as_the_driver_reads_cupys(layout):
     layout(2, ((0, 4),))
-    packed = gil_held_launch.pack(2, (2**33 + 5,))  # a Python int (int64) for an int parameter
+    packed = driver_launch.pack(2, (2**33 + 5,))  # a Python int (int64) for an int parameter
     assert packed is not None and _param(packed, 0) == np.int64(2**33 + 5).tobytes()[:4]
 
 
@@ -87,7 +85,7 @@ def test_a_narrower_parameter_takes_the_values_first_bytes_as_the_driver_reads_c
 ])
 def test_what_cannot_be_packed_exactly_is_left_to_cupy(layout, args, params, why):
     layout(3, params)
-    assert gil_held_launch.pack(3, args) is None, why
+    assert driver_launch.pack(3, args) is None, why
 
 
 def test_an_int_subclass_is_left_to_cupy(layout):
@@ -97,30 +95,30 @@ def test_an_int_subclass_is_left_to_cupy(layout):
         ON = 1
 
     layout(4, ((0, 8),))
-    assert gil_held_launch.pack(4, (Flag.ON,)) is None  # CuPy keys on the exact type
+    assert driver_launch.pack(4, (Flag.ON,)) is None  # CuPy keys on the exact type
 
 
 def test_a_driver_without_param_info_leaves_every_launch_to_cupy(layout, monkeypatch):
-    monkeypatch.setattr(gil_held_driver, "param_layout", lambda f: None)
-    assert gil_held_launch.pack(5, (1,)) is None
+    monkeypatch.setattr(driver_calls, "param_layout", lambda f: None)
+    assert driver_launch.pack(5, (1,)) is None
 
 
 @given(st.integers(min_value=-(2**63), max_value=2**64 - 1))
 def test_python_ints_take_cupys_numpy_type(value):
     expected = (np.int64(value) if value < 2**63 else np.uint64(value)).tobytes()
-    assert gil_held_launch._value_bytes(value) == expected
+    assert driver_launch._value_bytes(value) == expected
 
 
 @given(st.floats(allow_nan=False) | st.sampled_from([float("nan"), float("inf")]))
 def test_python_floats_are_float64(value):
-    assert gil_held_launch._value_bytes(value) == np.float64(value).tobytes()
+    assert driver_launch._value_bytes(value) == np.float64(value).tobytes()
 
 
 @given(st.sampled_from(["int8", "uint16", "int32", "uint64", "float16", "float32", "float64", "complex64", "bool"]),
        st.integers(0, 255))
 def test_numpy_scalars_keep_their_own_bytes(dtype, raw):
     value = np.array(raw).astype(dtype)[()]
-    assert gil_held_launch._value_bytes(value) == value.tobytes()
+    assert driver_launch._value_bytes(value) == value.tobytes()
 
 
 class FakeKernel:
@@ -143,14 +141,14 @@ class Stream:
 def driver(monkeypatch, layout):
     layout(7, ((0, 8), (8, 4)))
     launches: list[tuple] = []
-    monkeypatch.setattr(gil_held_driver, "launch_kernel",
+    monkeypatch.setattr(driver_calls, "launch_kernel",
                         lambda f, g, b, shm, s, params: launches.append((f, g, b, shm, s)))
     return launches
 
 
 def test_a_packable_launch_goes_to_the_driver_with_cupys_grid_clamp(driver):
     k = FakeKernel()
-    gil_held_launch.launch(k, (4, 0), (128,), (FakeArray(16), np.int32(3)), 0, Stream())
+    driver_launch.launch(k, (4, 0), (128,), (FakeArray(16), np.int32(3)), 0, Stream())
     assert driver == [(7, (4, 1, 1), (128, 1, 1), 0, 0x51)] and k.cupy_calls == []
 
 
@@ -163,25 +161,13 @@ def test_a_packable_launch_goes_to_the_driver_with_cupys_grid_clamp(driver):
     (FakeKernel(), (4,), (32,), (FakeArray(16), np.int32(3)), -1),
 ])
 def test_anything_else_goes_through_cupys_call(driver, kernel, grid, block, args, shared_mem):
-    gil_held_launch.launch(kernel, grid, block, args, shared_mem, Stream())
+    driver_launch.launch(kernel, grid, block, args, shared_mem, Stream())
     assert driver == [] and kernel.cupy_calls == [(grid, block, args, shared_mem)]
-
-
-def test_the_setting_sends_every_launch_through_cupy(driver, monkeypatch):
-    monkeypatch.setenv("LITHOS_GIL_HELD_LAUNCH", "0")
-    reload_settings()
-    try:
-        k = FakeKernel()
-        gil_held_launch.launch(k, (4,), (32,), (FakeArray(16), np.int32(3)), 0, Stream())
-        assert driver == [] and len(k.cupy_calls) == 1
-    finally:
-        monkeypatch.delenv("LITHOS_GIL_HELD_LAUNCH")
-        reload_settings()
 
 
 def test_an_intercepting_subclass_passes_its_base_call(driver):
     k, calls = FakeKernel(), []
-    gil_held_launch.launch(k, 4, (32,), (), 0, Stream(), lambda *a, **kw: calls.append(a))
+    driver_launch.launch(k, 4, (32,), (), 0, Stream(), lambda *a, **kw: calls.append(a))
     assert calls == [(4, (32,), ())] and k.cupy_calls == []
 
 
@@ -194,12 +180,12 @@ def test_a_thread_without_a_context_gets_cupys_and_launches_again(monkeypatch, l
     def launch_kernel(*a):
         attempts.append(a)
         if len(attempts) == 1:
-            raise LithosCudaError("cuLaunchKernel", gil_held_driver.CUDA_ERROR_INVALID_CONTEXT,
+            raise LithosCudaError("cuLaunchKernel", driver_calls.CUDA_ERROR_INVALID_CONTEXT,
                                   "CUDA_ERROR_INVALID_CONTEXT")
 
-    monkeypatch.setattr(gil_held_driver, "launch_kernel", launch_kernel)
+    monkeypatch.setattr(driver_calls, "launch_kernel", launch_kernel)
     monkeypatch.setattr(cupy.cuda.runtime, "free", lambda p: made_current.append(p))
-    gil_held_launch.launch(FakeKernel(), (1,), (1,), (), 0, Stream())
+    driver_launch.launch(FakeKernel(), (1,), (1,), (), 0, Stream())
     assert len(attempts) == 2 and made_current == [0]
 
 
@@ -209,10 +195,6 @@ def test_other_launch_failures_are_raised(monkeypatch, layout):
     def launch_kernel(*a):
         raise LithosCudaError("cuLaunchKernel", 1, "CUDA_ERROR_INVALID_VALUE")
 
-    monkeypatch.setattr(gil_held_driver, "launch_kernel", launch_kernel)
+    monkeypatch.setattr(driver_calls, "launch_kernel", launch_kernel)
     with pytest.raises(LithosCudaError, match="CUDA_ERROR_INVALID_VALUE"):
-        gil_held_launch.launch(FakeKernel(), (1,), (1,), (), 0, Stream())
-
-
-def test_the_setting_is_read_from_the_environment():
-    assert reload_settings().gil_held_launch is (os.environ.get("LITHOS_GIL_HELD_LAUNCH", "1") != "0")
+        driver_launch.launch(FakeKernel(), (1,), (1,), (), 0, Stream())

@@ -1,6 +1,7 @@
-"""GPU tier: a CuPy kernel launched by lithos with the GIL held (`lithos_atom.gil_held_launch`)
-writes the same bytes as CuPy's own launch, for every argument type it packs; fresh random
-inputs, outputs poisoned before each launch."""
+"""GPU tier: a CuPy kernel launched through lithos' own driver call
+(`lithos_atom.driver_launch`), with the GIL held or released, writes the same bytes as
+CuPy's own launch, for every argument type it packs; fresh random inputs, outputs
+poisoned before each launch."""
 
 from __future__ import annotations
 
@@ -25,25 +26,26 @@ extern "C" __global__ void mix(float* out, const float* x, int n, long long m, d
 @pytest.fixture
 def launches(monkeypatch):
     """Count the launches that reach the driver through lithos."""
-    from lithos_atom import gil_held_driver
+    from lithos_atom import driver_calls
 
     seen = []
-    real = gil_held_driver.launch_kernel
+    real = driver_calls.launch_kernel
 
     def counting(*a):
         seen.append(a)
         real(*a)
 
-    monkeypatch.setattr(gil_held_driver, "launch_kernel", counting)
+    monkeypatch.setattr(driver_calls, "launch_kernel", counting)
     return seen
 
 
 @pytest.mark.parametrize("n_arg", ["np.int32", "python int"])
 @pytest.mark.parametrize("with_pointer", [True, False])
-def test_packed_launch_matches_cupys_bitwise(launches, n_arg, with_pointer):
+@pytest.mark.parametrize("hold_gil", [True, False])
+def test_packed_launch_matches_cupys_bitwise(launches, n_arg, with_pointer, hold_gil):
     import cupy
 
-    from lithos_atom import gil_held_launch
+    from lithos_atom import driver_calls, driver_launch
 
     rng = np.random.default_rng()
     kernel = cupy.RawKernel(SOURCE, "mix")
@@ -61,11 +63,12 @@ def test_packed_launch_matches_cupys_bitwise(launches, n_arg, with_pointer):
         cupy.cuda.runtime.memset(out.data.ptr, POISON, out.nbytes)
         call = (out, *args[1:])
         if use_lithos:
-            gil_held_launch.launch(kernel, grid, block, call, 0, stream)
+            with driver_calls.gil_held(hold_gil):
+                driver_launch.launch(kernel, grid, block, call, 0, stream)
         else:
             kernel(grid, block, call, stream=stream)
         stream.synchronize()
         outs.append(cupy.asnumpy(out).view(np.uint8))
-    assert len(launches) == 1, "the launch must have gone through the GIL-held path"
+    assert len(launches) == 1, "the launch must have gone through lithos' driver call"
     assert (outs[1].view(np.uint32) != int.from_bytes(bytes([POISON]) * 4, 'little')).all()  # all written
     np.testing.assert_array_equal(outs[0], outs[1])

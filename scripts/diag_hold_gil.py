@@ -1,0 +1,116 @@
+"""Diagnostic: which threads keep the GIL in lithos' driver calls (``LITHOS_HOLD_GIL``:
+latency-critical threads only, as shipped; all; none), on the synthetic co-location pair
+and the inference + training pair, interleaved round by round so a drifting host shows up
+in every arm. Each round also runs the latency-critical tenant alone (plain streams).
+
+Usage (on the GPU): python scripts/diag_hold_gil.py OUT_JSON [seconds per run] [rounds]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+
+import cupy
+
+import kernels
+from lithos_atom.atomizer import using_atomizer
+from lithos_atom.settings import HOLD_GIL_CHOICES, reload_settings
+from lithos_sched import Scheduler, colocation_bench, ml_tenants, open_device
+from lithos_sched.ml_colocation import MLColocationConfig
+from lithos_sched.ml_gpu import figures, run_tenants, tenant_specs
+from lithos_sched.scheduler import Policy
+
+OUT = sys.argv[1] if len(sys.argv) > 1 else "diag-hold-gil.json"
+SECONDS = float(sys.argv[2]) if len(sys.argv) > 2 else 4.0
+ROUNDS = int(sys.argv[3]) if len(sys.argv) > 3 else 2
+device = open_device(simulate=False)
+
+# the synthetic pair of the co-location section
+co_cfg = colocation_bench.ColocationConfig(duration_s=SECONDS)
+_, w = colocation_bench.setup_gpu(co_cfg)
+plain = cupy.cuda.Stream(non_blocking=True)
+
+
+def co_alone() -> dict:
+    import contextlib
+
+    res = colocation_bench._run_pair(w, (contextlib.nullcontext, lambda: plain), None, SECONDS)
+    return brief_co(res)
+
+
+def brief_co(res: dict) -> dict:
+    hp = res["hp"]
+    out = {"p50_ms": hp["p50_ms"], "p99_ms": hp["p99_ms"], "phases_p99_ms": hp.get("phases_p99_ms")}
+    if "be" in res:
+        out["be_kernels_per_s"] = res["be"]["kernels_per_s"]
+    if "scheduler" in res:
+        t = res["scheduler"]["tenants"]
+        out["lc_host_us_per_launch"] = t["lc"]["host_us_per_atom"]
+        out["be_host_us_per_atom"] = t["be"]["host_us_per_atom"]
+    return out
+
+
+# the inference + training pair of the ML section
+ml_cfg = MLColocationConfig(pairs=("training",), duration_s=SECONDS)
+plain_ml, plain_ml2 = cupy.cuda.Stream(non_blocking=True), cupy.cuda.Stream(non_blocking=True)
+kernels.reset_cache()
+service = ml_tenants.build_lc(ml_cfg, plain_ml)
+service.warmup(plain_ml)
+job = ml_tenants.build_be(ml_cfg, "training", plain_ml2)
+job.step(plain_ml2)
+plain_ml2.synchronize()
+be_alone = figures(ml_cfg, ml_tenants.run_threads(ml_cfg, None, ((lambda: plain_ml2), job.step)))["be"]["iters_per_s"]
+
+
+def brief_ml(fig: dict, stats: dict | None = None) -> dict:
+    hp = fig["hp"]
+    out = {k: hp[k] for k in ("p50_ms", "p99_ms", "p99_ci95_ms")}
+    out["phases_p99_ms"] = hp.get("phases_p99_ms")
+    if "be" in fig:
+        out["be_norm"] = fig["be"]["iters_per_s"] / be_alone
+    if stats is not None:
+        out["lc_host_us_per_launch"] = stats["lc"]["host_us_per_atom"]
+        out["be_host_us_per_atom"] = stats["be"]["host_us_per_atom"]
+    return out
+
+
+def use(mode: str) -> None:
+    os.environ["LITHOS_HOLD_GIL"] = mode
+    reload_settings()
+
+
+runs: list[dict] = []
+
+
+def note(entry: dict) -> None:
+    runs.append(entry)
+    print({k: v for k, v in entry.items() if k != "p99_ci95_ms"}, flush=True)
+
+
+for rnd in range(ROUNDS):
+    note({"round": rnd, "pair": "synthetic", "arm": "alone", **co_alone()})
+    kernels.reset_cache()
+    note({"round": rnd, "pair": "ml_training", "arm": "alone",
+          **brief_ml(figures(ml_cfg, ml_tenants.run_threads(ml_cfg, ((lambda: plain_ml), service), None)))})
+    for mode in HOLD_GIL_CHOICES:
+        use(mode)
+        res, _, _ = colocation_bench.run_lithos(co_cfg, w, device, co_cfg.policy())
+        note({"round": rnd, "pair": "synthetic", "arm": mode, **brief_co(res)})
+        kernels.reset_cache()
+        with using_atomizer(None):
+            service.warmup(plain_ml)
+            sched = Scheduler(device, tenant_specs(ml_cfg), Policy())
+            try:
+                fig = figures(ml_cfg, run_tenants(ml_cfg, sched, service, job))
+                stats = sched.stats()["tenants"]
+            finally:
+                sched.close()
+        note({"round": rnd, "pair": "ml_training", "arm": mode, **brief_ml(fig, stats)})
+use("latency-critical")
+with open(OUT, "w") as f:
+    json.dump({"device": device.describe(), "seconds": SECONDS, "rounds": ROUNDS,
+               "co_config": dataclasses.asdict(co_cfg), "ml_config": dataclasses.asdict(ml_cfg), "runs": runs},
+              f, indent=1, default=str)
