@@ -86,16 +86,21 @@ def holds_gil() -> bool:
 def gil_held(hold: bool) -> Iterator[None]:
     """Make the calling thread's driver calls keep the GIL (``hold``) or release it, until
     the block exits; the thread's previous choice is restored then."""
-    saved = getattr(_local, "hold", None)
-    _local.hold = hold
+    saved = getattr(_local, "hold", None), getattr(_local, "lib", None)
+    _local.hold, _local.lib = hold, None
     try:
         yield
     finally:
-        _local.hold = saved
+        _local.hold, _local.lib = saved
 
 
 def _lib() -> Any:
-    return _libcuda(holds_gil())
+    lib = getattr(_local, "lib", None)
+    if lib is None:
+        lib = _libcuda(holds_gil())
+        if getattr(_local, "hold", None) is not None:
+            _local.lib = lib  # chosen for this block: skip the choice on later calls
+    return lib
 
 
 def _check(call: str, code: int) -> None:

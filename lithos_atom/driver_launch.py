@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -98,33 +99,44 @@ class PackedParams:
         struct.pack_into("<Q", self.buffer, self.layout[index][0], value)
 
 
-def pack(function: int, args: tuple) -> PackedParams | None:
-    """Pack ``args`` for the kernel ``function`` as CuPy would; None where CuPy must do it."""
+_U64 = struct.Struct("<Q")
+_local = threading.local()  # per thread: the PackedParams of each function, reused launch after launch
+
+
+def pack(function: int, args: tuple, into: PackedParams | None = None) -> PackedParams | None:
+    """Pack ``args`` for the kernel ``function`` as CuPy would; None where CuPy must do it.
+
+    ``into``: a `PackedParams` of the same function to write over (its buffer may be
+    reused once the launch that read it has returned).
+    """
     try:
         layout = _layouts[function]
     except KeyError:
         layout = _layouts[function] = driver_calls.param_layout(function)
     if layout is None or len(layout) != len(args):
         return None
-    arrays, memory_pointer = _cupy_types()
-    packed = PackedParams(layout)
+    if _array_types is None:
+        _cupy_types()
+    packed = into if into is not None else PackedParams(layout)
+    buffer = packed.buffer
     for i, arg in enumerate(args):
-        size = layout[i][1]
-        if isinstance(arg, arrays):
-            value = struct.pack("<Q", arg.data.ptr)
+        offset, size = layout[i]
+        if isinstance(arg, _array_types):  # type: ignore[arg-type]
             if size != 8:
                 return None  # a CArray parameter: CuPy's struct, not only the pointer
-        elif arg is None:
+            _U64.pack_into(buffer, offset, arg.data.ptr)
+            continue
+        if arg is None:
             value = bytes(8)
-        elif isinstance(arg, memory_pointer):
-            value = struct.pack("<Q", arg.ptr)
+        elif isinstance(arg, _memory_pointer):  # type: ignore[arg-type]
+            value = _U64.pack(arg.ptr)
         else:
             value = _value_bytes(arg)
             if value is None:
                 return None
         if len(value) < size:
             return None  # the driver would read past CuPy's value: leave that to CuPy
-        packed.set(i, value)
+        buffer[offset:offset + size] = value[:size]
     return packed
 
 
@@ -159,8 +171,10 @@ def launch(kernel: Any, grid: Any, block: Any, args: Any, shared_mem: Any, strea
         g, b = _dim3(grid), _dim3(block)
         if g is not None and b is not None:
             function = kernel.kernel.ptr  # CuPy compiles on first use and caches per device
-            packed = pack(function, tuple(args))
+            reused = _local.__dict__.setdefault("packed", {})
+            packed = pack(function, tuple(args), reused.get(function))
             if packed is not None:
+                reused[function] = packed
                 launch_packed(function, g, b, shared_mem, stream.ptr, packed)
                 return
     (call or kernel)(grid, block, args, shared_mem=shared_mem, stream=stream)

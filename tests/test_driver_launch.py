@@ -31,7 +31,8 @@ class FakeMemoryPointer:
 @pytest.fixture
 def layout(monkeypatch):
     """Kernels whose parameter layout the test sets; CuPy's types replaced by stand-ins."""
-    monkeypatch.setattr(driver_launch, "_cupy_types", lambda: ((FakeArray,), FakeMemoryPointer))
+    monkeypatch.setattr(driver_launch, "_array_types", (FakeArray,))
+    monkeypatch.setattr(driver_launch, "_memory_pointer", FakeMemoryPointer)
     monkeypatch.setattr(driver_launch, "_layouts", {})
 
     def set_layout(function: int, params: tuple) -> None:
@@ -198,3 +199,11 @@ def test_other_launch_failures_are_raised(monkeypatch, layout):
     monkeypatch.setattr(driver_calls, "launch_kernel", launch_kernel)
     with pytest.raises(LithosCudaError, match="CUDA_ERROR_INVALID_VALUE"):
         driver_launch.launch(FakeKernel(), (1,), (1,), (), 0, Stream())
+
+
+def test_packing_into_a_used_buffer_overwrites_every_argument(layout):
+    layout(8, ((0, 8), (8, 4)))
+    first = driver_launch.pack(8, (FakeArray(0x1000), np.int32(1)))
+    again = driver_launch.pack(8, (FakeArray(0x2000), np.int32(-2)), first)
+    assert again is first
+    assert _param(again, 0) == struct.pack("<Q", 0x2000) and _param(again, 1) == np.int32(-2).tobytes()
