@@ -294,7 +294,7 @@ class AtomizedRawKernel:
                 raise UnsupportedKernelError(reason, entry=self._source.name)
 
             def launch_whole(stream: Any) -> None:
-                driver_launch.launch(self._kernel, grid, block, args, shared_mem, as_cupy_stream(stream))
+                self._kernel(grid, block, args, shared_mem=shared_mem, stream=as_cupy_stream(stream))
 
             return LaunchPlan.whole(key, total, launch_whole, reason)
         assert isinstance(prepared, PreparedKernel)
@@ -333,7 +333,7 @@ class AtomizedRawKernel:
     ) -> None:
         atomizer = get_atomizer() or self._direct
         if atomizer.launch_whole(
-            lambda s: driver_launch.launch(self._kernel, grid, block, args, shared_mem, as_cupy_stream(s)),
+            lambda s: self._kernel(grid, block, args, shared_mem=shared_mem, stream=as_cupy_stream(s)),
             stream, lambda: self.shape(grid, block, args, shared_mem=shared_mem),
         ):
             return

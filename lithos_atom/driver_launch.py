@@ -1,9 +1,10 @@
-"""CuPy kernel launches through lithos' own driver call.
+"""Atom launches through lithos' own driver call.
 
-``RawKernel.__call__`` packs its arguments in Cython and calls ``cuLaunchKernel`` with
-the GIL released. lithos launches a CuPy kernel itself instead, through
-`lithos_atom.driver_calls` (which keeps the GIL in latency-critical threads), whenever it
-can pack the arguments to the same bytes CuPy would:
+An atom is the rewritten kernel launched on a range of blocks, with the user's arguments
+and four more (the first block, the original grid). CuPy's ``Function.__call__`` would pack
+every argument again for each atom, in Cython, and release the GIL in ``cuLaunchKernel``.
+lithos packs them once per launch (`pack`), when it can pack them to the same bytes CuPy
+would, and each atom rewrites only its first block before `launch_packed`:
 
 - a ``cupy.ndarray`` for a pointer parameter: its data pointer (CuPy passes a ``CArray``
   whose first field is that pointer; the driver reads the parameter's 8 bytes);
@@ -14,18 +15,18 @@ can pack the arguments to the same bytes CuPy would:
 
 A parameter narrower than its value takes the value's first bytes, as the driver reads
 them from CuPy's buffer. Anything else (another argument type, a value narrower than its
-parameter, an argument count other than the kernel's, a cooperative kernel, a grid or
-block that is not a tuple of ints, a driver without ``cuFuncGetParamInfo``) goes through
-CuPy's own call, which then also raises CuPy's own errors. An atom's arguments are packed
-once per launch; each atom rewrites only its first block.
+parameter, an argument count other than the kernel's, a driver without
+``cuFuncGetParamInfo``) makes `pack` return None, and the atoms go through CuPy's call.
+
+A latency-critical launch, which runs whole and once, keeps CuPy's own call: measured on
+the H100 (bench/results/h100-2026-11-25-session4-diagnostics), packing it here cost more
+host time than CuPy's Cython did.
 """
 
 from __future__ import annotations
 
 import ctypes
 import struct
-import threading
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -100,15 +101,10 @@ class PackedParams:
 
 
 _U64 = struct.Struct("<Q")
-_local = threading.local()  # per thread: the PackedParams of each function, reused launch after launch
 
 
-def pack(function: int, args: tuple, into: PackedParams | None = None) -> PackedParams | None:
-    """Pack ``args`` for the kernel ``function`` as CuPy would; None where CuPy must do it.
-
-    ``into``: a `PackedParams` of the same function to write over (its buffer may be
-    reused once the launch that read it has returned).
-    """
+def pack(function: int, args: tuple) -> PackedParams | None:
+    """Pack ``args`` for the kernel ``function`` as CuPy would; None where CuPy must do it."""
     try:
         layout = _layouts[function]
     except KeyError:
@@ -117,7 +113,7 @@ def pack(function: int, args: tuple, into: PackedParams | None = None) -> Packed
         return None
     if _array_types is None:
         _cupy_types()
-    packed = into if into is not None else PackedParams(layout)
+    packed = PackedParams(layout)
     buffer = packed.buffer
     for i, arg in enumerate(args):
         offset, size = layout[i]
@@ -138,46 +134,6 @@ def pack(function: int, args: tuple, into: PackedParams | None = None) -> Packed
             return None  # the driver would read past CuPy's value: leave that to CuPy
         buffer[offset:offset + size] = value[:size]
     return packed
-
-
-_MAX_DIM = 2**31 - 1
-
-
-def _dim3(value: Any) -> tuple[int, int, int] | None:
-    if type(value) is not tuple or not 1 <= len(value) <= 3:
-        return None
-    if not all(isinstance(d, (int, np.integer)) and d <= _MAX_DIM for d in value):
-        return None
-    dims = (value + (1, 1))[:3]
-    return max(1, int(dims[0])), max(1, int(dims[1])), max(1, int(dims[2]))  # CuPy's clamp
-
-
-def launch(kernel: Any, grid: Any, block: Any, args: Any, shared_mem: Any, stream: Any,
-           call: Callable[..., Any] | None = None) -> None:
-    """Launch the CuPy kernel ``kernel`` as ``kernel(grid, block, args, shared_mem=...,
-    stream=...)`` would, through `launch_packed` when the arguments allow.
-
-    Parameters
-    ----------
-    kernel : cupy.RawKernel
-    grid, block, args, shared_mem
-        As for ``RawKernel.__call__``.
-    stream : cupy.cuda.Stream
-    call : callable, optional
-        CuPy's own call of the kernel, for what cannot be packed here (default
-        ``kernel``; an intercepting subclass passes its base class's ``__call__``).
-    """
-    if (not kernel.enable_cooperative_groups and type(shared_mem) is int and shared_mem >= 0 and type(args) in (tuple, list)):
-        g, b = _dim3(grid), _dim3(block)
-        if g is not None and b is not None:
-            function = kernel.kernel.ptr  # CuPy compiles on first use and caches per device
-            reused = _local.__dict__.setdefault("packed", {})
-            packed = pack(function, tuple(args), reused.get(function))
-            if packed is not None:
-                reused[function] = packed
-                launch_packed(function, g, b, shared_mem, stream.ptr, packed)
-                return
-    (call or kernel)(grid, block, args, shared_mem=shared_mem, stream=stream)
 
 
 def launch_packed(function: int, grid: tuple[int, int, int], block: tuple[int, int, int], shared_mem: int,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from lithos_atom import driver_launch, numba_frontend
+from lithos_atom import numba_frontend
 
 _lock = threading.Lock()
 _originals: dict[str, Any] = {}
@@ -23,14 +23,13 @@ def _make_classes(raw_kernel: type, raw_module: type) -> tuple[type, type]:
     from lithos_atom.atomizer import as_cupy_stream, get_atomizer
     from lithos_atom.cupy_frontend import AtomizedRawKernel, source_of_module_function
 
-    def launch(atomized: AtomizedRawKernel, kernel: Any, fallback: Any, grid: Any, block: Any, args: Any,
+    def launch(atomized: AtomizedRawKernel, fallback: Any, grid: Any, block: Any, args: Any,
                shared_mem: int, stream: Any) -> None:
         atomizer = get_atomizer()
         if atomizer is None:
             return fallback(grid, block, args, shared_mem=shared_mem, stream=stream)
-        if atomizer.launch_whole(
-                lambda s: driver_launch.launch(kernel, grid, block, args, shared_mem, as_cupy_stream(s), fallback),
-                stream, lambda: atomized.shape(grid, block, args, shared_mem=shared_mem)):
+        if atomizer.launch_whole(lambda s: fallback(grid, block, args, shared_mem=shared_mem, stream=as_cupy_stream(s)),
+                                 stream, lambda: atomized.shape(grid, block, args, shared_mem=shared_mem)):
             return
         plan = atomized.plan(grid, block, args, shared_mem=shared_mem, options=atomizer.options)
         if not plan.atomized:
@@ -44,7 +43,7 @@ def _make_classes(raw_kernel: type, raw_module: type) -> tuple[type, type]:
             atomized = self.__dict__.get("_lithos_atomized")
             if atomized is None:
                 atomized = self.__dict__["_lithos_atomized"] = AtomizedRawKernel(self)
-            launch(atomized, self, super().__call__, grid, block, args, shared_mem, stream)
+            launch(atomized, super().__call__, grid, block, args, shared_mem, stream)
 
     class ModuleKernel:
         """A function of an intercepted ``RawModule``; attributes are the kernel's."""
@@ -54,7 +53,7 @@ def _make_classes(raw_kernel: type, raw_module: type) -> tuple[type, type]:
             self._atomized = AtomizedRawKernel(kernel, source=source_of_module_function(module, name))
 
         def __call__(self, grid: Any, block: Any, args: Any, *, shared_mem: int = 0, stream: Any = None) -> None:
-            launch(self._atomized, self._kernel, self._kernel, grid, block, args, shared_mem, stream)
+            launch(self._atomized, self._kernel, grid, block, args, shared_mem, stream)
 
         def __getattr__(self, name: str) -> Any:
             return getattr(self._kernel, name)

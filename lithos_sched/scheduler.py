@@ -108,7 +108,10 @@ class Policy:
         Time one in this many latency-critical launches with device events (for the
         predictor and the accounting). Latency-critical kernels run unsplit, straight
         from the front end; skipping the events and their bookkeeping on the other
-        launches keeps a launch within a few microseconds of a plain CuPy launch.
+        launches keeps a launch within a few microseconds of a plain CuPy launch. A
+        timed launch cost about 200 us of host time on a lent H100 host whose thread
+        had slept between requests (bench/results/h100-2026-11-25-session4-diagnostics),
+        against 11 us untimed: hence one in 32.
     gil_switch_interval_s : float or None
         While the scheduler is open, ``sys.setswitchinterval`` is set to this (restored by
         `Scheduler.close`): a latency-critical thread waiting for the GIL behind a busy
@@ -124,7 +127,7 @@ class Policy:
     atomize_best_effort: bool = True
     gil_switch_interval_s: float | None = 0.00005
     freeze_gc: bool = True
-    lc_timing_every: int = 8
+    lc_timing_every: int = 32
     yield_host_to_latency_critical: bool = True
     blocking_waits: bool = False
 

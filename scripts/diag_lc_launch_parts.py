@@ -1,11 +1,12 @@
 """Diagnostic: where a latency-critical launch's host time goes under co-location.
 
 Runs the latency-critical tenant of the synthetic co-location pair alone on a plain
-stream, alone under the scheduler, and beside the best-effort tenant under lithos, each
-with its launches packed by lithos (`lithos_atom.driver_launch`) or made by CuPy's own
-call ("cupy_call" arms), with timers on each part of a launch, per thread: the intercepted
-``RawKernel.__call__``, ``Scheduler._launch_latency_critical``, the launch closure it calls,
-argument packing, and the ``cuLaunchKernel`` call itself. Prints and writes the request
+stream, alone under the scheduler, and beside the best-effort tenant under lithos, with
+timers on each part of a launch, per thread: the intercepted ``RawKernel.__call__``,
+``Scheduler._launch_latency_critical``, the launch closure it calls (CuPy's own call), and
+for best-effort atoms the argument packing and ``cuLaunchKernel`` of
+`lithos_atom.driver_launch`. (An earlier version also packed latency-critical launches
+there: bench/results/h100-2026-11-25-session4-diagnostics.) Prints and writes the request
 p99 and phases, and per part and thread the count, mean, p50, p99 in microseconds.
 
 Usage (on the GPU): python scripts/diag_lc_launch_parts.py OUT_JSON [seconds]
@@ -78,11 +79,6 @@ cfg = cb.ColocationConfig(duration_s=SECONDS)
 _, w = cb.setup_gpu(cfg)
 device = open_device(simulate=False)
 results = {}
-packed_launch = driver_launch.launch
-
-
-def cupy_call(kernel, grid, block, args, shared_mem, stream, call=None):  # noqa: ANN001, ANN201
-    (call or kernel)(grid, block, args, shared_mem=shared_mem, stream=stream)
 
 
 def report(arm: str, res: dict) -> None:
@@ -97,20 +93,17 @@ for rnd in range(2):
     cb._run_pair(w, (contextlib.nullcontext, lambda: plain), None, 1.0)
     TIMES.clear()
     report(f"plain_alone_{rnd}", cb._run_pair(w, (contextlib.nullcontext, lambda: plain), None, SECONDS))
-    for launcher in ("packed", "cupy_call"):
-        driver_launch.launch = packed_launch if launcher == "packed" else cupy_call
-        for arm, policy, with_be in (("lc_only", Policy(), False), ("lithos", Policy(), True)):
-            specs = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5),
-                     TenantSpec("be", Priority.BEST_EFFORT, share=0.5)]
-            sched = Scheduler(device, specs, policy)
-            lc_t, be_t = sched.tenant("lc"), sched.tenant("be")
-            cur = cupy.cuda.get_current_stream
-            be = (lambda: be_t, cur) if with_be else None
-            cb._run_pair(w, (lambda: lc_t, cur), be, 1.0)
-            TIMES.clear()
-            res = cb._run_pair(w, (lambda: lc_t, cur), be, SECONDS)
-            sched.close()
-            report(f"{arm}_{launcher}_{rnd}", res)
-driver_launch.launch = packed_launch
+    for arm, policy, with_be in (("lc_only", Policy(), False), ("lithos", Policy(), True)):
+        specs = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5),
+                 TenantSpec("be", Priority.BEST_EFFORT, share=0.5)]
+        sched = Scheduler(device, specs, policy)
+        lc_t, be_t = sched.tenant("lc"), sched.tenant("be")
+        cur = cupy.cuda.get_current_stream
+        be = (lambda: be_t, cur) if with_be else None
+        cb._run_pair(w, (lambda: lc_t, cur), be, 1.0)
+        TIMES.clear()
+        res = cb._run_pair(w, (lambda: lc_t, cur), be, SECONDS)
+        sched.close()
+        report(f"{arm}_{rnd}", res)
 with open(OUT, "w") as f:
     json.dump({"device": device.describe(), "seconds": SECONDS, "results": results}, f, indent=1)

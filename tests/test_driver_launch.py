@@ -1,5 +1,5 @@
-"""CPU tier: lithos packs a CuPy kernel's arguments to the bytes CuPy passes, and leaves
-to CuPy's own call every launch it cannot pack exactly (the launches themselves, and their
+"""CPU tier: lithos packs an atom's arguments to the bytes CuPy passes, and leaves to
+CuPy's own call every launch it cannot pack exactly (the launches themselves, and their
 bitwise equality with CuPy's, run in the GPU tier)."""
 
 from __future__ import annotations
@@ -122,54 +122,8 @@ def test_numpy_scalars_keep_their_own_bytes(dtype, raw):
     assert driver_launch._value_bytes(value) == value.tobytes()
 
 
-class FakeKernel:
-    """A CuPy RawKernel stand-in: its call is CuPy's own launch."""
-
-    def __init__(self, cooperative: bool = False) -> None:
-        self.enable_cooperative_groups = cooperative
-        self.kernel = type("Function", (), {"ptr": 7})()
-        self.cupy_calls: list[tuple] = []
-
-    def __call__(self, grid, block, args, *, shared_mem=0, stream=None) -> None:  # noqa: ANN001
-        self.cupy_calls.append((grid, block, args, shared_mem))
-
-
 class Stream:
     ptr = 0x51
-
-
-@pytest.fixture
-def driver(monkeypatch, layout):
-    layout(7, ((0, 8), (8, 4)))
-    launches: list[tuple] = []
-    monkeypatch.setattr(driver_calls, "launch_kernel",
-                        lambda f, g, b, shm, s, params: launches.append((f, g, b, shm, s)))
-    return launches
-
-
-def test_a_packable_launch_goes_to_the_driver_with_cupys_grid_clamp(driver):
-    k = FakeKernel()
-    driver_launch.launch(k, (4, 0), (128,), (FakeArray(16), np.int32(3)), 0, Stream())
-    assert driver == [(7, (4, 1, 1), (128, 1, 1), 0, 0x51)] and k.cupy_calls == []
-
-
-@pytest.mark.parametrize("kernel, grid, block, args, shared_mem", [
-    (FakeKernel(cooperative=True), (1,), (32,), (FakeArray(16), np.int32(3)), 0),
-    (FakeKernel(), 4, (32,), (FakeArray(16), np.int32(3)), 0),  # CuPy wants tuples: let it say so
-    (FakeKernel(), (4,), (32.0,), (FakeArray(16), np.int32(3)), 0),
-    (FakeKernel(), (2**31,), (32,), (FakeArray(16), np.int32(3)), 0),
-    (FakeKernel(), (4,), (32,), (FakeArray(16), "x"), 0),
-    (FakeKernel(), (4,), (32,), (FakeArray(16), np.int32(3)), -1),
-])
-def test_anything_else_goes_through_cupys_call(driver, kernel, grid, block, args, shared_mem):
-    driver_launch.launch(kernel, grid, block, args, shared_mem, Stream())
-    assert driver == [] and kernel.cupy_calls == [(grid, block, args, shared_mem)]
-
-
-def test_an_intercepting_subclass_passes_its_base_call(driver):
-    k, calls = FakeKernel(), []
-    driver_launch.launch(k, 4, (32,), (), 0, Stream(), lambda *a, **kw: calls.append(a))
-    assert calls == [(4, (32,), ())] and k.cupy_calls == []
 
 
 def test_a_thread_without_a_context_gets_cupys_and_launches_again(monkeypatch, layout):
@@ -186,7 +140,7 @@ def test_a_thread_without_a_context_gets_cupys_and_launches_again(monkeypatch, l
 
     monkeypatch.setattr(driver_calls, "launch_kernel", launch_kernel)
     monkeypatch.setattr(cupy.cuda.runtime, "free", lambda p: made_current.append(p))
-    driver_launch.launch(FakeKernel(), (1,), (1,), (), 0, Stream())
+    driver_launch.launch_packed(7, (1, 1, 1), (1, 1, 1), 0, Stream.ptr, driver_launch.PackedParams(()))
     assert len(attempts) == 2 and made_current == [0]
 
 
@@ -198,12 +152,4 @@ def test_other_launch_failures_are_raised(monkeypatch, layout):
 
     monkeypatch.setattr(driver_calls, "launch_kernel", launch_kernel)
     with pytest.raises(LithosCudaError, match="CUDA_ERROR_INVALID_VALUE"):
-        driver_launch.launch(FakeKernel(), (1,), (1,), (), 0, Stream())
-
-
-def test_packing_into_a_used_buffer_overwrites_every_argument(layout):
-    layout(8, ((0, 8), (8, 4)))
-    first = driver_launch.pack(8, (FakeArray(0x1000), np.int32(1)))
-    again = driver_launch.pack(8, (FakeArray(0x2000), np.int32(-2)), first)
-    assert again is first
-    assert _param(again, 0) == struct.pack("<Q", 0x2000) and _param(again, 1) == np.int32(-2).tobytes()
+        driver_launch.launch_packed(7, (1, 1, 1), (1, 1, 1), 0, Stream.ptr, driver_launch.PackedParams(()))

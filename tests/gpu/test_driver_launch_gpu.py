@@ -1,7 +1,7 @@
-"""GPU tier: a CuPy kernel launched through lithos' own driver call
-(`lithos_atom.driver_launch`), with the GIL held or released, writes the same bytes as
-CuPy's own launch, for every argument type it packs; fresh random inputs, outputs
-poisoned before each launch."""
+"""GPU tier: a CuPy kernel launched through lithos' own driver call with its arguments
+packed by lithos (`lithos_atom.driver_launch`, as atoms are), with the GIL held or
+released, writes the same bytes as CuPy's own launch, for every argument type it packs;
+fresh random inputs, outputs poisoned before each launch."""
 
 from __future__ import annotations
 
@@ -63,8 +63,11 @@ def test_packed_launch_matches_cupys_bitwise(launches, n_arg, with_pointer, hold
         cupy.cuda.runtime.memset(out.data.ptr, POISON, out.nbytes)
         call = (out, *args[1:])
         if use_lithos:
+            function = kernel.kernel.ptr
+            packed = driver_launch.pack(function, call)
+            assert packed is not None, "every argument here is one lithos packs"
             with driver_calls.gil_held(hold_gil):
-                driver_launch.launch(kernel, grid, block, call, 0, stream)
+                driver_launch.launch_packed(function, grid + (1,), block + (1,), 0, stream.ptr, packed)
         else:
             kernel(grid, block, call, stream=stream)
         stream.synchronize()
