@@ -205,6 +205,7 @@ def main() -> None:
         "lithos_gc_off": gc_off(sched_pair(Policy())),
         "lithos_lc_only_gc_off": gc_off(sched_pair(Policy(), be_on=False)),
         "lithos_lc_only_untimed": sched_pair(Policy(lc_timing_every=10**9), be_on=False),
+        "lithos_stalls": watched(sched_pair(Policy())),
     }
     only = os.environ.get("DIAG_ONLY")
     results = {"cgroup_before": cgroup_stat()}
