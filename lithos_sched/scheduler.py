@@ -75,6 +75,14 @@ class Policy:
         stream is predicted to drain within this time. LithOS keeps ~100 us outstanding
         from C++; issuing an atom from Python takes tens of microseconds and may wait for
         the GIL, so the default leaves room for one atom of host delay.
+    home_atom_us : float
+        Target duration of a best-effort atom on TPCs no latency-critical tenant uses.
+        No latency-critical kernel waits behind those, so the atom only has to be short
+        enough to leave the tenant's next launch a chance to steal; longer atoms mean
+        fewer issues from Python, each a burst of GIL time a latency-critical thread may
+        wait for (measured on the H100: a best-effort tenant scheduled on its own TPCs
+        alone raised a plain latency-critical tenant's p99 from 1.30 to 2.60 ms with
+        1 ms atoms, bench/results/h100-2026-11-25-session4-diagnostics).
     home_queue_cap_us : float
         The same cap on the best-effort tenant's own TPCs, which no latency-critical tenant
         uses: there, queued work delays nobody, and a deeper queue hides the host's time
@@ -120,6 +128,7 @@ class Policy:
 
     atom_us: float = 1000.0
     queue_cap_us: float = 250.0
+    home_atom_us: float = 4000.0
     home_queue_cap_us: float = 2000.0
     stealing: bool = True
     steal_max_block_us: float = 1000.0
@@ -132,7 +141,7 @@ class Policy:
     blocking_waits: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("atom_us", "queue_cap_us", "home_queue_cap_us", "steal_max_block_us"):
+        for name in ("atom_us", "home_atom_us", "queue_cap_us", "home_queue_cap_us", "steal_max_block_us"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"Policy.{name} must be a positive number, got {value!r}")
@@ -741,7 +750,9 @@ class Scheduler(Atomizer):
             return remaining
         wave = self._wave_blocks(plan, partition)
         wave_us = self.predictor.wave_us(plan.key, partition.num_tpcs)
-        waves = 1 if wave_us is None else max(1, math.floor(self.policy.atom_us / wave_us))
+        shared = any(partition.tpcs & t.tpcs for t in self._lc)
+        target_us = self.policy.atom_us if shared else self.policy.home_atom_us
+        waves = 1 if wave_us is None else max(1, math.floor(target_us / wave_us))
         return min(remaining, waves * wave)
 
     def _wait_for_room(self, tenant: Tenant, partition: Any) -> bool:

@@ -370,3 +370,27 @@ def test_work_a_latency_critical_tenant_runs_outside_the_scheduler_keeps_its_tpc
     stolen_early = [r for r in device.records if r.kernel == "be" and r.sm in lc_sms and r.start_us < opaque_end]
     assert not stolen_early
     assert be.stats.stolen_atoms > 0  # once the opaque work was done, the idle TPCs were used
+
+
+@pytest.mark.parametrize("stealing", [False, True])
+def test_best_effort_atoms_are_longer_only_where_no_latency_critical_tenant_runs(stealing):
+    device, sched = make(Policy(atom_us=200.0, home_atom_us=800.0, queue_cap_us=100.0, stealing=stealing))
+    be = sched.tenant("be")
+    issued: list[tuple[bool, float]] = []  # (on TPCs a latency-critical tenant owns, predicted us)
+    issue = sched._issue
+
+    def watched(tenant, plan, start, count, partition, stream, predicted, stolen):
+        if predicted is not None:
+            issued.append((bool(partition.tpcs & sched.tenant("lc").tpcs), predicted))
+        return issue(tenant, plan, start, count, partition, stream, predicted, stolen)
+
+    sched._issue = watched
+    for i in range(3):  # the first launch teaches the predictor the block time
+        sched.submit_for(be, sim_plan(device, SimKernel(f"be{i}", 8 * 200, 100.0)))
+    sched.close()
+    lengths = {shared: [p for s, p in issued if s == shared] for shared in (False, True)}
+    if stealing:  # the latency-critical tenant is idle: every atom runs on its TPCs too
+        assert lengths[True] and max(lengths[True]) <= 200.0 + 1e-6 and not lengths[False]
+    else:
+        assert lengths[False] and max(lengths[False]) > 200.0
+        assert max(lengths[False]) <= 800.0 + 1e-6 and not lengths[True]
