@@ -38,7 +38,7 @@ for w in "${what[@]}"; do
       python3 -m lithos_atom.bench --"$w" "${extra[@]}" --json "$STAGE/bench-$w.json" --plot "$STAGE/plots-$w" 2>&1 | tee "$STAGE/bench-$w.log" | tail -40
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     diag)
-      for d in diag_launch_cost diag_ml_host diag_hold_gil; do
+      for d in diag_launch_cost diag_ml_host diag_arms; do
         PYTHONPATH=$PWD python3 scripts/$d.py "$STAGE/$d.json" 2>&1 | tee "$STAGE/$d.log" | tail -20
         [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
       done ;;

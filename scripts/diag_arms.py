@@ -1,9 +1,11 @@
-"""Diagnostic: which threads keep the GIL in lithos' driver calls (``LITHOS_HOLD_GIL``:
-latency-critical threads only, as shipped; all; none), on the synthetic co-location pair
-and the inference + training pair, interleaved round by round so a drifting host shows up
-in every arm. Each round also runs the latency-critical tenant alone (plain streams).
+"""Diagnostic: lithos under several host settings ("arms"), on the synthetic co-location
+pair and the inference + training pair, interleaved round by round so a drifting host shows
+up in every arm. Each round also runs the latency-critical tenant alone (plain streams).
 
-Usage (on the GPU): python scripts/diag_hold_gil.py OUT_JSON [seconds per run] [rounds]
+Arms (see ARMS): which threads keep the GIL in lithos' driver calls (``LITHOS_HOLD_GIL``),
+and the GIL switch interval while the pair runs.
+
+Usage (on the GPU): python scripts/diag_arms.py OUT_JSON [seconds per run] [rounds] [arm,arm,...]
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import cupy
 
 import kernels
 from lithos_atom.atomizer import using_atomizer
-from lithos_atom.settings import HOLD_GIL_CHOICES, reload_settings
+from lithos_atom.settings import reload_settings
 from lithos_sched import Scheduler, colocation_bench, ml_tenants, open_device
 from lithos_sched.ml_colocation import MLColocationConfig
 from lithos_sched.ml_gpu import figures, run_tenants, tenant_specs
@@ -26,6 +28,15 @@ from lithos_sched.scheduler import Policy
 OUT = sys.argv[1] if len(sys.argv) > 1 else "diag-hold-gil.json"
 SECONDS = float(sys.argv[2]) if len(sys.argv) > 2 else 4.0
 ROUNDS = int(sys.argv[3]) if len(sys.argv) > 3 else 2
+#: name -> (LITHOS_HOLD_GIL, GIL switch interval in seconds)
+ARMS = {
+    "hold_lc": ("latency-critical", 5e-5),
+    "hold_all": ("all", 5e-5),
+    "hold_none": ("none", 5e-5),
+    "switch_1ms": ("latency-critical", 1e-3),
+    "switch_5ms": ("latency-critical", 5e-3),
+}
+CHOSEN = sys.argv[4].split(",") if len(sys.argv) > 4 else list(ARMS)
 device = open_device(simulate=False)
 
 # the synthetic pair of the co-location section
@@ -77,9 +88,13 @@ def brief_ml(fig: dict, stats: dict | None = None) -> dict:
     return out
 
 
-def use(mode: str) -> None:
+def use(arm: str) -> float:
+    """Apply the arm's GIL setting; returns its switch interval."""
+    mode, interval = ARMS[arm]
     os.environ["LITHOS_HOLD_GIL"] = mode
     reload_settings()
+    ml_tenants.SWITCH_INTERVAL_S = interval  # what the ML pair's threads run with
+    return interval
 
 
 runs: list[dict] = []
@@ -91,26 +106,27 @@ def note(entry: dict) -> None:
 
 
 for rnd in range(ROUNDS):
+    use("hold_lc")  # the alone runs: the shipped settings
     note({"round": rnd, "pair": "synthetic", "arm": "alone", **co_alone()})
     kernels.reset_cache()
     note({"round": rnd, "pair": "ml_training", "arm": "alone",
           **brief_ml(figures(ml_cfg, ml_tenants.run_threads(ml_cfg, ((lambda: plain_ml), service), None)))})
-    for mode in HOLD_GIL_CHOICES:
-        use(mode)
-        res, _, _ = colocation_bench.run_lithos(co_cfg, w, device, co_cfg.policy())
-        note({"round": rnd, "pair": "synthetic", "arm": mode, **brief_co(res)})
+    for arm in CHOSEN:
+        interval = use(arm)
+        res, _, _ = colocation_bench.run_lithos(co_cfg, w, device, co_cfg.policy(gil_switch_interval_s=interval))
+        note({"round": rnd, "pair": "synthetic", "arm": arm, **brief_co(res)})
         kernels.reset_cache()
         with using_atomizer(None):
             service.warmup(plain_ml)
-            sched = Scheduler(device, tenant_specs(ml_cfg), Policy())
+            sched = Scheduler(device, tenant_specs(ml_cfg), Policy(gil_switch_interval_s=interval))
             try:
                 fig = figures(ml_cfg, run_tenants(ml_cfg, sched, service, job))
                 stats = sched.stats()["tenants"]
             finally:
                 sched.close()
-        note({"round": rnd, "pair": "ml_training", "arm": mode, **brief_ml(fig, stats)})
-use("latency-critical")
+        note({"round": rnd, "pair": "ml_training", "arm": arm, **brief_ml(fig, stats)})
+use("hold_lc")
 with open(OUT, "w") as f:
-    json.dump({"device": device.describe(), "seconds": SECONDS, "rounds": ROUNDS,
+    json.dump({"device": device.describe(), "seconds": SECONDS, "rounds": ROUNDS, "arms": {a: ARMS[a] for a in CHOSEN},
                "co_config": dataclasses.asdict(co_cfg), "ml_config": dataclasses.asdict(ml_cfg), "runs": runs},
               f, indent=1, default=str)
