@@ -3,7 +3,7 @@ pair and the inference + training pair, interleaved round by round so a drifting
 up in every arm. Each round also runs the latency-critical tenant alone (plain streams).
 
 Arms (see ARMS): which threads keep the GIL in lithos' driver calls (``LITHOS_HOLD_GIL``),
-and the GIL switch interval while the pair runs.
+the GIL switch interval while the pair runs, and changes to the scheduler's `Policy`.
 
 Usage (on the GPU): python scripts/diag_arms.py OUT_JSON [seconds per run] [rounds] [arm,arm,...]
 """
@@ -28,13 +28,16 @@ from lithos_sched.scheduler import Policy
 OUT = sys.argv[1] if len(sys.argv) > 1 else "diag-hold-gil.json"
 SECONDS = float(sys.argv[2]) if len(sys.argv) > 2 else 4.0
 ROUNDS = int(sys.argv[3]) if len(sys.argv) > 3 else 2
-#: name -> (LITHOS_HOLD_GIL, GIL switch interval in seconds)
-ARMS = {
-    "hold_lc": ("latency-critical", 5e-5),
-    "hold_all": ("all", 5e-5),
-    "hold_none": ("none", 5e-5),
-    "switch_1ms": ("latency-critical", 1e-3),
-    "switch_5ms": ("latency-critical", 5e-3),
+#: name -> (LITHOS_HOLD_GIL, GIL switch interval in seconds, Policy changes)
+ARMS: dict[str, tuple[str, float, dict]] = {
+    "hold_lc": ("latency-critical", 5e-5, {}),
+    "hold_all": ("all", 5e-5, {}),
+    "hold_none": ("none", 5e-5, {}),
+    "switch_1ms": ("latency-critical", 1e-3, {}),
+    "switch_5ms": ("latency-critical", 5e-3, {}),
+    "yield_0": ("latency-critical", 5e-5, {"yield_queue_us": 0.0}),
+    "yield_250": ("latency-critical", 5e-5, {"yield_queue_us": 250.0}),
+    "grace_2ms": ("latency-critical", 5e-5, {"lc_idle_grace_us": 2000.0}),
 }
 CHOSEN = sys.argv[4].split(",") if len(sys.argv) > 4 else list(ARMS)
 device = open_device(simulate=False)
@@ -90,7 +93,7 @@ def brief_ml(fig: dict, stats: dict | None = None) -> dict:
 
 def use(arm: str) -> float:
     """Apply the arm's GIL setting; returns its switch interval."""
-    mode, interval = ARMS[arm]
+    mode, interval, _ = ARMS[arm]
     os.environ["LITHOS_HOLD_GIL"] = mode
     reload_settings()
     ml_tenants.SWITCH_INTERVAL_S = interval  # what the ML pair's threads run with
@@ -113,12 +116,14 @@ for rnd in range(ROUNDS):
           **brief_ml(figures(ml_cfg, ml_tenants.run_threads(ml_cfg, ((lambda: plain_ml), service), None)))})
     for arm in CHOSEN:
         interval = use(arm)
-        res, _, _ = colocation_bench.run_lithos(co_cfg, w, device, co_cfg.policy(gil_switch_interval_s=interval))
+        changes = ARMS[arm][2]
+        res, _, _ = colocation_bench.run_lithos(co_cfg, w, device,
+                                                co_cfg.policy(gil_switch_interval_s=interval, **changes))
         note({"round": rnd, "pair": "synthetic", "arm": arm, **brief_co(res)})
         kernels.reset_cache()
         with using_atomizer(None):
             service.warmup(plain_ml)
-            sched = Scheduler(device, tenant_specs(ml_cfg), Policy(gil_switch_interval_s=interval))
+            sched = Scheduler(device, tenant_specs(ml_cfg), Policy(gil_switch_interval_s=interval, **changes))
             try:
                 fig = figures(ml_cfg, run_tenants(ml_cfg, sched, service, job))
                 stats = sched.stats()["tenants"]

@@ -111,3 +111,20 @@ def test_only_latency_critical_threads_keep_the_gil_in_driver_calls(monkeypatch,
     finally:
         monkeypatch.delenv("LITHOS_HOLD_GIL")
         reload_settings()
+
+
+def test_a_lower_yield_bound_keeps_the_best_effort_thread_waiting_until_its_queue_drains():
+    sched, tl = scheduler(Policy(atom_us=1000.0, lc_idle_grace_us=0.0, yield_queue_us=0.0))
+    try:
+        queue_best_effort(sched, 900.0)  # under one atom, but the bound is an empty queue
+        busy_latency_critical(sched, 5000.0)
+        sched._yield_to_latency_critical(sched.tenant("be"))
+        assert tl.now_us() == 900.0  # waited for its last atom, then issued although still busy
+        assert not sched.tenant("lc").idle()
+    finally:
+        sched.close()
+
+
+def test_a_negative_yield_bound_is_refused_by_name():
+    with pytest.raises(ValueError, match="Policy.yield_queue_us"):
+        Policy(yield_queue_us=-1.0)
