@@ -112,10 +112,14 @@ class Policy:
         within `lc_idle_grace_us`), a best-effort thread issues only when at most
         `yield_queue_us` of its work remains queued; otherwise it waits with the GIL
         released (see ``Scheduler._yield_to_latency_critical``).
-    yield_queue_us : float or None
-        That bound (None: `atom_us`). Lower keeps a best-effort thread off the GIL for
-        longer while a latency-critical request is being issued, at the price of its GPU
-        queue running dry sooner; 0 waits until the queue is predicted empty.
+    yield_queue_us : float
+        That bound. 0 (the default) waits until the queue is predicted empty, which
+        keeps a best-effort thread off the GIL for longer while a latency-critical
+        request is being issued, at the price of its GPU queue running dry sooner.
+        Measured on the H100 against one atom (1000 us), interleaved over three rounds
+        (bench/results/h100-2026-11-25-session4-diagnostics/run22-diag-arms-yield.json):
+        the latency-critical p99 was lower or equal in all six pairs and best-effort
+        throughput the same.
     lc_timing_every : int
         Time one in this many latency-critical launches with device events (for the
         predictor and the accounting). Latency-critical kernels run unsplit, straight
@@ -142,7 +146,7 @@ class Policy:
     freeze_gc: bool = True
     lc_timing_every: int = 32
     yield_host_to_latency_critical: bool = True
-    yield_queue_us: float | None = None
+    yield_queue_us: float = 0.0
     blocking_waits: bool = False
 
     def __post_init__(self) -> None:
@@ -150,10 +154,9 @@ class Policy:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"Policy.{name} must be a positive number, got {value!r}")
-        if self.yield_queue_us is not None and (isinstance(self.yield_queue_us, bool)
-                                                or not isinstance(self.yield_queue_us, (int, float))
-                                                or not self.yield_queue_us >= 0):
-            raise ValueError(f"Policy.yield_queue_us must be None or a number >= 0, got {self.yield_queue_us!r}")
+        if isinstance(self.yield_queue_us, bool) or not isinstance(self.yield_queue_us, (int, float)) \
+                or not self.yield_queue_us >= 0:
+            raise ValueError(f"Policy.yield_queue_us must be a number >= 0, got {self.yield_queue_us!r}")
         if isinstance(self.lc_idle_grace_us, bool) or not self.lc_idle_grace_us >= 0:
             raise ValueError(f"Policy.lc_idle_grace_us must be >= 0, got {self.lc_idle_grace_us!r}")
         if isinstance(self.lc_timing_every, bool) or not isinstance(self.lc_timing_every, int) \
@@ -684,8 +687,8 @@ class Scheduler(Atomizer):
 
     def _yield_to_latency_critical(self, tenant: Tenant) -> None:
         """On the GPU, while a latency-critical tenant is busy, let the best-effort
-        ``tenant`` issue only when at most one atom of its work (`Policy.yield_queue_us`)
-        remains queued.
+        ``tenant`` issue only when at most `Policy.yield_queue_us` of its work remains
+        queued.
 
         Each driver call of the latency-critical thread releases the GIL and must take it
         back; a best-effort thread running Python between its own driver calls wins many
@@ -693,18 +696,18 @@ class Scheduler(Atomizer):
         So while the latency-critical tenant is busy (its kernels run, or it launched
         within `Policy.lc_idle_grace_us`: its host thread is between the kernels of one
         request), the best-effort thread waits, GIL released, on its own queued atom after
-        which at most `Policy.atom_us` of work remains, then issues again: its TPCs, and
-        those a right-sized kernel leaves, never run dry, and it takes the GIL about once
-        per atom. Virtual time has no GIL, so the simulated device skips this.
+        which at most `Policy.yield_queue_us` of work remains (by default its last one),
+        then issues again: it takes the GIL about once per drained queue, and its TPCs
+        idle at most for the host time of one issue. Virtual time has no GIL, so the
+        simulated device skips this.
         """
         for t in self._lc:
             self._retire(t)  # the latency-critical thread leaves this to us, off its hot path
         if self.device.simulated or not self.policy.yield_host_to_latency_critical:
             return
-        cap = self.policy.atom_us if self.policy.yield_queue_us is None else self.policy.yield_queue_us
         while any(not t.idle() for t in self._lc):
             self._retire(tenant)
-            low = self._queue_low_point(tenant, cap)
+            low = self._queue_low_point(tenant, self.policy.yield_queue_us)
             if low is None:
                 return
             self._wait_event(low)

@@ -48,7 +48,8 @@ def queue_best_effort(sched: Scheduler, atom_us: float) -> None:
 
 @pytest.fixture
 def policy() -> Policy:
-    return Policy(atom_us=1000.0, lc_idle_grace_us=0.0)
+    """Issue again once one atom of work is left (the bound used before the default became 0)."""
+    return Policy(atom_us=1000.0, lc_idle_grace_us=0.0, yield_queue_us=1000.0)
 
 
 def test_with_work_queued_the_best_effort_thread_waits_while_the_latency_critical_tenant_is_busy(policy):
