@@ -36,6 +36,7 @@ ARMS: dict[str, tuple[str, float, dict]] = {
     "switch_1ms": ("latency-critical", 1e-3, {}),
     "switch_5ms": ("latency-critical", 5e-3, {}),
     "yield_0": ("latency-critical", 5e-5, {"yield_queue_us": 0.0}),
+    "yield_atom": ("latency-critical", 5e-5, {"yield_queue_us": 1000.0}),
     "yield_250": ("latency-critical", 5e-5, {"yield_queue_us": 250.0}),
     "grace_2ms": ("latency-critical", 5e-5, {"lc_idle_grace_us": 2000.0}),
 }
