@@ -17,6 +17,7 @@ import sys
 
 import cupy
 
+import diag_common
 import kernels
 from lithos_atom.atomizer import using_atomizer
 from lithos_atom.settings import reload_settings
@@ -70,13 +71,7 @@ def brief_co(res: dict) -> dict:
 
 # the inference + training pair of the ML section
 ml_cfg = MLColocationConfig(pairs=("training",), duration_s=SECONDS)
-plain_ml, plain_ml2 = cupy.cuda.Stream(non_blocking=True), cupy.cuda.Stream(non_blocking=True)
-kernels.reset_cache()
-service = ml_tenants.build_lc(ml_cfg, plain_ml)
-service.warmup(plain_ml)
-job = ml_tenants.build_be(ml_cfg, "training", plain_ml2)
-job.step(plain_ml2)
-plain_ml2.synchronize()
+plain_ml, plain_ml2, service, job = diag_common.ml_training_pair(ml_cfg)
 be_alone = figures(ml_cfg, ml_tenants.run_threads(ml_cfg, None, ((lambda: plain_ml2), job.step)))["be"]["iters_per_s"]
 
 

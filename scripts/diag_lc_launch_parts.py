@@ -19,11 +19,11 @@ import contextlib
 import json
 import sys
 import threading
-import time
 
 import cupy
 import numpy as np
 
+import diag_common
 from lithos_atom import driver_calls, driver_launch, interception
 from lithos_sched import Priority, Scheduler, TenantSpec, open_device
 from lithos_sched import colocation_bench as cb
@@ -35,13 +35,7 @@ TIMES: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
 
 
 def timed(name, fn):  # noqa: ANN001, ANN201
-    def wrapper(*a, **k):  # noqa: ANN002, ANN003, ANN202
-        t = time.perf_counter()
-        try:
-            return fn(*a, **k)
-        finally:
-            TIMES[(threading.current_thread().name, name)].append((time.perf_counter() - t) * 1e6)
-    return wrapper
+    return diag_common.timed(fn, lambda t, d: TIMES[(threading.current_thread().name, name)].append(d * 1e6))
 
 
 driver_calls.launch_kernel = timed("4 cuLaunchKernel", driver_calls.launch_kernel)

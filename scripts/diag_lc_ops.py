@@ -18,6 +18,7 @@ import time
 import cupy
 import numpy as np
 
+import diag_common
 from lithos_sched import Priority, Scheduler, TenantSpec, open_device
 from lithos_sched import colocation_bench as cb
 from lithos_sched import timeline
@@ -27,13 +28,7 @@ TIMES: dict[str, list[float]] = collections.defaultdict(list)
 
 
 def timed(name, fn):  # noqa: ANN001, ANN201
-    def wrapper(*a, **k):  # noqa: ANN002, ANN003, ANN202
-        t = time.perf_counter()
-        try:
-            return fn(*a, **k)
-        finally:
-            TIMES[name].append((time.perf_counter() - t) * 1e6)
-    return wrapper
+    return diag_common.timed(fn, lambda t, d: TIMES[name].append(d * 1e6))
 
 
 for op in ("record", "wait", "done", "synchronize", "elapsed_us", "handle"):

@@ -24,6 +24,7 @@ from pathlib import Path
 import cupy
 import numpy as np
 
+import diag_common
 from lithos_sched import open_device
 from lithos_sched import colocation_bench as cb
 from lithos_sched.scheduler import Policy, Scheduler
@@ -52,16 +53,11 @@ EVENTS: list[tuple[str, float, float]] = []  # (name, start s, duration ms) of c
 
 
 def timed(name, fn):  # noqa: ANN001, ANN201
-    def wrapper(*a, **k):  # noqa: ANN002, ANN003, ANN202
-        t = time.perf_counter()
-        try:
-            return fn(*a, **k)
-        finally:
-            d = time.perf_counter() - t
-            TIMES.setdefault(name, []).append(d * 1e6)
-            if d > 1e-3:
-                EVENTS.append((name, t, d * 1e3))
-    return wrapper
+    def record(t: float, d: float) -> None:
+        TIMES.setdefault(name, []).append(d * 1e6)
+        if d > 1e-3:
+            EVENTS.append((name, t, d * 1e3))
+    return diag_common.timed(fn, record)
 
 
 if os.environ.get("DIAG_TIMERS"):

@@ -24,6 +24,7 @@ import time
 import cupy
 import numpy as np
 
+import diag_common
 import kernels
 from lithos_atom.atomizer import using_atomizer
 from lithos_sched import Scheduler, ml_tenants, open_device
@@ -36,13 +37,7 @@ OUT = sys.argv[1] if len(sys.argv) > 1 else "diag-ml-host.json"
 LC_ONLY = "--lc-only" in sys.argv
 cfg = MLColocationConfig(pairs=("training",))
 device = open_device(simulate=False)
-plain, plain2 = cupy.cuda.Stream(non_blocking=True), cupy.cuda.Stream(non_blocking=True)
-kernels.reset_cache()
-service = ml_tenants.build_lc(cfg, plain)
-service.warmup(plain)
-job = ml_tenants.build_be(cfg, "training", plain2)
-job.step(plain2)
-plain2.synchronize()
+plain, plain2, service, job = diag_common.ml_training_pair(cfg)
 result: dict = {"device": device.describe()}
 
 
