@@ -173,6 +173,9 @@ class TenantStats:
     Device times (``busy_ms``, ``tpc_ms``) come from events around the ``timed_atoms``:
     every best-effort atom, and one in `Policy.lc_timing_every` latency-critical launches.
     ``host_issue_us`` is the host time spent issuing atoms (events and launches).
+    ``queue_wait_ms`` is the host time a best-effort thread waited for room under the
+    queue caps, ``yield_wait_ms`` the time it waited for a busy latency-critical tenant
+    (`Policy.yield_host_to_latency_critical`).
     """
 
     kernels: int = 0
@@ -182,6 +185,7 @@ class TenantStats:
     tpc_ms: float = 0.0
     busy_ms: float = 0.0
     queue_wait_ms: float = 0.0
+    yield_wait_ms: float = 0.0
     host_issue_us: float = 0.0
 
 
@@ -710,7 +714,9 @@ class Scheduler(Atomizer):
             low = self._queue_low_point(tenant, self.policy.yield_queue_us)
             if low is None:
                 return
+            t0 = self.timeline.now_us()
             self._wait_event(low)
+            tenant.stats.yield_wait_ms += (self.timeline.now_us() - t0) / 1000.0
 
     def _queue_low_point(self, tenant: Tenant, cap_us: float, partition: Any = None) -> _AtomRecord | None:
         """The queued atom of ``tenant`` (on ``partition``, or anywhere) after whose end at

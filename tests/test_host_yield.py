@@ -62,6 +62,8 @@ def test_with_work_queued_the_best_effort_thread_waits_while_the_latency_critica
         # it woke when one atom was left (at 2000 us) and found the latency-critical tenant idle
         assert lc_end <= tl.now_us() == 2000.0
         assert sched.tenant("lc").idle()
+        assert sched.tenant("be").stats.yield_wait_ms == pytest.approx(2.0)  # accounted as such
+        assert sched.tenant("be").stats.queue_wait_ms == 0.0
     finally:
         sched.close()
 
