@@ -19,10 +19,6 @@ each pair, side by side in one run:
   GPU from profiles of the inference kernels taken just before, on partitions of the
   inference tenant's sizes, with no exploring on live requests; learned online on the
   simulated device)
-- ``lithos_rightsized_tenant``: lithos with the inference tenant right-sized as a whole: it
-  owns the fewest TPCs on which a request of every batch stays within 5 % of its time on
-  the tenant's full share (timed just before, on partitions), and the best-effort job owns
-  the rest; no kernel pays the per-launch event waits of ``lithos_rightsized``
 
 Figures per scenario: LC p50/p99/p99.9 latency and SLO attainment, BE throughput
 normalized to alone, and the sum of normalized throughputs. Without a GPU the same
@@ -46,12 +42,10 @@ PAIRS: tuple[str, ...] = ("training", "batch_inference")
 
 #: Every scenario, in report order.
 SCENARIOS: tuple[str, ...] = ("lc_alone", "be_alone", "streams", "priorities", "processes", "mps",
-                              "static_split", "lithos", "lithos_no_steal", "lithos_no_atoms", "lithos_rightsized",
-                              "lithos_rightsized_tenant")
+                              "static_split", "lithos", "lithos_no_steal", "lithos_no_atoms", "lithos_rightsized")
 
 #: The scenarios that run the lithos scheduler (see `scheduler_for`).
-LITHOS_SCENARIOS: tuple[str, ...] = ("lithos", "lithos_no_steal", "lithos_no_atoms", "lithos_rightsized",
-                                     "lithos_rightsized_tenant")
+LITHOS_SCENARIOS: tuple[str, ...] = ("lithos", "lithos_no_steal", "lithos_no_atoms", "lithos_rightsized")
 
 #: Scenarios that run both tenants (the baselines lithos is compared with, and lithos).
 COLOCATED: tuple[str, ...] = tuple(s for s in SCENARIOS if s not in ("lc_alone", "be_alone"))
@@ -354,45 +348,14 @@ def scheduler_for(name: str, device: Any, specs: Sequence[Any], right_sizer: Any
     """The `Scheduler` of the lithos scenario ``name`` (one of `LITHOS_SCENARIOS`).
 
     ``right_sizer`` is the one ``lithos_rightsized`` uses (default: a `RightSizer` that
-    learns online); the other scenarios have none. ``lithos_rightsized_tenant`` differs
-    from ``lithos`` only in ``specs`` (see `tenant_specs`).
+    learns online); the other scenarios have none.
     """
     from lithos_sched.rightsizing import RightSizer
     from lithos_sched.scheduler import Policy, Scheduler
 
     policies = {"lithos": Policy(), "lithos_no_steal": Policy(stealing=False),
-                "lithos_no_atoms": Policy(atomize_best_effort=False), "lithos_rightsized": Policy(),
-                "lithos_rightsized_tenant": Policy()}
+                "lithos_no_atoms": Policy(atomize_best_effort=False), "lithos_rightsized": Policy()}
     if name not in policies:
         raise ValueError(f"not a lithos scenario: {name!r}; expected one of {list(policies)}")
     sizer = (right_sizer if right_sizer is not None else RightSizer()) if name == "lithos_rightsized" else None
     return Scheduler(device, specs, policies[name], right_sizer=sizer)
-
-
-def tenant_specs(cfg: MLColocationConfig, lc_tpcs: int | None = None, num_tpcs: int | None = None) -> list[Any]:
-    """The inference (``"lc"``) and best-effort (``"be"``) tenants of ``cfg``.
-
-    By default they split the device by ``cfg.lc_share``. With ``lc_tpcs`` (and the
-    device's ``num_tpcs``), the inference tenant owns the first ``lc_tpcs`` TPCs and the
-    best-effort job all the others (``lithos_rightsized_tenant``).
-    """
-    from lithos_sched.tenant import Priority, TenantSpec
-
-    if lc_tpcs is None:
-        return [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=cfg.lc_share),
-                TenantSpec("be", Priority.BEST_EFFORT, share=1 - cfg.lc_share)]
-    if num_tpcs is None or not 1 <= lc_tpcs < num_tpcs:
-        raise ValueError(f"lc_tpcs must be in 1..num_tpcs-1, got {lc_tpcs!r} of {num_tpcs!r}")
-    return [TenantSpec("lc", Priority.LATENCY_CRITICAL, tpcs=tuple(range(lc_tpcs))),
-            TenantSpec("be", Priority.BEST_EFFORT, tpcs=tuple(range(lc_tpcs, num_tpcs)))]
-
-
-def tenant_tpcs(latency_us_by_batch: dict[int, dict[int, float]], slack: float = 0.05) -> int:
-    """TPCs for the inference tenant as a whole: the most any batch needs, each batch's
-    need being the fewest TPCs whose request latency stays within ``slack``
-    (`lithos_sched.rightsizing.fewest_tpcs_within_slack`)."""
-    from lithos_sched.rightsizing import fewest_tpcs_within_slack
-
-    if not latency_us_by_batch:
-        raise ValueError("no request latencies to size the tenant from")
-    return max(fewest_tpcs_within_slack(by_tpcs, slack) for by_tpcs in latency_us_by_batch.values())

@@ -24,9 +24,8 @@ from lithos_sched.ml_colocation import (
     scheduler_for,
     slo_of,
     summarize_pair,
-    tenant_specs,
-    tenant_tpcs,
 )
+from lithos_sched.tenant import Priority, TenantSpec
 
 
 def figures(cfg: MLColocationConfig, raw: dict[str, Any]) -> dict[str, Any]:
@@ -157,14 +156,6 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None)
             t = time.monotonic()
             sizer, profiled = inference_right_sizer(cfg, device, n_lc)
             rightsizing_setup = {"profiled_keys": profiled, "seconds": time.monotonic() - t}
-        lc_tpcs, tenant_sizing = None, {}
-        if "lithos_rightsized_tenant" in selected:
-            progress.update(task, description="ML: timing inference requests on partitions")
-            t = time.monotonic()
-            latency = inference_request_latency(cfg, device, n_lc)
-            lc_tpcs = tenant_tpcs(latency)
-            tenant_sizing = {"lc_tpcs": lc_tpcs, "of": n_lc, "request_us_by_batch_and_tpcs": latency,
-                             "seconds": time.monotonic() - t}
         if lithos_runs:
             kernels.reset_cache()
             # Holding an atomizer (None: this thread launches as written) keeps lithos'
@@ -178,7 +169,7 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None)
                 for pair, name in lithos_runs:
                     raw[pair][name] = measure(f"{pair}: {name}",
                                               lambda: _run_lithos(cfg, device, name, service, jobs[pair],
-                                                                  trace_dir, pair, sizer, lc_tpcs))
+                                                                  trace_dir, pair, sizer))
             kernels.reset_cache()
     slo = slo_of(cfg, lc_alone)
     pairs = {pair: summarize_pair(order(raw[pair]), slo) for pair in cfg.pairs}
@@ -189,31 +180,6 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None)
            "pairs": pairs}
     if sizer is not None:
         out["rightsizing_setup"] = rightsizing_setup
-    if tenant_sizing:
-        out["tenant_sizing"] = tenant_sizing
-    return out
-
-
-def inference_request_latency(cfg: MLColocationConfig, device: Any, n_lc: int) -> dict[int, dict[int, float]]:
-    """Median device time of one inference request (the whole forward pass), at every
-    batch of ``cfg.lc_batch``, on partitions of 10 sizes up to ``n_lc`` TPCs:
-    ``{batch: {tpcs: microseconds}}``."""
-    import numpy as np
-
-    from lithos_sched import rightsize_cases as rc
-    from lithos_sched.partition_timing import TimingOptions, default_sizes, time_on_partitions
-
-    lo, hi = cfg.lc_batch
-    out: dict[int, dict[int, float]] = {}
-    for batch in range(lo, hi + 1):
-        cases = rc.inference_cases(batch, seed=cfg.seed)
-        request = next(c for c in cases if c.key.endswith(":request"))
-        try:
-            times = time_on_partitions(device, request.launch, default_sizes(n_lc),
-                                       TimingOptions(rounds=3, launches_per_round=2))
-        finally:
-            request.release()
-        out[batch] = {n: float(np.median(us)) for n, us in times.items()}
     return out
 
 
@@ -272,11 +238,15 @@ def run_tenants(cfg: MLColocationConfig, sched: Any, service: Any, job: Any) -> 
     return ml_tenants.run_threads(cfg, ((lambda: lc_t), service), ((lambda: be_t), job.step))
 
 
+def tenant_specs(cfg: MLColocationConfig) -> list[TenantSpec]:
+    """The inference (``"lc"``) and best-effort (``"be"``) tenants of ``cfg``."""
+    return [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=cfg.lc_share),
+            TenantSpec("be", Priority.BEST_EFFORT, share=1 - cfg.lc_share)]
+
+
 def _run_lithos(cfg: MLColocationConfig, device: Any, name: str, service: Any, job: Any,
-                trace_dir: Any, pair: str, sizer: Any, lc_tpcs: int | None) -> dict[str, Any]:
-    specs = (tenant_specs(cfg, lc_tpcs, device.num_tpcs) if name == "lithos_rightsized_tenant"
-             else tenant_specs(cfg))
-    sched = scheduler_for(name, device, specs, right_sizer=sizer)
+                trace_dir: Any, pair: str, sizer: Any) -> dict[str, Any]:
+    sched = scheduler_for(name, device, tenant_specs(cfg), right_sizer=sizer)
     try:
         raw = run_tenants(cfg, sched, service, job)
     finally:

@@ -156,34 +156,6 @@ def choose_tpcs(model: ScalingModel, home_tpcs: int, slack: float = 0.05, min_tp
     return int(candidates[i]) if saving > max(min_saving, top_saving) else top
 
 
-def fewest_tpcs_within_slack(latency_us: Mapping[int, float], slack: float = 0.05) -> int:
-    """The fewest TPCs whose measured latency stays within ``slack`` of the largest size's.
-
-    For right-sizing a whole tenant from timed runs of its work (a request of an inference
-    service on partitions of several sizes), where a per-kernel model is not needed.
-
-    Parameters
-    ----------
-    latency_us : mapping
-        TPC count -> measured latency (a median) in microseconds.
-    slack : float
-        Allowed slowdown against the largest size measured.
-
-    Returns
-    -------
-    int
-    """
-    if not latency_us:
-        raise ValueError("no latencies to choose from")
-    if not slack >= 0:
-        raise ValueError(f"slack must be >= 0, got {slack!r}")
-    if any(not v > 0 for v in latency_us.values()):
-        raise ValueError(f"latencies must be positive, got {dict(latency_us)!r}")
-    top = max(latency_us)
-    bound = latency_us[top] * (1.0 + slack)
-    return min(n for n, us in latency_us.items() if us <= bound)
-
-
 class RightSizer:
     """The right-sizing policy over a `ProfileStore`, for the scheduler's hot path.
 

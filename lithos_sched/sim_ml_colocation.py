@@ -35,10 +35,9 @@ from lithos_sched.ml_colocation import (
     slo_of,
     scheduler_for,
     summarize_pair,
-    tenant_specs,
-    tenant_tpcs,
 )
 from lithos_sched.sim_colocation import sim_plan
+from lithos_sched.tenant import Priority, TenantSpec
 
 PROCESSES_MODEL = "modeled: time-slicing between two contexts (analytic, from simulated service times)"
 MPS_MODEL = "modeled: MPS as spatial sharing without client priorities (two ordinary streams)"
@@ -285,28 +284,10 @@ def _direct(run: _Run, lc_stream: Any | None, be_stream: Any | None) -> dict[str
     return run.figures(lc_stream is not None, be_stream is not None)
 
 
-def _request_latency(cfg: Any, lc_kernels: dict[int, list[Any]], n_lc: int) -> dict[int, dict[int, float]]:
-    """Virtual time of one request at every batch on partitions of 10 sizes up to ``n_lc``
-    TPCs, as `lithos_sched.ml_gpu.inference_request_latency` times them on the GPU."""
-    from lithos_sched.partition_timing import TimingOptions, default_sizes, time_on_partitions
-    from lithos_sched.sim_device import SimDevice
-
-    out: dict[int, dict[int, float]] = {}
-    for batch, kernels in lc_kernels.items():
-        device = SimDevice(seed=cfg.seed, record_blocks=False)
-        try:
-            times = time_on_partitions(device, lambda s: [s.launch(k) for k in kernels], default_sizes(n_lc),
-                                       TimingOptions(rounds=1, launches_per_round=1, warmup=0, spin_us=0.0))
-        finally:
-            device.close()
-        out[batch] = {n: float(sum(us) / len(us)) for n, us in times.items()}
-    return out
-
-
-def _lithos(run: _Run, name: str, trace: Path | None, lc_tpcs: int | None = None) -> dict[str, Any]:
+def _lithos(run: _Run, name: str, trace: Path | None) -> dict[str, Any]:
     cfg = run.cfg
-    specs = (tenant_specs(cfg, lc_tpcs, run.device.num_tpcs) if name == "lithos_rightsized_tenant"
-             else tenant_specs(cfg))
+    specs = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=cfg.lc_share),
+             TenantSpec("be", Priority.BEST_EFFORT, share=1 - cfg.lc_share)]
     sched = scheduler_for(name, run.device, specs)
     sched.timeline = run.timeline  # share the scenario's timers
     lc, be = sched.tenant("lc"), sched.tenant("be")
@@ -457,10 +438,6 @@ def run_sim(config: MLColocationConfig | None = None, console: Any = None, trace
     be_kernels = {"training": model.training_step(sizes["mlp"]),
                   "batch_inference": model.decoder(sizes["decoder"], sizes["batch_inference_batch"])}
     selected = [s for s in cfg.scenarios if s not in ("lc_alone", "be_alone")]
-    sized = None
-    if "lithos_rightsized_tenant" in selected:
-        request_us = _request_latency(cfg, lc_kernels, lc_tpcs)
-        sized = {"lc_tpcs": tenant_tpcs(request_us), "of": lc_tpcs, "request_us_by_batch_and_tpcs": request_us}
 
     def scenario(be: str | None, body: Callable[[Any, _Run], dict[str, Any]]) -> dict[str, Any]:
         device = SimDevice(seed=cfg.seed, record_blocks=False)
@@ -506,9 +483,8 @@ def run_sim(config: MLColocationConfig | None = None, console: Any = None, trace
             for name in selected:
                 if name in LITHOS_SCENARIOS:
                     trace = Path(trace_dir) / f"trace_ml_{pair}_lithos.json" if trace_dir and name == "lithos" else None
-                    n = sized["lc_tpcs"] if sized is not None else None
                     r[name] = measure(f"{pair}: {name}",
-                                      lambda: scenario(pair, lambda d, x: _lithos(x, name, trace, n)))
+                                      lambda: scenario(pair, lambda d, x: _lithos(x, name, trace)))
                 else:
                     r[name] = measure(f"{pair}: {name}", bodies[name])
             raw[pair] = r
@@ -516,5 +492,4 @@ def run_sim(config: MLColocationConfig | None = None, console: Any = None, trace
     return {"simulated": True, "config": dataclasses.asdict(cfg), "device": described, "slo_ms": slo, "lc_tpcs": lc_tpcs,
             "workloads": {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in sizes.items()},
             "sim_service_ms": {b: v / 1000.0 for b, v in demands.items()},
-            "pairs": {pair: summarize_pair(order(raw[pair]), slo) for pair in cfg.pairs},
-            **({"tenant_sizing": sized} if sized is not None else {})}
+            "pairs": {pair: summarize_pair(order(raw[pair]), slo) for pair in cfg.pairs}}

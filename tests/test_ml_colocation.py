@@ -151,36 +151,6 @@ def test_sim_runs_every_scenario_of_both_pairs():
         assert set(out["pairs"][pair]["ratios"]) == set(mc.SCENARIOS) - {"lithos", "be_alone"}
 
 
-def test_sim_sizes_the_inference_tenant_from_timed_requests():
-    out = mc.run(simulated=True, config=MLColocationConfig(**{**SMALL, "pairs": ("training",)},
-                                                           scenarios=("lithos_rightsized_tenant",)))
-    sizing = out["tenant_sizing"]
-    latency = {int(b): {int(n): us for n, us in by.items()} for b, by in sizing["request_us_by_batch_and_tpcs"].items()}
-    assert sizing["lc_tpcs"] == mc.tenant_tpcs(latency) and 1 <= sizing["lc_tpcs"] <= sizing["of"]
-    lo, hi = MLColocationConfig(**SMALL).lc_batch
-    assert set(latency) == set(range(lo, hi + 1))  # every batch the service may run
-    assert out["pairs"]["training"]["scenarios"]["lithos_rightsized_tenant"]["hp"]["completed"] > 0
-
-
-def test_tenant_tpcs_serve_the_batch_that_needs_the_most():
-    latency = {1: {33: 100.0, 20: 104.0, 10: 150.0}, 8: {33: 100.0, 20: 130.0, 10: 300.0}}
-    assert mc.tenant_tpcs(latency) == 33  # batch 8 needs all of them within 5 %
-    assert mc.tenant_tpcs({1: latency[1]}) == 20
-    assert mc.tenant_tpcs(latency, slack=0.5) == 20
-    with pytest.raises(ValueError, match="no request latencies"):
-        mc.tenant_tpcs({})
-
-
-def test_a_sized_inference_tenant_owns_its_tpcs_and_the_best_effort_job_all_the_others():
-    lc, be = mc.tenant_specs(MLColocationConfig(), lc_tpcs=20, num_tpcs=66)
-    assert lc.tpcs == tuple(range(20)) and be.tpcs == tuple(range(20, 66))
-    lc, be = mc.tenant_specs(MLColocationConfig(lc_share=0.25))
-    assert lc.share == 0.25 and be.share == 0.75
-    for bad in (0, 66, None):
-        with pytest.raises(ValueError, match="lc_tpcs"):
-            mc.tenant_specs(MLColocationConfig(), lc_tpcs=bad if bad is not None else 5, num_tpcs=None if bad is None else 66)
-
-
 def test_sim_is_deterministic_and_honours_the_scenario_selection(tmp_path):
     cfg = SimMLConfig(pairs=("batch_inference",), scenarios=("static_split", "lithos"), **SMALL)
     a = run_sim(cfg, trace_dir=tmp_path)

@@ -201,17 +201,3 @@ def test_measured_envelope_keeps_a_smooth_knee_from_looking_free():
     model = fit_scaling(list(samples), [m for m, _ in samples.values()])
     assert choose_tpcs(model, 66, 0.05, samples=samples) == 46
     assert choose_tpcs(model, 66, 0.05) < 40  # the model alone is too optimistic between samples
-
-
-def test_fewest_tpcs_within_slack_of_the_largest_size_measured():
-    from lithos_sched.rightsizing import fewest_tpcs_within_slack
-
-    assert fewest_tpcs_within_slack({33: 100.0, 20: 105.0, 10: 140.0}) == 20
-    assert fewest_tpcs_within_slack({33: 100.0, 20: 105.1, 10: 140.0}) == 33
-    assert fewest_tpcs_within_slack({33: 100.0, 20: 90.0}) == 20  # faster on fewer: noise, still fine
-    assert fewest_tpcs_within_slack({33: 100.0, 10: 140.0}, slack=0.5) == 10
-    for bad, match in (({}, "no latencies"), ({4: 0.0}, "positive")):
-        with pytest.raises(ValueError, match=match):
-            fewest_tpcs_within_slack(bad)
-    with pytest.raises(ValueError, match="slack"):
-        fewest_tpcs_within_slack({4: 1.0}, slack=-0.1)
