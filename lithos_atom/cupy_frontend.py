@@ -301,18 +301,25 @@ class AtomizedRawKernel:
         function = prepared.function
         wave = _wave_blocks(function, block3, shared_mem)
         gx, gy, gz = (np.uint32(d) for d in grid3)
-        # One packing per launch; each atom only rewrites its first block (CuPy's call
-        # when the arguments cannot be packed here: see `lithos_atom.driver_launch`).
-        packed = (driver_launch.pack(function.ptr, (*args, np.uint64(0), gx, gy, gz))
-                  if type(shared_mem) is int and shared_mem >= 0 else None)
         start_param = len(args)
         block_dims = tuple(max(1, d) for d in block3)
+        # The first atom goes through CuPy's call. From the second on, the arguments are
+        # packed once and each atom only rewrites its first block (see
+        # `lithos_atom.driver_launch`), so a launch that is one atom never packs.
+        packable = type(shared_mem) is int and shared_mem >= 0
+        packed: driver_launch.PackedParams | None = None
+        issued = 0
 
         def issue_range(start: int, count: int, stream: Any) -> None:
+            nonlocal packed, packable, issued
+            issued += 1
+            if packed is None and packable and issued > 1:
+                packed = driver_launch.pack(function.ptr, (*args, np.uint64(0), gx, gy, gz))
+                packable = packed is not None  # CuPy's call for every atom if it cannot be packed
             if packed is not None:
                 packed.set_u64(start_param, start)
                 driver_launch.launch_packed(function.ptr, (count, 1, 1), block_dims,  # type: ignore[arg-type]
-                                              shared_mem, as_cupy_stream(stream).ptr, packed)
+                                            shared_mem, as_cupy_stream(stream).ptr, packed)
                 return
             function((count, 1, 1), block3, (*args, np.uint64(start), gx, gy, gz),
                      shared_mem=shared_mem, stream=as_cupy_stream(stream))

@@ -4,7 +4,8 @@ An atom is the rewritten kernel launched on a range of blocks, with the user's a
 and four more (the first block, the original grid). CuPy's ``Function.__call__`` would pack
 every argument again for each atom, in Cython, and release the GIL in ``cuLaunchKernel``.
 lithos packs them once per launch (`pack`), when it can pack them to the same bytes CuPy
-would, and each atom rewrites only its first block before `launch_packed`:
+would, and each atom rewrites only its first block before `launch_packed` (the front end
+packs from a launch's second atom on: a launch of one atom goes through CuPy's call):
 
 - a ``cupy.ndarray`` for a pointer parameter: its data pointer (CuPy passes a ``CArray``
   whose first field is that pointer; the driver reads the parameter's 8 bytes);
