@@ -381,6 +381,7 @@ class Scheduler(Atomizer):
         self._closed = False
         self._closing = False
         self._steal_partitions: dict[frozenset[int], Any] = {}
+        self._lc_shared: dict[frozenset[int], bool] = {}
         self._trace_on = trace
         self._trace = TraceBuffer()
         self._t0 = self.timeline.record(next(iter(self.tenants.values())).home.normal)
@@ -757,6 +758,14 @@ class Scheduler(Atomizer):
             part = self._steal_partitions[tpcs] = self.device.partition(tpcs)
         return part, True
 
+    def _shared_with_lc(self, partition: Any) -> bool:
+        """Whether ``partition`` has TPCs of a latency-critical tenant (memoized by TPC
+        set: tenants' TPCs never change, and this is asked twice per best-effort atom)."""
+        shared = self._lc_shared.get(partition.tpcs)
+        if shared is None:
+            shared = self._lc_shared[partition.tpcs] = any(partition.tpcs & t.tpcs for t in self._lc)
+        return shared
+
     def _wave_blocks(self, plan: LaunchPlan, partition: Any) -> int:
         return self._partition_wave(plan.wave_blocks, partition)
 
@@ -770,8 +779,7 @@ class Scheduler(Atomizer):
             return remaining
         wave = self._wave_blocks(plan, partition)
         wave_us = self.predictor.wave_us(plan.key, partition.num_tpcs)
-        shared = any(partition.tpcs & t.tpcs for t in self._lc)
-        target_us = self.policy.atom_us if shared else self.policy.home_atom_us
+        target_us = self.policy.atom_us if self._shared_with_lc(partition) else self.policy.home_atom_us
         waves = 1 if wave_us is None else max(1, math.floor(target_us / wave_us))
         return min(remaining, waves * wave)
 
@@ -779,8 +787,7 @@ class Scheduler(Atomizer):
         """Block until the tenant's queued work on ``partition`` drains within the cap;
         returns whether it had to wait."""
         tl = self.timeline
-        shared = any(partition.tpcs & t.tpcs for t in self._lc)
-        cap = self.policy.queue_cap_us if shared else self.policy.home_queue_cap_us
+        cap = self.policy.queue_cap_us if self._shared_with_lc(partition) else self.policy.home_queue_cap_us
         waited = False
         while not self._closing:
             self._retire(tenant)
