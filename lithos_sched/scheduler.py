@@ -231,6 +231,8 @@ class Tenant:
         self._active_tpcs = tpcs  # the TPCs of its latest kernel (fewer when right-sized)
         self._rightsized: dict[int, Any] = {}  # right-sized partitions of its first n TPCs, by n
         self._stream_handle: int | None = None
+        self._request: Any = None  # the partition of an `on_tpcs` block in progress
+        self._request_handle: int | None = None
 
     @property
     def name(self) -> str:
@@ -254,6 +256,8 @@ class Tenant:
         intercepted, and only the stream knows they are still running.
         """
         s = self.scheduler
+        if self._request is not None:  # inside `on_tpcs`: the user said a request is under way
+            return False
         if s.timeline.now_us() - self._last_submit_us < s.policy.lc_idle_grace_us:
             return False
         last = self._last_end
@@ -300,6 +304,57 @@ class Tenant:
         if self._stream_handle is not None:  # unsplit launches ran on its own stream
             s._wait_busy(self, s.timeline.record(self.stream))
         s._retire(self)
+
+    @contextlib.contextmanager
+    def on_tpcs(self, n: int) -> Iterator[Any]:
+        """Run the work of the block (one request, say) on the first ``n`` of this
+        latency-critical tenant's TPCs; the others go to best-effort tenants meanwhile.
+
+        Right-sizing a whole request this way costs one event join at each end of the
+        block, where right-sizing each kernel (`Scheduler` with a ``right_sizer``) costs
+        two event waits per launch. Work queued on the tenant's stream before the block
+        runs first, and work after it waits for the block's. On the GPU, CuPy's current
+        stream is the partition's inside the block; the stream is also what the block
+        yields. ``n`` at or above the tenant's TPC count runs on its own stream, unchanged.
+
+        Raises
+        ------
+        TypeError
+            For a best-effort tenant (its launches are atoms the scheduler places).
+        RuntimeError
+            From a thread not bound to this tenant, or inside another ``on_tpcs`` block.
+        ValueError
+            For ``n`` < 1.
+        """
+        if self.priority is not Priority.LATENCY_CRITICAL:
+            raise TypeError(f"on_tpcs is for latency-critical tenants; {self.name!r} is {self.priority.value}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"on_tpcs needs a TPC count >= 1, got {n!r}")
+        if current_tenant() is not self:
+            raise RuntimeError(f"on_tpcs must be used in a thread inside `with` tenant {self.name!r}")
+        if self._request is not None:
+            raise RuntimeError(f"tenant {self.name!r} is already inside an on_tpcs block")
+        s = self.scheduler
+        s._check_open()
+        if n >= len(self.tpcs):
+            yield self.stream
+            return
+        tl = s.timeline
+        part = s._first_tpcs_partition(self, n)
+        tl.wait(part.high, tl.record(self.stream))  # after what the tenant queued before
+        with contextlib.ExitStack() as stack:
+            if not s.device.simulated:
+                stack.enter_context(tl.as_cupy(part.high))  # type: ignore[attr-defined]
+            self._request, self._request_handle = part, tl.handle(part.high)
+            self._active_tpcs = part.tpcs
+            try:
+                yield part.high
+            finally:
+                end = tl.record(part.high)
+                tl.wait(self.stream, end)  # what the tenant queues next runs after the block
+                self._last_end = end
+                self._request = self._request_handle = None
+                self._active_tpcs = self.tpcs
 
     def __repr__(self) -> str:
         return f"<Tenant {self.name!r} {self.priority.value} tpcs={len(self.tpcs)}>"
@@ -561,7 +616,12 @@ class Scheduler(Atomizer):
             tenant._busy = tl.marker()  # type: ignore[attr-defined]
             tenant._join = tl.marker()  # type: ignore[attr-defined]
         user_handle = tl.handle(user)
-        if user_handle == 0 or user_handle == tenant._stream_handle:
+        base, base_handle = home, tenant._stream_handle
+        if tenant._request is not None and user_handle in (0, tenant._request_handle):
+            # inside `Tenant.on_tpcs`: the block's stream, already ordered with the tenant's
+            base, base_handle = tenant._request, tenant._request_handle
+            user, user_handle = base.high, base_handle
+        elif user_handle == 0 or user_handle == tenant._stream_handle:
             user, user_handle = home.high, tenant._stream_handle  # the tenant's own stream
         timed = False
         with tenant._lock:
@@ -575,11 +635,12 @@ class Scheduler(Atomizer):
                 stats.atoms += 1
                 tenant._last_submit_us = tl.now_us()
                 timed = (stats.kernels - 1) % self.policy.lc_timing_every == 0
-                shape = describe() if timed or self.right_sizer is not None else None
-                part = home if shape is None else self._latency_critical_partition(
+                sized = self.right_sizer is not None and base is home  # a block chose its partition
+                shape = describe() if timed or sized else None
+                part = base if shape is None or not sized else self._latency_critical_partition(
                     tenant, shape.key, shape.total_blocks, shape.wave_blocks)
                 stream = part.high
-                own = part is home and user_handle == tenant._stream_handle
+                own = part is base and user_handle == base_handle
                 if not own:
                     tl.record_into(tenant._join, user)  # type: ignore[attr-defined]
                     tl.wait(stream, tenant._join)
@@ -637,13 +698,17 @@ class Scheduler(Atomizer):
             return home
         per_tpc = device_wave_blocks / self.device.num_tpcs if device_wave_blocks > 0 else None
         n = sizer.tpcs_for(key, home.num_tpcs, total_blocks, per_tpc)
-        if n >= home.num_tpcs:
-            part = home
-        else:
-            part = tenant._rightsized.get(n)  # by size: no TPC set is built per launch
-            if part is None or part.closed:
-                part = tenant._rightsized[n] = self.device.partition(sorted(tenant.tpcs)[:n])
+        part = self._first_tpcs_partition(tenant, n)
         tenant._active_tpcs = part.tpcs
+        return part
+
+    def _first_tpcs_partition(self, tenant: Tenant, n: int) -> Any:
+        """The partition of ``tenant``'s first ``n`` TPCs (its home for ``n`` >= all)."""
+        if n >= tenant.home.num_tpcs:
+            return tenant.home
+        part = tenant._rightsized.get(n)  # by size: no TPC set is built per launch
+        if part is None or part.closed:
+            part = tenant._rightsized[n] = self.device.partition(sorted(tenant.tpcs)[:n])
         return part
 
     def _run_best_effort(self, tenant: Tenant, plan: LaunchPlan, user: Any) -> None:

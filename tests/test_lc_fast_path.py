@@ -133,3 +133,104 @@ def test_launch_whole_routes_by_the_calling_threads_tenant():
             sched.launch_whole(launch_on(tl, "k"), None, lambda: SHAPE)
     finally:
         scheduler_module._current.tenant = None
+
+
+# ---- Tenant.on_tpcs: a whole request on a right-sized partition ------------------------------
+
+
+def bound(sched, name: str):  # noqa: ANN001, ANN201
+    """Bind this thread to tenant ``name`` as ``with tenant:`` does, without CuPy."""
+    from lithos_sched import scheduler as scheduler_module
+
+    scheduler_module._current.tenant = sched.tenant(name)
+    return scheduler_module
+
+
+def test_a_request_block_joins_the_tenant_stream_once_at_each_end_and_launches_without_waits():
+    sched, tl = scheduler(Policy(lc_timing_every=1000))
+    lc = sched.tenant("lc")
+    mod = bound(sched, "lc")
+    try:
+        with lc.on_tpcs(3) as stream:
+            part = lc._rightsized[3]
+            assert stream is part.high and part.tpcs == frozenset(sorted(lc.tpcs)[:3])
+            assert lc._active_tpcs == part.tpcs and not lc.idle()  # busy for the whole block
+            for i in range(3):  # the current stream (None here) or the block's stream
+                sched._launch_latency_critical(lc, launch_on(tl, str(i)), None if i else stream, lambda: SHAPE)
+        assert lc._active_tpcs == lc.tpcs and lc._request is None
+    finally:
+        mod._current.tenant = None
+    high, sub = lc.home.high.handle, part.high.handle
+    timing = {e for r in lc._inflight for e in (r.start, r.end)}  # the first launch is timed
+    assert {op[1] for op in tl.ops if op[0] == "record" and op[2] in timing} == {sub}
+    ops = [op for op in tl.ops if not (op[0] == "record" and op[2] in timing)]
+    (enter, _), (leave, _) = [(op[2], op) for op in ops if op[0] == "record"]
+    assert ops == [("record", high, enter), ("wait", sub, enter),
+                   ("launch 0", sub), ("launch 1", sub), ("launch 2", sub),
+                   ("record", sub, leave), ("wait", high, leave)]
+    assert lc._last_end == leave  # the tenant looks busy until the block's work is done
+
+
+def test_a_request_block_is_not_right_sized_again_per_kernel_and_its_timed_launches_say_where_they_ran():
+    sched, tl = scheduler(Policy(lc_timing_every=1), FixedSizer(1))
+    lc = sched.tenant("lc")
+    mod = bound(sched, "lc")
+    try:
+        with lc.on_tpcs(3):
+            sched._launch_latency_critical(lc, launch_on(tl, "k"), None, lambda: SHAPE)
+    finally:
+        mod._current.tenant = None
+    assert 1 not in lc._rightsized  # the per-kernel sizer was not asked
+    (rec,) = lc._inflight
+    assert rec.partition is lc._rightsized[3] and rec.stream is lc._rightsized[3].high
+    assert not [op for op in tl.ops if op[0] == "wait" and op[1] == lc._rightsized[3].high.handle][1:]
+
+
+def test_a_request_on_all_its_tpcs_runs_on_the_tenant_stream_unchanged():
+    sched, tl = scheduler()
+    lc = sched.tenant("lc")
+    mod = bound(sched, "lc")
+    try:
+        with lc.on_tpcs(len(lc.tpcs)) as stream:
+            assert stream is lc.stream and lc._request is None
+    finally:
+        mod._current.tenant = None
+    assert tl.ops == []
+
+
+def test_on_tpcs_refuses_what_it_cannot_do_by_name():
+    sched, _ = scheduler()
+    lc, be = sched.tenant("lc"), sched.tenant("be")
+    with pytest.raises(TypeError, match="latency-critical"):
+        with be.on_tpcs(2):
+            pass
+    with pytest.raises(ValueError, match="TPC count"):
+        with lc.on_tpcs(0):
+            pass
+    with pytest.raises(RuntimeError, match="inside `with` tenant 'lc'"):
+        with lc.on_tpcs(2):
+            pass
+    mod = bound(sched, "lc")
+    try:
+        with lc.on_tpcs(2):
+            with pytest.raises(RuntimeError, match="already inside"):
+                with lc.on_tpcs(1):
+                    pass
+        assert lc._request is None
+    finally:
+        mod._current.tenant = None
+
+
+def test_during_a_request_block_best_effort_work_may_use_the_tenants_other_tpcs():
+    from lithos_atom.plan import LaunchPlan
+
+    sched, _ = scheduler()
+    lc, be = sched.tenant("lc"), sched.tenant("be")
+    plan = LaunchPlan.build(SHAPE.key, 8, 8, lambda start, count, stream: None, wave_blocks=8)
+    mod = bound(sched, "lc")
+    try:
+        with lc.on_tpcs(1):
+            part, stolen = sched._best_effort_target(be, plan)
+            assert stolen and part.tpcs == be.tpcs | (lc.tpcs - frozenset(sorted(lc.tpcs)[:1]))
+    finally:
+        mod._current.tenant = None

@@ -62,10 +62,10 @@ def test_unchanged_code_in_a_tenant_sees_its_results_and_runs_on_its_tpcs(device
     sched.close()
 
 
-def _saxpy_chain(kernel, x, bufs, n, steps, stream=None):
+def _saxpy_chain(kernel, x, bufs, n, steps, stream=None, first=0):
     """buf[i % 2] = i * x + buf[(i + 1) % 2]: each launch reads the previous one's output."""
     blocks = (n + 255) // 256
-    for i in range(steps):
+    for i in range(first, first + steps):
         kernel((blocks,), (256,), (x, bufs[(i + 1) % 2], bufs[i % 2], np.float32(i), np.int32(n)), stream=stream)
 
 
@@ -115,6 +115,42 @@ def test_latency_critical_launches_run_unsplit_in_order(device, right_sized):
     stats = sched.stats()["tenants"]["lc"]
     assert stats["kernels"] == 9 and stats["atoms"] == 9 and stats["timed_atoms"] == 3
     assert len(sched.tenant("lc")._active_tpcs) == (3 if right_sized else len(sched.tenant("lc").tpcs))
+    sched.close()
+
+
+def test_a_request_block_runs_on_its_first_tpcs_in_order_with_the_tenant_stream(device):
+    """`Tenant.on_tpcs`: the launches and CuPy ops of the block run on the tenant's first
+    3 TPCs, after what the tenant queued before and before what it queues after."""
+    import cupy
+
+    from lithos_sched import Policy, Priority, Scheduler, TenantSpec
+    from lithos_sched.smid_probe import SMID
+
+    sched = Scheduler(device, [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5),
+                               TenantSpec("be", Priority.BEST_EFFORT, share=0.5)], Policy(lc_timing_every=3))
+    rng = np.random.default_rng()
+    n = 1_000_003
+    xh, yh = rng.standard_normal((2, n)).astype(np.float32)
+    with sched.tenant("lc") as lc:
+        k = cupy.RawKernel(atom_cases.SAXPY, "saxpy")
+        probe = cupy.RawKernel(SMID, "smid")
+        x = cupy.asarray(xh)
+        bufs = [cupy.full(n, np.nan, np.float32), cupy.asarray(yh)]
+        _saxpy_chain(k, x, bufs, n, 3)  # before the block, on the tenant's stream
+        with lc.on_tpcs(3):
+            _saxpy_chain(k, x, bufs, n, 4, first=3)
+            ids = cupy.full(4096, -1, np.int32)  # a CuPy op inside the block
+            probe((4096,), (32,), (ids,))
+        _saxpy_chain(k, x, bufs, n, 2, first=7)  # after it, on the tenant's stream again
+        got = cupy.asnumpy(bufs[8 % 2])
+        seen = set(cupy.asnumpy(ids).tolist())
+        block_sms = set(lc._rightsized[3].sm_ids)
+    plain = cupy.RawKernel(atom_cases.SAXPY, "saxpy")
+    ref = [cupy.full(n, np.nan, np.float32), cupy.asarray(yh)]
+    _saxpy_chain(plain, cupy.asarray(xh), ref, n, 9)
+    assert np.array_equal(got, cupy.asnumpy(ref[8 % 2]))
+    assert len(block_sms) == 6 and seen <= block_sms
+    assert sched.stats()["tenants"]["lc"]["kernels"] == 10
     sched.close()
 
 
