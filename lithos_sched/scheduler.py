@@ -315,7 +315,10 @@ class Tenant:
         two event waits per launch. Work queued on the tenant's stream before the block
         runs first, and work after it waits for the block's. On the GPU, CuPy's current
         stream is the partition's inside the block; the stream is also what the block
-        yields. ``n`` at or above the tenant's TPC count runs on its own stream, unchanged.
+        yields. Work must go to that stream to run on the partition: what the block puts
+        explicitly on the tenant's own stream stays there, in that stream's order (moving
+        only the intercepted launches would split it from CuPy's own ops). ``n`` at or
+        above the tenant's TPC count runs on its own stream, unchanged.
 
         Raises
         ------

@@ -234,3 +234,15 @@ def test_during_a_request_block_best_effort_work_may_use_the_tenants_other_tpcs(
             assert stolen and part.tpcs == be.tpcs | (lc.tpcs - frozenset(sorted(lc.tpcs)[:1]))
     finally:
         mod._current.tenant = None
+
+
+def test_inside_a_request_block_work_put_on_the_tenants_own_stream_stays_there():
+    sched, tl = scheduler(Policy(lc_timing_every=1000))
+    lc = sched.tenant("lc")
+    mod = bound(sched, "lc")
+    try:
+        with lc.on_tpcs(2):
+            sched._launch_latency_critical(lc, launch_on(tl, "own"), lc.home.high, lambda: SHAPE)
+    finally:
+        mod._current.tenant = None
+    assert ("launch own", lc.home.high.handle) in tl.ops  # with CuPy's ops the user put there
