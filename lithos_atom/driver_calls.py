@@ -11,7 +11,7 @@ took it in between runs its Python first. Whether a thread keeps the GIL is per 
   waiting behind a best-effort thread once per launch;
 - a best-effort thread releases it at every call, so a latency-critical thread waiting
   for the GIL gets it within one call instead of one GIL switch interval. Measured on the
-  H100 (bench/results/h100-2026-11-25-run15): with every thread holding it, the
+  H100 (bench/results/h100-2026-11-25-run15-all-held): with every thread holding it, the
   latency-critical p99 rose 3.3x on the synthetic pair and the inference service was
   overloaded beside batch inference.
 
@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from lithos_atom.errors import LithosCudaError
+from lithos_atom.settings import get_settings
 
 CUDA_ERROR_INVALID_VALUE = 1
 CUDA_ERROR_INVALID_CONTEXT = 201
@@ -76,8 +77,6 @@ def holds_gil() -> bool:
     that never chose keep it only under ``LITHOS_HOLD_GIL=all``)."""
     hold = getattr(_local, "hold", None)
     if hold is None:
-        from lithos_atom.settings import get_settings
-
         hold = get_settings().hold_gil == "all"
     return bool(hold)
 
