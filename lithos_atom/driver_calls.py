@@ -1,4 +1,4 @@
-"""Short CUDA driver calls, made with the GIL held in latency-critical threads.
+"""Short CUDA driver calls of the scheduler, made with the GIL held in latency-critical threads.
 
 CuPy and cuda.bindings release the GIL around every driver call. For the calls here
 (kernel launches, event records, stream waits, event and stream queries, event timing,
@@ -7,13 +7,15 @@ hand-off when threads contend: the caller must win the GIL back, and another thr
 took it in between runs its Python first. Whether a thread keeps the GIL is per thread
 (`gil_held`, `holds_gil`), because what helps one tenant hurts the other:
 
-- a latency-critical thread keeps it, so a request of many launches is issued without
-  waiting behind a best-effort thread once per launch;
+- a latency-critical thread keeps it in the scheduler's calls on its launch path (the
+  events of timed and right-sized launches), so it does not wait behind a best-effort
+  thread once per call (its kernel launches themselves are CuPy's, which release it);
 - a best-effort thread releases it at every call, so a latency-critical thread waiting
   for the GIL gets it within one call instead of one GIL switch interval. Measured on the
-  H100 (bench/results/h100-2026-11-25-run15-all-held): with every thread holding it, the
-  latency-critical p99 rose 3.3x on the synthetic pair and the inference service was
-  overloaded beside batch inference.
+  H100 (bench/results/h100-2026-11-25-run15-all-held): with every thread holding it,
+  lithos' latency-critical p99 on the synthetic pair was 2.5x the static split's of the
+  same run (4.43 against 1.75 ms), and the inference service was overloaded beside batch
+  inference.
 
 ``ctypes.PyDLL`` is the standard library's way to call a C function with the GIL held
 (``ctypes.CDLL`` releases it); no CUDA Python binding offers the choice.
