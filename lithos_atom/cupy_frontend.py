@@ -19,7 +19,7 @@ import numpy as np
 
 from lithos_atom.atomizer import DURATIONS, AtomizeOptions, Atomizer, as_cupy_stream, get_atomizer
 from lithos_atom.compile import cuda_source_to_ptx, link_ptx
-from lithos_atom import driver_launch
+from lithos_atom import driver_calls, driver_launch
 from lithos_atom.errors import AtomizeError, UnsupportedKernelError
 from lithos_atom.indexing import total_blocks as count_blocks
 from lithos_atom.plan import KernelKey, LaunchPlan, LaunchShape
@@ -303,17 +303,15 @@ class AtomizedRawKernel:
         gx, gy, gz = (np.uint32(d) for d in grid3)
         start_param = len(args)
         block_dims = tuple(max(1, d) for d in block3)
-        # The first atom goes through CuPy's call. From the second on, the arguments are
-        # packed once and each atom only rewrites its first block (see
+        # The first atom (block 0 on) goes through CuPy's call. From the second on, the
+        # arguments are packed once and each atom only rewrites its first block (see
         # `lithos_atom.driver_launch`), so a launch that is one atom never packs.
         packable = type(shared_mem) is int and shared_mem >= 0
         packed: driver_launch.PackedParams | None = None
-        issued = 0
 
         def issue_range(start: int, count: int, stream: Any) -> None:
-            nonlocal packed, packable, issued
-            issued += 1
-            if packed is None and packable and issued > 1:
+            nonlocal packed, packable
+            if packed is None and packable and start > 0:
                 packed = driver_launch.pack(function.ptr, (*args, np.uint64(0), gx, gy, gz))
                 packable = packed is not None  # CuPy's call for every atom if it cannot be packed
             if packed is not None:
@@ -350,17 +348,6 @@ class AtomizedRawKernel:
         atomizer.submit(plan, stream)
 
 
-def _ensure_context() -> None:
-    """Make the primary context current in this thread (driver calls below need one).
-
-    A new thread has no current context until a runtime call makes one; ``cudaFree(0)``
-    is the idiom that does so without side effects.
-    """
-    import cupy
-
-    cupy.cuda.runtime.free(0)
-
-
 _wave_cache: dict[tuple[int, tuple[int, int, int], int], int] = {}
 _shmem_limit: dict[int, int] = {}  # function -> the dynamic shared memory it was opened up to
 
@@ -376,7 +363,7 @@ def _wave_blocks(function: Any, block: tuple[int, int, int], shared_mem: int) ->
     key = (function.ptr, block, shared_mem)
     wave = _wave_cache.get(key)
     if wave is None:
-        _ensure_context()
+        driver_calls.make_cupy_context_current()
         if shared_mem > max(_MAX_DEFAULT_DYNAMIC_SHMEM, _shmem_limit.get(function.ptr, 0)):
             cupy.cuda.driver.funcSetAttribute(function.ptr, _CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                                               shared_mem)

@@ -28,11 +28,13 @@ import ctypes
 import ctypes.util
 import functools
 import threading
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from lithos_atom.errors import LithosCudaError
 from lithos_atom.settings import get_settings
+
+T = TypeVar("T")
 
 CUDA_ERROR_INVALID_VALUE = 1
 CUDA_ERROR_INVALID_CONTEXT = 201
@@ -116,6 +118,29 @@ def _ready(call: str, code: int) -> bool:
         return False
     _check(call, code)
     return True
+
+
+def make_cupy_context_current() -> None:
+    """Make CuPy's context (the device's primary context) current in this thread.
+
+    A new thread has no current context until a runtime call makes one; ``cudaFree(0)``
+    is the idiom that does so without side effects.
+    """
+    import cupy
+
+    cupy.cuda.runtime.free(0)
+
+
+def in_cupy_context(call: Callable[..., T], *args: Any) -> T:
+    """``call(*args)``; when the calling thread has no current context yet, make CuPy's
+    current and call again, as CuPy's own calls would."""
+    try:
+        return call(*args)
+    except LithosCudaError as exc:
+        if exc.code != CUDA_ERROR_INVALID_CONTEXT:
+            raise
+    make_cupy_context_current()
+    return call(*args)
 
 
 def event_create(flags: int) -> int:

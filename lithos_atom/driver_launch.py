@@ -33,22 +33,20 @@ from typing import Any
 import numpy as np
 
 from lithos_atom import driver_calls
-from lithos_atom.errors import LithosCudaError
 
 _layouts: dict[int, tuple[tuple[int, int], ...] | None] = {}  # function handle -> parameter layout
 _INT64_MIN, _UINT64_LIMIT, _INT64_LIMIT = -(2**63), 2**64, 2**63
-_array_types: tuple[type, ...] | None = None
+_U64 = struct.Struct("<Q")
+_array_types: tuple[type, ...] | None = None  # CuPy's, imported on the first pack
 _memory_pointer: type | None = None
 
 
-def _cupy_types() -> tuple[tuple[type, ...], type]:
+def _load_cupy_types() -> None:
     global _array_types, _memory_pointer
-    if _array_types is None or _memory_pointer is None:
-        import cupy
+    import cupy
 
-        _array_types = (cupy._core.core._ndarray_base,)
-        _memory_pointer = cupy.cuda.MemoryPointer
-    return _array_types, _memory_pointer
+    _array_types = (cupy._core.core._ndarray_base,)
+    _memory_pointer = cupy.cuda.MemoryPointer
 
 
 def _value_bytes(arg: Any) -> bytes | None:
@@ -91,17 +89,9 @@ class PackedParams:
         base = ctypes.addressof(self.buffer)
         self.pointers = (ctypes.c_void_p * max(1, len(layout)))(*(base + o for o, _ in layout))
 
-    def set(self, index: int, value: bytes) -> None:
-        """Write ``value``'s first bytes (as many as the parameter holds) into parameter ``index``."""
-        offset, size = self.layout[index]
-        self.buffer[offset:offset + size] = value[:size]
-
     def set_u64(self, index: int, value: int) -> None:
         """Write an unsigned 64-bit parameter (an atom's first block)."""
-        struct.pack_into("<Q", self.buffer, self.layout[index][0], value)
-
-
-_U64 = struct.Struct("<Q")
+        _U64.pack_into(self.buffer, self.layout[index][0], value)
 
 
 def pack(function: int, args: tuple) -> PackedParams | None:
@@ -113,7 +103,7 @@ def pack(function: int, args: tuple) -> PackedParams | None:
     if layout is None or len(layout) != len(args):
         return None
     if _array_types is None:
-        _cupy_types()
+        _load_cupy_types()
     packed = PackedParams(layout)
     buffer = packed.buffer
     for i, arg in enumerate(args):
@@ -139,14 +129,7 @@ def pack(function: int, args: tuple) -> PackedParams | None:
 
 def launch_packed(function: int, grid: tuple[int, int, int], block: tuple[int, int, int], shared_mem: int,
                   stream: int, packed: PackedParams) -> None:
-    """``cuLaunchKernel`` through `lithos_atom.driver_calls`; a thread with no current
-    context gets CuPy's (the primary context) first, as CuPy's own launch would."""
-    try:
-        driver_calls.launch_kernel(function, grid, block, shared_mem, stream, packed.pointers)
-    except LithosCudaError as exc:
-        if exc.code != driver_calls.CUDA_ERROR_INVALID_CONTEXT:
-            raise
-        import cupy
-
-        cupy.cuda.runtime.free(0)
-        driver_calls.launch_kernel(function, grid, block, shared_mem, stream, packed.pointers)
+    """``cuLaunchKernel`` through `lithos_atom.driver_calls`, in CuPy's context when the
+    thread has none yet (as CuPy's own launch would)."""
+    driver_calls.in_cupy_context(driver_calls.launch_kernel, function, grid, block, shared_mem, stream,
+                                 packed.pointers)

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from lithos_atom import driver_calls
-from lithos_atom.errors import LithosCudaError
 
 
 class Timeline(Protocol):
@@ -67,16 +66,8 @@ class DeviceEvent:
     __slots__ = ("ptr",)
 
     def __init__(self, flags: int) -> None:
-        self.ptr = 0
-        try:
-            self.ptr = driver_calls.event_create(flags)
-        except LithosCudaError as exc:
-            if exc.code != driver_calls.CUDA_ERROR_INVALID_CONTEXT:
-                raise
-            import cupy
-
-            cupy.cuda.runtime.free(0)  # a thread's first driver call: make CuPy's context current
-            self.ptr = driver_calls.event_create(flags)
+        self.ptr = 0  # `__del__` runs even when the creation below raises
+        self.ptr = driver_calls.in_cupy_context(driver_calls.event_create, flags)
 
     def __del__(self) -> None:
         if self.ptr and not sys.is_finalizing():  # at exit the driver may be gone first
