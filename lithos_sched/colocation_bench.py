@@ -268,12 +268,13 @@ def policy_name(policy: Any) -> str:
 
 
 def run_lithos(cfg: ColocationConfig, w: _Workloads, device: Any, policy: Any,
-               measure: Callable[[Callable[[], dict[str, Any]]], dict[str, Any]] | None = None,
-               ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """The pair under a lithos scheduler with ``policy``: a warm-up, then the measured run
-    (through ``measure``, if given). Returns the figures (with the scheduler's stats and,
-    under ``LITHOS_TRACE_DIR``, the trace file) and the tenants' stats before and after
-    the measured run."""
+               measure: Callable[[Callable[[], dict[str, Any]]], tuple[dict[str, Any], Any]] | None = None,
+               ) -> tuple[dict[str, Any], Any, dict[str, Any], dict[str, Any]]:
+    """The pair under a lithos scheduler with ``policy``: a warm-up, then the measured run,
+    through ``measure`` if given (``measure(run)`` returns ``run()`` and what it measured
+    over it). Returns the figures (with the scheduler's stats and, under
+    ``LITHOS_TRACE_DIR``, the trace file), what ``measure`` measured (None without), and the
+    tenants' stats before and after the measured run."""
     import cupy
 
     from lithos_sched.scheduler import Scheduler
@@ -289,14 +290,14 @@ def run_lithos(cfg: ColocationConfig, w: _Workloads, device: Any, policy: Any,
     def pair() -> dict[str, Any]:
         return _run_pair(w, (lambda: lc_t, cur), (lambda: be_t, cur), cfg.duration_s)
 
-    res = measure(pair) if measure is not None else pair()
+    res, measured = measure(pair) if measure is not None else (pair(), None)
     after = sched.stats()["tenants"]
     sched.close()
     trace_dir = os.environ.get("LITHOS_TRACE_DIR")
     if trace_dir:
         res["trace_file"] = str(sched.export_trace(Path(trace_dir) / f"trace_{policy_name(policy)}.json"))
     res["scheduler"] = sched.stats()
-    return res, before, after
+    return res, measured, before, after
 
 
 def setup_gpu(cfg: ColocationConfig) -> tuple[_Calibration, _Workloads]:
@@ -342,16 +343,9 @@ def run_gpu(cfg: ColocationConfig, console: Any = None) -> dict[str, Any]:
 
     def lithos(policy: Policy) -> Callable[[], dict[str, Any]]:
         def run() -> dict[str, Any]:
-            energy: list[Any] = []
-
-            def run_measured(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-                res, e = measured(fn)
-                energy.append(e)
-                return res
-
-            res, before, after = run_lithos(cfg, w, device, policy, run_measured)
-            res["energy"] = ({"skipped": no_meter} if energy[0] is None
-                             else tenant_energy(energy[0], before, after, device.num_tpcs))
+            res, energy, before, after = run_lithos(cfg, w, device, policy, measured)
+            res["energy"] = ({"skipped": no_meter} if energy is None
+                             else tenant_energy(energy, before, after, device.num_tpcs))
             return res
         return run
 

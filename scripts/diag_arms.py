@@ -113,7 +113,7 @@ for rnd in range(ROUNDS):
     for arm in CHOSEN:
         interval = use(arm)
         changes = ARMS[arm][2]
-        res, _, _ = colocation_bench.run_lithos(co_cfg, w, device,
+        res, _, _, _ = colocation_bench.run_lithos(co_cfg, w, device,
                                                 co_cfg.policy(gil_switch_interval_s=interval, **changes))
         note({"round": rnd, "pair": "synthetic", "arm": arm, **brief_co(res)})
         kernels.reset_cache()
