@@ -154,11 +154,10 @@ class Policy:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"Policy.{name} must be a positive number, got {value!r}")
-        if isinstance(self.yield_queue_us, bool) or not isinstance(self.yield_queue_us, (int, float)) \
-                or not self.yield_queue_us >= 0:
-            raise ValueError(f"Policy.yield_queue_us must be a number >= 0, got {self.yield_queue_us!r}")
-        if isinstance(self.lc_idle_grace_us, bool) or not self.lc_idle_grace_us >= 0:
-            raise ValueError(f"Policy.lc_idle_grace_us must be >= 0, got {self.lc_idle_grace_us!r}")
+        for name in ("lc_idle_grace_us", "yield_queue_us"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"Policy.{name} must be a number >= 0, got {value!r}")
         if isinstance(self.lc_timing_every, bool) or not isinstance(self.lc_timing_every, int) \
                 or self.lc_timing_every < 1:
             raise ValueError(f"Policy.lc_timing_every must be an int >= 1, got {self.lc_timing_every!r}")
