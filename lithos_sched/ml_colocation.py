@@ -11,7 +11,8 @@ each pair, side by side in one run:
 - ``processes``: two processes, time-sliced by the driver (NVIDIA's default without MPS)
 - ``mps``: two processes under an MPS daemon that the benchmark starts and stops itself
   (skipped, with the reason, where that is not possible)
-- ``static_split``: each tenant on its own TPC partition, no stealing (MIG-like)
+- ``static_split``: each tenant on its own TPC partition, no stealing (MIG-like); also at
+  the inference shares of `MLColocationConfig.static_sweep` (``static_split@0.75``, ...)
 - ``lithos``: the scheduler (atoms, partitions, stealing, prediction)
 - ``lithos_no_steal`` / ``lithos_no_atoms``: ablations
 - ``lithos_rightsized``: lithos with right-sizing: each inference kernel runs on the fewest
@@ -21,8 +22,11 @@ each pair, side by side in one run:
   simulated device)
 
 Figures per scenario: LC p50/p99/p99.9 latency and SLO attainment, BE throughput
-normalized to alone, and the sum of normalized throughputs. Without a GPU the same
-scenarios run on the simulated device (`lithos_sched.sim_ml_colocation`).
+normalized to alone, and the sum of normalized throughputs. A static split trades the
+inference tail against best-effort throughput through its share; so that the two are
+compared at one tail, each pair also names the static split of the most best-effort
+throughput whose inference p99 is no worse than lithos' (``static_at_lithos_p99``).
+Without a GPU the same scenarios run on the simulated device (`lithos_sched.sim_ml_colocation`).
 """
 
 from __future__ import annotations
@@ -81,6 +85,11 @@ class MLColocationConfig:
         Inclusive range of the batch of a request, drawn uniformly per request.
     lc_share : float
         Fraction of the TPCs owned by the LC tenant in the partitioned scenarios.
+    static_sweep : tuple of float
+        Further LC shares at which the static split runs too (scenarios
+        ``static_split@<share>``, after ``static_split``), when ``static_split`` is
+        selected: a larger share buys the inference tail with best-effort throughput, and
+        `summarize_pair` compares lithos with the best static split at lithos' p99.
     slo_mult : float
         The LC SLO is this multiple of the LC-alone p99 (unless `slo_ms` is given).
     slo_ms : float or None
@@ -104,6 +113,7 @@ class MLColocationConfig:
     lc_rate_hz: float = 100.0
     lc_batch: tuple[int, int] = (1, 8)
     lc_share: float = 0.5
+    static_sweep: tuple[float, ...] = (0.625, 0.75)
     slo_mult: float = 1.5
     slo_ms: float | None = None
     size: str = "default"
@@ -114,6 +124,7 @@ class MLColocationConfig:
         object.__setattr__(self, "pairs", tuple(self.pairs))
         object.__setattr__(self, "scenarios", tuple(self.scenarios))
         object.__setattr__(self, "lc_batch", tuple(self.lc_batch))
+        object.__setattr__(self, "static_sweep", tuple(self.static_sweep))
         _check_names("pairs", self.pairs, PAIRS)
         _check_names("scenarios", self.scenarios, SCENARIOS)
         for name in ("duration_s", "lc_rate_hz", "slo_mult"):
@@ -127,6 +138,12 @@ class MLColocationConfig:
             raise ValueError(f"MLColocationConfig.lc_batch must be two ints 1 <= lo <= hi <= 64, got {self.lc_batch!r}")
         if isinstance(self.lc_share, bool) or not isinstance(self.lc_share, (int, float)) or not 0 < self.lc_share < 1:
             raise ValueError(f"MLColocationConfig.lc_share must be in (0, 1), got {self.lc_share!r}")
+        for share in self.static_sweep:
+            if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
+                raise ValueError(f"MLColocationConfig.static_sweep: every share must be in (0, 1), got {share!r}")
+        if len(set(self.static_sweep) | {self.lc_share}) != len(self.static_sweep) + 1:
+            raise ValueError(f"MLColocationConfig.static_sweep repeats a share or lc_share ({self.lc_share}): "
+                             f"{list(self.static_sweep)!r}")
         if self.size not in SIZES:
             raise ValueError(f"MLColocationConfig.size must be one of {SIZES}, got {self.size!r}")
         if not _is_int(self.be_queue_depth) or self.be_queue_depth < 1:
@@ -157,6 +174,13 @@ class MLColocationConfig:
         batches = rng.integers(self.lc_batch[0], self.lc_batch[1] + 1, size=t.size)
         return t, batches
 
+    def static_shares(self) -> dict[str, float]:
+        """The static-split scenarios to run, by name, with their LC shares (none unless
+        ``static_split`` is selected)."""
+        if "static_split" not in self.scenarios:
+            return {}
+        return {"static_split": self.lc_share, **{static_name(s): s for s in self.static_sweep}}
+
     def workload_sizes(self) -> dict[str, Any]:
         """The `DecoderConfig`, `MLPConfig` and batch-inference batch of `size`."""
         from kernels.workloads import DecoderConfig, MLPConfig
@@ -167,6 +191,11 @@ class MLColocationConfig:
             return {"decoder": DecoderConfig(d_model=256, n_heads=4, n_layers=2, seq_len=64),
                     "mlp": MLPConfig(d_model=512, hidden=2048, batch=1024), "batch_inference_batch": 8}
         return {"decoder": DecoderConfig(), "mlp": MLPConfig(batch=4096), "batch_inference_batch": 32}
+
+
+def static_name(share: float) -> str:
+    """The scenario name of the static split at LC share ``share`` of `static_sweep`."""
+    return f"static_split@{share:g}"
 
 
 def _is_int(v: object) -> bool:
@@ -295,7 +324,35 @@ def summarize_pair(scenarios: dict[str, Any], slo_ms: float | None) -> dict[str,
             if "be" in s and "be" in lithos:
                 r["be_throughput_gain"] = _ratio(lithos["be"]["iters_per_s"], s["be"]["iters_per_s"])
             ratios[name] = r
-    return {"scenarios": scenarios, "ratios": ratios}
+    return {"scenarios": scenarios, "ratios": ratios, "static_at_lithos_p99": static_at_p99(scenarios)}
+
+
+def static_at_p99(scenarios: dict[str, Any]) -> dict[str, Any] | None:
+    """lithos against the static split of the most BE throughput among those whose LC
+    p99 is at most lithos' (the static splits trade one for the other by their share).
+
+    Returns
+    -------
+    dict or None
+        ``lithos_p99_ms``, ``static`` (the scenario's name, or None when no static split
+        reached lithos' p99), its ``static_p99_ms`` and ``be_throughput_gain`` (lithos'
+        BE throughput over its); None without a lithos or static-split result.
+    """
+    lithos = scenarios.get("lithos", {})
+    bound = lithos.get("hp", {}).get("p99_ms")
+    statics = {n: s for n, s in scenarios.items()
+               if (n == "static_split" or n.startswith("static_split@")) and s.get("hp", {}).get("p99_ms")
+               and s.get("be")}
+    if not bound or "be" not in lithos or not statics:
+        return None
+    meeting = {n: s for n, s in statics.items() if s["hp"]["p99_ms"] <= bound}
+    if not meeting:
+        return {"lithos_p99_ms": bound, "static": None, "static_p99_ms": None, "be_throughput_gain": None,
+                "static_p99s_ms": {n: s["hp"]["p99_ms"] for n, s in statics.items()}}
+    name, best = max(meeting.items(), key=lambda kv: kv[1]["be"]["iters_per_s"])
+    return {"lithos_p99_ms": bound, "static": name, "static_p99_ms": best["hp"]["p99_ms"],
+            "be_throughput_gain": _ratio(lithos["be"]["iters_per_s"], best["be"]["iters_per_s"]),
+            "static_p99s_ms": {n: s["hp"]["p99_ms"] for n, s in statics.items()}}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -311,8 +368,14 @@ def slo_of(cfg: MLColocationConfig, lc_alone: dict[str, Any]) -> float | None:
 
 
 def order(scenarios: dict[str, Any]) -> dict[str, Any]:
-    """Scenarios in report order (`SCENARIOS`)."""
-    return {n: scenarios[n] for n in SCENARIOS if n in scenarios}
+    """Scenarios in report order (`SCENARIOS`, the static sweep after ``static_split``)."""
+    out: dict[str, Any] = {}
+    for n in SCENARIOS:
+        if n in scenarios:
+            out[n] = scenarios[n]
+        if n == "static_split":
+            out.update(sorted((k, v) for k, v in scenarios.items() if k.startswith("static_split@")))
+    return out
 
 
 def run(*, simulated: bool, config: MLColocationConfig | None = None, console: Any = None,

@@ -88,8 +88,10 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None)
 
     device = open_device(simulate=False)
     n_lc = max(1, round(cfg.lc_share * device.num_tpcs))
-    lc_part = device.partition(range(n_lc))
-    be_part = device.partition(range(n_lc, device.num_tpcs))
+    splits = {}  # static-split scenario: (LC partition, BE partition)
+    for name, share in cfg.static_shares().items():
+        n = max(1, min(device.num_tpcs - 1, round(share * device.num_tpcs)))
+        splits[name] = (device.partition(range(n)), device.partition(range(n, device.num_tpcs)))
     plain, plain2 = cupy.cuda.Stream(non_blocking=True), cupy.cuda.Stream(non_blocking=True)
     hi = cupy.cuda.Stream(non_blocking=True, priority=device.greatest_priority)
     lo = cupy.cuda.Stream(non_blocking=True, priority=0)
@@ -105,7 +107,7 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None)
     plain2.synchronize()
     setup_s = time.monotonic() - t_setup
     selected = [s for s in cfg.scenarios if s not in ("lc_alone", "be_alone")]
-    total = 1 + len(cfg.pairs) * (1 + len(selected))
+    total = 1 + len(cfg.pairs) * (1 + len(selected) + max(0, len(splits) - 1))
     raw: dict[str, dict[str, Any]] = {pair: {} for pair in cfg.pairs}
 
     def lc_on(stream: Any) -> tuple[Callable[[], Any], Any]:
@@ -138,10 +140,16 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None)
             in_process = {
                 "streams": (lc_on(plain), be_on(plain2, job)),
                 "priorities": (lc_on(hi), be_on(lo, job)),
-                "static_split": (lc_on(lc_part.high.cupy), be_on(be_part.normal.cupy, job)),
+                **{name: (lc_on(lc_part.high.cupy), be_on(be_part.normal.cupy, job))
+                   for name, (lc_part, be_part) in splits.items()},
             }
             for name in selected:
-                if name in in_process:
+                if name == "static_split":  # and the static sweep after it
+                    for run_name in splits:
+                        lc, be = in_process[run_name]
+                        r[run_name] = measure(f"{pair}: {run_name}",
+                                              lambda: figures(cfg, ml_tenants.run_threads(cfg, lc, be)))
+                elif name in in_process:
                     lc, be = in_process[name]
                     r[name] = measure(f"{pair}: {name}", lambda: figures(cfg, ml_tenants.run_threads(cfg, lc, be)))
                 elif name == "processes":

@@ -450,11 +450,12 @@ def run_sim(config: MLColocationConfig | None = None, console: Any = None, trace
     def full(d: Any) -> Any:
         return d.partition(range(d.num_tpcs))
 
-    def split(d: Any) -> tuple[Any, Any]:
-        n = max(1, round(cfg.lc_share * d.num_tpcs))
+    def split(d: Any, share: float) -> tuple[Any, Any]:
+        n = max(1, min(d.num_tpcs - 1, round(share * d.num_tpcs)))
         return d.partition(range(n)), d.partition(range(n, d.num_tpcs))
 
-    total = 1 + len(cfg.pairs) * (1 + len(selected))
+    shares = cfg.static_shares()
+    total = 1 + len(cfg.pairs) * (1 + len(selected) + max(0, len(shares) - 1))
     raw: dict[str, dict[str, Any]] = {}
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("ML co-location (simulated)", total=total)
@@ -478,10 +479,13 @@ def run_sim(config: MLColocationConfig | None = None, console: Any = None, trace
                 "mps": lambda: {**scenario(pair, lambda d, x: _direct(x, full(d).normal,
                                                                       full(d).stream("normal", new=True))),
                                 "model": MPS_MODEL},
-                "static_split": lambda: scenario(pair, lambda d, x: _direct(x, split(d)[0].high, split(d)[1].normal)),
             }
             for name in selected:
-                if name in LITHOS_SCENARIOS:
+                if name == "static_split":  # and the static sweep after it
+                    for run_name, share in shares.items():
+                        r[run_name] = measure(f"{pair}: {run_name}", lambda: scenario(
+                            pair, lambda d, x: _direct(x, split(d, share)[0].high, split(d, share)[1].normal)))
+                elif name in LITHOS_SCENARIOS:
                     trace = Path(trace_dir) / f"trace_ml_{pair}_lithos.json" if trace_dir and name == "lithos" else None
                     r[name] = measure(f"{pair}: {name}",
                                       lambda: scenario(pair, lambda d, x: _lithos(x, name, trace)))

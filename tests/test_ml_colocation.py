@@ -28,6 +28,7 @@ from lithos_sched.sim_ml_colocation import SimMLConfig, run_sim, timeslice_model
     ("pairs", ("training", "bogus")), ("pairs", ()), ("scenarios", ("lithos", "lithos")),
     ("duration_s", 0), ("lc_rate_hz", -1.0), ("slo_mult", float("nan")), ("slo_ms", 0.0),
     ("lc_batch", (0, 8)), ("lc_batch", (4, 2)), ("lc_share", 1.0), ("size", "huge"),
+    ("static_sweep", (0.5,)), ("static_sweep", (0.6, 0.6)), ("static_sweep", (1.0,)), ("static_sweep", (True,)),
     ("be_queue_depth", 0), ("warmup_s", -0.1), ("seed", 1.5),
 ])
 def test_config_rejects_bad_values_naming_the_field(field, value):
@@ -129,6 +130,25 @@ def test_timeslice_model_splits_long_requests_over_slices():
     assert lat == [pytest.approx(11.0)]
 
 
+def _scen(p99: float, iters: float) -> dict:
+    return {"hp": {"p99_ms": p99}, "be": {"iters_per_s": iters}}
+
+
+def test_static_at_lithos_p99_takes_the_best_static_split_within_lithos_tail():
+    scen = {"lithos": _scen(4.0, 8.0), "static_split": _scen(5.0, 6.0), "static_split@0.625": _scen(4.0, 5.0),
+            "static_split@0.75": _scen(3.5, 4.0), "priorities": _scen(1.0, 20.0)}
+    at = mc.static_at_p99(scen)
+    assert at["static"] == "static_split@0.625" and at["static_p99_ms"] == 4.0
+    assert at["be_throughput_gain"] == pytest.approx(8.0 / 5.0)
+    assert set(at["static_p99s_ms"]) == {"static_split", "static_split@0.625", "static_split@0.75"}
+
+
+def test_static_at_lithos_p99_says_when_no_static_split_reaches_lithos_tail():
+    at = mc.static_at_p99({"lithos": _scen(2.0, 8.0), "static_split": _scen(5.0, 6.0)})
+    assert at["static"] is None and at["be_throughput_gain"] is None and at["lithos_p99_ms"] == 2.0
+    assert mc.static_at_p99({"static_split": _scen(5.0, 6.0)}) is None
+
+
 # ---- the simulated scenarios ---------------------------------------------------------------------
 
 SMALL = dict(size="small", duration_s=0.08, warmup_s=0.02, lc_rate_hz=150.0)
@@ -140,15 +160,19 @@ def test_sim_runs_every_scenario_of_both_pairs():
     assert out["slo_ms"] == pytest.approx(1.5 * out["pairs"]["training"]["scenarios"]["lc_alone"]["hp"]["p99_ms"])
     for pair in mc.PAIRS:
         scen = out["pairs"][pair]["scenarios"]
-        assert list(scen) == list(mc.SCENARIOS)
-        for name in mc.SCENARIOS:
+        sweep = ["static_split@0.625", "static_split@0.75"]
+        i = mc.SCENARIOS.index("static_split") + 1
+        assert list(scen) == [*mc.SCENARIOS[:i], *sweep, *mc.SCENARIOS[i:]]
+        for name in [*mc.SCENARIOS, *sweep]:
             if name != "be_alone":
                 hp = scen[name]["hp"]
                 assert hp["completed"] > 0 and hp["p99_ms"] >= hp["p50_ms"] > 0
             if name != "lc_alone":
                 assert scen[name]["be"]["throughput_norm"] is not None
         assert "time-slicing" in scen["processes"]["model"] and "MPS" in scen["mps"]["model"]
-        assert set(out["pairs"][pair]["ratios"]) == set(mc.SCENARIOS) - {"lithos", "be_alone"}
+        assert set(out["pairs"][pair]["ratios"]) == set(mc.SCENARIOS) - {"lithos", "be_alone"} | set(sweep)
+        at = out["pairs"][pair]["static_at_lithos_p99"]
+        assert set(at["static_p99s_ms"]) == {"static_split", *sweep}
 
 
 def test_sim_is_deterministic_and_honours_the_scenario_selection(tmp_path):
@@ -156,7 +180,7 @@ def test_sim_is_deterministic_and_honours_the_scenario_selection(tmp_path):
     a = run_sim(cfg, trace_dir=tmp_path)
     b = run_sim(cfg)
     scen = a["pairs"]["batch_inference"]["scenarios"]
-    assert list(scen) == ["lc_alone", "be_alone", "static_split", "lithos"]
+    assert list(scen) == ["lc_alone", "be_alone", "static_split", "static_split@0.625", "static_split@0.75", "lithos"]
     assert scen["static_split"]["hp"]["latencies_ms"] == b["pairs"]["batch_inference"]["scenarios"]["static_split"]["hp"]["latencies_ms"]
     assert Path(scen["lithos"]["trace_file"]).is_file()
     assert "training" not in a["pairs"]
@@ -196,6 +220,8 @@ def test_cli_ml_section_writes_json_and_plots(tmp_path):
     (["--ml-scenarios", "lithos,nope"], "scenarios"),
     (["--slo-ms", "-1"], "slo_ms"),
     (["--lc-share", "1.5"], "lc_share"),
+    (["--static-sweep", "0.6,x"], "static_sweep"),
+    (["--static-sweep", "0.5"], "static_sweep"),
     (["--ml-duration", "0"], "duration_s"),
 ])
 def test_cli_rejects_bad_ml_options_naming_the_field(args, field):

@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     ml.add_argument("--ml-size", choices=SIZES, help="workload sizes (default: default)")
     ml.add_argument("--lc-rate", type=float, help="inference requests per second (Poisson; default 100)")
     ml.add_argument("--lc-share", type=float, help="fraction of TPCs owned by the inference tenant (default 0.5)")
+    ml.add_argument("--static-sweep", help="comma-separated further inference shares of the static split "
+                                           "(default 0.625,0.75; '' for none)")
     ml.add_argument("--slo-mult", type=float, help="SLO = this multiple of the inference-alone p99 (default 1.5)")
     ml.add_argument("--slo-ms", type=float, help="absolute SLO in ms (instead of --slo-mult)")
     return p
@@ -71,6 +73,11 @@ def ml_config(args: argparse.Namespace, simulated: bool) -> Any:
     for name, text in (("pairs", args.ml_pairs), ("scenarios", args.ml_scenarios)):
         if text is not None:
             kw[name] = tuple(x.strip() for x in text.split(",") if x.strip())
+    if args.static_sweep is not None:
+        try:
+            kw["static_sweep"] = tuple(float(x) for x in args.static_sweep.split(",") if x.strip())
+        except ValueError:
+            raise ValueError(f"MLColocationConfig.static_sweep: not a list of numbers: {args.static_sweep!r}") from None
     return (SimMLConfig if simulated else MLColocationConfig)(seed=args.seed, **kw)
 
 

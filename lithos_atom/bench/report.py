@@ -114,6 +114,14 @@ def print_ml(out: dict[str, Any], console: Console) -> None:
                 rt.add_row(name, _fmt(r.get("p99_reduction")), _fmt(r.get("p999_reduction")),
                            _fmt(r.get("be_throughput_gain")))
             console.print(rt)
+        at = res.get("static_at_lithos_p99")
+        if at:
+            if at["static"] is None:
+                console.print(f"  no static split reached lithos' inference p99 ({_fmt(at['lithos_p99_ms'])} ms)")
+            else:
+                console.print(f"  at lithos' inference p99 ({_fmt(at['lithos_p99_ms'])} ms) the best static split is "
+                              f"{at['static']} (p99 {_fmt(at['static_p99_ms'])} ms): lithos' best-effort throughput "
+                              f"is {_fmt(at['be_throughput_gain'])}x its")
 
 
 def timeline_plot(trace_path: Path, out: Path, window_ms: float = 60.0) -> Path:
@@ -261,6 +269,32 @@ def _ml_plots(ml: dict[str, Any], folder: Path, tag: str) -> list[Path]:
         ax.legend(fontsize=7)
     fig.tight_layout()
     path = folder / "ml_throughput.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    written.append(path)
+    fig, axes = plt.subplots(1, len(pairs), figsize=(6.5 * len(pairs), 4.5), squeeze=False)
+    for ax, (pair, res) in zip(axes[0], pairs.items()):
+        # The static splits trade the inference tail for best-effort throughput by their
+        # share; lithos is worth it where it lies above and left of that line.
+        points = {n: (sc["hp"]["p99_ms"], sc["be"]["throughput_norm"]) for n, sc in res["scenarios"].items()
+                  if sc.get("hp", {}).get("p99_ms") and sc.get("be", {}).get("throughput_norm") is not None}
+        static = sorted(v for n, v in points.items() if n.startswith("static_split"))
+        if static:
+            ax.plot(*zip(*static), color="gray", linestyle="--", marker="s", label="static splits")
+        for name, (p99, thr) in points.items():
+            if not name.startswith("static_split"):
+                ax.scatter(p99, thr, s=40 if name.startswith("lithos") else 20)
+            ax.annotate(name, (p99, thr), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        alone = res["scenarios"].get("lc_alone", {}).get("hp", {}).get("p99_ms")
+        if alone:
+            ax.axvline(alone, color="black", linestyle=":", label="inference alone p99")
+        ax.set_xscale("log")
+        ax.set_xlabel("inference p99 (ms)")
+        ax.set_ylabel("best-effort throughput (norm. to alone)")
+        ax.set_title(f"tail vs throughput: inference + {pair}{tag}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = folder / "ml_tradeoff.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
     written.append(path)
