@@ -15,9 +15,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ContextManager
 
 from lithos_sched.ml_colocation import MLColocationConfig, clock
+from lithos_sched.scheduler import Tenant
 
 
 @dataclasses.dataclass
@@ -86,12 +87,14 @@ def build_be(cfg: MLColocationConfig, kind: str, stream: Any) -> Any:
     raise ValueError(f"best-effort kind must be 'training' or 'batch_inference', got {kind!r}")
 
 
-def serve(service: Any, stream: Any, cfg: MLColocationConfig, t0: float, stop: threading.Event) -> LCRecord:
+def serve(service: Any, stream: Any, cfg: MLColocationConfig, t0: float, stop: threading.Event,
+          bracket: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> LCRecord:
     """Play the scheduled requests of ``cfg`` from ``t0`` until ``stop`` is set.
 
     A request starts at its arrival or when the previous one completes, whichever is
     later; requests not started when ``stop`` is set are not run (they count as arrived
-    and not completed).
+    and not completed). Each request, its issue and the wait for its result, runs inside
+    ``bracket()`` (a lithos tenant's `Tenant.request`, as a server would mark them).
     """
     arrivals, batches = cfg.requests()
     rec = LCRecord()
@@ -103,9 +106,10 @@ def serve(service: Any, stream: Any, cfg: MLColocationConfig, t0: float, stop: t
         if delay > 0:
             time.sleep(delay)
         started = clock()
-        service.request(int(batch), stream, i)
-        issued = clock()
-        stream.synchronize()
+        with bracket():
+            service.request(int(batch), stream, i)
+            issued = clock()
+            stream.synchronize()
         done = clock()
         rec.arrivals_s.append(arrival)
         rec.latencies_ms.append((done - due) * 1e3)
@@ -172,8 +176,9 @@ def run_threads(cfg: MLColocationConfig, lc: tuple[Callable[[], Any], Any] | Non
 
     def lc_body() -> None:
         enter, service = lc  # type: ignore[misc]
-        with enter():
-            out["lc"] = serve(service, cupy.cuda.get_current_stream(), cfg, t0, stop)
+        with enter() as ctx:
+            bracket = ctx.request if isinstance(ctx, Tenant) else contextlib.nullcontext
+            out["lc"] = serve(service, cupy.cuda.get_current_stream(), cfg, t0, stop, bracket)
 
     def be_body() -> None:
         enter, step = be  # type: ignore[misc]

@@ -128,6 +128,17 @@ class Policy:
         timed launch cost about 200 us of host time on a lent H100 host whose thread
         had slept between requests (bench/results/h100-2026-11-25-session4-diagnostics),
         against 11 us untimed: hence one in 32.
+    hold_best_effort_in_requests : bool
+        On the GPU, while a latency-critical tenant is inside `Tenant.request` (or
+        `Tenant.on_tpcs`), best-effort threads stop at their next atom, GIL released,
+        until the request ends: the request's thread then has the interpreter to itself
+        (their queued atoms keep running on the GPU). Measured on the H200 (run1 of
+        bench/results/h200-2026-12-04-*): without it, the inference service's issue phase
+        under lithos reached 4.7 ms at p99 beside training, against 2.1 ms alone.
+    request_hold_max_us : float
+        The longest a best-effort thread is held by one request; past it the thread goes
+        on with the rest of its launch, so a latency-critical tenant that never leaves a
+        request (or serves back to back) slows best-effort work but cannot stop it.
     gil_switch_interval_s : float or None
         While the scheduler is open, ``sys.setswitchinterval`` is set to this (restored by
         `Scheduler.close`): a latency-critical thread waiting for the GIL behind a busy
@@ -148,9 +159,12 @@ class Policy:
     yield_host_to_latency_critical: bool = True
     yield_queue_us: float = 0.0
     blocking_waits: bool = False
+    hold_best_effort_in_requests: bool = True
+    request_hold_max_us: float = 20000.0
 
     def __post_init__(self) -> None:
-        for name in ("atom_us", "home_atom_us", "queue_cap_us", "home_queue_cap_us", "steal_max_block_us"):
+        for name in ("atom_us", "home_atom_us", "queue_cap_us", "home_queue_cap_us", "steal_max_block_us",
+                     "request_hold_max_us"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"Policy.{name} must be a positive number, got {value!r}")
@@ -174,7 +188,9 @@ class TenantStats:
     ``host_issue_us`` is the host time spent issuing atoms (events and launches).
     ``queue_wait_ms`` is the host time a best-effort thread waited for room under the
     queue caps, ``yield_wait_ms`` the time it waited for a busy latency-critical tenant
-    (`Policy.yield_host_to_latency_critical`).
+    (`Policy.yield_host_to_latency_critical`), ``request_hold_ms`` the time it was held
+    by latency-critical requests (`Policy.hold_best_effort_in_requests`) and
+    ``requests`` the number of `Tenant.request` blocks of a latency-critical tenant.
     """
 
     kernels: int = 0
@@ -184,6 +200,8 @@ class TenantStats:
     tpc_ms: float = 0.0
     busy_ms: float = 0.0
     queue_wait_ms: float = 0.0
+    request_hold_ms: float = 0.0
+    requests: int = 0
     yield_wait_ms: float = 0.0
     host_issue_us: float = 0.0
 
@@ -231,6 +249,7 @@ class Tenant:
         self._rightsized: dict[int, Any] = {}  # right-sized partitions of its first n TPCs, by n
         self._stream_handle: int | None = None
         self._request: Any = None  # the partition of an `on_tpcs` block in progress
+        self._request_depth = 0  # nesting of `request` blocks (on_tpcs opens one too)
         self._request_handle: int | None = None
 
     @property
@@ -255,7 +274,7 @@ class Tenant:
         intercepted, and only the stream knows they are still running.
         """
         s = self.scheduler
-        if self._request is not None:  # inside `on_tpcs`: the user said a request is under way
+        if self._request_depth:  # inside `request` or `on_tpcs`: the user said a request is under way
             return False
         if s.timeline.now_us() - self._last_submit_us < s.policy.lc_idle_grace_us:
             return False
@@ -305,6 +324,42 @@ class Tenant:
         s._retire(self)
 
     @contextlib.contextmanager
+    def request(self) -> Iterator[Tenant]:
+        """Mark one request of this latency-critical tenant, from its first launch to its
+        last result (wrap the issue and the wait for it).
+
+        Inside, the tenant counts as busy (no best-effort atom starts on its TPCs) and, on
+        the GPU, best-effort threads hold their Python at their next atom until the block
+        ends (`Policy.hold_best_effort_in_requests`): two Python threads share one GIL, and
+        a best-effort thread issuing atoms slows every launch of the request. Blocks
+        nest; the outermost one counts.
+
+        Raises
+        ------
+        TypeError
+            For a best-effort tenant.
+        RuntimeError
+            From a thread not bound to this tenant.
+        """
+        if self.priority is not Priority.LATENCY_CRITICAL:
+            raise TypeError(f"request is for latency-critical tenants; {self.name!r} is {self.priority.value}")
+        if current_tenant() is not self:
+            raise RuntimeError(f"request must be used in a thread inside `with` tenant {self.name!r}")
+        s = self.scheduler
+        s._check_open()
+        self._request_depth += 1
+        if self._request_depth == 1:
+            self.stats.requests += 1
+            s._request_opened()
+        try:
+            yield self
+        finally:
+            self._request_depth -= 1
+            if self._request_depth == 0:
+                self._last_submit_us = s.timeline.now_us()  # the grace runs from the request's end
+                s._request_closed()
+
+    @contextlib.contextmanager
     def on_tpcs(self, n: int) -> Iterator[Any]:
         """Run the work of the block (one request, say) on the first ``n`` of this
         latency-critical tenant's TPCs; the others go to best-effort tenants meanwhile.
@@ -338,6 +393,11 @@ class Tenant:
             raise RuntimeError(f"tenant {self.name!r} is already inside an on_tpcs block")
         s = self.scheduler
         s._check_open()
+        with self.request():
+            yield from self._on_first_tpcs(n)
+
+    def _on_first_tpcs(self, n: int) -> Iterator[Any]:
+        s = self.scheduler
         if n >= len(self.tpcs):
             yield self.stream
             return
@@ -439,6 +499,8 @@ class Scheduler(Atomizer):
         self._closing = False
         self._steal_partitions: dict[frozenset[int], Any] = {}
         self._lc_shared: dict[frozenset[int], bool] = {}
+        self._requests_open = 0  # latency-critical tenants inside `Tenant.request`
+        self._request_done = threading.Condition()
         self._trace_on = trace
         self._trace = TraceBuffer()
         self._t0 = self.timeline.record(next(iter(self.tenants.values())).home.normal)
@@ -519,6 +581,8 @@ class Scheduler(Atomizer):
         if self._closed:
             return
         self._closing = True
+        with self._request_done:
+            self._request_done.notify_all()  # held best-effort threads issue their rest now
         for t in self.tenants.values():
             with t._lock:  # waits for a tenant thread that is mid-launch
                 pass
@@ -575,6 +639,29 @@ class Scheduler(Atomizer):
     def _check_open(self) -> None:
         if self._closed or self._closing:
             raise SchedulerClosedError("the scheduler is closed")
+
+    def _request_opened(self) -> None:
+        with self._request_done:
+            self._requests_open += 1
+
+    def _request_closed(self) -> None:
+        with self._request_done:
+            self._requests_open -= 1
+            if not self._requests_open:
+                self._request_done.notify_all()
+
+    def _hold_for_requests(self, tenant: Tenant) -> bool:
+        """On the GPU, hold the best-effort ``tenant``'s thread (GIL released) while a
+        latency-critical request is open, at most `Policy.request_hold_max_us`; returns
+        False once that bound ran out (the caller stops asking for this launch)."""
+        if not self._requests_open or self.device.simulated or not self.policy.hold_best_effort_in_requests:
+            return True
+        t0 = time.perf_counter()
+        with self._request_done:
+            released = self._request_done.wait_for(lambda: not self._requests_open or self._closing,
+                                                   timeout=self.policy.request_hold_max_us / 1e6)
+        tenant.stats.request_hold_ms += (time.perf_counter() - t0) * 1e3
+        return released
 
     def _issue(self, tenant: Tenant, plan: LaunchPlan, start: int, count: int, partition: Any, stream: Any,
                predicted: float | None, stolen: bool) -> _AtomRecord:
@@ -721,10 +808,12 @@ class Scheduler(Atomizer):
         last_on: dict[int, Any] = {}
         next_block = 0
         total = plan.total_blocks
+        hold = True
         try:
             while next_block < total:
                 if self._closing:
                     break
+                hold = hold and self._hold_for_requests(tenant)
                 self._yield_to_latency_critical(tenant)
                 partition, stolen = self._best_effort_target(tenant, plan)
                 waited = self._wait_for_room(tenant, partition)

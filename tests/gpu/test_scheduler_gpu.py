@@ -192,3 +192,49 @@ def test_a_kernel_fault_is_reported_not_hung():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert "REPORTED:" in proc.stdout, proc.stdout + proc.stderr
     assert "illegal" in (proc.stdout + proc.stderr).lower() or "fault" in proc.stdout.lower()
+
+
+def test_a_best_effort_launch_waits_for_an_open_request_and_keeps_its_results(device):
+    import threading
+
+    import cupy
+
+    from lithos_sched import Policy, Priority, Scheduler, TenantSpec
+
+    sched = Scheduler(device, [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5),
+                               TenantSpec("be", Priority.BEST_EFFORT, share=0.5)],
+                      Policy(request_hold_max_us=10e6))
+    rng = np.random.default_rng()
+    n = 3_000_001
+    xh, yh = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    opened, leave = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def serve() -> None:
+        with sched.tenant("lc") as lc, lc.request():
+            opened.set()
+            leave.wait(10)
+            order.append("request ended")
+
+    lc_thread = threading.Thread(target=serve)
+    with sched.tenant("be") as be:
+        k = cupy.RawKernel(atom_cases.SAXPY, "saxpy")
+        x, y = cupy.asarray(xh), cupy.asarray(yh)
+        out = cupy.full(n, np.nan, np.float32)
+        blocks = (n + 255) // 256
+        k((blocks,), (256,), (x, y, out, np.float32(2.0), np.int32(n)))  # timed whole: learns the kernel
+        be.synchronize()
+        lc_thread.start()
+        assert opened.wait(10)
+        threading.Timer(0.05, leave.set).start()
+        k((blocks,), (256,), (x, y, out, np.float32(3.0), np.int32(n)))  # held until the request ends
+        order.append("launch issued")
+        got = cupy.asnumpy(out)
+    lc_thread.join(10)
+    ref = cupy.empty(n, np.float32)
+    cupy.RawKernel(atom_cases.SAXPY, "saxpy")((blocks,), (256,), (cupy.asarray(xh), cupy.asarray(yh), ref,
+                                                                 np.float32(3.0), np.int32(n)))
+    assert np.array_equal(got, cupy.asnumpy(ref))
+    assert order == ["request ended", "launch issued"]
+    assert be.stats.request_hold_ms > 0 and sched.tenant("lc").stats.requests == 1
+    sched.close()
