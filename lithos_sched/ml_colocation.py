@@ -15,11 +15,12 @@ each pair, side by side in one run:
   the inference shares of `MLColocationConfig.static_sweep` (``static_split@0.75``, ...)
 - ``lithos``: the scheduler (atoms, partitions, stealing, prediction)
 - ``lithos_no_steal`` / ``lithos_no_atoms``: ablations
-- ``lithos_rightsized``: lithos with right-sizing: each inference kernel runs on the fewest
-  of the inference TPCs that keep it within 5%, the rest go to the best-effort job (on the
-  GPU from profiles of the inference kernels taken just before, on partitions of the
-  inference tenant's sizes, with no exploring on live requests; learned online on the
-  simulated device)
+- ``lithos_rightsized``: lithos with right-sizing, the TPCs the inference service does not
+  need going to the best-effort job. On the GPU each request runs in `Tenant.on_tpcs` on
+  the fewest of the inference TPCs that keep a request of its batch within 5% (whole
+  requests profiled just before on partitions of the inference tenant's sizes): one event
+  join at each end of a request. On the simulated device each kernel is sized, by a
+  `RightSizer` that learns online.
 
 Figures per scenario: LC p50/p99/p99.9 latency and SLO attainment, BE throughput
 normalized to alone, and the sum of normalized throughputs. A static split trades the
@@ -414,15 +415,15 @@ def run(*, simulated: bool, config: MLColocationConfig | None = None, console: A
 def scheduler_for(name: str, device: Any, specs: Sequence[Any], right_sizer: Any = None) -> Any:
     """The `Scheduler` of the lithos scenario ``name`` (one of `LITHOS_SCENARIOS`).
 
-    ``right_sizer`` is the one ``lithos_rightsized`` uses (default: a `RightSizer` that
-    learns online); the other scenarios have none.
+    ``right_sizer`` sizes each latency-critical kernel of ``lithos_rightsized`` (the
+    simulated device's, which learns online); without one that scenario's scheduler is
+    ``lithos``' and its requests are sized by the caller (`Tenant.on_tpcs`, on the GPU).
+    The other scenarios have none.
     """
-    from lithos_sched.rightsizing import RightSizer
     from lithos_sched.scheduler import Policy, Scheduler
 
     policies = {"lithos": Policy(), "lithos_no_steal": Policy(stealing=False),
                 "lithos_no_atoms": Policy(atomize_best_effort=False), "lithos_rightsized": Policy()}
     if name not in policies:
         raise ValueError(f"not a lithos scenario: {name!r}; expected one of {list(policies)}")
-    sizer = (right_sizer if right_sizer is not None else RightSizer()) if name == "lithos_rightsized" else None
-    return Scheduler(device, specs, policies[name], right_sizer=sizer)
+    return Scheduler(device, specs, policies[name], right_sizer=right_sizer if name == "lithos_rightsized" else None)

@@ -158,12 +158,12 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None)
                     r[name] = measure(f"{pair}: {name}", lambda: _run_mps(cfg, pair))
 
         lithos_runs = [(pair, name) for pair in cfg.pairs for name in selected if name in LITHOS_SCENARIOS]
-        sizer, rightsizing_setup = None, {}
+        request_tpcs, rightsizing_setup = None, {}
         if "lithos_rightsized" in selected:
-            progress.update(task, description="ML: profiling the inference kernels for right-sizing")
+            progress.update(task, description="ML: profiling inference requests for right-sizing")
             t = time.monotonic()
-            sizer, profiled = inference_right_sizer(cfg, device, n_lc)
-            rightsizing_setup = {"profiled_keys": profiled, "seconds": time.monotonic() - t}
+            request_tpcs = inference_request_tpcs(cfg, device, n_lc)
+            rightsizing_setup = {"request_tpcs": request_tpcs, "lc_tpcs": n_lc, "seconds": time.monotonic() - t}
         if lithos_runs:
             kernels.reset_cache()
             # Holding an atomizer (None: this thread launches as written) keeps lithos'
@@ -177,7 +177,7 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None)
                 for pair, name in lithos_runs:
                     raw[pair][name] = measure(f"{pair}: {name}",
                                               lambda: _run_lithos(cfg, device, name, service, jobs[pair],
-                                                                  trace_dir, pair, sizer))
+                                                                  trace_dir, pair, request_tpcs))
             kernels.reset_cache()
     slo = slo_of(cfg, lc_alone)
     pairs = {pair: summarize_pair(order(raw[pair]), slo) for pair in cfg.pairs}
@@ -186,23 +186,22 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None)
            "workloads": {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
                          for k, v in cfg.workload_sizes().items()},
            "pairs": pairs}
-    if sizer is not None:
+    if request_tpcs is not None:
         out["rightsizing_setup"] = rightsizing_setup
     return out
 
 
-def inference_right_sizer(cfg: MLColocationConfig, device: Any, n_lc: int) -> tuple[Any, int]:
-    """A `RightSizer` over profiles of the inference service's kernels, taken now.
+def inference_request_tpcs(cfg: MLColocationConfig, device: Any, n_lc: int) -> dict[int, int]:
+    """TPCs a request of each batch of ``cfg.lc_batch`` needs, from profiles taken now.
 
-    Every kernel of a decoder layer, at every batch of ``cfg.lc_batch``, is timed on
-    partitions of 10 sizes up to the inference tenant's ``n_lc`` TPCs and filed under
-    the `KernelKey` the scheduler sees. Exploring is off, so no live request runs on a
-    probe size; a kernel without a profile runs on all the tenant's TPCs.
+    A whole request (the decoder stack's forward pass) of every batch is timed on
+    partitions of 10 sizes up to the inference tenant's ``n_lc`` TPCs; each batch gets the
+    fewest TPCs whose predicted slowdown stays within the `RightSizer`'s slack (5%).
 
     Returns
     -------
-    (RightSizer, int)
-        The sizer and the number of kernel keys profiled.
+    dict
+        Batch to TPC count, each in ``1 .. n_lc``.
     """
     from lithos_sched import rightsize_cases as rc
     from lithos_sched.partition_timing import TimingOptions, default_sizes
@@ -213,17 +212,20 @@ def inference_right_sizer(cfg: MLColocationConfig, device: Any, n_lc: int) -> tu
     store = ProfileStore(path=Path("unsaved-ml-profiles.json"), device_name=device.name)  # never saved
     lo, hi = cfg.lc_batch
 
-    def layer_kernels(batch: int) -> list[Any]:
-        return [c for c in rc.inference_cases(batch, seed=cfg.seed) if not c.key.endswith(":request")]
+    def request_case(batch: int) -> list[Any]:
+        return [c for c in rc.inference_cases(batch, seed=cfg.seed) if c.key.endswith(":request")]
 
-    profile_cases(device, [lambda b=b: layer_kernels(b) for b in range(lo, hi + 1)], default_sizes(n_lc),
+    profile_cases(device, [lambda b=b: request_case(b) for b in range(lo, hi + 1)], default_sizes(n_lc),
                   TimingOptions(rounds=2, launches_per_round=2), store)
-    kernel_keys = sum(1 for k in store.keys() if not k.startswith("inference:"))
-    return RightSizer(store, RightSizeOptions(explore=False)), kernel_keys
+    sizer = RightSizer(store, RightSizeOptions(explore=False))
+    return {b: sizer.tpcs_for(f"inference:b{b}:request", n_lc) for b in range(lo, hi + 1)}
 
 
-def run_tenants(cfg: MLColocationConfig, sched: Any, service: Any, job: Any) -> dict[str, Any]:
-    """Warm both tenants of ``sched`` (``"lc"``, ``"be"``) up, then run the pair's threads.
+def run_tenants(cfg: MLColocationConfig, sched: Any, service: Any, job: Any,
+                request_tpcs: dict[int, int] | None = None) -> dict[str, Any]:
+    """Warm both tenants of ``sched`` (``"lc"``, ``"be"``) up, then run the pair's threads,
+    each request in `Tenant.request` or, with ``request_tpcs`` (TPCs by batch), in
+    `Tenant.on_tpcs`.
 
     A request of each batch and one iteration inside each tenant, untimed, rewrite and
     link the atomized kernels and give the predictor its first samples.
@@ -243,7 +245,8 @@ def run_tenants(cfg: MLColocationConfig, sched: Any, service: Any, job: Any) -> 
     with be_t:
         job.step(cupy.cuda.get_current_stream())
         cupy.cuda.get_current_stream().synchronize()
-    return ml_tenants.run_threads(cfg, ((lambda: lc_t), service), ((lambda: be_t), job.step))
+    return ml_tenants.run_threads(cfg, ((lambda: lc_t), service), ((lambda: be_t), job.step),
+                                  ml_tenants.request_bracket(lc_t, request_tpcs))
 
 
 def tenant_specs(cfg: MLColocationConfig) -> list[TenantSpec]:
@@ -253,10 +256,10 @@ def tenant_specs(cfg: MLColocationConfig) -> list[TenantSpec]:
 
 
 def _run_lithos(cfg: MLColocationConfig, device: Any, name: str, service: Any, job: Any,
-                trace_dir: Any, pair: str, sizer: Any) -> dict[str, Any]:
-    sched = scheduler_for(name, device, tenant_specs(cfg), right_sizer=sizer)
+                trace_dir: Any, pair: str, request_tpcs: dict[int, int] | None) -> dict[str, Any]:
+    sched = scheduler_for(name, device, tenant_specs(cfg))
     try:
-        raw = run_tenants(cfg, sched, service, job)
+        raw = run_tenants(cfg, sched, service, job, request_tpcs if name == "lithos_rightsized" else None)
     finally:
         sched.close()
     out = figures(cfg, raw)

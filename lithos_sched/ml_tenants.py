@@ -87,14 +87,34 @@ def build_be(cfg: MLColocationConfig, kind: str, stream: Any) -> Any:
     raise ValueError(f"best-effort kind must be 'training' or 'batch_inference', got {kind!r}")
 
 
+def _no_bracket(batch: int) -> ContextManager[Any]:
+    return contextlib.nullcontext()
+
+
+def request_bracket(tenant: Tenant, tpcs_by_batch: dict[int, int] | None = None
+                    ) -> Callable[[int], ContextManager[Any]]:
+    """What `serve` wraps each request of ``tenant`` in: `Tenant.request`, or with
+    ``tpcs_by_batch`` `Tenant.on_tpcs` on the TPCs a request of that batch needs (the
+    block's CuPy stream is the one the request then runs on)."""
+    @contextlib.contextmanager
+    def bracket(batch: int) -> Iterator[Any]:
+        if tpcs_by_batch is None:
+            with tenant.request():
+                yield None
+        else:
+            with tenant.on_tpcs(tpcs_by_batch[batch]) as block_stream:
+                yield block_stream.cupy
+    return bracket
+
+
 def serve(service: Any, stream: Any, cfg: MLColocationConfig, t0: float, stop: threading.Event,
-          bracket: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> LCRecord:
+          bracket: Callable[[int], ContextManager[Any]] = _no_bracket) -> LCRecord:
     """Play the scheduled requests of ``cfg`` from ``t0`` until ``stop`` is set.
 
     A request starts at its arrival or when the previous one completes, whichever is
     later; requests not started when ``stop`` is set are not run (they count as arrived
     and not completed). Each request, its issue and the wait for its result, runs inside
-    ``bracket()`` (a lithos tenant's `Tenant.request`, as a server would mark them).
+    ``bracket(batch)`` (see `request_bracket`), on the stream it yields if not None.
     """
     arrivals, batches = cfg.requests()
     rec = LCRecord()
@@ -106,10 +126,11 @@ def serve(service: Any, stream: Any, cfg: MLColocationConfig, t0: float, stop: t
         if delay > 0:
             time.sleep(delay)
         started = clock()
-        with bracket():
-            service.request(int(batch), stream, i)
+        with bracket(int(batch)) as block_stream:
+            on = stream if block_stream is None else block_stream
+            service.request(int(batch), on, i)
             issued = clock()
-            stream.synchronize()
+            on.synchronize()
         done = clock()
         rec.arrivals_s.append(arrival)
         rec.latencies_ms.append((done - due) * 1e3)
@@ -146,7 +167,8 @@ def train(step: Callable[[Any], Any], stream: Any, depth: int, t0: float, stop: 
 
 
 def run_threads(cfg: MLColocationConfig, lc: tuple[Callable[[], Any], Any] | None,
-                be: tuple[Callable[[], Any], Callable[[Any], Any]] | None) -> dict[str, Any]:
+                be: tuple[Callable[[], Any], Callable[[Any], Any]] | None,
+                lc_bracket: Callable[[int], ContextManager[Any]] = _no_bracket) -> dict[str, Any]:
     """Run the LC and/or BE loop in threads for ``cfg.span_s``; return their raw records.
 
     Parameters
@@ -156,6 +178,8 @@ def run_threads(cfg: MLColocationConfig, lc: tuple[Callable[[], Any], Any] | Non
         stream's context); inside it CuPy's current stream is the one used.
     be : (enter, step) or None
         Likewise for the BE thread; ``step(stream)`` issues one iteration.
+    lc_bracket : callable
+        What each LC request runs in (`serve`'s ``bracket``; see `request_bracket`).
 
     Returns
     -------
@@ -176,9 +200,8 @@ def run_threads(cfg: MLColocationConfig, lc: tuple[Callable[[], Any], Any] | Non
 
     def lc_body() -> None:
         enter, service = lc  # type: ignore[misc]
-        with enter() as ctx:
-            bracket = ctx.request if isinstance(ctx, Tenant) else contextlib.nullcontext
-            out["lc"] = serve(service, cupy.cuda.get_current_stream(), cfg, t0, stop, bracket)
+        with enter():
+            out["lc"] = serve(service, cupy.cuda.get_current_stream(), cfg, t0, stop, lc_bracket)
 
     def be_body() -> None:
         enter, step = be  # type: ignore[misc]

@@ -36,6 +36,7 @@ from lithos_sched.ml_colocation import (
     scheduler_for,
     summarize_pair,
 )
+from lithos_sched.rightsizing import RightSizer
 from lithos_sched.sim_colocation import sim_plan
 from lithos_sched.tenant import Priority, TenantSpec
 
@@ -288,7 +289,7 @@ def _lithos(run: _Run, name: str, trace: Path | None) -> dict[str, Any]:
     cfg = run.cfg
     specs = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=cfg.lc_share),
              TenantSpec("be", Priority.BEST_EFFORT, share=1 - cfg.lc_share)]
-    sched = scheduler_for(name, run.device, specs)
+    sched = scheduler_for(name, run.device, specs, right_sizer=RightSizer())
     sched.timeline = run.timeline  # share the scenario's timers
     lc, be = sched.tenant("lc"), sched.tenant("be")
     tl = run.timeline

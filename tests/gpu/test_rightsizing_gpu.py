@@ -90,26 +90,29 @@ def test_inference_layer_kernels_profile(device):
         cases[0].release()
 
 
-def test_the_ml_benchs_inference_profiles_reach_the_schedulers_right_sizer(device):
-    """The right-sizer of the ``lithos_rightsized`` ML scenario finds a profile for the
-    kernels a real request launches (filed under the keys the scheduler sees), and its
-    answers stay within the inference tenant's TPCs."""
+def test_the_ml_benchs_request_sizes_stay_within_the_inference_tpcs_and_run_a_request(device):
+    """The ``lithos_rightsized`` ML scenario sizes each request batch from profiles of
+    whole requests; a request on that many TPCs (`Tenant.on_tpcs`) gives the same output
+    as on a plain stream."""
     import cupy
 
     from kernels.workloads import InferenceService
+    from lithos_sched import Priority, Scheduler, TenantSpec
     from lithos_sched.ml_colocation import MLColocationConfig
-    from lithos_sched.ml_gpu import inference_right_sizer
-    from lithos_sched.profile import launch_keys
+    from lithos_sched.ml_gpu import inference_request_tpcs
 
-    cfg = MLColocationConfig(lc_batch=(2, 2))
+    cfg = MLColocationConfig(lc_batch=(1, 2))
     n_lc = device.num_tpcs // 2
-    sizer, profiled = inference_right_sizer(cfg, device, n_lc)
-    assert profiled > 0
-    stream = cupy.cuda.Stream(non_blocking=True)
-    service = InferenceService(batch=2, stream=stream)
-    keys = set(launch_keys(lambda s: service.request(2, s), stream))
-    stream.synchronize()
-    found = [k for k in keys if sizer.store.get(k) is not None]
-    assert found, f"no profile for any of the request's kernels {sorted(k.name for k in keys)}"
-    chosen = {k: sizer.tpcs_for(k, n_lc) for k in found}
-    assert all(1 <= n <= n_lc for n in chosen.values())
+    sizes = inference_request_tpcs(cfg, device, n_lc)
+    assert set(sizes) == {1, 2} and all(1 <= n <= n_lc for n in sizes.values())
+    plain = cupy.cuda.Stream(non_blocking=True)
+    service = InferenceService(batch=1, stream=plain)
+    want = cupy.asnumpy(service.request(1, plain, 0))
+    sched = Scheduler(device, [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5),
+                               TenantSpec("be", Priority.BEST_EFFORT, share=0.5)])
+    try:
+        with sched.tenant("lc") as lc, lc.on_tpcs(sizes[1]) as block:
+            got = cupy.asnumpy(service.request(1, block.cupy, 0))
+    finally:
+        sched.close()
+    assert np.array_equal(got, want)
