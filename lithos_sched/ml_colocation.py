@@ -85,11 +85,10 @@ class MLColocationConfig:
     lc_batch : (int, int)
         Inclusive range of the batch of a request, drawn uniformly per request.
     lc_share : float
-        Fraction of the TPCs owned by the LC tenant in the partitioned scenarios. The
-        default gives it three quarters: on half the TPCs the inference service's p99 was
-        1.39x its p99 alone on the H200 (static split, run1 of
-        bench/results/h200-2026-12-04-*), past the 1.3x its bound allows, and under lithos
-        the TPCs it leaves idle go to the best-effort tenant anyway.
+        Fraction of the TPCs owned by the LC tenant in the partitioned scenarios. On the
+        H200 the inference tail hardly moved between a half and three quarters of the TPCs
+        (static split p99 4.05 and 4.30 ms in run2 of bench/results/h200-2026-12-04-*)
+        while the best-effort job's home halved, so the default is a half.
     static_sweep : tuple of float
         Further LC shares at which the static split runs too (scenarios
         ``static_split@<share>``, after ``static_split``), when ``static_split`` is
@@ -117,8 +116,8 @@ class MLColocationConfig:
     warmup_s: float = 0.5
     lc_rate_hz: float = 100.0
     lc_batch: tuple[int, int] = (1, 8)
-    lc_share: float = 0.75
-    static_sweep: tuple[float, ...] = (0.5, 0.625)
+    lc_share: float = 0.5
+    static_sweep: tuple[float, ...] = (0.625, 0.75)
     slo_mult: float = 1.5
     slo_ms: float | None = None
     size: str = "default"

@@ -28,7 +28,7 @@ from lithos_sched.sim_ml_colocation import SimMLConfig, run_sim, timeslice_model
     ("pairs", ("training", "bogus")), ("pairs", ()), ("scenarios", ("lithos", "lithos")),
     ("duration_s", 0), ("lc_rate_hz", -1.0), ("slo_mult", float("nan")), ("slo_ms", 0.0),
     ("lc_batch", (0, 8)), ("lc_batch", (4, 2)), ("lc_share", 1.0), ("size", "huge"),
-    ("static_sweep", (0.75,)), ("static_sweep", (0.6, 0.6)), ("static_sweep", (1.0,)), ("static_sweep", (True,)),
+    ("static_sweep", (0.5,)), ("static_sweep", (0.6, 0.6)), ("static_sweep", (1.0,)), ("static_sweep", (True,)),
     ("be_queue_depth", 0), ("warmup_s", -0.1), ("seed", 1.5),
 ])
 def test_config_rejects_bad_values_naming_the_field(field, value):
@@ -160,7 +160,7 @@ def test_sim_runs_every_scenario_of_both_pairs():
     assert out["slo_ms"] == pytest.approx(1.5 * out["pairs"]["training"]["scenarios"]["lc_alone"]["hp"]["p99_ms"])
     for pair in mc.PAIRS:
         scen = out["pairs"][pair]["scenarios"]
-        sweep = ["static_split@0.5", "static_split@0.625"]
+        sweep = ["static_split@0.625", "static_split@0.75"]
         i = mc.SCENARIOS.index("static_split") + 1
         assert list(scen) == [*mc.SCENARIOS[:i], *sweep, *mc.SCENARIOS[i:]]
         for name in [*mc.SCENARIOS, *sweep]:
@@ -180,7 +180,7 @@ def test_sim_is_deterministic_and_honours_the_scenario_selection(tmp_path):
     a = run_sim(cfg, trace_dir=tmp_path)
     b = run_sim(cfg)
     scen = a["pairs"]["batch_inference"]["scenarios"]
-    assert list(scen) == ["lc_alone", "be_alone", "static_split", "static_split@0.5", "static_split@0.625", "lithos"]
+    assert list(scen) == ["lc_alone", "be_alone", "static_split", "static_split@0.625", "static_split@0.75", "lithos"]
     assert scen["static_split"]["hp"]["latencies_ms"] == b["pairs"]["batch_inference"]["scenarios"]["static_split"]["hp"]["latencies_ms"]
     assert Path(scen["lithos"]["trace_file"]).is_file()
     assert "training" not in a["pairs"]
@@ -221,7 +221,7 @@ def test_cli_ml_section_writes_json_and_plots(tmp_path):
     (["--slo-ms", "-1"], "slo_ms"),
     (["--lc-share", "1.5"], "lc_share"),
     (["--static-sweep", "0.6,x"], "static_sweep"),
-    (["--static-sweep", "0.75"], "static_sweep"),
+    (["--static-sweep", "0.5"], "static_sweep"),
     (["--ml-duration", "0"], "duration_s"),
 ])
 def test_cli_rejects_bad_ml_options_naming_the_field(args, field):
