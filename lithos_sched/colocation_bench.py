@@ -19,13 +19,14 @@ On a machine without a GPU the same scenarios run on the simulated device
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ContextManager
 
 import numpy as np
 
@@ -147,7 +148,10 @@ class _Workloads:
         self.be_out = cupy.empty(cal.be_blocks * THREADS, np.float32)
 
     def lc_loop(self, enter: Callable[[], Any], stream_of: Callable[[], Any], t0: float,
-                stop: threading.Event, latencies: list[float], phases: list[tuple[float, float, float]]) -> None:
+                stop: threading.Event, latencies: list[float], phases: list[tuple[float, float, float]],
+                bracket: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> None:
+        """Serve the arrivals: each request, its launches and the wait for them, in
+        ``bracket()`` (a lithos tenant's `Tenant.request`)."""
         cfg, cal = self.cfg, self.cal
         with enter():
             k = _burn_kernel()
@@ -159,10 +163,11 @@ class _Workloads:
                 if delay > 0:
                     time.sleep(delay)
                 woke = time.perf_counter()
-                for _ in range(cfg.lc_kernels):
-                    k((cfg.lc_blocks,), (THREADS,), (self.lc_out, np.int32(cal.lc_iters)), stream=stream)
-                issued = time.perf_counter()
-                _sync(stream)
+                with bracket():
+                    for _ in range(cfg.lc_kernels):
+                        k((cfg.lc_blocks,), (THREADS,), (self.lc_out, np.int32(cal.lc_iters)), stream=stream)
+                    issued = time.perf_counter()
+                    _sync(stream)
                 done = time.perf_counter()
                 latencies.append((done - (t0 + arrival)) * 1000.0)
                 # where the time went: late wake-up, issuing (host), waiting for the GPU
@@ -200,8 +205,10 @@ def _sync(stream: Any) -> None:
     _cupy(stream).synchronize()
 
 
-def _run_pair(w: _Workloads, lc: tuple | None, be: tuple | None, duration_s: float) -> dict[str, Any]:
-    """Run the LC and/or BE loop in threads for ``duration_s``; return their figures."""
+def _run_pair(w: _Workloads, lc: tuple | None, be: tuple | None, duration_s: float,
+              lc_bracket: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> dict[str, Any]:
+    """Run the LC and/or BE loop in threads for ``duration_s``; return their figures.
+    Each LC request runs in ``lc_bracket()``."""
     stop = threading.Event()
     latencies: list[float] = []
     phases: list[tuple[float, float, float]] = []
@@ -209,7 +216,8 @@ def _run_pair(w: _Workloads, lc: tuple | None, be: tuple | None, duration_s: flo
     threads = []
     t0 = time.perf_counter() + 0.05
     if lc is not None:
-        threads.append(threading.Thread(target=w.lc_loop, args=(*lc, t0, stop, latencies, phases), name="lc"))
+        threads.append(threading.Thread(target=w.lc_loop, args=(*lc, t0, stop, latencies, phases, lc_bracket),
+                                        name="lc"))
     if be is not None:
         threads.append(threading.Thread(target=w.be_loop, args=(*be, stop, done), name="be"))
     errors: list[BaseException] = []
@@ -284,11 +292,12 @@ def run_lithos(cfg: ColocationConfig, w: _Workloads, device: Any, policy: Any,
     sched = Scheduler(device, specs, policy)
     lc_t, be_t = sched.tenant("lc"), sched.tenant("be")
     cur = cupy.cuda.get_current_stream
-    _run_pair(w, (lambda: lc_t, cur), (lambda: be_t, cur), WARMUP_S)  # compile, learn block times
+    # compile, learn block times
+    _run_pair(w, (lambda: lc_t, cur), (lambda: be_t, cur), WARMUP_S, lc_t.request)
     before = sched.stats()["tenants"]
 
     def pair() -> dict[str, Any]:
-        return _run_pair(w, (lambda: lc_t, cur), (lambda: be_t, cur), cfg.duration_s)
+        return _run_pair(w, (lambda: lc_t, cur), (lambda: be_t, cur), cfg.duration_s, lc_t.request)
 
     res, measured = measure(pair) if measure is not None else (pair(), None)
     after = sched.stats()["tenants"]
