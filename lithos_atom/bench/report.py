@@ -222,8 +222,8 @@ def plots(results: dict[str, Any], folder: Path) -> list[Path]:
 
 
 def _ml_plots(ml: dict[str, Any], folder: Path, tag: str) -> list[Path]:
-    """Latency CDFs and throughput bars of every ML pair (one figure each), and the lithos
-    timeline of each pair whose trace exists."""
+    """Latency CDFs, throughput bars and tail-vs-throughput points of every ML pair (one
+    figure each, a panel per pair), and the lithos timeline of each pair whose trace exists."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -233,9 +233,8 @@ def _ml_plots(ml: dict[str, Any], folder: Path, tag: str) -> list[Path]:
     pairs = ml.get("pairs") or {}
     if not pairs:
         return []
-    written = []
-    fig, axes = plt.subplots(1, len(pairs), figsize=(6.5 * len(pairs), 4.5), squeeze=False)
-    for ax, (pair, res) in zip(axes[0], pairs.items()):
+
+    def latency_cdf(ax: Any, pair: str, res: dict[str, Any]) -> None:
         for name, sc in res["scenarios"].items():
             lat = sc.get("hp", {}).get("latencies_ms")
             if lat:
@@ -248,14 +247,8 @@ def _ml_plots(ml: dict[str, Any], folder: Path, tag: str) -> list[Path]:
         ax.set_xlabel("inference request latency (ms)")
         ax.set_ylabel("CDF")
         ax.set_title(f"inference + {pair}{tag}")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = folder / "ml_latency_cdf.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    written.append(path)
-    fig, axes = plt.subplots(1, len(pairs), figsize=(6.5 * len(pairs), 4.5), squeeze=False)
-    for ax, (pair, res) in zip(axes[0], pairs.items()):
+
+    def throughput(ax: Any, pair: str, res: dict[str, Any]) -> None:
         names = [n for n, sc in res["scenarios"].items() if sc.get("be", {}).get("throughput_norm") is not None
                  and sc.get("hp")]
         x = np.arange(len(names))
@@ -266,19 +259,14 @@ def _ml_plots(ml: dict[str, Any], folder: Path, tag: str) -> list[Path]:
         ax.set_xticks(x, names, rotation=35, ha="right", fontsize=7)
         ax.set_ylim(0, 1.1)
         ax.set_title(f"inference + {pair}{tag}")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = folder / "ml_throughput.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    written.append(path)
-    fig, axes = plt.subplots(1, len(pairs), figsize=(6.5 * len(pairs), 4.5), squeeze=False)
-    for ax, (pair, res) in zip(axes[0], pairs.items()):
+
+    def tradeoff(ax: Any, pair: str, res: dict[str, Any]) -> None:
         # The static splits trade the inference tail for best-effort throughput by their
         # share; lithos is worth it where it lies above and left of that line.
         points = {n: (sc["hp"]["p99_ms"], sc["be"]["throughput_norm"]) for n, sc in res["scenarios"].items()
                   if sc.get("hp", {}).get("p99_ms") and sc.get("be", {}).get("throughput_norm") is not None}
-        static = sorted(v for n, v in points.items() if n.startswith("static_split"))
+        # by throughput, which orders them by share
+        static = sorted((v for n, v in points.items() if n.startswith("static_split")), key=lambda v: v[1])
         if static:
             ax.plot(*zip(*static), color="gray", linestyle="--", marker="s", label="static splits")
         for name, (p99, thr) in points.items():
@@ -292,12 +280,19 @@ def _ml_plots(ml: dict[str, Any], folder: Path, tag: str) -> list[Path]:
         ax.set_xlabel("inference p99 (ms)")
         ax.set_ylabel("best-effort throughput (norm. to alone)")
         ax.set_title(f"tail vs throughput: inference + {pair}{tag}")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = folder / "ml_tradeoff.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    written.append(path)
+
+    written = []
+    for file_name, draw in (("ml_latency_cdf.png", latency_cdf), ("ml_throughput.png", throughput),
+                            ("ml_tradeoff.png", tradeoff)):
+        fig, axes = plt.subplots(1, len(pairs), figsize=(6.5 * len(pairs), 4.5), squeeze=False)
+        for ax, (pair, res) in zip(axes[0], pairs.items()):
+            draw(ax, pair, res)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = folder / file_name
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
     for pair, res in pairs.items():
         trace = res["scenarios"].get("lithos", {}).get("trace_file")
         if trace and Path(trace).is_file():
