@@ -201,3 +201,14 @@ def test_measured_envelope_keeps_a_smooth_knee_from_looking_free():
     model = fit_scaling(list(samples), [m for m, _ in samples.values()])
     assert choose_tpcs(model, 66, 0.05, samples=samples) == 46
     assert choose_tpcs(model, 66, 0.05) < 40  # the model alone is too optimistic between samples
+
+
+def test_the_profile_bound_takes_the_least_tpc_time_within_slack():
+    from lithos_sched.rightsize_bench import best_profiled_saving
+
+    profile = {66: 100.0, 46: 103.0, 33: 104.9, 13: 200.0, 7: 400.0}
+    tpcs, saved = best_profiled_saving(profile, 66, 0.05)
+    assert tpcs == 33 and saved == pytest.approx(1 - 33 * 104.9 / 6600)
+    assert best_profiled_saving(profile, 66, 0.0) == (66, 0.0)  # nothing else is as fast
+    with pytest.raises(ValueError, match="full 66 TPCs"):
+        best_profiled_saving({33: 1.0}, 66, 0.05)

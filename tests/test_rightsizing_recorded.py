@@ -43,3 +43,17 @@ def test_recorded_report_labels_modeled_energy(report):
     energy = report["dvfs"]["energy"]
     assert energy["source_of_savings"] == "modeled" and energy["power_model"]["source"] == "modeled"
     assert report["dvfs"]["actuator_active"] is False
+
+
+def test_the_profile_bound_is_at_least_what_each_recorded_choice_saves_within_slack(report):
+    from lithos_sched.rightsize_bench import best_profiled_saving
+
+    slack = report["slack"]
+    for row in report["kernels"]:
+        prof = {int(t): us for t, us in row["profile_us"].items()}
+        full = row["home_tpcs"]
+        tpcs, saved = best_profiled_saving(prof, full, slack)
+        assert prof[tpcs] <= (1 + slack) * prof[full], row["key"]
+        chosen = row["tpcs"]  # the model may choose a size between the profiled ones
+        if chosen in prof and prof[chosen] <= (1 + slack) * prof[full]:  # judged on the same profile
+            assert saved >= 1 - chosen * prof[chosen] / (full * prof[full]) - 1e-12, row["key"]
