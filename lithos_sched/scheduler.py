@@ -372,7 +372,8 @@ class Tenant:
         yields. Work must go to that stream to run on the partition: what the block puts
         explicitly on the tenant's own stream stays there, in that stream's order (moving
         only the intercepted launches would split it from CuPy's own ops). ``n`` at or
-        above the tenant's TPC count runs on its own stream, unchanged.
+        above the tenant's TPC count runs on its own stream, unchanged. The block is a
+        `request` too: best-effort threads hold their Python until it ends.
 
         Raises
         ------
