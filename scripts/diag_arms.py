@@ -40,6 +40,12 @@ ARMS: dict[str, tuple[str, float, dict]] = {
     "yield_atom": ("latency-critical", 5e-5, {"yield_queue_us": 1000.0}),
     "yield_250": ("latency-critical", 5e-5, {"yield_queue_us": 250.0}),
     "grace_2ms": ("latency-critical", 5e-5, {"lc_idle_grace_us": 2000.0}),
+    # best-effort threads held during marked requests (the default) or not: the pairs mark them
+    "hold_requests": ("latency-critical", 5e-5, {}),
+    "no_request_hold": ("latency-critical", 5e-5, {"hold_best_effort_in_requests": False}),
+    # let kernels whose blocks run up to 1.5 ms steal (the training's backward GEMM, ~1 ms
+    # per block on the H200, never stole at 1 ms: bench/results/h200-2026-12-04-run2)
+    "steal_block_1500": ("latency-critical", 5e-5, {"steal_max_block_us": 1500.0}),
 }
 CHOSEN = sys.argv[4].split(",") if len(sys.argv) > 4 else list(ARMS)
 device = open_device(simulate=False)
