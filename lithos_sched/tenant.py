@@ -105,7 +105,7 @@ def assign_tpcs(specs: Sequence[TenantSpec], num_tpcs: int) -> dict[str, frozens
         result[spec.name] = frozenset(spec.tpcs)
     free = [t for t in range(num_tpcs) if t not in taken]
     share_specs = [s for s in specs if s.share is not None]
-    wanted = {s.name: math.floor(s.share * num_tpcs + 1e-9) for s in share_specs}  # type: ignore[operator]
+    wanted = _apportion({s.name: s.share * num_tpcs for s in share_specs})  # type: ignore[operator]
     if sum(wanted.values()) > len(free):
         raise TenantConfigError(
             f"shares ask for {sum(wanted.values())} TPCs but only {len(free)} are free after explicit sets"
@@ -117,6 +117,18 @@ def assign_tpcs(specs: Sequence[TenantSpec], num_tpcs: int) -> dict[str, frozens
         result[spec.name] = frozenset(free[:n])
         free = free[n:]
     return {s.name: result[s.name] for s in specs}
+
+
+def _apportion(exact: dict[str, float]) -> dict[str, int]:
+    """Whole TPC counts for fractional ones: each gets its floor, and the TPCs the floors
+    leave out of the shares' whole total go to the largest remainders (declaration order
+    breaks ties), so shares of 0.75 and 0.25 of 66 TPCs own all 66 (50 and 16), not 65."""
+    counts = {name: math.floor(x + 1e-9) for name, x in exact.items()}
+    extra = math.floor(sum(exact.values()) + 1e-9) - sum(counts.values())
+    by_remainder = sorted(exact, key=lambda name: -(exact[name] - counts[name]))  # stable: declaration order
+    for name in by_remainder[:max(0, extra)]:
+        counts[name] += 1
+    return counts
 
 
 def specs_from(items: Iterable[TenantSpec]) -> list[TenantSpec]:

@@ -261,6 +261,22 @@ def test_invalid_tenant_configuration_is_refused(specs, match):
         assign_tpcs(specs, 8)
 
 
+@pytest.mark.parametrize("shares, num_tpcs, want", [
+    ((0.75, 0.25), 66, (50, 16)),  # 49.5 and 16.5: flooring both left TPC 65 to nobody
+    ((0.5, 0.5), 66, (33, 33)),
+    ((1 / 3, 1 / 3, 1 / 3), 8, (3, 3, 2)),
+    ((0.3, 0.3), 10, (3, 3)),  # shares below the whole device leave the rest free
+])
+def test_shares_are_apportioned_without_losing_a_tpc(shares, num_tpcs, want):
+    specs = [TenantSpec(f"t{i}", Priority.BEST_EFFORT, share=x) for i, x in enumerate(shares)]
+    got = assign_tpcs(specs, num_tpcs)
+    assert tuple(len(got[f"t{i}"]) for i in range(len(shares))) == want
+    owned = [t for tpcs in got.values() for t in tpcs]
+    assert len(owned) == len(set(owned))  # disjoint
+    for i, x in enumerate(shares):  # each within one TPC of its exact share
+        assert abs(len(got[f"t{i}"]) - x * num_tpcs) < 1
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [({"name": "", "priority": Priority.BEST_EFFORT, "share": 0.5}, "name"),
