@@ -24,13 +24,14 @@ latencies = []
 
 
 def inference():
-    with sched.tenant("inference"):
+    with sched.tenant("inference") as tenant:
         k = cupy.RawKernel(BURN, "burn")  # plain user code: created and launched as usual
         out = cupy.empty(264 * 256, np.float32)
         while not stop.is_set():
             t0 = time.perf_counter()
-            k((264,), (256,), (out, np.int32(20000)))
-            cupy.cuda.get_current_stream().synchronize()
+            with tenant.request():  # optional: the training thread holds its Python meanwhile
+                k((264,), (256,), (out, np.int32(20000)))
+                cupy.cuda.get_current_stream().synchronize()
             latencies.append((time.perf_counter() - t0) * 1e3)
             time.sleep(0.005)
 
