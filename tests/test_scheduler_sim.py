@@ -206,6 +206,31 @@ def test_an_interrupted_best_effort_launch_loses_no_block():
     sched.close()
 
 
+def test_an_exception_in_one_tenants_launch_leaves_the_other_tenant_running():
+    device, sched = make()
+    lc, be = sched.tenant("lc"), sched.tenant("be")
+    first = SimKernel("lc0", 8, 100.0)
+    sched.submit_for(lc, sim_plan(device, first))  # the latency-critical tenant's work before
+    original = sched.timeline.synchronize
+
+    def failing(event):
+        raise RuntimeError("the best-effort tenant's thread failed while waiting")
+
+    sched.timeline.synchronize = failing
+    k = SimKernel("be", 16 * 30, 100.0)
+    with pytest.raises(RuntimeError, match="failed while waiting"):
+        sched.submit_for(be, sim_plan(device, k))
+    sched.timeline.synchronize = original
+    after = SimKernel("lc1", 8, 100.0)
+    sched.submit_for(lc, sim_plan(device, after))  # the other tenant goes on
+    lc.synchronize()
+    device.run_until_idle()
+    blocks = blocks_by_kernel(device)
+    assert sorted(blocks["lc0"]) == list(range(8)) and sorted(blocks["lc1"]) == list(range(8))
+    assert sorted(blocks["be"]) == list(range(k.grid_blocks))  # and the failed launch lost no block
+    sched.close()
+
+
 def test_close_with_work_queued_finishes_it_and_refuses_new_work():
     device, sched = make()
     be = sched.tenant("be")
