@@ -250,6 +250,8 @@ class SimPartition:
     device : SimDevice
     tpcs : frozenset of int
     sm_ids : tuple of int
+    sm_set : frozenset of int
+        The same SMs, for set operations.
     high, normal, normal_b : SimStream
         As on `GpuPartition`.
     create_ms : float
@@ -261,6 +263,7 @@ class SimPartition:
         self.device = device
         self.tpcs = tpcs
         self.sm_ids = tuple(sorted(sm for t in tpcs for sm in device.tpc_sms(t)))
+        self.sm_set = frozenset(self.sm_ids)
         self.create_ms = 0.0
         self.closed = False
         self._streams: list[SimStream] = []
@@ -357,6 +360,7 @@ class SimDevice:
         self.closed = False
         self._rng = np.random.default_rng(seed)
         self._free = [_CAPACITY] * self.num_sms
+        self._roomy: set[int] = set(range(self.num_sms))  # the SMs with any free capacity
         self._partitions: dict[frozenset[int], SimPartition] = {}
         self._streams: list[SimStream] = []
         self._handles = itertools.count(1)
@@ -474,6 +478,7 @@ class SimDevice:
             while self._running and self._running[0][0] == end:
                 _, _, sm, launch, blocks = heapq.heappop(self._running)
                 self._free[sm] += blocks * (_CAPACITY // launch.kernel.blocks_per_sm)
+                self._roomy.add(sm)
                 launch.running -= blocks
             self.now_us = end
             self._progress()
@@ -520,12 +525,17 @@ class SimDevice:
         for la in order:
             need = _CAPACITY // la.kernel.blocks_per_sm
             # emptiest SMs of the partition first (lowest id on ties), like the hardware's
-            # breadth-first block distribution
-            for sm in sorted(la.stream.partition.sm_ids, key=lambda i: (-free[i], i)):
+            # breadth-first block distribution; only those with room for a block (an SM
+            # without room gets none while this launch is placed), which after a few
+            # blocks end is a handful of the partition's SMs
+            roomy = [i for i in self._roomy.intersection(la.stream.partition.sm_set) if free[i] >= need]
+            for sm in sorted(roomy, key=lambda i: (-free[i], i)):
                 while la.pending and free[sm] >= need:
                     # without jitter every block that fits here now ends at the same time
                     n = 1 if la.kernel.jitter else min(la.pending, free[sm] // need)
                     free[sm] -= n * need
+                    if not free[sm]:
+                        self._roomy.discard(sm)
                     first = la.start + la.next_block
                     la.next_block += n
                     la.running += n
