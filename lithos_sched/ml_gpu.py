@@ -23,9 +23,10 @@ from lithos_sched.ml_colocation import (
     order,
     scheduler_for,
     slo_of,
+    split_tpcs,
     summarize_pair,
+    tenant_specs,
 )
-from lithos_sched.tenant import Priority, TenantSpec
 
 
 def figures(cfg: MLColocationConfig, raw: dict[str, Any]) -> dict[str, Any]:
@@ -87,11 +88,11 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None)
     from lithos_sched import ml_tenants, open_device
 
     device = open_device(simulate=False)
-    n_lc = max(1, round(cfg.lc_share * device.num_tpcs))
+    n_lc = len(split_tpcs(cfg.lc_share, device.num_tpcs)[0])
     splits = {}  # static-split scenario: (LC partition, BE partition)
     for name, share in cfg.static_shares().items():
-        n = max(1, min(device.num_tpcs - 1, round(share * device.num_tpcs)))
-        splits[name] = (device.partition(range(n)), device.partition(range(n, device.num_tpcs)))
+        lc_tpcs, be_tpcs = split_tpcs(share, device.num_tpcs)
+        splits[name] = (device.partition(lc_tpcs), device.partition(be_tpcs))
     plain, plain2 = cupy.cuda.Stream(non_blocking=True), cupy.cuda.Stream(non_blocking=True)
     hi = cupy.cuda.Stream(non_blocking=True, priority=device.greatest_priority)
     lo = cupy.cuda.Stream(non_blocking=True, priority=0)
@@ -249,15 +250,9 @@ def run_tenants(cfg: MLColocationConfig, sched: Any, service: Any, job: Any,
                                   ml_tenants.request_bracket(lc_t, request_tpcs))
 
 
-def tenant_specs(cfg: MLColocationConfig) -> list[TenantSpec]:
-    """The inference (``"lc"``) and best-effort (``"be"``) tenants of ``cfg``."""
-    return [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=cfg.lc_share),
-            TenantSpec("be", Priority.BEST_EFFORT, share=1 - cfg.lc_share)]
-
-
 def _run_lithos(cfg: MLColocationConfig, device: Any, name: str, service: Any, job: Any,
                 trace_dir: Any, pair: str, request_tpcs: dict[int, int] | None) -> dict[str, Any]:
-    sched = scheduler_for(name, device, tenant_specs(cfg))
+    sched = scheduler_for(name, device, tenant_specs(cfg.lc_share))
     try:
         raw = run_tenants(cfg, sched, service, job, request_tpcs if name == "lithos_rightsized" else None)
     finally:

@@ -34,11 +34,12 @@ from lithos_sched.ml_colocation import (
     order,
     slo_of,
     scheduler_for,
+    split_tpcs,
     summarize_pair,
+    tenant_specs,
 )
 from lithos_sched.rightsizing import RightSizer
 from lithos_sched.sim_colocation import sim_plan
-from lithos_sched.tenant import Priority, TenantSpec
 
 PROCESSES_MODEL = "modeled: time-slicing between two contexts (analytic, from simulated service times)"
 MPS_MODEL = "modeled: MPS as spatial sharing without client priorities (two ordinary streams)"
@@ -287,9 +288,7 @@ def _direct(run: _Run, lc_stream: Any | None, be_stream: Any | None) -> dict[str
 
 def _lithos(run: _Run, name: str, trace: Path | None) -> dict[str, Any]:
     cfg = run.cfg
-    specs = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=cfg.lc_share),
-             TenantSpec("be", Priority.BEST_EFFORT, share=1 - cfg.lc_share)]
-    sched = scheduler_for(name, run.device, specs, right_sizer=RightSizer())
+    sched = scheduler_for(name, run.device, tenant_specs(cfg.lc_share), right_sizer=RightSizer())
     sched.timeline = run.timeline  # share the scenario's timers
     lc, be = sched.tenant("lc"), sched.tenant("be")
     tl = run.timeline
@@ -433,7 +432,7 @@ def run_sim(config: MLColocationConfig | None = None, console: Any = None, trace
     sizes = cfg.workload_sizes()
     probe = SimDevice(seed=cfg.seed, record_blocks=False)
     model = KernelModel(cfg.cost, probe.num_sms)
-    described, lc_tpcs = probe.describe(), max(1, round(cfg.lc_share * probe.num_tpcs))
+    described, lc_tpcs = probe.describe(), len(split_tpcs(cfg.lc_share, probe.num_tpcs)[0])
     probe.close()
     lc_kernels = {b: model.decoder(sizes["decoder"], b) for b in range(cfg.lc_batch[0], cfg.lc_batch[1] + 1)}
     be_kernels = {"training": model.training_step(sizes["mlp"]),
@@ -452,8 +451,9 @@ def run_sim(config: MLColocationConfig | None = None, console: Any = None, trace
         return d.partition(range(d.num_tpcs))
 
     def split(d: Any, share: float) -> tuple[Any, Any]:
-        n = max(1, min(d.num_tpcs - 1, round(share * d.num_tpcs)))
-        return d.partition(range(n)), d.partition(range(n, d.num_tpcs))
+        """The LC tenant's high-priority and the BE tenant's normal stream of a static split."""
+        lc_tpcs, be_tpcs = split_tpcs(share, d.num_tpcs)
+        return d.partition(lc_tpcs).high, d.partition(be_tpcs).normal
 
     shares = cfg.static_shares()
     total = 1 + len(cfg.pairs) * (1 + len(selected) + max(0, len(shares) - 1))
@@ -485,7 +485,7 @@ def run_sim(config: MLColocationConfig | None = None, console: Any = None, trace
                 if name == "static_split":  # and the static sweep after it
                     for run_name, share in shares.items():
                         r[run_name] = measure(f"{pair}: {run_name}", lambda: scenario(
-                            pair, lambda d, x: _direct(x, split(d, share)[0].high, split(d, share)[1].normal)))
+                            pair, lambda d, x: _direct(x, *split(d, share))))
                 elif name in LITHOS_SCENARIOS:
                     trace = Path(trace_dir) / f"trace_ml_{pair}_lithos.json" if trace_dir and name == "lithos" else None
                     r[name] = measure(f"{pair}: {name}",
