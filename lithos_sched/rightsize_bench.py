@@ -131,7 +131,7 @@ def _summaries(rows: list[dict[str, Any]], slack: float) -> dict[str, Any]:
         out["registry"] = {
             "kernels": len(registry_rows),
             "mean_capacity_saved": mean([r["capacity_saved"] for r in registry_rows]),
-            "mean_profile_bound": _mean_bound(registry_rows),
+            "mean_profile_bound": mean([r["profile_bound"]["capacity_saved"] for r in registry_rows]),
             "mean_measured_slowdown": mean([r["measured_slowdown"] for r in registry_rows]),
             "max_measured_slowdown": max(r["measured_slowdown"] for r in registry_rows),
             "kernels_within_slack": sum(r["measured_slowdown"] <= slack for r in registry_rows),
@@ -169,9 +169,10 @@ def _summaries(rows: list[dict[str, Any]], slack: float) -> dict[str, Any]:
         inference[batch] = entry
     if inference:
         out["inference"] = inference
-    suite = [r for r in registry_rows] + [
+    suite = [{"capacity_saved": r["capacity_saved"], "measured_slowdown": r["measured_slowdown"],
+              "bound": r["profile_bound"]["capacity_saved"]} for r in registry_rows] + [
         {"capacity_saved": e["per_kernel"]["capacity_saved"], "measured_slowdown": e["per_kernel"]["measured_slowdown"],
-         "profile_bound": {"capacity_saved": e["per_kernel"]["profile_bound"]}}
+         "bound": e["per_kernel"]["profile_bound"]}
         for e in inference.values() if "per_kernel" in e]
     if suite:
         out["suite"] = {
@@ -179,7 +180,7 @@ def _summaries(rows: list[dict[str, Any]], slack: float) -> dict[str, Any]:
             "what": "registry (or simulated) cases and the inference request (per-kernel right-sizing) of each batch, "
                     "each weighted 1",
             "mean_capacity_saved": mean([r["capacity_saved"] for r in suite]),
-            "mean_profile_bound": _mean_bound(suite),
+            "mean_profile_bound": mean([r["bound"] for r in suite]),
             "mean_measured_slowdown": mean([r["measured_slowdown"] for r in suite]),
             "target": "mean capacity saved >= 25% at < 5% measured slowdown",
             "profile_bound": "the mean of what the best within-slack choice among the profiled sizes "
@@ -188,16 +189,9 @@ def _summaries(rows: list[dict[str, Any]], slack: float) -> dict[str, Any]:
     return out
 
 
-def _mean_bound(rows: list[dict[str, Any]]) -> float | None:
-    bounds = [r["profile_bound"]["capacity_saved"] for r in rows if "profile_bound" in r]
-    return statistics.fmean(bounds) if len(bounds) == len(rows) and bounds else None
-
-
-def _request_bound(ops: list[dict[str, Any]]) -> float | None:
+def _request_bound(ops: list[dict[str, Any]]) -> float:
     """`best_profiled_saving` for a request of per-kernel choices: each kernel at its
     bound's size, with the profiled times (weighted by layers)."""
-    if not all("profile_bound" in r for r in ops):
-        return None
     full_tpcs = ops[0]["home_tpcs"]
     t_full = sum(r["per_request"] * r["profile_us"][str(full_tpcs)] for r in ops)
     tpc_time = sum(r["per_request"] * r["profile_bound"]["tpcs"] * r["profile_us"][str(r["profile_bound"]["tpcs"])]

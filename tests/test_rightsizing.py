@@ -212,3 +212,26 @@ def test_the_profile_bound_takes_the_least_tpc_time_within_slack():
     assert best_profiled_saving(profile, 66, 0.0) == (66, 0.0)  # nothing else is as fast
     with pytest.raises(ValueError, match="full 66 TPCs"):
         best_profiled_saving({33: 1.0}, 66, 0.05)
+
+
+def test_the_report_summary_carries_the_profile_bound_of_kernels_and_requests():
+    from lithos_sched.rightsize_bench import _summaries, best_profiled_saving
+
+    def row(key, profile, tpcs, per_request=1):  # noqa: ANN001, ANN202
+        bound_tpcs, bound = best_profiled_saving(profile, 66, 0.05)
+        return {"key": key, "per_request": per_request, "profile_us": {str(t): us for t, us in profile.items()},
+                "tpcs": tpcs, "home_tpcs": 66, "us_full": profile[66], "us_chosen": profile[tpcs],
+                "measured_slowdown": profile[tpcs] / profile[66] - 1,
+                "capacity_saved": 1 - tpcs * profile[tpcs] / (66 * profile[66]),
+                "profile_bound": {"tpcs": bound_tpcs, "capacity_saved": bound}}
+
+    rows = [row("case:a", {66: 10.0, 33: 10.2, 13: 30.0}, 66),  # the policy kept all TPCs; 33 would do
+            row("inference:b1:ln", {66: 5.0, 33: 5.1, 13: 5.2}, 13, 4),
+            row("inference:b1:gemm", {66: 20.0, 33: 35.0, 13: 80.0}, 66, 4)]
+    summary = _summaries(rows, 0.05)
+    assert summary["registry"]["mean_capacity_saved"] == 0.0
+    assert summary["registry"]["mean_profile_bound"] == pytest.approx(1 - 33 * 10.2 / 660)
+    request = summary["inference"]["b1"]["per_kernel"]
+    assert request["profile_bound"] == pytest.approx(1 - 4 * (13 * 5.2 + 66 * 20.0) / (66 * 4 * 25.0))
+    assert summary["suite"]["mean_profile_bound"] == pytest.approx(
+        (summary["registry"]["mean_profile_bound"] + request["profile_bound"]) / 2)
