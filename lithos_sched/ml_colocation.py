@@ -360,18 +360,15 @@ def static_at_p99(scenarios: dict[str, Any]) -> dict[str, Any] | None:
     lithos = scenarios.get("lithos", {})
     bound = lithos.get("hp", {}).get("p99_ms")
     statics = {n: s for n, s in scenarios.items()
-               if (n == "static_split" or n.startswith("static_split@")) and s.get("hp", {}).get("p99_ms")
-               and s.get("be")}
+               if n.startswith("static_split") and s.get("hp", {}).get("p99_ms") and s.get("be")}
     if not bound or "be" not in lithos or not statics:
         return None
-    meeting = {n: s for n, s in statics.items() if s["hp"]["p99_ms"] <= bound}
-    if not meeting:
-        return {"lithos_p99_ms": bound, "static": None, "static_p99_ms": None, "be_throughput_gain": None,
-                "static_p99s_ms": {n: s["hp"]["p99_ms"] for n, s in statics.items()}}
-    name, best = max(meeting.items(), key=lambda kv: kv[1]["be"]["iters_per_s"])
-    return {"lithos_p99_ms": bound, "static": name, "static_p99_ms": best["hp"]["p99_ms"],
-            "be_throughput_gain": _ratio(lithos["be"]["iters_per_s"], best["be"]["iters_per_s"]),
-            "static_p99s_ms": {n: s["hp"]["p99_ms"] for n, s in statics.items()}}
+    p99s = {n: s["hp"]["p99_ms"] for n, s in statics.items()}
+    meeting = [n for n in statics if p99s[n] <= bound]
+    name = max(meeting, key=lambda n: statics[n]["be"]["iters_per_s"]) if meeting else None
+    gain = _ratio(lithos["be"]["iters_per_s"], statics[name]["be"]["iters_per_s"]) if name else None
+    return {"lithos_p99_ms": bound, "static": name, "static_p99_ms": p99s.get(name), "be_throughput_gain": gain,
+            "static_p99s_ms": p99s}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
