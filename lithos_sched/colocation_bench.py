@@ -32,7 +32,7 @@ import numpy as np
 
 from lithos_atom.bench.burn import BURN, THREADS, median_device_us
 from lithos_sched.percentiles import percentile_ci, ratio_ci
-from lithos_sched.tenant import Priority, TenantSpec
+from lithos_sched.tenant import pair_specs, pair_tpcs
 
 WARMUP_S = 0.5  # every scenario first runs this long unmeasured: compiles, caches, predictor
 
@@ -287,9 +287,7 @@ def run_lithos(cfg: ColocationConfig, w: _Workloads, device: Any, policy: Any,
 
     from lithos_sched.scheduler import Scheduler
 
-    specs = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=cfg.lc_share),
-             TenantSpec("be", Priority.BEST_EFFORT, share=1 - cfg.lc_share)]
-    sched = Scheduler(device, specs, policy)
+    sched = Scheduler(device, pair_specs(cfg.lc_share), policy)
     lc_t, be_t = sched.tenant("lc"), sched.tenant("be")
     cur = cupy.cuda.get_current_stream
     # compile, learn block times
@@ -332,9 +330,8 @@ def run_gpu(cfg: ColocationConfig, console: Any = None) -> dict[str, Any]:
 
     cal, w = setup_gpu(cfg)
     device = open_device(simulate=False)
-    n_lc = max(1, round(cfg.lc_share * device.num_tpcs))
-    lc_part = device.partition(range(n_lc))
-    be_part = device.partition(range(n_lc, device.num_tpcs))
+    lc_tpcs, be_tpcs = pair_tpcs(cfg.lc_share, device.num_tpcs)
+    lc_part, be_part = device.partition(lc_tpcs), device.partition(be_tpcs)
     nothing = contextlib.nullcontext
     plain = cupy.cuda.Stream(non_blocking=True)
     plain2 = cupy.cuda.Stream(non_blocking=True)

@@ -41,7 +41,6 @@ from typing import Any
 import numpy as np
 
 from lithos_sched.percentiles import percentile_ci
-from lithos_sched.tenant import Priority, TenantSpec, assign_tpcs
 
 #: Best-effort workloads, one pair with the inference service each.
 PAIRS: tuple[str, ...] = ("training", "batch_inference")
@@ -201,20 +200,6 @@ class MLColocationConfig:
 def static_name(share: float) -> str:
     """The scenario name of the static split at LC share ``share`` of `static_sweep`."""
     return f"static_split@{share:g}"
-
-
-def tenant_specs(lc_share: float) -> list[TenantSpec]:
-    """The inference (``"lc"``) and best-effort (``"be"``) tenants, the first owning
-    ``lc_share`` of the TPCs."""
-    return [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=lc_share),
-            TenantSpec("be", Priority.BEST_EFFORT, share=1 - lc_share)]
-
-
-def split_tpcs(lc_share: float, num_tpcs: int) -> tuple[frozenset[int], frozenset[int]]:
-    """The TPCs of the two `tenant_specs` tenants as the scheduler assigns them
-    (`assign_tpcs`), so that a static split divides the device as lithos does."""
-    owned = assign_tpcs(tenant_specs(lc_share), num_tpcs)
-    return owned["lc"], owned["be"]
 
 
 def _is_int(v: object) -> bool:

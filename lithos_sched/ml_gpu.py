@@ -23,10 +23,9 @@ from lithos_sched.ml_colocation import (
     order,
     scheduler_for,
     slo_of,
-    split_tpcs,
     summarize_pair,
-    tenant_specs,
 )
+from lithos_sched.tenant import pair_specs, pair_tpcs
 
 
 def figures(cfg: MLColocationConfig, raw: dict[str, Any]) -> dict[str, Any]:
@@ -88,10 +87,10 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None)
     from lithos_sched import ml_tenants, open_device
 
     device = open_device(simulate=False)
-    n_lc = len(split_tpcs(cfg.lc_share, device.num_tpcs)[0])
+    n_lc = len(pair_tpcs(cfg.lc_share, device.num_tpcs)[0])
     splits = {}  # static-split scenario: (LC partition, BE partition)
     for name, share in cfg.static_shares().items():
-        lc_tpcs, be_tpcs = split_tpcs(share, device.num_tpcs)
+        lc_tpcs, be_tpcs = pair_tpcs(share, device.num_tpcs)
         splits[name] = (device.partition(lc_tpcs), device.partition(be_tpcs))
     plain, plain2 = cupy.cuda.Stream(non_blocking=True), cupy.cuda.Stream(non_blocking=True)
     hi = cupy.cuda.Stream(non_blocking=True, priority=device.greatest_priority)
@@ -252,7 +251,7 @@ def run_tenants(cfg: MLColocationConfig, sched: Any, service: Any, job: Any,
 
 def _run_lithos(cfg: MLColocationConfig, device: Any, name: str, service: Any, job: Any,
                 trace_dir: Any, pair: str, request_tpcs: dict[int, int] | None) -> dict[str, Any]:
-    sched = scheduler_for(name, device, tenant_specs(cfg.lc_share))
+    sched = scheduler_for(name, device, pair_specs(cfg.lc_share))
     try:
         raw = run_tenants(cfg, sched, service, job, request_tpcs if name == "lithos_rightsized" else None)
     finally:

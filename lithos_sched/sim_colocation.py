@@ -16,7 +16,7 @@ import numpy as np
 from lithos_atom.plan import KernelKey, LaunchPlan
 from lithos_sched.colocation_bench import ColocationConfig, summarize
 from lithos_sched.scheduler import Policy, Scheduler
-from lithos_sched.tenant import Priority, TenantSpec
+from lithos_sched.tenant import pair_specs, pair_tpcs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,9 +127,7 @@ def _direct(device: Any, run: _Run, lc_stream: Any | None, be_stream: Any | None
 
 
 def _lithos(device: Any, run: _Run, cfg: SimColocationConfig, policy: Policy) -> dict[str, Any]:
-    specs = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=cfg.lc_share),
-             TenantSpec("be", Priority.BEST_EFFORT, share=1 - cfg.lc_share)]
-    sched = Scheduler(device, specs, policy)
+    sched = Scheduler(device, pair_specs(cfg.lc_share), policy)
     sched.timeline = run.timeline  # share the scenario's timers
     lc, be = sched.tenant("lc"), sched.tenant("be")
     tl = run.timeline
@@ -158,8 +156,8 @@ def run_sim(duration_s: float | None = None, seed: int = 0, atom_us: float | Non
             device.close()
 
     def split(device: Any) -> tuple[Any, Any]:
-        n = max(1, round(cfg.lc_share * device.num_tpcs))
-        return device.partition(range(n)), device.partition(range(n, device.num_tpcs))
+        lc_tpcs, be_tpcs = pair_tpcs(cfg.lc_share, device.num_tpcs)
+        return device.partition(lc_tpcs), device.partition(be_tpcs)
 
     def full(device: Any) -> Any:
         return device.partition(range(device.num_tpcs))

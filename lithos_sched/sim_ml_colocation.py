@@ -34,12 +34,11 @@ from lithos_sched.ml_colocation import (
     order,
     slo_of,
     scheduler_for,
-    split_tpcs,
     summarize_pair,
-    tenant_specs,
 )
 from lithos_sched.rightsizing import RightSizer
 from lithos_sched.sim_colocation import sim_plan
+from lithos_sched.tenant import pair_specs, pair_tpcs
 
 PROCESSES_MODEL = "modeled: time-slicing between two contexts (analytic, from simulated service times)"
 MPS_MODEL = "modeled: MPS as spatial sharing without client priorities (two ordinary streams)"
@@ -288,7 +287,7 @@ def _direct(run: _Run, lc_stream: Any | None, be_stream: Any | None) -> dict[str
 
 def _lithos(run: _Run, name: str, trace: Path | None) -> dict[str, Any]:
     cfg = run.cfg
-    sched = scheduler_for(name, run.device, tenant_specs(cfg.lc_share), right_sizer=RightSizer())
+    sched = scheduler_for(name, run.device, pair_specs(cfg.lc_share), right_sizer=RightSizer())
     sched.timeline = run.timeline  # share the scenario's timers
     lc, be = sched.tenant("lc"), sched.tenant("be")
     tl = run.timeline
@@ -432,7 +431,7 @@ def run_sim(config: MLColocationConfig | None = None, console: Any = None, trace
     sizes = cfg.workload_sizes()
     probe = SimDevice(seed=cfg.seed, record_blocks=False)
     model = KernelModel(cfg.cost, probe.num_sms)
-    described, lc_tpcs = probe.describe(), len(split_tpcs(cfg.lc_share, probe.num_tpcs)[0])
+    described, lc_tpcs = probe.describe(), len(pair_tpcs(cfg.lc_share, probe.num_tpcs)[0])
     probe.close()
     lc_kernels = {b: model.decoder(sizes["decoder"], b) for b in range(cfg.lc_batch[0], cfg.lc_batch[1] + 1)}
     be_kernels = {"training": model.training_step(sizes["mlp"]),
@@ -452,7 +451,7 @@ def run_sim(config: MLColocationConfig | None = None, console: Any = None, trace
 
     def split(d: Any, share: float) -> tuple[Any, Any]:
         """The LC tenant's high-priority and the BE tenant's normal stream of a static split."""
-        lc_tpcs, be_tpcs = split_tpcs(share, d.num_tpcs)
+        lc_tpcs, be_tpcs = pair_tpcs(share, d.num_tpcs)
         return d.partition(lc_tpcs).high, d.partition(be_tpcs).normal
 
     shares = cfg.static_shares()

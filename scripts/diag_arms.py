@@ -22,9 +22,10 @@ import kernels
 from lithos_atom.atomizer import using_atomizer
 from lithos_atom.settings import reload_settings
 from lithos_sched import Scheduler, colocation_bench, ml_tenants, open_device
-from lithos_sched.ml_colocation import MLColocationConfig, tenant_specs
+from lithos_sched.ml_colocation import MLColocationConfig
 from lithos_sched.ml_gpu import figures, run_tenants
 from lithos_sched.scheduler import Policy
+from lithos_sched.tenant import pair_specs
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else "diag-hold-gil.json"
 SECONDS = float(sys.argv[2]) if len(sys.argv) > 2 else 4.0
@@ -125,7 +126,7 @@ for rnd in range(ROUNDS):
         kernels.reset_cache()
         with using_atomizer(None):
             service.warmup(plain_ml)
-            sched = Scheduler(device, tenant_specs(ml_cfg.lc_share), Policy(gil_switch_interval_s=interval, **changes))
+            sched = Scheduler(device, pair_specs(ml_cfg.lc_share), Policy(gil_switch_interval_s=interval, **changes))
             try:
                 fig = figures(ml_cfg, run_tenants(ml_cfg, sched, service, job))
                 stats = sched.stats()["tenants"]

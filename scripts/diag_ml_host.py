@@ -28,10 +28,11 @@ import diag_common
 import kernels
 from lithos_atom.atomizer import using_atomizer
 from lithos_sched import Scheduler, ml_tenants, open_device
-from lithos_sched.ml_colocation import MLColocationConfig, tenant_specs
+from lithos_sched.ml_colocation import MLColocationConfig
 from lithos_sched.ml_gpu import figures, run_tenants
 from lithos_sched.rightsizing import RightSizer
 from lithos_sched.scheduler import Policy
+from lithos_sched.tenant import pair_specs
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else "diag-ml-host.json"
 LC_ONLY = "--lc-only" in sys.argv
@@ -60,7 +61,7 @@ print("plain", result["plain"], flush=True)
 half = device.partition(range(device.num_tpcs // 2))
 result["plain_on_partition"] = per_request(half.high.cupy)
 print("plain on a partition's high stream", result["plain_on_partition"], flush=True)
-specs = tenant_specs(cfg.lc_share)
+specs = pair_specs(cfg.lc_share)
 
 kernels.reset_cache()
 with using_atomizer(None):
