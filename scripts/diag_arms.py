@@ -5,7 +5,13 @@ up in every arm. Each round also runs the latency-critical tenant alone (plain s
 Arms (see ARMS): which threads keep the GIL in lithos' driver calls (``LITHOS_HOLD_GIL``),
 the GIL switch interval while the pair runs, and changes to the scheduler's `Policy`.
 
-Usage (on the GPU): python scripts/diag_arms.py OUT_JSON [seconds per run] [rounds] [arm,arm,...]
+Each round of the ML pair also runs the static split at the ML bench's inference share
+(arm ``static``, plain streams on two green-context partitions): the best-effort reference
+that lithos' training must beat at the same inference tail.
+
+Usage (on the GPU):
+    python scripts/diag_arms.py OUT_JSON [seconds per run] [rounds] [arm,arm,...] [pair,pair]
+    (pairs: synthetic, ml_training; both by default)
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from lithos_sched import Scheduler, colocation_bench, ml_tenants, open_device
 from lithos_sched.ml_colocation import MLColocationConfig
 from lithos_sched.ml_gpu import figures, run_tenants
 from lithos_sched.scheduler import Policy
-from lithos_sched.tenant import pair_specs
+from lithos_sched.tenant import pair_specs, pair_tpcs
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else "diag-hold-gil.json"
 SECONDS = float(sys.argv[2]) if len(sys.argv) > 2 else 4.0
@@ -47,8 +53,16 @@ ARMS: dict[str, tuple[str, float, dict]] = {
     # let kernels whose blocks run up to 1.5 ms steal (the training's backward GEMM, ~1 ms
     # per block on the H200, never stole at 1 ms: bench/results/h200-2026-12-04-run2)
     "steal_block_1500": ("latency-critical", 5e-5, {"steal_max_block_us": 1500.0}),
+    # every kernel steals, whatever its blocks' length
+    "steal_block_4000": ("latency-critical", 5e-5, {"steal_max_block_us": 4000.0}),
+    # and stolen atoms queued four times deeper (fewer wake-ups of the best-effort thread)
+    "steal_1500_deep": ("latency-critical", 5e-5, {"steal_max_block_us": 1500.0, "queue_cap_us": 1000.0}),
 }
 CHOSEN = sys.argv[4].split(",") if len(sys.argv) > 4 else list(ARMS)
+PAIRS = sys.argv[5].split(",") if len(sys.argv) > 5 else ["synthetic", "ml_training"]
+unknown = [a for a in CHOSEN if a not in ARMS] + [p for p in PAIRS if p not in ("synthetic", "ml_training")]
+if unknown:
+    sys.exit(f"unknown arms or pairs: {unknown} (arms: {sorted(ARMS)}; pairs: synthetic, ml_training)")
 device = open_device(simulate=False)
 
 # the synthetic pair of the co-location section
@@ -79,6 +93,7 @@ def brief_co(res: dict) -> dict:
 # the inference + training pair of the ML section
 ml_cfg = MLColocationConfig(pairs=("training",), duration_s=SECONDS)
 plain_ml, plain_ml2, service, job = diag_common.ml_training_pair(ml_cfg)
+static_lc, static_be = (device.partition(t) for t in pair_tpcs(ml_cfg.lc_share, device.num_tpcs))
 be_alone = figures(ml_cfg, ml_tenants.run_threads(ml_cfg, None, ((lambda: plain_ml2), job.step)))["be"]["iters_per_s"]
 
 
@@ -112,17 +127,25 @@ def note(entry: dict) -> None:
 
 
 for rnd in range(ROUNDS):
-    use("hold_lc")  # the alone runs: the shipped settings
-    note({"round": rnd, "pair": "synthetic", "arm": "alone", **co_alone()})
-    kernels.reset_cache()
-    note({"round": rnd, "pair": "ml_training", "arm": "alone",
-          **brief_ml(figures(ml_cfg, ml_tenants.run_threads(ml_cfg, ((lambda: plain_ml), service), None)))})
+    use("hold_lc")  # the alone runs and the static split: the shipped settings
+    if "synthetic" in PAIRS:
+        note({"round": rnd, "pair": "synthetic", "arm": "alone", **co_alone()})
+    if "ml_training" in PAIRS:
+        kernels.reset_cache()
+        note({"round": rnd, "pair": "ml_training", "arm": "alone",
+              **brief_ml(figures(ml_cfg, ml_tenants.run_threads(ml_cfg, ((lambda: plain_ml), service), None)))})
+        note({"round": rnd, "pair": "ml_training", "arm": "static",
+              **brief_ml(figures(ml_cfg, ml_tenants.run_threads(
+                  ml_cfg, ((lambda: static_lc.high.cupy), service), ((lambda: static_be.normal.cupy), job.step))))})
     for arm in CHOSEN:
         interval = use(arm)
         changes = ARMS[arm][2]
-        res, _, _, _ = colocation_bench.run_lithos(co_cfg, w, device,
-                                                co_cfg.policy(gil_switch_interval_s=interval, **changes))
-        note({"round": rnd, "pair": "synthetic", "arm": arm, **brief_co(res)})
+        if "synthetic" in PAIRS:
+            res, _, _, _ = colocation_bench.run_lithos(co_cfg, w, device,
+                                                    co_cfg.policy(gil_switch_interval_s=interval, **changes))
+            note({"round": rnd, "pair": "synthetic", "arm": arm, **brief_co(res)})
+        if "ml_training" not in PAIRS:
+            continue
         kernels.reset_cache()
         with using_atomizer(None):
             service.warmup(plain_ml)
