@@ -5,13 +5,14 @@ up in every arm. Each round also runs the latency-critical tenant alone (plain s
 Arms (see ARMS): which threads keep the GIL in lithos' driver calls (``LITHOS_HOLD_GIL``),
 the GIL switch interval while the pair runs, and changes to the scheduler's `Policy`.
 
-Each round of the ML pair also runs the static split at the ML bench's inference share
-(arm ``static``, plain streams on two green-context partitions): the best-effort reference
-that lithos' training must beat at the same inference tail.
+Each round of the ML pair also runs the static split at the inference shares of
+STATIC_SHARES (arms ``static@<share>``, plain streams on two green-context partitions):
+the best-effort references that lithos' training must beat at the same inference tail.
+An arm's changes may hold ``lc_share``: the inference tenant's share under lithos.
 
 Usage (on the GPU):
-    python scripts/diag_arms.py OUT_JSON [seconds per run] [rounds] [arm,arm,...] [pair,pair]
-    (pairs: synthetic, ml_training; both by default)
+    python scripts/diag_arms.py OUT_JSON [seconds per run] [rounds] [arm,arm,...] [pair,pair] [share,share]
+    (pairs: synthetic, ml_training, both by default; static shares: the ML bench's lc_share)
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ ARMS: dict[str, tuple[str, float, dict]] = {
     "steal_block_4000": ("latency-critical", 5e-5, {"steal_max_block_us": 4000.0}),
     # and stolen atoms queued four times deeper (fewer wake-ups of the best-effort thread)
     "steal_1500_deep": ("latency-critical", 5e-5, {"steal_max_block_us": 1500.0, "queue_cap_us": 1000.0}),
+    # the inference tenant on fewer TPCs (its requests are host-bound), every kernel stealing
+    "steal_4000_lc_0.375": ("latency-critical", 5e-5, {"steal_max_block_us": 4000.0, "lc_share": 0.375}),
+    "steal_4000_lc_0.25": ("latency-critical", 5e-5, {"steal_max_block_us": 4000.0, "lc_share": 0.25}),
+    "steal_1500_lc_0.25": ("latency-critical", 5e-5, {"steal_max_block_us": 1500.0, "lc_share": 0.25}),
 }
 CHOSEN = sys.argv[4].split(",") if len(sys.argv) > 4 else list(ARMS)
 PAIRS = sys.argv[5].split(",") if len(sys.argv) > 5 else ["synthetic", "ml_training"]
@@ -93,7 +98,9 @@ def brief_co(res: dict) -> dict:
 # the inference + training pair of the ML section
 ml_cfg = MLColocationConfig(pairs=("training",), duration_s=SECONDS)
 plain_ml, plain_ml2, service, job = diag_common.ml_training_pair(ml_cfg)
-static_lc, static_be = (device.partition(t) for t in pair_tpcs(ml_cfg.lc_share, device.num_tpcs))
+STATIC_SHARES = [float(x) for x in sys.argv[6].split(",")] if len(sys.argv) > 6 else [ml_cfg.lc_share]
+static_splits = {share: tuple(device.partition(t) for t in pair_tpcs(share, device.num_tpcs))
+                 for share in STATIC_SHARES}
 be_alone = figures(ml_cfg, ml_tenants.run_threads(ml_cfg, None, ((lambda: plain_ml2), job.step)))["be"]["iters_per_s"]
 
 
@@ -134,12 +141,15 @@ for rnd in range(ROUNDS):
         kernels.reset_cache()
         note({"round": rnd, "pair": "ml_training", "arm": "alone",
               **brief_ml(figures(ml_cfg, ml_tenants.run_threads(ml_cfg, ((lambda: plain_ml), service), None)))})
-        note({"round": rnd, "pair": "ml_training", "arm": "static",
-              **brief_ml(figures(ml_cfg, ml_tenants.run_threads(
-                  ml_cfg, ((lambda: static_lc.high.cupy), service), ((lambda: static_be.normal.cupy), job.step))))})
+        for share, (static_lc, static_be) in static_splits.items():
+            note({"round": rnd, "pair": "ml_training", "arm": f"static@{share:g}",
+                  **brief_ml(figures(ml_cfg, ml_tenants.run_threads(
+                      ml_cfg, ((lambda: static_lc.high.cupy), service),
+                      ((lambda: static_be.normal.cupy), job.step))))})
     for arm in CHOSEN:
         interval = use(arm)
-        changes = ARMS[arm][2]
+        changes = dict(ARMS[arm][2])
+        lc_share = changes.pop("lc_share", ml_cfg.lc_share)
         if "synthetic" in PAIRS:
             res, _, _, _ = colocation_bench.run_lithos(co_cfg, w, device,
                                                     co_cfg.policy(gil_switch_interval_s=interval, **changes))
@@ -149,7 +159,7 @@ for rnd in range(ROUNDS):
         kernels.reset_cache()
         with using_atomizer(None):
             service.warmup(plain_ml)
-            sched = Scheduler(device, pair_specs(ml_cfg.lc_share), Policy(gil_switch_interval_s=interval, **changes))
+            sched = Scheduler(device, pair_specs(lc_share), Policy(gil_switch_interval_s=interval, **changes))
             try:
                 fig = figures(ml_cfg, run_tenants(ml_cfg, sched, service, job))
                 stats = sched.stats()["tenants"]

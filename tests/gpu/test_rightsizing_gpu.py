@@ -107,12 +107,14 @@ def test_the_ml_benchs_request_sizes_stay_within_the_inference_tpcs_and_run_a_re
     assert set(sizes) == {1, 2} and all(1 <= n <= n_lc for n in sizes.values())
     plain = cupy.cuda.Stream(non_blocking=True)
     service = InferenceService(batch=1, stream=plain)
-    want = cupy.asnumpy(service.request(1, plain, 0))
+    # read on the request's stream: CuPy's current one (the legacy default stream) does
+    # not wait for a non-blocking stream, and reading there raced the request (seen once)
+    want = cupy.asnumpy(service.request(1, plain, 0), stream=plain)
     sched = Scheduler(device, [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5),
                                TenantSpec("be", Priority.BEST_EFFORT, share=0.5)])
     try:
         with sched.tenant("lc") as lc, lc.on_tpcs(sizes[1]) as block:
-            got = cupy.asnumpy(service.request(1, block.cupy, 0))
+            got = cupy.asnumpy(service.request(1, block.cupy, 0), stream=block.cupy)
     finally:
         sched.close()
     assert np.array_equal(got, want)
