@@ -92,6 +92,12 @@ class Policy:
     steal_max_block_us : float
         Do not steal for kernels whose blocks (waves) are predicted to run longer than
         this: a running block cannot be preempted, so it bounds how fast TPCs come back.
+        Measured on the H200 beside the ML bench's training, interleaved over six rounds
+        (bench/results/h200-2026-12-04-run6-diag-steal, -run7-diag-share): at 1000 us its
+        backward GEMM (blocks of ~1.02 ms, 40 % of its GPU time) never stole and training
+        reached 0.51 of alone; at 1500 us, 0.58-0.63, with the inference p99 lower in two
+        of three paired rounds and 0.02 ms higher in the third; at 4000 us, 0.67-0.73,
+        with the p99 above 1500's in five of six paired rounds (by 0.23-0.47 ms).
     lc_idle_grace_us : float
         A latency-critical tenant counts as busy for this long after its last launch, so
         the gaps between the kernels of one request are not stolen.
@@ -150,7 +156,7 @@ class Policy:
     home_atom_us: float = 4000.0
     home_queue_cap_us: float = 2000.0
     stealing: bool = True
-    steal_max_block_us: float = 1000.0
+    steal_max_block_us: float = 1500.0
     lc_idle_grace_us: float = 200.0
     atomize_best_effort: bool = True
     gil_switch_interval_s: float | None = 0.00005
@@ -651,11 +657,15 @@ class Scheduler(Atomizer):
             if not self._requests_open:
                 self._request_done.notify_all()
 
+    def _holds_for_requests(self) -> bool:
+        """Whether a best-effort thread would be held now (`_hold_for_requests`)."""
+        return bool(self._requests_open) and not self.device.simulated and self.policy.hold_best_effort_in_requests
+
     def _hold_for_requests(self, tenant: Tenant) -> bool:
         """On the GPU, hold the best-effort ``tenant``'s thread (GIL released) while a
         latency-critical request is open, at most `Policy.request_hold_max_us`; returns
         False once that bound ran out (the caller stops asking for this launch)."""
-        if not self._requests_open or self.device.simulated or not self.policy.hold_best_effort_in_requests:
+        if not self._holds_for_requests():
             return True
         t0 = time.perf_counter()
         with self._request_done:
@@ -818,6 +828,8 @@ class Scheduler(Atomizer):
                 self._yield_to_latency_critical(tenant)
                 partition, stolen = self._best_effort_target(tenant, plan)
                 waited = self._wait_for_room(tenant, partition)
+                if waited and hold and self._holds_for_requests():
+                    continue  # a request opened while we waited: hold first, then choose again
                 if stolen and waited and self._best_effort_target(tenant, plan)[0] is not partition:
                     continue  # a latency-critical tenant needs its TPCs again since we chose
                 stream = self._emptier_stream(tenant, partition)

@@ -160,7 +160,7 @@ def test_sim_runs_every_scenario_of_both_pairs():
     assert out["slo_ms"] == pytest.approx(1.5 * out["pairs"]["training"]["scenarios"]["lc_alone"]["hp"]["p99_ms"])
     for pair in mc.PAIRS:
         scen = out["pairs"][pair]["scenarios"]
-        sweep = ["static_split@0.625", "static_split@0.75"]
+        sweep = ["static_split@0.25", "static_split@0.375"]
         i = mc.SCENARIOS.index("static_split") + 1
         assert list(scen) == [*mc.SCENARIOS[:i], *sweep, *mc.SCENARIOS[i:]]
         for name in [*mc.SCENARIOS, *sweep]:
@@ -180,7 +180,7 @@ def test_sim_is_deterministic_and_honours_the_scenario_selection(tmp_path):
     a = run_sim(cfg, trace_dir=tmp_path)
     b = run_sim(cfg)
     scen = a["pairs"]["batch_inference"]["scenarios"]
-    assert list(scen) == ["lc_alone", "be_alone", "static_split", "static_split@0.625", "static_split@0.75", "lithos"]
+    assert list(scen) == ["lc_alone", "be_alone", "static_split", "static_split@0.25", "static_split@0.375", "lithos"]
     assert scen["static_split"]["hp"]["latencies_ms"] == b["pairs"]["batch_inference"]["scenarios"]["static_split"]["hp"]["latencies_ms"]
     assert Path(scen["lithos"]["trace_file"]).is_file()
     assert "training" not in a["pairs"]

@@ -121,3 +121,36 @@ def test_request_refuses_best_effort_tenants_and_unbound_threads_by_name():
             pass
     with pytest.raises(ValueError, match="request_hold_max_us"):
         Policy(request_hold_max_us=0)
+
+
+def test_a_request_opened_while_waiting_for_room_holds_before_the_next_atom(monkeypatch):
+    """A best-effort thread that waited for queue room while a request opened is held
+    before it issues again, not only at its next pass (the wait can end mid-request)."""
+    from lithos_sched import SimKernel
+    from lithos_sched.sim_colocation import sim_plan
+
+    sched = scheduler(Policy(request_hold_max_us=10e6, stealing=False))
+    be = sched.tenant("be")
+    events: list[str] = []
+    first_wait = [True]
+
+    def wait_for_room(tenant, partition):  # noqa: ANN001, ANN202
+        events.append("wait")
+        if first_wait.pop() if first_wait else False:
+            sched._requests_open = 1  # the request opens during the wait
+            return True
+        return False
+
+    def hold(tenant):  # noqa: ANN001, ANN202
+        events.append(f"hold, {sched._requests_open} open")
+        sched._requests_open = 0  # held until the request ends
+        return True
+
+    issue = sched._issue
+    monkeypatch.setattr(sched, "_wait_for_room", wait_for_room)
+    monkeypatch.setattr(sched, "_hold_for_requests", hold)
+    monkeypatch.setattr(sched, "_yield_to_latency_critical", lambda tenant: None)
+    monkeypatch.setattr(sched, "_issue", lambda *a, **k: (events.append("issue"), issue(*a, **k))[1])
+    kernel = SimKernel("be", 8, 100.0)
+    sched.submit_for(be, sim_plan(sched.device, kernel))
+    assert events == ["hold, 0 open", "wait", "hold, 1 open", "wait", "issue"]

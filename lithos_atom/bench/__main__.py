@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     ml.add_argument("--lc-rate", type=float, help="inference requests per second (Poisson; default 100)")
     ml.add_argument("--lc-share", type=float, help="fraction of TPCs owned by the inference tenant (default 0.5)")
     ml.add_argument("--static-sweep", help="comma-separated further inference shares of the static split "
-                                           "(default 0.625,0.75; '' for none)")
+                                           "(default 0.25,0.375; '' for none)")
     ml.add_argument("--slo-mult", type=float, help="SLO = this multiple of the inference-alone p99 (default 1.5)")
     ml.add_argument("--slo-ms", type=float, help="absolute SLO in ms (instead of --slo-mult)")
     return p
