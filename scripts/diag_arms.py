@@ -58,6 +58,9 @@ ARMS: dict[str, tuple[str, float, dict]] = {
     "steal_block_4000": ("latency-critical", 5e-5, {"steal_max_block_us": 4000.0}),
     # and stolen atoms queued four times deeper (fewer wake-ups of the best-effort thread)
     "steal_1500_deep": ("latency-critical", 5e-5, {"steal_max_block_us": 1500.0, "queue_cap_us": 1000.0}),
+    # no latency-critical launch timed with events (the predictor and the accounting then
+    # have no samples of its kernels): what timing one launch in 32 costs its requests
+    "lc_untimed": ("latency-critical", 5e-5, {"lc_timing_every": 10**9}),
     # the inference tenant on fewer TPCs (its requests are host-bound), every kernel stealing
     "steal_4000_lc_0.375": ("latency-critical", 5e-5, {"steal_max_block_us": 4000.0, "lc_share": 0.375}),
     "steal_4000_lc_0.25": ("latency-critical", 5e-5, {"steal_max_block_us": 4000.0, "lc_share": 0.25}),
