@@ -133,7 +133,11 @@ class Policy:
         launches keeps a launch within a few microseconds of a plain CuPy launch. A
         timed launch cost about 200 us of host time on a lent H100 host whose thread
         had slept between requests (bench/results/h100-2026-11-25-session4-diagnostics),
-        against 11 us untimed: hence one in 32.
+        against 11 us untimed. On the H200 beside training (interleaved over three rounds,
+        bench/results/h200-2026-12-04-run9-diag-timing), timing none instead of one in 32
+        lowered the inference p50 in every round (by 0.11-0.22 ms) and the p99 in two of
+        three: hence one in 256, which still gives the accounting about a hundred samples
+        of a tenant launching 4000 kernels a second for 6 s.
     hold_best_effort_in_requests : bool
         On the GPU, while a latency-critical tenant is inside `Tenant.request` (or
         `Tenant.on_tpcs`), best-effort threads stop at their next atom, GIL released,
@@ -161,7 +165,7 @@ class Policy:
     atomize_best_effort: bool = True
     gil_switch_interval_s: float | None = 0.00005
     freeze_gc: bool = True
-    lc_timing_every: int = 32
+    lc_timing_every: int = 256
     yield_host_to_latency_critical: bool = True
     yield_queue_us: float = 0.0
     blocking_waits: bool = False
