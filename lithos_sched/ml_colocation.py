@@ -340,12 +340,20 @@ def static_at_p99(scenarios: dict[str, Any]) -> dict[str, Any] | None:
     """lithos against the static split of the most BE throughput among those whose LC
     p99 is at most lithos' (the static splits trade one for the other by their share).
 
+    A share between two measured ones would reach a tail between theirs, so lithos is also
+    compared with the static splits' line at exactly its p99: the splits that no other
+    split beats on both counts, joined by straight lines (an interpolation between measured
+    points, labeled as such; flat past the last one, since no share was measured there).
+
     Returns
     -------
     dict or None
         ``lithos_p99_ms``, ``static`` (the scenario's name, or None when no static split
         reached lithos' p99), its ``static_p99_ms`` and ``be_throughput_gain`` (lithos'
-        BE throughput over its); None without a lithos or static-split result.
+        BE throughput over its), ``static_line_be_norm`` (the line's BE throughput,
+        normalized to alone, at lithos' p99; None when no split reached it) and
+        ``be_throughput_gain_on_line`` (lithos' normalized BE throughput over that);
+        None without a lithos or static-split result.
     """
     lithos = scenarios.get("lithos", {})
     bound = lithos.get("hp", {}).get("p99_ms")
@@ -357,8 +365,31 @@ def static_at_p99(scenarios: dict[str, Any]) -> dict[str, Any] | None:
     meeting = [n for n in statics if p99s[n] <= bound]
     name = max(meeting, key=lambda n: statics[n]["be"]["iters_per_s"]) if meeting else None
     gain = _ratio(lithos["be"]["iters_per_s"], statics[name]["be"]["iters_per_s"]) if name else None
+    line = _static_line_at(bound, [(p99s[n], statics[n]["be"].get("throughput_norm")) for n in statics])
+    lithos_norm = lithos["be"].get("throughput_norm")
     return {"lithos_p99_ms": bound, "static": name, "static_p99_ms": p99s.get(name), "be_throughput_gain": gain,
-            "static_p99s_ms": p99s}
+            "static_p99s_ms": p99s, "static_line_be_norm": line,
+            "be_throughput_gain_on_line": _ratio(lithos_norm, line) if lithos_norm is not None else None}
+
+
+def _static_line_at(p99_ms: float, points: list[tuple[float, float | None]]) -> float | None:
+    """The BE throughput of the static splits' tail-throughput line at ``p99_ms``.
+
+    ``points`` are (LC p99, normalized BE throughput) per split. The line joins the splits
+    that no other split beats on both counts, in order of their p99; it is flat past the
+    last of them and undefined (None) before the first.
+    """
+    known = sorted((p, b) for p, b in points if b is not None)
+    frontier: list[tuple[float, float]] = []
+    for p, b in known:  # by rising p99: keep a split only if it beats every lower-tail one
+        if not frontier or b > frontier[-1][1]:
+            frontier.append((p, b))
+    if not frontier or p99_ms < frontier[0][0]:
+        return None
+    for (p0, b0), (p1, b1) in zip(frontier, frontier[1:]):
+        if p99_ms <= p1:
+            return b0 + (b1 - b0) * (p99_ms - p0) / (p1 - p0) if p1 > p0 else b1
+    return frontier[-1][1]
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

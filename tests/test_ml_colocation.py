@@ -143,6 +143,24 @@ def test_static_at_lithos_p99_takes_the_best_static_split_within_lithos_tail():
     assert set(at["static_p99s_ms"]) == {"static_split", "static_split@0.625", "static_split@0.75"}
 
 
+def _norm(p99: float, norm: float) -> dict:
+    return {"hp": {"p99_ms": p99}, "be": {"iters_per_s": 10.0 * norm, "throughput_norm": norm}}
+
+
+def test_static_line_interpolates_between_the_splits_no_other_beats_on_both_counts():
+    # 0.625 is beaten on both counts by 0.5 (lower tail, more throughput): the line skips it
+    statics = {"static_split": _norm(3.5, 0.5), "static_split@0.625": _norm(4.0, 0.45),
+               "static_split@0.25": _norm(5.0, 0.7)}
+    at = mc.static_at_p99({"lithos": _norm(4.5, 0.6), **statics})
+    assert at["static"] == "static_split"  # the measured comparison is unchanged
+    assert at["static_line_be_norm"] == pytest.approx(0.5 + 0.2 * (1.0 / 1.5))
+    assert at["be_throughput_gain_on_line"] == pytest.approx(0.6 / (0.5 + 0.2 / 1.5))
+    # flat past the last split, undefined before the first, exact on a split
+    assert mc.static_at_p99({"lithos": _norm(9.0, 0.6), **statics})["static_line_be_norm"] == pytest.approx(0.7)
+    assert mc.static_at_p99({"lithos": _norm(3.0, 0.6), **statics})["static_line_be_norm"] is None
+    assert mc.static_at_p99({"lithos": _norm(3.5, 0.6), **statics})["static_line_be_norm"] == pytest.approx(0.5)
+
+
 def test_static_at_lithos_p99_says_when_no_static_split_reaches_lithos_tail():
     at = mc.static_at_p99({"lithos": _scen(2.0, 8.0), "static_split": _scen(5.0, 6.0)})
     assert at["static"] is None and at["be_throughput_gain"] is None and at["lithos_p99_ms"] == 2.0

@@ -122,6 +122,10 @@ def print_ml(out: dict[str, Any], console: Console) -> None:
                 console.print(f"  at lithos' inference p99 ({_fmt(at['lithos_p99_ms'])} ms) the best static split is "
                               f"{at['static']} (p99 {_fmt(at['static_p99_ms'])} ms): lithos' best-effort throughput "
                               f"is {_fmt(at['be_throughput_gain'])}x its")
+            if at.get("static_line_be_norm") is not None:
+                console.print(f"  on the static splits' line at that p99 (interpolated between measured splits) "
+                              f"best-effort throughput is {_fmt(at['static_line_be_norm'])} of alone: lithos' is "
+                              f"{_fmt(at['be_throughput_gain_on_line'])}x that")
 
 
 def timeline_plot(trace_path: Path, out: Path, window_ms: float = 60.0) -> Path:
