@@ -48,6 +48,8 @@ _MAX_GRID_X = 2**31 - 1
 # A latency-critical thread retires its own timed launches only once this many are pending.
 _LC_RETIRE_BATCH = 32
 _CUDA_ERRORS = ("CUDARuntimeError", "CUDADriverError", "CUDAError", "LithosCudaError")
+#: The values of `Policy.blocking_waits`.
+BLOCKING_WAITS = ("none", "best-effort", "all")
 
 
 class SchedulerClosedError(RuntimeError):
@@ -109,10 +111,17 @@ class Policy:
         many; entering a tenant imports Numba) leave the collector's view, so a full
         collection no longer pauses every thread for tens of milliseconds (measured: 75 ms
         without freezing; 25 ms with Numba imported after the first freeze).
-    blocking_waits : bool
-        On the GPU, threads waiting for an atom sleep in the driver (blocking-sync events)
-        instead of spinning a core. Off by default: every blocking-sync event costs an
-        interrupt when the GPU reaches it, and the spinning waits release the GIL too.
+    blocking_waits : {"none", "best-effort", "all"}
+        On the GPU, whose waits for atoms sleep in the driver (blocking-sync events)
+        instead of spinning a core: nobody's (the default), best-effort threads' only, or
+        every thread's. Every blocking-sync event costs an interrupt when the GPU reaches
+        it, and the spinning waits release the GIL too. ``"all"`` was measured on the H100
+        with an early scheduler (bench/results/h100-2026-11-25-run7b-blocking-events:
+        latency-critical p99 6.48 ms against 2.09 ms spinning). ``"best-effort"`` keeps
+        the latency-critical thread's waits spinning while the best-effort thread, which
+        waits for queue room most of the time (70 % beside training, run8 of
+        bench/results/h200-2026-12-04-*), stops spinning a core beside it; not yet
+        measured on the GPU.
     yield_host_to_latency_critical : bool
         On the GPU, while a latency-critical tenant is busy (work in flight, or a launch
         within `lc_idle_grace_us`), a best-effort thread issues only when at most
@@ -168,7 +177,7 @@ class Policy:
     lc_timing_every: int = 256
     yield_host_to_latency_critical: bool = True
     yield_queue_us: float = 0.0
-    blocking_waits: bool = False
+    blocking_waits: str = "none"
     hold_best_effort_in_requests: bool = True
     request_hold_max_us: float = 20000.0
 
@@ -185,6 +194,8 @@ class Policy:
         if isinstance(self.lc_timing_every, bool) or not isinstance(self.lc_timing_every, int) \
                 or self.lc_timing_every < 1:
             raise ValueError(f"Policy.lc_timing_every must be an int >= 1, got {self.lc_timing_every!r}")
+        if self.blocking_waits not in BLOCKING_WAITS:
+            raise ValueError(f"Policy.blocking_waits must be one of {BLOCKING_WAITS}, got {self.blocking_waits!r}")
         if self.gil_switch_interval_s is not None and not self.gil_switch_interval_s > 0:
             raise ValueError(f"Policy.gil_switch_interval_s must be > 0 or None, got {self.gil_switch_interval_s!r}")
 
@@ -330,7 +341,7 @@ class Tenant:
         if busy is not None:
             s._wait_busy(self, busy)
         if self._stream_handle is not None:  # unsplit launches ran on its own stream
-            s._wait_busy(self, s.timeline.record(self.stream))
+            s._wait_busy(self, s.timeline.record(self.stream, blocking=s._blocking_waits(self)))
         s._retire(self)
 
     @contextlib.contextmanager
@@ -498,8 +509,7 @@ class Scheduler(Atomizer):
         self.device = device
         self.predictor = predictor or LatencyPredictor()
         self.right_sizer = right_sizer
-        self.timeline: Timeline = (SimTimeline(device) if device.simulated
-                                   else CupyTimeline(blocking=self.policy.blocking_waits))
+        self.timeline: Timeline = SimTimeline(device) if device.simulated else CupyTimeline()
         specs = specs_from(tenants)
         if not specs:
             raise TenantConfigError("a scheduler needs at least one tenant")
@@ -661,6 +671,11 @@ class Scheduler(Atomizer):
             if not self._requests_open:
                 self._request_done.notify_all()
 
+    def _blocking_waits(self, tenant: Tenant) -> bool:
+        """Whether ``tenant``'s threads wait for its events asleep (`Policy.blocking_waits`)."""
+        mode = self.policy.blocking_waits
+        return mode == "all" or (mode == "best-effort" and tenant.priority is Priority.BEST_EFFORT)
+
     def _holds_for_requests(self) -> bool:
         """Whether a best-effort thread would be held now (`_hold_for_requests`)."""
         return bool(self._requests_open) and not self.device.simulated and self.policy.hold_best_effort_in_requests
@@ -689,7 +704,7 @@ class Scheduler(Atomizer):
             n = min(count - done, _MAX_GRID_X)
             plan.issue_range(start + done, n, stream)
             done += n
-        end = tl.record(stream)
+        end = tl.record(stream, blocking=self._blocking_waits(tenant))
         now = tl.now_us()
         same_stream = [r for r in tenant._inflight if r.stream is stream]
         begin_us = max(now, same_stream[-1].predicted_end_us) if same_stream else now
@@ -755,7 +770,7 @@ class Scheduler(Atomizer):
                     begin = tl.record(stream)
                 launch(stream)
                 if timed:
-                    end = tl.record(stream)
+                    end = tl.record(stream, blocking=self._blocking_waits(tenant))
                     now = tl.now_us()
                     tenant._inflight.append(_AtomRecord(
                         tenant, shape.key, 0, shape.total_blocks, part, stream, begin, end, wave, predicted,

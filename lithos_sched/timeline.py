@@ -23,8 +23,9 @@ from lithos_atom import driver_calls
 class Timeline(Protocol):
     """What the scheduler needs from streams and events."""
 
-    def record(self, stream: Any) -> Any:
-        """Record an event on ``stream`` and return it."""
+    def record(self, stream: Any, blocking: bool = False) -> Any:
+        """Record an event on ``stream`` and return it; with ``blocking``, a thread that
+        `synchronize` s on it sleeps until it completes instead of spinning (GPU)."""
 
     def wait(self, stream: Any, event: Any) -> None:
         """Make ``stream`` wait for ``event``."""
@@ -81,20 +82,14 @@ class CupyTimeline:
     through `lithos_atom.driver_calls`: they are on the launch paths and never block, so
     a latency-critical thread keeps the GIL in them. `synchronize` always releases it.
 
-    Parameters
-    ----------
-    blocking : bool
-        Make blocking-sync events, so a thread waiting for one sleeps in the driver
-        instead of spinning a core. Off by default: each blocking-sync event makes the
-        driver take an interrupt when the GPU reaches it, thousands a second for a
-        best-effort tenant's atoms.
+    Events are blocking-sync only where `record` is asked for it: each one makes the
+    driver take an interrupt when the GPU reaches it.
     """
 
-    def __init__(self, blocking: bool = False) -> None:
+    def __init__(self) -> None:
         import cupy
 
         self._cupy = cupy
-        self._flags = driver_calls.EVENT_BLOCKING_SYNC if blocking else driver_calls.EVENT_DEFAULT
 
     def now_us(self) -> float:
         return time.perf_counter() * 1e6
@@ -104,8 +99,8 @@ class CupyTimeline:
 
         return as_cupy_stream(stream)
 
-    def record(self, stream: Any) -> Any:
-        event = DeviceEvent(self._flags)
+    def record(self, stream: Any, blocking: bool = False) -> Any:
+        event = DeviceEvent(driver_calls.EVENT_BLOCKING_SYNC if blocking else driver_calls.EVENT_DEFAULT)
         driver_calls.event_record(event.ptr, self.as_cupy(stream).ptr)
         return event
 
@@ -182,8 +177,8 @@ class SimTimeline:
             self._fire_due()
         self._device.run_until(max(self.now_us(), t_us))
 
-    def record(self, stream: Any) -> Any:
-        return stream.record()
+    def record(self, stream: Any, blocking: bool = False) -> Any:
+        return stream.record()  # virtual time: nothing spins, so blocking changes nothing
 
     def wait(self, stream: Any, event: Any) -> None:
         stream.wait(event)

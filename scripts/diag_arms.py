@@ -61,6 +61,9 @@ ARMS: dict[str, tuple[str, float, dict]] = {
     # no latency-critical launch timed with events (the predictor and the accounting then
     # have no samples of its kernels): what timing one launch in 32 costs its requests
     "lc_untimed": ("latency-critical", 5e-5, {"lc_timing_every": 10**9}),
+    # best-effort threads sleep in the driver while they wait for their atoms (blocking-sync
+    # events), as the baselines' best-effort loops do, instead of spinning a core
+    "be_blocking_waits": ("latency-critical", 5e-5, {"blocking_waits": "best-effort"}),
     # the inference tenant on fewer TPCs (its requests are host-bound), every kernel stealing
     "steal_4000_lc_0.375": ("latency-critical", 5e-5, {"steal_max_block_us": 4000.0, "lc_share": 0.375}),
     "steal_4000_lc_0.25": ("latency-critical", 5e-5, {"steal_max_block_us": 4000.0, "lc_share": 0.25}),

@@ -32,7 +32,7 @@ class RecordingTimeline:
     def marker(self) -> int:
         return -next(self._ids)
 
-    def record(self, stream) -> int:  # noqa: ANN001
+    def record(self, stream, blocking: bool = False) -> int:  # noqa: ANN001
         ev = next(self._ids)
         self.ops.append(("record", self.handle(stream), ev))
         return ev
