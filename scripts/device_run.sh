@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Everything lithos does on the lent GPU, in one call: install, GPU tests, benchmarks.
 # Usage (on the device machine, from the repo root): bash scripts/device_run.sh [what...]
-#   what: probe | tests | atoms | partitions | colocation | ml | rightsizing | kernels | diag
-#   (default: all but kernels and diag; about 7 minutes on an H100; ML_DURATION sets
-#   --ml-duration, default 6; diag: the host-time diagnostics of scripts/, about 3 minutes)
+#   what: probe | tests | atoms | partitions | colocation | ml | rightsizing | kernels | diag | arms
+#   (default: all but kernels, diag and arms; about 7 minutes on an H100; ML_DURATION sets
+#   --ml-duration, default 6; diag: the host-time diagnostics of scripts/, about 3 minutes;
+#   arms: an interleaved A/B of scripts/diag_arms.py on the ML training pair, ARMS (default
+#   hold_requests,be_blocking_waits) over ROUNDS (3) rounds of 6 s, with the static splits at
+#   STATIC_SHARES (0.25,0.375,0.5): each round runs the inference alone, each share and each
+#   arm for about 8 s; about 3 minutes with the defaults)
 # Writes logs, JSON and plots to a staging folder, packed at the end into $OUT/results.tgz
 # (the device tool returns at most 8 files), with the GPU-test log beside it.
 set -uo pipefail
@@ -36,6 +40,11 @@ for w in "${what[@]}"; do
     atoms|partitions|colocation|ml)
       extra=(); [ "$w" = ml ] && extra=(--ml-duration "${ML_DURATION:-6}")  # 3 s gave p99s from ~3 slow requests
       python3 -m lithos_atom.bench --"$w" "${extra[@]}" --json "$STAGE/bench-$w.json" --plot "$STAGE/plots-$w" 2>&1 | tee "$STAGE/bench-$w.log" | tail -40
+      [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+    arms)
+      PYTHONPATH=$PWD/scripts:$PWD python3 scripts/diag_arms.py "$STAGE/diag-arms.json" 6 "${ROUNDS:-3}" \
+        "${ARMS:-hold_requests,be_blocking_waits}" ml_training "${STATIC_SHARES:-0.25,0.375,0.5}" 2>&1 \
+        | tee "$STAGE/diag-arms.log" | tail -40
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     diag)
       for d in diag_launch_cost diag_ml_host diag_arms; do
