@@ -3,7 +3,7 @@
 # Usage (on the device machine, from the repo root): bash scripts/device_run.sh [what...]
 #   what: probe | tests | atoms | partitions | colocation | ml | rightsizing | kernels | diag | arms
 #   (default: all but kernels, diag and arms; about 7 minutes on an H100; ML_DURATION sets
-#   --ml-duration, default 6; diag: the host-time diagnostics of scripts/, about 3 minutes;
+#   --ml-duration, default 6; diag: the host-time diagnostics of scripts/ (launch cost, inference host, best-effort host);
 #   arms: an interleaved A/B of scripts/diag_arms.py on the ML training pair, ARMS (default
 #   hold_requests,be_blocking_waits) over ROUNDS (3) rounds of 6 s, with the static splits at
 #   STATIC_SHARES (0.25,0.375,0.5): each round runs the inference alone, each share and each
@@ -47,7 +47,7 @@ for w in "${what[@]}"; do
         | tee "$STAGE/diag-arms.log" | tail -40
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     diag)
-      for d in diag_launch_cost diag_ml_host diag_arms; do
+      for d in diag_launch_cost diag_ml_host diag_be_host; do
         PYTHONPATH=$PWD python3 scripts/$d.py "$STAGE/$d.json" 2>&1 | tee "$STAGE/$d.log" | tail -20
         [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
       done ;;
