@@ -25,6 +25,7 @@ from lithos_sched.ml_colocation import (
     slo_of,
     summarize_pair,
 )
+from lithos_sched.occupancy import tenant_occupancy
 from lithos_sched.tenant import pair_specs, pair_tpcs
 
 
@@ -260,4 +261,5 @@ def _run_lithos(cfg: MLColocationConfig, device: Any, name: str, service: Any, j
     if trace_dir is not None and name == "lithos":
         out["trace_file"] = str(sched.export_trace(Path(trace_dir) / f"trace_ml_{pair}_lithos.json"))
     out["scheduler"] = sched.stats()
+    out["be_occupancy"] = tenant_occupancy(sched.atoms(), "be", cfg.duration_s * 1e6)
     return out

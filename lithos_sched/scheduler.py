@@ -42,7 +42,7 @@ from lithos_sched.predictor import LatencyPredictor
 from lithos_sched.rightsizing import RightSizer
 from lithos_sched.tenant import Priority, TenantConfigError, TenantSpec, assign_tpcs, specs_from
 from lithos_sched.timeline import CupyTimeline, SimTimeline, Timeline
-from lithos_sched.trace_buffer import TraceBuffer
+from lithos_sched.trace_buffer import TraceBuffer, TraceRow
 
 _MAX_GRID_X = 2**31 - 1
 # A latency-critical thread retires its own timed launches only once this many are pending.
@@ -638,17 +638,21 @@ class Scheduler(Atomizer):
             "predictor": self.predictor.error_report(),
         }
 
+    def atoms(self) -> list[TraceRow]:
+        """Every atom retired so far (those finished are retired first), in retiring order."""
+        for t in self.tenants.values():
+            self._retire(t)
+        return list(self._trace.rows())
+
     def export_trace(self, path: str | Path) -> Path:
         """Write a Chrome/Perfetto trace of every retired atom: one process per partition,
         one thread per stream. Returns the path."""
-        for t in self.tenants.values():
-            self._retire(t)
         events = [
             {"name": r.kernel, "ph": "X", "ts": r.start_us, "dur": r.duration_us, "pid": f"TPCs {_ranges(r.tpcs)}",
              "tid": f"{r.tenant} stream {r.stream:#x}",
              "args": {"tenant": r.tenant, "blocks": [r.start_block, r.start_block + r.blocks],
                       "predicted_us": r.predicted_us, "stolen": r.stolen}}
-            for r in self._trace.rows()
+            for r in self.atoms()
         ]
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,7 @@ from lithos_sched.ml_colocation import (
     scheduler_for,
     summarize_pair,
 )
+from lithos_sched.occupancy import tenant_occupancy
 from lithos_sched.rightsizing import RightSizer
 from lithos_sched.sim_colocation import sim_plan
 from lithos_sched.tenant import pair_specs, pair_tpcs
@@ -299,6 +300,7 @@ def _lithos(run: _Run, name: str, trace: Path | None) -> dict[str, Any]:
     if trace is not None:
         out["trace_file"] = str(sched.export_trace(trace))
     out["scheduler"] = sched.stats()
+    out["be_occupancy"] = tenant_occupancy(sched.atoms(), "be", cfg.duration_s * 1e6)
     return out
 
 

@@ -191,6 +191,8 @@ def test_sim_runs_every_scenario_of_both_pairs():
         assert set(out["pairs"][pair]["ratios"]) == set(mc.SCENARIOS) - {"lithos", "be_alone"} | set(sweep)
         at = out["pairs"][pair]["static_at_lithos_p99"]
         assert set(at["static_p99s_ms"]) == {"static_split", *sweep}
+        occ = scen["lithos"]["be_occupancy"]  # from the scheduler's trace, over the measured span
+        assert 0 < occ["busy_share"] <= 1 and occ["window_ms"] <= SMALL["duration_s"] * 1e3 + 1e-9
 
 
 def test_sim_is_deterministic_and_honours_the_scenario_selection(tmp_path):

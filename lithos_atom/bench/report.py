@@ -105,6 +105,12 @@ def print_ml(out: dict[str, Any], console: Console) -> None:
         console.print(table)
         for note in notes:
             console.print(f"  {note}")
+        occ = res.get("scenarios", {}).get("lithos", {}).get("be_occupancy")
+        if occ:
+            console.print(f"  lithos: best-effort atoms ran {occ['busy_share']:.0%} of the last "
+                          f"{occ['window_ms'] / 1e3:.1f} s (stolen TPCs {occ['stolen_share']:.0%}, its own "
+                          f"{occ['home_share']:.0%}); none ran in {occ['idle_gaps']} gaps, median "
+                          f"{occ['idle_gap_median_us']:.0f} us, {occ['idle_ms']:.0f} ms in all")
         ratios = res.get("ratios")
         if ratios:
             rt = Table(title=f"lithos vs each baseline: inference + {pair}{sim}")
