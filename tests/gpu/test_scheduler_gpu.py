@@ -238,3 +238,41 @@ def test_a_best_effort_launch_waits_for_an_open_request_and_keeps_its_results(de
     assert order == ["request ended", "launch issued"]
     assert be.stats.request_hold_ms > 0 and sched.tenant("lc").stats.requests == 1
     sched.close()
+
+
+@pytest.mark.parametrize("mode", ["best-effort", "all"])
+def test_blocking_waits_keep_atoms_results_and_retire_them(device, mode):
+    """With blocking-sync waits (`Policy.blocking_waits`), a best-effort launch split into
+    many atoms, each waited for asleep under a shallow queue cap, gives the unsplit
+    launch's results bitwise and every atom is retired."""
+    import cupy
+
+    from lithos_sched import Policy, Priority, Scheduler, TenantSpec
+
+    sched = Scheduler(device, [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5),
+                               TenantSpec("be", Priority.BEST_EFFORT, share=0.5)],
+                      Policy(blocking_waits=mode, atom_us=50.0, home_atom_us=50.0, queue_cap_us=20.0,
+                             home_queue_cap_us=20.0))
+    rng = np.random.default_rng()
+    n = 4_000_003
+    xh, yh = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    blocks = (n + 255) // 256
+    try:
+        with sched.tenant("be") as be:
+            k = cupy.RawKernel(atom_cases.SAXPY, "saxpy")
+            x, y = cupy.asarray(xh), cupy.asarray(yh)
+            out = cupy.full(n, np.nan, np.float32)
+            k((blocks,), (256,), (x, y, out, np.float32(2.0), np.int32(n)))  # whole, timed: learns the kernel
+            be.synchronize()
+            atoms_before = be.stats.atoms
+            k((blocks,), (256,), (x, y, out, np.float32(3.0), np.int32(n)))  # now in atoms
+            got = cupy.asnumpy(out)
+            be.synchronize()
+            assert be.stats.atoms - atoms_before > 1  # the launch was split
+            assert not be._inflight  # every atom retired
+    finally:
+        sched.close()
+    ref = cupy.empty(n, np.float32)
+    cupy.RawKernel(atom_cases.SAXPY, "saxpy")((blocks,), (256,), (cupy.asarray(xh), cupy.asarray(yh), ref,
+                                                                 np.float32(3.0), np.int32(n)))
+    assert np.array_equal(got, cupy.asnumpy(ref))
