@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lithos_atom import driver_calls
 from lithos_atom.atomizer import Atomizer, using_atomizer
@@ -119,7 +119,7 @@ class Policy:
         with an early scheduler (bench/results/h100-2026-11-25-run7b-blocking-events:
         latency-critical p99 6.48 ms against 2.09 ms spinning). ``"best-effort"`` keeps
         the latency-critical thread's waits spinning while the best-effort thread, which
-        waits for queue room most of the time (70 % beside training, run8 of
+        waits for queue room most of the time (about 65 % of a run beside training, run8 of
         bench/results/h200-2026-12-04-*), stops spinning a core beside it; not yet
         measured on the GPU.
     yield_host_to_latency_critical : bool
@@ -177,7 +177,7 @@ class Policy:
     lc_timing_every: int = 256
     yield_host_to_latency_critical: bool = True
     yield_queue_us: float = 0.0
-    blocking_waits: str = "none"
+    blocking_waits: Literal["none", "best-effort", "all"] = "none"
     hold_best_effort_in_requests: bool = True
     request_hold_max_us: float = 20000.0
 

@@ -24,8 +24,8 @@ class Timeline(Protocol):
     """What the scheduler needs from streams and events."""
 
     def record(self, stream: Any, blocking: bool = False) -> Any:
-        """Record an event on ``stream`` and return it; with ``blocking``, a thread that
-        `synchronize` s on it sleeps until it completes instead of spinning (GPU)."""
+        """Record an event on ``stream`` and return it; with ``blocking``, a thread waiting
+        for it (`synchronize`) sleeps until it completes instead of spinning (GPU)."""
 
     def wait(self, stream: Any, event: Any) -> None:
         """Make ``stream`` wait for ``event``."""
