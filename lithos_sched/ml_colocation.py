@@ -190,6 +190,16 @@ class MLColocationConfig:
             return {}
         return {"static_split": self.lc_share, **{static_name(s): s for s in self.static_sweep}}
 
+    def pair_scenarios(self) -> list[str]:
+        """The selected scenarios run for each pair (the alone runs are made apart)."""
+        return [s for s in self.scenarios if s not in ("lc_alone", "be_alone")]
+
+    def run_count(self) -> int:
+        """The runs a benchmark of this config makes (its progress bar's length): the
+        inference alone once, then per pair the best-effort job alone and every selected
+        scenario, the static split once per share of `static_shares`."""
+        return 1 + len(self.pairs) * (1 + len(self.pair_scenarios()) + max(0, len(self.static_shares()) - 1))
+
     def workload_sizes(self) -> dict[str, Any]:
         """The `DecoderConfig`, `MLPConfig` and batch-inference batch of `size`."""
         from kernels.workloads import DecoderConfig, MLPConfig

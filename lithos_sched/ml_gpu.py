@@ -107,8 +107,7 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None)
         job.step(plain2)
     plain2.synchronize()
     setup_s = time.monotonic() - t_setup
-    selected = [s for s in cfg.scenarios if s not in ("lc_alone", "be_alone")]
-    total = 1 + len(cfg.pairs) * (1 + len(selected) + max(0, len(splits) - 1))
+    selected = cfg.pair_scenarios()
     raw: dict[str, dict[str, Any]] = {pair: {} for pair in cfg.pairs}
 
     def lc_on(stream: Any) -> tuple[Callable[[], Any], Any]:
@@ -118,7 +117,7 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None)
         return (lambda: stream), job.step
 
     with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("ML co-location", total=total)
+        task = progress.add_task("ML co-location", total=cfg.run_count())
 
         def measure(label: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
             progress.update(task, description=f"ML {label}")

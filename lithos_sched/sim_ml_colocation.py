@@ -438,7 +438,7 @@ def run_sim(config: MLColocationConfig | None = None, console: Any = None, trace
     lc_kernels = {b: model.decoder(sizes["decoder"], b) for b in range(cfg.lc_batch[0], cfg.lc_batch[1] + 1)}
     be_kernels = {"training": model.training_step(sizes["mlp"]),
                   "batch_inference": model.decoder(sizes["decoder"], sizes["batch_inference_batch"])}
-    selected = [s for s in cfg.scenarios if s not in ("lc_alone", "be_alone")]
+    selected = cfg.pair_scenarios()
 
     def scenario(be: str | None, body: Callable[[Any, _Run], dict[str, Any]]) -> dict[str, Any]:
         device = SimDevice(seed=cfg.seed, record_blocks=False)
@@ -457,10 +457,9 @@ def run_sim(config: MLColocationConfig | None = None, console: Any = None, trace
         return d.partition(lc_tpcs).high, d.partition(be_tpcs).normal
 
     shares = cfg.static_shares()
-    total = 1 + len(cfg.pairs) * (1 + len(selected) + max(0, len(shares) - 1))
     raw: dict[str, dict[str, Any]] = {}
     with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("ML co-location (simulated)", total=total)
+        task = progress.add_task("ML co-location (simulated)", total=cfg.run_count())
 
         def measure(label: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
             progress.update(task, description=f"ML {label} (simulated)")

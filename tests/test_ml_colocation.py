@@ -365,3 +365,12 @@ def test_process_pair_worker_that_dies_is_reported(tmp_path):
 
 def test_protocol_prefix_is_stable():
     assert PREFIX == "LITHOS-WORKER "
+
+
+def test_run_count_counts_each_pairs_runs_and_every_static_share():
+    cfg = MLColocationConfig(pairs=("training",), scenarios=("lc_alone", "be_alone", "static_split", "lithos"),
+                             static_sweep=(0.25, 0.375))
+    assert cfg.pair_scenarios() == ["static_split", "lithos"]
+    assert cfg.run_count() == 1 + (1 + 2 + 2)  # inference alone; BE alone, lithos and three static shares
+    no_split = MLColocationConfig(pairs=("training", "batch_inference"), scenarios=("lithos",))
+    assert no_split.run_count() == 1 + 2 * (1 + 1)
