@@ -147,13 +147,15 @@ class LaunchPlan:
 
     @classmethod
     def whole(
-        cls, key: KernelKey, total_blocks: int, launch_whole: Callable[[Any], None], reason: str
+        cls, key: KernelKey, total_blocks: int, launch_whole: Callable[[Any], None], reason: str,
+        *, wave_blocks: int = 0,
     ) -> LaunchPlan:
-        """A plan with a single atom that launches the original kernel unsplit."""
+        """A plan with a single atom that launches the original kernel unsplit
+        (``wave_blocks`` as in `LaunchShape`, when the caller knows it)."""
         return cls(
             key=key,
             total_blocks=total_blocks,
-            wave_blocks=0,
+            wave_blocks=wave_blocks,
             issue_range=lambda start, count, stream: launch_whole(stream),
             atom_blocks=total_blocks,
             atomized=False,

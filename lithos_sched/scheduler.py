@@ -47,6 +47,8 @@ from lithos_sched.trace_buffer import TraceBuffer, TraceRow
 _MAX_GRID_X = 2**31 - 1
 # A latency-critical thread retires its own timed launches only once this many are pending.
 _LC_RETIRE_BATCH = 32
+#: `LaunchPlan.reason` of a best-effort launch run unsplit by `Policy.short_best_effort_whole`
+_SHORT_REASON = "predicted to run within one atom"
 _CUDA_ERRORS = ("CUDARuntimeError", "CUDADriverError", "CUDAError", "LithosCudaError")
 #: The values of `Policy.blocking_waits`.
 BLOCKING_WAITS = ("none", "best-effort", "all")
@@ -120,8 +122,10 @@ class Policy:
         latency-critical p99 6.48 ms against 2.09 ms spinning). ``"best-effort"`` keeps
         the latency-critical thread's waits spinning while the best-effort thread, which
         waits for queue room most of the time (about 65 % of a run beside training, run8 of
-        bench/results/h200-2026-12-04-*), stops spinning a core beside it; not yet
-        measured on the GPU.
+        bench/results/h200-2026-12-04-*), stops spinning a core beside it. Measured on the
+        H200 beside training, interleaved over three rounds
+        (bench/results/h200-2026-12-04-run11-diag-blocking): training 0.01-0.05 lower in
+        every round, the inference p99 lower in two and higher in one; hence not the default.
     yield_host_to_latency_critical : bool
         On the GPU, while a latency-critical tenant is busy (work in flight, or a launch
         within `lc_idle_grace_us`), a best-effort thread issues only when at most
@@ -158,6 +162,14 @@ class Policy:
         The longest a best-effort thread is held by one request; past it the thread goes
         on with the rest of its launch, so a latency-critical tenant that never leaves a
         request (or serves back to back) slows best-effort work but cannot stop it.
+    short_best_effort_whole : bool
+        A best-effort launch predicted to run within `atom_us` on its tenant's own TPCs
+        (one atom on any partition it may go to) is issued unsplit through the original
+        kernel: the same placement, queue cap, events and accounting as its one atom, but
+        no rewritten-kernel plan is built and no arguments are packed, tens of
+        microseconds of host time per launch. A launch whose kernel was never timed goes
+        through the plan (its first atom teaches the predictor). False: every best-effort
+        launch builds a plan.
     gil_switch_interval_s : float or None
         While the scheduler is open, ``sys.setswitchinterval`` is set to this (restored by
         `Scheduler.close`): a latency-critical thread waiting for the GIL behind a busy
@@ -180,6 +192,7 @@ class Policy:
     blocking_waits: Literal["none", "best-effort", "all"] = "none"
     hold_best_effort_in_requests: bool = True
     request_hold_max_us: float = 20000.0
+    short_best_effort_whole: bool = True
 
     def __post_init__(self) -> None:
         for name in ("atom_us", "home_atom_us", "queue_cap_us", "home_queue_cap_us", "steal_max_block_us",
@@ -465,7 +478,7 @@ class _TenantAtomizer(Atomizer):
 
     def launch_whole(self, launch: WholeLaunch, stream: Any, describe: Callable[[], LaunchShape]) -> bool:
         if self.tenant.priority is not Priority.LATENCY_CRITICAL:
-            return False
+            return self.scheduler._launch_short_best_effort(self.tenant, launch, stream, describe)
         self.scheduler._launch_latency_critical(self.tenant, launch, stream, describe)
         return True
 
@@ -793,6 +806,23 @@ class Scheduler(Atomizer):
         if timed and len(tenant._inflight) >= _LC_RETIRE_BATCH:
             self._retire(tenant)  # rarely: best-effort threads retire these between atoms
 
+    def _launch_short_best_effort(self, tenant: Tenant, launch: WholeLaunch, user: Any,
+                                  describe: Callable[[], LaunchShape]) -> bool:
+        """Issue a best-effort launch unsplit when it is predicted to be one atom anyway
+        (`Policy.short_best_effort_whole`); returns False, issuing nothing, otherwise (the
+        front end then builds its plan)."""
+        if not self.policy.short_best_effort_whole:
+            return False
+        shape = describe()
+        home = tenant.home
+        predicted = self.predictor.predict_us(shape.key, home.num_tpcs, shape.total_blocks,
+                                              self._partition_wave(shape.wave_blocks, home))
+        if predicted is None or predicted > self.policy.atom_us:
+            return False
+        plan = LaunchPlan.whole(shape.key, shape.total_blocks, launch, _SHORT_REASON, wave_blocks=shape.wave_blocks)
+        self.submit_for(tenant, plan, user)
+        return True
+
     def _run_latency_critical(self, tenant: Tenant, plan: LaunchPlan, user: Any) -> None:
         tl = self.timeline
         part = self._latency_critical_partition(tenant, plan.key, plan.total_blocks, plan.wave_blocks)
@@ -837,7 +867,9 @@ class Scheduler(Atomizer):
     def _run_best_effort(self, tenant: Tenant, plan: LaunchPlan, user: Any) -> None:
         tl = self.timeline
         user_handle = tl.handle(user)
-        before = tl.record(user)  # atoms start after what the tenant queued before the launch
+        # Atoms start after what the tenant queued before the launch. A launch run whole is
+        # one atom: that order is recorded only if it lands on another stream than the user's.
+        before = tl.record(user) if plan.atomized else None
         joined: dict[int, Any] = {}  # partition streams used, by handle
         last_on: dict[int, Any] = {}
         next_block = 0
@@ -861,6 +893,7 @@ class Scheduler(Atomizer):
                                                       self._wave_blocks(plan, partition))
                 h = tl.handle(stream)
                 if h != user_handle and h not in joined:
+                    before = before if before is not None else tl.record(user)
                     tl.wait(stream, before)
                     joined[h] = stream
                 rec = self._issue(tenant, plan, next_block, count, partition, stream, predicted, stolen)
@@ -873,6 +906,7 @@ class Scheduler(Atomizer):
                 stream = tenant.home.normal
                 h = tl.handle(stream)
                 if h != user_handle and h not in joined:
+                    before = before if before is not None else tl.record(user)
                     tl.wait(stream, before)
                     joined[h] = stream
                 rec = self._issue(tenant, plan, next_block, total - next_block, tenant.home, stream, None, False)

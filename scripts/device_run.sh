@@ -4,10 +4,11 @@
 #   what: probe | tests | atoms | partitions | colocation | ml | rightsizing | kernels | diag | arms
 #   (default: all but kernels, diag and arms; about 7 minutes on an H100; ML_DURATION sets
 #   --ml-duration, default 6; diag: the host-time diagnostics of scripts/ (launch cost, inference host, best-effort host);
-#   arms: an interleaved A/B of scripts/diag_arms.py on the ML training pair, ARMS (default
-#   hold_requests,be_blocking_waits) over ROUNDS (3) rounds of 6 s, with the static splits at
-#   STATIC_SHARES (0.25,0.375,0.5): each round runs the inference alone, each share and each
-#   arm for about 8 s; about 3 minutes with the defaults)
+#   DIAGS picks among them; arms: an interleaved A/B of scripts/diag_arms.py on the ML pairs
+#   PAIRS (default ml_training; ml_batch is the batch-inference pair), ARMS (default
+#   default,all_planned) over ROUNDS (3) rounds of 6 s, with the static splits at
+#   STATIC_SHARES (0.25,0.375,0.5): each round runs, per pair, the inference alone, each
+#   share and each arm for about 8 s; about 3 minutes per pair with the defaults)
 # Writes logs, JSON and plots to a staging folder, packed at the end into $OUT/results.tgz
 # (the device tool returns at most 8 files), with the GPU-test log beside it.
 set -uo pipefail
@@ -43,11 +44,11 @@ for w in "${what[@]}"; do
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     arms)
       PYTHONPATH=$PWD/scripts:$PWD python3 scripts/diag_arms.py "$STAGE/diag-arms.json" 6 "${ROUNDS:-3}" \
-        "${ARMS:-hold_requests,be_blocking_waits}" ml_training "${STATIC_SHARES:-0.25,0.375,0.5}" 2>&1 \
+        "${ARMS:-default,all_planned}" "${PAIRS:-ml_training}" "${STATIC_SHARES:-0.25,0.375,0.5}" 2>&1 \
         | tee "$STAGE/diag-arms.log" | tail -40
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     diag)
-      for d in diag_launch_cost diag_ml_host diag_be_host; do
+      for d in ${DIAGS:-diag_launch_cost diag_ml_host diag_be_host}; do
         PYTHONPATH=$PWD python3 scripts/$d.py "$STAGE/$d.json" 2>&1 | tee "$STAGE/$d.log" | tail -20
         [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
       done ;;

@@ -1,5 +1,6 @@
 """Diagnostic: lithos under several host settings ("arms"), on the synthetic co-location
-pair and the inference + training pair, interleaved round by round so a drifting host shows
+pair and the ML bench's pairs (inference + training, inference + batch inference),
+interleaved round by round so a drifting host shows
 up in every arm. Each round also runs the latency-critical tenant alone (plain streams).
 
 Arms (see ARMS): which threads keep the GIL in lithos' driver calls (``LITHOS_HOLD_GIL``),
@@ -12,7 +13,8 @@ An arm's changes may hold ``lc_share``: the inference tenant's share under litho
 
 Usage (on the GPU):
     python scripts/diag_arms.py OUT_JSON [seconds per run] [rounds] [arm,arm,...] [pair,pair] [share,share]
-    (pairs: synthetic, ml_training, both by default; static shares: the ML bench's lc_share)
+    (pairs: synthetic, ml_training, ml_batch; synthetic and ml_training by default; static
+    shares: the ML bench's lc_share)
 """
 
 from __future__ import annotations
@@ -68,12 +70,18 @@ ARMS: dict[str, tuple[str, float, dict]] = {
     "steal_4000_lc_0.375": ("latency-critical", 5e-5, {"steal_max_block_us": 4000.0, "lc_share": 0.375}),
     "steal_4000_lc_0.25": ("latency-critical", 5e-5, {"steal_max_block_us": 4000.0, "lc_share": 0.25}),
     "steal_1500_lc_0.25": ("latency-critical", 5e-5, {"steal_max_block_us": 1500.0, "lc_share": 0.25}),
+    # every best-effort launch through its rewritten-kernel plan, short ones too (before
+    # `Policy.short_best_effort_whole`)
+    "all_planned": ("latency-critical", 5e-5, {"short_best_effort_whole": False}),
+    "default": ("latency-critical", 5e-5, {}),
 }
 CHOSEN = sys.argv[4].split(",") if len(sys.argv) > 4 else list(ARMS)
+#: ML pairs: the best-effort job beside the inference service
+ML_PAIRS = {"ml_training": "training", "ml_batch": "batch_inference"}
 PAIRS = sys.argv[5].split(",") if len(sys.argv) > 5 else ["synthetic", "ml_training"]
-unknown = [a for a in CHOSEN if a not in ARMS] + [p for p in PAIRS if p not in ("synthetic", "ml_training")]
+unknown = [a for a in CHOSEN if a not in ARMS] + [p for p in PAIRS if p != "synthetic" and p not in ML_PAIRS]
 if unknown:
-    sys.exit(f"unknown arms or pairs: {unknown} (arms: {sorted(ARMS)}; pairs: synthetic, ml_training)")
+    sys.exit(f"unknown arms or pairs: {unknown} (arms: {sorted(ARMS)}; pairs: synthetic, {', '.join(ML_PAIRS)})")
 device = open_device(simulate=False)
 
 # the synthetic pair of the co-location section
@@ -101,16 +109,21 @@ def brief_co(res: dict) -> dict:
     return out
 
 
-# the inference + training pair of the ML section
+# the ML section's pairs: the inference service beside training or batch inference
 ml_cfg = MLColocationConfig(pairs=("training",), duration_s=SECONDS)
-plain_ml, plain_ml2, service, job = diag_common.ml_training_pair(ml_cfg)
 STATIC_SHARES = [float(x) for x in sys.argv[6].split(",")] if len(sys.argv) > 6 else [ml_cfg.lc_share]
 static_splits = {share: tuple(device.partition(t) for t in pair_tpcs(share, device.num_tpcs))
                  for share in STATIC_SHARES}
-be_alone = figures(ml_cfg, ml_tenants.run_threads(ml_cfg, None, ((lambda: plain_ml2), job.step)))["be"]["iters_per_s"]
+#: pair -> (plain stream, second plain stream, service, job, the job's iterations per second alone)
+ml_pairs: dict[str, tuple] = {}
+for pair in PAIRS:
+    if pair in ML_PAIRS:
+        plain_ml, plain_ml2, service, job = diag_common.ml_pair(ml_cfg, ML_PAIRS[pair])
+        alone = figures(ml_cfg, ml_tenants.run_threads(ml_cfg, None, ((lambda s=plain_ml2: s), job.step)))
+        ml_pairs[pair] = (plain_ml, plain_ml2, service, job, alone["be"]["iters_per_s"])
 
 
-def brief_ml(fig: dict, stats: dict | None = None) -> dict:
+def brief_ml(fig: dict, be_alone: float, stats: dict | None = None) -> dict:
     hp = fig["hp"]
     out = {k: hp[k] for k in ("p50_ms", "p99_ms", "p99_ci95_ms")}
     out["phases_p99_ms"] = hp.get("phases_p99_ms")
@@ -143,15 +156,16 @@ for rnd in range(ROUNDS):
     use("hold_lc")  # the alone runs and the static split: the shipped settings
     if "synthetic" in PAIRS:
         note({"round": rnd, "pair": "synthetic", "arm": "alone", **co_alone()})
-    if "ml_training" in PAIRS:
+    for pair, (plain_ml, _, service, job, be_alone) in ml_pairs.items():
         kernels.reset_cache()
-        note({"round": rnd, "pair": "ml_training", "arm": "alone",
-              **brief_ml(figures(ml_cfg, ml_tenants.run_threads(ml_cfg, ((lambda: plain_ml), service), None)))})
+        note({"round": rnd, "pair": pair, "arm": "alone",
+              **brief_ml(figures(ml_cfg, ml_tenants.run_threads(ml_cfg, ((lambda s=plain_ml: s), service), None)),
+                         be_alone)})
         for share, (static_lc, static_be) in static_splits.items():
-            note({"round": rnd, "pair": "ml_training", "arm": f"static@{share:g}",
+            note({"round": rnd, "pair": pair, "arm": f"static@{share:g}",
                   **brief_ml(figures(ml_cfg, ml_tenants.run_threads(
-                      ml_cfg, ((lambda: static_lc.high.cupy), service),
-                      ((lambda: static_be.normal.cupy), job.step))))})
+                      ml_cfg, ((lambda p=static_lc: p.high.cupy), service),
+                      ((lambda p=static_be: p.normal.cupy), job.step))), be_alone)})
     for arm in CHOSEN:
         interval = use(arm)
         changes = dict(ARMS[arm][2])
@@ -160,18 +174,17 @@ for rnd in range(ROUNDS):
             res, _, _, _ = colocation_bench.run_lithos(co_cfg, w, device,
                                                     co_cfg.policy(gil_switch_interval_s=interval, **changes))
             note({"round": rnd, "pair": "synthetic", "arm": arm, **brief_co(res)})
-        if "ml_training" not in PAIRS:
-            continue
-        kernels.reset_cache()
-        with using_atomizer(None):
-            service.warmup(plain_ml)
-            sched = Scheduler(device, pair_specs(lc_share), Policy(gil_switch_interval_s=interval, **changes))
-            try:
-                fig = figures(ml_cfg, run_tenants(ml_cfg, sched, service, job))
-                stats = sched.stats()["tenants"]
-            finally:
-                sched.close()
-        note({"round": rnd, "pair": "ml_training", "arm": arm, **brief_ml(fig, stats)})
+        for pair, (plain_ml, _, service, job, be_alone) in ml_pairs.items():
+            kernels.reset_cache()
+            with using_atomizer(None):
+                service.warmup(plain_ml)
+                sched = Scheduler(device, pair_specs(lc_share), Policy(gil_switch_interval_s=interval, **changes))
+                try:
+                    fig = figures(ml_cfg, run_tenants(ml_cfg, sched, service, job))
+                    stats = sched.stats()["tenants"]
+                finally:
+                    sched.close()
+            note({"round": rnd, "pair": pair, "arm": arm, **brief_ml(fig, be_alone, stats)})
 use("hold_lc")
 with open(OUT, "w") as f:
     json.dump({"device": device.describe(), "seconds": SECONDS, "rounds": ROUNDS, "arms": {a: ARMS[a] for a in CHOSEN},

@@ -3,10 +3,12 @@ inference (many short kernels; under lithos its GPU idled 59-65 % of the time be
 issues, bench/results/h200-2026-12-04-run8 and -run10).
 
 1. Steps on a plain stream, queued back to back: host time per step (the issue alone).
-2. The same inside a lithos best-effort tenant, with no latency-critical thread: host and
-   wall time per step, launches per step, the scheduler's time issuing and waiting for
-   queue room, and its atoms' device time over the wall time (the GPU's busy share).
-3. A cProfile of those steps (top functions by own time).
+2. The same inside a lithos best-effort tenant, with no latency-critical thread, under the
+   default policy and with every launch through its plan (``short_best_effort_whole``
+   off): host and wall time per step, launches and atoms per launch, the scheduler's time
+   issuing and waiting for queue room, and its atoms' device time over the wall time (the
+   GPU's busy share).
+3. A cProfile of the default policy's steps (top functions by own time).
 
 Usage (on the GPU): python scripts/diag_be_host.py OUT_JSON [steps]
 """
@@ -26,6 +28,7 @@ import kernels
 from lithos_atom.atomizer import using_atomizer
 from lithos_sched import Scheduler, ml_tenants, open_device
 from lithos_sched.ml_colocation import MLColocationConfig
+from lithos_sched.scheduler import Policy
 from lithos_sched.tenant import pair_specs
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else "diag-be-host.json"
@@ -55,39 +58,44 @@ def steps(stream, n: int) -> dict:  # noqa: ANN001
 result["plain"] = steps(plain, STEPS)
 print("plain", result["plain"], flush=True)
 
+#: Scheduler policies measured side by side: the default, and every launch through its plan
+VARIANTS = {"lithos_be_alone": Policy(), "lithos_be_alone_all_planned": Policy(short_best_effort_whole=False)}
 kernels.reset_cache()
 with using_atomizer(None):  # rebuilds the kernel objects as intercepting ones
     job.step(plain)
     plain.synchronize()
-    sched = Scheduler(device, pair_specs(cfg.lc_share))
-    try:
-        be = sched.tenant("be")
-        with be:
-            s = cupy.cuda.get_current_stream()
-            steps(s, 5)  # first launches: the rewrite, and the predictor's first samples
-            stats = be.stats
-            k0, issue0, wait0, busy0 = stats.kernels, stats.host_issue_us, stats.queue_wait_ms, stats.busy_ms
-            res = steps(s, STEPS)
-            be.synchronize()
-            launches = (stats.kernels - k0) / STEPS
-            res.update({
-                "launches_per_step": launches,
-                "issue_us_per_launch": (stats.host_issue_us - issue0) / (stats.kernels - k0),
-                "queue_wait_us_per_step": (stats.queue_wait_ms - wait0) * 1e3 / STEPS,
-                "atom_device_time_share": (stats.busy_ms - busy0) * 1e3 / (res["wall_us_per_step"] * STEPS),
-            })
-            result["lithos_be_alone"] = res
-            print("lithos, best-effort tenant alone", res, flush=True)
-            prof = cProfile.Profile()
-            prof.enable()
-            steps(s, STEPS)
-            prof.disable()
-            text = io.StringIO()
-            pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(30)
-            result["profile"] = text.getvalue()
-            print(result["profile"][:4000], flush=True)
-    finally:
-        sched.close()
+    for variant, policy in VARIANTS.items():
+        sched = Scheduler(device, pair_specs(cfg.lc_share), policy)
+        try:
+            be = sched.tenant("be")
+            with be:
+                s = cupy.cuda.get_current_stream()
+                steps(s, 5)  # first launches: the rewrite, and the predictor's first samples
+                stats = be.stats
+                k0, issue0, wait0, busy0 = stats.kernels, stats.host_issue_us, stats.queue_wait_ms, stats.busy_ms
+                res = steps(s, STEPS)
+                be.synchronize()
+                launches = (stats.kernels - k0) / STEPS
+                res.update({
+                    "launches_per_step": launches,
+                    "atoms_per_launch": stats.atoms / stats.kernels,
+                    "issue_us_per_launch": (stats.host_issue_us - issue0) / (stats.kernels - k0),
+                    "queue_wait_us_per_step": (stats.queue_wait_ms - wait0) * 1e3 / STEPS,
+                    "atom_device_time_share": (stats.busy_ms - busy0) * 1e3 / (res["wall_us_per_step"] * STEPS),
+                })
+                result[variant] = res
+                print(variant, res, flush=True)
+                if variant == "lithos_be_alone":
+                    prof = cProfile.Profile()
+                    prof.enable()
+                    steps(s, STEPS)
+                    prof.disable()
+                    text = io.StringIO()
+                    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(30)
+                    result["profile"] = text.getvalue()
+                    print(result["profile"][:4000], flush=True)
+        finally:
+            sched.close()
 kernels.reset_cache()
 with open(OUT, "w") as f:
     json.dump(result, f, indent=1, default=str)

@@ -19,9 +19,10 @@ def timed(fn: Callable[..., Any], record: Callable[[float, float], None]) -> Cal
     return wrapper
 
 
-def ml_training_pair(cfg: Any) -> tuple[Any, Any, Any, Any]:
-    """The inference service and training job of the ML bench's training pair, warmed on
-    two plain streams: ``(stream, stream2, service, job)``."""
+def ml_pair(cfg: Any, kind: str = "training") -> tuple[Any, Any, Any, Any]:
+    """The inference service and best-effort job ``kind`` (``"training"`` or
+    ``"batch_inference"``) of the ML bench, warmed on two plain streams:
+    ``(stream, stream2, service, job)``."""
     import cupy
 
     import kernels
@@ -31,7 +32,7 @@ def ml_training_pair(cfg: Any) -> tuple[Any, Any, Any, Any]:
     kernels.reset_cache()
     service = ml_tenants.build_lc(cfg, plain)
     service.warmup(plain)
-    job = ml_tenants.build_be(cfg, "training", plain2)
+    job = ml_tenants.build_be(cfg, kind, plain2)
     job.step(plain2)
     plain2.synchronize()
     return plain, plain2, service, job

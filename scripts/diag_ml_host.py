@@ -38,7 +38,7 @@ OUT = sys.argv[1] if len(sys.argv) > 1 else "diag-ml-host.json"
 LC_ONLY = "--lc-only" in sys.argv
 cfg = MLColocationConfig(pairs=("training",))
 device = open_device(simulate=False)
-plain, plain2, service, job = diag_common.ml_training_pair(cfg)
+plain, plain2, service, job = diag_common.ml_pair(cfg)
 result: dict = {"device": device.describe()}
 
 

@@ -34,7 +34,7 @@ def test_unchanged_code_in_a_tenant_sees_its_results_and_runs_on_its_tpcs(device
         x, y = cupy.asarray(xh), cupy.asarray(yh)
         out = cupy.full(n, np.nan, np.float32)
         blocks = (n + 255) // 256
-        for _ in range(3):  # the first launch is timed whole, later ones run as atoms
+        for _ in range(3):  # the first (never timed) runs as one-wave atoms, later ones whole (short)
             k((blocks,), (256,), (x, y, out, np.float32(2.0), np.int32(n)))
         z = cupy.asnumpy(out * 3)  # an opaque op and a host read after the launches
 
@@ -252,7 +252,7 @@ def test_blocking_waits_keep_atoms_results_and_retire_them(device, mode):
     sched = Scheduler(device, [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5),
                                TenantSpec("be", Priority.BEST_EFFORT, share=0.5)],
                       Policy(blocking_waits=mode, atom_us=50.0, home_atom_us=50.0, queue_cap_us=20.0,
-                             home_queue_cap_us=20.0))
+                             home_queue_cap_us=20.0, short_best_effort_whole=False))
     rng = np.random.default_rng()
     n = 4_000_003
     xh, yh = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
@@ -270,6 +270,48 @@ def test_blocking_waits_keep_atoms_results_and_retire_them(device, mode):
             be.synchronize()
             assert be.stats.atoms - atoms_before > 1  # the launch was split
             assert not be._inflight  # every atom retired
+    finally:
+        sched.close()
+    ref = cupy.empty(n, np.float32)
+    cupy.RawKernel(atom_cases.SAXPY, "saxpy")((blocks,), (256,), (cupy.asarray(xh), cupy.asarray(yh), ref,
+                                                                 np.float32(3.0), np.int32(n)))
+    assert np.array_equal(got, cupy.asnumpy(ref))
+
+
+def test_short_best_effort_launches_run_whole_with_the_unsplit_results(device):
+    """A best-effort launch predicted to be one atom (`Policy.short_best_effort_whole`)
+    runs the original kernel unsplit: bitwise the plain launch's results, retired like an atom."""
+    import cupy
+
+    from lithos_sched import Policy, Priority, Scheduler, TenantSpec
+
+    sched = Scheduler(device, [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5),
+                               TenantSpec("be", Priority.BEST_EFFORT, share=0.5)], Policy())
+    whole = []
+    short = sched._launch_short_best_effort
+
+    def spy(*args):  # noqa: ANN002, ANN202
+        whole.append(short(*args))
+        return whole[-1]
+
+    sched._launch_short_best_effort = spy
+    rng = np.random.default_rng()
+    n = 100_003
+    xh, yh = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    blocks = (n + 255) // 256
+    try:
+        with sched.tenant("be") as be:
+            k = cupy.RawKernel(atom_cases.SAXPY, "saxpy")
+            x, y = cupy.asarray(xh), cupy.asarray(yh)
+            out = cupy.full(n, np.nan, np.float32)
+            k((blocks,), (256,), (x, y, out, np.float32(2.0), np.int32(n)))  # never timed: through its plan
+            be.synchronize()
+            out.fill(np.nan)
+            k((blocks,), (256,), (x, y, out, np.float32(3.0), np.int32(n)))  # now predicted short: whole
+            got = cupy.asnumpy(out)
+            be.synchronize()
+            assert whole == [False, True]
+            assert be.stats.kernels == be.stats.atoms == 2 and not be._inflight
     finally:
         sched.close()
     ref = cupy.empty(n, np.float32)
