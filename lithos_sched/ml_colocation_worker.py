@@ -3,7 +3,10 @@
 Run as ``python -m lithos_sched.ml_colocation_worker``; it speaks JSON lines:
 
 1. parent -> worker (stdin): ``{"config": {...MLColocationConfig...}, "role": "lc" | "be",
-   "be_kind": "training" | "batch_inference"}``
+   "be_kind": "training" | "batch_inference", "tpcs": [...] (optional)}``; with ``tpcs``
+   the worker runs on a green-context partition of those TPCs (the high-priority stream
+   for ``lc``) and its result also holds ``sms_seen``: the SMs a probe kernel on that
+   stream ran on
 2. worker -> parent (stdout): ``LITHOS-WORKER {"ready": true}`` once its workload is built and
    warmed up (kernels compiled, memory allocated)
 3. parent -> worker: ``{"go": t0}``, a `ml_colocation.clock` time shared by both workers
@@ -65,29 +68,41 @@ def _stop_at(deadline: float) -> threading.Event:
     return stop
 
 
-def _lc_role(cfg: MLColocationConfig, spec: dict[str, Any]) -> Callable[[float], dict[str, Any]]:
+def _stream(spec: dict[str, Any], high: bool) -> tuple[Any, dict[str, Any]]:
+    """The worker's stream: a plain one, or with ``spec["tpcs"]`` one of a green-context
+    partition of those TPCs (its SMs probed once); and what the result reports of it."""
     import cupy
 
+    tpcs = spec.get("tpcs")
+    if tpcs is None:
+        return cupy.cuda.Stream(non_blocking=True), {}
+    from lithos_sched import open_device
+    from lithos_sched.smid_probe import sms_of
+
+    part = open_device(simulate=False).partition(tpcs)
+    stream = (part.high if high else part.normal).cupy
+    return stream, {"sms_seen": sorted(sms_of(stream)), "partition_sms": sorted(part.sm_ids)}
+
+
+def _lc_role(cfg: MLColocationConfig, spec: dict[str, Any]) -> Callable[[float], dict[str, Any]]:
     from lithos_sched import ml_tenants
 
-    stream = cupy.cuda.Stream(non_blocking=True)
+    stream, where = _stream(spec, high=True)
     service = ml_tenants.build_lc(cfg, stream)
     service.warmup(stream)
 
     def run(t0: float) -> dict[str, Any]:
         with ml_tenants.host_settings():
             rec = ml_tenants.serve(service, stream, cfg, t0, _stop_at(t0 + cfg.span_s))
-        return dataclasses.asdict(rec)
+        return {**dataclasses.asdict(rec), **where}
 
     return run
 
 
 def _be_role(cfg: MLColocationConfig, spec: dict[str, Any]) -> Callable[[float], dict[str, Any]]:
-    import cupy
-
     from lithos_sched import ml_tenants
 
-    stream = cupy.cuda.Stream(non_blocking=True)
+    stream, where = _stream(spec, high=False)
     job = ml_tenants.build_be(cfg, spec["be_kind"], stream)
     job.step(stream)
     stream.synchronize()
@@ -95,7 +110,7 @@ def _be_role(cfg: MLColocationConfig, spec: dict[str, Any]) -> Callable[[float],
     def run(t0: float) -> dict[str, Any]:
         with ml_tenants.host_settings():
             done = ml_tenants.train(job.step, stream, cfg.be_queue_depth, t0, _stop_at(t0 + cfg.span_s))
-        return {"done_s": done}
+        return {"done_s": done, **where}
 
     return run
 
@@ -187,7 +202,8 @@ class _Worker:
 
 
 def run_process_pair(cfg: MLColocationConfig, be_kind: str, *, env: dict[str, str] | None = None,
-                     command: Sequence[str] = WORKER_COMMAND, ready_timeout_s: float = 180.0) -> dict[str, Any]:
+                     command: Sequence[str] = WORKER_COMMAND, ready_timeout_s: float = 180.0,
+                     tpcs: dict[str, Sequence[int]] | None = None) -> dict[str, Any]:
     """Run the LC and the BE tenant as two worker processes with a synchronized start.
 
     Parameters
@@ -202,11 +218,15 @@ def run_process_pair(cfg: MLColocationConfig, be_kind: str, *, env: dict[str, st
         How to start a worker.
     ready_timeout_s : float
         How long a worker may take to build and warm up its workload.
+    tpcs : dict, optional
+        Role (``"lc"``, ``"be"``) -> the TPCs of the green-context partition that
+        worker runs on; a role not given runs on a plain stream.
 
     Returns
     -------
     dict
-        ``lc``: the LC worker's raw records, ``be``: the BE worker's, ``setup_s``.
+        ``lc``: the LC worker's raw records, ``be``: the BE worker's, ``setup_s``, and
+        ``placement``: per role with TPCs, the SMs its probe kernel ran on.
 
     Raises
     ------
@@ -223,7 +243,10 @@ def run_process_pair(cfg: MLColocationConfig, be_kind: str, *, env: dict[str, st
         for role in ("lc", "be"):
             w = _Worker(role, command, full_env)
             workers.append(w)
-            w.tell({"config": dataclasses.asdict(cfg), "role": role, "be_kind": be_kind})
+            spec = {"config": dataclasses.asdict(cfg), "role": role, "be_kind": be_kind}
+            if tpcs is not None and role in tpcs:
+                spec["tpcs"] = sorted(int(t) for t in tpcs[role])
+            w.tell(spec)
         for w in workers:  # both build and warm up at the same time
             w.expect("ready", ready_timeout_s)
         setup_s = clock() - t_start
@@ -231,7 +254,9 @@ def run_process_pair(cfg: MLColocationConfig, be_kind: str, *, env: dict[str, st
         for w in workers:
             w.tell({"go": t0})
         results = {w.name: w.expect("result", cfg.span_s + 120.0) for w in workers}
-        return {"lc": results["lc"], "be": results["be"]["done_s"], "setup_s": setup_s}
+        placement = {role: {k: results[role].pop(k) for k in ("sms_seen", "partition_sms")}
+                     for role in results if "sms_seen" in results[role]}
+        return {"lc": results["lc"], "be": results["be"]["done_s"], "setup_s": setup_s, "placement": placement}
     finally:
         for w in workers:
             w.close()

@@ -347,6 +347,30 @@ def test_process_pair_starts_both_workers_together(tmp_path):
     assert res["lc"]["latencies_ms"] == [1.0] and res["setup_s"] >= 0
 
 
+_PLACED_WORKER = """
+import sys
+from lithos_sched.ml_colocation_worker import worker_main
+def role(cfg, spec):
+    where = {"sms_seen": [2 * t for t in spec["tpcs"]], "partition_sms": [2 * t for t in spec["tpcs"]]} \\
+        if "tpcs" in spec else {}
+    if spec["role"] == "lc":
+        return lambda t0: {"arrivals_s": [0.1], "latencies_ms": [1.0], "phases_ms": [[0, 0, 1]], **where}
+    return lambda t0: {"done_s": [t0], **where}
+sys.exit(worker_main(sys.stdin, sys.stdout, {"lc": role, "be": role}))
+"""
+
+
+@pytest.mark.parametrize("tpcs", [{"lc": [0, 1], "be": [2, 3]}, {"be": [3, 2]}])
+def test_process_pair_gives_each_worker_its_tpcs_and_reports_where_it_ran(tmp_path, tpcs):
+    script = tmp_path / "worker.py"
+    script.write_text(_PLACED_WORKER)
+    res = run_process_pair(MLColocationConfig(duration_s=0.1, warmup_s=0.0), "training",
+                           command=[sys.executable, str(script)], ready_timeout_s=60, tpcs=tpcs)
+    assert res["placement"] == {role: {"sms_seen": [2 * t for t in sorted(ts)], "partition_sms": [2 * t for t in sorted(ts)]}
+                                for role, ts in tpcs.items()}
+    assert "sms_seen" not in res["lc"] and res["lc"]["latencies_ms"] == [1.0]  # records stay as they were
+
+
 def test_process_pair_failure_names_the_worker_and_the_error(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(_FAKE_WORKER.format(fail="yes"))
