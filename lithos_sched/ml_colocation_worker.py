@@ -6,7 +6,8 @@ Run as ``python -m lithos_sched.ml_colocation_worker``; it speaks JSON lines:
    "be_kind": "training" | "batch_inference", "tpcs": [...] (optional)}``; with ``tpcs``
    the worker runs on a green-context partition of those TPCs (the high-priority stream
    for ``lc``) and its result also holds ``sms_seen``: the SMs a probe kernel on that
-   stream ran on
+   stream ran on, ``partition_sms``: the partition's SMs by the device's probe (None, with
+   ``probe_error``, where that probe fails)
 2. worker -> parent (stdout): ``LITHOS-WORKER {"ready": true}`` once its workload is built and
    warmed up (kernels compiled, memory allocated)
 3. parent -> worker: ``{"go": t0}``, a `ml_colocation.clock` time shared by both workers
@@ -36,6 +37,8 @@ from typing import IO, Any
 from lithos_sched.ml_colocation import MLColocationConfig, clock
 
 PREFIX = "LITHOS-WORKER "
+#: What a worker on a partition adds to its result (moved to ``placement`` by `run_process_pair`)
+_PLACEMENT_KEYS = ("sms_seen", "partition_sms", "probe_error")
 WORKER_COMMAND: tuple[str, ...] = (sys.executable, "-m", "lithos_sched.ml_colocation_worker")
 
 
@@ -81,7 +84,12 @@ def _stream(spec: dict[str, Any], high: bool) -> tuple[Any, dict[str, Any]]:
 
     part = open_device(simulate=False).partition(tpcs)
     stream = (part.high if high else part.normal).cupy
-    return stream, {"sms_seen": sorted(sms_of(stream)), "partition_sms": sorted(part.sm_ids)}
+    where: dict[str, Any] = {"sms_seen": sorted(sms_of(stream))}
+    try:
+        where["partition_sms"] = sorted(part.sm_ids)
+    except RuntimeError as exc:  # the device's TPC -> SM map could not be probed (under MPS, say)
+        where["partition_sms"], where["probe_error"] = None, str(exc)
+    return stream, where
 
 
 def _lc_role(cfg: MLColocationConfig, spec: dict[str, Any]) -> Callable[[float], dict[str, Any]]:
@@ -226,7 +234,8 @@ def run_process_pair(cfg: MLColocationConfig, be_kind: str, *, env: dict[str, st
     -------
     dict
         ``lc``: the LC worker's raw records, ``be``: the BE worker's, ``setup_s``, and
-        ``placement``: per role with TPCs, the SMs its probe kernel ran on.
+        ``placement``: per role with TPCs, the SMs its probe kernel ran on and those of
+        its partition (see the protocol above).
 
     Raises
     ------
@@ -254,7 +263,7 @@ def run_process_pair(cfg: MLColocationConfig, be_kind: str, *, env: dict[str, st
         for w in workers:
             w.tell({"go": t0})
         results = {w.name: w.expect("result", cfg.span_s + 120.0) for w in workers}
-        placement = {role: {k: results[role].pop(k) for k in ("sms_seen", "partition_sms")}
+        placement = {role: {k: results[role].pop(k) for k in _PLACEMENT_KEYS if k in results[role]}
                      for role in results if "sms_seen" in results[role]}
         return {"lc": results["lc"], "be": results["be"]["done_s"], "setup_s": setup_s, "placement": placement}
     finally:

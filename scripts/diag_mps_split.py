@@ -66,7 +66,9 @@ def brief(kind: str, fig: dict, placement: dict | None = None) -> dict:
         out["be_norm"] = fig["be"]["iters_per_s"] / be_alone[kind]
     if placement:
         # whether each worker's probe ran only on its partition's SMs
-        out["confined"] = {role: set(p["sms_seen"]) <= set(p["partition_sms"]) for role, p in placement.items()}
+        out["placement"] = placement
+        out["confined"] = {role: None if p["partition_sms"] is None else set(p["sms_seen"]) <= set(p["partition_sms"])
+                           for role, p in placement.items()}
     return out
 
 
