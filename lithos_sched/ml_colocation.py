@@ -13,7 +13,14 @@ each pair, side by side in one run:
   (skipped, with the reason, where that is not possible)
 - ``static_split``: each tenant on its own TPC partition, no stealing (MIG-like); also at
   the inference shares of `MLColocationConfig.static_sweep` (``static_split@0.25``, ...)
+- ``mps_static_split``: the static split with each tenant in its own process under MPS,
+  each on a green-context partition of its TPCs (no interpreter shared between them)
 - ``lithos``: the scheduler (atoms, partitions, stealing, prediction)
+- ``lithos_mps``: lithos across processes under MPS: the inference process runs on a
+  partition of its TPCs and marks its requests in a `RequestSignal`; the best-effort
+  process runs its job in a lithos scheduler that steals those TPCs between requests
+  (`Tenant.follow_requests`). These two run only on a GPU with MPS; the simulated device
+  has no interpreter to share, and reports them skipped.
 - ``lithos_no_steal`` / ``lithos_no_atoms``: ablations
 - ``lithos_rightsized``: lithos with right-sizing, the TPCs the inference service does not
   need going to the best-effort job. On the GPU each request runs in `Tenant.on_tpcs` on
@@ -26,7 +33,9 @@ Figures per scenario: LC p50/p99/p99.9 latency and SLO attainment, BE throughput
 normalized to alone, and the sum of normalized throughputs. A static split trades the
 inference tail against best-effort throughput through its share; so that the two are
 compared at one tail, each pair also names the static split of the most best-effort
-throughput whose inference p99 is no worse than lithos' (``static_at_lithos_p99``).
+throughput whose inference p99 is no worse than lithos' (``static_at_lithos_p99``), and
+likewise for lithos across processes (``static_at_lithos_mps_p99``, with its ratios to
+each baseline in ``ratios_lithos_mps``).
 Without a GPU the same scenarios run on the simulated device (`lithos_sched.sim_ml_colocation`).
 """
 
@@ -47,7 +56,11 @@ PAIRS: tuple[str, ...] = ("training", "batch_inference")
 
 #: Every scenario, in report order.
 SCENARIOS: tuple[str, ...] = ("lc_alone", "be_alone", "streams", "priorities", "processes", "mps",
-                              "static_split", "lithos", "lithos_no_steal", "lithos_no_atoms", "lithos_rightsized")
+                              "static_split", "mps_static_split", "lithos", "lithos_mps", "lithos_no_steal",
+                              "lithos_no_atoms", "lithos_rightsized")
+
+#: Scenarios with one process per tenant under MPS, each on its TPCs (GPU only).
+PROCESS_SCENARIOS: tuple[str, ...] = ("mps_static_split", "lithos_mps")
 
 #: The scenarios that run the lithos scheduler (see `scheduler_for`).
 LITHOS_SCENARIOS: tuple[str, ...] = ("lithos", "lithos_no_steal", "lithos_no_atoms", "lithos_rightsized")
@@ -330,25 +343,38 @@ def summarize_pair(scenarios: dict[str, Any], slo_ms: float | None) -> dict[str,
             be["throughput_norm"] = be["iters_per_s"] / alone_be if alone_be else None
         if hp is not None and be is not None and None not in (hp["throughput_norm"], be["throughput_norm"]):
             s["sum_norm_throughput"] = hp["throughput_norm"] + be["throughput_norm"]
-    lithos = scenarios.get("lithos", {})
+    out = {"scenarios": scenarios, "ratios": ratios_to(scenarios, "lithos"),
+           "static_at_lithos_p99": static_at_p99(scenarios)}
+    if scenarios.get("lithos_mps", {}).get("hp"):
+        out["ratios_lithos_mps"] = ratios_to(scenarios, "lithos_mps")
+        out["static_at_lithos_mps_p99"] = static_at_p99(scenarios, "lithos_mps")
+    return out
+
+
+def ratios_to(scenarios: dict[str, Any], lithos_name: str) -> dict[str, dict[str, float | None]]:
+    """Scenario ``lithos_name`` against every other scenario with an LC p99: p99 and
+    p99.9 reductions (baseline over lithos) and BE throughput gain (lithos over baseline)."""
+    lithos = scenarios.get(lithos_name, {})
     ratios: dict[str, dict[str, float | None]] = {}
-    if lithos.get("hp", {}).get("p99_ms"):
-        for name, s in scenarios.items():
-            if name == "lithos" or "hp" not in s or not s["hp"].get("p99_ms"):
-                continue
-            r: dict[str, float | None] = {
-                "p99_reduction": s["hp"]["p99_ms"] / lithos["hp"]["p99_ms"],
-                "p999_reduction": _ratio(s["hp"].get("p999_ms"), lithos["hp"].get("p999_ms")),
-            }
-            if "be" in s and "be" in lithos:
-                r["be_throughput_gain"] = _ratio(lithos["be"]["iters_per_s"], s["be"]["iters_per_s"])
-            ratios[name] = r
-    return {"scenarios": scenarios, "ratios": ratios, "static_at_lithos_p99": static_at_p99(scenarios)}
+    if not lithos.get("hp", {}).get("p99_ms"):
+        return ratios
+    for name, s in scenarios.items():
+        if name == lithos_name or "hp" not in s or not s["hp"].get("p99_ms"):
+            continue
+        r: dict[str, float | None] = {
+            "p99_reduction": s["hp"]["p99_ms"] / lithos["hp"]["p99_ms"],
+            "p999_reduction": _ratio(s["hp"].get("p999_ms"), lithos["hp"].get("p999_ms")),
+        }
+        if "be" in s and "be" in lithos:
+            r["be_throughput_gain"] = _ratio(lithos["be"]["iters_per_s"], s["be"]["iters_per_s"])
+        ratios[name] = r
+    return ratios
 
 
-def static_at_p99(scenarios: dict[str, Any]) -> dict[str, Any] | None:
-    """lithos against the static split of the most BE throughput among those whose LC
-    p99 is at most lithos' (the static splits trade one for the other by their share).
+def static_at_p99(scenarios: dict[str, Any], lithos_name: str = "lithos") -> dict[str, Any] | None:
+    """lithos (scenario ``lithos_name``) against the static split of the most BE
+    throughput among those whose LC p99 is at most lithos' (the static splits trade one
+    for the other by their share; the in-process ones, ``static_split*``, are the sweep).
 
     A share between two measured ones would reach a tail between theirs, so lithos is also
     compared with the static splits' line at exactly its p99: the splits that no other
@@ -365,7 +391,7 @@ def static_at_p99(scenarios: dict[str, Any]) -> dict[str, Any] | None:
         ``be_throughput_gain_on_line`` (lithos' normalized BE throughput over that);
         None without a lithos or static-split result.
     """
-    lithos = scenarios.get("lithos", {})
+    lithos = scenarios.get(lithos_name, {})
     bound = lithos.get("hp", {}).get("p99_ms")
     statics = {n: s for n, s in scenarios.items()
                if n.startswith("static_split") and s.get("hp", {}).get("p99_ms") and s.get("be")}

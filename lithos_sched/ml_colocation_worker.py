@@ -7,7 +7,11 @@ Run as ``python -m lithos_sched.ml_colocation_worker``; it speaks JSON lines:
    the worker runs on a green-context partition of those TPCs (the high-priority stream
    for ``lc``) and its result also holds ``sms_seen``: the SMs a probe kernel on that
    stream ran on, ``partition_sms``: the partition's SMs by the device's probe (None, with
-   ``probe_error``, where that probe fails)
+   ``probe_error``, where that probe fails); with ``"request_signal": path`` the pair is
+   lithos across processes: ``lc`` marks each request in that `RequestSignal`, ``be`` runs
+   its job as the best-effort tenant of a lithos `Scheduler` whose latency-critical tenant
+   follows the signal (`Tenant.follow_requests`) and adds ``scheduler`` (its stats) and
+   ``be_occupancy`` to its result
 2. worker -> parent (stdout): ``LITHOS-WORKER {"ready": true}`` once its workload is built and
    warmed up (kernels compiled, memory allocated)
 3. parent -> worker: ``{"go": t0}``, a `ml_colocation.clock` time shared by both workers
@@ -35,6 +39,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from lithos_sched.ml_colocation import MLColocationConfig, clock
+from lithos_sched.request_signal import RequestSignal
 
 PREFIX = "LITHOS-WORKER "
 #: What a worker on a partition adds to its result (moved to ``placement`` by `run_process_pair`)
@@ -94,14 +99,22 @@ def _stream(spec: dict[str, Any], high: bool) -> tuple[Any, dict[str, Any]]:
 
 def _lc_role(cfg: MLColocationConfig, spec: dict[str, Any]) -> Callable[[float], dict[str, Any]]:
     from lithos_sched import ml_tenants
+    from lithos_sched.request_signal import RequestSignal
 
     stream, where = _stream(spec, high=True)
     service = ml_tenants.build_lc(cfg, stream)
     service.warmup(stream)
+    path = spec.get("request_signal")
+    signal = None if path is None else RequestSignal.attach(path)
 
     def run(t0: float) -> dict[str, Any]:
-        with ml_tenants.host_settings():
-            rec = ml_tenants.serve(service, stream, cfg, t0, _stop_at(t0 + cfg.span_s))
+        marked = {} if signal is None else {"bracket": lambda batch: signal.request()}
+        try:
+            with ml_tenants.host_settings():
+                rec = ml_tenants.serve(service, stream, cfg, t0, _stop_at(t0 + cfg.span_s), **marked)
+        finally:
+            if signal is not None:
+                signal.close()
         return {**dataclasses.asdict(rec), **where}
 
     return run
@@ -110,6 +123,8 @@ def _lc_role(cfg: MLColocationConfig, spec: dict[str, Any]) -> Callable[[float],
 def _be_role(cfg: MLColocationConfig, spec: dict[str, Any]) -> Callable[[float], dict[str, Any]]:
     from lithos_sched import ml_tenants
 
+    if spec.get("request_signal") is not None:
+        return _be_lithos_role(cfg, spec)
     stream, where = _stream(spec, high=False)
     job = ml_tenants.build_be(cfg, spec["be_kind"], stream)
     job.step(stream)
@@ -119,6 +134,49 @@ def _be_role(cfg: MLColocationConfig, spec: dict[str, Any]) -> Callable[[float],
         with ml_tenants.host_settings():
             done = ml_tenants.train(job.step, stream, cfg.be_queue_depth, t0, _stop_at(t0 + cfg.span_s))
         return {"done_s": done, **where}
+
+    return run
+
+
+def _be_lithos_role(cfg: MLColocationConfig, spec: dict[str, Any]) -> Callable[[float], dict[str, Any]]:
+    """The best-effort job as the best-effort tenant of this process's lithos scheduler,
+    beside a latency-critical tenant that runs in the other worker (`Tenant.follow_requests`)."""
+    import contextlib
+
+    import cupy
+
+    import kernels
+    from lithos_atom.atomizer import using_atomizer
+    from lithos_sched import ml_tenants, open_device
+    from lithos_sched.ml_colocation import scheduler_for
+    from lithos_sched.occupancy import tenant_occupancy
+    from lithos_sched.request_signal import RequestSignal
+    from lithos_sched.tenant import pair_specs
+
+    plain = cupy.cuda.Stream(non_blocking=True)
+    job = ml_tenants.build_be(cfg, spec["be_kind"], plain)
+    plain.synchronize()
+    stack = contextlib.ExitStack()
+    kernels.reset_cache()
+    stack.enter_context(using_atomizer(None))  # kernel objects rebuilt from here on intercept launches
+    sched = scheduler_for("lithos", open_device(simulate=False), pair_specs(cfg.lc_share))
+    stack.callback(sched.close)
+    signal = RequestSignal.attach(spec["request_signal"])
+    stack.callback(signal.close)
+    sched.tenant("lc").follow_requests(signal)
+    be = sched.tenant("be")
+    with be:  # untimed: rewrites and links the atomized kernels, gives the predictor its first samples
+        job.step(cupy.cuda.get_current_stream())
+        be.synchronize()
+
+    def run(t0: float) -> dict[str, Any]:
+        with stack:
+            with be, ml_tenants.host_settings():
+                done = ml_tenants.train(job.step, cupy.cuda.get_current_stream(), cfg.be_queue_depth, t0,
+                                        _stop_at(t0 + cfg.span_s))
+            be.synchronize()
+            return {"done_s": done, "scheduler": sched.stats(),
+                    "be_occupancy": tenant_occupancy(sched.atoms(), "be", cfg.duration_s * 1e6)}
 
     return run
 
@@ -211,7 +269,7 @@ class _Worker:
 
 def run_process_pair(cfg: MLColocationConfig, be_kind: str, *, env: dict[str, str] | None = None,
                      command: Sequence[str] = WORKER_COMMAND, ready_timeout_s: float = 180.0,
-                     tpcs: dict[str, Sequence[int]] | None = None) -> dict[str, Any]:
+                     tpcs: dict[str, Sequence[int]] | None = None, lithos: bool = False) -> dict[str, Any]:
     """Run the LC and the BE tenant as two worker processes with a synchronized start.
 
     Parameters
@@ -229,13 +287,17 @@ def run_process_pair(cfg: MLColocationConfig, be_kind: str, *, env: dict[str, st
     tpcs : dict, optional
         Role (``"lc"``, ``"be"``) -> the TPCs of the green-context partition that
         worker runs on; a role not given runs on a plain stream.
+    lithos : bool
+        Run the pair as lithos across processes: the LC worker marks its requests in a
+        `RequestSignal` made here, which the BE worker's scheduler follows.
 
     Returns
     -------
     dict
-        ``lc``: the LC worker's raw records, ``be``: the BE worker's, ``setup_s``, and
+        ``lc``: the LC worker's raw records, ``be``: the BE worker's, ``setup_s``,
         ``placement``: per role with TPCs, the SMs its probe kernel ran on and those of
-        its partition (see the protocol above).
+        its partition (see the protocol above), and with ``lithos`` ``be_scheduler``: the
+        BE worker's scheduler stats and occupancy.
 
     Raises
     ------
@@ -248,13 +310,16 @@ def run_process_pair(cfg: MLColocationConfig, be_kind: str, *, env: dict[str, st
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in (root, full_env.get("PYTHONPATH", "")) if p)
     workers: list[_Worker] = []
     t_start = clock()
+    signal = RequestSignal.create() if lithos else None
     try:
         for role in ("lc", "be"):
             w = _Worker(role, command, full_env)
             workers.append(w)
-            spec = {"config": dataclasses.asdict(cfg), "role": role, "be_kind": be_kind}
+            spec: dict[str, Any] = {"config": dataclasses.asdict(cfg), "role": role, "be_kind": be_kind}
             if tpcs is not None and role in tpcs:
                 spec["tpcs"] = sorted(int(t) for t in tpcs[role])
+            if signal is not None:
+                spec["request_signal"] = str(signal.path)
             w.tell(spec)
         for w in workers:  # both build and warm up at the same time
             w.expect("ready", ready_timeout_s)
@@ -265,10 +330,15 @@ def run_process_pair(cfg: MLColocationConfig, be_kind: str, *, env: dict[str, st
         results = {w.name: w.expect("result", cfg.span_s + 120.0) for w in workers}
         placement = {role: {k: results[role].pop(k) for k in _PLACEMENT_KEYS if k in results[role]}
                      for role in results if "sms_seen" in results[role]}
-        return {"lc": results["lc"], "be": results["be"]["done_s"], "setup_s": setup_s, "placement": placement}
+        out = {"lc": results["lc"], "be": results["be"].pop("done_s"), "setup_s": setup_s, "placement": placement}
+        if lithos:
+            out["be_scheduler"] = results["be"]
+        return out
     finally:
         for w in workers:
             w.close()
+        if signal is not None:
+            signal.close()
 
 
 if __name__ == "__main__":

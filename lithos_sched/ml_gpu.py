@@ -41,14 +41,17 @@ def figures(cfg: MLColocationConfig, raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _run_mps(cfg: MLColocationConfig, pair: str) -> dict[str, Any]:
+def _run_mps(cfg: MLColocationConfig, pair: str, **placed: Any) -> dict[str, Any]:
+    """The pair as two worker processes under a private MPS daemon; ``placed`` goes to
+    `run_process_pair` (``tpcs``: green-context partitions; ``lithos``: lithos across
+    processes, whose scheduler stats and occupancy are added)."""
     from lithos_sched.ml_colocation_worker import WorkerError, run_process_pair
     from lithos_sched.mps import MPSDaemon, MPSUnavailable
 
     daemon = MPSDaemon()
     try:
         with daemon:
-            raw = run_process_pair(cfg, pair, env=daemon.client_env())
+            raw = run_process_pair(cfg, pair, env=daemon.client_env(), **placed)
             servers = daemon.server_list()
     except MPSUnavailable as exc:
         return {"skipped": f"MPS unavailable: {exc}"}
@@ -57,6 +60,11 @@ def _run_mps(cfg: MLColocationConfig, pair: str) -> dict[str, Any]:
                 "mps": {"stop": daemon.stop_status}}
     out = figures(cfg, raw)
     out["mps"] = {"server_list": servers, "stop": daemon.stop_status, "setup_s": raw["setup_s"]}
+    if raw.get("placement"):
+        out["placement"] = raw["placement"]
+    if "be_scheduler" in raw:
+        out["scheduler"] = raw["be_scheduler"]["scheduler"]
+        out["be_occupancy"] = raw["be_scheduler"]["be_occupancy"]
     return out
 
 
@@ -88,7 +96,8 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None)
     from lithos_sched import ml_tenants, open_device
 
     device = open_device(simulate=False)
-    n_lc = len(pair_tpcs(cfg.lc_share, device.num_tpcs)[0])
+    pair_split = {role: sorted(t) for role, t in zip(("lc", "be"), pair_tpcs(cfg.lc_share, device.num_tpcs))}
+    n_lc = len(pair_split["lc"])
     splits = {}  # static-split scenario: (LC partition, BE partition)
     for name, share in cfg.static_shares().items():
         lc_tpcs, be_tpcs = pair_tpcs(share, device.num_tpcs)
@@ -156,6 +165,11 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None)
                     r[name] = measure(f"{pair}: {name}", lambda: _run_processes(cfg, pair))
                 elif name == "mps":
                     r[name] = measure(f"{pair}: {name}", lambda: _run_mps(cfg, pair))
+                elif name == "mps_static_split":
+                    r[name] = measure(f"{pair}: {name}", lambda: _run_mps(cfg, pair, tpcs=pair_split))
+                elif name == "lithos_mps":
+                    r[name] = measure(f"{pair}: {name}", lambda: _run_mps(cfg, pair, tpcs={"lc": pair_split["lc"]},
+                                                                         lithos=True))
 
         lithos_runs = [(pair, name) for pair in cfg.pairs for name in selected if name in LITHOS_SCENARIOS]
         request_tpcs, rightsizing_setup = None, {}

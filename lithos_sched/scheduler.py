@@ -285,6 +285,7 @@ class Tenant:
         self._request: Any = None  # the partition of an `on_tpcs` block in progress
         self._request_depth = 0  # nesting of `request` blocks (on_tpcs opens one too)
         self._request_handle: int | None = None
+        self._remote: Any = None  # a `RequestSignal` when the tenant runs in another process
 
     @property
     def name(self) -> str:
@@ -308,6 +309,8 @@ class Tenant:
         intercepted, and only the stream knows they are still running.
         """
         s = self.scheduler
+        if self._remote is not None:  # its process publishes its requests; nothing of it runs here
+            return not self._remote.busy(s.policy.lc_idle_grace_us)
         if self._request_depth:  # inside `request` or `on_tpcs`: the user said a request is under way
             return False
         if s.timeline.now_us() - self._last_submit_us < s.policy.lc_idle_grace_us:
@@ -317,9 +320,36 @@ class Tenant:
             return False
         return s.timeline.stream_done(self.stream)
 
+    def follow_requests(self, signal: Any) -> None:
+        """Run this latency-critical tenant in another process: this scheduler learns of
+        its requests from ``signal`` (a `lithos_sched.request_signal.RequestSignal` that
+        process marks each request in), and its TPCs count as idle, free to steal, only
+        while no request is open and none closed within `Policy.lc_idle_grace_us`.
+
+        Nothing of the tenant runs in this process, so it cannot be entered here. Its
+        process launches on its own partition (a green context of the same TPCs), beside
+        this one under MPS. Best-effort threads of this process neither hold nor yield
+        for its requests: those exist for two threads sharing one interpreter.
+
+        Raises
+        ------
+        TypeError
+            For a best-effort tenant.
+        RuntimeError
+            If a thread of this process is inside the tenant.
+        """
+        if self.priority is not Priority.LATENCY_CRITICAL:
+            raise TypeError(f"follow_requests is for latency-critical tenants; {self.name!r} is {self.priority.value}")
+        if self._contexts:
+            raise RuntimeError(f"tenant {self.name!r} is entered by a thread of this process")
+        self._remote = signal
+
     def __enter__(self) -> Tenant:
         s = self.scheduler
         s._check_open()
+        if self._remote is not None:
+            raise RuntimeError(f"tenant {self.name!r} runs in another process (follow_requests): "
+                               "its launches cannot be made here")
         tid = threading.get_ident()
         if tid in self._contexts:
             raise RuntimeError(f"tenant {self.name!r} is already entered by this thread")
@@ -936,7 +966,7 @@ class Scheduler(Atomizer):
             self._retire(t)  # the latency-critical thread leaves this to us, off its hot path
         if self.device.simulated or not self.policy.yield_host_to_latency_critical:
             return
-        while any(not t.idle() for t in self._lc):
+        while any(not t.idle() for t in self._lc if t._remote is None):
             self._retire(tenant)
             low = self._queue_low_point(tenant, self.policy.yield_queue_us)
             if low is None:

@@ -28,6 +28,7 @@ from typing import Any
 
 from lithos_sched.ml_colocation import (
     LITHOS_SCENARIOS,
+    PROCESS_SCENARIOS,
     MLColocationConfig,
     be_figures,
     lc_figures,
@@ -43,6 +44,9 @@ from lithos_sched.tenant import pair_specs, pair_tpcs
 
 PROCESSES_MODEL = "modeled: time-slicing between two contexts (analytic, from simulated service times)"
 MPS_MODEL = "modeled: MPS as spatial sharing without client priorities (two ordinary streams)"
+#: Why the scenarios of a process per tenant are not simulated
+PROCESS_SKIP = ("one process per tenant needs MPS on a GPU; the simulated device has no interpreter for two "
+                "threads to share, so it would repeat static_split and lithos")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -480,6 +484,7 @@ def run_sim(config: MLColocationConfig | None = None, console: Any = None, trace
                 "mps": lambda: {**scenario(pair, lambda d, x: _direct(x, full(d).normal,
                                                                       full(d).stream("normal", new=True))),
                                 "model": MPS_MODEL},
+                **{name: lambda: {"skipped": PROCESS_SKIP} for name in PROCESS_SCENARIOS},
             }
             for name in selected:
                 if name == "static_split":  # and the static sweep after it

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything lithos does on the lent GPU, in one call: install, GPU tests, benchmarks.
 # Usage (on the device machine, from the repo root): bash scripts/device_run.sh [what...]
-#   what: probe | tests | atoms | partitions | colocation | ml | rightsizing | kernels | diag | arms | mps_split
+#   what: probe | tests | atoms | partitions | colocation | ml | rightsizing | kernels | diag | arms | mps_split | mps_confine
 #   (default: all but kernels, diag and arms; about 7 minutes on an H100; ML_DURATION sets
 #   --ml-duration, default 6; diag: the host-time diagnostics of scripts/ (launch cost, inference host, best-effort host);
 #   DIAGS picks among them; arms: an interleaved A/B of scripts/diag_arms.py on the ML pairs
@@ -10,7 +10,9 @@
 #   STATIC_SHARES (0.25,0.375,0.5): each round runs, per pair, the inference alone, each
 #   share and each arm for about 8 s; about 3 minutes per pair with the defaults;
 #   mps_split: scripts/diag_mps_split.py, the static split in one process against one
-#   process per tenant under MPS, MPS_PAIRS (training,batch_inference), about 4 minutes)
+#   process per tenant under MPS, MPS_PAIRS (training,batch_inference), about 4 minutes;
+#   mps_confine: scripts/diag_mps_confine.py, whether two MPS clients' green contexts are
+#   different physical SMs, about 20 s)
 # Writes logs, JSON and plots to a staging folder, packed at the end into $OUT/results.tgz
 # (the device tool returns at most 8 files), with the GPU-test log beside it.
 set -uo pipefail
@@ -48,6 +50,9 @@ for w in "${what[@]}"; do
       PYTHONPATH=$PWD/scripts:$PWD python3 scripts/diag_arms.py "$STAGE/diag-arms.json" 6 "${ROUNDS:-3}" \
         "${ARMS:-default,all_planned}" "${PAIRS:-ml_training}" "${STATIC_SHARES:-0.25,0.375,0.5}" 2>&1 \
         | tee "$STAGE/diag-arms.log" | tail -40
+      [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+    mps_confine)
+      python3 scripts/diag_mps_confine.py "$STAGE/diag-mps-confine.json" 2>&1 | tee "$STAGE/diag-mps-confine.log" | tail -10
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     mps_split)
       PYTHONPATH=$PWD/scripts:$PWD python3 scripts/diag_mps_split.py "$STAGE/diag-mps-split.json" 6 "${ROUNDS:-3}" \

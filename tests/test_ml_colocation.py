@@ -113,6 +113,33 @@ def test_summarize_pair_normalizes_and_compares_with_each_baseline():
     assert mc.slo_of(MLColocationConfig(slo_ms=5.0), scen["lc_alone"]) == 5.0
 
 
+def test_lithos_across_processes_is_compared_with_each_baseline_and_the_static_splits(capsys):
+    from rich.console import Console
+
+    from lithos_atom.bench.report import print_ml
+
+    def hp(p99):
+        return {"arrived": 10, "completed": 10, "p50_ms": p99 / 2, "p99_ms": p99, "p999_ms": p99, "latencies_ms": [p99] * 10}
+
+    scen = {"lc_alone": {"hp": hp(1.0)}, "be_alone": {"be": {"iters_per_s": 10.0}},
+            "static_split": {"hp": hp(1.2), "be": {"iters_per_s": 5.0}},
+            "static_split@0.25": {"hp": hp(2.0), "be": {"iters_per_s": 7.0}},
+            "mps_static_split": {"hp": hp(1.05), "be": {"iters_per_s": 5.0}},
+            "lithos": {"hp": hp(1.6), "be": {"iters_per_s": 6.0}},
+            "lithos_mps": {"hp": hp(1.1), "be": {"iters_per_s": 6.5}}}
+    out = mc.summarize_pair(scen, slo_ms=3.0)
+    assert out["ratios_lithos_mps"]["lithos"]["p99_reduction"] == pytest.approx(1.6 / 1.1)
+    assert out["ratios_lithos_mps"]["mps_static_split"]["be_throughput_gain"] == pytest.approx(6.5 / 5.0)
+    assert "lithos_mps" not in out["ratios_lithos_mps"]
+    at = out["static_at_lithos_mps_p99"]
+    # no in-process split reaches 1.1 ms at p99: there is no best split, and no line below its first point
+    assert at["lithos_p99_ms"] == 1.1 and at["static"] is None and at["static_line_be_norm"] is None
+    assert out["static_at_lithos_p99"]["static"] == "static_split"  # lithos in one process: 1.6 ms
+    print_ml({"pairs": {"training": out}, "slo_ms": 3.0, "lc_tpcs": 33}, Console(width=300))
+    text = capsys.readouterr().out
+    assert "lithos_mps vs each baseline" in text and "no static split reached lithos_mps's inference p99" in text
+
+
 # ---- the time-slicing model -------------------------------------------------------------------
 
 
@@ -181,14 +208,18 @@ def test_sim_runs_every_scenario_of_both_pairs():
         sweep = ["static_split@0.25", "static_split@0.375"]
         i = mc.SCENARIOS.index("static_split") + 1
         assert list(scen) == [*mc.SCENARIOS[:i], *sweep, *mc.SCENARIOS[i:]]
-        for name in [*mc.SCENARIOS, *sweep]:
+        for name in mc.PROCESS_SCENARIOS:  # reported, with why they are not simulated
+            assert "MPS on a GPU" in scen[name]["skipped"]
+        for name in [*(n for n in mc.SCENARIOS if n not in mc.PROCESS_SCENARIOS), *sweep]:
             if name != "be_alone":
                 hp = scen[name]["hp"]
                 assert hp["completed"] > 0 and hp["p99_ms"] >= hp["p50_ms"] > 0
             if name != "lc_alone":
                 assert scen[name]["be"]["throughput_norm"] is not None
         assert "time-slicing" in scen["processes"]["model"] and "MPS" in scen["mps"]["model"]
-        assert set(out["pairs"][pair]["ratios"]) == set(mc.SCENARIOS) - {"lithos", "be_alone"} | set(sweep)
+        assert set(out["pairs"][pair]["ratios"]) == set(mc.SCENARIOS) - {"lithos", "be_alone", *mc.PROCESS_SCENARIOS} \
+            | set(sweep)
+        assert "ratios_lithos_mps" not in out["pairs"][pair]  # lithos_mps did not run
         at = out["pairs"][pair]["static_at_lithos_p99"]
         assert set(at["static_p99s_ms"]) == {"static_split", *sweep}
         occ = scen["lithos"]["be_occupancy"]  # from the scheduler's trace, over the measured span
@@ -226,7 +257,11 @@ def test_cli_ml_section_writes_json_and_plots(tmp_path):
     ml = data["sections"]["ml"]
     assert ml["simulated"] is True and ml["slo_ms"] == 4.0 and ml["config"]["lc_rate_hz"] == 150.0
     for pair in mc.PAIRS:
-        for name, sc in ml["pairs"][pair]["scenarios"].items():
+        scenarios = ml["pairs"][pair]["scenarios"]
+        assert {n for n, sc in scenarios.items() if "skipped" in sc} == set(mc.PROCESS_SCENARIOS)
+        for name, sc in scenarios.items():
+            if name in mc.PROCESS_SCENARIOS:
+                continue
             if name != "be_alone":
                 assert {"p50_ms", "p99_ms", "p999_ms", "completed", "slo_attainment"} <= set(sc["hp"])
             if name != "lc_alone":
@@ -369,6 +404,31 @@ def test_process_pair_gives_each_worker_its_tpcs_and_reports_where_it_ran(tmp_pa
     assert res["placement"] == {role: {"sms_seen": [2 * t for t in sorted(ts)], "partition_sms": [2 * t for t in sorted(ts)]}
                                 for role, ts in tpcs.items()}
     assert "sms_seen" not in res["lc"] and res["lc"]["latencies_ms"] == [1.0]  # records stay as they were
+
+
+_SIGNAL_WORKER = """
+import sys
+from lithos_sched.ml_colocation_worker import worker_main
+from lithos_sched.request_signal import RequestSignal
+def role(cfg, spec):
+    signal = RequestSignal.attach(spec["request_signal"])
+    if spec["role"] == "lc":
+        with signal.request():
+            open_now = signal.open_requests
+        return lambda t0: {"arrivals_s": [0.1], "latencies_ms": [1.0], "phases_ms": [[0, 0, 1]], "open": open_now}
+    return lambda t0: {"done_s": [t0], "scheduler": {"signal": spec["request_signal"]}}
+sys.exit(worker_main(sys.stdin, sys.stdout, {"lc": role, "be": role}))
+"""
+
+
+def test_process_pair_as_lithos_shares_one_request_signal_and_removes_it(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(_SIGNAL_WORKER)
+    res = run_process_pair(MLColocationConfig(duration_s=0.1, warmup_s=0.0), "training",
+                           command=[sys.executable, str(script)], ready_timeout_s=60, lithos=True)
+    assert res["lc"]["open"] == 1  # the LC worker marked a request in the signal
+    path = res["be_scheduler"]["scheduler"]["signal"]  # the BE worker was given the same one
+    assert "lithos-requests-" in path and not Path(path).exists()  # removed by the parent
 
 
 def test_process_pair_failure_names_the_worker_and_the_error(tmp_path):

@@ -105,33 +105,42 @@ def print_ml(out: dict[str, Any], console: Console) -> None:
         console.print(table)
         for note in notes:
             console.print(f"  {note}")
-        occ = res.get("scenarios", {}).get("lithos", {}).get("be_occupancy")
-        if occ:
-            console.print(f"  lithos: best-effort atoms ran {occ['busy_share']:.0%} of the last "
-                          f"{occ['window_ms'] / 1e3:.1f} s (stolen TPCs {occ['stolen_share']:.0%}, its own "
-                          f"{occ['home_share']:.0%}); none ran in {occ['idle_gaps']} gaps, median "
-                          f"{occ['idle_gap_median_us']:.0f} us, {occ['idle_ms']:.0f} ms in all")
-        ratios = res.get("ratios")
-        if ratios:
-            rt = Table(title=f"lithos vs each baseline: inference + {pair}{sim}")
-            for col in ("baseline", "p99 baseline/lithos", "p99.9 baseline/lithos", "BE thr lithos/baseline"):
-                rt.add_column(col, justify="right")
-            for name, r in ratios.items():
-                rt.add_row(name, _fmt(r.get("p99_reduction")), _fmt(r.get("p999_reduction")),
-                           _fmt(r.get("be_throughput_gain")))
-            console.print(rt)
-        at = res.get("static_at_lithos_p99")
-        if at:
-            if at["static"] is None:
-                console.print(f"  no static split reached lithos' inference p99 ({_fmt(at['lithos_p99_ms'])} ms)")
-            else:
-                console.print(f"  at lithos' inference p99 ({_fmt(at['lithos_p99_ms'])} ms) the best static split is "
-                              f"{at['static']} (p99 {_fmt(at['static_p99_ms'])} ms): lithos' best-effort throughput "
-                              f"is {_fmt(at['be_throughput_gain'])}x its")
-            if at.get("static_line_be_norm") is not None:
-                console.print(f"  on the static splits' line at that p99 (interpolated between measured splits) "
-                              f"best-effort throughput is {_fmt(at['static_line_be_norm'])} of alone: lithos' is "
-                              f"{_fmt(at['be_throughput_gain_on_line'])}x that")
+        for lithos_name, ratios_key, at_key in (("lithos", "ratios", "static_at_lithos_p99"),
+                                                ("lithos_mps", "ratios_lithos_mps", "static_at_lithos_mps_p99")):
+            _print_lithos_summary(res, lithos_name, ratios_key, at_key, f"inference + {pair}{sim}", console)
+
+
+def _print_lithos_summary(res: dict[str, Any], name: str, ratios_key: str, at_key: str, title: str,
+                          console: Console) -> None:
+    """One lithos scenario of a pair: its best-effort occupancy, its ratios to each
+    baseline and the static splits at its inference p99 (each where present)."""
+    occ = res.get("scenarios", {}).get(name, {}).get("be_occupancy")
+    if occ:
+        console.print(f"  {name}: best-effort atoms ran {occ['busy_share']:.0%} of the last "
+                      f"{occ['window_ms'] / 1e3:.1f} s (stolen TPCs {occ['stolen_share']:.0%}, its own "
+                      f"{occ['home_share']:.0%}); none ran in {occ['idle_gaps']} gaps, median "
+                      f"{occ['idle_gap_median_us']:.0f} us, {occ['idle_ms']:.0f} ms in all")
+    ratios = res.get(ratios_key)
+    if ratios:
+        rt = Table(title=f"{name} vs each baseline: {title}")
+        for col in ("baseline", f"p99 baseline/{name}", f"p99.9 baseline/{name}", f"BE thr {name}/baseline"):
+            rt.add_column(col, justify="right")
+        for baseline, r in ratios.items():
+            rt.add_row(baseline, _fmt(r.get("p99_reduction")), _fmt(r.get("p999_reduction")),
+                       _fmt(r.get("be_throughput_gain")))
+        console.print(rt)
+    at = res.get(at_key)
+    if at:
+        if at["static"] is None:
+            console.print(f"  no static split reached {name}'s inference p99 ({_fmt(at['lithos_p99_ms'])} ms)")
+        else:
+            console.print(f"  at {name}'s inference p99 ({_fmt(at['lithos_p99_ms'])} ms) the best static split is "
+                          f"{at['static']} (p99 {_fmt(at['static_p99_ms'])} ms): {name}'s best-effort throughput "
+                          f"is {_fmt(at['be_throughput_gain'])}x its")
+        if at.get("static_line_be_norm") is not None:
+            console.print(f"  on the static splits' line at that p99 (interpolated between measured splits) "
+                          f"best-effort throughput is {_fmt(at['static_line_be_norm'])} of alone: {name}'s is "
+                          f"{_fmt(at['be_throughput_gain_on_line'])}x that")
 
 
 def timeline_plot(trace_path: Path, out: Path, window_ms: float = 60.0) -> Path:

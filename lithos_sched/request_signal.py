@@ -1,0 +1,115 @@
+"""A latency-critical tenant's requests, published to schedulers in other processes.
+
+When tenants are processes (each with its own interpreter, under MPS), the scheduler of a
+best-effort process cannot see the latency-critical process's streams. What it needs to
+steal safely is whether a request is open, or closed within the idle grace: the
+latency-critical process marks each request (`RequestSignal.request`), and the
+best-effort process's `Tenant.follow_requests` reads the mark before each atom.
+
+The mark is two int64 words in a small shared file mapped by every process: the number of
+open requests and the `time.monotonic_ns` of the last close (CLOCK_MONOTONIC, one clock
+for every process on Linux). One process writes it; aligned 8-byte stores and loads are
+single instructions, so a reader sees each word whole. Writing the close time before the
+count means a reader that sees no request open also sees when the last one closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+_WORDS = 2  # open requests, last close (ns)
+_SIZE = _WORDS * 8
+
+
+class RequestSignal:
+    """Open requests of one latency-critical tenant, in a file shared between processes.
+
+    Made by `create` (the process that owns the file) or `attach`; ``close()`` unmaps it
+    and, for the creator, removes the file.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The shared file: what `attach` needs in another process.
+    """
+
+    def __init__(self, path: Path, *, owner: bool) -> None:
+        self.path = path
+        self._owner = owner
+        with open(path, "r+b") as f:
+            if os.fstat(f.fileno()).st_size != _SIZE:
+                raise ValueError(f"{path} is not a request signal ({_SIZE} bytes expected)")
+            self._map = mmap.mmap(f.fileno(), _SIZE)
+        self._words = np.frombuffer(self._map, dtype=np.int64, count=_WORDS)
+
+    @classmethod
+    def create(cls, directory: str | Path | None = None) -> RequestSignal:
+        """A new signal with no request open, in a file of ``directory`` (/dev/shm, where
+        it exists: memory only, else the temporary directory)."""
+        if directory is None and Path("/dev/shm").is_dir():
+            directory = "/dev/shm"
+        fd, name = tempfile.mkstemp(prefix="lithos-requests-", dir=directory)
+        with os.fdopen(fd, "wb") as f:
+            f.write(bytes(_SIZE))
+        return cls(Path(name), owner=True)
+
+    @classmethod
+    def attach(cls, path: str | Path) -> RequestSignal:
+        """The signal in ``path``, made by `create` in this or another process.
+
+        Raises
+        ------
+        FileNotFoundError
+            If there is no such file.
+        ValueError
+            If the file is not a request signal.
+        """
+        return cls(Path(path), owner=False)
+
+    @property
+    def open_requests(self) -> int:
+        """Requests open now."""
+        return int(self._words[0])
+
+    @contextlib.contextmanager
+    def request(self) -> Iterator[None]:
+        """Mark one request, from its first launch to its result (one writing thread)."""
+        self._words[0] += 1
+        try:
+            yield
+        finally:
+            self._words[1] = time.monotonic_ns()
+            self._words[0] -= 1
+
+    def busy(self, grace_us: float) -> bool:
+        """Whether a request is open or the last one closed less than ``grace_us`` ago."""
+        if self._words[0] > 0:
+            return True
+        last = int(self._words[1])  # 0: no request closed yet
+        return last > 0 and (time.monotonic_ns() - last) < grace_us * 1e3
+
+    def close(self) -> None:
+        """Unmap the file; the creator also removes it."""
+        if self._map.closed:
+            return
+        del self._words  # the buffer must be released before the map closes
+        self._map.close()
+        if self._owner:
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> RequestSignal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<RequestSignal {str(self.path)!r}>"

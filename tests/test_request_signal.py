@@ -1,0 +1,98 @@
+"""CPU tier: a latency-critical tenant's requests published across processes
+(`RequestSignal`), and a best-effort scheduler that steals its TPCs only while it has none
+open (`Tenant.follow_requests`)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from lithos_sched import Policy, Priority, Scheduler, SimDevice, SimKernel, TenantSpec
+from lithos_sched.request_signal import RequestSignal
+from lithos_sched.sim_colocation import sim_plan
+from lithos_sched.timeline import SimTimeline
+
+SPECS = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5), TenantSpec("be", Priority.BEST_EFFORT, share=0.5)]
+
+
+def test_another_process_sees_the_requests_open_and_the_last_close(tmp_path):
+    with RequestSignal.create(tmp_path) as signal:
+        reader = textwrap.dedent(f"""
+            from lithos_sched.request_signal import RequestSignal
+            s = RequestSignal.attach({str(signal.path)!r})
+            print(s.open_requests, s.busy(0.0), s.busy(3.6e9 * 1e6))
+            s.close()
+        """)
+
+        def read() -> str:
+            return subprocess.run([sys.executable, "-c", reader], capture_output=True, text=True, check=True).stdout.split()
+
+        assert read() == ["0", "False", "False"]  # never opened: not busy, whatever the grace
+        with signal.request():
+            with signal.request():
+                assert read() == ["2", "True", "True"]
+        assert read() == ["0", "False", "True"]  # closed: busy only within the grace
+        assert signal.path.exists()
+    assert not signal.path.exists()  # the creator removes the file
+
+
+def test_attach_refuses_what_is_not_a_signal(tmp_path):
+    other = tmp_path / "other"
+    other.write_bytes(b"x" * 3)
+    with pytest.raises(ValueError, match="not a request signal"):
+        RequestSignal.attach(other)
+    with pytest.raises(FileNotFoundError):
+        RequestSignal.attach(tmp_path / "missing")
+
+
+def scheduler(grace_us: float) -> Scheduler:
+    device = SimDevice(num_tpcs=8, seed=0)
+    sched = Scheduler(device, SPECS, Policy(lc_idle_grace_us=grace_us))
+    sched.timeline = SimTimeline(device)
+    return sched
+
+
+def stolen_atoms(sched: Scheduler) -> int:
+    be = sched.tenant("be")
+    before = be.stats.stolen_atoms
+    sched.submit_for(be, sim_plan(sched.device, SimKernel("k", grid_blocks=64, block_us=20.0, blocks_per_sm=1)))
+    be.synchronize()
+    return be.stats.stolen_atoms - before
+
+
+def test_a_best_effort_tenant_steals_a_remote_tenants_tpcs_only_between_its_requests(tmp_path):
+    sched = scheduler(grace_us=0.0)
+    with RequestSignal.create(tmp_path) as signal:
+        sched.tenant("lc").follow_requests(signal)
+        assert stolen_atoms(sched) > 0  # no request: its TPCs are idle
+        with signal.request():
+            assert stolen_atoms(sched) == 0
+        assert stolen_atoms(sched) > 0
+    sched.close()
+
+
+def test_the_idle_grace_runs_from_the_remote_requests_close(tmp_path):
+    sched = scheduler(grace_us=3.6e9)  # an hour: still within it when the launch comes
+    with RequestSignal.create(tmp_path) as signal:
+        sched.tenant("lc").follow_requests(signal)
+        with signal.request():
+            pass
+        assert stolen_atoms(sched) == 0
+    sched.close()
+
+
+def test_a_remote_tenant_cannot_be_entered_and_only_latency_critical_ones_follow(tmp_path):
+    sched = scheduler(grace_us=0.0)
+    with RequestSignal.create(tmp_path) as signal:
+        with pytest.raises(TypeError, match="latency-critical"):
+            sched.tenant("be").follow_requests(signal)
+        with sched.tenant("lc"):
+            with pytest.raises(RuntimeError, match="entered"):
+                sched.tenant("lc").follow_requests(signal)
+        sched.tenant("lc").follow_requests(signal)
+        with pytest.raises(RuntimeError, match="another process"):
+            sched.tenant("lc").__enter__()
+    sched.close()
