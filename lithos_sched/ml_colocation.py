@@ -14,7 +14,8 @@ each pair, side by side in one run:
 - ``static_split``: each tenant on its own TPC partition, no stealing (MIG-like); also at
   the inference shares of `MLColocationConfig.static_sweep` (``static_split@0.25``, ...)
 - ``mps_static_split``: the static split with each tenant in its own process under MPS,
-  each on a green-context partition of its TPCs (no interpreter shared between them)
+  each on a green-context partition of its TPCs (no interpreter shared between them); also
+  at the shares of the sweep (``mps_static_split@0.25``, ...)
 - ``lithos``: the scheduler (atoms, partitions, stealing, prediction)
 - ``lithos_mps``: lithos across processes under MPS: the inference process runs on a
   partition of its TPCs and marks its requests in a `RequestSignal`; the best-effort
@@ -34,8 +35,10 @@ normalized to alone, and the sum of normalized throughputs. A static split trade
 inference tail against best-effort throughput through its share; so that the two are
 compared at one tail, each pair also names the static split of the most best-effort
 throughput whose inference p99 is no worse than lithos' (``static_at_lithos_p99``), and
-likewise for lithos across processes (``static_at_lithos_mps_p99``, with its ratios to
-each baseline in ``ratios_lithos_mps``).
+likewise for lithos across processes against the in-process splits
+(``static_at_lithos_mps_p99``) and against the splits with a process per tenant
+(``process_static_at_lithos_mps_p99``), with its ratios to each baseline in
+``ratios_lithos_mps``.
 Without a GPU the same scenarios run on the simulated device (`lithos_sched.sim_ml_colocation`).
 """
 
@@ -203,6 +206,14 @@ class MLColocationConfig:
             return {}
         return {"static_split": self.lc_share, **{static_name(s): s for s in self.static_sweep}}
 
+    def process_static_shares(self) -> dict[str, float]:
+        """The static splits with a process per tenant to run, by name, with their LC
+        shares: ``mps_static_split`` at `lc_share` and the same sweep (none unless
+        ``mps_static_split`` is selected)."""
+        if "mps_static_split" not in self.scenarios:
+            return {}
+        return {"mps_static_split": self.lc_share, **{"mps_" + static_name(s): s for s in self.static_sweep}}
+
     def pair_scenarios(self) -> list[str]:
         """The selected scenarios run for each pair (the alone runs are made apart)."""
         return [s for s in self.scenarios if s not in ("lc_alone", "be_alone")]
@@ -210,8 +221,10 @@ class MLColocationConfig:
     def run_count(self) -> int:
         """The runs a benchmark of this config makes (its progress bar's length): the
         inference alone once, then per pair the best-effort job alone and every selected
-        scenario, the static split once per share of `static_shares`."""
-        return 1 + len(self.pairs) * (1 + len(self.pair_scenarios()) + max(0, len(self.static_shares()) - 1))
+        scenario, the static splits once per share of `static_shares` and of
+        `process_static_shares`."""
+        sweeps = max(0, len(self.static_shares()) - 1) + max(0, len(self.process_static_shares()) - 1)
+        return 1 + len(self.pairs) * (1 + len(self.pair_scenarios()) + sweeps)
 
     def workload_sizes(self) -> dict[str, Any]:
         """The `DecoderConfig`, `MLPConfig` and batch-inference batch of `size`."""
@@ -348,6 +361,8 @@ def summarize_pair(scenarios: dict[str, Any], slo_ms: float | None) -> dict[str,
     if scenarios.get("lithos_mps", {}).get("hp"):
         out["ratios_lithos_mps"] = ratios_to(scenarios, "lithos_mps")
         out["static_at_lithos_mps_p99"] = static_at_p99(scenarios, "lithos_mps")
+        # its like: the static splits with a process per tenant, which share no interpreter either
+        out["process_static_at_lithos_mps_p99"] = static_at_p99(scenarios, "lithos_mps", "mps_static_split")
     return out
 
 
@@ -371,10 +386,13 @@ def ratios_to(scenarios: dict[str, Any], lithos_name: str) -> dict[str, dict[str
     return ratios
 
 
-def static_at_p99(scenarios: dict[str, Any], lithos_name: str = "lithos") -> dict[str, Any] | None:
+def static_at_p99(scenarios: dict[str, Any], lithos_name: str = "lithos",
+                  statics_prefix: str = "static_split") -> dict[str, Any] | None:
     """lithos (scenario ``lithos_name``) against the static split of the most BE
     throughput among those whose LC p99 is at most lithos' (the static splits trade one
-    for the other by their share; the in-process ones, ``static_split*``, are the sweep).
+    for the other by their share; those compared are the scenarios named
+    ``statics_prefix`` and ``statics_prefix@share``: in one process, or with
+    ``"mps_static_split"`` a process per tenant).
 
     A share between two measured ones would reach a tail between theirs, so lithos is also
     compared with the static splits' line at exactly its p99: the splits that no other
@@ -394,7 +412,8 @@ def static_at_p99(scenarios: dict[str, Any], lithos_name: str = "lithos") -> dic
     lithos = scenarios.get(lithos_name, {})
     bound = lithos.get("hp", {}).get("p99_ms")
     statics = {n: s for n, s in scenarios.items()
-               if n.startswith("static_split") and s.get("hp", {}).get("p99_ms") and s.get("be")}
+               if (n == statics_prefix or n.startswith(statics_prefix + "@"))
+               and s.get("hp", {}).get("p99_ms") and s.get("be")}
     if not bound or "be" not in lithos or not statics:
         return None
     p99s = {n: s["hp"]["p99_ms"] for n, s in statics.items()}
@@ -441,13 +460,15 @@ def slo_of(cfg: MLColocationConfig, lc_alone: dict[str, Any]) -> float | None:
 
 
 def order(scenarios: dict[str, Any]) -> dict[str, Any]:
-    """Scenarios in report order (`SCENARIOS`, the static sweep after ``static_split``)."""
+    """Scenarios in report order (`SCENARIOS`, each static sweep after its split at the
+    default share: ``static_split@...`` after ``static_split``, ``mps_static_split@...``
+    after ``mps_static_split``)."""
     out: dict[str, Any] = {}
     for n in SCENARIOS:
         if n in scenarios:
             out[n] = scenarios[n]
-        if n == "static_split":
-            out.update(sorted((k, v) for k, v in scenarios.items() if k.startswith("static_split@")))
+        if n in ("static_split", "mps_static_split"):
+            out.update(sorted((k, v) for k, v in scenarios.items() if k.startswith(n + "@")))
     return out
 
 

@@ -165,8 +165,10 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None)
                     r[name] = measure(f"{pair}: {name}", lambda: _run_processes(cfg, pair))
                 elif name == "mps":
                     r[name] = measure(f"{pair}: {name}", lambda: _run_mps(cfg, pair))
-                elif name == "mps_static_split":
-                    r[name] = measure(f"{pair}: {name}", lambda: _run_mps(cfg, pair, tpcs=pair_split))
+                elif name == "mps_static_split":  # and its sweep
+                    for run_name, share in cfg.process_static_shares().items():
+                        split = dict(zip(("lc", "be"), (sorted(t) for t in pair_tpcs(share, device.num_tpcs))))
+                        r[run_name] = measure(f"{pair}: {run_name}", lambda: _run_mps(cfg, pair, tpcs=split))
                 elif name == "lithos_mps":
                     r[name] = measure(f"{pair}: {name}", lambda: _run_mps(cfg, pair, tpcs={"lc": pair_split["lc"]},
                                                                          lithos=True))

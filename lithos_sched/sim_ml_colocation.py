@@ -28,7 +28,6 @@ from typing import Any
 
 from lithos_sched.ml_colocation import (
     LITHOS_SCENARIOS,
-    PROCESS_SCENARIOS,
     MLColocationConfig,
     be_figures,
     lc_figures,
@@ -484,13 +483,16 @@ def run_sim(config: MLColocationConfig | None = None, console: Any = None, trace
                 "mps": lambda: {**scenario(pair, lambda d, x: _direct(x, full(d).normal,
                                                                       full(d).stream("normal", new=True))),
                                 "model": MPS_MODEL},
-                **{name: lambda: {"skipped": PROCESS_SKIP} for name in PROCESS_SCENARIOS},
+                "lithos_mps": lambda: {"skipped": PROCESS_SKIP},
             }
             for name in selected:
                 if name == "static_split":  # and the static sweep after it
                     for run_name, share in shares.items():
                         r[run_name] = measure(f"{pair}: {run_name}", lambda: scenario(
                             pair, lambda d, x: _direct(x, *split(d, share))))
+                elif name == "mps_static_split":  # and its sweep, each reported skipped
+                    for run_name in cfg.process_static_shares():
+                        r[run_name] = measure(f"{pair}: {run_name}", lambda: {"skipped": PROCESS_SKIP})
                 elif name in LITHOS_SCENARIOS:
                     trace = Path(trace_dir) / f"trace_ml_{pair}_lithos.json" if trace_dir and name == "lithos" else None
                     r[name] = measure(f"{pair}: {name}",

@@ -125,6 +125,7 @@ def test_lithos_across_processes_is_compared_with_each_baseline_and_the_static_s
             "static_split": {"hp": hp(1.2), "be": {"iters_per_s": 5.0}},
             "static_split@0.25": {"hp": hp(2.0), "be": {"iters_per_s": 7.0}},
             "mps_static_split": {"hp": hp(1.05), "be": {"iters_per_s": 5.0}},
+            "mps_static_split@0.25": {"hp": hp(1.08), "be": {"iters_per_s": 6.0}},
             "lithos": {"hp": hp(1.6), "be": {"iters_per_s": 6.0}},
             "lithos_mps": {"hp": hp(1.1), "be": {"iters_per_s": 6.5}}}
     out = mc.summarize_pair(scen, slo_ms=3.0)
@@ -135,9 +136,12 @@ def test_lithos_across_processes_is_compared_with_each_baseline_and_the_static_s
     # no in-process split reaches 1.1 ms at p99: there is no best split, and no line below its first point
     assert at["lithos_p99_ms"] == 1.1 and at["static"] is None and at["static_line_be_norm"] is None
     assert out["static_at_lithos_p99"]["static"] == "static_split"  # lithos in one process: 1.6 ms
+    assert set(out["static_at_lithos_p99"]["static_p99s_ms"]) == {"static_split", "static_split@0.25"}
+    per_process = out["process_static_at_lithos_mps_p99"]  # its like: a process per tenant
+    assert per_process["static"] == "mps_static_split@0.25" and per_process["be_throughput_gain"] == pytest.approx(6.5 / 6)
     print_ml({"pairs": {"training": out}, "slo_ms": 3.0, "lc_tpcs": 33}, Console(width=300))
     text = capsys.readouterr().out
-    assert "lithos_mps vs each baseline" in text and "no static split reached lithos_mps's inference p99" in text
+    assert "lithos_mps vs each baseline" in text and "no static split in one process reached lithos_mps's inference p99" in text
 
 
 # ---- the time-slicing model -------------------------------------------------------------------
@@ -206,9 +210,10 @@ def test_sim_runs_every_scenario_of_both_pairs():
     for pair in mc.PAIRS:
         scen = out["pairs"][pair]["scenarios"]
         sweep = ["static_split@0.25", "static_split@0.375"]
-        i = mc.SCENARIOS.index("static_split") + 1
-        assert list(scen) == [*mc.SCENARIOS[:i], *sweep, *mc.SCENARIOS[i:]]
-        for name in mc.PROCESS_SCENARIOS:  # reported, with why they are not simulated
+        process_sweep = ["mps_" + n for n in sweep]
+        i, j = mc.SCENARIOS.index("static_split") + 1, mc.SCENARIOS.index("mps_static_split") + 1
+        assert list(scen) == [*mc.SCENARIOS[:i], *sweep, *mc.SCENARIOS[i:j], *process_sweep, *mc.SCENARIOS[j:]]
+        for name in [*mc.PROCESS_SCENARIOS, *process_sweep]:  # reported, with why they are not simulated
             assert "MPS on a GPU" in scen[name]["skipped"]
         for name in [*(n for n in mc.SCENARIOS if n not in mc.PROCESS_SCENARIOS), *sweep]:
             if name != "be_alone":
@@ -258,9 +263,10 @@ def test_cli_ml_section_writes_json_and_plots(tmp_path):
     assert ml["simulated"] is True and ml["slo_ms"] == 4.0 and ml["config"]["lc_rate_hz"] == 150.0
     for pair in mc.PAIRS:
         scenarios = ml["pairs"][pair]["scenarios"]
-        assert {n for n, sc in scenarios.items() if "skipped" in sc} == set(mc.PROCESS_SCENARIOS)
+        skipped = {n for n, sc in scenarios.items() if "skipped" in sc}
+        assert skipped == {*mc.PROCESS_SCENARIOS, "mps_static_split@0.25", "mps_static_split@0.375"}
         for name, sc in scenarios.items():
-            if name in mc.PROCESS_SCENARIOS:
+            if name in skipped:
                 continue
             if name != "be_alone":
                 assert {"p50_ms", "p99_ms", "p999_ms", "completed", "slo_attainment"} <= set(sc["hp"])
@@ -458,3 +464,8 @@ def test_run_count_counts_each_pairs_runs_and_every_static_share():
     assert cfg.run_count() == 1 + (1 + 2 + 2)  # inference alone; BE alone, lithos and three static shares
     no_split = MLColocationConfig(pairs=("training", "batch_inference"), scenarios=("lithos",))
     assert no_split.run_count() == 1 + 2 * (1 + 1)
+    both = MLColocationConfig(pairs=("training",), scenarios=("static_split", "mps_static_split"),
+                              static_sweep=(0.25,))
+    assert both.process_static_shares() == {"mps_static_split": 0.5, "mps_static_split@0.25": 0.25}
+    assert both.run_count() == 1 + (1 + 2 + 1 + 1)  # each split at two shares
+    assert cfg.process_static_shares() == {}

@@ -105,15 +105,19 @@ def print_ml(out: dict[str, Any], console: Console) -> None:
         console.print(table)
         for note in notes:
             console.print(f"  {note}")
-        for lithos_name, ratios_key, at_key in (("lithos", "ratios", "static_at_lithos_p99"),
-                                                ("lithos_mps", "ratios_lithos_mps", "static_at_lithos_mps_p99")):
-            _print_lithos_summary(res, lithos_name, ratios_key, at_key, f"inference + {pair}{sim}", console)
+        _print_lithos_summary(res, "lithos", "ratios", (("static_at_lithos_p99", "static split"),),
+                              f"inference + {pair}{sim}", console)
+        _print_lithos_summary(res, "lithos_mps", "ratios_lithos_mps",
+                              (("static_at_lithos_mps_p99", "static split in one process"),
+                               ("process_static_at_lithos_mps_p99", "static split with a process per tenant")),
+                              f"inference + {pair}{sim}", console)
 
 
-def _print_lithos_summary(res: dict[str, Any], name: str, ratios_key: str, at_key: str, title: str,
-                          console: Console) -> None:
+def _print_lithos_summary(res: dict[str, Any], name: str, ratios_key: str, ats: tuple[tuple[str, str], ...],
+                          title: str, console: Console) -> None:
     """One lithos scenario of a pair: its best-effort occupancy, its ratios to each
-    baseline and the static splits at its inference p99 (each where present)."""
+    baseline and, per (key, label) of ``ats``, the static splits at its inference p99
+    (each where present)."""
     occ = res.get("scenarios", {}).get(name, {}).get("be_occupancy")
     if occ:
         console.print(f"  {name}: best-effort atoms ran {occ['busy_share']:.0%} of the last "
@@ -129,16 +133,18 @@ def _print_lithos_summary(res: dict[str, Any], name: str, ratios_key: str, at_ke
             rt.add_row(baseline, _fmt(r.get("p99_reduction")), _fmt(r.get("p999_reduction")),
                        _fmt(r.get("be_throughput_gain")))
         console.print(rt)
-    at = res.get(at_key)
-    if at:
+    for at_key, label in ats:
+        at = res.get(at_key)
+        if not at:
+            continue
         if at["static"] is None:
-            console.print(f"  no static split reached {name}'s inference p99 ({_fmt(at['lithos_p99_ms'])} ms)")
+            console.print(f"  no {label} reached {name}'s inference p99 ({_fmt(at['lithos_p99_ms'])} ms)")
         else:
-            console.print(f"  at {name}'s inference p99 ({_fmt(at['lithos_p99_ms'])} ms) the best static split is "
+            console.print(f"  at {name}'s inference p99 ({_fmt(at['lithos_p99_ms'])} ms) the best {label} is "
                           f"{at['static']} (p99 {_fmt(at['static_p99_ms'])} ms): {name}'s best-effort throughput "
                           f"is {_fmt(at['be_throughput_gain'])}x its")
         if at.get("static_line_be_norm") is not None:
-            console.print(f"  on the static splits' line at that p99 (interpolated between measured splits) "
+            console.print(f"  on the line of each {label} at that p99 (interpolated between measured splits) "
                           f"best-effort throughput is {_fmt(at['static_line_be_norm'])} of alone: {name}'s is "
                           f"{_fmt(at['be_throughput_gain_on_line'])}x that")
 
@@ -284,12 +290,16 @@ def _ml_plots(ml: dict[str, Any], folder: Path, tag: str) -> list[Path]:
         # share; lithos is worth it where it lies above and left of that line.
         points = {n: (sc["hp"]["p99_ms"], sc["be"]["throughput_norm"]) for n, sc in res["scenarios"].items()
                   if sc.get("hp", {}).get("p99_ms") and sc.get("be", {}).get("throughput_norm") is not None}
-        # by throughput, which orders them by share
-        static = sorted((v for n, v in points.items() if n.startswith("static_split")), key=lambda v: v[1])
-        if static:
-            ax.plot(*zip(*static), color="gray", linestyle="--", marker="s", label="static splits")
+        # by throughput, which orders them by share; in one process, and a process per tenant
+        lines = (("static_split", "gray", "static splits (one process)"),
+                 ("mps_static_split", "tab:olive", "static splits (a process per tenant)"))
+        for prefix, color, label in lines:
+            static = sorted((v for n, v in points.items() if n == prefix or n.startswith(prefix + "@")),
+                            key=lambda v: v[1])
+            if static:
+                ax.plot(*zip(*static), color=color, linestyle="--", marker="s", label=label)
         for name, (p99, thr) in points.items():
-            if not name.startswith("static_split"):
+            if "static_split" not in name:
                 ax.scatter(p99, thr, s=40 if name.startswith("lithos") else 20)
             ax.annotate(name, (p99, thr), fontsize=6, xytext=(3, 3), textcoords="offset points")
         alone = res["scenarios"].get("lc_alone", {}).get("hp", {}).get("p99_ms")
