@@ -105,19 +105,19 @@ def print_ml(out: dict[str, Any], console: Console) -> None:
         console.print(table)
         for note in notes:
             console.print(f"  {note}")
-        _print_lithos_summary(res, "lithos", "ratios", (("static_at_lithos_p99", "static split"),),
+        _print_lithos_summary(res, "lithos", "ratios", (("static_at_lithos_p99", ""),),
                               f"inference + {pair}{sim}", console)
         _print_lithos_summary(res, "lithos_mps", "ratios_lithos_mps",
-                              (("static_at_lithos_mps_p99", "static split in one process"),
-                               ("process_static_at_lithos_mps_p99", "static split with a process per tenant")),
+                              (("static_at_lithos_mps_p99", " in one process"),
+                               ("process_static_at_lithos_mps_p99", " with a process per tenant")),
                               f"inference + {pair}{sim}", console)
 
 
 def _print_lithos_summary(res: dict[str, Any], name: str, ratios_key: str, ats: tuple[tuple[str, str], ...],
                           title: str, console: Console) -> None:
     """One lithos scenario of a pair: its best-effort occupancy, its ratios to each
-    baseline and, per (key, label) of ``ats``, the static splits at its inference p99
-    (each where present)."""
+    baseline and, per (key, where) of ``ats``, the static splits (run ``where``) at its
+    inference p99 (each where present)."""
     occ = res.get("scenarios", {}).get(name, {}).get("be_occupancy")
     if occ:
         console.print(f"  {name}: best-effort atoms ran {occ['busy_share']:.0%} of the last "
@@ -133,20 +133,20 @@ def _print_lithos_summary(res: dict[str, Any], name: str, ratios_key: str, ats: 
             rt.add_row(baseline, _fmt(r.get("p99_reduction")), _fmt(r.get("p999_reduction")),
                        _fmt(r.get("be_throughput_gain")))
         console.print(rt)
-    for at_key, label in ats:
+    for at_key, where in ats:
         at = res.get(at_key)
         if not at:
             continue
         if at["static"] is None:
-            console.print(f"  no {label} reached {name}'s inference p99 ({_fmt(at['lithos_p99_ms'])} ms)")
+            console.print(f"  no static split{where} reached {name}'s inference p99 ({_fmt(at['lithos_p99_ms'])} ms)")
         else:
-            console.print(f"  at {name}'s inference p99 ({_fmt(at['lithos_p99_ms'])} ms) the best {label} is "
-                          f"{at['static']} (p99 {_fmt(at['static_p99_ms'])} ms): {name}'s best-effort throughput "
+            console.print(f"  at {name}'s inference p99 ({_fmt(at['lithos_p99_ms'])} ms) the best static split{where} "
+                          f"is {at['static']} (p99 {_fmt(at['static_p99_ms'])} ms): {name}'s best-effort throughput "
                           f"is {_fmt(at['be_throughput_gain'])}x its")
         if at.get("static_line_be_norm") is not None:
-            console.print(f"  on the line of each {label} at that p99 (interpolated between measured splits) "
-                          f"best-effort throughput is {_fmt(at['static_line_be_norm'])} of alone: {name}'s is "
-                          f"{_fmt(at['be_throughput_gain_on_line'])}x that")
+            console.print(f"  on the line of the static splits{where} at that p99 (interpolated between measured "
+                          f"splits) best-effort throughput is {_fmt(at['static_line_be_norm'])} of alone: {name}'s "
+                          f"is {_fmt(at['be_throughput_gain_on_line'])}x that")
 
 
 def timeline_plot(trace_path: Path, out: Path, window_ms: float = 60.0) -> Path:
