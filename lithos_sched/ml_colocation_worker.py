@@ -10,8 +10,9 @@ Run as ``python -m lithos_sched.ml_colocation_worker``; it speaks JSON lines:
    ``probe_error``, where that probe fails); with ``"request_signal": path`` the pair is
    lithos across processes: ``lc`` marks each request in that `RequestSignal`, ``be`` runs
    its job as the best-effort tenant of a lithos `Scheduler` whose latency-critical tenant
-   follows the signal (`Tenant.follow_requests`) and adds ``scheduler`` (its stats) and
-   ``be_occupancy`` to its result
+   follows the signal (`Tenant.follow_requests`; ``"policy": {...}`` changes its `Policy`
+   from the default, the ``lithos`` scenario's) and adds ``scheduler`` (its stats) and ``be_occupancy``
+   to its result
 2. worker -> parent (stdout): ``LITHOS-WORKER {"ready": true}`` once its workload is built and
    warmed up (kernels compiled, memory allocated)
 3. parent -> worker: ``{"go": t0}``, a `ml_colocation.clock` time shared by both workers
@@ -148,9 +149,9 @@ def _be_lithos_role(cfg: MLColocationConfig, spec: dict[str, Any]) -> Callable[[
     import kernels
     from lithos_atom.atomizer import using_atomizer
     from lithos_sched import ml_tenants, open_device
-    from lithos_sched.ml_colocation import scheduler_for
     from lithos_sched.occupancy import tenant_occupancy
     from lithos_sched.request_signal import RequestSignal
+    from lithos_sched.scheduler import Policy, Scheduler
     from lithos_sched.tenant import pair_specs
 
     plain = cupy.cuda.Stream(non_blocking=True)
@@ -159,7 +160,9 @@ def _be_lithos_role(cfg: MLColocationConfig, spec: dict[str, Any]) -> Callable[[
     stack = contextlib.ExitStack()
     kernels.reset_cache()
     stack.enter_context(using_atomizer(None))  # kernel objects rebuilt from here on intercept launches
-    sched = scheduler_for("lithos", open_device(simulate=False), pair_specs(cfg.lc_share))
+    # the lithos scenario's policy (the default), with the spec's changes; a bad field is
+    # named by Policy's error, which the parent reports
+    sched = Scheduler(open_device(simulate=False), pair_specs(cfg.lc_share), Policy(**(spec.get("policy") or {})))
     stack.callback(sched.close)
     signal = RequestSignal.attach(spec["request_signal"])
     stack.callback(signal.close)
@@ -269,7 +272,8 @@ class _Worker:
 
 def run_process_pair(cfg: MLColocationConfig, be_kind: str, *, env: dict[str, str] | None = None,
                      command: Sequence[str] = WORKER_COMMAND, ready_timeout_s: float = 180.0,
-                     tpcs: dict[str, Sequence[int]] | None = None, lithos: bool = False) -> dict[str, Any]:
+                     tpcs: dict[str, Sequence[int]] | None = None, lithos: bool = False,
+                     policy: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the LC and the BE tenant as two worker processes with a synchronized start.
 
     Parameters
@@ -290,6 +294,8 @@ def run_process_pair(cfg: MLColocationConfig, be_kind: str, *, env: dict[str, st
     lithos : bool
         Run the pair as lithos across processes: the LC worker marks its requests in a
         `RequestSignal` made here, which the BE worker's scheduler follows.
+    policy : dict, optional
+        With ``lithos``: `Policy` fields the BE worker's scheduler changes.
 
     Returns
     -------
@@ -320,6 +326,8 @@ def run_process_pair(cfg: MLColocationConfig, be_kind: str, *, env: dict[str, st
                 spec["tpcs"] = sorted(int(t) for t in tpcs[role])
             if signal is not None:
                 spec["request_signal"] = str(signal.path)
+                if role == "be" and policy:
+                    spec["policy"] = dict(policy)
             w.tell(spec)
         for w in workers:  # both build and warm up at the same time
             w.expect("ready", ready_timeout_s)

@@ -9,8 +9,10 @@
 #   default,all_planned) over ROUNDS (3) rounds of 6 s, with the static splits at
 #   STATIC_SHARES (0.25,0.375,0.5): each round runs, per pair, the inference alone, each
 #   share and each arm for about 8 s; about 3 minutes per pair with the defaults;
-#   mps_split: scripts/diag_mps_split.py, the static split in one process against one
-#   process per tenant under MPS, MPS_PAIRS (training,batch_inference), about 4 minutes;
+#   mps_split: scripts/diag_mps_split.py, interleaved over ROUNDS: the static split in one
+#   process, the static split with a process per tenant under MPS at MPS_SHARES
+#   (0.5,0.375,0.25) and lithos across processes in the arms MPS_ARMS
+#   (lithos_mps,lithos_mps_steal_4000), on MPS_PAIRS (training); about 4 minutes;
 #   mps_confine: scripts/diag_mps_confine.py, whether two MPS clients' green contexts are
 #   different physical SMs, about 20 s)
 # Writes logs, JSON and plots to a staging folder, packed at the end into $OUT/results.tgz
@@ -56,7 +58,8 @@ for w in "${what[@]}"; do
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     mps_split)
       PYTHONPATH=$PWD/scripts:$PWD python3 scripts/diag_mps_split.py "$STAGE/diag-mps-split.json" 6 "${ROUNDS:-3}" \
-        "${MPS_PAIRS:-training,batch_inference}" 2>&1 | tee "$STAGE/diag-mps-split.log" | tail -40
+        "${MPS_PAIRS:-training}" "${MPS_SHARES:-0.5,0.375,0.25}" "${MPS_ARMS:-lithos_mps,lithos_mps_steal_4000}" 2>&1 \
+        | tee "$STAGE/diag-mps-split.log" | tail -40
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     diag)
       for d in ${DIAGS:-diag_launch_cost diag_ml_host diag_be_host}; do

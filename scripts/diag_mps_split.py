@@ -1,24 +1,28 @@
 """Diagnostic: the ML bench's pairs with each tenant in its own process under MPS, on
-green-context partitions, against the same split in one process (two Python threads).
+green-context partitions, against the same split in one process (two Python threads), and
+lithos across processes, interleaved round by round.
 
 Under lithos and the in-process static split, the inference service and the best-effort
-job are two threads of one interpreter; their p99 stays 1.2-1.7x above the service alone
+job are two threads of one interpreter; their p99 stayed 1.2-1.7x above the service alone
 even on a static split (bench/results/h200-2026-12-04-run12-*), where no lithos code runs.
-This measures how much of that is the shared interpreter: the same TPC split, each tenant
-in a worker process (`lithos_sched.ml_colocation_worker`) under a private MPS daemon, which
-runs both processes' kernels at once. It also checks that a green context confines an MPS
-client's kernels (the workers report the SMs a probe kernel ran on).
+With a process per tenant under MPS (`lithos_sched.ml_colocation_worker`), whose green
+contexts keep to their own SMs (run14), the static split kept the inference tail near
+alone (run13). This compares, per pair and round:
 
-Each round runs, per pair, interleaved:
 - ``alone``: the service alone, in this process;
-- ``thread_static``: the static split in this process (the ML bench's static scenario);
-- ``mps_static``: the static split, each tenant in its own process under MPS;
-- ``mps_be_only``: only the best-effort process on its partition; the service's process
-  on an ordinary stream over the whole GPU.
+- ``thread_static``: the static split at the default share in this process (the ML
+  bench's ``static_split``);
+- ``mps_static@share``: the static split with a process per tenant, at each share of
+  SHARES (the ML bench's ``mps_static_split`` sweep);
+- ``mps_be_only`` (arm): only the best-effort process on its partition, the service's
+  process on an ordinary stream over the whole GPU;
+- ``lithos_mps`` and its variants (arms): lithos across processes (the ML bench's
+  ``lithos_mps``), the best-effort scheduler's `Policy` changed as `LITHOS_ARMS` says.
 
 Usage (on the GPU):
-    python scripts/diag_mps_split.py OUT_JSON [seconds per run] [rounds] [pair,pair] [lc share]
-    (pairs: training, batch_inference)
+    python scripts/diag_mps_split.py OUT_JSON [seconds per run] [rounds] [pair,pair] [share,share] [arm,arm]
+    (pairs: training, batch_inference; shares: static splits' inference shares, the first
+    also the in-process split's and lithos'; arms: mps_be_only and those of LITHOS_ARMS)
 """
 
 from __future__ import annotations
@@ -38,16 +42,27 @@ from lithos_sched.ml_gpu import figures
 from lithos_sched.mps import MPSDaemon
 from lithos_sched.tenant import pair_tpcs
 
+#: lithos across processes: arm -> changes to the best-effort scheduler's Policy
+LITHOS_ARMS: dict[str, dict] = {
+    "lithos_mps": {},
+    # blocks up to 4 ms steal: beside training in one process this raised the p99 with the
+    # training (bench/results/h200-2026-12-04-run6-diag-steal); a process apart, untried
+    "lithos_mps_steal_4000": {"steal_max_block_us": 4000.0},
+}
 OUT = sys.argv[1] if len(sys.argv) > 1 else "diag-mps-split.json"
 SECONDS = float(sys.argv[2]) if len(sys.argv) > 2 else 6.0
 ROUNDS = int(sys.argv[3]) if len(sys.argv) > 3 else 3
 PAIRS = sys.argv[4].split(",") if len(sys.argv) > 4 else ["training", "batch_inference"]
-SHARE = float(sys.argv[5]) if len(sys.argv) > 5 else 0.5
+SHARES = [float(x) for x in sys.argv[5].split(",")] if len(sys.argv) > 5 else [0.5]
+ARMS = sys.argv[6].split(",") if len(sys.argv) > 6 else ["mps_be_only"]
+unknown = [a for a in ARMS if a != "mps_be_only" and a not in LITHOS_ARMS]
+if unknown:
+    sys.exit(f"unknown arms {unknown}; arms: mps_be_only, {', '.join(LITHOS_ARMS)}")
 
 device = open_device(simulate=False)
-cfg = MLColocationConfig(pairs=tuple(PAIRS), duration_s=SECONDS, lc_share=SHARE)
-lc_tpcs, be_tpcs = pair_tpcs(SHARE, device.num_tpcs)
-lc_part, be_part = device.partition(lc_tpcs), device.partition(be_tpcs)
+cfg = MLColocationConfig(pairs=tuple(PAIRS), duration_s=SECONDS, lc_share=SHARES[0])
+splits = {share: tuple(sorted(t) for t in pair_tpcs(share, device.num_tpcs)) for share in SHARES}
+lc_part, be_part = (device.partition(t) for t in splits[SHARES[0]])
 pairs = {kind: diag_common.ml_pair(cfg, kind) for kind in PAIRS}
 be_alone = {kind: figures(cfg, ml_tenants.run_threads(cfg, None, ((lambda s=p[1]: s), p[3].step)))["be"]["iters_per_s"]
             for kind, p in pairs.items()}
@@ -59,21 +74,30 @@ def note(entry: dict) -> None:
     print(entry, flush=True)
 
 
-def brief(kind: str, fig: dict, placement: dict | None = None) -> dict:
+def brief(kind: str, fig: dict, raw: dict | None = None) -> dict:
     hp = fig["hp"]
     out = {"p50_ms": hp["p50_ms"], "p99_ms": hp["p99_ms"], "phases_p99_ms": hp.get("phases_p99_ms")}
     if "be" in fig:
         out["be_norm"] = fig["be"]["iters_per_s"] / be_alone[kind]
-    if placement:
-        # whether each worker's probe ran only on its partition's SMs
-        out["placement"] = placement
-        out["confined"] = {role: None if p["partition_sms"] is None else set(p["sms_seen"]) <= set(p["partition_sms"])
-                           for role, p in placement.items()}
+    if raw and raw.get("placement"):
+        out["placement"] = raw["placement"]
+    if raw and "be_scheduler" in raw:
+        out["be_occupancy"] = raw["be_scheduler"]["be_occupancy"]
+        out["stolen_atoms"] = raw["be_scheduler"]["scheduler"]["tenants"]["be"]["stolen_atoms"]
     return out
 
 
 with MPSDaemon() as daemon:
     env = daemon.client_env()
+
+    def processes(rnd: int, kind: str, arm: str, **placed: object) -> None:
+        try:
+            raw = run_process_pair(cfg, kind, env=env, **placed)
+        except WorkerError as exc:  # one failed arm must not void the others
+            note({"round": rnd, "pair": kind, "arm": arm, "error": str(exc), "daemon_log": daemon.log_tail()})
+            return
+        note({"round": rnd, "pair": kind, "arm": arm, **brief(kind, figures(cfg, raw), raw)})
+
     for rnd in range(ROUNDS):
         for kind, (plain, _, service, job) in pairs.items():
             kernels.reset_cache()
@@ -82,17 +106,19 @@ with MPSDaemon() as daemon:
             note({"round": rnd, "pair": kind, "arm": "thread_static",
                   **brief(kind, figures(cfg, ml_tenants.run_threads(
                       cfg, ((lambda: lc_part.high.cupy), service), ((lambda: be_part.normal.cupy), job.step))))})
-            for arm, tpcs in (("mps_static", {"lc": lc_tpcs, "be": be_tpcs}), ("mps_be_only", {"be": be_tpcs})):
-                try:
-                    raw = run_process_pair(cfg, kind, env=env, tpcs=tpcs)
-                except WorkerError as exc:  # green contexts refused in an MPS client, say: keep the rest
-                    note({"round": rnd, "pair": kind, "arm": arm, "error": str(exc), "daemon_log": daemon.log_tail()})
-                    continue
-                note({"round": rnd, "pair": kind, "arm": arm, **brief(kind, figures(cfg, raw), raw["placement"])})
+            for share, (lc_tpcs, be_tpcs) in splits.items():
+                processes(rnd, kind, f"mps_static@{share:g}", tpcs={"lc": lc_tpcs, "be": be_tpcs})
+            lc_tpcs, be_tpcs = splits[SHARES[0]]
+            for arm in ARMS:
+                if arm == "mps_be_only":
+                    processes(rnd, kind, arm, tpcs={"be": be_tpcs})
+                else:
+                    processes(rnd, kind, arm, tpcs={"lc": lc_tpcs}, lithos=True, policy=LITHOS_ARMS[arm])
     servers = daemon.server_list()
 cupy.cuda.Device().synchronize()
 with open(OUT, "w") as f:
-    json.dump({"device": device.describe(), "seconds": SECONDS, "rounds": ROUNDS, "lc_share": SHARE,
+    json.dump({"device": device.describe(), "seconds": SECONDS, "rounds": ROUNDS, "shares": SHARES, "arms": ARMS,
+               "lithos_arms": {a: LITHOS_ARMS[a] for a in ARMS if a in LITHOS_ARMS},
                "mps": {"server_list": servers, "stop": daemon.stop_status},
                "config": dataclasses.asdict(cfg), "be_alone_iters_per_s": be_alone, "runs": runs},
               f, indent=1, default=str)

@@ -421,8 +421,9 @@ def role(cfg, spec):
     if spec["role"] == "lc":
         with signal.request():
             open_now = signal.open_requests
-        return lambda t0: {"arrivals_s": [0.1], "latencies_ms": [1.0], "phases_ms": [[0, 0, 1]], "open": open_now}
-    return lambda t0: {"done_s": [t0], "scheduler": {"signal": spec["request_signal"]}}
+        return lambda t0: {"arrivals_s": [0.1], "latencies_ms": [1.0], "phases_ms": [[0, 0, 1]], "open": open_now,
+                           "policy": spec.get("policy")}
+    return lambda t0: {"done_s": [t0], "scheduler": {"signal": spec["request_signal"], "policy": spec.get("policy")}}
 sys.exit(worker_main(sys.stdin, sys.stdout, {"lc": role, "be": role}))
 """
 
@@ -431,8 +432,11 @@ def test_process_pair_as_lithos_shares_one_request_signal_and_removes_it(tmp_pat
     script = tmp_path / "worker.py"
     script.write_text(_SIGNAL_WORKER)
     res = run_process_pair(MLColocationConfig(duration_s=0.1, warmup_s=0.0), "training",
-                           command=[sys.executable, str(script)], ready_timeout_s=60, lithos=True)
+                           command=[sys.executable, str(script)], ready_timeout_s=60, lithos=True,
+                           policy={"steal_max_block_us": 4000.0})
     assert res["lc"]["open"] == 1  # the LC worker marked a request in the signal
+    assert res["be_scheduler"]["scheduler"]["policy"] == {"steal_max_block_us": 4000.0}  # for the BE scheduler
+    assert res["lc"]["policy"] is None
     path = res["be_scheduler"]["scheduler"]["signal"]  # the BE worker was given the same one
     assert "lithos-requests-" in path and not Path(path).exists()  # removed by the parent
 
