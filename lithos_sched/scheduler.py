@@ -329,7 +329,9 @@ class Tenant:
         Nothing of the tenant runs in this process, so it cannot be entered here. Its
         process launches on its own partition (a green context of the same TPCs), beside
         this one under MPS. Best-effort threads of this process neither hold nor yield
-        for its requests: those exist for two threads sharing one interpreter.
+        for its requests: those exist for two threads sharing one interpreter. A process
+        that dies inside a request leaves it open, and stealing stops: the failure costs
+        best-effort throughput, never the tail of the latency-critical tenant.
 
         Raises
         ------
