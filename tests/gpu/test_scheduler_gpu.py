@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import textwrap
@@ -317,4 +318,42 @@ def test_short_best_effort_launches_run_whole_with_the_unsplit_results(device):
     ref = cupy.empty(n, np.float32)
     cupy.RawKernel(atom_cases.SAXPY, "saxpy")((blocks,), (256,), (cupy.asarray(xh), cupy.asarray(yh), ref,
                                                                  np.float32(3.0), np.int32(n)))
+    assert np.array_equal(got, cupy.asnumpy(ref))
+
+
+def test_a_followed_remote_tenants_tpcs_are_stolen_only_between_its_requests(device, tmp_path):
+    """`Tenant.follow_requests`: best-effort atoms take the latency-critical TPCs only while
+    the signal shows no request open, and keep the unsplit launch's results bitwise."""
+    import cupy
+
+    from lithos_sched import Policy, Priority, Scheduler, TenantSpec
+    from lithos_sched.request_signal import RequestSignal
+
+    sched = Scheduler(device, [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5),
+                               TenantSpec("be", Priority.BEST_EFFORT, share=0.5)], Policy(lc_idle_grace_us=0.0))
+    rng = np.random.default_rng()
+    n = 2_000_003
+    xh, yh = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    blocks = (n + 255) // 256
+    try:
+        with RequestSignal.create(tmp_path) as signal:
+            sched.tenant("lc").follow_requests(signal)
+            with sched.tenant("be") as be:
+                k = cupy.RawKernel(atom_cases.SAXPY, "saxpy")
+                x, y = cupy.asarray(xh), cupy.asarray(yh)
+                out = cupy.full(n, np.nan, np.float32)
+                stolen = []
+                for a, busy in ((1.0, True), (2.0, False)):
+                    before = be.stats.stolen_atoms
+                    with signal.request() if busy else contextlib.nullcontext():
+                        k((blocks,), (256,), (x, y, out, np.float32(a), np.int32(n)))
+                        be.synchronize()
+                    stolen.append(be.stats.stolen_atoms - before)
+                got = cupy.asnumpy(out)
+            assert stolen[0] == 0 and stolen[1] > 0  # held off during the request, stealing after it
+    finally:
+        sched.close()
+    ref = cupy.empty(n, np.float32)
+    cupy.RawKernel(atom_cases.SAXPY, "saxpy")((blocks,), (256,), (cupy.asarray(xh), cupy.asarray(yh), ref,
+                                                                 np.float32(2.0), np.int32(n)))
     assert np.array_equal(got, cupy.asnumpy(ref))
