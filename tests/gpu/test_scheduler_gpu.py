@@ -16,6 +16,23 @@ from tests.sizers import FixedSizer
 pytestmark = pytest.mark.gpu
 
 
+def _saxpy_inputs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fresh random ``x`` and ``y`` of ``n`` float32 each."""
+    rng = np.random.default_rng()
+    return rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+
+
+def _plain_saxpy(xh: np.ndarray, yh: np.ndarray, a: float) -> np.ndarray:
+    """``a * x + y`` by one plain, unsplit launch of the saxpy kernel outside lithos."""
+    import cupy
+
+    n = xh.size
+    out = cupy.empty(n, np.float32)
+    cupy.RawKernel(atom_cases.SAXPY, "saxpy")(((n + 255) // 256,), (256,), (cupy.asarray(xh), cupy.asarray(yh), out,
+                                                                           np.float32(a), np.int32(n)))
+    return cupy.asnumpy(out)
+
+
 def test_unchanged_code_in_a_tenant_sees_its_results_and_runs_on_its_tpcs(device):
     import cupy
 
@@ -205,9 +222,8 @@ def test_a_best_effort_launch_waits_for_an_open_request_and_keeps_its_results(de
     sched = Scheduler(device, [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5),
                                TenantSpec("be", Priority.BEST_EFFORT, share=0.5)],
                       Policy(request_hold_max_us=10e6))
-    rng = np.random.default_rng()
     n = 3_000_001
-    xh, yh = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    xh, yh = _saxpy_inputs(n)
     opened, leave = threading.Event(), threading.Event()
     order: list[str] = []
 
@@ -232,10 +248,7 @@ def test_a_best_effort_launch_waits_for_an_open_request_and_keeps_its_results(de
         order.append("launch issued")
         got = cupy.asnumpy(out)
     lc_thread.join(10)
-    ref = cupy.empty(n, np.float32)
-    cupy.RawKernel(atom_cases.SAXPY, "saxpy")((blocks,), (256,), (cupy.asarray(xh), cupy.asarray(yh), ref,
-                                                                 np.float32(3.0), np.int32(n)))
-    assert np.array_equal(got, cupy.asnumpy(ref))
+    assert np.array_equal(got, _plain_saxpy(xh, yh, 3.0))
     assert order == ["request ended", "launch issued"]
     assert be.stats.request_hold_ms > 0 and sched.tenant("lc").stats.requests == 1
     sched.close()
@@ -254,9 +267,8 @@ def test_blocking_waits_keep_atoms_results_and_retire_them(device, mode):
                                TenantSpec("be", Priority.BEST_EFFORT, share=0.5)],
                       Policy(blocking_waits=mode, atom_us=50.0, home_atom_us=50.0, queue_cap_us=20.0,
                              home_queue_cap_us=20.0, short_best_effort_whole=False))
-    rng = np.random.default_rng()
     n = 4_000_003
-    xh, yh = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    xh, yh = _saxpy_inputs(n)
     blocks = (n + 255) // 256
     try:
         with sched.tenant("be") as be:
@@ -273,10 +285,7 @@ def test_blocking_waits_keep_atoms_results_and_retire_them(device, mode):
             assert not be._inflight  # every atom retired
     finally:
         sched.close()
-    ref = cupy.empty(n, np.float32)
-    cupy.RawKernel(atom_cases.SAXPY, "saxpy")((blocks,), (256,), (cupy.asarray(xh), cupy.asarray(yh), ref,
-                                                                 np.float32(3.0), np.int32(n)))
-    assert np.array_equal(got, cupy.asnumpy(ref))
+    assert np.array_equal(got, _plain_saxpy(xh, yh, 3.0))
 
 
 def test_short_best_effort_launches_run_whole_with_the_unsplit_results(device):
@@ -296,9 +305,8 @@ def test_short_best_effort_launches_run_whole_with_the_unsplit_results(device):
         return whole[-1]
 
     sched._launch_short_best_effort = spy
-    rng = np.random.default_rng()
     n = 100_003
-    xh, yh = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    xh, yh = _saxpy_inputs(n)
     blocks = (n + 255) // 256
     try:
         with sched.tenant("be") as be:
@@ -315,10 +323,7 @@ def test_short_best_effort_launches_run_whole_with_the_unsplit_results(device):
             assert be.stats.kernels == be.stats.atoms == 2 and not be._inflight
     finally:
         sched.close()
-    ref = cupy.empty(n, np.float32)
-    cupy.RawKernel(atom_cases.SAXPY, "saxpy")((blocks,), (256,), (cupy.asarray(xh), cupy.asarray(yh), ref,
-                                                                 np.float32(3.0), np.int32(n)))
-    assert np.array_equal(got, cupy.asnumpy(ref))
+    assert np.array_equal(got, _plain_saxpy(xh, yh, 3.0))
 
 
 def test_a_followed_remote_tenants_tpcs_are_stolen_only_between_its_requests(device, tmp_path):
@@ -331,9 +336,8 @@ def test_a_followed_remote_tenants_tpcs_are_stolen_only_between_its_requests(dev
 
     sched = Scheduler(device, [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5),
                                TenantSpec("be", Priority.BEST_EFFORT, share=0.5)], Policy(lc_idle_grace_us=0.0))
-    rng = np.random.default_rng()
     n = 2_000_003
-    xh, yh = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    xh, yh = _saxpy_inputs(n)
     blocks = (n + 255) // 256
     try:
         with RequestSignal.create(tmp_path) as signal:
@@ -353,7 +357,4 @@ def test_a_followed_remote_tenants_tpcs_are_stolen_only_between_its_requests(dev
             assert stolen[0] == 0 and stolen[1] > 0  # held off during the request, stealing after it
     finally:
         sched.close()
-    ref = cupy.empty(n, np.float32)
-    cupy.RawKernel(atom_cases.SAXPY, "saxpy")((blocks,), (256,), (cupy.asarray(xh), cupy.asarray(yh), ref,
-                                                                 np.float32(2.0), np.int32(n)))
-    assert np.array_equal(got, cupy.asnumpy(ref))
+    assert np.array_equal(got, _plain_saxpy(xh, yh, 2.0))
