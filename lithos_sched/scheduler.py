@@ -166,10 +166,12 @@ class Policy:
         A best-effort launch predicted to run within `atom_us` on its tenant's own TPCs
         (one atom on any partition it may go to) is issued unsplit through the original
         kernel: the same placement, queue cap, events and accounting as its one atom, but
-        no rewritten-kernel plan is built and no arguments are packed, tens of
-        microseconds of host time per launch. A launch whose kernel was never timed goes
-        through the plan (its first atom teaches the predictor). False: every best-effort
-        launch builds a plan.
+        no rewritten-kernel plan is built and no arguments are packed. That saved about
+        1.5 us of host time per launch of the ML bench's batch inference on the H200, and
+        batch inference beside the inference service gained 0.02-0.07 of alone in every
+        round of an A/B (bench/results/h200-2026-12-04-run12-diag-short-whole). A launch
+        whose kernel was never timed goes through the plan (its first atom teaches the
+        predictor). False: every best-effort launch builds a plan.
     gil_switch_interval_s : float or None
         While the scheduler is open, ``sys.setswitchinterval`` is set to this (restored by
         `Scheduler.close`): a latency-critical thread waiting for the GIL behind a busy
@@ -902,8 +904,20 @@ class Scheduler(Atomizer):
         # Atoms start after what the tenant queued before the launch. A launch run whole is
         # one atom: that order is recorded only if it lands on another stream than the user's.
         before = tl.record(user) if plan.atomized else None
-        joined: dict[int, Any] = {}  # partition streams used, by handle
-        last_on: dict[int, Any] = {}
+        joined: set[int] = set()  # handles of the streams ordered after ``before``
+        last_on: dict[int, Any] = {}  # stream handle -> end event of its last atom
+
+        def issue(start: int, count: int, partition: Any, stream: Any, predicted: float | None,
+                  stolen: bool) -> None:
+            nonlocal before
+            h = tl.handle(stream)
+            if h != user_handle and h not in joined:
+                if before is None:
+                    before = tl.record(user)
+                tl.wait(stream, before)
+                joined.add(h)
+            last_on[h] = self._issue(tenant, plan, start, count, partition, stream, predicted, stolen).end
+
         next_block = 0
         total = plan.total_blocks
         hold = True
@@ -923,26 +937,13 @@ class Scheduler(Atomizer):
                 count = self._atom_blocks(plan, partition, total - next_block)
                 predicted = self.predictor.predict_us(plan.key, partition.num_tpcs, count,
                                                       self._wave_blocks(plan, partition))
-                h = tl.handle(stream)
-                if h != user_handle and h not in joined:
-                    before = before if before is not None else tl.record(user)
-                    tl.wait(stream, before)
-                    joined[h] = stream
-                rec = self._issue(tenant, plan, next_block, count, partition, stream, predicted, stolen)
-                last_on[h] = rec.end
+                issue(next_block, count, partition, stream, predicted, stolen)
                 next_block += count
         finally:
             if next_block < total:
                 # Interrupted (an exception while waiting, or close()): issue the rest now
                 # on the tenant's own partition so no submitted block is lost.
-                stream = tenant.home.normal
-                h = tl.handle(stream)
-                if h != user_handle and h not in joined:
-                    before = before if before is not None else tl.record(user)
-                    tl.wait(stream, before)
-                    joined[h] = stream
-                rec = self._issue(tenant, plan, next_block, total - next_block, tenant.home, stream, None, False)
-                last_on[h] = rec.end
+                issue(next_block, total - next_block, tenant.home, tenant.home.normal, None, False)
             plan.complete()
             for h, end in last_on.items():
                 if h != user_handle:
