@@ -100,7 +100,6 @@ def _stream(spec: dict[str, Any], high: bool) -> tuple[Any, dict[str, Any]]:
 
 def _lc_role(cfg: MLColocationConfig, spec: dict[str, Any]) -> Callable[[float], dict[str, Any]]:
     from lithos_sched import ml_tenants
-    from lithos_sched.request_signal import RequestSignal
 
     stream, where = _stream(spec, high=True)
     service = ml_tenants.build_lc(cfg, stream)
@@ -150,7 +149,6 @@ def _be_lithos_role(cfg: MLColocationConfig, spec: dict[str, Any]) -> Callable[[
     from lithos_atom.atomizer import using_atomizer
     from lithos_sched import ml_tenants, open_device
     from lithos_sched.occupancy import tenant_occupancy
-    from lithos_sched.request_signal import RequestSignal
     from lithos_sched.scheduler import Policy, Scheduler
     from lithos_sched.tenant import pair_specs
 

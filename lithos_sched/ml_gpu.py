@@ -96,8 +96,10 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None)
     from lithos_sched import ml_tenants, open_device
 
     device = open_device(simulate=False)
-    pair_split = {role: sorted(t) for role, t in zip(("lc", "be"), pair_tpcs(cfg.lc_share, device.num_tpcs))}
-    n_lc = len(pair_split["lc"])
+    def tpcs_by_role(share: float) -> dict[str, list[int]]:
+        return dict(zip(("lc", "be"), (sorted(t) for t in pair_tpcs(share, device.num_tpcs))))
+
+    n_lc = len(tpcs_by_role(cfg.lc_share)["lc"])
     splits = {}  # static-split scenario: (LC partition, BE partition)
     for name, share in cfg.static_shares().items():
         lc_tpcs, be_tpcs = pair_tpcs(share, device.num_tpcs)
@@ -167,11 +169,11 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None)
                     r[name] = measure(f"{pair}: {name}", lambda: _run_mps(cfg, pair))
                 elif name == "mps_static_split":  # and its sweep
                     for run_name, share in cfg.process_static_shares().items():
-                        split = dict(zip(("lc", "be"), (sorted(t) for t in pair_tpcs(share, device.num_tpcs))))
-                        r[run_name] = measure(f"{pair}: {run_name}", lambda: _run_mps(cfg, pair, tpcs=split))
+                        r[run_name] = measure(f"{pair}: {run_name}",
+                                              lambda: _run_mps(cfg, pair, tpcs=tpcs_by_role(share)))
                 elif name == "lithos_mps":
-                    r[name] = measure(f"{pair}: {name}", lambda: _run_mps(cfg, pair, tpcs={"lc": pair_split["lc"]},
-                                                                         lithos=True))
+                    lc_only = {"lc": tpcs_by_role(cfg.lc_share)["lc"]}
+                    r[name] = measure(f"{pair}: {name}", lambda: _run_mps(cfg, pair, tpcs=lc_only, lithos=True))
 
         lithos_runs = [(pair, name) for pair in cfg.pairs for name in selected if name in LITHOS_SCENARIOS]
         request_tpcs, rightsizing_setup = None, {}
