@@ -105,6 +105,16 @@ class Policy:
     lc_idle_grace_us : float
         A latency-critical tenant counts as busy for this long after its last launch, so
         the gaps between the kernels of one request are not stolen.
+    steal_poll_us : float
+        While a best-effort thread waits for room on its own partition and a
+        latency-critical tenant followed in another process (`Tenant.follow_requests`)
+        is busy, it reads that tenant's request signal about this often, and stops
+        waiting as soon as the TPCs are free to steal: its next atom then goes to the
+        stolen TPCs instead of queueing behind its own. A blocking wait would hold it
+        on its own partition for up to one queue cap and one atom
+        (`home_queue_cap_us` + `home_atom_us`) after every request. Only the signal, a
+        word in shared memory, is read: the other process's interpreter is not touched.
+        0 waits blocking.
     atomize_best_effort : bool
         Split best-effort launches into atoms (False: the no-atomization ablation).
     freeze_gc : bool
@@ -185,6 +195,7 @@ class Policy:
     stealing: bool = True
     steal_max_block_us: float = 1500.0
     lc_idle_grace_us: float = 200.0
+    steal_poll_us: float = 100.0
     atomize_best_effort: bool = True
     gil_switch_interval_s: float | None = 0.00005
     freeze_gc: bool = True
@@ -202,7 +213,7 @@ class Policy:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"Policy.{name} must be a positive number, got {value!r}")
-        for name in ("lc_idle_grace_us", "yield_queue_us"):
+        for name in ("lc_idle_grace_us", "yield_queue_us", "steal_poll_us"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"Policy.{name} must be a number >= 0, got {value!r}")
@@ -931,8 +942,8 @@ class Scheduler(Atomizer):
                 waited = self._wait_for_room(tenant, partition)
                 if waited and hold and self._holds_for_requests():
                     continue  # a request opened while we waited: hold first, then choose again
-                if stolen and waited and self._best_effort_target(tenant, plan)[0] is not partition:
-                    continue  # a latency-critical tenant needs its TPCs again since we chose
+                if waited and self._best_effort_target(tenant, plan)[0] is not partition:
+                    continue  # a latency-critical tenant needs its TPCs again, or left them, since we chose
                 stream = self._emptier_stream(tenant, partition)
                 count = self._atom_blocks(plan, partition, total - next_block)
                 predicted = self.predictor.predict_us(plan.key, partition.num_tpcs, count,
@@ -1043,10 +1054,14 @@ class Scheduler(Atomizer):
         return min(remaining, waves * wave)
 
     def _wait_for_room(self, tenant: Tenant, partition: Any) -> bool:
-        """Block until the tenant's queued work on ``partition`` drains within the cap;
-        returns whether it had to wait."""
+        """Block until the tenant's queued work on ``partition`` drains within the cap, or,
+        on its own partition, until a busy latency-critical tenant of another process
+        frees its TPCs (`Policy.steal_poll_us`); returns whether it had to wait."""
         tl = self.timeline
-        cap = self.policy.queue_cap_us if self._shared_with_lc(partition) else self.policy.home_queue_cap_us
+        shared = self._shared_with_lc(partition)
+        cap = self.policy.queue_cap_us if shared else self.policy.home_queue_cap_us
+        remote = [] if shared or not self.policy.stealing or not self.policy.steal_poll_us \
+            else [t for t in self._lc if t._remote is not None and not t.idle()]
         waited = False
         while not self._closing:
             self._retire(tenant)
@@ -1054,9 +1069,11 @@ class Scheduler(Atomizer):
             if target is None:
                 return waited
             t0 = tl.now_us()
-            self._wait_event(target)
+            completed = self._wait_event(target, (lambda: any(t.idle() for t in remote)) if remote else None)
             waited = True
             tenant.stats.queue_wait_ms += (tl.now_us() - t0) / 1000.0
+            if not completed:
+                return waited  # TPCs to steal: the caller chooses again
             # re-anchor the predicted ends of what is still queued at the real completion
             now = tl.now_us()
             later = sorted((r for r in tenant._inflight
@@ -1067,18 +1084,22 @@ class Scheduler(Atomizer):
                 now += r.predicted_us if r.predicted_us is not None else self.policy.atom_us
         return waited
 
-    def _wait_event(self, rec: _AtomRecord) -> None:
-        self._wait(rec.end, f"kernel {rec.key.name!r} of tenant {rec.tenant.name!r} failed on the device "
-                            f"(atom blocks {rec.start_block}..{rec.start_block + rec.count - 1})")
+    def _wait_event(self, rec: _AtomRecord, stop: Callable[[], bool] | None = None) -> bool:
+        return self._wait(rec.end, f"kernel {rec.key.name!r} of tenant {rec.tenant.name!r} failed on the device "
+                                   f"(atom blocks {rec.start_block}..{rec.start_block + rec.count - 1})", stop)
 
     def _wait_busy(self, tenant: Tenant, event: Any) -> None:
         self._wait(event, f"a kernel of tenant {tenant.name!r} failed on the device")
 
-    def _wait(self, event: Any, failure: str) -> None:
-        """Wait for ``event``; the driver's sticky error after a fault becomes a
-        `KernelFaultError` that says whose work it was (``failure``)."""
+    def _wait(self, event: Any, failure: str, stop: Callable[[], bool] | None = None) -> bool:
+        """Wait for ``event``, or until ``stop()`` (asked every `Policy.steal_poll_us`);
+        returns whether ``event`` completed. The driver's sticky error after a fault
+        becomes a `KernelFaultError` that says whose work it was (``failure``)."""
         try:
+            if stop is not None:
+                return self.timeline.wait_until(event, stop, self.policy.steal_poll_us)
             self.timeline.synchronize(event)
+            return True
         except Exception as exc:
             if type(exc).__name__ not in _CUDA_ERRORS:
                 raise

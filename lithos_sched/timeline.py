@@ -39,6 +39,11 @@ class Timeline(Protocol):
     def synchronize(self, event: Any) -> None:
         """Block until ``event`` completes (the GIL is released on the GPU)."""
 
+    def wait_until(self, event: Any, stop: Callable[[], bool], poll_us: float) -> bool:
+        """Block until ``event`` completes or ``stop()`` is true, asking ``stop`` about
+        every ``poll_us`` (on the simulated device, after each step of virtual time);
+        returns whether ``event`` completed."""
+
     def elapsed_us(self, start: Any, end: Any) -> float:
         """Device time between two completed events, in microseconds."""
 
@@ -127,6 +132,13 @@ class CupyTimeline:
     def synchronize(self, event: Any) -> None:
         self._cupy.cuda.runtime.eventSynchronize(event.ptr)  # releases the GIL while it waits
 
+    def wait_until(self, event: Any, stop: Callable[[], bool], poll_us: float) -> bool:
+        while not self.done(event):
+            if stop():
+                return False
+            time.sleep(poll_us / 1e6)  # releases the GIL
+        return True
+
     def elapsed_us(self, start: Any, end: Any) -> float:
         return driver_calls.event_elapsed_ms(start.ptr, end.ptr) * 1000.0
 
@@ -190,8 +202,15 @@ class SimTimeline:
         return bool(stream.query())
 
     def synchronize(self, event: Any) -> None:
+        self.wait_until(event, lambda: False, 0.0)
+
+    def wait_until(self, event: Any, stop: Callable[[], bool], poll_us: float) -> bool:
+        # state that ``stop`` reads changes only in callbacks and completions: asking after
+        # each of them is asking continuously, so ``poll_us`` is not needed here
         self._fire_due()
         while not event.query():
+            if stop():
+                return False
             next_timer = self._timers[0][0] if self._timers else None
             next_done = self._device.next_completion_us()
             if next_done is None and next_timer is None:
@@ -201,6 +220,7 @@ class SimTimeline:
                 self._fire_due()
             else:
                 self._device.run_until(next_done)
+        return True
 
     def elapsed_us(self, start: Any, end: Any) -> float:
         return start.elapsed_ms(end) * 1000.0

@@ -22,7 +22,8 @@ alone (run13). This compares, per pair and round:
 Usage (on the GPU):
     python scripts/diag_mps_split.py OUT_JSON [seconds per run] [rounds] [pair,pair] [share,share] [arm,arm]
     (pairs: training, batch_inference; shares: static splits' inference shares, the first
-    also the in-process split's and lithos'; arms: mps_be_only and those of LITHOS_ARMS)
+    also the in-process split's and lithos'; arms: mps_be_only and those of LITHOS_ARMS,
+    each at the first share or at another as ``arm@share``)
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ from lithos_sched.tenant import pair_tpcs
 #: lithos across processes: arm -> changes to the best-effort scheduler's Policy
 LITHOS_ARMS: dict[str, dict] = {
     "lithos_mps": {},
+    # waits for room on its own TPCs blocking, as before Policy.steal_poll_us
+    "lithos_mps_no_poll": {"steal_poll_us": 0.0},
+    # atoms of 1 ms on its own TPCs too: back on the stolen ones sooner after a request
+    "lithos_mps_home_1000": {"home_atom_us": 1000.0},
     # blocks up to 4 ms steal: beside training in one process this raised the p99 with the
     # training (bench/results/h200-2026-12-04-run6-diag-steal); a process apart, untried
     "lithos_mps_steal_4000": {"steal_max_block_us": 4000.0},
@@ -55,9 +60,18 @@ ROUNDS = int(sys.argv[3]) if len(sys.argv) > 3 else 3
 PAIRS = sys.argv[4].split(",") if len(sys.argv) > 4 else ["training", "batch_inference"]
 SHARES = [float(x) for x in sys.argv[5].split(",")] if len(sys.argv) > 5 else [0.5]
 ARMS = sys.argv[6].split(",") if len(sys.argv) > 6 else ["mps_be_only"]
-unknown = [a for a in ARMS if a != "mps_be_only" and a not in LITHOS_ARMS]
+
+
+def arm_share(arm: str) -> tuple[str, float]:
+    """``"lithos_mps@0.5"`` -> ("lithos_mps", 0.5): a lithos arm at another share of SHARES
+    than the first."""
+    name, _, share = arm.partition("@")
+    return name, float(share) if share else SHARES[0]
+
+
+unknown = [a for a in ARMS if a != "mps_be_only" and (arm_share(a)[0] not in LITHOS_ARMS or arm_share(a)[1] not in SHARES)]
 if unknown:
-    sys.exit(f"unknown arms {unknown}; arms: mps_be_only, {', '.join(LITHOS_ARMS)}")
+    sys.exit(f"unknown arms {unknown}; arms: mps_be_only, {', '.join(LITHOS_ARMS)}, each with @share of {SHARES}")
 
 device = open_device(simulate=False)
 cfg = MLColocationConfig(pairs=tuple(PAIRS), duration_s=SECONDS, lc_share=SHARES[0])
@@ -108,17 +122,17 @@ with MPSDaemon() as daemon:
                       cfg, ((lambda: lc_part.high.cupy), service), ((lambda: be_part.normal.cupy), job.step))))})
             for share, (lc_tpcs, be_tpcs) in splits.items():
                 processes(rnd, kind, f"mps_static@{share:g}", tpcs={"lc": lc_tpcs, "be": be_tpcs})
-            lc_tpcs, be_tpcs = splits[SHARES[0]]
             for arm in ARMS:
                 if arm == "mps_be_only":
-                    processes(rnd, kind, arm, tpcs={"be": be_tpcs})
+                    processes(rnd, kind, arm, tpcs={"be": splits[SHARES[0]][1]})
                 else:
-                    processes(rnd, kind, arm, tpcs={"lc": lc_tpcs}, lithos=True, policy=LITHOS_ARMS[arm])
+                    name, share = arm_share(arm)
+                    processes(rnd, kind, arm, tpcs={"lc": splits[share][0]}, lithos=True, policy=LITHOS_ARMS[name])
     servers = daemon.server_list()
 cupy.cuda.Device().synchronize()
 with open(OUT, "w") as f:
     json.dump({"device": device.describe(), "seconds": SECONDS, "rounds": ROUNDS, "shares": SHARES, "arms": ARMS,
-               "lithos_arms": {a: LITHOS_ARMS[a] for a in ARMS if a in LITHOS_ARMS},
+               "lithos_arms": {a: LITHOS_ARMS[arm_share(a)[0]] for a in ARMS if a != "mps_be_only"},
                "mps": {"server_list": servers, "stop": daemon.stop_status},
                "config": dataclasses.asdict(cfg), "be_alone_iters_per_s": be_alone, "runs": runs},
               f, indent=1, default=str)

@@ -96,3 +96,37 @@ def test_a_remote_tenant_cannot_be_entered_and_only_latency_critical_ones_follow
         with pytest.raises(RuntimeError, match="another process"):
             sched.tenant("lc").__enter__()
     sched.close()
+
+
+def run_through_a_request(tmp_path, steal_poll_us: float, close_at_us: float) -> tuple[float, int]:
+    """A best-effort kernel of 20 ms on its own TPCs, launched while the remote tenant is
+    inside a request that closes ``close_at_us`` later: its run time and stolen atoms."""
+    device = SimDevice(num_tpcs=8, seed=0)
+    sched = Scheduler(device, SPECS, Policy(lc_idle_grace_us=0.0, steal_poll_us=steal_poll_us))
+    tl = sched.timeline = SimTimeline(device)
+    be = sched.tenant("be")
+    with RequestSignal.create(tmp_path) as signal:
+        sched.tenant("lc").follow_requests(signal)
+        request = signal.request()
+        request.__enter__()
+        t0 = tl.now_us()
+        tl.call_at(t0 + close_at_us, lambda: request.__exit__(None, None, None))
+        sched.submit_for(be, sim_plan(device, SimKernel("k", grid_blocks=800, block_us=200.0, blocks_per_sm=1)))
+        be.synchronize()
+        took = tl.now_us() - t0
+    sched.close()
+    return took, be.stats.stolen_atoms
+
+
+def test_a_best_effort_tenant_waiting_on_its_own_tpcs_steals_as_soon_as_the_remote_request_closes(tmp_path):
+    polled, polled_stolen = run_through_a_request(tmp_path, steal_poll_us=100.0, close_at_us=1000.0)
+    blocked, blocked_stolen = run_through_a_request(tmp_path, steal_poll_us=0.0, close_at_us=1000.0)
+    assert polled_stolen > 0 and blocked_stolen > 0
+    # Blocking, it waits for room behind its own queued atoms (home_queue_cap_us + an atom)
+    # before it looks at the signal again; polling, it leaves that wait when the request closes.
+    assert polled < blocked - 500.0
+
+
+def test_steal_poll_us_must_be_a_number_at_least_zero():
+    with pytest.raises(ValueError, match="steal_poll_us"):
+        Policy(steal_poll_us=-1.0)
