@@ -20,7 +20,7 @@ each pair, side by side in one run:
 - ``lithos_mps``: lithos across processes under MPS: the inference process runs on a
   partition of its TPCs and marks its requests in a `RequestSignal`; the best-effort
   process runs its job in a lithos scheduler that steals those TPCs between requests
-  (`Tenant.follow_requests`). These two run only on a GPU with MPS; the simulated device
+  (`Tenant.follow_requests`; `MLColocationConfig.mps_steal_max_block_us`). These two run only on a GPU with MPS; the simulated device
   has no interpreter to share, and reports them skipped.
 - ``lithos_no_steal`` / ``lithos_no_atoms``: ablations
 - ``lithos_rightsized``: lithos with right-sizing, the TPCs the inference service does not
@@ -115,6 +115,18 @@ class MLColocationConfig:
         (bench/results/h200-2026-12-04-run7-diag-share) they gave training 0.57 and 0.69
         of alone at inference p99s of 4.2 and 5.3 ms, against 0.50 at 3.5 ms for a half;
         larger shares (run3: 0.625 and 0.75) lost training without lowering the tail.
+    mps_steal_max_block_us : float or None
+        `Policy.steal_max_block_us` of the best-effort process's scheduler under lithos
+        across processes (``lithos_mps``); None keeps the `Policy` default, 1.5 ms, as
+        lithos in one process does. Beside training on the H200, 4 ms blocks (the
+        weight-gradient SGEMM's ~1.1 ms blocks then steal too) raised training from
+        0.56-0.72 to 0.72-0.86 of alone, and from 1.00-1.38x to 1.41-1.80x the
+        per-process static line at their p99, in every interleaved round (runs 17, 18 and
+        20 of bench/results/h200-2026-12-04-*). Their inference p99 was 1.17-1.54x alone
+        against 1.06-1.44x: 0.26-0.46 ms higher on a quiet host, from 0.40 ms lower to
+        0.38 ms higher on noisier ones, and 1.40x against 1.20x alone in two runs of the
+        bench back to back on one host (run21). The tail is what the inference service is
+        promised, so the default stays.
     slo_mult : float
         The LC SLO is this multiple of the LC-alone p99 (unless `slo_ms` is given).
     slo_ms : float or None
@@ -139,6 +151,7 @@ class MLColocationConfig:
     lc_batch: tuple[int, int] = (1, 8)
     lc_share: float = 0.5
     static_sweep: tuple[float, ...] = (0.25, 0.375)
+    mps_steal_max_block_us: float | None = None
     slo_mult: float = 1.5
     slo_ms: float | None = None
     size: str = "default"
@@ -156,8 +169,9 @@ class MLColocationConfig:
             _check_positive(name, getattr(self, name))
         if isinstance(self.warmup_s, bool) or not isinstance(self.warmup_s, (int, float)) or not self.warmup_s >= 0:
             raise ValueError(f"MLColocationConfig.warmup_s must be a number >= 0, got {self.warmup_s!r}")
-        if self.slo_ms is not None:
-            _check_positive("slo_ms", self.slo_ms)
+        for name in ("slo_ms", "mps_steal_max_block_us"):
+            if getattr(self, name) is not None:
+                _check_positive(name, getattr(self, name))
         lo_hi = self.lc_batch
         if len(lo_hi) != 2 or not all(_is_int(b) for b in lo_hi) or not 1 <= lo_hi[0] <= lo_hi[1] <= 64:
             raise ValueError(f"MLColocationConfig.lc_batch must be two ints 1 <= lo <= hi <= 64, got {self.lc_batch!r}")

@@ -173,7 +173,10 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None)
                                               lambda: _run_mps(cfg, pair, tpcs=tpcs_by_role(share)))
                 elif name == "lithos_mps":
                     lc_only = {"lc": tpcs_by_role(cfg.lc_share)["lc"]}
-                    r[name] = measure(f"{pair}: {name}", lambda: _run_mps(cfg, pair, tpcs=lc_only, lithos=True))
+                    policy = ({} if cfg.mps_steal_max_block_us is None
+                              else {"steal_max_block_us": cfg.mps_steal_max_block_us})
+                    r[name] = measure(f"{pair}: {name}",
+                                      lambda: _run_mps(cfg, pair, tpcs=lc_only, lithos=True, policy=policy))
 
         lithos_runs = [(pair, name) for pair in cfg.pairs for name in selected if name in LITHOS_SCENARIOS]
         request_tpcs, rightsizing_setup = None, {}

@@ -44,14 +44,15 @@ from lithos_sched.mps import MPSDaemon
 from lithos_sched.tenant import pair_tpcs
 
 #: lithos across processes: arm -> changes to the best-effort scheduler's Policy
+#: (``lithos_mps`` is the ML bench's default, `MLColocationConfig.mps_steal_max_block_us`)
 LITHOS_ARMS: dict[str, dict] = {
     "lithos_mps": {},
     # waits for room on its own TPCs blocking, as before Policy.steal_poll_us
     "lithos_mps_no_poll": {"steal_poll_us": 0.0},
     # atoms of 1 ms on its own TPCs too: back on the stolen ones sooner after a request
     "lithos_mps_home_1000": {"home_atom_us": 1000.0},
-    # blocks up to 4 ms steal: beside training in one process this raised the p99 with the
-    # training (bench/results/h200-2026-12-04-run6-diag-steal); a process apart, untried
+    # blocks up to 4 ms steal (the weight-gradient SGEMM's ~1.1 ms ones too): more
+    # training, and a p99 higher on a quiet host (runs 17, 18 and 20)
     "lithos_mps_steal_4000": {"steal_max_block_us": 4000.0},
 }
 OUT = sys.argv[1] if len(sys.argv) > 1 else "diag-mps-split.json"

@@ -284,6 +284,7 @@ def test_cli_ml_section_writes_json_and_plots(tmp_path):
     (["--static-sweep", "0.6,x"], "static_sweep"),
     (["--static-sweep", "0.5"], "static_sweep"),
     (["--ml-duration", "0"], "duration_s"),
+    (["--mps-steal-max-block-us", "0"], "mps_steal_max_block_us"),
 ])
 def test_cli_rejects_bad_ml_options_naming_the_field(args, field):
     proc = _bench("--ml", "--sim", *args, timeout=120)

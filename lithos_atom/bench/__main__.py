@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     ml.add_argument("--lc-share", type=float, help="fraction of TPCs owned by the inference tenant (default 0.5)")
     ml.add_argument("--static-sweep", help="comma-separated further inference shares of the static split "
                                            "(default 0.25,0.375; '' for none)")
+    ml.add_argument("--mps-steal-max-block-us", type=float,
+                    help="longest blocks the best-effort process steals under lithos across processes "
+                         "(lithos_mps; default: the scheduler Policy's, 1500)")
     ml.add_argument("--slo-mult", type=float, help="SLO = this multiple of the inference-alone p99 (default 1.5)")
     ml.add_argument("--slo-ms", type=float, help="absolute SLO in ms (instead of --slo-mult)")
     return p
@@ -68,7 +71,7 @@ def ml_config(args: argparse.Namespace, simulated: bool) -> Any:
 
     given = {"duration_s": args.ml_duration, "warmup_s": args.ml_warmup, "size": args.ml_size,
              "lc_rate_hz": args.lc_rate, "lc_share": args.lc_share, "slo_mult": args.slo_mult,
-             "slo_ms": args.slo_ms}
+             "slo_ms": args.slo_ms, "mps_steal_max_block_us": args.mps_steal_max_block_us}
     kw: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     for name, text in (("pairs", args.ml_pairs), ("scenarios", args.ml_scenarios)):
         if text is not None:
