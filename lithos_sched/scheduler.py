@@ -105,6 +105,12 @@ class Policy:
     lc_idle_grace_us : float
         A latency-critical tenant counts as busy for this long after its last launch, so
         the gaps between the kernels of one request are not stolen.
+    steal_reserve_tpcs : int
+        Of each latency-critical tenant's TPCs, its first this many are never stolen: a
+        request that arrives while stolen blocks run starts at once on them instead of
+        waiting up to one stolen wave, and spreads to the others as those blocks end.
+        They are the TPCs a right-sized request runs on first (`Tenant.on_tpcs`). 0 (the
+        default) steals them all; not yet measured on the GPU.
     steal_poll_us : float
         While a best-effort thread waits for room on its own partition and a
         latency-critical tenant followed in another process (`Tenant.follow_requests`)
@@ -199,6 +205,7 @@ class Policy:
     steal_max_block_us: float = 1500.0
     lc_idle_grace_us: float = 200.0
     steal_poll_us: float = 100.0
+    steal_reserve_tpcs: int = 0
     atomize_best_effort: bool = True
     gil_switch_interval_s: float | None = 0.00005
     freeze_gc: bool = True
@@ -223,6 +230,9 @@ class Policy:
         if isinstance(self.lc_timing_every, bool) or not isinstance(self.lc_timing_every, int) \
                 or self.lc_timing_every < 1:
             raise ValueError(f"Policy.lc_timing_every must be an int >= 1, got {self.lc_timing_every!r}")
+        if isinstance(self.steal_reserve_tpcs, bool) or not isinstance(self.steal_reserve_tpcs, int) \
+                or self.steal_reserve_tpcs < 0:
+            raise ValueError(f"Policy.steal_reserve_tpcs must be an int >= 0, got {self.steal_reserve_tpcs!r}")
         if self.blocking_waits not in BLOCKING_WAITS:
             raise ValueError(f"Policy.blocking_waits must be one of {BLOCKING_WAITS}, got {self.blocking_waits!r}")
         if self.gil_switch_interval_s is not None and not self.gil_switch_interval_s > 0:
@@ -296,6 +306,8 @@ class Tenant:
         self._busy: Any = None  # re-recorded after each unsplit launch off its own stream
         self._join: Any = None  # re-recorded on the user's stream before a launch elsewhere
         self._active_tpcs = tpcs  # the TPCs of its latest kernel (fewer when right-sized)
+        # its first TPCs that are never stolen (`Policy.steal_reserve_tpcs`)
+        self._steal_reserve = frozenset(sorted(tpcs)[:scheduler.policy.steal_reserve_tpcs])
         self._rightsized: dict[int, Any] = {}  # right-sized partitions of its first n TPCs, by n
         self._stream_handle: int | None = None
         self._request: Any = None  # the partition of an `on_tpcs` block in progress
@@ -1018,14 +1030,18 @@ class Scheduler(Atomizer):
         if not policy.stealing or not self._lc:
             return tenant.home, False
         idle = [t for t in self._lc if t.idle()]
-        # TPCs a busy latency-critical tenant leaves while its kernel is right-sized
-        spare = [t.tpcs - t._active_tpcs for t in self._lc if t not in idle and t._active_tpcs != t.tpcs]
-        if not idle and not spare:
+        # all TPCs of an idle latency-critical tenant, and those a busy one leaves while its
+        # kernel is right-sized; less, in both, the ones it keeps in reserve
+        free = [t.tpcs - t._steal_reserve for t in idle]
+        free += [t.tpcs - t._active_tpcs - t._steal_reserve for t in self._lc
+                 if t not in idle and t._active_tpcs != t.tpcs]
+        free = [f for f in free if f]
+        if not free:
             return tenant.home, False
         wave_us = self.predictor.wave_us(plan.key, tenant.home.num_tpcs)
         if wave_us is not None and wave_us > policy.steal_max_block_us:
             return tenant.home, False
-        tpcs = frozenset(tenant.tpcs).union(*(t.tpcs for t in idle), *spare)
+        tpcs = frozenset(tenant.tpcs).union(*free)
         part = self._steal_partitions.get(tpcs)
         if part is None or part.closed:
             part = self._steal_partitions[tpcs] = self.device.partition(tpcs)

@@ -54,6 +54,9 @@ LITHOS_ARMS: dict[str, dict] = {
     # blocks up to 4 ms steal (the weight-gradient SGEMM's ~1.1 ms ones too): more
     # training, and a p99 higher on a quiet host (runs 17, 18 and 20)
     "lithos_mps_steal_4000": {"steal_max_block_us": 4000.0},
+    # the inference process's first 8 TPCs never stolen: a request starts on them at once
+    "lithos_mps_reserve_8": {"steal_reserve_tpcs": 8},
+    "lithos_mps_steal_4000_reserve_8": {"steal_max_block_us": 4000.0, "steal_reserve_tpcs": 8},
 }
 OUT = sys.argv[1] if len(sys.argv) > 1 else "diag-mps-split.json"
 SECONDS = float(sys.argv[2]) if len(sys.argv) > 2 else 6.0

@@ -317,7 +317,8 @@ def test_invalid_tenant_spec_names_the_field(kwargs, match):
 
 
 @pytest.mark.parametrize("field, value", [("atom_us", 0), ("queue_cap_us", -1.0), ("lc_idle_grace_us", -5.0),
-                                          ("gil_switch_interval_s", 0.0)])
+                                          ("gil_switch_interval_s", 0.0), ("steal_reserve_tpcs", -1),
+                                          ("steal_reserve_tpcs", 1.5)])
 def test_invalid_policy_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         Policy(**{field: value})
@@ -435,3 +436,19 @@ def test_best_effort_atoms_are_longer_only_where_no_latency_critical_tenant_runs
     else:
         assert lengths[False] and max(lengths[False]) > 200.0
         assert max(lengths[False]) <= 800.0 + 1e-6 and not lengths[True]
+
+
+@pytest.mark.parametrize("reserve", [0, 1, 3, 4])
+def test_stealing_leaves_the_latency_critical_tenants_first_reserved_tpcs_alone(reserve):
+    device, sched = make(Policy(atom_us=200.0, queue_cap_us=100.0, steal_reserve_tpcs=reserve))
+    lc, be = sched.tenant("lc"), sched.tenant("be")
+    sched.submit_for(be, sim_plan(device, SimKernel("be", 16 * 40, 100.0)))
+    sched.close()
+    device.run_until_idle()
+    reserved_sms = {sm for t in sorted(lc.tpcs)[:reserve] for sm in device.tpc_sms(t)}
+    used = {r.sm for r in device.records if r.kernel == "be"}
+    assert not used & reserved_sms  # the reserve is never stolen
+    if reserve < len(lc.tpcs):
+        assert be.stats.stolen_atoms > 0 and used - set(be.home.sm_ids)  # the rest of its TPCs are
+    else:
+        assert be.stats.stolen_atoms == 0

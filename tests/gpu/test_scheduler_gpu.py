@@ -358,3 +358,41 @@ def test_a_followed_remote_tenants_tpcs_are_stolen_only_between_its_requests(dev
     finally:
         sched.close()
     assert np.array_equal(got, _plain_saxpy(xh, yh, 2.0))
+
+
+def test_stolen_atoms_leave_the_reserved_tpcs_of_an_idle_latency_critical_tenant(device):
+    """`Policy.steal_reserve_tpcs`: on real partitions, atoms stolen from an idle
+    latency-critical tenant never run on its first reserved TPCs, with the unsplit
+    launch's results bitwise."""
+    import cupy
+
+    from lithos_sched import Policy, Priority, Scheduler, TenantSpec
+
+    sched = Scheduler(device, [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5),
+                               TenantSpec("be", Priority.BEST_EFFORT, share=0.5)],
+                      Policy(lc_idle_grace_us=0.0, steal_reserve_tpcs=4))
+    reserved = set(sorted(sched.tenant("lc").tpcs)[:4])
+    stolen_on: list[frozenset[int]] = []
+    issue = sched._issue
+
+    def spy(tenant, plan, start, count, partition, stream, predicted, stolen):  # noqa: ANN001, ANN202
+        if stolen:
+            stolen_on.append(frozenset(partition.tpcs))
+        return issue(tenant, plan, start, count, partition, stream, predicted, stolen)
+
+    sched._issue = spy
+    n = 2_000_003
+    xh, yh = _saxpy_inputs(n)
+    try:
+        with sched.tenant("be") as be:
+            k = cupy.RawKernel(atom_cases.SAXPY, "saxpy")
+            x, y = cupy.asarray(xh), cupy.asarray(yh)
+            out = cupy.full(n, np.nan, np.float32)
+            k(((n + 255) // 256,), (256,), (x, y, out, np.float32(2.0), np.int32(n)))
+            got = cupy.asnumpy(out)
+            be.synchronize()
+    finally:
+        sched.close()
+    assert stolen_on and not any(t & reserved for t in stolen_on)
+    assert all(t - sched.tenant("be").tpcs for t in stolen_on)  # the other TPCs were stolen
+    assert np.array_equal(got, _plain_saxpy(xh, yh, 2.0))
