@@ -29,10 +29,10 @@ from typing import Any
 from lithos_sched.device_api import Device, Event, Partition, Stream
 from lithos_sched.errors import LithosCudaError, PartitionError
 from lithos_sched.gpu_device import GpuDevice
+from lithos_sched.policy import Policy
 from lithos_sched.predictor import LatencyPredictor
 from lithos_sched.scheduler import (
     KernelFaultError,
-    Policy,
     Scheduler,
     SchedulerClosedError,
     set_scheduler,

@@ -82,7 +82,7 @@ class ColocationConfig:
 
     def policy(self, **changes: Any) -> Any:
         """The lithos scenarios' `Policy`, with ``changes``."""
-        from lithos_sched.scheduler import Policy
+        from lithos_sched.policy import Policy
 
         return Policy(**({} if self.atom_us is None else {"atom_us": self.atom_us}), **changes)
 
@@ -326,7 +326,7 @@ def run_gpu(cfg: ColocationConfig, console: Any = None) -> dict[str, Any]:
 
     from lithos_sched import open_device
     from lithos_sched.energy import open_meter, tenant_energy
-    from lithos_sched.scheduler import Policy
+    from lithos_sched.policy import Policy
 
     cal, w = setup_gpu(cfg)
     device = open_device(simulate=False)

@@ -523,7 +523,8 @@ def scheduler_for(name: str, device: Any, specs: Sequence[Any], right_sizer: Any
     ``lithos``' and its requests are sized by the caller (`Tenant.on_tpcs`, on the GPU).
     The other scenarios have none.
     """
-    from lithos_sched.scheduler import Policy, Scheduler
+    from lithos_sched.policy import Policy
+    from lithos_sched.scheduler import Scheduler
 
     policies = {"lithos": Policy(), "lithos_no_steal": Policy(stealing=False),
                 "lithos_no_atoms": Policy(atomize_best_effort=False), "lithos_rightsized": Policy()}

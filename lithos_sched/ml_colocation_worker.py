@@ -149,7 +149,8 @@ def _be_lithos_role(cfg: MLColocationConfig, spec: dict[str, Any]) -> Callable[[
     from lithos_atom.atomizer import using_atomizer
     from lithos_sched import ml_tenants, open_device
     from lithos_sched.occupancy import tenant_occupancy
-    from lithos_sched.scheduler import Policy, Scheduler
+    from lithos_sched.policy import Policy
+    from lithos_sched.scheduler import Scheduler
     from lithos_sched.tenant import pair_specs
 
     plain = cupy.cuda.Stream(non_blocking=True)

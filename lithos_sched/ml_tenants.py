@@ -51,7 +51,7 @@ def host_settings() -> Iterator[None]:
 
     A short GIL switch interval and ``gc.freeze()``: without them a latency-critical
     thread waits up to 5 ms for the GIL behind a busy thread, and full collections pause
-    every thread (see `lithos_sched.scheduler.Policy`). Applying them to the baselines
+    every thread (see `lithos_sched.policy.Policy`). Applying them to the baselines
     too keeps host effects out of the comparison of GPU sharing modes.
     """
     saved = sys.getswitchinterval()

@@ -15,7 +15,8 @@ import numpy as np
 
 from lithos_atom.plan import KernelKey, LaunchPlan
 from lithos_sched.colocation_bench import ColocationConfig, summarize
-from lithos_sched.scheduler import Policy, Scheduler
+from lithos_sched.policy import Policy
+from lithos_sched.scheduler import Scheduler
 from lithos_sched.tenant import pair_specs, pair_tpcs
 
 

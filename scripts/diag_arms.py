@@ -33,7 +33,7 @@ from lithos_atom.settings import reload_settings
 from lithos_sched import Scheduler, colocation_bench, ml_tenants, open_device
 from lithos_sched.ml_colocation import MLColocationConfig
 from lithos_sched.ml_gpu import figures, run_tenants
-from lithos_sched.scheduler import Policy
+from lithos_sched.policy import Policy
 from lithos_sched.tenant import pair_specs, pair_tpcs
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else "diag-hold-gil.json"

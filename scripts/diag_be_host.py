@@ -28,7 +28,7 @@ import kernels
 from lithos_atom.atomizer import using_atomizer
 from lithos_sched import Scheduler, ml_tenants, open_device
 from lithos_sched.ml_colocation import MLColocationConfig
-from lithos_sched.scheduler import Policy
+from lithos_sched.policy import Policy
 from lithos_sched.tenant import pair_specs
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else "diag-be-host.json"

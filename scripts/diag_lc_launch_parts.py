@@ -27,7 +27,7 @@ import diag_common
 from lithos_atom import driver_calls, driver_launch, interception
 from lithos_sched import Priority, Scheduler, TenantSpec, open_device
 from lithos_sched import colocation_bench as cb
-from lithos_sched.scheduler import Policy
+from lithos_sched.policy import Policy
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else "diag-lc-launch-parts.json"
 SECONDS = float(sys.argv[2]) if len(sys.argv) > 2 else 4.0

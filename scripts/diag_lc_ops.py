@@ -66,7 +66,7 @@ def main() -> None:
     for variant, policy_kw in (("default", {}), ("again", {}), ("untimed", {"lc_timing_every": 10**9}),
                                ("spin_wait", {})):
         TIMES.clear()
-        from lithos_sched.scheduler import Policy
+        from lithos_sched.policy import Policy
 
         s = Scheduler(dev, [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5),
                             TenantSpec("be", Priority.BEST_EFFORT, share=0.5)], Policy(**policy_kw))

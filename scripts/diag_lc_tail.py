@@ -27,7 +27,8 @@ import numpy as np
 import diag_common
 from lithos_sched import open_device
 from lithos_sched import colocation_bench as cb
-from lithos_sched.scheduler import Policy, Scheduler
+from lithos_sched.policy import Policy
+from lithos_sched.scheduler import Scheduler
 from lithos_sched.tenant import Priority, TenantSpec
 
 OUTDIR = Path(sys.argv[1] if len(sys.argv) > 1 else "diag-out")
