@@ -33,16 +33,32 @@ def _plain_saxpy(xh: np.ndarray, yh: np.ndarray, a: float) -> np.ndarray:
     return cupy.asnumpy(out)
 
 
+def _half_split(device, policy=None, **kwargs):  # noqa: ANN001, ANN003, ANN202
+    """A `Scheduler` of a latency-critical tenant ``"lc"`` and a best-effort one ``"be"``,
+    half of the TPCs each; ``kwargs`` go to the scheduler (``right_sizer``)."""
+    from lithos_sched import Priority, Scheduler, TenantSpec
+
+    return Scheduler(device, [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5),
+                              TenantSpec("be", Priority.BEST_EFFORT, share=0.5)], policy, **kwargs)
+
+
+def _saxpy_operands(xh: np.ndarray, yh: np.ndarray) -> tuple:
+    """The saxpy kernel, ``x`` and ``y`` on the device and a NaN-poisoned output, made on
+    the current stream (inside a tenant: its stream), as user code would."""
+    import cupy
+
+    k = cupy.RawKernel(atom_cases.SAXPY, "saxpy")
+    return k, cupy.asarray(xh), cupy.asarray(yh), cupy.full(xh.size, np.nan, np.float32)
+
+
 def test_unchanged_code_in_a_tenant_sees_its_results_and_runs_on_its_tpcs(device):
     import cupy
 
     from lithos_atom._compat import import_numba_cuda
-    from lithos_sched import Priority, Scheduler, TenantSpec
     from lithos_sched.smid_probe import SMID
 
     cuda = import_numba_cuda()
-    sched = Scheduler(device, [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5),
-                               TenantSpec("be", Priority.BEST_EFFORT, share=0.5)])
+    sched = _half_split(device)
     rng = np.random.default_rng()
     n = 3_000_001
     xh = rng.standard_normal(n).astype(np.float32)
@@ -94,12 +110,10 @@ def test_latency_critical_launches_run_unsplit_in_order(device, right_sized):
     import cupy
 
     from lithos_atom._compat import import_numba_cuda
-    from lithos_sched import Policy, Priority, Scheduler, TenantSpec
+    from lithos_sched import Policy
 
     cuda = import_numba_cuda()
-    sched = Scheduler(device, [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5),
-                               TenantSpec("be", Priority.BEST_EFFORT, share=0.5)], Policy(lc_timing_every=3),
-                      right_sizer=FixedSizer(3) if right_sized else None)
+    sched = _half_split(device, Policy(lc_timing_every=3), right_sizer=FixedSizer(3) if right_sized else None)
     rng = np.random.default_rng()
     n = 1_000_003
     xh, yh = rng.standard_normal((2, n)).astype(np.float32)
@@ -141,11 +155,10 @@ def test_a_request_block_runs_on_its_first_tpcs_in_order_with_the_tenant_stream(
     3 TPCs, after what the tenant queued before and before what it queues after."""
     import cupy
 
-    from lithos_sched import Policy, Priority, Scheduler, TenantSpec
+    from lithos_sched import Policy
     from lithos_sched.smid_probe import SMID
 
-    sched = Scheduler(device, [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5),
-                               TenantSpec("be", Priority.BEST_EFFORT, share=0.5)], Policy(lc_timing_every=3))
+    sched = _half_split(device, Policy(lc_timing_every=3))
     rng = np.random.default_rng()
     n = 1_000_003
     xh, yh = rng.standard_normal((2, n)).astype(np.float32)
@@ -217,11 +230,9 @@ def test_a_best_effort_launch_waits_for_an_open_request_and_keeps_its_results(de
 
     import cupy
 
-    from lithos_sched import Policy, Priority, Scheduler, TenantSpec
+    from lithos_sched import Policy
 
-    sched = Scheduler(device, [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5),
-                               TenantSpec("be", Priority.BEST_EFFORT, share=0.5)],
-                      Policy(request_hold_max_us=10e6))
+    sched = _half_split(device, Policy(request_hold_max_us=10e6))
     n = 3_000_001
     xh, yh = _saxpy_inputs(n)
     opened, leave = threading.Event(), threading.Event()
@@ -235,9 +246,7 @@ def test_a_best_effort_launch_waits_for_an_open_request_and_keeps_its_results(de
 
     lc_thread = threading.Thread(target=serve)
     with sched.tenant("be") as be:
-        k = cupy.RawKernel(atom_cases.SAXPY, "saxpy")
-        x, y = cupy.asarray(xh), cupy.asarray(yh)
-        out = cupy.full(n, np.nan, np.float32)
+        k, x, y, out = _saxpy_operands(xh, yh)
         blocks = (n + 255) // 256
         k((blocks,), (256,), (x, y, out, np.float32(2.0), np.int32(n)))  # timed whole: learns the kernel
         be.synchronize()
@@ -261,20 +270,16 @@ def test_blocking_waits_keep_atoms_results_and_retire_them(device, mode):
     launch's results bitwise and every atom is retired."""
     import cupy
 
-    from lithos_sched import Policy, Priority, Scheduler, TenantSpec
+    from lithos_sched import Policy
 
-    sched = Scheduler(device, [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5),
-                               TenantSpec("be", Priority.BEST_EFFORT, share=0.5)],
-                      Policy(blocking_waits=mode, atom_us=50.0, home_atom_us=50.0, queue_cap_us=20.0,
-                             home_queue_cap_us=20.0, short_best_effort_whole=False))
+    sched = _half_split(device, Policy(blocking_waits=mode, atom_us=50.0, home_atom_us=50.0, queue_cap_us=20.0,
+                                       home_queue_cap_us=20.0, short_best_effort_whole=False))
     n = 4_000_003
     xh, yh = _saxpy_inputs(n)
     blocks = (n + 255) // 256
     try:
         with sched.tenant("be") as be:
-            k = cupy.RawKernel(atom_cases.SAXPY, "saxpy")
-            x, y = cupy.asarray(xh), cupy.asarray(yh)
-            out = cupy.full(n, np.nan, np.float32)
+            k, x, y, out = _saxpy_operands(xh, yh)
             k((blocks,), (256,), (x, y, out, np.float32(2.0), np.int32(n)))  # whole, timed: learns the kernel
             be.synchronize()
             atoms_before = be.stats.atoms
@@ -293,10 +298,9 @@ def test_short_best_effort_launches_run_whole_with_the_unsplit_results(device):
     runs the original kernel unsplit: bitwise the plain launch's results, retired like an atom."""
     import cupy
 
-    from lithos_sched import Policy, Priority, Scheduler, TenantSpec
+    from lithos_sched import Policy
 
-    sched = Scheduler(device, [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5),
-                               TenantSpec("be", Priority.BEST_EFFORT, share=0.5)], Policy())
+    sched = _half_split(device, Policy())
     whole = []
     short = sched._launch_short_best_effort
 
@@ -310,9 +314,7 @@ def test_short_best_effort_launches_run_whole_with_the_unsplit_results(device):
     blocks = (n + 255) // 256
     try:
         with sched.tenant("be") as be:
-            k = cupy.RawKernel(atom_cases.SAXPY, "saxpy")
-            x, y = cupy.asarray(xh), cupy.asarray(yh)
-            out = cupy.full(n, np.nan, np.float32)
+            k, x, y, out = _saxpy_operands(xh, yh)
             k((blocks,), (256,), (x, y, out, np.float32(2.0), np.int32(n)))  # never timed: through its plan
             be.synchronize()
             out.fill(np.nan)
@@ -331,11 +333,10 @@ def test_a_followed_remote_tenants_tpcs_are_stolen_only_between_its_requests(dev
     the signal shows no request open, and keep the unsplit launch's results bitwise."""
     import cupy
 
-    from lithos_sched import Policy, Priority, Scheduler, TenantSpec
+    from lithos_sched import Policy
     from lithos_sched.request_signal import RequestSignal
 
-    sched = Scheduler(device, [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5),
-                               TenantSpec("be", Priority.BEST_EFFORT, share=0.5)], Policy(lc_idle_grace_us=0.0))
+    sched = _half_split(device, Policy(lc_idle_grace_us=0.0))
     n = 2_000_003
     xh, yh = _saxpy_inputs(n)
     blocks = (n + 255) // 256
@@ -343,9 +344,7 @@ def test_a_followed_remote_tenants_tpcs_are_stolen_only_between_its_requests(dev
         with RequestSignal.create(tmp_path) as signal:
             sched.tenant("lc").follow_requests(signal)
             with sched.tenant("be") as be:
-                k = cupy.RawKernel(atom_cases.SAXPY, "saxpy")
-                x, y = cupy.asarray(xh), cupy.asarray(yh)
-                out = cupy.full(n, np.nan, np.float32)
+                k, x, y, out = _saxpy_operands(xh, yh)
                 stolen = []
                 for a, busy in ((1.0, True), (2.0, False)):
                     before = be.stats.stolen_atoms
@@ -366,11 +365,9 @@ def test_stolen_atoms_leave_the_reserved_tpcs_of_an_idle_latency_critical_tenant
     launch's results bitwise."""
     import cupy
 
-    from lithos_sched import Policy, Priority, Scheduler, TenantSpec
+    from lithos_sched import Policy
 
-    sched = Scheduler(device, [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5),
-                               TenantSpec("be", Priority.BEST_EFFORT, share=0.5)],
-                      Policy(lc_idle_grace_us=0.0, steal_reserve_tpcs=4))
+    sched = _half_split(device, Policy(lc_idle_grace_us=0.0, steal_reserve_tpcs=4))
     reserved = set(sorted(sched.tenant("lc").tpcs)[:4])
     stolen_on: list[frozenset[int]] = []
     issue = sched._issue
@@ -385,9 +382,7 @@ def test_stolen_atoms_leave_the_reserved_tpcs_of_an_idle_latency_critical_tenant
     xh, yh = _saxpy_inputs(n)
     try:
         with sched.tenant("be") as be:
-            k = cupy.RawKernel(atom_cases.SAXPY, "saxpy")
-            x, y = cupy.asarray(xh), cupy.asarray(yh)
-            out = cupy.full(n, np.nan, np.float32)
+            k, x, y, out = _saxpy_operands(xh, yh)
             k(((n + 255) // 256,), (256,), (x, y, out, np.float32(2.0), np.int32(n)))
             got = cupy.asnumpy(out)
             be.synchronize()
