@@ -20,8 +20,9 @@ each pair, side by side in one run:
 - ``lithos_mps``: lithos across processes under MPS: the inference process runs on a
   partition of its TPCs and marks its requests in a `RequestSignal`; the best-effort
   process runs its job in a lithos scheduler that steals those TPCs between requests
-  (`Tenant.follow_requests`; `MLColocationConfig.mps_steal_max_block_us`). These two run only on a GPU with MPS; the simulated device
-  has no interpreter to share, and reports them skipped.
+  (`Tenant.follow_requests`; `MLColocationConfig.mps_steal_max_block_us`). These two
+  run only on a GPU with MPS; the simulated device has no interpreter to share, and
+  reports them skipped.
 - ``lithos_no_steal`` / ``lithos_no_atoms``: ablations
 - ``lithos_rightsized``: lithos with right-sizing, the TPCs the inference service does not
   need going to the best-effort job. On the GPU each request runs in `Tenant.on_tpcs` on

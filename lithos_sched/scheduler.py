@@ -128,8 +128,8 @@ class Tenant:
         self._busy: Any = None  # re-recorded after each unsplit launch off its own stream
         self._join: Any = None  # re-recorded on the user's stream before a launch elsewhere
         self._active_tpcs = tpcs  # the TPCs of its latest kernel (fewer when right-sized)
-        # its first TPCs that are never stolen (`Policy.steal_reserve_tpcs`)
-        self._steal_reserve = frozenset(sorted(tpcs)[:scheduler.policy.steal_reserve_tpcs])
+        # the TPCs stealing may take: all but its first `Policy.steal_reserve_tpcs`
+        self._stealable = frozenset(sorted(tpcs)[scheduler.policy.steal_reserve_tpcs:])
         self._rightsized: dict[int, Any] = {}  # right-sized partitions of its first n TPCs, by n
         self._stream_handle: int | None = None
         self._request: Any = None  # the partition of an `on_tpcs` block in progress
@@ -852,13 +852,11 @@ class Scheduler(Atomizer):
         if not policy.stealing or not self._lc:
             return tenant.home, False
         idle = [t for t in self._lc if t.idle()]
-        # all TPCs of an idle latency-critical tenant, and those a busy one leaves while its
-        # kernel is right-sized; less, in both, the ones it keeps in reserve
-        free = [t.tpcs - t._steal_reserve for t in idle]
-        free += [t.tpcs - t._active_tpcs - t._steal_reserve for t in self._lc
-                 if t not in idle and t._active_tpcs != t.tpcs]
-        free = [f for f in free if f]
-        if not free:
+        # the stealable TPCs of an idle latency-critical tenant, and those a busy one leaves
+        # while its kernel is right-sized
+        free = [t._stealable for t in idle]
+        free += [t._stealable - t._active_tpcs for t in self._lc if t not in idle and t._active_tpcs != t.tpcs]
+        if not any(free):
             return tenant.home, False
         wave_us = self.predictor.wave_us(plan.key, tenant.home.num_tpcs)
         if wave_us is not None and wave_us > policy.steal_max_block_us:
