@@ -272,7 +272,8 @@ class _Worker:
 def run_process_pair(cfg: MLColocationConfig, be_kind: str, *, env: dict[str, str] | None = None,
                      command: Sequence[str] = WORKER_COMMAND, ready_timeout_s: float = 180.0,
                      tpcs: dict[str, Sequence[int]] | None = None, lithos: bool = False,
-                     policy: dict[str, Any] | None = None) -> dict[str, Any]:
+                     policy: dict[str, Any] | None = None,
+                     role_env: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
     """Run the LC and the BE tenant as two worker processes with a synchronized start.
 
     Parameters
@@ -295,6 +296,9 @@ def run_process_pair(cfg: MLColocationConfig, be_kind: str, *, env: dict[str, st
         `RequestSignal` made here, which the BE worker's scheduler follows.
     policy : dict, optional
         With ``lithos``: `Policy` fields the BE worker's scheduler changes.
+    role_env : dict, optional
+        Role (``"lc"``, ``"be"``) -> variables added for that worker only, after ``env``
+        (an MPS client priority for one of them, say).
 
     Returns
     -------
@@ -309,6 +313,9 @@ def run_process_pair(cfg: MLColocationConfig, be_kind: str, *, env: dict[str, st
     WorkerError
         A worker failed, timed out or broke the protocol (both are stopped).
     """
+    unknown = sorted(set(role_env or {}) - {"lc", "be"})
+    if unknown:
+        raise ValueError(f"run_process_pair: role_env has roles {unknown}; the roles are 'lc' and 'be'")
     full_env = {**os.environ, **(env or {})}
     # Workers import the same lithos as this process, installed or not.
     root = str(Path(__file__).resolve().parents[1])
@@ -318,7 +325,7 @@ def run_process_pair(cfg: MLColocationConfig, be_kind: str, *, env: dict[str, st
     signal = RequestSignal.create() if lithos else None
     try:
         for role in ("lc", "be"):
-            w = _Worker(role, command, full_env)
+            w = _Worker(role, command, {**full_env, **(role_env or {}).get(role, {})})
             workers.append(w)
             spec: dict[str, Any] = {"config": dataclasses.asdict(cfg), "role": role, "be_kind": be_kind}
             if tpcs is not None and role in tpcs:

@@ -17,12 +17,13 @@ alone (run13). This compares, per pair and round:
 - ``mps_be_only`` (arm): only the best-effort process on its partition, the service's
   process on an ordinary stream over the whole GPU;
 - ``lithos_mps`` and its variants (arms): lithos across processes (the ML bench's
-  ``lithos_mps``), the best-effort scheduler's `Policy` changed as `LITHOS_ARMS` says.
+  ``lithos_mps``), the best-effort scheduler's `Policy` changed as `LITHOS_ARMS` says, or its
+  process given the environment `BE_ENV_ARMS` says.
 
 Usage (on the GPU):
     python scripts/diag_mps_split.py OUT_JSON [seconds per run] [rounds] [pair,pair] [share,share] [arm,arm]
     (pairs: training, batch_inference; shares: static splits' inference shares, the first
-    also the in-process split's and lithos'; arms: mps_be_only and those of LITHOS_ARMS,
+    also the in-process split's and lithos'; arms: mps_be_only and those of LITHOS_ARMS and BE_ENV_ARMS,
     each at the first share or at another as ``arm@share``)
 """
 
@@ -57,7 +58,28 @@ LITHOS_ARMS: dict[str, dict] = {
     # the inference process's first 8 TPCs never stolen: a request starts on them at once
     "lithos_mps_reserve_8": {"steal_reserve_tpcs": 8},
     "lithos_mps_steal_4000_reserve_8": {"steal_max_block_us": 4000.0, "steal_reserve_tpcs": 8},
+    # stolen atoms of 0.5 ms with 0.1 ms queued: across processes the best-effort
+    # interpreter's issue cost no longer holds the service's GIL, which is what kept
+    # atom_us at 1 ms in one process; an arriving request waits behind less
+    "lithos_mps_atom_500": {"atom_us": 500.0, "queue_cap_us": 100.0},
 }
+#: arm -> variables for the best-effort worker only (its Policy is the arm's base one)
+BE_ENV_ARMS: dict[str, tuple[str, dict[str, str]]] = {
+    # the best-effort process an MPS client of BELOW_NORMAL priority: its queued blocks
+    # go after the service's on shared SMs, whatever the streams' priorities
+    "lithos_mps_be_below_normal": ("lithos_mps", {"CUDA_MPS_CLIENT_PRIORITY": "1"}),
+    "lithos_mps_steal_4000_be_below_normal": ("lithos_mps_steal_4000", {"CUDA_MPS_CLIENT_PRIORITY": "1"}),
+}
+
+
+def arm_setup(name: str) -> tuple[dict, dict[str, str]]:
+    """A lithos arm's Policy changes and its best-effort worker's extra environment."""
+    if name in BE_ENV_ARMS:
+        base, be_env = BE_ENV_ARMS[name]
+        return LITHOS_ARMS[base], be_env
+    return LITHOS_ARMS[name], {}
+
+
 OUT = sys.argv[1] if len(sys.argv) > 1 else "diag-mps-split.json"
 SECONDS = float(sys.argv[2]) if len(sys.argv) > 2 else 6.0
 ROUNDS = int(sys.argv[3]) if len(sys.argv) > 3 else 3
@@ -73,9 +95,10 @@ def arm_share(arm: str) -> tuple[str, float]:
     return name, float(share) if share else SHARES[0]
 
 
-unknown = [a for a in ARMS if a != "mps_be_only" and (arm_share(a)[0] not in LITHOS_ARMS or arm_share(a)[1] not in SHARES)]
+KNOWN_ARMS = [*LITHOS_ARMS, *BE_ENV_ARMS]
+unknown = [a for a in ARMS if a != "mps_be_only" and (arm_share(a)[0] not in KNOWN_ARMS or arm_share(a)[1] not in SHARES)]
 if unknown:
-    sys.exit(f"unknown arms {unknown}; arms: mps_be_only, {', '.join(LITHOS_ARMS)}, each with @share of {SHARES}")
+    sys.exit(f"unknown arms {unknown}; arms: mps_be_only, {', '.join(KNOWN_ARMS)}, each with @share of {SHARES}")
 
 device = open_device(simulate=False)
 cfg = MLColocationConfig(pairs=tuple(PAIRS), duration_s=SECONDS, lc_share=SHARES[0])
@@ -131,12 +154,15 @@ with MPSDaemon() as daemon:
                     processes(rnd, kind, arm, tpcs={"be": splits[SHARES[0]][1]})
                 else:
                     name, share = arm_share(arm)
-                    processes(rnd, kind, arm, tpcs={"lc": splits[share][0]}, lithos=True, policy=LITHOS_ARMS[name])
+                    policy, be_env = arm_setup(name)
+                    processes(rnd, kind, arm, tpcs={"lc": splits[share][0]}, lithos=True, policy=policy,
+                              role_env={"be": be_env})
     servers = daemon.server_list()
 cupy.cuda.Device().synchronize()
 with open(OUT, "w") as f:
     json.dump({"device": device.describe(), "seconds": SECONDS, "rounds": ROUNDS, "shares": SHARES, "arms": ARMS,
-               "lithos_arms": {a: LITHOS_ARMS[arm_share(a)[0]] for a in ARMS if a != "mps_be_only"},
+               "lithos_arms": {a: dict(zip(("policy", "be_env"), arm_setup(arm_share(a)[0])))
+                               for a in ARMS if a != "mps_be_only"},
                "mps": {"server_list": servers, "stop": daemon.stop_status},
                "config": dataclasses.asdict(cfg), "be_alone_iters_per_s": be_alone, "runs": runs},
               f, indent=1, default=str)

@@ -442,6 +442,34 @@ def test_process_pair_as_lithos_shares_one_request_signal_and_removes_it(tmp_pat
     assert "lithos-requests-" in path and not Path(path).exists()  # removed by the parent
 
 
+_ENV_WORKER = """
+import os, sys
+from lithos_sched.ml_colocation_worker import worker_main
+def role(cfg, spec):
+    seen = {k: os.environ.get(k) for k in ("LITHOS_TEST_BOTH", "LITHOS_TEST_ROLE")}
+    if spec["role"] == "lc":
+        return lambda t0: {"arrivals_s": [0.1], "latencies_ms": [1.0], "phases_ms": [[0, 0, 1]], "env": seen}
+    return lambda t0: {"done_s": [t0], "env": seen}
+sys.exit(worker_main(sys.stdin, sys.stdout, {"lc": role, "be": role}))
+"""
+
+
+def test_process_pair_role_env_reaches_only_that_worker(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(_ENV_WORKER)
+    res = run_process_pair(MLColocationConfig(duration_s=0.1, warmup_s=0.0), "training",
+                           command=[sys.executable, str(script)], ready_timeout_s=60, lithos=True,
+                           env={"LITHOS_TEST_BOTH": "b", "LITHOS_TEST_ROLE": "both"},
+                           role_env={"be": {"LITHOS_TEST_ROLE": "be only"}})
+    assert res["lc"]["env"] == {"LITHOS_TEST_BOTH": "b", "LITHOS_TEST_ROLE": "both"}
+    assert res["be_scheduler"]["env"] == {"LITHOS_TEST_BOTH": "b", "LITHOS_TEST_ROLE": "be only"}
+
+
+def test_process_pair_role_env_names_an_unknown_role():
+    with pytest.raises(ValueError, match=r"role_env has roles \['trainer'\]"):
+        run_process_pair(MLColocationConfig(duration_s=0.1), "training", role_env={"trainer": {"X": "1"}})
+
+
 def test_process_pair_failure_names_the_worker_and_the_error(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(_FAKE_WORKER.format(fail="yes"))
