@@ -13,6 +13,10 @@ SGEMM, and a tiled transpose.
   bf16 or fp32 output. 128x128x32 block tiles, 8 warps of 32x64, two shared-memory
   stages filled with ``cp.async`` (zero-filled at the edges) when rows are 16-byte
   aligned, plain loads otherwise; 37,888 bytes of *dynamic* shared memory.
+- ``splitk_sum`` (``cupy.RawKernel``): the second pass of a split-K SGEMM
+  (`gemm` with ``split_k``): ``out = alpha * (P0 + P1 + ...)`` over the slices' partial
+  products, always summed in slice order, so the result does not depend on which slice
+  finished first (deterministic, unlike atomics).
 - ``transpose_<b>`` (``cupy.RawKernel``): 32x32 shared-memory tiles, 32x8 threads.
 - `gemm_numba`: a Numba ``@cuda.jit`` SGEMM, 64x64 tiles in ``cuda.shared.array``, 4x4
   per thread.
@@ -189,6 +193,23 @@ def sgemm_source(tile: str, trans_a: bool, trans_b: bool) -> KernelSource:
     entry = _SGEMM_ENTRY.format(threads=SGEMM_THREADS, min_blocks=min_blocks, name=name, bm=bm, bn=bn, bk=bk,
                                 tm=tm, tn=tn, ta=str(trans_a).lower(), tb=str(trans_b).lower())
     return KernelSource(key=name, code=_SGEMM_BODY + entry, kind="kernel", name=name)
+
+
+_SPLITK_SUM_CODE = r"""
+// out[i] = alpha * (ws[0][i] + ws[1][i] + ...), i < mn; ws holds `splits` partial products of mn
+// floats each. The slices are added in order: the same bits whatever the launch's split into blocks.
+extern "C" __global__ void __launch_bounds__(256) splitk_sum(const float* __restrict__ ws, float* __restrict__ out,
+                                                             long long mn, int splits, float alpha)
+{
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= mn) return;
+    float sum = ws[i];
+    for (int s = 1; s < splits; ++s) sum += ws[(long long)s * mn + i];
+    out[i] = alpha * sum;
+}
+"""
+SPLITK_SUM_SOURCE = KernelSource(key="splitk_sum", code=_SPLITK_SUM_CODE, kind="kernel", name="splitk_sum")
+SPLITK_SUM_THREADS = 256
 
 
 # ---- fp16 / bf16 tensor-core GEMM (RawModule, templated) ----------------------------------
@@ -374,7 +395,7 @@ def transpose_source(itemsize: int) -> KernelSource:
 def cupy_sources() -> list[KernelSource]:
     """Every CuPy kernel source of this module."""
     srcs = [sgemm_source(tile, ta, tb) for tile in SGEMM_TILES for ta in (False, True) for tb in (False, True)]
-    return [*srcs, WMMA_SOURCE, *(transpose_source(s) for s in _TRANSPOSE_TYPES)]
+    return [*srcs, SPLITK_SUM_SOURCE, WMMA_SOURCE, *(transpose_source(s) for s in _TRANSPOSE_TYPES)]
 
 
 NUMBA_TILE = 64   # kernels.numba_kernels.sgemm: 64x64 tiles, block (16, 16)
@@ -421,6 +442,7 @@ def gemm(
     trans_b: bool = False,
     alpha: float = 1.0,
     tile: str | None = None,
+    split_k: int = 1,
     stream: Any = None,
 ) -> Any:
     """Matrix product ``out = alpha * op(a) @ op(b)`` on the GPU.
@@ -443,6 +465,14 @@ def gemm(
     tile : str, optional
         float32 only: force the SGEMM tile (``"128x128"`` or ``"64x64"``); by default
         `sgemm_tile_for` picks it from the problem size and the SM count.
+    split_k : int
+        float32 only: split the reduction into this many contiguous K-slices, as even
+        as can be. Each slice runs as its own SGEMM into a workspace of
+        ``split_k x M x N`` floats, then ``splitk_sum`` adds the slices in order, so the
+        result is deterministic (it differs from ``split_k=1`` by rounding only). Every
+        block then runs over a ``split_k``-th of K: shorter blocks, which a GPU cannot
+        preempt, give back their SMs sooner to a scheduler such as lithos', at the cost
+        of the workspace's extra memory traffic.
     stream : cupy stream, object with ``__cuda_stream__``, or None
         Where the kernels run (None: CuPy's current stream).
 
@@ -454,11 +484,18 @@ def gemm(
     M, N, K, kind, out_kind = check_gemm_args(a, b, out, trans_a, trans_b)
     if tile is not None and (tile not in SGEMM_TILES or kind != dtypes.FLOAT32):
         raise ValueError(f"tile must be None or one of {sorted(SGEMM_TILES)} (float32 only), got {tile!r}")
+    if isinstance(split_k, bool) or not isinstance(split_k, (int, np.integer)) or not 1 <= split_k <= max(K, 1):
+        raise ValueError(f"split_k must be an int from 1 to K ({K}), got {split_k!r}")
+    if split_k > 1 and kind != dtypes.FLOAT32:
+        raise ValueError(f"split_k is float32 only, got {kind} inputs with split_k={split_k}")
     s = as_cupy_stream(stream)
     if out is None:
         out = empty((M, N), dtypes.numpy_dtype(out_kind), s)
     if kind == dtypes.FLOAT32:
-        _launch_sgemm(a, b, out, M, N, K, trans_a, trans_b, alpha, tile, s)
+        if split_k > 1:
+            _launch_split_k(a, b, out, M, N, K, trans_a, trans_b, alpha, tile, int(split_k), s)
+        else:
+            _launch_sgemm(a, b, out, M, N, K, trans_a, trans_b, alpha, tile, s, a.shape[1], b.shape[1])
         return out
     if trans_a:
         a = transpose(a, stream=s)
@@ -478,15 +515,31 @@ def sgemm_tile_for(M: int, N: int, sm_count: int) -> str:
 
 
 def _launch_sgemm(a: Any, b: Any, out: Any, M: int, N: int, K: int, ta: bool, tb: bool, alpha: float,
-                  tile: str | None, s: Any) -> None:
+                  tile: str | None, s: Any, lda: int, ldb: int) -> None:
     tile = tile or sgemm_tile_for(M, N, _compile.sm_count())
     bm, bn = SGEMM_TILES[tile][:2]
     kernel = raw_kernel(sgemm_source(tile, ta, tb))
     vec_store = int(N % 4 == 0 and out.data.ptr % 16 == 0)
     kernel((cdiv(N, bn), cdiv(M, bm)), (SGEMM_THREADS,),
-           (a, b, out, np.int32(M), np.int32(N), np.int32(K), np.int64(a.shape[1]), np.int64(b.shape[1]),
+           (a, b, out, np.int32(M), np.int32(N), np.int32(K), np.int64(lda), np.int64(ldb),
             np.int64(N), np.float32(alpha), np.int32(vec_store)),
            stream=s)
+
+
+def _launch_split_k(a: Any, b: Any, out: Any, M: int, N: int, K: int, ta: bool, tb: bool, alpha: float,
+                    tile: str | None, splits: int, s: Any) -> None:
+    """`gemm` with ``split_k=splits``: one SGEMM per K-slice into a workspace, then ``splitk_sum``."""
+    tile = tile or sgemm_tile_for(M, N, _compile.sm_count())
+    ws = empty((splits, M, N), np.float32, s)
+    for i in range(splits):
+        k0, k1 = i * K // splits, (i + 1) * K // splits   # none empty, as splits <= K
+        # The slice's operands are views into a and b: same leading dimensions, shifted bases.
+        a_k = a[k0:k1, :] if ta else a[:, k0:k1]
+        b_k = b[:, k0:k1] if tb else b[k0:k1, :]
+        _launch_sgemm(a_k, b_k, ws[i], M, N, k1 - k0, ta, tb, 1.0, tile, s, a.shape[1], b.shape[1])
+    mn = M * N
+    raw_kernel(SPLITK_SUM_SOURCE)((cdiv(mn, SPLITK_SUM_THREADS),), (SPLITK_SUM_THREADS,),
+                                  (ws, out, np.int64(mn), np.int32(splits), np.float32(alpha)), stream=s)
 
 
 def transpose(x: Any, out: Any = None, *, stream: Any = None) -> Any:

@@ -399,6 +399,13 @@ class MLPConfig:
     optimizer : str
         ``"adam"`` or ``"sgd"``.
     lr : float
+    gemm_max_k : int or None
+        GEMMs whose reduction is longer than this run split-K (`kernels.gemm.gemm`'s
+        ``split_k``, deterministic) in slices of at most this, so no block of the step
+        multiplies over more of K. A GPU cannot preempt a running block, so this bounds how
+        long the job holds SMs it has borrowed. None: every GEMM unsplit (the weight
+        gradients reduce over ``batch``, the down projection and the input gradient over
+        ``hidden``, the others over ``d_model``).
     """
 
     d_model: int = 2048
@@ -407,10 +414,18 @@ class MLPConfig:
     n_layers: int = 2
     optimizer: str = "adam"
     lr: float = 1e-3
+    gemm_max_k: int | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.gemm_max_k is not None and (isinstance(self.gemm_max_k, bool) or not isinstance(self.gemm_max_k, int)
+                                            or self.gemm_max_k < 1):
+            raise ValueError(f"MLPConfig.gemm_max_k must be None or an int >= 1, got {self.gemm_max_k!r}")
+
+    def split_k(self, K: int) -> int:
+        """The K-slices of a GEMM of this job that reduces over ``K`` (1: unsplit)."""
+        return 1 if self.gemm_max_k is None else -(-K // self.gemm_max_k)
 
     def flops_per_step(self) -> float:
         """GEMM FLOPs of one step: per layer 2 forward and 4 backward GEMMs of ``2 B d F``
@@ -463,13 +478,17 @@ class TrainingJob:
     def _s(self, stream: Any) -> Any:
         return self.stream if stream is None else as_cupy_stream(stream)
 
+    def _gemm(self, a: Any, b: Any, out: Any, s: Any, trans_a: bool = False, trans_b: bool = False) -> None:
+        K = a.shape[0] if trans_a else a.shape[1]
+        gemm(a, b, out=out, trans_a=trans_a, trans_b=trans_b, split_k=self.config.split_k(K), stream=s)
+
     def forward(self, stream: Any = None) -> Any:
         """Forward pass; returns the output activations."""
         s = self._s(stream)
         for layer in range(self.config.n_layers):
-            gemm(self.xs[layer], self.w1[layer], out=self.us[layer], stream=s)
+            self._gemm(self.xs[layer], self.w1[layer], self.us[layer], s)
             gelu(self.us[layer], out=self.hs[layer], stream=s)
-            gemm(self.hs[layer], self.w2[layer], out=self._y, stream=s)
+            self._gemm(self.hs[layer], self.w2[layer], self._y, s)
             residual_add(self._y, self.xs[layer], out=self.xs[layer + 1], stream=s)
         return self.xs[-1]
 
@@ -479,12 +498,12 @@ class TrainingJob:
         L = self.config.n_layers
         g = mse_grad(self.xs[-1], self.target, out=self._g, stream=s)
         for layer in reversed(range(L)):
-            gemm(self.hs[layer], g, out=self.grads[L + layer], trans_a=True, stream=s)      # dW2 = h^T g
-            gemm(g, self.w2[layer], out=self._dh, trans_b=True, stream=s)                   # dh = g W2^T
-            gelu_backward(self.us[layer], self._dh, out=self._dh, stream=s)                 # du
-            gemm(self.xs[layer], self._dh, out=self.grads[layer], trans_a=True, stream=s)   # dW1 = x^T du
+            self._gemm(self.hs[layer], g, self.grads[L + layer], s, trans_a=True)     # dW2 = h^T g
+            self._gemm(g, self.w2[layer], self._dh, s, trans_b=True)                  # dh = g W2^T
+            gelu_backward(self.us[layer], self._dh, out=self._dh, stream=s)           # du
+            self._gemm(self.xs[layer], self._dh, self.grads[layer], s, trans_a=True)  # dW1 = x^T du
             if layer > 0:
-                gemm(self._dh, self.w1[layer], out=self._y, trans_b=True, stream=s)          # du W1^T
+                self._gemm(self._dh, self.w1[layer], self._y, s, trans_b=True)         # du W1^T
                 residual_add(self._y, g, out=g, stream=s)                                   # dL/dx
 
     def update(self, stream: Any = None) -> None:

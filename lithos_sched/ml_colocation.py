@@ -128,6 +128,17 @@ class MLColocationConfig:
         0.38 ms higher on noisier ones, and 1.40x against 1.20x alone in two runs of the
         bench back to back on one host (run21). The tail is what the inference service is
         promised, so the default stays.
+    training_gemm_max_k : int or None
+        `MLPConfig.gemm_max_k` of the training job, in every scenario alike (alone too):
+        its GEMMs that reduce over more than this run deterministic split-K. At the
+        default sizes the weight gradients reduce over the 4096-row batch, the down
+        projection and the input gradient over the 8192-wide hidden layer; unsplit, their
+        128x128 blocks ran about 1.1 ms and longer on the H200 (the up projection's, over
+        2048, about half that), and a block cannot be preempted: under the 1.5 ms
+        steal-block limit the longest could not borrow the inference TPCs (about 0.46 of
+        the best-effort time ran on them, against 0.75 with a 4 ms limit, which raised the
+        inference tail; runs 17-23 of bench/results/h200-2026-12-04-*). None runs them
+        unsplit.
     slo_mult : float
         The LC SLO is this multiple of the LC-alone p99 (unless `slo_ms` is given).
     slo_ms : float or None
@@ -153,6 +164,7 @@ class MLColocationConfig:
     lc_share: float = 0.5
     static_sweep: tuple[float, ...] = (0.25, 0.375)
     mps_steal_max_block_us: float | None = None
+    training_gemm_max_k: int | None = 2048
     slo_mult: float = 1.5
     slo_ms: float | None = None
     size: str = "default"
@@ -186,6 +198,10 @@ class MLColocationConfig:
                              f"{list(self.static_sweep)!r}")
         if self.size not in SIZES:
             raise ValueError(f"MLColocationConfig.size must be one of {SIZES}, got {self.size!r}")
+        if self.training_gemm_max_k is not None and (not _is_int(self.training_gemm_max_k)
+                                                     or self.training_gemm_max_k < 1):
+            raise ValueError("MLColocationConfig.training_gemm_max_k must be None or an int >= 1, "
+                             f"got {self.training_gemm_max_k!r}")
         if not _is_int(self.be_queue_depth) or self.be_queue_depth < 1:
             raise ValueError(f"MLColocationConfig.be_queue_depth must be an int >= 1, got {self.be_queue_depth!r}")
         if not _is_int(self.seed):
@@ -245,12 +261,14 @@ class MLColocationConfig:
         """The `DecoderConfig`, `MLPConfig` and batch-inference batch of `size`."""
         from kernels.workloads import DecoderConfig, MLPConfig
 
+        max_k = self.training_gemm_max_k
         if self.size == "long":
-            return {"decoder": DecoderConfig(seq_len=512), "mlp": MLPConfig(batch=4096), "batch_inference_batch": 8}
+            return {"decoder": DecoderConfig(seq_len=512), "mlp": MLPConfig(batch=4096, gemm_max_k=max_k),
+                    "batch_inference_batch": 8}
         if self.size == "small":
             return {"decoder": DecoderConfig(d_model=256, n_heads=4, n_layers=2, seq_len=64),
-                    "mlp": MLPConfig(d_model=512, hidden=2048, batch=1024), "batch_inference_batch": 8}
-        return {"decoder": DecoderConfig(), "mlp": MLPConfig(batch=4096), "batch_inference_batch": 32}
+                    "mlp": MLPConfig(d_model=512, hidden=2048, batch=1024, gemm_max_k=max_k), "batch_inference_batch": 8}
+        return {"decoder": DecoderConfig(), "mlp": MLPConfig(batch=4096, gemm_max_k=max_k), "batch_inference_batch": 32}
 
 
 def static_name(share: float) -> str:

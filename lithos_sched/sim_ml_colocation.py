@@ -185,19 +185,32 @@ class KernelModel:
         ]
         return per_layer * dec.n_layers
 
+    def split_k_gemm(self, name: str, m: int, n: int, k: int, splits: int) -> list[Any]:
+        """An fp32 GEMM as `kernels.gemm.gemm` runs it with ``split_k=splits``: one SGEMM
+        per K-slice into a workspace, then the ordered sum of the slices."""
+        if splits == 1:
+            return [self.gemm(name, m, n, k, False)]
+        slices = [self.gemm(name, m, n, (i + 1) * k // splits - i * k // splits, False) for i in range(splits)]
+        return [*slices, self.elementwise("splitk_sum", m * n, 4.0 * (splits + 1))]
+
     def training_step(self, mlp: Any) -> list[Any]:
-        """The kernels of one `TrainingJob.step` (fp32 SGEMM, Adam or SGD)."""
+        """The kernels of one `TrainingJob.step` (fp32 SGEMM, split-K as `MLPConfig.split_k`
+        says, Adam or SGD)."""
         b, d, f = mlp.batch, mlp.d_model, mlp.hidden
+
+        def gemm(name: str, m: int, n: int, k: int) -> list[Any]:
+            return self.split_k_gemm(name, m, n, k, mlp.split_k(k))
+
         ks: list[Any] = []
         for _ in range(mlp.n_layers):
-            ks += [self.gemm("sgemm_up", b, f, d, False), self.elementwise("gelu", b * f, 8.0),
-                   self.gemm("sgemm_down", b, d, f, False), self.elementwise("residual_add", b * d, 12.0)]
+            ks += [*gemm("sgemm_up", b, f, d), self.elementwise("gelu", b * f, 8.0),
+                   *gemm("sgemm_down", b, d, f), self.elementwise("residual_add", b * d, 12.0)]
         ks.append(self.elementwise("mse_grad", b * d, 12.0))
         for layer in reversed(range(mlp.n_layers)):
-            ks += [self.gemm("sgemm_dw2", f, d, b, False), self.gemm("sgemm_dh", b, f, d, False),
-                   self.elementwise("gelu_backward", b * f, 12.0), self.gemm("sgemm_dw1", d, f, b, False)]
+            ks += [*gemm("sgemm_dw2", f, d, b), *gemm("sgemm_dh", b, f, d),
+                   self.elementwise("gelu_backward", b * f, 12.0), *gemm("sgemm_dw1", d, f, b)]
             if layer > 0:
-                ks += [self.gemm("sgemm_dx", b, d, f, False), self.elementwise("residual_add", b * d, 12.0)]
+                ks += [*gemm("sgemm_dx", b, d, f), self.elementwise("residual_add", b * d, 12.0)]
         per_param = 28.0 if mlp.optimizer == "adam" else 12.0
         ks += [self.elementwise(mlp.optimizer, d * f, per_param) for _ in range(2 * mlp.n_layers)]
         return ks

@@ -361,6 +361,41 @@ def test_conv_reduce_transpose_optim_launch_configs(fake_cupy):
 # ---- argument validation (no device) ---------------------------------------------------------
 
 
+def test_split_k_launches_one_sgemm_per_slice_then_the_ordered_sum(fake_cupy):
+    a, b, c = fake((4096, 512)), fake((4096, 2048)), fake((512, 2048))   # op(a) = a^T: K = 4096
+    ops.gemm(a, b, out=c, trans_a=True, split_k=2, alpha=0.5)
+    *parts, total = launches()
+    assert [p.name for p in parts] == ["sgemm_64x64_tn"] * 2 and total.name == "splitk_sum"
+    for i, p in enumerate(parts):
+        assert_packable(p.args)
+        # K-slice i: its rows of a and b, the full leading dimensions, into workspace slice i
+        assert p.args[0].data.ptr == a.data.ptr + i * 2048 * 512 * 4
+        assert p.args[1].data.ptr == b.data.ptr + i * 2048 * 2048 * 4
+        assert [int(x) for x in p.args[3:9]] == [512, 2048, 2048, 512, 2048, 2048] and float(p.args[9]) == 1.0
+    ws = parts[0].args[2]
+    assert parts[1].args[2].data.ptr == ws.data.ptr + 512 * 2048 * 4
+    assert_packable(total.args)
+    assert total.args[0].data.ptr == ws.data.ptr and total.args[1] is c
+    assert [int(total.args[2]), int(total.args[3]), float(total.args[4])] == [512 * 2048, 2, 0.5]
+    assert total.grid == (512 * 2048 // 256,)
+    ops.gemm(fake((64, 300)), fake((80, 300)), out=fake((64, 80)), trans_b=True, split_k=3)   # op(a) = a: columns
+    parts = launches()[-4:-1]
+    assert [p.args[0].data.ptr - parts[0].args[0].data.ptr for p in parts] == [0, 100 * 4, 200 * 4]
+    assert [p.args[1].data.ptr - parts[0].args[1].data.ptr for p in parts] == [0, 100 * 4, 200 * 4]
+    assert [int(p.args[5]) for p in parts] == [100, 100, 100] and {int(p.args[6]) for p in parts} == {300}
+
+
+@pytest.mark.parametrize("bad", [0, -1, 9, 2.0, True])
+def test_split_k_out_of_range_names_the_field(bad):
+    with pytest.raises(ValueError, match=r"split_k must be an int from 1 to K \(8\)"):
+        ops.gemm(fake((4, 8)), fake((8, 3)), split_k=bad)
+
+
+def test_split_k_is_float32_only():
+    with pytest.raises(ValueError, match="split_k is float32 only"):
+        ops.gemm(fake((4, 8), np.float16), fake((8, 3), np.float16), split_k=2)
+
+
 def test_gemm_validation():
     a, b = fake((4, 8)), fake((8, 3))
     with pytest.raises(TypeError, match="a must be a cupy.ndarray"):
@@ -647,6 +682,11 @@ def test_workload_configs():
         workloads.DecoderConfig(dtype="float64")
     with pytest.raises(ValueError, match="optimizer"):
         workloads.MLPConfig(optimizer="lamb")
+    for bad in (0, 2048.0, True):
+        with pytest.raises(ValueError, match="MLPConfig.gemm_max_k must be None or an int >= 1"):
+            workloads.MLPConfig(gemm_max_k=bad)
+    assert [workloads.MLPConfig(gemm_max_k=2048).split_k(k) for k in (2048, 2049, 4096, 8192)] == [1, 2, 2, 4]
+    assert workloads.MLPConfig().split_k(8192) == 1
     c = workloads.DecoderConfig()
     assert c.head_dim == 64 and c.flops_per_token() == 2 * 4 * (4 * 1024**2 + 8 * 1024**2)
     m = workloads.MLPConfig(d_model=2, hidden=3, batch=5, n_layers=2)
@@ -760,6 +800,33 @@ def test_emulated_sgemm(emu, tile, ta, tb):
     b = _rand(rng, (N, K) if tb else (K, N))
     c = ops.gemm(emu.host_array(a), emu.host_array(b), trans_a=ta, trans_b=tb, tile=tile, alpha=0.5)
     assert_close(emu.to_numpy(c), ops.reference_gemm(a, b, trans_a=ta, trans_b=tb, alpha=0.5), 1e-5, 1e-5)
+
+
+@pytest.mark.parametrize("ta,tb", [(False, False), (False, True), (True, False), (True, True)])
+@pytest.mark.parametrize("split_k", [2, 3])
+def test_emulated_split_k_sgemm_sums_the_slices_in_order(emu, ta, tb, split_k):
+    rng = np.random.default_rng(13)
+    M, N, K = 70, 45, 37   # K-slices of 12-19: edges in every slice
+    a = _rand(rng, (K, M) if ta else (M, K))
+    b = _rand(rng, (N, K) if tb else (K, N))
+    out = emu.host_array(np.full((M, N), np.nan, np.float32))   # poisoned: every element must be written
+    ops.gemm(emu.host_array(a), emu.host_array(b), out=out, trans_a=ta, trans_b=tb, tile="64x64", alpha=0.5,
+             split_k=split_k)
+    got = emu.to_numpy(out)
+    assert_close(got, ops.reference_gemm(a, b, trans_a=ta, trans_b=tb, alpha=0.5), 1e-5, 1e-5)
+    # The same sum as the slices' own products added in slice order, bit for bit.
+    bounds = [(i * K // split_k, (i + 1) * K // split_k) for i in range(split_k)]
+    parts = []
+    for k0, k1 in bounds:
+        a_k = a[k0:k1, :] if ta else a[:, k0:k1]
+        b_k = b[:, k0:k1] if tb else b[k0:k1, :]
+        parts.append(emu.to_numpy(ops.gemm(emu.host_array(np.ascontiguousarray(a_k)),
+                                           emu.host_array(np.ascontiguousarray(b_k)),
+                                           trans_a=ta, trans_b=tb, tile="64x64")))
+    total = parts[0]
+    for p in parts[1:]:
+        total = total + p
+    assert np.array_equal(got, np.float32(0.5) * total)
 
 
 @pytest.mark.parametrize("kind", ["float16", "bfloat16"])
@@ -914,14 +981,16 @@ def test_emulated_decoder_forward(emu, kind):
     assert_close(out, ref, rtol, atol, "decoder")
 
 
-def test_emulated_training_step(emu):
+@pytest.mark.parametrize("gemm_max_k", [None, 16])   # 16: the K=24 and K=40 GEMMs in 2 and 3 slices
+def test_emulated_training_step(emu, gemm_max_k):
     from kernels import workloads
 
     rng = np.random.default_rng(20)
     B, d, F, L = 24, 16, 40, 2
     H = emu.host_array
     job = object.__new__(workloads.TrainingJob)   # the constructor allocates on a GPU
-    job.config = workloads.MLPConfig(d_model=d, hidden=F, batch=B, n_layers=L, optimizer="adam", lr=1e-2)
+    job.config = workloads.MLPConfig(d_model=d, hidden=F, batch=B, n_layers=L, optimizer="adam", lr=1e-2,
+                                     gemm_max_k=gemm_max_k)
     job.stream, job.steps = None, 0
     w1 = [_rand(rng, (d, F), scale=d**-0.5) for _ in range(L)]
     w2 = [_rand(rng, (F, d), scale=0.5 * F**-0.5) for _ in range(L)]

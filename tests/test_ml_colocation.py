@@ -55,6 +55,31 @@ def test_requests_are_seeded_poisson_arrivals_with_batches_in_range():
     assert 0.7 * 750 < t.size < 1.3 * 750
 
 
+def test_training_gemm_max_k_reaches_the_job_in_every_size_and_is_checked():
+    for size in ("default", "long", "small"):
+        assert MLColocationConfig(size=size).workload_sizes()["mlp"].gemm_max_k == 2048
+        assert MLColocationConfig(size=size, training_gemm_max_k=None).workload_sizes()["mlp"].gemm_max_k is None
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="MLColocationConfig.training_gemm_max_k must be None or an int >= 1"):
+            MLColocationConfig(training_gemm_max_k=bad)
+
+
+def test_sim_training_step_splits_the_long_reductions_into_shorter_blocks():
+    from lithos_sched.sim_ml_colocation import KernelModel, SimCostModel
+
+    model = KernelModel(SimCostModel(max_waves=1000), 132)
+    whole = model.training_step(MLColocationConfig(training_gemm_max_k=None).workload_sizes()["mlp"])
+    split = model.training_step(MLColocationConfig().workload_sizes()["mlp"])
+    longest = lambda ks: max(k.block_us for k in ks if k.name.startswith("sgemm"))  # noqa: E731
+    # K = 8192 (down projection, input gradient) in 4 slices, K = 4096 (weight gradients)
+    # in 2: every block reduces over 2048, as the up projection's do
+    assert longest(split) == pytest.approx(longest(whole) / 4)
+    assert longest(split) == pytest.approx(max(k.block_us for k in whole if k.name == "sgemm_up"))
+    gemm_us = lambda ks: sum(k.block_us * k.grid_blocks for k in ks if k.name.startswith("sgemm"))  # noqa: E731
+    assert gemm_us(split) == pytest.approx(gemm_us(whole))   # the same multiplications
+    assert sum(k.name == "splitk_sum" for k in split) == 2 * 3 + 1 and not any(k.name == "splitk_sum" for k in whole)
+
+
 def test_sim_config_rejects_bad_timeslice():
     with pytest.raises(ValueError, match="timeslice_us"):
         SimMLConfig(timeslice_us=0)
@@ -285,6 +310,8 @@ def test_cli_ml_section_writes_json_and_plots(tmp_path):
     (["--static-sweep", "0.5"], "static_sweep"),
     (["--ml-duration", "0"], "duration_s"),
     (["--mps-steal-max-block-us", "0"], "mps_steal_max_block_us"),
+    (["--training-gemm-max-k", "0"], "training_gemm_max_k"),
+    (["--training-gemm-max-k", "2k"], "training_gemm_max_k"),
 ])
 def test_cli_rejects_bad_ml_options_naming_the_field(args, field):
     proc = _bench("--ml", "--sim", *args, timeout=120)

@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     ml.add_argument("--mps-steal-max-block-us", type=float,
                     help="longest blocks the best-effort process steals under lithos across processes "
                          "(lithos_mps; default: the scheduler Policy's, 1500)")
+    ml.add_argument("--training-gemm-max-k",
+                    help="the training job's GEMMs reducing over more than this run split-K "
+                         "(default 2048; 'none': unsplit)")
     ml.add_argument("--slo-mult", type=float, help="SLO = this multiple of the inference-alone p99 (default 1.5)")
     ml.add_argument("--slo-ms", type=float, help="absolute SLO in ms (instead of --slo-mult)")
     return p
@@ -76,6 +79,12 @@ def ml_config(args: argparse.Namespace, simulated: bool) -> Any:
     for name, text in (("pairs", args.ml_pairs), ("scenarios", args.ml_scenarios)):
         if text is not None:
             kw[name] = tuple(x.strip() for x in text.split(",") if x.strip())
+    if args.training_gemm_max_k is not None:
+        text = args.training_gemm_max_k.strip()
+        try:
+            kw["training_gemm_max_k"] = None if text.lower() == "none" else int(text)
+        except ValueError:
+            raise ValueError(f"MLColocationConfig.training_gemm_max_k: not an int or 'none': {text!r}") from None
     if args.static_sweep is not None:
         try:
             kw["static_sweep"] = tuple(float(x) for x in args.static_sweep.split(",") if x.strip())

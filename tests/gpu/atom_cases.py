@@ -252,6 +252,25 @@ def cupy_cases() -> list[Case]:
         lambda rng: {"out": _empty((gx * gy * gz,), np.uint32)}, ("out",),
         lambda k, b, s: k((gx, gy, gz), (1,), (b["out"],), stream=s),
         lambda b: gx * gy * gz))
+    # The project's split-K GEMM (kernels.gemm.gemm with split_k): a K-slice SGEMM whose
+    # operands are views into larger arrays, and the ordered sum of the slices.
+    from kernels import _compile, gemm as gemm_mod
+
+    sm, sn_, sk = 200, 300, 96   # op(a) = a^T (stored K x M), op(b) = b (K x N); the slice is K 40..96
+    cases.append(Case(
+        "kernels_sgemm_k_slice_views", "cupy", lambda: _compile.raw_kernel(gemm_mod.sgemm_source("64x64", True, False)),
+        lambda rng: {"a": _rand(rng, (sk, sm)), "b": _rand(rng, (sk, sn_)), "out": _empty((sm, sn_))}, ("out",),
+        lambda k, b, s: k((_n_blocks(sn_, 64), _n_blocks(sm, 64)), (256,),
+                          (b["a"][40:], b["b"][40:], b["out"], np.int32(sm), np.int32(sn_), np.int32(sk - 40),
+                           np.int64(sm), np.int64(sn_), np.int64(sn_), np.float32(1.0), np.int32(1)), stream=s),
+        lambda b: _n_blocks(sn_, 64) * _n_blocks(sm, 64)))
+    kn = 500_009
+    cases.append(Case(
+        "kernels_splitk_sum", "cupy", lambda: _compile.raw_kernel(gemm_mod.SPLITK_SUM_SOURCE),
+        lambda rng: {"ws": _rand(rng, (3, kn)), "out": _empty((kn,))}, ("out",),
+        lambda k, b, s: k((_n_blocks(kn, 256),), (256,), (b["ws"], b["out"], np.int64(kn), np.int32(3), np.float32(0.5)),
+                          stream=s),
+        lambda b: _n_blocks(kn, 256)))
     return cases
 
 

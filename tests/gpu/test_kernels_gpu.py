@@ -92,6 +92,27 @@ def test_sgemm_tiles_and_transposes(tile, ta, tb, rng, stream):
     assert_close(out, reference_gemm(_host(a), _host(b), trans_a=ta, trans_b=tb, alpha=0.5), 1e-4, 1e-4)
 
 
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True)])
+def test_split_k_sgemm_is_close_and_the_same_bits_every_run(ta, tb, rng, stream):
+    import cupy
+
+    from kernels.ops import gemm, reference_gemm
+
+    M, N, K = 257, 131, 4099
+    a = _randn(rng, (K, M) if ta else (M, K))
+    b = _randn(rng, (N, K) if tb else (K, N))
+    ref = reference_gemm(_host(a), _host(b), trans_a=ta, trans_b=tb, alpha=0.5)
+    for split_k in (2, 3):
+        runs = []
+        for _ in range(2):
+            out = cupy.full((M, N), cupy.nan, cupy.float32)   # poisoned
+            gemm(a, b, out=out, trans_a=ta, trans_b=tb, alpha=0.5, split_k=split_k, stream=stream)
+            stream.synchronize()
+            runs.append(_host(out))
+        assert np.array_equal(runs[0], runs[1]), f"split_k={split_k} not deterministic"
+        assert_close(runs[0], ref, 1e-4, 1e-4 * np.sqrt(K))
+
+
 @pytest.mark.parametrize("kind", ["float16", "bfloat16"])
 def test_tensor_core_gemm_transposed_operands(kind, rng, stream):
     from kernels.ops import gemm, reference_gemm
@@ -287,12 +308,14 @@ def test_inference_service_serves_poisson_requests():
     assert [r[3] for r in again.records] == [r[3] for r in svc.records[: len(again.records)]]  # seeded
 
 
-def test_training_job_gradients_and_progress():
+@pytest.mark.parametrize("gemm_max_k", [None, 64])   # 64: the backward GEMMs in 3 and 4 K-slices
+def test_training_job_gradients_and_progress(gemm_max_k):
     import cupy
 
     from kernels import workloads
 
-    cfg = workloads.MLPConfig(d_model=64, hidden=192, batch=256, n_layers=2, optimizer="adam", lr=3e-3)
+    cfg = workloads.MLPConfig(d_model=64, hidden=192, batch=256, n_layers=2, optimizer="adam", lr=3e-3,
+                              gemm_max_k=gemm_max_k)
     job = workloads.TrainingJob(cfg, seed=1)
     host = lambda arrs: [cupy.asnumpy(a) for a in arrs]  # noqa: E731
     w1, w2, x0, target = host(job.w1), host(job.w2), cupy.asnumpy(job.xs[0]), cupy.asnumpy(job.target)
