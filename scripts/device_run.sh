@@ -13,7 +13,9 @@
 #   process, the static split with a process per tenant under MPS at MPS_SHARES
 #   (0.5,0.375,0.25) and lithos across processes in the arms MPS_ARMS
 #   (lithos_mps,lithos_mps_steal_4000,lithos_mps_reserve_8,lithos_mps_steal_4000_reserve_8;
-#   arm@share for another share of MPS_SHARES), on MPS_PAIRS (training); about 5 minutes;
+#   arm@share for another share of MPS_SHARES), on MPS_PAIRS (training; training:unsplit
+#   for the job with its GEMMs unsplit); MPS_THREAD_STATIC=0 leaves out the in-process split;
+#   about 5 minutes;
 #   mps_confine: scripts/diag_mps_confine.py, whether two MPS clients' green contexts are
 #   different physical SMs, about 20 s)
 # Writes logs, JSON and plots to a staging folder, packed at the end into $OUT/results.tgz

@@ -22,7 +22,8 @@ alone (run13). This compares, per pair and round:
 
 Usage (on the GPU):
     python scripts/diag_mps_split.py OUT_JSON [seconds per run] [rounds] [pair,pair] [share,share] [arm,arm]
-    (pairs: training, batch_inference; shares: static splits' inference shares, the first
+    (pairs: training, batch_inference, each also as ``pair:unsplit``, its job with
+    `MLColocationConfig.training_gemm_max_k` None, interleaved with the default; shares: static splits' inference shares, the first
     also the in-process split's and lithos'; arms: mps_be_only and those of LITHOS_ARMS and BE_ENV_ARMS,
     each at the first share or at another as ``arm@share``)
 """
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 
 import cupy
@@ -86,6 +88,8 @@ ROUNDS = int(sys.argv[3]) if len(sys.argv) > 3 else 3
 PAIRS = sys.argv[4].split(",") if len(sys.argv) > 4 else ["training", "batch_inference"]
 SHARES = [float(x) for x in sys.argv[5].split(",")] if len(sys.argv) > 5 else [0.5]
 ARMS = sys.argv[6].split(",") if len(sys.argv) > 6 else ["mps_be_only"]
+#: MPS_THREAD_STATIC=0 leaves out the in-process static split (a shorter call)
+THREAD_STATIC = os.environ.get("MPS_THREAD_STATIC", "1") != "0"
 
 
 def arm_share(arm: str) -> tuple[str, float]:
@@ -100,13 +104,23 @@ unknown = [a for a in ARMS if a != "mps_be_only" and (arm_share(a)[0] not in KNO
 if unknown:
     sys.exit(f"unknown arms {unknown}; arms: mps_be_only, {', '.join(KNOWN_ARMS)}, each with @share of {SHARES}")
 
+#: pair label -> (best-effort kind, its config): ``kind`` runs the bench's default config,
+#: ``kind:unsplit`` the same with every training GEMM unsplit (an A/B of the workload)
+cfg = MLColocationConfig(pairs=tuple(dict.fromkeys(p.partition(":")[0] for p in PAIRS)), duration_s=SECONDS,
+                         lc_share=SHARES[0])
+variants = {"": cfg, "unsplit": dataclasses.replace(cfg, training_gemm_max_k=None)}
+bad_pairs = [p for p in PAIRS if p.partition(":")[2] not in variants]
+if bad_pairs:
+    sys.exit(f"unknown pair variants {bad_pairs}; a pair is a kind or kind:unsplit")
+pair_cfg = {p: (p.partition(":")[0], variants[p.partition(":")[2]]) for p in PAIRS}
+
 device = open_device(simulate=False)
-cfg = MLColocationConfig(pairs=tuple(PAIRS), duration_s=SECONDS, lc_share=SHARES[0])
 splits = {share: tuple(sorted(t) for t in pair_tpcs(share, device.num_tpcs)) for share in SHARES}
 lc_part, be_part = (device.partition(t) for t in splits[SHARES[0]])
-pairs = {kind: diag_common.ml_pair(cfg, kind) for kind in PAIRS}
-be_alone = {kind: figures(cfg, ml_tenants.run_threads(cfg, None, ((lambda s=p[1]: s), p[3].step)))["be"]["iters_per_s"]
-            for kind, p in pairs.items()}
+pairs = {label: diag_common.ml_pair(c, kind) for label, (kind, c) in pair_cfg.items()}
+be_alone = {label: figures(pair_cfg[label][1], ml_tenants.run_threads(pair_cfg[label][1], None,
+                                                                      ((lambda s=p[1]: s), p[3].step)))["be"]["iters_per_s"]
+            for label, p in pairs.items()}
 runs: list[dict] = []
 
 
@@ -131,22 +145,25 @@ def brief(kind: str, fig: dict, raw: dict | None = None) -> dict:
 with MPSDaemon() as daemon:
     env = daemon.client_env()
 
-    def processes(rnd: int, kind: str, arm: str, **placed: object) -> None:
+    def processes(rnd: int, label: str, arm: str, **placed: object) -> None:
+        kind, c = pair_cfg[label]
         try:
-            raw = run_process_pair(cfg, kind, env=env, **placed)
+            raw = run_process_pair(c, kind, env=env, **placed)
         except WorkerError as exc:  # one failed arm must not void the others
-            note({"round": rnd, "pair": kind, "arm": arm, "error": str(exc), "daemon_log": daemon.log_tail()})
+            note({"round": rnd, "pair": label, "arm": arm, "error": str(exc), "daemon_log": daemon.log_tail()})
             return
-        note({"round": rnd, "pair": kind, "arm": arm, **brief(kind, figures(cfg, raw), raw)})
+        note({"round": rnd, "pair": label, "arm": arm, **brief(label, figures(c, raw), raw)})
 
     for rnd in range(ROUNDS):
         for kind, (plain, _, service, job) in pairs.items():
+            c = pair_cfg[kind][1]
             kernels.reset_cache()
             note({"round": rnd, "pair": kind, "arm": "alone",
-                  **brief(kind, figures(cfg, ml_tenants.run_threads(cfg, ((lambda s=plain: s), service), None)))})
-            note({"round": rnd, "pair": kind, "arm": "thread_static",
-                  **brief(kind, figures(cfg, ml_tenants.run_threads(
-                      cfg, ((lambda: lc_part.high.cupy), service), ((lambda: be_part.normal.cupy), job.step))))})
+                  **brief(kind, figures(c, ml_tenants.run_threads(c, ((lambda s=plain: s), service), None)))})
+            if THREAD_STATIC:
+                note({"round": rnd, "pair": kind, "arm": "thread_static",
+                      **brief(kind, figures(c, ml_tenants.run_threads(
+                          c, ((lambda: lc_part.high.cupy), service), ((lambda: be_part.normal.cupy), job.step))))})
             for share, (lc_tpcs, be_tpcs) in splits.items():
                 processes(rnd, kind, f"mps_static@{share:g}", tpcs={"lc": lc_tpcs, "be": be_tpcs})
             for arm in ARMS:
@@ -164,5 +181,7 @@ with open(OUT, "w") as f:
                "lithos_arms": {a: dict(zip(("policy", "be_env"), arm_setup(arm_share(a)[0])))
                                for a in ARMS if a != "mps_be_only"},
                "mps": {"server_list": servers, "stop": daemon.stop_status},
-               "config": dataclasses.asdict(cfg), "be_alone_iters_per_s": be_alone, "runs": runs},
+               "config": dataclasses.asdict(cfg), "pairs": {p: {"kind": k, "training_gemm_max_k": c.training_gemm_max_k}
+                                                            for p, (k, c) in pair_cfg.items()},
+               "be_alone_iters_per_s": be_alone, "runs": runs},
               f, indent=1, default=str)
