@@ -127,7 +127,8 @@ class MLColocationConfig:
         against 1.06-1.44x: 0.26-0.46 ms higher on a quiet host, from 0.40 ms lower to
         0.38 ms higher on noisier ones, and 1.40x against 1.20x alone in two runs of the
         bench back to back on one host (run21). The tail is what the inference service is
-        promised, so the default stays.
+        promised, so the default stays. With `training_gemm_max_k` (the default) no
+        training block runs longer than 1.5 ms, and the two limits steal alike (run24).
     training_gemm_max_k : int or None
         `MLPConfig.gemm_max_k` of the training job, in every scenario alike (alone too):
         its GEMMs that reduce over more than this run deterministic split-K. At the

@@ -57,7 +57,12 @@ class Policy:
         request that arrives while stolen blocks run starts at once on them instead of
         waiting up to one stolen wave, and spreads to the others as those blocks end.
         They are the TPCs a right-sized request runs on first (`Tenant.on_tpcs`). 0 (the
-        default) steals them all; not yet measured on the GPU.
+        default) steals them all. Measured on the H200 with 8 of the inference process's
+        33 TPCs reserved, interleaved over three rounds
+        (bench/results/h200-2026-12-04-run22-diag-mps-reserve): the request's p99 GPU wait
+        fell from 1.56-1.93 to 1.37-1.59 ms and training lost 0.03-0.06 of alone, with
+        the p99 lower in all three rounds by 0.04-0.35 ms; neither setting met every
+        target of the ML bench in any of those rounds, and 0 keeps the training.
     steal_poll_us : float
         While a best-effort thread waits for room on its own partition and a
         latency-critical tenant followed in another process (`Tenant.follow_requests`)
