@@ -407,11 +407,16 @@ sys.exit(worker_main(sys.stdin, sys.stdout, {{"lc": role, "be": role}}))
 """
 
 
-def test_process_pair_starts_both_workers_together(tmp_path):
+def _run_fake_pair(tmp_path: Path, worker_source: str, **kw) -> dict:
+    """`run_process_pair` of a short training config with both workers running ``worker_source``."""
     script = tmp_path / "worker.py"
-    script.write_text(_FAKE_WORKER.format(fail="no"))
-    res = run_process_pair(MLColocationConfig(duration_s=0.1, warmup_s=0.0), "training",
-                           command=[sys.executable, str(script)], ready_timeout_s=60)
+    script.write_text(worker_source)
+    return run_process_pair(MLColocationConfig(duration_s=0.1, warmup_s=0.0), "training",
+                            command=[sys.executable, str(script)], ready_timeout_s=60, **kw)
+
+
+def test_process_pair_starts_both_workers_together(tmp_path):
+    res = _run_fake_pair(tmp_path, _FAKE_WORKER.format(fail="no"))
     assert res["lc"]["t0"] == res["be"][0]  # one start time for both
     assert res["lc"]["latencies_ms"] == [1.0] and res["setup_s"] >= 0
 
@@ -431,10 +436,7 @@ sys.exit(worker_main(sys.stdin, sys.stdout, {"lc": role, "be": role}))
 
 @pytest.mark.parametrize("tpcs", [{"lc": [0, 1], "be": [2, 3]}, {"be": [3, 2]}])
 def test_process_pair_gives_each_worker_its_tpcs_and_reports_where_it_ran(tmp_path, tpcs):
-    script = tmp_path / "worker.py"
-    script.write_text(_PLACED_WORKER)
-    res = run_process_pair(MLColocationConfig(duration_s=0.1, warmup_s=0.0), "training",
-                           command=[sys.executable, str(script)], ready_timeout_s=60, tpcs=tpcs)
+    res = _run_fake_pair(tmp_path, _PLACED_WORKER, tpcs=tpcs)
     assert res["placement"] == {role: {"sms_seen": [2 * t for t in sorted(ts)], "partition_sms": [2 * t for t in sorted(ts)]}
                                 for role, ts in tpcs.items()}
     assert "sms_seen" not in res["lc"] and res["lc"]["latencies_ms"] == [1.0]  # records stay as they were
@@ -457,11 +459,7 @@ sys.exit(worker_main(sys.stdin, sys.stdout, {"lc": role, "be": role}))
 
 
 def test_process_pair_as_lithos_shares_one_request_signal_and_removes_it(tmp_path):
-    script = tmp_path / "worker.py"
-    script.write_text(_SIGNAL_WORKER)
-    res = run_process_pair(MLColocationConfig(duration_s=0.1, warmup_s=0.0), "training",
-                           command=[sys.executable, str(script)], ready_timeout_s=60, lithos=True,
-                           policy={"steal_max_block_us": 4000.0})
+    res = _run_fake_pair(tmp_path, _SIGNAL_WORKER, lithos=True, policy={"steal_max_block_us": 4000.0})
     assert res["lc"]["open"] == 1  # the LC worker marked a request in the signal
     assert res["be_scheduler"]["scheduler"]["policy"] == {"steal_max_block_us": 4000.0}  # for the BE scheduler
     assert res["lc"]["policy"] is None
@@ -482,12 +480,8 @@ sys.exit(worker_main(sys.stdin, sys.stdout, {"lc": role, "be": role}))
 
 
 def test_process_pair_role_env_reaches_only_that_worker(tmp_path):
-    script = tmp_path / "worker.py"
-    script.write_text(_ENV_WORKER)
-    res = run_process_pair(MLColocationConfig(duration_s=0.1, warmup_s=0.0), "training",
-                           command=[sys.executable, str(script)], ready_timeout_s=60, lithos=True,
-                           env={"LITHOS_TEST_BOTH": "b", "LITHOS_TEST_ROLE": "both"},
-                           role_env={"be": {"LITHOS_TEST_ROLE": "be only"}})
+    res = _run_fake_pair(tmp_path, _ENV_WORKER, lithos=True, env={"LITHOS_TEST_BOTH": "b", "LITHOS_TEST_ROLE": "both"},
+                         role_env={"be": {"LITHOS_TEST_ROLE": "be only"}})
     assert res["lc"]["env"] == {"LITHOS_TEST_BOTH": "b", "LITHOS_TEST_ROLE": "both"}
     assert res["be_scheduler"]["env"] == {"LITHOS_TEST_BOTH": "b", "LITHOS_TEST_ROLE": "be only"}
 
