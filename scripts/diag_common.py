@@ -36,3 +36,40 @@ def ml_pair(cfg: Any, kind: str = "training") -> tuple[Any, Any, Any, Any]:
     job.step(plain2)
     plain2.synchronize()
     return plain, plain2, service, job
+
+
+def round_summary(runs: list[dict], statics_prefix: str = "mps_static") -> list[dict]:
+    """Each lithos arm of each (round, pair) of a diagnostic's ``runs`` against that round's
+    service alone and static splits, as the ML bench compares them
+    (`lithos_sched.ml_colocation.static_at_p99`).
+
+    ``runs`` are records with ``round``, ``pair``, ``arm``, ``p99_ms`` and, for co-located
+    arms, ``be_norm`` (best-effort throughput over alone); the static splits are the arms
+    named ``statics_prefix@share``, the lithos arms those starting with ``lithos``; records
+    with an ``error`` are left out. Returns one dict per lithos arm: ``round``, ``pair``,
+    ``arm``, ``p99_ms``, ``x_alone``, ``be_norm``, ``static_line_be_norm`` and
+    ``x_static_line`` (None where no static split reached its p99: it is below them all).
+    """
+    from lithos_sched.ml_colocation import static_at_p99
+
+    groups: dict[tuple[Any, Any], dict[str, dict]] = {}
+    for r in runs:
+        if "error" not in r:
+            groups.setdefault((r["round"], r["pair"]), {})[r["arm"]] = r
+    out = []
+    for (rnd, pair), arms in groups.items():
+        alone = arms.get("alone", {}).get("p99_ms")
+        scenarios = {name.replace(statics_prefix + "@", "static_split@", 1): {
+            "hp": {"p99_ms": a["p99_ms"]}, "be": {"iters_per_s": a["be_norm"], "throughput_norm": a["be_norm"]}}
+            for name, a in arms.items() if name.startswith(statics_prefix + "@")}
+        for name, a in arms.items():
+            if not name.startswith("lithos"):
+                continue
+            cmp = static_at_p99({**scenarios, name: {"hp": {"p99_ms": a["p99_ms"]},
+                                                     "be": {"iters_per_s": a["be_norm"], "throughput_norm": a["be_norm"]}}},
+                                name)
+            out.append({"round": rnd, "pair": pair, "arm": name, "p99_ms": a["p99_ms"],
+                        "x_alone": a["p99_ms"] / alone if alone else None, "be_norm": a["be_norm"],
+                        "static_line_be_norm": cmp and cmp["static_line_be_norm"],
+                        "x_static_line": cmp and cmp["be_throughput_gain_on_line"]})
+    return out

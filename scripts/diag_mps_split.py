@@ -176,6 +176,11 @@ with MPSDaemon() as daemon:
                               role_env={"be": be_env})
     servers = daemon.server_list()
 cupy.cuda.Device().synchronize()
+summary = diag_common.round_summary(runs)
+for row in summary:
+    line = "below every split's p99" if row["x_static_line"] is None else f"{row['x_static_line']:.2f}x the static line"
+    print(f"round {row['round']} {row['pair']} {row['arm']}: p99 {row['p99_ms']:.2f} ms "
+          f"({row['x_alone']:.2f}x alone), best-effort {row['be_norm']:.3f} of alone, {line}", flush=True)
 with open(OUT, "w") as f:
     json.dump({"device": device.describe(), "seconds": SECONDS, "rounds": ROUNDS, "shares": SHARES, "arms": ARMS,
                "lithos_arms": {a: dict(zip(("policy", "be_env"), arm_setup(arm_share(a)[0])))
@@ -183,5 +188,5 @@ with open(OUT, "w") as f:
                "mps": {"server_list": servers, "stop": daemon.stop_status},
                "config": dataclasses.asdict(cfg), "pairs": {p: {"kind": k, "training_gemm_max_k": c.training_gemm_max_k}
                                                             for p, (k, c) in pair_cfg.items()},
-               "be_alone_iters_per_s": be_alone, "runs": runs},
+               "be_alone_iters_per_s": be_alone, "runs": runs, "summary": summary},
               f, indent=1, default=str)
