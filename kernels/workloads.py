@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from kernels import dtypes
-from kernels._compile import as_cupy_stream
+from kernels._compile import as_cupy_stream, cdiv
 from kernels.attention import attention, reference_attention
 from kernels.elementwise import gelu, gelu_backward, mse_grad, reference_gelu, reference_gelu_backward, residual_add
 from kernels.gemm import gemm
@@ -425,7 +425,7 @@ class MLPConfig:
 
     def split_k(self, K: int) -> int:
         """The K-slices of a GEMM of this job that reduces over ``K`` (1: unsplit)."""
-        return 1 if self.gemm_max_k is None else -(-K // self.gemm_max_k)
+        return 1 if self.gemm_max_k is None else cdiv(K, self.gemm_max_k)
 
     def flops_per_step(self) -> float:
         """GEMM FLOPs of one step: per layer 2 forward and 4 backward GEMMs of ``2 B d F``

@@ -59,15 +59,14 @@ def round_summary(runs: list[dict], statics_prefix: str = "mps_static") -> list[
     out = []
     for (rnd, pair), arms in groups.items():
         alone = arms.get("alone", {}).get("p99_ms")
-        scenarios = {name.replace(statics_prefix + "@", "static_split@", 1): {
-            "hp": {"p99_ms": a["p99_ms"]}, "be": {"iters_per_s": a["be_norm"], "throughput_norm": a["be_norm"]}}
-            for name, a in arms.items() if name.startswith(statics_prefix + "@")}
+        # every co-located arm in the ML bench's scenario form, the static splits by their own names
+        scenarios = {name: {"hp": {"p99_ms": a["p99_ms"]},
+                            "be": {"iters_per_s": a["be_norm"], "throughput_norm": a["be_norm"]}}
+                     for name, a in arms.items() if "be_norm" in a}
         for name, a in arms.items():
             if not name.startswith("lithos"):
                 continue
-            cmp = static_at_p99({**scenarios, name: {"hp": {"p99_ms": a["p99_ms"]},
-                                                     "be": {"iters_per_s": a["be_norm"], "throughput_norm": a["be_norm"]}}},
-                                name)
+            cmp = static_at_p99(scenarios, name, statics_prefix)
             out.append({"round": rnd, "pair": pair, "arm": name, "p99_ms": a["p99_ms"],
                         "x_alone": a["p99_ms"] / alone if alone else None, "be_norm": a["be_norm"],
                         "static_line_be_norm": cmp and cmp["static_line_be_norm"],
