@@ -604,9 +604,10 @@ class Scheduler(Atomizer):
             plan.issue_range(start + done, n, stream)
             done += n
         end = tl.record(stream, blocking=self._blocking_waits(tenant))
-        now = tl.now_us()
-        same_stream = [r for r in tenant._inflight if r.stream is stream]
-        begin_us = max(now, same_stream[-1].predicted_end_us) if same_stream else now
+        # An atom fills its partition: whichever of the partition's streams it is on, it
+        # runs after the tenant's work queued there (the other stream only backfills the
+        # last wave's SMs).
+        begin_us = max([tl.now_us(), *(r.predicted_end_us for r in tenant._inflight if r.partition is partition)])
         rec = _AtomRecord(tenant, plan.key, start, count, partition, stream, begin, end, wave, predicted,
                           begin_us + (predicted if predicted is not None else self.policy.atom_us), stolen)
         tenant._inflight.append(rec)
@@ -826,12 +827,17 @@ class Scheduler(Atomizer):
             self._wait_event(low)
             tenant.stats.yield_wait_ms += (self.timeline.now_us() - t0) / 1000.0
 
+    @staticmethod
+    def _queued(tenant: Tenant, partition: Any = None) -> list[_AtomRecord]:
+        """The atoms ``tenant`` has in flight (on ``partition``, or anywhere), by predicted end."""
+        return sorted((r for r in tenant._inflight if partition is None or r.partition is partition),
+                      key=lambda r: r.predicted_end_us)
+
     def _queue_low_point(self, tenant: Tenant, cap_us: float, partition: Any = None) -> _AtomRecord | None:
         """The queued atom of ``tenant`` (on ``partition``, or anywhere) after whose end at
         most ``cap_us`` of that work remains, by the predicted ends; None if that little is
         queued already."""
-        queued = sorted((r for r in tenant._inflight if partition is None or r.partition is partition),
-                        key=lambda r: r.predicted_end_us)
+        queued = self._queued(tenant, partition)
         if not queued:
             return None
         drain_at = queued[-1].predicted_end_us
@@ -893,9 +899,16 @@ class Scheduler(Atomizer):
         return min(remaining, waves * wave)
 
     def _wait_for_room(self, tenant: Tenant, partition: Any) -> bool:
-        """Block until the tenant's queued work on ``partition`` drains within the cap, or,
-        on its own partition, until a busy latency-critical tenant of another process
-        frees its TPCs (`Policy.steal_poll_us`); returns whether it had to wait."""
+        """Block until the tenant's queued work on ``partition`` is predicted to drain
+        within the cap, or, on its own partition, until a busy latency-critical tenant of
+        another process frees its TPCs (`Policy.steal_poll_us`); returns whether it had to
+        wait.
+
+        With `Policy.issue_ahead_of_drain`, an atom longer than the cap is waited for
+        until the cap before its predicted end, not until it ends, once it is the only one
+        left: the next atom is then queued behind it instead of after the host's time to
+        issue, and at most two atoms are ever in flight on the partition.
+        """
         tl = self.timeline
         shared = self._shared_with_lc(partition)
         cap = self.policy.queue_cap_us if shared else self.policy.home_queue_cap_us
@@ -907,12 +920,20 @@ class Scheduler(Atomizer):
             target = self._queue_low_point(tenant, cap, partition)
             if target is None:
                 return waited
+            deadline_us = None
+            queued = self._queued(tenant, partition)
+            if self.policy.issue_ahead_of_drain and target is queued[-1]:
+                if len(queued) > 1:
+                    target = queued[-2]  # then the last is alone, and waited for ahead of its end
+                else:
+                    deadline_us = target.predicted_end_us - cap
             t0 = tl.now_us()
-            completed = self._wait_event(target, (lambda: any(t.idle() for t in remote)) if remote else None)
+            completed = self._wait_event(target, (lambda: any(t.idle() for t in remote)) if remote else None,
+                                         deadline_us)
             waited = True
             tenant.stats.queue_wait_ms += (tl.now_us() - t0) / 1000.0
             if not completed:
-                return waited  # TPCs to steal: the caller chooses again
+                return waited  # TPCs to steal, or the queue is predicted to drain within the cap
             # re-anchor the predicted ends of what is still queued at the real completion
             now = tl.now_us()
             later = sorted((r for r in tenant._inflight
@@ -923,22 +944,29 @@ class Scheduler(Atomizer):
                 now += r.predicted_us if r.predicted_us is not None else self.policy.atom_us
         return waited
 
-    def _wait_event(self, rec: _AtomRecord, stop: Callable[[], bool] | None = None) -> bool:
+    def _wait_event(self, rec: _AtomRecord, stop: Callable[[], bool] | None = None,
+                    deadline_us: float | None = None) -> bool:
         return self._wait(rec.end, f"kernel {rec.key.name!r} of tenant {rec.tenant.name!r} failed on the device "
-                                   f"(atom blocks {rec.start_block}..{rec.start_block + rec.count - 1})", stop)
+                                   f"(atom blocks {rec.start_block}..{rec.start_block + rec.count - 1})",
+                          stop, deadline_us)
 
     def _wait_busy(self, tenant: Tenant, event: Any) -> None:
         self._wait(event, f"a kernel of tenant {tenant.name!r} failed on the device")
 
-    def _wait(self, event: Any, failure: str, stop: Callable[[], bool] | None = None) -> bool:
-        """Wait for ``event``, or until ``stop()`` (asked every `Policy.steal_poll_us`);
-        returns whether ``event`` completed. The driver's sticky error after a fault
-        becomes a `KernelFaultError` that says whose work it was (``failure``)."""
+    def _wait(self, event: Any, failure: str, stop: Callable[[], bool] | None = None,
+              deadline_us: float | None = None) -> bool:
+        """Wait for ``event``, or until ``stop()`` (asked every `Policy.steal_poll_us`) or
+        host time ``deadline_us``; returns whether ``event`` completed. The driver's
+        sticky error after a fault becomes a `KernelFaultError` that says whose work it
+        was (``failure``).
+
+        Without ``stop``, a wait with a deadline is one sleep: polling the event would take
+        the GIL again and again, which a latency-critical thread of the same process may be
+        waiting for; an atom that ends before the deadline leaves its TPCs idle for at most
+        the predictor's error."""
+        poll_us = self.policy.steal_poll_us if stop is not None else 0.0
         try:
-            if stop is not None:
-                return self.timeline.wait_until(event, stop, self.policy.steal_poll_us)
-            self.timeline.synchronize(event)
-            return True
+            return self.timeline.wait_until(event, stop, poll_us, deadline_us)
         except Exception as exc:
             if type(exc).__name__ not in _CUDA_ERRORS:
                 raise

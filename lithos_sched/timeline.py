@@ -39,10 +39,13 @@ class Timeline(Protocol):
     def synchronize(self, event: Any) -> None:
         """Block until ``event`` completes (the GIL is released on the GPU)."""
 
-    def wait_until(self, event: Any, stop: Callable[[], bool], poll_us: float) -> bool:
-        """Block until ``event`` completes or ``stop()`` is true, asking ``stop`` about
-        every ``poll_us`` (on the simulated device, after each step of virtual time);
-        returns whether ``event`` completed."""
+    def wait_until(self, event: Any, stop: Callable[[], bool] | None, poll_us: float,
+                   deadline_us: float | None = None) -> bool:
+        """Block until ``event`` completes, ``stop()`` is true or host time reaches
+        ``deadline_us`` (`now_us`), checking about every ``poll_us`` (on the simulated
+        device, after each step of virtual time); returns whether ``event`` completed.
+        With ``poll_us`` 0 nothing is checked between the start and the deadline: one
+        sleep, or, without a deadline, `synchronize`."""
 
     def elapsed_us(self, start: Any, end: Any) -> float:
         """Device time between two completed events, in microseconds."""
@@ -132,11 +135,21 @@ class CupyTimeline:
     def synchronize(self, event: Any) -> None:
         self._cupy.cuda.runtime.eventSynchronize(event.ptr)  # releases the GIL while it waits
 
-    def wait_until(self, event: Any, stop: Callable[[], bool], poll_us: float) -> bool:
+    def wait_until(self, event: Any, stop: Callable[[], bool] | None, poll_us: float,
+                   deadline_us: float | None = None) -> bool:
+        if deadline_us is None and (stop is None or not poll_us):
+            self.synchronize(event)
+            return True
         while not self.done(event):
-            if stop():
+            if stop is not None and stop():
                 return False
-            time.sleep(poll_us / 1e6)  # releases the GIL
+            pause_us = poll_us
+            if deadline_us is not None:
+                left_us = deadline_us - self.now_us()
+                if left_us <= 0:
+                    return False
+                pause_us = min(pause_us, left_us) if pause_us else left_us
+            time.sleep(pause_us / 1e6)  # releases the GIL
         return True
 
     def elapsed_us(self, start: Any, end: Any) -> float:
@@ -202,24 +215,26 @@ class SimTimeline:
         return bool(stream.query())
 
     def synchronize(self, event: Any) -> None:
-        self.wait_until(event, lambda: False, 0.0)
+        self.wait_until(event, None, 0.0)
 
-    def wait_until(self, event: Any, stop: Callable[[], bool], poll_us: float) -> bool:
+    def wait_until(self, event: Any, stop: Callable[[], bool] | None, poll_us: float,
+                   deadline_us: float | None = None) -> bool:
         # state that ``stop`` reads changes only in callbacks and completions: asking after
         # each of them is asking continuously, so ``poll_us`` is not needed here
         self._fire_due()
         while not event.query():
-            if stop():
+            if stop is not None and stop():
+                return False
+            if deadline_us is not None and self.now_us() >= deadline_us:
                 return False
             next_timer = self._timers[0][0] if self._timers else None
-            next_done = self._device.next_completion_us()
-            if next_done is None and next_timer is None:
+            steps = [t for t in (next_timer, self._device.next_completion_us(), deadline_us) if t is not None]
+            if not steps:
                 raise RuntimeError("simulated device: waiting for an event that can never complete")
-            if next_timer is not None and (next_done is None or next_timer <= next_done):
-                self._device.run_until(max(self.now_us(), next_timer))
+            step_to = min(steps)
+            self._device.run_until(max(self.now_us(), step_to))
+            if step_to == next_timer:
                 self._fire_due()
-            else:
-                self._device.run_until(next_done)
         return True
 
     def elapsed_us(self, start: Any, end: Any) -> float:

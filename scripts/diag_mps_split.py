@@ -64,6 +64,9 @@ LITHOS_ARMS: dict[str, dict] = {
     # interpreter's issue cost no longer holds the service's GIL, which is what kept
     # atom_us at 1 ms in one process; an arriving request waits behind less
     "lithos_mps_atom_500": {"atom_us": 500.0, "queue_cap_us": 100.0},
+    # each atom waited for to its end before the next is issued, as before
+    # Policy.issue_ahead_of_drain: the GPU idles for the host's issue time in between
+    "lithos_mps_drain_wait": {"issue_ahead_of_drain": False},
 }
 #: arm -> variables for the best-effort worker only (its Policy is the arm's base one)
 BE_ENV_ARMS: dict[str, tuple[str, dict[str, str]]] = {

@@ -49,6 +49,9 @@ class RecordingTimeline:
     def synchronize(self, event) -> None:  # noqa: ANN001
         pass
 
+    def wait_until(self, event, stop, poll_us, deadline_us=None) -> bool:  # noqa: ANN001
+        return True
+
     def elapsed_us(self, start, end) -> float:  # noqa: ANN001
         return 1.0
 

@@ -188,19 +188,19 @@ def test_an_interrupted_best_effort_launch_loses_no_block():
     device, sched = make()
     be = sched.tenant("be")
     calls = {"n": 0}
-    original = sched.timeline.synchronize
+    original = sched.timeline.wait_until
 
-    def flaky(event):
+    def flaky(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt("tenant thread interrupted while waiting")
-        original(event)
+        return original(*args, **kwargs)
 
-    sched.timeline.synchronize = flaky
+    sched.timeline.wait_until = flaky
     k = SimKernel("be", 16 * 30, 100.0)
     with pytest.raises(KeyboardInterrupt):
         sched.submit_for(be, sim_plan(device, k))
-    sched.timeline.synchronize = original
+    sched.timeline.wait_until = original
     device.run_until_idle()
     assert sorted(blocks_by_kernel(device)["be"]) == list(range(k.grid_blocks))
     sched.close()
@@ -211,16 +211,16 @@ def test_an_exception_in_one_tenants_launch_leaves_the_other_tenant_running():
     lc, be = sched.tenant("lc"), sched.tenant("be")
     first = SimKernel("lc0", 8, 100.0)
     sched.submit_for(lc, sim_plan(device, first))  # the latency-critical tenant's work before
-    original = sched.timeline.synchronize
+    original = sched.timeline.wait_until
 
-    def failing(event):
+    def failing(*args, **kwargs):
         raise RuntimeError("the best-effort tenant's thread failed while waiting")
 
-    sched.timeline.synchronize = failing
+    sched.timeline.wait_until = failing
     k = SimKernel("be", 16 * 30, 100.0)
     with pytest.raises(RuntimeError, match="failed while waiting"):
         sched.submit_for(be, sim_plan(device, k))
-    sched.timeline.synchronize = original
+    sched.timeline.wait_until = original
     after = SimKernel("lc1", 8, 100.0)
     sched.submit_for(lc, sim_plan(device, after))  # the other tenant goes on
     lc.synchronize()

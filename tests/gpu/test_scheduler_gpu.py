@@ -391,3 +391,55 @@ def test_stolen_atoms_leave_the_reserved_tpcs_of_an_idle_latency_critical_tenant
     assert stolen_on and not any(t & reserved for t in stolen_on)
     assert all(t - sched.tenant("be").tpcs for t in stolen_on)  # the other TPCs were stolen
     assert np.array_equal(got, _plain_saxpy(xh, yh, 2.0))
+
+
+BURN = r'''
+extern "C" __global__ void burn(const float* x, float* out, int iters, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float v = x[i];
+    for (int k = 0; k < iters; ++k) v = v * 0.999999f + 1e-6f;  // a dependent chain: long blocks
+    out[i] = v;
+}
+'''
+
+
+def test_the_next_atom_is_issued_behind_the_running_one_with_the_unsplit_results(device):
+    """`Policy.issue_ahead_of_drain` (the default): on the GPU, a best-effort atom is issued
+    while the one before it still runs on the stolen TPCs, and the launch keeps the
+    unsplit launch's results bitwise."""
+    import cupy
+
+    from lithos_sched import Policy
+
+    sched = _half_split(device, Policy(lc_idle_grace_us=0.0))
+    assert sched.policy.issue_ahead_of_drain
+    behind_running: list[int] = []  # per atom issued with a prediction: its partition's unfinished atoms
+    issue = sched._issue
+
+    def spy(tenant, plan, start, count, partition, stream, predicted, stolen):  # noqa: ANN001, ANN202
+        if predicted is not None and stolen:
+            behind_running.append(sum(not sched.timeline.done(r.end) for r in tenant._inflight
+                                      if r.partition is partition))
+        return issue(tenant, plan, start, count, partition, stream, predicted, stolen)
+
+    sched._issue = spy
+    n, iters = 40_000_000, 20_000  # about 150 waves of ~50 us blocks on the H200
+    xh = np.random.default_rng().standard_normal(n).astype(np.float32)
+    blocks = (n + 255) // 256
+    try:
+        with sched.tenant("be") as be:
+            k = cupy.RawKernel(BURN, "burn")
+            x, out = cupy.asarray(xh), cupy.full(n, np.nan, np.float32)
+            k((blocks,), (256,), (x, out, np.int32(iters), np.int32(n)))  # never timed: learns the kernel
+            be.synchronize()
+            out.fill(np.nan)
+            k((blocks,), (256,), (x, out, np.int32(iters), np.int32(n)))  # atoms of ~1 ms, predicted
+            got = cupy.asnumpy(out)
+            be.synchronize()
+    finally:
+        sched.close()
+    assert len(behind_running) > 2 and any(behind_running)
+    plain = cupy.full(n, np.nan, np.float32)
+    cupy.RawKernel(BURN, "burn")((blocks,), (256,), (cupy.asarray(xh), plain, np.int32(iters), np.int32(n)))
+    assert np.array_equal(got, cupy.asnumpy(plain))
