@@ -7,6 +7,7 @@ from typing import Literal
 
 #: The values of `Policy.blocking_waits`.
 BLOCKING_WAITS = ("none", "best-effort", "all")
+ISSUE_AHEAD = ("none", "home", "all")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,14 +39,21 @@ class Policy:
         The same cap on the best-effort tenant's own TPCs, which no latency-critical tenant
         uses: there, queued work delays nobody, and a deeper queue hides the host's time
         to issue the next atom (the GPU would otherwise idle between atoms).
-    issue_ahead_of_drain : bool
-        When the one atom left in flight on a partition is longer than the cap, wait for
-        it only until the cap before its predicted end, then queue the next atom behind
-        it. Without this the thread waits for the atom to end, as no queued atom's end
-        comes within the cap sooner, and the partition idles for the host's time to
-        issue the next one: on the H200 beside the inference service, the training
-        process's GPU idled 10-16 % of the time in gaps of 49-114 us (median) between
-        atoms (bench/results/h200-2026-12-04-run24-splitk-diag, -run27-diag-splitk-ab).
+    issue_ahead_of_drain : {"none", "home", "all"}
+        Where a best-effort thread, when the one atom it has left in flight on a partition
+        is longer than the cap, waits for it only until the cap before its predicted end
+        and then queues the next atom behind it: nowhere, on its tenant's own TPCs (the
+        default), or on stolen TPCs too. Otherwise it waits for the atom to end, as no
+        queued atom's end comes within the cap sooner, and the partition idles for the
+        host's time to issue the next one: on the H200 beside the inference service, the
+        training process's GPU idled 10-16 % of the time in gaps of 49-114 us (median)
+        between atoms (bench/results/h200-2026-12-04-run24-splitk-diag,
+        -run27-diag-splitk-ab). ``"all"`` closed those gaps (median 4-28 us, training
+        0.02-0.08 of alone higher in each of three interleaved rounds) but raised the
+        inference p99 by 0.07-0.54 ms in every round: a request arriving on its TPCs
+        then waits behind the queued atom as well
+        (bench/results/h200-2026-12-04-run28-diag-issue-ahead). On the tenant's own TPCs
+        no latency-critical kernel waits behind it.
     stealing : bool
         Let best-effort atoms use idle latency-critical TPCs.
     steal_max_block_us : float
@@ -161,7 +169,7 @@ class Policy:
     queue_cap_us: float = 250.0
     home_atom_us: float = 4000.0
     home_queue_cap_us: float = 2000.0
-    issue_ahead_of_drain: bool = True
+    issue_ahead_of_drain: Literal["none", "home", "all"] = "home"
     stealing: bool = True
     steal_max_block_us: float = 1500.0
     lc_idle_grace_us: float = 200.0
@@ -196,5 +204,8 @@ class Policy:
             raise ValueError(f"Policy.steal_reserve_tpcs must be an int >= 0, got {self.steal_reserve_tpcs!r}")
         if self.blocking_waits not in BLOCKING_WAITS:
             raise ValueError(f"Policy.blocking_waits must be one of {BLOCKING_WAITS}, got {self.blocking_waits!r}")
+        if self.issue_ahead_of_drain not in ISSUE_AHEAD:
+            raise ValueError(f"Policy.issue_ahead_of_drain must be one of {ISSUE_AHEAD}, "
+                             f"got {self.issue_ahead_of_drain!r}")
         if self.gil_switch_interval_s is not None and not self.gil_switch_interval_s > 0:
             raise ValueError(f"Policy.gil_switch_interval_s must be > 0 or None, got {self.gil_switch_interval_s!r}")

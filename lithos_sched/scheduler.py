@@ -904,16 +904,18 @@ class Scheduler(Atomizer):
         another process frees its TPCs (`Policy.steal_poll_us`); returns whether it had to
         wait.
 
-        With `Policy.issue_ahead_of_drain`, an atom longer than the cap is waited for
-        until the cap before its predicted end, not until it ends, once it is the only one
-        left: the next atom is then queued behind it instead of after the host's time to
-        issue, and at most two atoms are ever in flight on the partition.
+        Where `Policy.issue_ahead_of_drain` says, an atom longer than the cap is waited
+        for until the cap before its predicted end, not until it ends, once it is the only
+        one left: the next atom is then queued behind it instead of after the host's time
+        to issue, and at most two atoms are ever in flight on the partition.
         """
         tl = self.timeline
         shared = self._shared_with_lc(partition)
         cap = self.policy.queue_cap_us if shared else self.policy.home_queue_cap_us
         remote = [] if shared or not self.policy.stealing or not self.policy.steal_poll_us \
             else [t for t in self._lc if t._remote is not None and not t.idle()]
+        ahead = self.policy.issue_ahead_of_drain == ("all" if shared else "home") \
+            or self.policy.issue_ahead_of_drain == "all"
         waited = False
         while not self._closing:
             self._retire(tenant)
@@ -922,7 +924,7 @@ class Scheduler(Atomizer):
                 return waited
             deadline_us = None
             queued = self._queued(tenant, partition)
-            if self.policy.issue_ahead_of_drain and target is queued[-1]:
+            if ahead and target is queued[-1]:
                 if len(queued) > 1:
                     target = queued[-2]  # then the last is alone, and waited for ahead of its end
                 else:

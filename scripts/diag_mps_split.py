@@ -66,7 +66,9 @@ LITHOS_ARMS: dict[str, dict] = {
     "lithos_mps_atom_500": {"atom_us": 500.0, "queue_cap_us": 100.0},
     # each atom waited for to its end before the next is issued, as before
     # Policy.issue_ahead_of_drain: the GPU idles for the host's issue time in between
-    "lithos_mps_drain_wait": {"issue_ahead_of_drain": False},
+    "lithos_mps_drain_wait": {"issue_ahead_of_drain": "none"},
+    # the next atom queued behind the running one on stolen TPCs too (run28)
+    "lithos_mps_ahead_all": {"issue_ahead_of_drain": "all"},
 }
 #: arm -> variables for the best-effort worker only (its Policy is the arm's base one)
 BE_ENV_ARMS: dict[str, tuple[str, dict[str, str]]] = {

@@ -1,7 +1,8 @@
 """CPU tier: `Policy.issue_ahead_of_drain` queues a best-effort atom behind the one in
-flight once that one is predicted to end within the queue cap, and the timelines' waits
-with a deadline that it rests on (the simulated device's in virtual time, the GPU's
-polling loop against a fake clock)."""
+flight once that one is predicted to end within the queue cap, where it says (the
+tenant's own TPCs, stolen ones too, or nowhere), and the timelines' waits with a deadline
+that it rests on (the simulated device's in virtual time, the GPU's polling loop against
+a fake clock)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,17 @@ SPECS = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5), TenantSpec("be"
 CAP_US = 100.0
 
 
-def issues_of_best_effort_alone(ahead_of_drain: bool) -> list[tuple[float, int]]:
-    """For each best-effort atom issued while the latency-critical tenant is idle (so on
-    stolen TPCs, under `Policy.queue_cap_us`): the predicted work still queued on its
-    partition, and how many of the tenant's atoms there had not ended on the device.
-    Each atom is also checked to be predicted to start after the work queued there,
-    whichever of the partition's streams it went to."""
+def issues_of_best_effort_alone(ahead_of_drain: str, stealing: bool) -> list[tuple[float, int]]:
+    """For each best-effort atom issued while the latency-critical tenant is idle (on
+    stolen TPCs, or with ``stealing`` off on the tenant's own; the same atom length and
+    cap on both): the predicted work still queued on its partition, and how many of the
+    tenant's atoms there had not ended on the device. Each atom is also checked to be
+    predicted to start after the work queued there, whichever of the partition's streams
+    it went to."""
     device = SimDevice(num_tpcs=8, seed=0)
-    sched = Scheduler(device, SPECS, Policy(atom_us=400.0, queue_cap_us=CAP_US, issue_ahead_of_drain=ahead_of_drain))
+    sched = Scheduler(device, SPECS, Policy(atom_us=400.0, queue_cap_us=CAP_US, home_atom_us=400.0,
+                                            home_queue_cap_us=CAP_US, stealing=stealing,
+                                            issue_ahead_of_drain=ahead_of_drain))
     sched.timeline = tl = SimTimeline(device)
     be = sched.tenant("be")
     seen: list[tuple[float, int]] = []
@@ -46,22 +50,30 @@ def issues_of_best_effort_alone(ahead_of_drain: bool) -> list[tuple[float, int]]
     device.run_until_idle()
     for k in kernels:
         assert sorted(r.block for r in device.records if r.kernel == k.name) == list(range(k.grid_blocks))
-    assert be.stats.stolen_atoms > 0
+    assert (be.stats.stolen_atoms > 0) is stealing
     return seen
 
 
-def test_the_next_atom_is_queued_within_the_cap_before_the_one_in_flight_ends():
-    seen = issues_of_best_effort_alone(True)
+@pytest.mark.parametrize(("mode", "stealing"), [("all", True), ("home", False)])
+def test_the_next_atom_is_queued_within_the_cap_before_the_one_in_flight_ends(mode, stealing):
+    seen = issues_of_best_effort_alone(mode, stealing)
     assert seen
     assert max(ahead for ahead, _ in seen) <= CAP_US + 1e-6  # the cap still bounds queued work
     assert any(ahead > 0 and running == 1 for ahead, running in seen)  # issued behind a running atom
     assert max(running for _, running in seen) <= 1  # never more than two in flight
 
 
-def test_without_it_the_next_atom_longer_than_the_cap_waits_for_the_queue_to_drain():
-    seen = issues_of_best_effort_alone(False)
+@pytest.mark.parametrize(("mode", "stealing"), [("home", True), ("none", True), ("none", False)])
+def test_elsewhere_the_next_atom_longer_than_the_cap_waits_for_the_queue_to_drain(mode, stealing):
+    seen = issues_of_best_effort_alone(mode, stealing)
     assert seen
     assert all(running == 0 for _, running in seen)
+
+
+@pytest.mark.parametrize("bad", [True, False, "stolen", None])
+def test_issue_ahead_of_drain_refuses_other_values_by_name(bad):
+    with pytest.raises(ValueError, match="Policy.issue_ahead_of_drain"):
+        Policy(issue_ahead_of_drain=bad)
 
 
 def test_the_simulated_timeline_stops_waiting_at_the_deadline_in_virtual_time():

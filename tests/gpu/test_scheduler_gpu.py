@@ -405,15 +405,14 @@ extern "C" __global__ void burn(const float* x, float* out, int iters, int n) {
 
 
 def test_the_next_atom_is_issued_behind_the_running_one_with_the_unsplit_results(device):
-    """`Policy.issue_ahead_of_drain` (the default): on the GPU, a best-effort atom is issued
+    """`Policy.issue_ahead_of_drain` ``"all"``: on the GPU, a best-effort atom is issued
     while the one before it still runs on the stolen TPCs, and the launch keeps the
     unsplit launch's results bitwise."""
     import cupy
 
     from lithos_sched import Policy
 
-    sched = _half_split(device, Policy(lc_idle_grace_us=0.0))
-    assert sched.policy.issue_ahead_of_drain
+    sched = _half_split(device, Policy(lc_idle_grace_us=0.0, issue_ahead_of_drain="all"))
     behind_running: list[int] = []  # per atom issued with a prediction: its partition's unfinished atoms
     issue = sched._issue
 
