@@ -42,18 +42,21 @@ class Policy:
     issue_ahead_of_drain : {"none", "home", "all"}
         Where a best-effort thread, when the one atom it has left in flight on a partition
         is longer than the cap, waits for it only until the cap before its predicted end
-        and then queues the next atom behind it: nowhere, on its tenant's own TPCs (the
-        default), or on stolen TPCs too. Otherwise it waits for the atom to end, as no
+        and then queues the next atom behind it: nowhere (the default), on its tenant's
+        own TPCs, or on stolen TPCs too. Otherwise it waits for the atom to end, as no
         queued atom's end comes within the cap sooner, and the partition idles for the
         host's time to issue the next one: on the H200 beside the inference service, the
         training process's GPU idled 10-16 % of the time in gaps of 49-114 us (median)
         between atoms (bench/results/h200-2026-12-04-run24-splitk-diag,
-        -run27-diag-splitk-ab). ``"all"`` closed those gaps (median 4-28 us, training
-        0.02-0.08 of alone higher in each of three interleaved rounds) but raised the
-        inference p99 by 0.07-0.54 ms in every round: a request arriving on its TPCs
-        then waits behind the queued atom as well
-        (bench/results/h200-2026-12-04-run28-diag-issue-ahead). On the tenant's own TPCs
-        no latency-critical kernel waits behind it.
+        -run27-diag-splitk-ab). Measured there across processes, each against ``"none"``
+        interleaved over three rounds: ``"all"`` closed those gaps (median 4-28 us,
+        training 0.02-0.08 of alone higher in every round) but raised the inference p99
+        by 0.07-0.54 ms in every round, as a request arriving on its TPCs then waits
+        behind the queued atom too (bench/results/h200-2026-12-04-run28-diag-issue-ahead);
+        ``"home"`` lowered training by 0.016-0.021 in every round: a second atom of
+        `home_atom_us` queued at home holds the thread there when the service goes idle,
+        and the stolen TPCs' share fell from 0.61-0.62 to 0.55-0.56
+        (bench/results/h200-2026-12-04-run29-diag-issue-ahead-home).
     stealing : bool
         Let best-effort atoms use idle latency-critical TPCs.
     steal_max_block_us : float
@@ -169,7 +172,7 @@ class Policy:
     queue_cap_us: float = 250.0
     home_atom_us: float = 4000.0
     home_queue_cap_us: float = 2000.0
-    issue_ahead_of_drain: Literal["none", "home", "all"] = "home"
+    issue_ahead_of_drain: Literal["none", "home", "all"] = "none"
     stealing: bool = True
     steal_max_block_us: float = 1500.0
     lc_idle_grace_us: float = 200.0

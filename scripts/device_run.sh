@@ -12,7 +12,7 @@
 #   mps_split: scripts/diag_mps_split.py, interleaved over ROUNDS: the static split in one
 #   process, the static split with a process per tenant under MPS at MPS_SHARES
 #   (0.5,0.375,0.25) and lithos across processes in the arms MPS_ARMS
-#   (lithos_mps,lithos_mps_drain_wait,lithos_mps_ahead_all;
+#   (lithos_mps,lithos_mps_be_below_normal,lithos_mps_atom_500;
 #   arm@share for another share of MPS_SHARES), on MPS_PAIRS (training; training:unsplit
 #   for the job with its GEMMs unsplit); MPS_THREAD_STATIC=0 leaves out the in-process split;
 #   about 5 minutes;
@@ -61,7 +61,7 @@ for w in "${what[@]}"; do
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     mps_split)
       PYTHONPATH=$PWD/scripts:$PWD python3 scripts/diag_mps_split.py "$STAGE/diag-mps-split.json" 6 "${ROUNDS:-3}" \
-        "${MPS_PAIRS:-training}" "${MPS_SHARES:-0.5,0.375,0.25}" "${MPS_ARMS:-lithos_mps,lithos_mps_drain_wait,lithos_mps_ahead_all}" 2>&1 \
+        "${MPS_PAIRS:-training}" "${MPS_SHARES:-0.5,0.375,0.25}" "${MPS_ARMS:-lithos_mps,lithos_mps_be_below_normal,lithos_mps_atom_500}" 2>&1 \
         | tee "$STAGE/diag-mps-split.log" | tail -40
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     diag)

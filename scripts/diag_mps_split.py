@@ -64,10 +64,10 @@ LITHOS_ARMS: dict[str, dict] = {
     # interpreter's issue cost no longer holds the service's GIL, which is what kept
     # atom_us at 1 ms in one process; an arriving request waits behind less
     "lithos_mps_atom_500": {"atom_us": 500.0, "queue_cap_us": 100.0},
-    # each atom waited for to its end before the next is issued, as before
-    # Policy.issue_ahead_of_drain: the GPU idles for the host's issue time in between
-    "lithos_mps_drain_wait": {"issue_ahead_of_drain": "none"},
-    # the next atom queued behind the running one on stolen TPCs too (run28)
+    # the next atom queued behind the running one before it ends (Policy.issue_ahead_of_drain;
+    # run28 and run29 name the default "none" lithos_mps_drain_wait): on the tenant's own
+    # TPCs, or on stolen ones too
+    "lithos_mps_ahead_home": {"issue_ahead_of_drain": "home"},
     "lithos_mps_ahead_all": {"issue_ahead_of_drain": "all"},
 }
 #: arm -> variables for the best-effort worker only (its Policy is the arm's base one)
