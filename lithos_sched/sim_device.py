@@ -150,10 +150,12 @@ class _Launch:
     seq: int
     next_block: int = 0
     running: int = 0
+    # blocks not placed yet, ``count - next_block``: a field, not a property, as the
+    # dispatch loop reads it for every placement
+    pending: int = dataclasses.field(init=False)
 
-    @property
-    def pending(self) -> int:
-        return self.count - self.next_block
+    def __post_init__(self) -> None:
+        self.pending = self.count
 
 
 class SimStream:
@@ -369,7 +371,9 @@ class SimDevice:
         self._active: list[_Launch] = []
         # (end, seq, sm, launch, blocks): blocks of one launch placed on one SM at one instant
         # with one duration end together, so they are one entry (a wave is a few entries).
-        self._running: list[tuple[float, int, int, _Launch, int]] = []
+        # (end, seq, launch, [(sm, blocks), ...]): blocks of one launch placed together
+        # that end at the same time (a wave, without jitter) are one entry
+        self._running: list[tuple[float, int, _Launch, list[tuple[int, int]]]] = []
 
     # ---- the device interface -----------------------------------------------------
 
@@ -476,10 +480,12 @@ class SimDevice:
             end = self._running[0][0]
             # Blocks ending at the same instant (a whole wave, without jitter) retire together.
             while self._running and self._running[0][0] == end:
-                _, _, sm, launch, blocks = heapq.heappop(self._running)
-                self._free[sm] += blocks * (_CAPACITY // launch.kernel.blocks_per_sm)
-                self._roomy.add(sm)
-                launch.running -= blocks
+                _, _, launch, placed = heapq.heappop(self._running)
+                need = _CAPACITY // launch.kernel.blocks_per_sm
+                for sm, blocks in placed:
+                    self._free[sm] += blocks * need
+                    self._roomy.add(sm)
+                    launch.running -= blocks
             self.now_us = end
             self._progress()
 
@@ -519,34 +525,47 @@ class SimDevice:
     def _dispatch(self) -> None:
         # High-priority launches pick free slots first, then launches in the order their
         # streams reached them; placed blocks run to completion.
+        all_roomy = self._roomy
+        if not all_roomy:
+            return  # every SM is full: nothing can be placed
         order = sorted((la for la in self._active if la.pending),
                        key=lambda la: (la.stream.priority != "high", la.seq))
         free = self._free
         for la in order:
-            need = _CAPACITY // la.kernel.blocks_per_sm
+            if not all_roomy:
+                break
+            kernel = la.kernel
+            need = _CAPACITY // kernel.blocks_per_sm
+            sigma = kernel.jitter
             # emptiest SMs of the partition first (lowest id on ties), like the hardware's
             # breadth-first block distribution; only those with room for a block (an SM
             # without room gets none while this launch is placed), which after a few
             # blocks end is a handful of the partition's SMs
-            roomy = [i for i in self._roomy.intersection(la.stream.partition.sm_set) if free[i] >= need]
-            for sm in sorted(roomy, key=lambda i: (-free[i], i)):
+            roomy = [i for i in all_roomy.intersection(la.stream.partition.sm_set) if free[i] >= need]
+            roomy.sort(key=lambda i: (-free[i], i))
+            wave: list[tuple[int, int]] = []  # without jitter, what is placed now ends together
+            for sm in roomy:
                 while la.pending and free[sm] >= need:
                     # without jitter every block that fits here now ends at the same time
-                    n = 1 if la.kernel.jitter else min(la.pending, free[sm] // need)
+                    n = 1 if sigma else min(la.pending, free[sm] // need)
                     free[sm] -= n * need
                     if not free[sm]:
-                        self._roomy.discard(sm)
+                        all_roomy.discard(sm)
                     first = la.start + la.next_block
                     la.next_block += n
+                    la.pending -= n
                     la.running += n
-                    dur = la.kernel.block_us
-                    if la.kernel.jitter:
-                        sigma = la.kernel.jitter
-                        dur *= float(self._rng.lognormal(-sigma * sigma / 2.0, sigma))  # mean 1
-                    end = self.now_us + dur
-                    heapq.heappush(self._running, (end, next(self._seq), sm, la, n))
+                    if sigma:
+                        end = self.now_us + kernel.block_us * float(
+                            self._rng.lognormal(-sigma * sigma / 2.0, sigma))  # mean 1
+                        heapq.heappush(self._running, (end, next(self._seq), la, [(sm, n)]))
+                    else:
+                        end = self.now_us + kernel.block_us
+                        wave.append((sm, n))
                     if self.record_blocks:
                         self.records.extend(BlockRecord(la.launch_id, la.kernel.name, b, sm, self.now_us, end,
                                                         la.stream.handle) for b in range(first, first + n))
                 if not la.pending:
                     break
+            if wave:
+                heapq.heappush(self._running, (self.now_us + kernel.block_us, next(self._seq), la, wave))
