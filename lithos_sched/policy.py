@@ -51,7 +51,7 @@ class Policy:
         -run27-diag-splitk-ab). Measured there across processes, each against ``"none"``
         interleaved over three rounds: ``"all"`` closed those gaps (median 4-28 us,
         training 0.02-0.08 of alone higher in every round) but raised the inference p99
-        by 0.07-0.54 ms in every round, as a request arriving on its TPCs then waits
+        by 0.41-0.54 ms in every round, as a request arriving on its TPCs then waits
         behind the queued atom too (bench/results/h200-2026-12-04-run28-diag-issue-ahead);
         ``"home"`` lowered training by 0.016-0.021 in every round: a second atom of
         `home_atom_us` queued at home holds the thread there when the service goes idle,
