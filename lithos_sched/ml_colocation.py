@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from lithos_sched.fields import is_int, is_number, require
 from lithos_sched.percentiles import percentile_ci
 
 #: Best-effort workloads, one pair with the inference service each.
@@ -179,34 +180,33 @@ class MLColocationConfig:
         object.__setattr__(self, "static_sweep", tuple(self.static_sweep))
         _check_names("pairs", self.pairs, PAIRS)
         _check_names("scenarios", self.scenarios, SCENARIOS)
-        for name in ("duration_s", "lc_rate_hz", "slo_mult"):
-            _check_positive(name, getattr(self, name))
-        if isinstance(self.warmup_s, bool) or not isinstance(self.warmup_s, (int, float)) or not self.warmup_s >= 0:
-            raise ValueError(f"MLColocationConfig.warmup_s must be a number >= 0, got {self.warmup_s!r}")
-        for name in ("slo_ms", "mps_steal_max_block_us"):
-            if getattr(self, name) is not None:
-                _check_positive(name, getattr(self, name))
+        optional = ("slo_ms", "mps_steal_max_block_us")  # None: derived or left to the default
+        for name in ("duration_s", "lc_rate_hz", "slo_mult", *optional):
+            value = getattr(self, name)
+            if value is None and name in optional:
+                continue
+            require(is_number(value) and math.isfinite(value) and value > 0, f"MLColocationConfig.{name}",
+                    "a finite number > 0", value)
+        require(is_number(self.warmup_s) and self.warmup_s >= 0, "MLColocationConfig.warmup_s", "a number >= 0",
+                self.warmup_s)
         lo_hi = self.lc_batch
-        if len(lo_hi) != 2 or not all(_is_int(b) for b in lo_hi) or not 1 <= lo_hi[0] <= lo_hi[1] <= 64:
-            raise ValueError(f"MLColocationConfig.lc_batch must be two ints 1 <= lo <= hi <= 64, got {self.lc_batch!r}")
-        if isinstance(self.lc_share, bool) or not isinstance(self.lc_share, (int, float)) or not 0 < self.lc_share < 1:
-            raise ValueError(f"MLColocationConfig.lc_share must be in (0, 1), got {self.lc_share!r}")
+        require(len(lo_hi) == 2 and all(is_int(b) for b in lo_hi) and 1 <= lo_hi[0] <= lo_hi[1] <= 64,
+                "MLColocationConfig.lc_batch", "two ints 1 <= lo <= hi <= 64", self.lc_batch)
+        require(is_number(self.lc_share) and 0 < self.lc_share < 1, "MLColocationConfig.lc_share", "in (0, 1)",
+                self.lc_share)
         for share in self.static_sweep:
-            if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
-                raise ValueError(f"MLColocationConfig.static_sweep: every share must be in (0, 1), got {share!r}")
+            require(is_number(share) and 0 < share < 1, "MLColocationConfig.static_sweep: every share", "in (0, 1)",
+                    share)
         if len(set(self.static_sweep) | {self.lc_share}) != len(self.static_sweep) + 1:
             raise ValueError(f"MLColocationConfig.static_sweep repeats a share or lc_share ({self.lc_share}): "
                              f"{list(self.static_sweep)!r}")
-        if self.size not in SIZES:
-            raise ValueError(f"MLColocationConfig.size must be one of {SIZES}, got {self.size!r}")
-        if self.training_gemm_max_k is not None and (not _is_int(self.training_gemm_max_k)
-                                                     or self.training_gemm_max_k < 1):
-            raise ValueError("MLColocationConfig.training_gemm_max_k must be None or an int >= 1, "
-                             f"got {self.training_gemm_max_k!r}")
-        if not _is_int(self.be_queue_depth) or self.be_queue_depth < 1:
-            raise ValueError(f"MLColocationConfig.be_queue_depth must be an int >= 1, got {self.be_queue_depth!r}")
-        if not _is_int(self.seed):
-            raise ValueError(f"MLColocationConfig.seed must be an int, got {self.seed!r}")
+        require(self.size in SIZES, "MLColocationConfig.size", f"one of {SIZES}", self.size)
+        max_k = self.training_gemm_max_k
+        require(max_k is None or (is_int(max_k) and max_k >= 1), "MLColocationConfig.training_gemm_max_k",
+                "None or an int >= 1", max_k)
+        require(is_int(self.be_queue_depth) and self.be_queue_depth >= 1, "MLColocationConfig.be_queue_depth",
+                "an int >= 1", self.be_queue_depth)
+        require(is_int(self.seed), "MLColocationConfig.seed", "an int", self.seed)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> MLColocationConfig:
@@ -275,15 +275,6 @@ class MLColocationConfig:
 def static_name(share: float) -> str:
     """The scenario name of the static split at LC share ``share`` of `static_sweep`."""
     return f"static_split@{share:g}"
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _check_positive(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-        raise ValueError(f"MLColocationConfig.{name} must be a finite number > 0, got {value!r}")
 
 
 def _check_names(field: str, names: Sequence[str], allowed: Sequence[str]) -> None:

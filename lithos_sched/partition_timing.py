@@ -18,6 +18,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from lithos_sched.fields import is_int, is_number, require
 from lithos_sched.scaling import ScalingProfile
 
 _SPIN = r'''
@@ -55,12 +56,9 @@ class TimingOptions:
     def __post_init__(self) -> None:
         for name in ("rounds", "launches_per_round"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"TimingOptions.{name} must be an int >= 1, got {value!r}")
-        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ValueError(f"TimingOptions.warmup must be an int >= 0, got {self.warmup!r}")
-        if not isinstance(self.spin_us, (int, float)) or self.spin_us < 0:
-            raise ValueError(f"TimingOptions.spin_us must be a number >= 0, got {self.spin_us!r}")
+            require(is_int(value) and value >= 1, f"TimingOptions.{name}", "an int >= 1", value)
+        require(is_int(self.warmup) and self.warmup >= 0, "TimingOptions.warmup", "an int >= 0", self.warmup)
+        require(is_number(self.spin_us) and self.spin_us >= 0, "TimingOptions.spin_us", "a number >= 0", self.spin_us)
 
 
 def validate_sizes(sizes: Sequence[int], num_tpcs: int) -> list[int]:

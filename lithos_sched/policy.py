@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from lithos_sched.fields import is_int, is_number, require
+
 #: The values of `Policy.blocking_waits`.
 BLOCKING_WAITS = ("none", "best-effort", "all")
 ISSUE_AHEAD = ("none", "home", "all")
@@ -193,22 +195,17 @@ class Policy:
         for name in ("atom_us", "home_atom_us", "queue_cap_us", "home_queue_cap_us", "steal_max_block_us",
                      "request_hold_max_us"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"Policy.{name} must be a positive number, got {value!r}")
+            require(is_number(value) and value > 0, f"Policy.{name}", "a positive number", value)
         for name in ("lc_idle_grace_us", "yield_queue_us", "steal_poll_us"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"Policy.{name} must be a number >= 0, got {value!r}")
-        if isinstance(self.lc_timing_every, bool) or not isinstance(self.lc_timing_every, int) \
-                or self.lc_timing_every < 1:
-            raise ValueError(f"Policy.lc_timing_every must be an int >= 1, got {self.lc_timing_every!r}")
-        if isinstance(self.steal_reserve_tpcs, bool) or not isinstance(self.steal_reserve_tpcs, int) \
-                or self.steal_reserve_tpcs < 0:
-            raise ValueError(f"Policy.steal_reserve_tpcs must be an int >= 0, got {self.steal_reserve_tpcs!r}")
-        if self.blocking_waits not in BLOCKING_WAITS:
-            raise ValueError(f"Policy.blocking_waits must be one of {BLOCKING_WAITS}, got {self.blocking_waits!r}")
-        if self.issue_ahead_of_drain not in ISSUE_AHEAD:
-            raise ValueError(f"Policy.issue_ahead_of_drain must be one of {ISSUE_AHEAD}, "
-                             f"got {self.issue_ahead_of_drain!r}")
-        if self.gil_switch_interval_s is not None and not self.gil_switch_interval_s > 0:
-            raise ValueError(f"Policy.gil_switch_interval_s must be > 0 or None, got {self.gil_switch_interval_s!r}")
+            require(is_number(value) and value >= 0, f"Policy.{name}", "a number >= 0", value)
+        require(is_int(self.lc_timing_every) and self.lc_timing_every >= 1, "Policy.lc_timing_every", "an int >= 1",
+                self.lc_timing_every)
+        require(is_int(self.steal_reserve_tpcs) and self.steal_reserve_tpcs >= 0, "Policy.steal_reserve_tpcs",
+                "an int >= 0", self.steal_reserve_tpcs)
+        require(self.blocking_waits in BLOCKING_WAITS, "Policy.blocking_waits", f"one of {BLOCKING_WAITS}",
+                self.blocking_waits)
+        require(self.issue_ahead_of_drain in ISSUE_AHEAD, "Policy.issue_ahead_of_drain", f"one of {ISSUE_AHEAD}",
+                self.issue_ahead_of_drain)
+        gil = self.gil_switch_interval_s
+        require(gil is None or (is_number(gil) and gil > 0), "Policy.gil_switch_interval_s", "> 0 or None", gil)

@@ -26,6 +26,7 @@ from collections.abc import Hashable, Mapping
 
 import numpy as np
 
+from lithos_sched.fields import is_int, is_number, require
 from lithos_sched.scaling import ProfileStore, ScalingModel, ScalingProfile, fill_tpcs
 
 #: Fractions of the home partition probed, in order, while a profile is being learned.
@@ -67,17 +68,14 @@ class RightSizeOptions:
     refit_every: int = 64
 
     def __post_init__(self) -> None:
-        if isinstance(self.min_saving, bool) or not isinstance(self.min_saving, (int, float)) \
-                or not 0 <= self.min_saving < 1:
-            raise ValueError(f"RightSizeOptions.min_saving must be a number in [0, 1), got {self.min_saving!r}")
+        require(is_number(self.min_saving) and 0 <= self.min_saving < 1, "RightSizeOptions.min_saving",
+                "a number in [0, 1)", self.min_saving)
         for name in ("slack", "explore_max_slowdown"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 10:
-                raise ValueError(f"RightSizeOptions.{name} must be a number in [0, 10), got {value!r}")
+            require(is_number(value) and 0 <= value < 10, f"RightSizeOptions.{name}", "a number in [0, 10)", value)
         for name in ("min_tpcs", "min_sizes", "refit_every"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"RightSizeOptions.{name} must be an int >= 1, got {value!r}")
+            require(is_int(value) and value >= 1, f"RightSizeOptions.{name}", "an int >= 1", value)
 
 
 def predicted_latency_us(model: ScalingModel, tpcs: np.ndarray,

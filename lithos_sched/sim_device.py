@@ -30,12 +30,9 @@ import numpy as np
 
 from lithos_sched.device_api import StreamPriority, validate_priority, validate_tpcs
 from lithos_sched.errors import PartitionError
+from lithos_sched.fields import is_int, is_number, require
 
 _CAPACITY = 2520  # slots per SM: divisible by every blocks_per_sm from 1 to 10
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,14 +60,14 @@ class SimKernel:
     jitter: float = 0.0
 
     def __post_init__(self) -> None:
-        if not _is_int(self.grid_blocks) or self.grid_blocks < 1:
-            raise ValueError(f"SimKernel.grid_blocks must be an int >= 1, got {self.grid_blocks!r}")
-        if not (isinstance(self.block_us, (int, float)) and math.isfinite(self.block_us) and self.block_us > 0):
-            raise ValueError(f"SimKernel.block_us must be a finite number > 0, got {self.block_us!r}")
-        if not _is_int(self.blocks_per_sm) or not 1 <= self.blocks_per_sm <= 10:
-            raise ValueError(f"SimKernel.blocks_per_sm must be an int in 1..10, got {self.blocks_per_sm!r}")
-        if not (isinstance(self.jitter, (int, float)) and math.isfinite(self.jitter) and self.jitter >= 0):
-            raise ValueError(f"SimKernel.jitter must be a finite number >= 0, got {self.jitter!r}")
+        require(is_int(self.grid_blocks) and self.grid_blocks >= 1, "SimKernel.grid_blocks", "an int >= 1",
+                self.grid_blocks)
+        require(is_number(self.block_us) and math.isfinite(self.block_us) and self.block_us > 0, "SimKernel.block_us",
+                "a finite number > 0", self.block_us)
+        require(is_int(self.blocks_per_sm) and 1 <= self.blocks_per_sm <= 10, "SimKernel.blocks_per_sm",
+                "an int in 1..10", self.blocks_per_sm)
+        require(is_number(self.jitter) and math.isfinite(self.jitter) and self.jitter >= 0, "SimKernel.jitter",
+                "a finite number >= 0", self.jitter)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,7 +194,7 @@ class SimStream:
             On a closed partition or device.
         """
         self.partition._check_open()
-        if not _is_int(start) or not (count is None or _is_int(count)):
+        if not is_int(start) or not (count is None or is_int(count)):
             raise ValueError(f"block range start and count must be ints, got {start!r} and {count!r}")
         count = kernel.grid_blocks - start if count is None else count
         if not (0 <= start and count >= 1 and start + count <= kernel.grid_blocks):
@@ -347,10 +344,8 @@ class SimDevice:
     def __init__(self, num_tpcs: int = 66, sms_per_tpc: int = 2, seed: int = 0, name: str = "simulated H100",
                  record_blocks: bool = True):
         for label, value in (("num_tpcs", num_tpcs), ("sms_per_tpc", sms_per_tpc)):
-            if not _is_int(value) or value < 1:
-                raise ValueError(f"SimDevice.{label} must be an int >= 1, got {value!r}")
-        if not _is_int(seed):
-            raise ValueError(f"SimDevice.seed must be an int, got {seed!r}")
+            require(is_int(value) and value >= 1, f"SimDevice.{label}", "an int >= 1", value)
+        require(is_int(seed), "SimDevice.seed", "an int", seed)
         self.name = name
         self.num_tpcs = num_tpcs
         self.sms_per_unit = sms_per_tpc
