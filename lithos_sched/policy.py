@@ -26,9 +26,11 @@ class Policy:
         (measured), so the atom size bounds queued work, not the latency-critical wait.
     queue_cap_us : float
         A best-effort thread issues its next atom once the work it has queued on the
-        stream is predicted to drain within this time. LithOS keeps ~100 us outstanding
-        from C++; issuing an atom from Python takes tens of microseconds and may wait for
-        the GIL, so the default leaves room for one atom of host delay.
+        stream is predicted to drain within this time (it waits for its queued atoms to
+        end, so an atom longer than this is waited for to its end unless
+        `issue_ahead_of_drain` says otherwise). LithOS keeps ~100 us outstanding from
+        C++; issuing an atom from Python takes tens of microseconds and may wait for the
+        GIL, so the default leaves room for one atom of host delay.
     home_atom_us : float
         Target duration of a best-effort atom on TPCs no latency-critical tenant uses.
         No latency-critical kernel waits behind those, so the atom only has to be short
