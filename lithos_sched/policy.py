@@ -9,6 +9,7 @@ from lithos_sched.fields import is_int, is_number, require
 
 #: The values of `Policy.blocking_waits`.
 BLOCKING_WAITS = ("none", "best-effort", "all")
+#: The values of `Policy.issue_ahead_of_drain`.
 ISSUE_AHEAD = ("none", "home", "all")
 
 

@@ -820,7 +820,7 @@ class Scheduler(Atomizer):
             return
         while any(not t.idle() for t in self._lc if t._remote is None):
             self._retire(tenant)
-            low = self._queue_low_point(tenant, self.policy.yield_queue_us)
+            low = self._low_point(self._queued(tenant), self.policy.yield_queue_us)
             if low is None:
                 return
             t0 = self.timeline.now_us()
@@ -833,11 +833,9 @@ class Scheduler(Atomizer):
         return sorted((r for r in tenant._inflight if partition is None or r.partition is partition),
                       key=lambda r: r.predicted_end_us)
 
-    def _queue_low_point(self, tenant: Tenant, cap_us: float, partition: Any = None) -> _AtomRecord | None:
-        """The queued atom of ``tenant`` (on ``partition``, or anywhere) after whose end at
-        most ``cap_us`` of that work remains, by the predicted ends; None if that little is
-        queued already."""
-        queued = self._queued(tenant, partition)
+    def _low_point(self, queued: list[_AtomRecord], cap_us: float) -> _AtomRecord | None:
+        """Of ``queued`` (`_queued`), the atom after whose end at most ``cap_us`` of that
+        work remains, by the predicted ends; None if that little is queued already."""
         if not queued:
             return None
         drain_at = queued[-1].predicted_end_us
@@ -914,16 +912,16 @@ class Scheduler(Atomizer):
         cap = self.policy.queue_cap_us if shared else self.policy.home_queue_cap_us
         remote = [] if shared or not self.policy.stealing or not self.policy.steal_poll_us \
             else [t for t in self._lc if t._remote is not None and not t.idle()]
-        ahead = self.policy.issue_ahead_of_drain == ("all" if shared else "home") \
-            or self.policy.issue_ahead_of_drain == "all"
+        mode = self.policy.issue_ahead_of_drain
+        ahead = mode == "all" or (mode == "home" and not shared)
         waited = False
         while not self._closing:
             self._retire(tenant)
-            target = self._queue_low_point(tenant, cap, partition)
+            queued = self._queued(tenant, partition)
+            target = self._low_point(queued, cap)
             if target is None:
                 return waited
             deadline_us = None
-            queued = self._queued(tenant, partition)
             if ahead and target is queued[-1]:
                 if len(queued) > 1:
                     target = queued[-2]  # then the last is alone, and waited for ahead of its end

@@ -145,10 +145,9 @@ class _Launch:
     count: int
     stream: SimStream
     seq: int
-    next_block: int = 0
     running: int = 0
-    # blocks not placed yet, ``count - next_block``: a field, not a property, as the
-    # dispatch loop reads it for every placement
+    # blocks not placed yet (the next to place is ``start + count - pending``): a field,
+    # not a property, as the dispatch loop reads it for every placement
     pending: int = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
@@ -364,8 +363,6 @@ class SimDevice:
         self._launch_ids = itertools.count()
         self._seq = itertools.count()
         self._active: list[_Launch] = []
-        # (end, seq, sm, launch, blocks): blocks of one launch placed on one SM at one instant
-        # with one duration end together, so they are one entry (a wave is a few entries).
         # (end, seq, launch, [(sm, blocks), ...]): blocks of one launch placed together
         # that end at the same time (a wave, without jitter) are one entry
         self._running: list[tuple[float, int, _Launch, list[tuple[int, int]]]] = []
@@ -546,8 +543,7 @@ class SimDevice:
                     free[sm] -= n * need
                     if not free[sm]:
                         all_roomy.discard(sm)
-                    first = la.start + la.next_block
-                    la.next_block += n
+                    first = la.start + la.count - la.pending
                     la.pending -= n
                     la.running += n
                     if sigma:
