@@ -216,8 +216,9 @@ def inference_request_tpcs(cfg: MLColocationConfig, device: Any, n_lc: int) -> d
     """TPCs a request of each batch of ``cfg.lc_batch`` needs, from profiles taken now.
 
     A whole request (the decoder stack's forward pass) of every batch is timed on
-    partitions of 10 sizes up to the inference tenant's ``n_lc`` TPCs; each batch gets the
-    fewest TPCs whose predicted slowdown stays within the `RightSizer`'s slack (5%).
+    partitions of 10 sizes up to the inference tenant's ``n_lc`` TPCs, then on every count
+    where a choice within the `RightSizer`'s slack (5%) could lie; each batch gets the
+    fewest TPCs whose predicted slowdown stays within it.
 
     Returns
     -------
@@ -236,9 +237,10 @@ def inference_request_tpcs(cfg: MLColocationConfig, device: Any, n_lc: int) -> d
     def request_case(batch: int) -> list[Any]:
         return [c for c in rc.inference_cases(batch, seed=cfg.seed) if c.key.endswith(":request")]
 
+    options = RightSizeOptions(explore=False)
     profile_cases(device, [lambda b=b: request_case(b) for b in range(lo, hi + 1)], default_sizes(n_lc),
-                  TimingOptions(rounds=2, launches_per_round=2), store)
-    sizer = RightSizer(store, RightSizeOptions(explore=False))
+                  TimingOptions(rounds=2, launches_per_round=2), store, refine_slack=options.slack)
+    sizer = RightSizer(store, options)
     return {b: sizer.tpcs_for(f"inference:b{b}:request", n_lc) for b in range(lo, hi + 1)}
 
 

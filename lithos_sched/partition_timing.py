@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from lithos_sched.fields import is_int, is_number, require
@@ -140,9 +140,40 @@ def time_on_partitions(device: Any, launch: Callable[[Any], Any], sizes: Sequenc
             p.close()
 
 
+def knee_sizes(medians_us: Mapping[int, float], full_tpcs: int, slack: float) -> list[int]:
+    """The TPC counts not yet timed where a choice within ``slack`` could still lie.
+
+    More TPCs never make a kernel slower (to first order), so no count below a timed count
+    that was more than ``1 + slack`` times slower than ``full_tpcs`` can be within the
+    slack: the candidates are the untimed counts between the largest such count (or 0)
+    and ``full_tpcs``. Timing them all makes a right-sizing choice exact to the TPC there,
+    where the coarse sizes alone leave it on the next larger timed count.
+
+    Parameters
+    ----------
+    medians_us : mapping
+        ``{tpcs: latency_us}`` of the counts timed so far; must hold ``full_tpcs``.
+    full_tpcs : int
+        The reference count (the whole device or the tenant's home partition).
+    slack : float
+        Accepted slowdown against ``full_tpcs``.
+
+    Returns
+    -------
+    list of int
+        Largest first; empty when every count in between was timed.
+    """
+    require(is_number(slack) and slack >= 0, "slack", "a number >= 0", slack)
+    if full_tpcs not in medians_us:
+        raise ValueError(f"no time on the full {full_tpcs} TPCs among the timed counts {sorted(medians_us)}")
+    limit = (1.0 + slack) * medians_us[full_tpcs]
+    outside = [t for t, us in medians_us.items() if t < full_tpcs and us > limit]
+    return [t for t in range(full_tpcs - 1, max(outside, default=0), -1) if t not in medians_us]
+
+
 def profile_on_partitions(device: Any, key: str, launch: Callable[[Any], Any], sizes: Sequence[int],
-                          options: TimingOptions | None = None, profile: ScalingProfile | None = None
-                          ) -> ScalingProfile:
+                          options: TimingOptions | None = None, profile: ScalingProfile | None = None,
+                          refine_slack: float | None = None) -> ScalingProfile:
     """Time ``launch`` on each size and record the medians in a scaling profile.
 
     Parameters
@@ -153,13 +184,23 @@ def profile_on_partitions(device: Any, key: str, launch: Callable[[Any], Any], s
         The profile's key (a new profile's; ignored when ``profile`` is given).
     profile : ScalingProfile, optional
         Add to this profile instead of a new one.
+    refine_slack : float, optional
+        Then also time every count of `knee_sizes` for this slack (relative to the
+        largest of ``sizes``), in a second pass with the same options that times the
+        largest size again (its sample is the median of both passes).
 
     Returns
     -------
     ScalingProfile
-        With one sample per size: the median of its timings.
+        With one sample per size timed: the median of its timings.
     """
     times = time_on_partitions(device, launch, sizes, options)
+    if refine_slack is not None:
+        medians = {n: statistics.median(ts) for n, ts in times.items()}
+        knee = knee_sizes(medians, max(times), refine_slack)
+        if knee:  # the full count is timed again so both passes share the reference
+            for n, ts in time_on_partitions(device, launch, [max(times), *knee], options).items():
+                times.setdefault(n, []).extend(ts)
     prof = profile if profile is not None else ScalingProfile(key)
     for n, ts in times.items():
         prof.add(n, statistics.median(ts), len(ts))

@@ -1,6 +1,7 @@
 """Collect scaling profiles offline: ``python -m lithos_sched.profile``.
 
-Times kernels on partitions of several TPC counts, fits each kernel's scaling model,
+Times kernels on partitions of several TPC counts (and then every count where a choice
+within the slack could lie, unless ``--no-refine``), fits each kernel's scaling model,
 writes the profiles to the disk cache the right-sizer reads (`ProfileStore`), and prints
 a table: fitted model, latency on the whole device, the TPCs right-sizing would choose
 and the predicted slowdown there.
@@ -63,7 +64,8 @@ def launch_keys(launch: Callable[[Any], None], stream: Any) -> list[KernelKey]:
 
 def profile_cases(device: Any, cases: Iterable[ProfileCase | Callable[[], list[ProfileCase]]], sizes: list[int],
                   timing: TimingOptions, store: ProfileStore | None = None,
-                  on_profile: Callable[[ProfileCase, ScalingProfile], None] | None = None) -> dict[str, ScalingProfile]:
+                  on_profile: Callable[[ProfileCase, ScalingProfile], None] | None = None,
+                  refine_slack: float | None = None) -> dict[str, ScalingProfile]:
     """Profile each case on partitions of ``sizes`` TPCs.
 
     Parameters
@@ -80,6 +82,9 @@ def profile_cases(device: Any, cases: Iterable[ProfileCase | Callable[[], list[P
         Profiles are added to it (replacing the samples of the sizes timed).
     on_profile : callable, optional
         Called with each case and its profile once timed (before the case is released).
+    refine_slack : float, optional
+        Also time every TPC count where a choice within this slack could lie
+        (`partition_timing.knee_sizes`).
 
     Returns
     -------
@@ -92,7 +97,7 @@ def profile_cases(device: Any, cases: Iterable[ProfileCase | Callable[[], list[P
         try:
             for case in group:
                 prof = store.profile(case.key) if store is not None else None
-                out[case.key] = profile_on_partitions(device, case.key, case.launch, sizes, timing, prof)
+                out[case.key] = profile_on_partitions(device, case.key, case.launch, sizes, timing, prof, refine_slack)
                 if store is not None and not device.simulated:
                     _alias_by_kernel_key(device, case, store)
                 if on_profile is not None:
@@ -156,7 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "from the whole device)")
     p.add_argument("--rounds", type=_positive, default=3, help="rounds over the sizes (default 3)")
     p.add_argument("--launches", type=_positive, default=3, help="timed launches per size and round (default 3)")
-    p.add_argument("--slack", type=_slack, default=0.05, help="right-sizing slack for the table (default 0.05)")
+    p.add_argument("--slack", type=_slack, default=0.05, help="right-sizing slack for the table and the "
+                                                              "refinement (default 0.05)")
+    p.add_argument("--no-refine", action="store_true", help="time only --sizes, not also every TPC count where a "
+                                                            "choice within the slack could lie")
     p.add_argument("--cache", help="profile cache file (default: the right-sizer's, under LITHOS_CACHE_DIR)")
     p.add_argument("--no-save", action="store_true", help="do not write the cache")
     return p
@@ -200,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     store.load()
     table = Table(title=f"Scaling profiles on {device.name}{' (SIMULATED)' if device.simulated else ''}, "
                         f"TPC counts {sizes}")
-    for col in ("kernel", "model", "fit err", "shape", f"us @{sizes[0]}", "TPCs chosen", "pred. slowdown"):
+    for col in ("kernel", "model", "fit err", "shape", f"us @{sizes[0]}", "counts timed", "TPCs chosen",
+                "pred. slowdown"):
         table.add_column(col, justify="left" if col in ("kernel", "model", "shape") else "right",
                          overflow="fold")
 
@@ -213,12 +222,13 @@ def main(argv: list[str] | None = None) -> int:
         chosen = choose_tpcs(model, sizes[0], args.slack, min_saving=RightSizeOptions().min_saving, samples=samples)
         slowdown = float(predicted_latency_us(model, np.array([chosen]), samples)[0]) / samples[sizes[0]][0] - 1
         table.add_row(case.key, model.kind, f"{100 * model.rel_rms:.1f}%", shape,
-                      f"{samples[sizes[0]][0]:.1f}", f"{chosen}/{sizes[0]}", f"{100 * slowdown:+.1f}%")
+                      f"{samples[sizes[0]][0]:.1f}", str(len(samples)), f"{chosen}/{sizes[0]}",
+                      f"{100 * slowdown:+.1f}%")
         console.print(f"profiled {case.key}", highlight=False)
 
     try:
         profile_cases(device, cases, sizes, TimingOptions(rounds=args.rounds, launches_per_round=args.launches),
-                      store, add_row)
+                      store, add_row, refine_slack=None if args.no_refine else args.slack)
     finally:
         device.close()
     console.print(table)

@@ -3,13 +3,16 @@
 For every `kernels.registry` case (bench size) and every kernel of the inference
 service's decoder layer (batches 1 and 8), and for a whole inference request:
 
-1. profile it on partitions of 10 TPC counts and fit its scaling model;
+1. profile it on partitions of 10 TPC counts, then on every count where a choice within
+   the slack could lie (`partition_timing.knee_sizes`; ``--no-refine``: the 10 only), and
+   fit its scaling model;
 2. right-size it (the fewest TPCs whose predicted slowdown is within the slack);
 3. MEASURE it again on the chosen partition and on the whole device, interleaved: the
    measured slowdown, and the capacity saved, ``1 - (T * t_T) / (66 * t_66)`` of TPC-time;
 4. measure its mean power at the default clock with NVML's energy counter, and choose its
    SM clock with the DVFS policy; the energy at that clock is MODELED (`PowerModel`),
-   never measured: no clock is changed.
+   never measured: no clock is changed. A kernel's achieved DRAM bandwidth is relative to
+   the device's, measured first with a device-to-device copy.
 
 Writes ``rightsizing.json`` and ``rightsizing.png`` to ``--out``. ``--sim`` runs the
 same steps on the SIMULATED device with stand-in kernels (no energy).
@@ -36,10 +39,6 @@ from lithos_sched.partition_timing import TimingOptions, default_sizes, time_on_
 from lithos_sched.rightsize_cases import ProfileCase
 from lithos_sched.rightsizing import RightSizeOptions, choose_tpcs, predicted_latency_us
 from lithos_sched.scaling import ProfileStore
-
-#: Peak DRAM bandwidth the achieved fractions are relative to (`kernels.registry.PEAKS`).
-PEAK_BYTES_PER_S = 3.0e12
-
 
 def _busy_step(case: ProfileCase, stream: Any, kernel_us: float) -> Any:
     """A step for `EnergyMeter.mean_power_w` keeping ~5 ms of ``case`` queued."""
@@ -78,14 +77,46 @@ def best_profiled_saving(profile_us: dict[Any, float], full_tpcs: int, slack: fl
     return best, 1.0 - best * times[best] / (full_tpcs * t_full)
 
 
+def copy_bandwidth_bytes_per_s(nbytes: int = 1 << 30, reps: int = 5) -> float:
+    """The device's DRAM bandwidth as a device-to-device copy achieves it (GPU only).
+
+    The best of ``reps`` copies of ``nbytes``, counting the bytes read and written: what
+    the memory-bound kernels can reach, the reference of their bandwidth fraction (the
+    spec sheet's figure is not reached by any kernel).
+    """
+    import cupy
+
+    src = cupy.empty(nbytes, dtype=cupy.uint8)
+    dst = cupy.empty_like(src)
+    try:
+        dst[...] = src  # first touch
+        best = math.inf
+        for _ in range(reps):
+            start, end = cupy.cuda.Event(), cupy.cuda.Event()
+            start.record()
+            dst[...] = src
+            end.record()
+            end.synchronize()
+            best = min(best, cupy.cuda.get_elapsed_time(start, end) * 1e-3)
+        return 2.0 * nbytes / best
+    finally:
+        del src, dst
+
+
 def measure_case(device: Any, case: ProfileCase, sizes: list[int], slack: float, meter: Any,
                  profile_timing: TimingOptions, confirm_timing: TimingOptions, energy_window_s: float,
-                 store: ProfileStore) -> dict[str, Any]:
-    """Profile, right-size, confirm and (with a meter) measure the power of one case."""
+                 store: ProfileStore, peak_bytes_per_s: float | None, refine: bool = True) -> dict[str, Any]:
+    """Profile, right-size, confirm and (with a meter) measure the power of one case.
+
+    ``peak_bytes_per_s`` is the DRAM bandwidth the case's achieved bandwidth is a
+    fraction of (None: the fraction is unknown); ``refine`` also times every count where a
+    choice within ``slack`` could lie.
+    """
     from lithos_sched.partition_timing import profile_on_partitions
 
     full_tpcs = sizes[0]
-    prof = profile_on_partitions(device, case.key, case.launch, sizes, profile_timing, store.profile(case.key))
+    prof = profile_on_partitions(device, case.key, case.launch, sizes, profile_timing, store.profile(case.key),
+                                 refine_slack=slack if refine else None)
     model = prof.model()
     assert model is not None
     samples = prof.samples
@@ -95,6 +126,7 @@ def measure_case(device: Any, case: ProfileCase, sizes: list[int], slack: float,
     best_tpcs, best_saved = best_profiled_saving(profile_us, full_tpcs, slack)
     row: dict[str, Any] = {"key": case.key, "bound": case.bound, "per_request": case.per_request,
                            "profile_us": {str(t): m for t, m in profile_us.items()},
+                           "counts_refined": sorted(set(profile_us) - set(sizes)),
                            "model": model.to_json(), "tpcs": chosen, "home_tpcs": full_tpcs,
                            "predicted_slowdown": predicted,
                            "profile_bound": {"tpcs": best_tpcs, "capacity_saved": best_saved}}
@@ -104,7 +136,8 @@ def measure_case(device: Any, case: ProfileCase, sizes: list[int], slack: float,
     row.update({"us_full": t_full, "us_chosen": t_chosen, "measured_slowdown": t_chosen / t_full - 1.0,
                 "capacity_saved": 1.0 - (chosen * t_chosen) / (full_tpcs * t_full)})
     bandwidth = case.bytes / (t_full * 1e-6) if case.bytes else None
-    row["bandwidth_fraction"] = None if bandwidth is None else bandwidth / PEAK_BYTES_PER_S
+    row["bandwidth_bytes_per_s"] = bandwidth
+    row["bandwidth_fraction"] = None if bandwidth is None or peak_bytes_per_s is None else bandwidth / peak_bytes_per_s
     row["elasticity"] = model.elasticity(full_tpcs)
     row["compute_share"] = compute_share(row["elasticity"], row["bandwidth_fraction"])
     # Power is measured for kernels long enough to keep the GPU busy from Python: the
@@ -183,8 +216,10 @@ def _summaries(rows: list[dict[str, Any]], slack: float) -> dict[str, Any]:
             "mean_profile_bound": mean([r["bound"] for r in suite]),
             "mean_measured_slowdown": mean([r["measured_slowdown"] for r in suite]),
             "target": "mean capacity saved >= 25% at < 5% measured slowdown",
-            "profile_bound": "the mean of what the best within-slack choice among the profiled sizes "
-                             "would save per item: no policy choosing among those sizes saves more",
+            "profile_bound": "the mean of what the best within-slack choice among the timed TPC counts "
+                             "would save per item. With the refinement every count where a within-slack "
+                             "choice could lie was timed, so, as far as more TPCs never make a kernel "
+                             "slower, no right-sizing of these kernels saves more",
         }
     return out
 
@@ -212,14 +247,14 @@ def dvfs_section(rows: list[dict[str, Any]], clocks: list[int], default_mhz: int
         decisions.append(d)
     out: dict[str, Any] = {"policy": {"slack": policy.options.slack, "min_fraction": policy.options.min_fraction,
                                       "time_model": "t(f) = t0 * (c * f0 / f + 1 - c), c = max(elasticity, "
-                                                    "1 - bandwidth / 3.0 TB/s)"},
+                                                    "1 - bandwidth / the measured copy bandwidth)"},
                            "actuator_active": actuator.active, "default_mhz": default_mhz,
                            "clocks_chosen": {r["key"]: r["dvfs"]["clock_mhz"] for r in rows}}
     powered = [r for r in rows if "power_w_measured" in r]
     if idle_w is None or not powered:
         out["energy"] = {"skipped": "no NVML energy measurements"}
         return out
-    bw = [(r["bandwidth_fraction"] or 0.0) * PEAK_BYTES_PER_S / 1e12 for r in powered]
+    bw = [(r["bandwidth_bytes_per_s"] or 0.0) / 1e12 for r in powered]
     model = fit_power_model(idle_w, [r["power_w_measured"] for r in powered], bw,
                             [r["compute_share"] for r in powered], default_mhz, min(clocks), max(clocks))
     e_default = e_dvfs = t_default = t_dvfs = 0.0
@@ -292,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--energy-window", type=float, default=0.3, help="seconds of power measurement per kernel "
                                                                      "(0: none)")
     p.add_argument("--max-seconds", type=float, default=170.0, help="skip the remaining kernels after this long")
+    p.add_argument("--no-refine", action="store_true", help="profile the 10 TPC counts only, not also every count "
+                                                            "where a choice within the slack could lie")
     args = p.parse_args(argv)
     if not 0 <= args.slack < 10:
         p.error(f"--slack must be in [0, 10), got {args.slack}")
@@ -316,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     idle_w = None
     clocks, default_mhz = h100_sm_clocks_mhz(), 1980
     energy_start = None
+    peak_bytes_per_s = None if device.simulated else copy_bandwidth_bytes_per_s()
+    if peak_bytes_per_s is not None:
+        print(f"DRAM bandwidth of a device-to-device copy (measured): {peak_bytes_per_s / 1e12:.2f} TB/s")
     if not device.simulated:
         from lithos_sched.energy import EnergyMeter
 
@@ -348,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 for case in cases:
                     row = measure_case(device, case, sizes, args.slack, meter, profile_timing, confirm_timing,
-                                       args.energy_window, store)
+                                       args.energy_window, store, peak_bytes_per_s, refine=not args.no_refine)
                     rows.append(row)
                     print(f"{case.key:40s} {row['tpcs']:3d}/{sizes[0]} TPCs  slowdown {100 * row['measured_slowdown']:+5.1f}% "
                           f"(pred {100 * row['predicted_slowdown']:+5.1f}%)  saved {100 * row['capacity_saved']:5.1f}%  "
@@ -359,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
                     case.release()
         report: dict[str, Any] = {
             "device": device.describe(), "simulated": device.simulated, "slack": args.slack, "tpc_counts": sizes,
+            "refined": not args.no_refine, "dram_copy_bytes_per_s_measured": peak_bytes_per_s,
             "kernels": rows, "skipped_for_time": skipped, "summary": _summaries(rows, args.slack),
         }
         report["dvfs"] = dvfs_section(rows, clocks, default_mhz, idle_w)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Everything lithos does on the lent GPU, in one call: install, GPU tests, benchmarks.
 # Usage (on the device machine, from the repo root): bash scripts/device_run.sh [what...]
-#   what: probe | tests | atoms | partitions | colocation | ml | rightsizing | kernels | diag | arms | mps_split | mps_confine
-#   (default: all but kernels, diag and arms; about 7 minutes on an H100; ML_DURATION sets
+#   what: probe | tests | atoms | partitions | colocation | ml | rightsizing | rightsized | kernels | diag | arms |
+#         mps_split | mps_confine
+#   (default: probe tests atoms partitions colocation ml rightsizing, about 7 minutes; ML_DURATION sets
 #   --ml-duration, default 6; diag: the host-time diagnostics of scripts/ (launch cost, inference host, best-effort host);
 #   DIAGS picks among them; arms: an interleaved A/B of scripts/diag_arms.py on the ML pairs
 #   PAIRS (default ml_training; ml_batch is the batch-inference pair), ARMS (default
@@ -17,7 +18,10 @@
 #   for the job with its GEMMs unsplit); MPS_THREAD_STATIC=0 leaves out the in-process split;
 #   about 5 minutes;
 #   mps_confine: scripts/diag_mps_confine.py, whether two MPS clients' green contexts are
-#   different physical SMs, about 20 s)
+#   different physical SMs, about 20 s;
+#   rightsized: the ML bench's inference + training pair, lithos with and without
+#   right-sizing, once per inference batch range of RS_LC_BATCHES (default "1 1 1,8":
+#   batch 1 twice, then batches 1-8), about 80 s each)
 # Writes logs, JSON and plots to a staging folder, packed at the end into $OUT/results.tgz
 # (the device tool returns at most 8 files), with the GPU-test log beside it.
 set -uo pipefail
@@ -47,6 +51,15 @@ for w in "${what[@]}"; do
     rightsizing)
       python3 -m lithos_sched.rightsize_bench --out "$STAGE/rightsizing" 2>&1 | tee "$STAGE/bench-rightsizing.log" | tail -30
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+    rightsized)
+      i=0
+      for batches in ${RS_LC_BATCHES:-1 1 1,8}; do
+        i=$((i + 1))
+        python3 -m lithos_atom.bench --ml --ml-pairs training --ml-scenarios lc_alone,be_alone,lithos,lithos_rightsized \
+          --lc-batch "$batches" --ml-duration "${ML_DURATION:-6}" --json "$STAGE/bench-rightsized-$i.json" \
+          --plot "$STAGE/plots-rightsized-$i" 2>&1 | tee "$STAGE/bench-rightsized-$i.log" | tail -25
+        [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+      done ;;
     atoms|partitions|colocation|ml)
       extra=(); [ "$w" = ml ] && extra=(--ml-duration "${ML_DURATION:-6}")  # 3 s gave p99s from ~3 slow requests
       python3 -m lithos_atom.bench --"$w" "${extra[@]}" --json "$STAGE/bench-$w.json" --plot "$STAGE/plots-$w" 2>&1 | tee "$STAGE/bench-$w.log" | tail -40

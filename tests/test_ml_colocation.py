@@ -278,7 +278,8 @@ def _bench(*args, timeout=600):
 def test_cli_ml_section_writes_json_and_plots(tmp_path):
     out = tmp_path / "r.json"
     proc = _bench("--ml", "--sim", "--ml-size", "small", "--ml-duration", "0.06", "--ml-warmup", "0.02",
-                  "--lc-rate", "150", "--slo-ms", "4", "--json", str(out), "--plot", str(tmp_path / "plots"))
+                  "--lc-rate", "150", "--lc-batch", "1", "--slo-ms", "4", "--json", str(out),
+                  "--plot", str(tmp_path / "plots"))
     assert proc.returncode == 0, proc.stderr
     assert "SIMULATED DEVICE" in proc.stdout and "lithos vs each baseline" in proc.stdout
     data = json.loads(out.read_text())
@@ -286,6 +287,7 @@ def test_cli_ml_section_writes_json_and_plots(tmp_path):
     assert data["environment"]["packages"] and "python" in data["environment"]
     ml = data["sections"]["ml"]
     assert ml["simulated"] is True and ml["slo_ms"] == 4.0 and ml["config"]["lc_rate_hz"] == 150.0
+    assert ml["config"]["lc_batch"] == [1, 1]
     for pair in mc.PAIRS:
         scenarios = ml["pairs"][pair]["scenarios"]
         skipped = {n for n, sc in scenarios.items() if "skipped" in sc}
@@ -312,6 +314,10 @@ def test_cli_ml_section_writes_json_and_plots(tmp_path):
     (["--mps-steal-max-block-us", "0"], "mps_steal_max_block_us"),
     (["--training-gemm-max-k", "0"], "training_gemm_max_k"),
     (["--training-gemm-max-k", "2k"], "training_gemm_max_k"),
+    (["--lc-batch", "1,x"], "lc_batch"),
+    (["--lc-batch", "1,2,3"], "lc_batch"),
+    (["--lc-batch", "8,1"], "lc_batch"),
+    (["--lc-batch", "0"], "lc_batch"),
 ])
 def test_cli_rejects_bad_ml_options_naming_the_field(args, field):
     proc = _bench("--ml", "--sim", *args, timeout=120)

@@ -9,6 +9,8 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lithos_atom.plan import KernelKey
 from lithos_sched import SimKernel, open_device
@@ -134,6 +136,56 @@ def test_offline_profile_on_the_simulated_device_matches_wave_quantization():
         assert prof.samples[66][0] == pytest.approx(100.0)
         assert prof.samples[44][0] == pytest.approx(150.0)  # ceil(264 / 88) = 3 waves
         assert prof.samples[33][0] == pytest.approx(200.0)
+    finally:
+        dev.close()
+
+
+def test_knee_sizes_are_the_untimed_counts_above_the_last_one_outside_the_slack():
+    from lithos_sched.partition_timing import knee_sizes
+
+    medians = {66: 100.0, 59: 100.5, 53: 101.0, 46: 104.0, 40: 106.0, 33: 130.0}
+    # 40 is 6% slower: nothing below it can be within 5%, every count above it can.
+    assert knee_sizes(medians, 66, 0.05) == [t for t in range(65, 40, -1) if t not in (59, 53, 46)]
+    assert knee_sizes(medians, 66, 0.0) == [65, 64, 63, 62, 61, 60]  # 59 is already slower
+    assert knee_sizes({66: 1.0, 33: 1.0}, 66, 0.05)[-1] == 1  # nothing outside: every count
+    assert knee_sizes({t: 1.0 for t in range(1, 67)}, 66, 0.05) == []
+    with pytest.raises(ValueError, match="full 66 TPCs"):
+        knee_sizes({33: 1.0}, 66, 0.05)
+    with pytest.raises(ValueError, match="slack"):
+        knee_sizes(medians, 66, -0.1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(st.integers(1, 65), st.floats(50.0, 400.0), min_size=1, max_size=12),
+       st.floats(0.0, 0.5))
+def test_knee_sizes_leave_no_candidate_untimed(timed, slack):
+    from lithos_sched.partition_timing import knee_sizes
+
+    medians = {66: 100.0, **timed}
+    knee = knee_sizes(medians, 66, slack)
+    assert not set(knee) & set(medians) and knee == sorted(knee, reverse=True)
+    outside = [t for t, us in medians.items() if us > (1 + slack) * 100.0]
+    floor = max(outside, default=0)
+    # With the knee timed, every count above the last one outside the slack is timed.
+    assert set(range(floor + 1, 67)) <= set(medians) | set(knee)
+    assert all(t > floor for t in knee)
+
+
+def test_a_refined_profile_puts_the_choice_on_the_knee_not_the_next_coarse_size():
+    dev = open_device(simulate=True)
+    try:
+        # 1000 blocks of 10 us, one per SM at a time: 8 waves, 80 us, on 66 TPCs, and still
+        # 8 waves down to 63 TPCs (126 SMs); 59, the next coarse size, takes 9.
+        kernel = SimKernel("k", grid_blocks=1000, block_us=10.0)
+        timing = TimingOptions(rounds=1, launches_per_round=1, warmup=0)
+        coarse = profile_on_partitions(dev, "k", lambda s: s.launch(kernel), default_sizes(66), timing)
+        fine = profile_on_partitions(dev, "k", lambda s: s.launch(kernel), default_sizes(66), timing,
+                                     refine_slack=0.05)
+        assert set(coarse.samples) == set(default_sizes(66))
+        assert set(fine.samples) == set(default_sizes(66)) | set(range(60, 66))  # 59 is 12.5% slower
+        assert fine.samples[63][0] == pytest.approx(80.0) and fine.samples[62][0] == pytest.approx(90.0)
+        assert choose_tpcs(fine.model(), 66, 0.05, samples=fine.samples) == 63
+        assert choose_tpcs(coarse.model(), 66, 0.05, samples=coarse.samples) == 66
     finally:
         dev.close()
 

@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     ml.add_argument("--ml-scenarios", help=f"comma-separated scenarios (default: all of {','.join(SCENARIOS)})")
     ml.add_argument("--ml-size", choices=SIZES, help="workload sizes (default: default)")
     ml.add_argument("--lc-rate", type=float, help="inference requests per second (Poisson; default 100)")
+    ml.add_argument("--lc-batch", metavar="LO[,HI]",
+                    help="inference batch of each request, uniform in LO..HI (default 1,8; '1': batch 1 only)")
     ml.add_argument("--lc-share", type=float, help="fraction of TPCs owned by the inference tenant (default 0.5)")
     ml.add_argument("--static-sweep", help="comma-separated further inference shares of the static split "
                                            "(default 0.25,0.375; '' for none)")
@@ -85,6 +87,14 @@ def ml_config(args: argparse.Namespace, simulated: bool) -> Any:
             kw["training_gemm_max_k"] = None if text.lower() == "none" else int(text)
         except ValueError:
             raise ValueError(f"MLColocationConfig.training_gemm_max_k: not an int or 'none': {text!r}") from None
+    if args.lc_batch is not None:
+        try:
+            bounds = [int(x) for x in args.lc_batch.split(",")]
+        except ValueError:
+            raise ValueError(f"MLColocationConfig.lc_batch: not one or two ints: {args.lc_batch!r}") from None
+        if len(bounds) not in (1, 2):
+            raise ValueError(f"MLColocationConfig.lc_batch: not one or two ints: {args.lc_batch!r}")
+        kw["lc_batch"] = (bounds[0], bounds[-1])
     if args.static_sweep is not None:
         try:
             kw["static_sweep"] = tuple(float(x) for x in args.static_sweep.split(",") if x.strip())

@@ -45,6 +45,24 @@ def test_profile_fits_and_predicts_a_held_out_size(device, cases, name):
     assert 11 <= chosen <= 66
 
 
+def test_a_refined_profile_times_every_count_where_a_choice_could_lie(device, cases):
+    from lithos_sched.partition_timing import TimingOptions, default_sizes, knee_sizes, profile_on_partitions
+
+    case = cases["layernorm_f32"]
+    coarse = default_sizes(device.num_tpcs)
+    prof = profile_on_partitions(device, case.key, case.launch, coarse, TimingOptions(rounds=2, launches_per_round=2),
+                                 refine_slack=0.05)
+    medians = {t: m for t, (m, _) in prof.samples.items()}
+    assert set(coarse) < set(medians)  # the knee holds counts the coarse sizes skip
+    assert knee_sizes(medians, device.num_tpcs, 0.05) == []  # and every candidate was timed
+
+
+def test_copy_bandwidth_is_measured_on_the_device(device):
+    from lithos_sched.rightsize_bench import copy_bandwidth_bytes_per_s
+
+    assert copy_bandwidth_bytes_per_s(nbytes=1 << 26, reps=2) > 0
+
+
 def test_partition_timing_is_confined_to_the_partition(device, cases):
     """Fewer TPCs never make a full-device GEMM faster (it fills the GPU)."""
     from lithos_sched.partition_timing import TimingOptions, time_on_partitions
