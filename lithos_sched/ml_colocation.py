@@ -30,6 +30,10 @@ each pair, side by side in one run:
   requests profiled just before on partitions of the inference tenant's sizes): one event
   join at each end of a request. On the simulated device each kernel is sized, by a
   `RightSizer` that learns online.
+- ``lithos_mps_rightsized``: ``lithos_mps`` with the same right-sizing across processes:
+  the inference process runs each request on a partition of the first TPCs its batch needs
+  and marks that count in the `RequestSignal`; the best-effort process keeps stealing the
+  other inference TPCs while the request runs (GPU with MPS only, like ``lithos_mps``).
 
 Figures per scenario: LC p50/p99/p99.9 latency and SLO attainment, BE throughput
 normalized to alone, and the sum of normalized throughputs. A static split trades the
@@ -39,7 +43,8 @@ throughput whose inference p99 is no worse than lithos' (``static_at_lithos_p99`
 likewise for lithos across processes against the in-process splits
 (``static_at_lithos_mps_p99``) and against the splits with a process per tenant
 (``process_static_at_lithos_mps_p99``), with its ratios to each baseline in
-``ratios_lithos_mps``.
+``ratios_lithos_mps``; ``lithos_mps_rightsized`` likewise (``ratios_lithos_mps_rightsized``,
+``process_static_at_lithos_mps_rightsized_p99``).
 Without a GPU the same scenarios run on the simulated device (`lithos_sched.sim_ml_colocation`).
 """
 
@@ -62,10 +67,10 @@ PAIRS: tuple[str, ...] = ("training", "batch_inference")
 #: Every scenario, in report order.
 SCENARIOS: tuple[str, ...] = ("lc_alone", "be_alone", "streams", "priorities", "processes", "mps",
                               "static_split", "mps_static_split", "lithos", "lithos_mps", "lithos_no_steal",
-                              "lithos_no_atoms", "lithos_rightsized")
+                              "lithos_no_atoms", "lithos_rightsized", "lithos_mps_rightsized")
 
 #: Scenarios with one process per tenant under MPS, each on its TPCs (GPU only).
-PROCESS_SCENARIOS: tuple[str, ...] = ("mps_static_split", "lithos_mps")
+PROCESS_SCENARIOS: tuple[str, ...] = ("mps_static_split", "lithos_mps", "lithos_mps_rightsized")
 
 #: The scenarios that run the lithos scheduler (see `scheduler_for`).
 LITHOS_SCENARIOS: tuple[str, ...] = ("lithos", "lithos_no_steal", "lithos_no_atoms", "lithos_rightsized")
@@ -388,6 +393,10 @@ def summarize_pair(scenarios: dict[str, Any], slo_ms: float | None) -> dict[str,
         out["static_at_lithos_mps_p99"] = static_at_p99(scenarios, "lithos_mps")
         # its like: the static splits with a process per tenant, which share no interpreter either
         out["process_static_at_lithos_mps_p99"] = static_at_p99(scenarios, "lithos_mps", "mps_static_split")
+    if scenarios.get("lithos_mps_rightsized", {}).get("hp"):
+        out["ratios_lithos_mps_rightsized"] = ratios_to(scenarios, "lithos_mps_rightsized")
+        out["process_static_at_lithos_mps_rightsized_p99"] = static_at_p99(scenarios, "lithos_mps_rightsized",
+                                                                           "mps_static_split")
     return out
 
 

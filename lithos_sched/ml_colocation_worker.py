@@ -27,6 +27,7 @@ worker's stderr.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -35,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -98,6 +99,22 @@ def _stream(spec: dict[str, Any], high: bool) -> tuple[Any, dict[str, Any]]:
     return stream, where
 
 
+def _sized_streams(spec: dict[str, Any]) -> dict[int, tuple[int, Any]]:
+    """With ``spec["request_tpcs"]`` (batch -> TPC count), batch -> (count, the
+    high-priority stream of a partition of the first count of ``spec["tpcs"]``)."""
+    from lithos_sched import open_device
+
+    device = open_device(simulate=False)
+    lc_tpcs = sorted(spec["tpcs"])
+    parts: dict[int, Any] = {}
+    out = {}
+    for batch, n in spec["request_tpcs"].items():
+        if n not in parts:
+            parts[n] = device.partition(lc_tpcs[:n])
+        out[int(batch)] = (n, parts[n].high.cupy)
+    return out
+
+
 def _lc_role(cfg: MLColocationConfig, spec: dict[str, Any]) -> Callable[[float], dict[str, Any]]:
     from lithos_sched import ml_tenants
 
@@ -106,9 +123,21 @@ def _lc_role(cfg: MLColocationConfig, spec: dict[str, Any]) -> Callable[[float],
     service.warmup(stream)
     path = spec.get("request_signal")
     signal = None if path is None else RequestSignal.attach(path)
+    sized = _sized_streams(spec) if signal is not None and spec.get("request_tpcs") else None
+    if sized is not None:
+        for batch, (_, s) in sized.items():  # a partition's first launches are not measured
+            service.request(batch, s)
+            s.synchronize()
+
+    @contextlib.contextmanager
+    def right_sized(batch: int) -> Iterator[Any]:
+        n, s = sized[batch]
+        with signal.request(tpcs=n):  # `serve` waits for each request on its stream
+            yield s
 
     def run(t0: float) -> dict[str, Any]:
-        marked = {} if signal is None else {"bracket": lambda batch: signal.request()}
+        marked = {} if signal is None else {"bracket": right_sized if sized is not None
+                                            else lambda batch: signal.request()}
         try:
             with ml_tenants.host_settings():
                 rec = ml_tenants.serve(service, stream, cfg, t0, _stop_at(t0 + cfg.span_s), **marked)
@@ -273,7 +302,8 @@ def run_process_pair(cfg: MLColocationConfig, be_kind: str, *, env: dict[str, st
                      command: Sequence[str] = WORKER_COMMAND, ready_timeout_s: float = 180.0,
                      tpcs: dict[str, Sequence[int]] | None = None, lithos: bool = False,
                      policy: dict[str, Any] | None = None,
-                     role_env: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+                     role_env: dict[str, dict[str, str]] | None = None,
+                     request_tpcs: dict[int, int] | None = None) -> dict[str, Any]:
     """Run the LC and the BE tenant as two worker processes with a synchronized start.
 
     Parameters
@@ -299,6 +329,11 @@ def run_process_pair(cfg: MLColocationConfig, be_kind: str, *, env: dict[str, st
     role_env : dict, optional
         Role (``"lc"``, ``"be"``) -> variables added for that worker only, after ``env``
         (an MPS client priority for one of them, say).
+    request_tpcs : dict, optional
+        With ``lithos`` and ``tpcs["lc"]``: right-sizing across processes. The LC worker
+        runs a request of batch ``b`` on a partition of the first ``request_tpcs[b]`` of
+        its TPCs and marks it with that count, so the BE worker's scheduler keeps stealing
+        the others while it runs.
 
     Returns
     -------
@@ -316,6 +351,17 @@ def run_process_pair(cfg: MLColocationConfig, be_kind: str, *, env: dict[str, st
     unknown = sorted(set(role_env or {}) - {"lc", "be"})
     if unknown:
         raise ValueError(f"run_process_pair: role_env has roles {unknown}; the roles are 'lc' and 'be'")
+    if request_tpcs is not None:
+        if not lithos or not tpcs or "lc" not in tpcs:
+            raise ValueError("run_process_pair: request_tpcs needs lithos=True and tpcs['lc'] (the TPCs a "
+                             "right-sized request runs on the first of)")
+        lo, hi = cfg.lc_batch
+        n_lc = len(tpcs["lc"])
+        bad = {b: n for b, n in request_tpcs.items() if not 1 <= n <= n_lc}
+        missing = sorted(set(range(lo, hi + 1)) - set(request_tpcs))
+        if bad or missing:
+            raise ValueError(f"run_process_pair: request_tpcs must give every batch {lo}..{hi} a count in "
+                             f"1..{n_lc}; missing {missing}, out of range {bad}")
     full_env = {**os.environ, **(env or {})}
     # Workers import the same lithos as this process, installed or not.
     root = str(Path(__file__).resolve().parents[1])
@@ -334,6 +380,8 @@ def run_process_pair(cfg: MLColocationConfig, be_kind: str, *, env: dict[str, st
                 spec["request_signal"] = str(signal.path)
                 if role == "be" and policy:
                     spec["policy"] = dict(policy)
+                if role == "lc" and request_tpcs is not None:
+                    spec["request_tpcs"] = {str(b): int(n) for b, n in request_tpcs.items()}
             w.tell(spec)
         for w in workers:  # both build and warm up at the same time
             w.expect("ready", ready_timeout_s)

@@ -142,6 +142,12 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None)
             progress.advance(task)
             return out
 
+        request_tpcs, rightsizing_setup = None, {}
+        if {"lithos_rightsized", "lithos_mps_rightsized"} & set(selected):
+            progress.update(task, description="ML: profiling inference requests for right-sizing")
+            t = time.monotonic()
+            request_tpcs = inference_request_tpcs(cfg, device, n_lc)
+            rightsizing_setup = {"request_tpcs": request_tpcs, "lc_tpcs": n_lc, "seconds": time.monotonic() - t}
         lc_alone = measure("lc_alone", lambda: figures(cfg, ml_tenants.run_threads(cfg, lc_on(plain), None)))
         for pair, job in jobs.items():
             r = raw[pair]
@@ -171,20 +177,15 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None)
                     for run_name, share in cfg.process_static_shares().items():
                         r[run_name] = measure(f"{pair}: {run_name}",
                                               lambda: _run_mps(cfg, pair, tpcs=tpcs_by_role(share)))
-                elif name == "lithos_mps":
+                elif name in ("lithos_mps", "lithos_mps_rightsized"):
                     lc_only = {"lc": tpcs_by_role(cfg.lc_share)["lc"]}
                     policy = ({} if cfg.mps_steal_max_block_us is None
                               else {"steal_max_block_us": cfg.mps_steal_max_block_us})
+                    sized = {"request_tpcs": request_tpcs} if name == "lithos_mps_rightsized" else {}
                     r[name] = measure(f"{pair}: {name}",
-                                      lambda: _run_mps(cfg, pair, tpcs=lc_only, lithos=True, policy=policy))
+                                      lambda: _run_mps(cfg, pair, tpcs=lc_only, lithos=True, policy=policy, **sized))
 
         lithos_runs = [(pair, name) for pair in cfg.pairs for name in selected if name in LITHOS_SCENARIOS]
-        request_tpcs, rightsizing_setup = None, {}
-        if "lithos_rightsized" in selected:
-            progress.update(task, description="ML: profiling inference requests for right-sizing")
-            t = time.monotonic()
-            request_tpcs = inference_request_tpcs(cfg, device, n_lc)
-            rightsizing_setup = {"request_tpcs": request_tpcs, "lc_tpcs": n_lc, "seconds": time.monotonic() - t}
         if lithos_runs:
             kernels.reset_cache()
             # Holding an atomizer (None: this thread launches as written) keeps lithos'

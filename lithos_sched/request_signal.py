@@ -6,11 +6,17 @@ steal safely is whether a request is open, or closed within the idle grace: the
 latency-critical process marks each request (`RequestSignal.request`), and the
 best-effort process's `Tenant.follow_requests` reads the mark before each atom.
 
-The mark is two int64 words in a small shared file mapped by every process: the number of
-open requests and the `time.monotonic_ns` of the last close (CLOCK_MONOTONIC, one clock
-for every process on Linux). One process writes it; aligned 8-byte stores and loads are
-single instructions, so a reader sees each word whole. Writing the close time before the
-count means a reader that sees no request open also sees when the last one closed.
+With right-sizing, a request may run on the first ``n`` of the tenant's TPCs only
+(`RequestSignal.request` with ``tpcs=n``), and the best-effort process may keep the others
+while it is open (`RequestSignal.tpcs_in_use`).
+
+The mark is three int64 words in a small shared file mapped by every process: the number
+of open requests, the `time.monotonic_ns` of the last close (CLOCK_MONOTONIC, one clock
+for every process on Linux) and the TPC count of the latest request (0: all). One process
+writes it; aligned 8-byte stores and loads are single instructions, so a reader sees each
+word whole. Writing the close time before the count means a reader that sees no request
+open also sees when the last one closed; writing the TPC count before opening means a
+reader that sees a request open sees its count.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-_WORDS = 2  # open requests, last close (ns)
+_WORDS = 3  # open requests, last close (ns), TPCs of the latest request (0: all)
 _SIZE = _WORDS * 8
 
 
@@ -79,9 +85,29 @@ class RequestSignal:
         """Requests open now."""
         return int(self._words[0])
 
+    def tpcs_in_use(self) -> int:
+        """The TPC count the latest request ran on, the first of the tenant's TPCs (0: all
+        of them); it stands through the idle grace after that request closed."""
+        return int(self._words[2])
+
     @contextlib.contextmanager
-    def request(self) -> Iterator[None]:
-        """Mark one request, from its first launch to its result (one writing thread)."""
+    def request(self, tpcs: int | None = None) -> Iterator[None]:
+        """Mark one request, from its first launch to its result (one writing thread).
+
+        Parameters
+        ----------
+        tpcs : int, optional
+            The request runs on the first ``tpcs`` of the tenant's TPCs only (right-sized);
+            None: on all of them.
+
+        Raises
+        ------
+        ValueError
+            For a count below 1.
+        """
+        if tpcs is not None and (isinstance(tpcs, bool) or not isinstance(tpcs, int) or tpcs < 1):
+            raise ValueError(f"RequestSignal.request: tpcs must be an int >= 1 or None, got {tpcs!r}")
+        self._words[2] = 0 if tpcs is None else tpcs
         self._words[0] += 1
         try:
             yield

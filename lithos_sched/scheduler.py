@@ -136,6 +136,7 @@ class Tenant:
         self._request_depth = 0  # nesting of `request` blocks (on_tpcs opens one too)
         self._request_handle: int | None = None
         self._remote: Any = None  # a `RequestSignal` when the tenant runs in another process
+        self._remote_sized: dict[int, frozenset[int]] = {}  # its first n TPCs, by n (`busy_tpcs`)
 
     @property
     def name(self) -> str:
@@ -170,11 +171,26 @@ class Tenant:
             return False
         return s.timeline.stream_done(self.stream)
 
+    def busy_tpcs(self) -> frozenset[int]:
+        """The TPCs its latest work runs on: fewer than its own while that work is
+        right-sized, locally or, for a tenant in another process, as its `RequestSignal`
+        says (`RequestSignal.tpcs_in_use`: the first ``n`` of its TPCs)."""
+        if self._remote is None:
+            return self._active_tpcs
+        n = self._remote.tpcs_in_use()
+        if 0 < n < len(self.tpcs):
+            sized = self._remote_sized.get(n)
+            if sized is None:
+                sized = self._remote_sized[n] = frozenset(sorted(self.tpcs)[:n])
+            return sized
+        return self.tpcs
+
     def follow_requests(self, signal: Any) -> None:
         """Run this latency-critical tenant in another process: this scheduler learns of
         its requests from ``signal`` (a `lithos_sched.request_signal.RequestSignal` that
         process marks each request in), and its TPCs count as idle, free to steal, only
-        while no request is open and none closed within `Policy.lc_idle_grace_us`.
+        while no request is open and none closed within `Policy.lc_idle_grace_us`. A
+        request marked right-sized on its first ``n`` TPCs leaves the others stealable.
 
         Nothing of the tenant runs in this process, so it cannot be entered here. Its
         process launches on its own partition (a green context of the same TPCs), beside
@@ -855,11 +871,9 @@ class Scheduler(Atomizer):
         policy = self.policy
         if not policy.stealing or not self._lc:
             return tenant.home, False
-        idle = [t for t in self._lc if t.idle()]
         # the stealable TPCs of an idle latency-critical tenant, and those a busy one leaves
-        # while its kernel is right-sized
-        free = [t._stealable for t in idle]
-        free += [t._stealable - t._active_tpcs for t in self._lc if t not in idle and t._active_tpcs != t.tpcs]
+        # while its work is right-sized
+        free = [t._stealable if t.idle() else t._stealable - t.busy_tpcs() for t in self._lc]
         if not any(free):
             return tenant.home, False
         wave_us = self.predictor.wave_us(plan.key, tenant.home.num_tpcs)
@@ -911,7 +925,7 @@ class Scheduler(Atomizer):
         shared = self._shared_with_lc(partition)
         cap = self.policy.queue_cap_us if shared else self.policy.home_queue_cap_us
         remote = [] if shared or not self.policy.stealing or not self.policy.steal_poll_us \
-            else [t for t in self._lc if t._remote is not None and not t.idle()]
+            else [t for t in self._lc if t._remote is not None and not self._frees_tpcs(t)]
         mode = self.policy.issue_ahead_of_drain
         ahead = mode == "all" or (mode == "home" and not shared)
         waited = False
@@ -928,7 +942,7 @@ class Scheduler(Atomizer):
                 else:
                     deadline_us = target.predicted_end_us - cap
             t0 = tl.now_us()
-            completed = self._wait_event(target, (lambda: any(t.idle() for t in remote)) if remote else None,
+            completed = self._wait_event(target, (lambda: any(self._frees_tpcs(t) for t in remote)) if remote else None,
                                          deadline_us)
             waited = True
             tenant.stats.queue_wait_ms += (tl.now_us() - t0) / 1000.0
@@ -943,6 +957,12 @@ class Scheduler(Atomizer):
                 r.predicted_end_us = now
                 now += r.predicted_us if r.predicted_us is not None else self.policy.atom_us
         return waited
+
+    @staticmethod
+    def _frees_tpcs(tenant: Tenant) -> bool:
+        """Whether the latency-critical ``tenant`` leaves TPCs to steal now: it is idle, or
+        its work is right-sized to fewer than its stealable TPCs."""
+        return tenant.idle() or bool(tenant._stealable - tenant.busy_tpcs())
 
     def _wait_event(self, rec: _AtomRecord, stop: Callable[[], bool] | None = None,
                     deadline_us: float | None = None) -> bool:

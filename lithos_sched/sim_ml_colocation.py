@@ -497,6 +497,7 @@ def run_sim(config: MLColocationConfig | None = None, console: Any = None, trace
                                                                       full(d).stream("normal", new=True))),
                                 "model": MPS_MODEL},
                 "lithos_mps": lambda: {"skipped": PROCESS_SKIP},
+                "lithos_mps_rightsized": lambda: {"skipped": PROCESS_SKIP},
             }
             for name in selected:
                 if name == "static_split":  # and the static sweep after it

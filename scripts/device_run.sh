@@ -16,7 +16,8 @@
 #   (lithos_mps,lithos_mps_be_below_normal,lithos_mps_atom_500;
 #   arm@share for another share of MPS_SHARES), on MPS_PAIRS (training; training:unsplit
 #   for the job with its GEMMs unsplit); MPS_THREAD_STATIC=0 leaves out the in-process split;
-#   about 5 minutes;
+#   arm lithos_mps_rightsized: each request on the TPCs its batch needs; MPS_LC_BATCH=lo,hi
+#   the inference batches (default 1,8); about 5 minutes;
 #   mps_confine: scripts/diag_mps_confine.py, whether two MPS clients' green contexts are
 #   different physical SMs, about 20 s;
 #   rightsized: the ML bench's inference + training pair, lithos with and without

@@ -18,7 +18,11 @@ alone (run13). This compares, per pair and round:
   process on an ordinary stream over the whole GPU;
 - ``lithos_mps`` and its variants (arms): lithos across processes (the ML bench's
   ``lithos_mps``), the best-effort scheduler's `Policy` changed as `LITHOS_ARMS` says, or its
-  process given the environment `BE_ENV_ARMS` says.
+  process given the environment `BE_ENV_ARMS` says; ``lithos_mps_rightsized``: the ML
+  bench's scenario of that name, each request on the first TPCs its batch needs (profiled
+  once, before the first round), the others left to the best-effort process.
+
+MPS_LC_BATCH=lo,hi (environment) sets the inference batches (default the bench's, 1-8).
 
 Usage (on the GPU):
     python scripts/diag_mps_split.py OUT_JSON [seconds per run] [rounds] [pair,pair] [share,share] [arm,arm]
@@ -42,7 +46,7 @@ import kernels
 from lithos_sched import ml_tenants, open_device
 from lithos_sched.ml_colocation import MLColocationConfig
 from lithos_sched.ml_colocation_worker import WorkerError, run_process_pair
-from lithos_sched.ml_gpu import figures
+from lithos_sched.ml_gpu import figures, inference_request_tpcs
 from lithos_sched.mps import MPSDaemon
 from lithos_sched.tenant import pair_tpcs
 
@@ -79,8 +83,13 @@ BE_ENV_ARMS: dict[str, tuple[str, dict[str, str]]] = {
 }
 
 
+#: arms right-sized across processes -> the lithos arm they otherwise are
+RIGHTSIZED_ARMS: dict[str, str] = {"lithos_mps_rightsized": "lithos_mps"}
+
+
 def arm_setup(name: str) -> tuple[dict, dict[str, str]]:
     """A lithos arm's Policy changes and its best-effort worker's extra environment."""
+    name = RIGHTSIZED_ARMS.get(name, name)
     if name in BE_ENV_ARMS:
         base, be_env = BE_ENV_ARMS[name]
         return LITHOS_ARMS[base], be_env
@@ -104,15 +113,16 @@ def arm_share(arm: str) -> tuple[str, float]:
     return name, float(share) if share else SHARES[0]
 
 
-KNOWN_ARMS = [*LITHOS_ARMS, *BE_ENV_ARMS]
+KNOWN_ARMS = [*LITHOS_ARMS, *BE_ENV_ARMS, *RIGHTSIZED_ARMS]
 unknown = [a for a in ARMS if a != "mps_be_only" and (arm_share(a)[0] not in KNOWN_ARMS or arm_share(a)[1] not in SHARES)]
 if unknown:
     sys.exit(f"unknown arms {unknown}; arms: mps_be_only, {', '.join(KNOWN_ARMS)}, each with @share of {SHARES}")
 
 #: pair label -> (best-effort kind, its config): ``kind`` runs the bench's default config,
 #: ``kind:unsplit`` the same with every training GEMM unsplit (an A/B of the workload)
+LC_BATCH = tuple(int(b) for b in os.environ["MPS_LC_BATCH"].split(",")) if "MPS_LC_BATCH" in os.environ else None
 cfg = MLColocationConfig(pairs=tuple(dict.fromkeys(p.partition(":")[0] for p in PAIRS)), duration_s=SECONDS,
-                         lc_share=SHARES[0])
+                         lc_share=SHARES[0], **({"lc_batch": LC_BATCH} if LC_BATCH else {}))
 variants = {"": cfg, "unsplit": dataclasses.replace(cfg, training_gemm_max_k=None)}
 bad_pairs = [p for p in PAIRS if p.partition(":")[2] not in variants]
 if bad_pairs:
@@ -123,6 +133,10 @@ device = open_device(simulate=False)
 splits = {share: tuple(sorted(t) for t in pair_tpcs(share, device.num_tpcs)) for share in SHARES}
 lc_part, be_part = (device.partition(t) for t in splits[SHARES[0]])
 pairs = {label: diag_common.ml_pair(c, kind) for label, (kind, c) in pair_cfg.items()}
+#: share -> TPCs by batch of the right-sized arms' requests
+request_tpcs = {share: inference_request_tpcs(cfg, device, len(splits[share][0]))
+                for share in {arm_share(a)[1] for a in ARMS if arm_share(a)[0] in RIGHTSIZED_ARMS}}
+print({"request_tpcs": request_tpcs}, flush=True)
 be_alone = {label: figures(pair_cfg[label][1], ml_tenants.run_threads(pair_cfg[label][1], None,
                                                                       ((lambda s=p[1]: s), p[3].step)))["be"]["iters_per_s"]
             for label, p in pairs.items()}
@@ -177,8 +191,9 @@ with MPSDaemon() as daemon:
                 else:
                     name, share = arm_share(arm)
                     policy, be_env = arm_setup(name)
+                    sized = {"request_tpcs": request_tpcs[share]} if name in RIGHTSIZED_ARMS else {}
                     processes(rnd, kind, arm, tpcs={"lc": splits[share][0]}, lithos=True, policy=policy,
-                              role_env={"be": be_env})
+                              role_env={"be": be_env}, **sized)
     servers = daemon.server_list()
 cupy.cuda.Device().synchronize()
 summary = diag_common.round_summary(runs)
@@ -193,5 +208,5 @@ with open(OUT, "w") as f:
                "mps": {"server_list": servers, "stop": daemon.stop_status},
                "config": dataclasses.asdict(cfg), "pairs": {p: {"kind": k, "training_gemm_max_k": c.training_gemm_max_k}
                                                             for p, (k, c) in pair_cfg.items()},
-               "be_alone_iters_per_s": be_alone, "runs": runs, "summary": summary},
+               "be_alone_iters_per_s": be_alone, "request_tpcs": request_tpcs, "runs": runs, "summary": summary},
               f, indent=1, default=str)

@@ -473,6 +473,36 @@ def test_process_pair_as_lithos_shares_one_request_signal_and_removes_it(tmp_pat
     assert "lithos-requests-" in path and not Path(path).exists()  # removed by the parent
 
 
+_SIZED_WORKER = """
+import sys
+from lithos_sched.ml_colocation_worker import worker_main
+def role(cfg, spec):
+    if spec["role"] == "lc":
+        return lambda t0: {"arrivals_s": [0.1], "latencies_ms": [1.0], "phases_ms": [[0, 0, 1]],
+                           "request_tpcs": spec.get("request_tpcs")}
+    return lambda t0: {"done_s": [t0], "request_tpcs": spec.get("request_tpcs")}
+sys.exit(worker_main(sys.stdin, sys.stdout, {"lc": role, "be": role}))
+"""
+
+
+def test_process_pair_right_sized_gives_the_lc_worker_its_request_tpcs(tmp_path):
+    sizes = {b: min(b, 3) for b in range(1, 9)}
+    res = _run_fake_pair(tmp_path, _SIZED_WORKER, lithos=True, tpcs={"lc": [0, 1, 2, 3]}, request_tpcs=sizes)
+    assert res["lc"]["request_tpcs"] == {str(b): n for b, n in sizes.items()}
+    assert res["be_scheduler"]["request_tpcs"] is None  # the BE worker reads the counts from the signal
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"tpcs": {"lc": [0, 1]}, "request_tpcs": {b: 1 for b in range(1, 9)}}, "needs lithos=True"),
+    ({"lithos": True, "request_tpcs": {b: 1 for b in range(1, 9)}}, r"tpcs\['lc'\]"),
+    ({"lithos": True, "tpcs": {"lc": [0, 1]}, "request_tpcs": {1: 1}}, r"missing \[2, 3, 4, 5, 6, 7, 8\]"),
+    ({"lithos": True, "tpcs": {"lc": [0, 1]}, "request_tpcs": {b: 3 for b in range(1, 9)}}, "out of range"),
+])
+def test_process_pair_request_tpcs_are_checked_before_any_worker_starts(kw, message):
+    with pytest.raises(ValueError, match=message):
+        run_process_pair(MLColocationConfig(duration_s=0.1), "training", command=["false"], **kw)
+
+
 _ENV_WORKER = """
 import os, sys
 from lithos_sched.ml_colocation_worker import worker_main

@@ -39,6 +39,21 @@ def test_another_process_sees_the_requests_open_and_the_last_close(tmp_path):
     assert not signal.path.exists()  # the creator removes the file
 
 
+def test_a_right_sized_request_publishes_its_tpc_count(tmp_path):
+    with RequestSignal.create(tmp_path) as signal, RequestSignal.attach(signal.path) as reader:
+        assert reader.tpcs_in_use() == 0  # never opened: all
+        with signal.request(tpcs=5):
+            assert reader.tpcs_in_use() == 5 and reader.open_requests == 1
+        assert reader.tpcs_in_use() == 5  # it stands through the grace after the close
+        with signal.request():
+            assert reader.tpcs_in_use() == 0
+        for bad in (0, -1, 2.5, True):
+            with pytest.raises(ValueError, match="tpcs must be an int >= 1"):
+                with signal.request(tpcs=bad):
+                    pass
+        assert reader.open_requests == 0  # a refused mark opens nothing
+
+
 def test_attach_refuses_what_is_not_a_signal(tmp_path):
     other = tmp_path / "other"
     other.write_bytes(b"x" * 3)
@@ -71,6 +86,30 @@ def test_a_best_effort_tenant_steals_a_remote_tenants_tpcs_only_between_its_requ
         with signal.request():
             assert stolen_atoms(sched) == 0
         assert stolen_atoms(sched) > 0
+    sched.close()
+
+
+def stolen_tpcs(sched: Scheduler) -> set[int]:
+    """The TPCs of the partitions the best-effort tenant's stolen atoms ran on."""
+    be = sched.tenant("be")
+    sched.submit_for(be, sim_plan(sched.device, SimKernel("k", grid_blocks=64, block_us=20.0, blocks_per_sm=1)))
+    be.synchronize()
+    return {t for r in sched.atoms() if r.stolen for t in r.tpcs} - set(be.tpcs)
+
+
+def test_a_right_sized_remote_request_leaves_the_rest_of_its_tpcs_to_steal(tmp_path):
+    sched = scheduler(grace_us=0.0)
+    lc = sched.tenant("lc")
+    first = sorted(lc.tpcs)
+    with RequestSignal.create(tmp_path) as signal:
+        lc.follow_requests(signal)
+        with signal.request(tpcs=1):
+            assert lc.busy_tpcs() == frozenset(first[:1])
+            assert stolen_tpcs(sched) == set(first[1:])  # all but the request's
+        with signal.request(tpcs=len(first)):  # sized to all of them: nothing to steal
+            assert lc.busy_tpcs() == lc.tpcs and stolen_atoms(sched) == 0
+        with signal.request():
+            assert stolen_atoms(sched) == 0
     sched.close()
 
 

@@ -111,6 +111,9 @@ def print_ml(out: dict[str, Any], console: Console) -> None:
                               (("static_at_lithos_mps_p99", " in one process"),
                                ("process_static_at_lithos_mps_p99", " with a process per tenant")),
                               f"inference + {pair}{sim}", console)
+        _print_lithos_summary(res, "lithos_mps_rightsized", "ratios_lithos_mps_rightsized",
+                              (("process_static_at_lithos_mps_rightsized_p99", " with a process per tenant"),),
+                              f"inference + {pair}{sim}", console)
 
 
 def _print_lithos_summary(res: dict[str, Any], name: str, ratios_key: str, ats: tuple[tuple[str, str], ...],
