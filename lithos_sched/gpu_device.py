@@ -411,6 +411,8 @@ class GpuPartition:
     create_ms : float
         How long ``cuGreenCtxCreate`` took for this TPC set.
     closed : bool
+        True once every holder closed it (each `GpuDevice.partition` call of its set is
+        one holder), or the device closed.
     """
 
     def __init__(self, device: GpuDevice, tpcs: frozenset[int], context: _GreenContext):
@@ -419,6 +421,7 @@ class GpuPartition:
         self._context = context
         self.create_ms = context.create_ms
         self.closed = False
+        self._holders = 1  # `GpuDevice.partition` calls not yet matched by a close()
         self.high = GpuStream(context.high, "high", self)
         self.normal = GpuStream(context.normal, "normal", self)
         self.normal_b = GpuStream(context.normal_b, "normal", self)
@@ -455,7 +458,20 @@ class GpuPartition:
         self.device._check_open()
 
     def close(self) -> None:
-        """Wait for the partition's streams and hand its green context back to the device."""
+        """Release this holder's claim; the last one waits for the partition's streams and
+        hands its green context back to the device.
+
+        `GpuDevice.partition` returns the open partition of a set to every caller, so one
+        caller closing it must not close it under the others.
+        """
+        with self.device._lock:
+            self._holders -= 1
+            if self._holders > 0:
+                return
+        self._close_now()
+
+    def _close_now(self) -> None:
+        """Wait for the streams and release the green context, whoever still holds it."""
         if self.closed:
             return
         for s in (self.high, self.normal, self.normal_b):
@@ -557,7 +573,9 @@ class GpuDevice:
         """The partition of exactly these TPCs.
 
         An open partition of the same set is returned as is; otherwise a new one is made
-        on the set's idle green context, or on a new one (~1-3 ms).
+        on the set's idle green context, or on a new one (~1-3 ms). Each call holds the
+        partition until a matching `GpuPartition.close`: it stays open while any
+        caller still holds it.
 
         Raises
         ------
@@ -571,7 +589,9 @@ class GpuDevice:
         with self._lock:
             self._check_open()
             part = self._open.get(key)
-            if part is None:
+            if part is not None:
+                part._holders += 1
+            else:
                 context = self._idle.pop(key, None) or _GreenContext(self, key)
                 try:
                     part = GpuPartition(self, key, context)
@@ -640,7 +660,7 @@ class GpuDevice:
                 return
             try:
                 for part in list(self._open.values()):
-                    part.close()
+                    part._close_now()
                 while self._idle:
                     self._idle.popitem(last=False)[1].destroy()
             finally:

@@ -255,6 +255,7 @@ class SimPartition:
     create_ms : float
         Always 0.
     closed : bool
+        True once every holder closed it (as `GpuPartition`), or the device closed.
     """
 
     def __init__(self, device: SimDevice, tpcs: frozenset[int]):
@@ -264,6 +265,7 @@ class SimPartition:
         self.sm_set = frozenset(self.sm_ids)
         self.create_ms = 0.0
         self.closed = False
+        self._holders = 1  # `SimDevice.partition` calls not yet matched by a close()
         self._streams: list[SimStream] = []
         self.high = self._new_stream("high")
         self.normal = self._new_stream("normal")
@@ -303,7 +305,13 @@ class SimPartition:
         self.device._check_open()
 
     def close(self) -> None:
-        """Run this partition's streams dry (advancing virtual time), then release it."""
+        """Release this holder's claim; the last one runs the partition's streams dry
+        (advancing virtual time), then releases it (as `GpuPartition.close`)."""
+        self._holders -= 1
+        if self._holders <= 0:
+            self._close_now()
+
+    def _close_now(self) -> None:
         if self.closed:
             return
         for s in self._streams:
@@ -378,7 +386,8 @@ class SimDevice:
         return frozenset(range(self.num_tpcs))
 
     def partition(self, tpcs: Iterable[int]) -> SimPartition:
-        """The partition of exactly these TPCs (an open one of the same set is returned as is).
+        """The partition of exactly these TPCs (an open one of the same set is returned as
+        is, held until a matching close, as `GpuDevice.partition`).
 
         Raises
         ------
@@ -390,6 +399,8 @@ class SimDevice:
         part = self._partitions.get(key)
         if part is None:
             part = self._partitions[key] = SimPartition(self, key)
+        else:
+            part._holders += 1
         return part
 
     def live_partitions(self) -> int:
@@ -414,7 +425,7 @@ class SimDevice:
             return
         self.run_until_idle()
         for part in list(self._partitions.values()):
-            part.close()
+            part._close_now()
         self.closed = True
 
     def __enter__(self) -> SimDevice:

@@ -350,3 +350,18 @@ def test_create_and_close_in_a_loop_leaks_nothing():
     kept = dev.partition([0])
     dev.close()
     assert kept.closed and dev.closed
+
+
+def test_a_partition_stays_open_until_every_holder_closed_it():
+    dev = SimDevice()
+    first, second = dev.partition(range(4)), dev.partition(range(4))
+    assert first is second  # one partition per TPC set, two holders
+    first.close()
+    assert not second.closed
+    second.normal.launch(SimKernel("k", 8, 10.0))  # the other holder still uses it
+    second.close()
+    assert second.closed and not dev.has_context(range(4))
+    held = dev.partition(range(2))
+    dev.partition(range(2))
+    dev.close()  # the device closes every partition, however many hold it
+    assert held.closed

@@ -272,6 +272,19 @@ def test_benchmark_helpers(device):
     assert launch["launch_us_partition_stream"] < 3 * launch["launch_us_ordinary_stream"], launch
 
 
+def test_a_partition_stays_open_until_every_holder_closed_it(device):
+    import cupy
+
+    first, second = device.partition([3, 4]), device.partition([3, 4])
+    assert first is second
+    first.close()
+    assert not second.closed
+    with second.use("normal"):
+        assert int(cupy.arange(10).sum()) == 45  # the other holder still runs on it
+    second.close()
+    assert second.closed
+
+
 def test_a_closed_device_releases_every_green_context():
     from lithos_sched import GpuDevice, PartitionError
 
