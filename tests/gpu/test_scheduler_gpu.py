@@ -359,16 +359,8 @@ def test_a_followed_remote_tenants_tpcs_are_stolen_only_between_its_requests(dev
     assert np.array_equal(got, _plain_saxpy(xh, yh, 2.0))
 
 
-def test_a_right_sized_remote_request_leaves_its_other_tpcs_to_stolen_atoms(device, tmp_path):
-    """A remote request marked on the first 8 of the latency-critical TPCs: best-effort
-    atoms still steal, only the others, with the unsplit launch's results bitwise."""
-    import cupy
-
-    from lithos_sched import Policy
-    from lithos_sched.request_signal import RequestSignal
-
-    sched = _half_split(device, Policy(lc_idle_grace_us=0.0))
-    in_request = set(sorted(sched.tenant("lc").tpcs)[:8])
+def _record_stolen_partitions(sched) -> list[frozenset[int]]:  # noqa: ANN001
+    """The TPC set of every stolen atom ``sched`` issues from now on (a spy on its issue)."""
     stolen_on: list[frozenset[int]] = []
     issue = sched._issue
 
@@ -378,16 +370,37 @@ def test_a_right_sized_remote_request_leaves_its_other_tpcs_to_stolen_atoms(devi
         return issue(tenant, plan, start, count, partition, stream, predicted, stolen)
 
     sched._issue = spy
-    n = 2_000_003
-    xh, yh = _saxpy_inputs(n)
+    return stolen_on
+
+
+def _best_effort_saxpy(sched, xh: np.ndarray, yh: np.ndarray) -> np.ndarray:  # noqa: ANN001
+    """``2 * x + y`` launched in the best-effort tenant (its result read before it syncs)."""
+    import cupy
+
+    n = xh.size
+    with sched.tenant("be") as be:
+        k, x, y, out = _saxpy_operands(xh, yh)
+        k(((n + 255) // 256,), (256,), (x, y, out, np.float32(2.0), np.int32(n)))
+        got = cupy.asnumpy(out)
+        be.synchronize()
+    return got
+
+
+def test_a_right_sized_remote_request_leaves_its_other_tpcs_to_stolen_atoms(device, tmp_path):
+    """A remote request marked on the first 8 of the latency-critical TPCs: best-effort
+    atoms still steal, only the others, with the unsplit launch's results bitwise."""
+    from lithos_sched import Policy
+    from lithos_sched.request_signal import RequestSignal
+
+    sched = _half_split(device, Policy(lc_idle_grace_us=0.0))
+    in_request = set(sorted(sched.tenant("lc").tpcs)[:8])
+    stolen_on = _record_stolen_partitions(sched)
+    xh, yh = _saxpy_inputs(2_000_003)
     try:
         with RequestSignal.create(tmp_path) as signal:
             sched.tenant("lc").follow_requests(signal)
-            with sched.tenant("be") as be, signal.request(tpcs=8):
-                k, x, y, out = _saxpy_operands(xh, yh)
-                k(((n + 255) // 256,), (256,), (x, y, out, np.float32(2.0), np.int32(n)))
-                got = cupy.asnumpy(out)
-                be.synchronize()
+            with signal.request(tpcs=8):
+                got = _best_effort_saxpy(sched, xh, yh)
     finally:
         sched.close()
     assert stolen_on and not any(t & in_request for t in stolen_on)
@@ -399,29 +412,14 @@ def test_stolen_atoms_leave_the_reserved_tpcs_of_an_idle_latency_critical_tenant
     """`Policy.steal_reserve_tpcs`: on real partitions, atoms stolen from an idle
     latency-critical tenant never run on its first reserved TPCs, with the unsplit
     launch's results bitwise."""
-    import cupy
-
     from lithos_sched import Policy
 
     sched = _half_split(device, Policy(lc_idle_grace_us=0.0, steal_reserve_tpcs=4))
     reserved = set(sorted(sched.tenant("lc").tpcs)[:4])
-    stolen_on: list[frozenset[int]] = []
-    issue = sched._issue
-
-    def spy(tenant, plan, start, count, partition, stream, predicted, stolen):  # noqa: ANN001, ANN202
-        if stolen:
-            stolen_on.append(frozenset(partition.tpcs))
-        return issue(tenant, plan, start, count, partition, stream, predicted, stolen)
-
-    sched._issue = spy
-    n = 2_000_003
-    xh, yh = _saxpy_inputs(n)
+    stolen_on = _record_stolen_partitions(sched)
+    xh, yh = _saxpy_inputs(2_000_003)
     try:
-        with sched.tenant("be") as be:
-            k, x, y, out = _saxpy_operands(xh, yh)
-            k(((n + 255) // 256,), (256,), (x, y, out, np.float32(2.0), np.int32(n)))
-            got = cupy.asnumpy(out)
-            be.synchronize()
+        got = _best_effort_saxpy(sched, xh, yh)
     finally:
         sched.close()
     assert stolen_on and not any(t & reserved for t in stolen_on)
