@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lithos_sched.fields import is_int, require
+
 _WORDS = 3  # open requests, last close (ns), TPCs of the latest request (0: all)
 _SIZE = _WORDS * 8
 
@@ -105,8 +107,8 @@ class RequestSignal:
         ValueError
             For a count below 1.
         """
-        if tpcs is not None and (isinstance(tpcs, bool) or not isinstance(tpcs, int) or tpcs < 1):
-            raise ValueError(f"RequestSignal.request: tpcs must be an int >= 1 or None, got {tpcs!r}")
+        require(tpcs is None or (is_int(tpcs) and tpcs >= 1), "RequestSignal.request: tpcs", "an int >= 1 or None",
+                tpcs)
         self._words[2] = 0 if tpcs is None else tpcs
         self._words[0] += 1
         try:
