@@ -630,14 +630,11 @@ class GpuDevice:
             if self._sm_map is None:
                 mapping: dict[int, tuple[int, ...]] = {}
                 for t in range(self.num_tpcs):
-                    key = frozenset([t])
-                    opened_here = key not in self._open  # never close a partition the user holds
-                    part = self.partition(key)
+                    part = self.partition([t])  # one more holder: closing it leaves a user's open
                     try:
                         mapping[t] = tuple(sorted(sms_of(part.normal, blocks=32 * self.sms_per_unit)))
                     finally:
-                        if opened_here:
-                            part.close()
+                        part.close()
                 problems = unit_map_problems(mapping, self.sms_per_unit)
                 if problems:
                     raise RuntimeError("smid probe: " + "; ".join(problems[:4]))
