@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything lithos does on the lent GPU, in one call: install, GPU tests, benchmarks.
 # Usage (on the device machine, from the repo root): bash scripts/device_run.sh [what...]
-#   what: probe | tests | atoms | partitions | colocation | ml | rightsizing | rightsized | kernels | diag | arms |
+#   what: probe | gates | tests | atoms | partitions | colocation | ml | rightsizing | rightsized | kernels | diag | arms |
 #         mps_split | mps_confine
 #   (default: probe tests atoms partitions colocation ml rightsizing, about 7 minutes; ML_DURATION sets
 #   --ml-duration, default 6; diag: the host-time diagnostics of scripts/ (launch cost, inference host, best-effort host);
@@ -18,6 +18,8 @@
 #   for the job with its GEMMs unsplit); MPS_THREAD_STATIC=0 leaves out the in-process split;
 #   arm lithos_mps_rightsized: each request on the TPCs its batch needs; MPS_LC_BATCH=lo,hi
 #   the inference batches (default 1,8); about 5 minutes;
+#   gates: scripts/probe_gates.py, the stream-memory-operation gates (order, independence of streams,
+#   across processes, host cost, graphs on green contexts), about 20 s;
 #   mps_confine: scripts/diag_mps_confine.py, whether two MPS clients' green contexts are
 #   different physical SMs, about 20 s;
 #   rightsized: the ML bench's inference + training pair, lithos with and without
@@ -69,6 +71,9 @@ for w in "${what[@]}"; do
       PYTHONPATH=$PWD/scripts:$PWD python3 scripts/diag_arms.py "$STAGE/diag-arms.json" 6 "${ROUNDS:-3}" \
         "${ARMS:-default,all_planned}" "${PAIRS:-ml_training}" "${STATIC_SHARES:-0.25,0.375,0.5}" 2>&1 \
         | tee "$STAGE/diag-arms.log" | tail -40
+      [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+    gates)
+      python3 scripts/probe_gates.py "$STAGE/probe-gates.json" 2>&1 | tee "$STAGE/probe-gates.log" | tail -20
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     mps_confine)
       python3 scripts/diag_mps_confine.py "$STAGE/diag-mps-confine.json" 2>&1 | tee "$STAGE/diag-mps-confine.log" | tail -10
