@@ -40,6 +40,12 @@ CUDA_ERROR_INVALID_VALUE = 1
 CUDA_ERROR_INVALID_CONTEXT = 201
 CUDA_ERROR_NOT_READY = 600
 
+#: ``cuStreamWaitValue64`` flag: wait until the word AND the value is non-zero.
+WAIT_VALUE_AND = 0x2
+#: ``cuMemHostRegister`` flags: usable from every context, mapped into the device's space.
+HOST_REGISTER_PORTABLE = 0x1
+HOST_REGISTER_DEVICEMAP = 0x2
+
 EVENT_DEFAULT = 0
 EVENT_BLOCKING_SYNC = 1
 EVENT_DISABLE_TIMING = 2
@@ -57,6 +63,12 @@ _SIGNATURES: dict[str, tuple] = {
     "cuLaunchKernel": (_P, _U, _U, _U, _U, _U, _U, _U, _P, _P, _P),
     "cuFuncGetParamInfo": (_P, ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)),
     "cuGetErrorName": (ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)),
+    "cuStreamWaitValue64_v2": (_P, ctypes.c_uint64, ctypes.c_uint64, _U),
+    "cuStreamWriteValue32_v2": (_P, ctypes.c_uint64, ctypes.c_uint32, _U),
+    "cuStreamIsCapturing": (_P, ctypes.POINTER(ctypes.c_int)),
+    "cuMemHostRegister_v2": (_P, ctypes.c_size_t, _U),
+    "cuMemHostUnregister": (_P,),
+    "cuMemHostGetDevicePointer_v2": (ctypes.POINTER(ctypes.c_uint64), _P, _U),
 }
 
 
@@ -203,3 +215,43 @@ def param_layout(function: int) -> tuple[tuple[int, int], ...] | None:
             return tuple(layout)  # past the last parameter
         _check("cuFuncGetParamInfo", code)
         layout.append((int(offset.value), int(size.value)))
+
+
+def stream_wait_value64_and(stream: int, address: int, mask: int) -> None:
+    """Make later work of ``stream`` wait until the 64-bit word at device ``address``
+    has a bit of ``mask`` set (``cuStreamWaitValue64``, ``CU_STREAM_WAIT_VALUE_AND``)."""
+    _check("cuStreamWaitValue64", _lib().cuStreamWaitValue64_v2(stream, address, mask, WAIT_VALUE_AND))
+
+
+def stream_write_value32(stream: int, address: int, value: int) -> None:
+    """Write ``value`` to the 32-bit word at device ``address`` once the work queued
+    before it on ``stream`` has finished (``cuStreamWriteValue32``)."""
+    _check("cuStreamWriteValue32", _lib().cuStreamWriteValue32_v2(stream, address, value, 0))
+
+
+def stream_is_capturing(stream: int) -> bool:
+    """Whether ``stream`` is capturing a CUDA graph (``cuStreamIsCapturing``)."""
+    status = ctypes.c_int()
+    _check("cuStreamIsCapturing", _lib().cuStreamIsCapturing(stream, ctypes.byref(status)))
+    return status.value != 0  # CU_STREAM_CAPTURE_STATUS_NONE is 0
+
+
+def host_register(address: int, size: int) -> int:
+    """Page-lock ``size`` bytes of host memory at ``address`` and map them into every
+    context's device space (``cuMemHostRegister``, portable and device-mapped); returns
+    their device address."""
+    lib = _lib()
+    _check("cuMemHostRegister", lib.cuMemHostRegister_v2(address, size,
+                                                          HOST_REGISTER_PORTABLE | HOST_REGISTER_DEVICEMAP))
+    device = ctypes.c_uint64()
+    code = lib.cuMemHostGetDevicePointer_v2(ctypes.byref(device), address, 0)
+    if code:
+        lib.cuMemHostUnregister(address)
+        _check("cuMemHostGetDevicePointer", code)
+    return int(device.value)
+
+
+def host_unregister(address: int) -> None:
+    """Undo `host_register` (``cuMemHostUnregister``)."""
+    _check("cuMemHostUnregister", _lib().cuMemHostUnregister(address))
+

@@ -62,6 +62,21 @@ class Policy:
         `home_atom_us` queued at home holds the thread there when the service goes idle,
         and the stolen TPCs' share fell from 0.61-0.62 to 0.55-0.56
         (bench/results/h200-2026-12-04-run29-diag-issue-ahead-home).
+    device_gates : bool
+        Queue best-effort atoms on stolen TPCs behind device-side gates
+        (`lithos_sched.gates`) that each latency-critical tenant closes when its work starts
+        and opens when it ends, from its own stream: stolen atoms are queued up to
+        `steal_queue_us` ahead, a request stops them at the next atom boundary and its end
+        resumes them, with no host round trip. Stolen atoms then run on a partition of the
+        stolen TPCs only, beside the tenant's own queue at home, so a closed gate stops
+        nothing at home. False, or a device that cannot map the gate words (one warning):
+        the host decides every stolen atom, with the queue caps, holds and polls below.
+    steal_queue_us : float
+        With `device_gates`, how much best-effort work is queued on stolen TPCs while
+        their gates are open (while one is closed the rest of the launch goes home). Deeper
+        queues keep stolen TPCs busy across the host's pauses; what is queued when a
+        request starts waits for its end (at most `request_hold_max_us`, then the gate is
+        forced for it), holding the launch's completion that long.
     stealing : bool
         Let best-effort atoms use idle latency-critical TPCs.
     steal_max_block_us : float
@@ -178,6 +193,8 @@ class Policy:
     home_atom_us: float = 4000.0
     home_queue_cap_us: float = 2000.0
     issue_ahead_of_drain: Literal["none", "home", "all"] = "none"
+    device_gates: bool = True
+    steal_queue_us: float = 2000.0
     stealing: bool = True
     steal_max_block_us: float = 1500.0
     lc_idle_grace_us: float = 200.0
@@ -196,7 +213,7 @@ class Policy:
 
     def __post_init__(self) -> None:
         for name in ("atom_us", "home_atom_us", "queue_cap_us", "home_queue_cap_us", "steal_max_block_us",
-                     "request_hold_max_us"):
+                     "request_hold_max_us", "steal_queue_us"):
             value = getattr(self, name)
             require(is_number(value) and value > 0, f"Policy.{name}", "a positive number", value)
         for name in ("lc_idle_grace_us", "yield_queue_us", "steal_poll_us"):

@@ -17,6 +17,15 @@ writes it; aligned 8-byte stores and loads are single instructions, so a reader 
 word whole. Writing the close time before the count means a reader that sees no request
 open also sees when the last one closed; writing the TPC count before opening means a
 reader that sees a request open sees its count.
+
+The same page holds the tenant's device-side gate (`lithos_sched.gates`): closed while a
+request is open. A request marked with its stream (``request(stream=s)``) closes and opens
+the gate with stream writes ordered with its kernels on ``s``; without one, with host
+stores at the block's edges. A best-effort process that follows the signal queues its
+atoms on the tenant's TPCs behind that gate, and the GPU stops and resumes them.
+
+The file is created for its owner only (mode 0600), and `RequestSignal.attach` refuses a
+file of another user: a process that could write it could stall the tenant's followers.
 """
 
 from __future__ import annotations
@@ -28,13 +37,16 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from lithos_sched.fields import is_int, require
+from lithos_sched.gates import CLOSED, OPEN, PAGE_BYTES, Gate, GateMemory
 
 _WORDS = 3  # open requests, last close (ns), TPCs of the latest request (0: all)
-_SIZE = _WORDS * 8
+_SIZE = PAGE_BYTES  # the words, then the gate on a cache line of its own
+_GATE_WORD = 16  # uint32 index of the gate: byte 64
 
 
 class RequestSignal:
@@ -47,16 +59,23 @@ class RequestSignal:
     ----------
     path : pathlib.Path
         The shared file: what `attach` needs in another process.
+    gate : lithos_sched.gates.Gate
+        The tenant's device-side gate, closed while a request is open.
     """
 
     def __init__(self, path: Path, *, owner: bool) -> None:
         self.path = path
         self._owner = owner
         with open(path, "r+b") as f:
-            if os.fstat(f.fileno()).st_size != _SIZE:
+            info = os.fstat(f.fileno())
+            if info.st_uid != os.getuid():
+                raise PermissionError(f"{path} belongs to user id {info.st_uid}, not to this user "
+                                      f"({os.getuid()}): a request signal is shared only between one user's processes")
+            if info.st_size != _SIZE:
                 raise ValueError(f"{path} is not a request signal ({_SIZE} bytes expected)")
-            self._map = mmap.mmap(f.fileno(), _SIZE)
-        self._words = np.frombuffer(self._map, dtype=np.int64, count=_WORDS)
+            self._memory = GateMemory(mmap.mmap(f.fileno(), _SIZE))
+        self._words = np.frombuffer(self._memory.words, dtype=np.int64, count=_WORDS)
+        self.gate = Gate(self._memory, _GATE_WORD)
 
     @classmethod
     def create(cls, directory: str | Path | None = None) -> RequestSignal:
@@ -67,7 +86,9 @@ class RequestSignal:
         fd, name = tempfile.mkstemp(prefix="lithos-requests-", dir=directory)
         with os.fdopen(fd, "wb") as f:
             f.write(bytes(_SIZE))
-        return cls(Path(name), owner=True)
+        signal = cls(Path(name), owner=True)
+        signal.gate.store(OPEN)
+        return signal
 
     @classmethod
     def attach(cls, path: str | Path) -> RequestSignal:
@@ -77,6 +98,8 @@ class RequestSignal:
         ------
         FileNotFoundError
             If there is no such file.
+        PermissionError
+            If the file belongs to another user.
         ValueError
             If the file is not a request signal.
         """
@@ -93,14 +116,21 @@ class RequestSignal:
         return int(self._words[2])
 
     @contextlib.contextmanager
-    def request(self, tpcs: int | None = None) -> Iterator[None]:
+    def request(self, tpcs: int | None = None, stream: Any = None) -> Iterator[None]:
         """Mark one request, from its first launch to its result (one writing thread).
+
+        The gate is closed while a request is open.
 
         Parameters
         ----------
         tpcs : int, optional
             The request runs on the first ``tpcs`` of the tenant's TPCs only (right-sized);
             None: on all of them.
+        stream : optional
+            The GPU stream the request's work runs on (a CuPy stream or an object with
+            ``__cuda_stream__``): the gate is closed and opened by writes on it, ordered
+            with the request's kernels, so it opens when they end even if the block exits
+            before. None: host stores at the block's start and end.
 
         Raises
         ------
@@ -109,13 +139,25 @@ class RequestSignal:
         """
         require(tpcs is None or (is_int(tpcs) and tpcs >= 1), "RequestSignal.request: tpcs", "an int >= 1 or None",
                 tpcs)
+        handle = None if stream is None else _stream_handle(stream)
         self._words[2] = 0 if tpcs is None else tpcs
         self._words[0] += 1
+        self._set_gate(CLOSED, handle)
         try:
             yield
         finally:
             self._words[1] = time.monotonic_ns()
             self._words[0] -= 1
+            if not self._words[0]:
+                self._set_gate(OPEN, handle)
+
+    def _set_gate(self, value: int, stream: int | None) -> None:
+        if stream is None:
+            self.gate.store(value)
+        else:
+            from lithos_atom import driver_calls
+
+            driver_calls.stream_write_value32(stream, self.gate.device_address(), value)
 
     def busy(self, grace_us: float) -> bool:
         """Whether a request is open or the last one closed less than ``grace_us`` ago."""
@@ -125,11 +167,12 @@ class RequestSignal:
         return last > 0 and (time.monotonic_ns() - last) < grace_us * 1e3
 
     def close(self) -> None:
-        """Unmap the file; the creator also removes it."""
-        if self._map.closed:
+        """Unmap the file (unregistering it from the driver, if a gate was used on the
+        GPU); the creator also removes it."""
+        if self._memory.closed:
             return
         del self._words  # the buffer must be released before the map closes
-        self._map.close()
+        self._memory.close()
         if self._owner:
             self.path.unlink(missing_ok=True)
 
@@ -141,3 +184,13 @@ class RequestSignal:
 
     def __repr__(self) -> str:
         return f"<RequestSignal {str(self.path)!r}>"
+
+
+def _stream_handle(stream: Any) -> int:
+    """The ``CUstream`` of a CuPy stream or an object with ``__cuda_stream__``."""
+    if hasattr(stream, "__cuda_stream__"):
+        return int(stream.__cuda_stream__()[1])
+    ptr = getattr(stream, "ptr", None)
+    if ptr is None:
+        raise TypeError(f"cannot use {type(stream).__name__} as a CUDA stream (no __cuda_stream__ or ptr)")
+    return int(ptr)

@@ -30,6 +30,7 @@ import math
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ from lithos_atom import driver_calls
 from lithos_atom.atomizer import Atomizer, using_atomizer
 from lithos_atom.plan import KernelKey, LaunchPlan, LaunchShape, WholeLaunch
 from lithos_atom.settings import get_settings
+from lithos_sched.gate_keeper import GateKeeper
+from lithos_sched.gates import CLOSED, OPEN, Gate, GateBoard
 from lithos_sched.policy import Policy
 from lithos_sched.predictor import LatencyPredictor
 from lithos_sched.rightsizing import RightSizer
@@ -71,8 +74,10 @@ class TenantStats:
     ``queue_wait_ms`` is the host time a best-effort thread waited for room under the
     queue caps, ``yield_wait_ms`` the time it waited for a busy latency-critical tenant
     (`Policy.yield_host_to_latency_critical`), ``request_hold_ms`` the time it was held
-    by latency-critical requests (`Policy.hold_best_effort_in_requests`) and
-    ``requests`` the number of `Tenant.request` blocks of a latency-critical tenant.
+    by latency-critical requests (`Policy.hold_best_effort_in_requests`),
+    ``requests`` the number of `Tenant.request` blocks of a latency-critical tenant and
+    ``forced_gate_opens`` how often a gate that held a best-effort tenant's queued atoms
+    for `Policy.request_hold_max_us` was opened for them.
     """
 
     kernels: int = 0
@@ -86,6 +91,7 @@ class TenantStats:
     requests: int = 0
     yield_wait_ms: float = 0.0
     host_issue_us: float = 0.0
+    forced_gate_opens: int = 0
 
 
 @dataclasses.dataclass(slots=True)
@@ -137,6 +143,12 @@ class Tenant:
         self._request_handle: int | None = None
         self._remote: Any = None  # a `RequestSignal` when the tenant runs in another process
         self._remote_sized: dict[int, frozenset[int]] = {}  # its first n TPCs, by n (`busy_tpcs`)
+        # latency-critical: its device-side gate (`Policy.device_gates`), and whether a launch
+        # outside any request closed it (the best-effort side opens it once the tenant is idle)
+        self.gate: Gate | None = None
+        self._gate_after: Any = None  # the end of its latest launch off its own stream, not joined to it
+        self._gate_held = False
+        self._gate_lock = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -211,6 +223,7 @@ class Tenant:
         if self._contexts:
             raise RuntimeError(f"tenant {self.name!r} is entered by a thread of this process")
         self._remote = signal
+        self.gate = self.scheduler._usable_gate(getattr(signal, "gate", None))
 
     def __enter__(self) -> Tenant:
         s = self.scheduler
@@ -282,6 +295,8 @@ class Tenant:
         self._request_depth += 1
         if self._request_depth == 1:
             self.stats.requests += 1
+            if self.gate is not None:
+                s.timeline.write_gate(self.stream, self.gate, CLOSED)
             s._request_opened()
         try:
             yield self
@@ -289,7 +304,58 @@ class Tenant:
             self._request_depth -= 1
             if self._request_depth == 0:
                 self._last_submit_us = s.timeline.now_us()  # the grace runs from the request's end
+                if self.gate is not None:
+                    self._open_gate_after_work()
                 s._request_closed()
+
+    @property
+    def gate_held(self) -> bool:
+        """Whether a launch outside any request closed the tenant's gate and it is not
+        open again yet (`GateKeeper`)."""
+        return self._gate_held
+
+    @property
+    def held_since_us(self) -> float:
+        """Host time of the tenant's latest launch (the idle grace runs from it)."""
+        return self._last_submit_us
+
+    def hold_gate(self, stream: Any) -> bool:
+        """Close the gate by a write on ``stream`` before a launch outside any request;
+        returns whether it did (not inside a request, whose end opens it, nor without a gate)."""
+        if self.gate is None or self._request_depth:
+            return False
+        with self._gate_lock:
+            self.scheduler.timeline.write_gate(stream, self.gate, CLOSED)
+            self._gate_held = True
+        return True
+
+    def release_gate_if_idle(self) -> None:
+        """Open a gate held by launches once the tenant is idle (`idle`), by a host store:
+        its streams then hold no work that could still write the gate."""
+        if not self._gate_held:
+            return
+        with self._gate_lock:
+            if self._gate_held and self.idle():
+                self.scheduler.timeline.store_gate(self.gate, OPEN)
+                self._gate_held = False
+
+    def release_gate(self) -> None:
+        """Open a gate held by launches now, idle or not (the scheduler is closing)."""
+        with self._gate_lock:
+            if self._gate_held:
+                self.scheduler.timeline.store_gate(self.gate, OPEN)
+                self._gate_held = False
+
+    def _open_gate_after_work(self) -> None:
+        """Open the gate by a write on the tenant's stream after its latest work (a
+        request's end, or a graph launched outside one)."""
+        tl = self.scheduler.timeline
+        with self._gate_lock:
+            if self._gate_after is not None:  # its latest launch ran off its own stream
+                tl.wait(self.stream, self._gate_after)
+                self._gate_after = None
+            tl.write_gate(self.stream, self.gate, OPEN)
+            self._gate_held = False
 
     @contextlib.contextmanager
     def on_tpcs(self, n: int) -> Iterator[Any]:
@@ -436,6 +502,12 @@ class Scheduler(Atomizer):
         self._trace_on = trace
         self._trace = TraceBuffer()
         self._t0 = self.timeline.record(next(iter(self.tenants.values())).home.normal)
+        self._gate_board = self._open_gate_board()
+        if self._gate_board is not None:
+            for t in self._lc:
+                t.gate = self._gate_board.new_gate()
+        self._gate_keeper = GateKeeper(self)
+        self._stranded_guards: set[str] = set()  # best-effort tenants with a `_guard_stranded` check pending
         self._saved_switch_interval = sys.getswitchinterval()
         if self.policy.freeze_gc:
             gc.collect()
@@ -519,7 +591,10 @@ class Scheduler(Atomizer):
             with t._lock:  # waits for a tenant thread that is mid-launch
                 pass
         self.synchronize()
+        self._gate_keeper.stop()
         self._closed = True
+        if self._gate_board is not None:
+            self._gate_board.close()
         sys.setswitchinterval(self._saved_switch_interval)
         if self.policy.freeze_gc:
             gc.unfreeze()
@@ -569,6 +644,50 @@ class Scheduler(Atomizer):
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
         return out
+
+    # ---- device-side gates ---------------------------------------------------------
+
+    def _open_gate_board(self) -> GateBoard | None:
+        """The gates of this scheduler's latency-critical tenants (`Policy.device_gates`),
+        or None where they are off or the device cannot use them."""
+        if not self.policy.device_gates or not self._lc:
+            return None
+        board = GateBoard()
+        if not self._prepare_gates(board.memory):
+            board.close()
+            return None
+        return board
+
+    def _usable_gate(self, gate: Gate | None) -> Gate | None:
+        """``gate`` (a followed tenant's, from its `RequestSignal`) if gates are on and the
+        device can use it, else None."""
+        if gate is None or not self.policy.device_gates or not self._prepare_gates(gate.memory):
+            return None
+        return gate
+
+    def _prepare_gates(self, memory: Any) -> bool:
+        """Whether the device can wait on and write gates in ``memory``; if not, one
+        warning names the reason (best-effort atoms then fall back to the host's hold)."""
+        try:
+            self.timeline.prepare_gates(memory)
+        except Exception as exc:
+            warnings.warn(f"lithos: device-side gates are unavailable ({type(exc).__name__}: {exc}); best-effort "
+                          "atoms on stolen TPCs fall back to the host's hold", RuntimeWarning, stacklevel=4)
+            return False
+        return True
+
+    def _gated(self) -> bool:
+        """Whether best-effort atoms on stolen TPCs wait behind device-side gates: every
+        latency-critical tenant has one, and no right-sizer gives TPCs away kernel by
+        kernel (a gate covers all of its tenant's TPCs)."""
+        return bool(self._lc) and self.right_sizer is None and all(t.gate is not None for t in self._lc)
+
+    def _close_gate_for_launch(self, tenant: Tenant, stream: Any) -> None:
+        """Before a latency-critical launch outside any request, close the tenant's gate
+        by a write on the launch's stream; the `GateKeeper` opens it once the tenant is
+        idle (`Tenant.idle`: the idle grace covers the host's gaps between kernels)."""
+        if tenant.hold_gate(stream):
+            self._gate_keeper.arm()
 
     # ---- dispatch ------------------------------------------------------------------
 
@@ -684,6 +803,7 @@ class Scheduler(Atomizer):
                     wave = self._partition_wave(shape.wave_blocks, part)
                     predicted = self.predictor.predict_us(shape.key, part.num_tpcs, shape.total_blocks, wave)
                     begin = tl.record(stream)
+                self._close_gate_for_launch(tenant, stream)
                 launch(stream)
                 if timed:
                     end = tl.record(stream, blocking=self._blocking_waits(tenant))
@@ -698,6 +818,8 @@ class Scheduler(Atomizer):
                     tl.record_into(tenant._busy, stream)  # type: ignore[attr-defined]
                     tenant._last_end = tenant._busy
                     tl.wait(user, tenant._busy)
+                    if part is not home:
+                        tenant._gate_after = tenant._busy
                 tenant._last_submit_us = tl.now_us()
                 stats.host_issue_us += (time.perf_counter() - t_host) * 1e6
             finally:
@@ -732,12 +854,15 @@ class Scheduler(Atomizer):
             tl.wait(stream, tl.record(user))
         predicted = self.predictor.predict_us(plan.key, part.num_tpcs, plan.total_blocks,
                                               self._wave_blocks(plan, part))
+        self._close_gate_for_launch(tenant, stream)
         rec = self._issue(tenant, plan, 0, plan.total_blocks, part, stream, predicted, False)
         plan.complete()
         tenant._last_end = rec.end
         tenant._last_submit_us = tl.now_us()
         if not own:
             tl.wait(user, rec.end)
+        if part is not tenant.home:
+            tenant._gate_after = rec.end
         self._retire(tenant)
 
     def _latency_critical_partition(self, tenant: Tenant, key: KernelKey, total_blocks: int,
@@ -771,48 +896,176 @@ class Scheduler(Atomizer):
         before = tl.record(user) if plan.atomized else None
         joined: set[int] = set()  # handles of the streams ordered after ``before``
         last_on: dict[int, Any] = {}  # stream handle -> end event of its last atom
+        issued = 0  # blocks issued so far, in order
 
-        def issue(start: int, count: int, partition: Any, stream: Any, predicted: float | None,
-                  stolen: bool) -> None:
-            nonlocal before
+        def issue(count: int, partition: Any, stream: Any, stolen: bool, gates: Sequence[Gate] = ()) -> None:
+            nonlocal before, issued
             h = tl.handle(stream)
             if h != user_handle and h not in joined:
                 if before is None:
                     before = tl.record(user)
                 tl.wait(stream, before)
                 joined.add(h)
-            last_on[h] = self._issue(tenant, plan, start, count, partition, stream, predicted, stolen).end
+            for gate in gates:
+                tl.wait_gate(stream, gate)
+            predicted = self.predictor.predict_us(plan.key, partition.num_tpcs, count,
+                                                  self._wave_blocks(plan, partition))
+            last_on[h] = self._issue(tenant, plan, issued, count, partition, stream, predicted, stolen).end
+            issued += count
 
-        next_block = 0
-        total = plan.total_blocks
-        hold = True
         try:
-            while next_block < total:
-                if self._closing:
-                    break
-                hold = hold and self._hold_for_requests(tenant)
-                self._yield_to_latency_critical(tenant)
-                partition, stolen = self._best_effort_target(tenant, plan)
-                waited = self._wait_for_room(tenant, partition)
-                if waited and hold and self._holds_for_requests():
-                    continue  # a request opened while we waited: hold first, then choose again
-                if waited and self._best_effort_target(tenant, plan)[0] is not partition:
-                    continue  # a latency-critical tenant needs its TPCs again, or left them, since we chose
-                stream = self._emptier_stream(tenant, partition)
-                count = self._atom_blocks(plan, partition, total - next_block)
-                predicted = self.predictor.predict_us(plan.key, partition.num_tpcs, count,
-                                                      self._wave_blocks(plan, partition))
-                issue(next_block, count, partition, stream, predicted, stolen)
-                next_block += count
+            if self._gated():
+                self._place_gated(tenant, plan, issue, lambda: plan.total_blocks - issued)
+            else:
+                self._place_host(tenant, plan, issue, lambda: plan.total_blocks - issued)
         finally:
-            if next_block < total:
+            if issued < plan.total_blocks:
                 # Interrupted (an exception while waiting, or close()): issue the rest now
                 # on the tenant's own partition so no submitted block is lost.
-                issue(next_block, total - next_block, tenant.home, tenant.home.normal, None, False)
+                issue(plan.total_blocks - issued, tenant.home, tenant.home.normal, False)
             plan.complete()
             for h, end in last_on.items():
                 if h != user_handle:
                     tl.wait(user, end)
+
+    def _place_host(self, tenant: Tenant, plan: LaunchPlan, issue: Callable[..., None],
+                    remaining: Callable[[], int]) -> None:
+        """Issue a launch's atoms one at a time, each where the host decides (no gates):
+        on stolen TPCs only while their latency-critical tenants are idle, each after the
+        queue on its partition is predicted to drain within the cap."""
+        hold = True
+        while remaining() and not self._closing:
+            hold = hold and self._hold_for_requests(tenant)
+            self._yield_to_latency_critical(tenant)
+            partition, stolen = self._best_effort_target(tenant, plan)
+            waited = self._wait_for_room(tenant, partition)
+            if waited and hold and self._holds_for_requests():
+                continue  # a request opened while we waited: hold first, then choose again
+            if waited and self._best_effort_target(tenant, plan)[0] is not partition:
+                continue  # a latency-critical tenant needs its TPCs again, or left them, since we chose
+            stream = self._emptier_stream(tenant, partition)
+            issue(self._atom_blocks(plan, partition, remaining()), partition, stream, stolen)
+
+    def _place_gated(self, tenant: Tenant, plan: LaunchPlan, issue: Callable[..., None],
+                     remaining: Callable[[], int]) -> None:
+        """Issue a launch's atoms into two deep queues: at home, and on the stolen TPCs
+        behind the latency-critical tenants' gates (`Policy.device_gates`).
+
+        Each atom goes to the queue predicted to drain first among those with room (while
+        the gates are open, no larger than its partition's share of the blocks left): home
+        while at most `Policy.home_queue_cap_us` is queued there, stolen while the gates are
+        open and at most `Policy.steal_queue_us` is (while one is closed, the rest of the
+        launch goes home: atoms queued behind it would hold the launch's end until it
+        opens). With both full, the thread waits, GIL released, for the first queue to
+        drain to its cap, or for a closed gate to open.
+        """
+        stolen_part = self._gated_steal_partition(tenant, plan)
+        gates = [t.gate for t in self._lc] if stolen_part is not None else []
+        targets = [tenant.home] if stolen_part is None else [tenant.home, stolen_part]
+        hold = True
+        while remaining() and not self._closing:
+            self._retire(tenant)
+            self._guard_stranded(tenant, gates)
+            hold = hold and self._hold_for_requests(tenant)
+            part = self._gated_room(tenant, targets, stolen_part, gates)
+            if part is None:
+                self._wait_gated(tenant, targets, stolen_part, gates)
+                continue
+            stolen = part is stolen_part
+            count = self._atom_blocks(plan, part, remaining())
+            if plan.atomized and stolen_part is not None and all(g.is_open() for g in gates):
+                # both queues run the launch: neither takes more than its TPCs' share of what is left
+                share = part.num_tpcs / (tenant.home.num_tpcs + stolen_part.num_tpcs)
+                count = min(count, max(1, math.ceil(remaining() * share)))
+            issue(count, part, self._emptier_stream(tenant, part), stolen, gates if stolen else ())
+        self._guard_stranded(tenant, gates)
+
+    def _guard_stranded(self, tenant: Tenant, gates: Sequence[Gate]) -> None:
+        """While ``tenant`` has atoms queued on stolen TPCs, have the keeper look at them
+        every `Policy.request_hold_max_us`: an atom that waited behind a closed gate
+        through a whole such period gets the gate forced for it (`Gate.force`) until
+        every atom queued then has started (see `GateKeeper`)."""
+        if tenant.name in self._stranded_guards or not any(r.stolen for r in tenant._inflight):
+            return
+        self._stranded_guards.add(tenant.name)
+        tl = self.timeline
+        period_us = self.policy.request_hold_max_us
+
+        def check(seen_waiting: frozenset[int]) -> None:
+            with tenant._lock:
+                stolen = [r for r in tenant._inflight if r.stolen]
+                waiting = frozenset(id(r.start) for r in stolen if not tl.done(r.start))
+            forced = [g for g in gates if g.forced]
+            if forced and not waiting:
+                for gate in forced:
+                    tl.force_gate(gate, False)
+            elif waiting & seen_waiting and not forced:  # waited a whole period
+                for gate in gates:
+                    tl.force_gate(gate, True)
+                tenant.stats.forced_gate_opens += 1
+            if stolen or forced:
+                again_us = self.policy.steal_poll_us if forced or (waiting & seen_waiting) else period_us
+                self._gate_keeper.at(tl.now_us() + max(again_us, 1.0), lambda: check(waiting))
+            else:
+                self._stranded_guards.discard(tenant.name)
+
+        self._gate_keeper.at(tl.now_us() + period_us, lambda: check(frozenset()))
+
+    def _gated_steal_partition(self, tenant: Tenant, plan: LaunchPlan) -> Any:
+        """The partition of every latency-critical tenant's stealable TPCs, or None where
+        ``plan`` may not steal (stealing off, or its blocks too long to give TPCs back
+        quickly: `Policy.steal_max_block_us`)."""
+        if not self.policy.stealing:
+            return None
+        tpcs = frozenset().union(*(t._stealable for t in self._lc))
+        if not tpcs:
+            return None
+        wave_us = self.predictor.wave_us(plan.key, tenant.home.num_tpcs)
+        if wave_us is not None and wave_us > self.policy.steal_max_block_us:
+            return None
+        part = self._steal_partitions.get(tpcs)
+        if part is None or part.closed:
+            part = self._steal_partitions[tpcs] = self.device.partition(tpcs)
+        return part
+
+    def _gated_room(self, tenant: Tenant, targets: Sequence[Any], stolen_part: Any,
+                    gates: Sequence[Gate]) -> Any:
+        """Of ``targets``, the partition with room in its queue whose work is predicted to
+        drain first (see `_place_gated`), or None when every queue is full."""
+        now = self.timeline.now_us()
+        best, best_drain = None, math.inf
+        for part in targets:
+            queued = [r for r in tenant._inflight if r.partition is part]
+            drain = max([now, *(r.predicted_end_us for r in queued)])
+            if part is stolen_part:
+                # a tenant in this process may run work the scheduler never saw (CuPy's own
+                # kernels, cuBLAS) on its stream: no gate closes for that, its stream tells
+                room = (all(g.is_open() for g in gates) and drain - now <= self.policy.steal_queue_us
+                        and all(t._remote is not None or t.idle() for t in self._lc))
+            else:
+                room = drain - now <= self.policy.home_queue_cap_us
+            if room and drain < best_drain:
+                best, best_drain = part, drain
+        return best
+
+    def _wait_gated(self, tenant: Tenant, targets: Sequence[Any], stolen_part: Any, gates: Sequence[Gate]) -> None:
+        """Wait, GIL released, until a queue of `_place_gated` has room: for the atom of
+        each queue after whose end its cap remains, whichever is predicted first. While a
+        gate is closed the wait also ends when it opens (read every `Policy.steal_poll_us`),
+        so the stolen queue fills again at once."""
+        now = self.timeline.now_us()
+        first = None
+        for part in targets:
+            cap = self.policy.steal_queue_us if part is stolen_part else self.policy.home_queue_cap_us
+            low = self._low_point(self._queued(tenant, part), cap)
+            if low is not None and (first is None or low.predicted_end_us < first.predicted_end_us):
+                first = low
+        if first is None:
+            return  # a queue drained while we looked
+        closed = [g for g in gates if not g.is_open()]
+        stop = (lambda: any(g.is_open() for g in closed)) if closed and self.policy.steal_poll_us else None
+        self._wait_event(first, stop)
+        tenant.stats.queue_wait_ms += (self.timeline.now_us() - now) / 1000.0
 
     def _yield_to_latency_critical(self, tenant: Tenant) -> None:
         """On the GPU, while a latency-critical tenant is busy, let the best-effort

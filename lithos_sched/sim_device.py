@@ -4,8 +4,10 @@ Kernels are `SimKernel` latency models: every block runs on one SM for ``block_u
 (optionally with seeded, mean-preserving jitter) and takes ``1 / blocks_per_sm`` of the
 SM. Launches are block ranges (atoms: ``start``, ``count``) issued on streams; streams are
 FIFO and a launch's blocks start only after the previous operation of its stream has
-finished. A launch's blocks fill the free SM slots of its partition in waves. When slots
-free up, pending blocks of high-priority streams are placed first, then those of earlier
+finished. Streams also carry event records and waits and, as stream memory operations,
+writes of gate words and waits for a gate to open (`lithos_sched.gates`), each evaluated
+when the stream reaches it. A launch's blocks fill the free SM slots of its partition in
+waves. When slots free up, pending blocks of high-priority streams are placed first, then those of earlier
 launches; a running block is never preempted (as on the hardware, which is why lithos
 splits kernels into atoms and partitions the TPCs). A partition's blocks only ever run on
 its SMs, so disjoint partitions run side by side and overlapping ones compete. Given a
@@ -216,6 +218,20 @@ class SimStream:
         """Later operations of this stream wait until ``event`` has completed."""
         self.partition._check_open()
         self._ops.append(("wait", event))
+        self.device._progress()
+
+    def write_value(self, gate: Any, value: int) -> None:
+        """Enqueue a write of ``value`` to the open word of a `lithos_sched.gates.Gate`,
+        done once every earlier operation of the stream has (``cuStreamWriteValue32``)."""
+        self.partition._check_open()
+        self._ops.append(("write_value", (gate, value)))
+        self.device._progress()
+
+    def wait_gate(self, gate: Any) -> None:
+        """Later operations of this stream wait until the gate is open or forced
+        (``cuStreamWaitValue64``); the wait is evaluated when the stream reaches it."""
+        self.partition._check_open()
+        self._ops.append(("wait_gate", gate))
         self.device._progress()
 
     def synchronize(self) -> None:
@@ -461,6 +477,11 @@ class SimDevice:
         self._complete_until(t_us)
         self.now_us = t_us
 
+    def poke(self) -> None:
+        """Move streams forward after a change made outside them (a host store to a gate
+        some stream waits on)."""
+        self._progress()
+
     def run_until_idle(self) -> None:
         """Advance until no block runs (streams blocked on never-completing waits stay blocked)."""
         while self.step():
@@ -518,6 +539,12 @@ class SimDevice:
             elif kind == "wait":
                 if payload.time_us is None:
                     return moved
+            elif kind == "wait_gate":
+                if not payload.is_open():
+                    return moved
+            elif kind == "write_value":
+                gate, value = payload
+                gate.store(value)
             else:
                 launch_id, kernel, start, count = payload
                 s._active = _Launch(launch_id, kernel, start, count, s, seq=next(self._seq))

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from lithos_atom import driver_calls
+from lithos_sched.gates import WAIT_MASK, Gate, GateMemory
 
 
 class Timeline(Protocol):
@@ -55,6 +56,25 @@ class Timeline(Protocol):
 
     def now_us(self) -> float:
         """Host time in microseconds (virtual time on the simulated device)."""
+
+    def prepare_gates(self, memory: GateMemory) -> None:
+        """Make ``memory``'s gate words usable by this device's streams; raises (with
+        the reason) where the device cannot wait on or write them."""
+
+    def write_gate(self, stream: Any, gate: Gate, value: int) -> None:
+        """Write ``value`` to ``gate`` once the work queued so far on ``stream`` is done."""
+
+    def wait_gate(self, stream: Any, gate: Gate) -> None:
+        """Make later work of ``stream`` wait until ``gate`` is open or forced."""
+
+    def store_gate(self, gate: Gate, value: int) -> None:
+        """Store ``value`` to ``gate``'s open word from the host, now (unordered with any stream)."""
+
+    def force_gate(self, gate: Gate, on: bool) -> None:
+        """Set or clear ``gate``'s forced word from the host, now."""
+
+    def is_capturing(self, stream: Any) -> bool:
+        """Whether ``stream`` is capturing a CUDA graph (never on the simulated device)."""
 
 
 class DeviceEvent:
@@ -168,6 +188,33 @@ class CupyTimeline:
         raise TypeError(f"cannot use {type(stream).__name__} as a CUDA stream")
 
 
+    def prepare_gates(self, memory: GateMemory) -> None:
+        address = memory.device_address()  # raises where the driver cannot map the page
+        probe = Gate(memory, len(memory.words) - 2)  # the page's last pair, which no gate uses
+        stream = self._cupy.cuda.Stream(non_blocking=True)
+        driver_calls.stream_write_value32(stream.ptr, probe.device_address(), 0x5A5A)
+        stream.synchronize()
+        if int(memory.words[probe.index]) != 0x5A5A:
+            raise RuntimeError(f"a stream write to mapped host memory (device address {address:#x}) "
+                               "did not reach the host")
+        probe.store(0)
+
+    def write_gate(self, stream: Any, gate: Gate, value: int) -> None:
+        driver_calls.stream_write_value32(self.as_cupy(stream).ptr, gate.device_address(), value)
+
+    def wait_gate(self, stream: Any, gate: Gate) -> None:
+        driver_calls.stream_wait_value64_and(self.as_cupy(stream).ptr, gate.device_address(), WAIT_MASK)
+
+    def store_gate(self, gate: Gate, value: int) -> None:
+        gate.store(value)
+
+    def force_gate(self, gate: Gate, on: bool) -> None:
+        gate.force(on)
+
+    def is_capturing(self, stream: Any) -> bool:
+        return driver_calls.stream_is_capturing(self.as_cupy(stream).ptr)
+
+
 class SimTimeline:
     """`Timeline` on the simulated device: its streams record and wait on its events.
 
@@ -191,9 +238,13 @@ class SimTimeline:
         self._seq += 1
 
     def _fire_due(self) -> None:
+        fired = False
         while self._timers and self._timers[0][0] <= self.now_us():
             _, _, fn = heapq.heappop(self._timers)
             fn()
+            fired = True
+        if fired:
+            self._device.poke()  # a callback may have stored a gate some stream waits on
 
     def advance_to(self, t_us: float) -> None:
         """Advance virtual time to ``t_us``, running due callbacks in order."""
@@ -242,3 +293,23 @@ class SimTimeline:
 
     def handle(self, stream: Any) -> int:
         return 0 if stream is None else int(stream.handle)
+
+    def prepare_gates(self, memory: GateMemory) -> None:
+        return None  # the simulated streams read the host words directly
+
+    def write_gate(self, stream: Any, gate: Gate, value: int) -> None:
+        stream.write_value(gate, value)
+
+    def wait_gate(self, stream: Any, gate: Gate) -> None:
+        stream.wait_gate(gate)
+
+    def store_gate(self, gate: Gate, value: int) -> None:
+        gate.store(value)
+        self._device.poke()  # streams waiting on the gate may move now
+
+    def force_gate(self, gate: Gate, on: bool) -> None:
+        gate.force(on)
+        self._device.poke()
+
+    def is_capturing(self, stream: Any) -> bool:
+        return False

@@ -324,7 +324,7 @@ def main(path):
     dev = drv.cuDeviceGet(0)[1]
     out = {"device": cp.cuda.runtime.getDeviceProperties(0)["name"].decode(),
            "driver": drv.cuDriverGetVersion()[1]}
-    for a in ("CU_DEVICE_ATTRIBUTE_CAN_USE_HOST_POINTER_FOR_MEM_OPS", "CU_DEVICE_ATTRIBUTE_CAN_USE_STREAM_WAIT_VALUE_NOR",
+    for a in ("CU_DEVICE_ATTRIBUTE_CAN_USE_HOST_POINTER_FOR_REGISTERED_MEM", "CU_DEVICE_ATTRIBUTE_HOST_REGISTER_SUPPORTED", "CU_DEVICE_ATTRIBUTE_CAN_USE_STREAM_WAIT_VALUE_NOR",
               "CU_DEVICE_ATTRIBUTE_CAN_USE_64_BIT_STREAM_MEM_OPS"):
         try:
             out[a] = drv.cuDeviceGetAttribute(getattr(drv.CUdevice_attribute, a), dev)[1]

@@ -24,7 +24,7 @@ def issues_of_best_effort_alone(ahead_of_drain: str, stealing: bool) -> list[tup
     predicted to start after the work queued there, whichever of the partition's streams
     it went to."""
     device = SimDevice(num_tpcs=8, seed=0)
-    sched = Scheduler(device, SPECS, Policy(atom_us=400.0, queue_cap_us=CAP_US, home_atom_us=400.0,
+    sched = Scheduler(device, SPECS, Policy(atom_us=400.0, queue_cap_us=CAP_US, home_atom_us=400.0, device_gates=False,
                                             home_queue_cap_us=CAP_US, stealing=stealing,
                                             issue_ahead_of_drain=ahead_of_drain))
     sched.timeline = tl = SimTimeline(device)

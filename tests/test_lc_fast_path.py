@@ -21,6 +21,7 @@ class RecordingTimeline:
 
     def __init__(self) -> None:
         self.ops: list[tuple] = []
+        self.gates: list[tuple] = []
         self._ids = itertools.count(1)
 
     def now_us(self) -> float:
@@ -55,6 +56,17 @@ class RecordingTimeline:
     def elapsed_us(self, start, end) -> float:  # noqa: ANN001
         return 1.0
 
+    # device-side gates: recorded apart, as (op, stream handle, value, position in ``ops``),
+    # so the sequences of events, waits and launches stay comparable
+    def write_gate(self, stream, gate, value: int) -> None:  # noqa: ANN001
+        self.gates.append(("write", self.handle(stream), value, len(self.ops)))
+
+    def store_gate(self, gate, value: int) -> None:  # noqa: ANN001
+        self.gates.append(("store", None, value, len(self.ops)))
+
+    def call_at(self, t_us: float, fn) -> None:  # noqa: ANN001
+        pass  # the gate keeper's timers never fire here
+
 
 def scheduler(policy: Policy | None = None, right_sizer=None):  # noqa: ANN001, ANN201
     sched = Scheduler(SimDevice(num_tpcs=8, seed=0), SPECS, policy or Policy(lc_timing_every=3),
@@ -82,6 +94,29 @@ def test_own_stream_launches_need_no_waits_and_one_in_n_is_timed():
     assert len(tl.ops) == len(launches) + len(timed)
     stats = lc.stats
     assert (stats.kernels, stats.atoms, stats.timed_atoms) == (6, 6, 2)
+
+
+def test_a_launch_outside_a_request_closes_the_gate_on_its_stream_first_and_a_request_at_its_edges():
+    sched, tl = scheduler(Policy(lc_timing_every=1000))
+    lc = sched.tenant("lc")
+    high = lc.home.high.handle
+    sched._launch_latency_critical(lc, launch_on(tl, "a"), None, lambda: SHAPE)
+    assert [g[:3] for g in tl.gates] == [("write", high, 0)]
+    assert tl.gates[0][3] <= tl.ops.index(("launch a", high))  # closed, then launched
+    assert lc.gate_held  # the keeper opens it once the tenant is idle
+    tl.gates.clear()
+    from lithos_sched import scheduler as scheduler_module
+
+    scheduler_module._current.tenant = lc
+    try:
+        with lc.request():
+            sched._launch_latency_critical(lc, launch_on(tl, "b"), None, lambda: SHAPE)
+    finally:
+        scheduler_module._current.tenant = None
+    b = tl.ops.index(("launch b", high))
+    # inside the request no launch writes the gate: it closes at the start, opens at the end
+    assert [(op, h, v) for op, h, v, _ in tl.gates] == [("write", high, 0), ("write", high, 1)]
+    assert tl.gates[0][3] <= b < tl.gates[1][3] and not lc.gate_held
 
 
 def test_a_launch_on_another_stream_is_ordered_both_ways():

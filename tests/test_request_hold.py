@@ -129,7 +129,7 @@ def test_a_request_opened_while_waiting_for_room_holds_before_the_next_atom(monk
     from lithos_sched import SimKernel
     from lithos_sched.sim_colocation import sim_plan
 
-    sched = scheduler(Policy(request_hold_max_us=10e6, stealing=False))
+    sched = scheduler(Policy(request_hold_max_us=10e6, stealing=False, device_gates=False))  # the host path
     be = sched.tenant("be")
     events: list[str] = []
     first_wait = [True]

@@ -63,9 +63,9 @@ def test_attach_refuses_what_is_not_a_signal(tmp_path):
         RequestSignal.attach(tmp_path / "missing")
 
 
-def scheduler(grace_us: float) -> Scheduler:
+def scheduler(grace_us: float, gates: bool = True) -> Scheduler:
     device = SimDevice(num_tpcs=8, seed=0)
-    sched = Scheduler(device, SPECS, Policy(lc_idle_grace_us=grace_us))
+    sched = Scheduler(device, SPECS, Policy(lc_idle_grace_us=grace_us, device_gates=gates))
     sched.timeline = SimTimeline(device)
     return sched
 
@@ -98,7 +98,8 @@ def stolen_tpcs(sched: Scheduler) -> set[int]:
 
 
 def test_a_right_sized_remote_request_leaves_the_rest_of_its_tpcs_to_steal(tmp_path):
-    sched = scheduler(grace_us=0.0)
+    # the host's placement: a device-side gate covers all of the tenant's TPCs
+    sched = scheduler(grace_us=0.0, gates=False)
     lc = sched.tenant("lc")
     first = sorted(lc.tpcs)
     with RequestSignal.create(tmp_path) as signal:
@@ -114,12 +115,37 @@ def test_a_right_sized_remote_request_leaves_the_rest_of_its_tpcs_to_steal(tmp_p
 
 
 def test_the_idle_grace_runs_from_the_remote_requests_close(tmp_path):
-    sched = scheduler(grace_us=3.6e9)  # an hour: still within it when the launch comes
+    sched = scheduler(grace_us=3.6e9, gates=False)  # an hour: still within it when the launch comes
     with RequestSignal.create(tmp_path) as signal:
         sched.tenant("lc").follow_requests(signal)
         with signal.request():
             pass
         assert stolen_atoms(sched) == 0
+    sched.close()
+
+
+def test_with_gates_a_remote_request_stops_queued_atoms_and_its_close_resumes_them(tmp_path):
+    """The remote request's gate, not the host's grace: closed while a request is open
+    (atoms queued on the tenant's TPCs wait at the gate), open as soon as it closes."""
+    sched = scheduler(grace_us=3.6e9)
+    tl = sched.timeline
+    lc, be = sched.tenant("lc"), sched.tenant("be")
+    with RequestSignal.create(tmp_path) as signal:
+        lc.follow_requests(signal)
+        assert lc.gate is signal.gate and lc.gate.is_open()
+        kernel = SimKernel("k", grid_blocks=8 * 40, block_us=100.0)
+        sched.submit_for(be, sim_plan(sched.device, kernel))  # teaches the predictor the kernel
+        be.synchronize()
+        t0 = tl.now_us()
+        request = signal.request()
+        tl.call_at(t0 + 150.0, request.__enter__)  # opens while stolen atoms are queued
+        tl.call_at(t0 + 5000.0, lambda: request.__exit__(None, None, None))
+        sched.submit_for(be, sim_plan(sched.device, kernel))
+        be.synchronize()
+        starts = [r.start_us - t0 for r in sched.atoms() if r.stolen and r.start_us >= t0]
+        assert starts and not [t for t in starts if 150.0 < t < 5000.0]  # none starts inside the request
+        assert [t for t in starts if t >= 5000.0]  # the queued ones run once it closes
+        assert stolen_atoms(sched) > 0  # the grace of an hour holds nothing: the gate is open
     sched.close()
 
 

@@ -164,8 +164,9 @@ def test_stealing_raises_best_effort_throughput_while_latency_critical_is_idle()
     assert with_steal < 0.6 * without  # the idle half of the device is used
 
 
-def test_best_effort_is_not_starved_by_a_busy_latency_critical_tenant():
-    device, sched = make()
+@pytest.mark.parametrize("gates", [False, True])
+def test_best_effort_is_not_starved_by_a_busy_latency_critical_tenant(gates):
+    device, sched = make(Policy(atom_us=200.0, queue_cap_us=100.0, device_gates=gates))
     tl = sched.timeline
     lc, be = sched.tenant("lc"), sched.tenant("be")
     stop = []
@@ -176,11 +177,33 @@ def test_best_effort_is_not_starved_by_a_busy_latency_critical_tenant():
 
     for i in range(200):  # the latency-critical tenant is busy the whole time
         tl.call_at(i * 100.0, lambda i=i: lc_kernel(i))
+    if gates:
+        # its TPCs are full from its first kernel on: atoms queued on them before that
+        # would wait behind its kernels' blocks; the launch comes once it is busy
+        tl.advance_to(50.0)
     sched.submit_for(be, sim_plan(device, SimKernel("be", 8 * 10, 100.0)))
     done = tl.record(be.stream)
     tl.synchronize(done)
     assert done.time_us < 20000.0 / 2  # it finished while the latency-critical load went on
+    assert be.stats.stolen_atoms == 0 or not gates  # a closed gate sends the launch home
     stop.append(True)
+    sched.close()
+
+
+def test_atoms_stranded_behind_a_closed_gate_are_let_through_after_the_hold_bound():
+    """Atoms queued on stolen TPCs before a request that never ends pass its gate once
+    they waited `Policy.request_hold_max_us`: the best-effort launch completes."""
+    device, sched = make(Policy(atom_us=200.0, request_hold_max_us=2000.0))
+    tl = sched.timeline
+    lc, be = sched.tenant("lc"), sched.tenant("be")
+    tl.call_at(150.0, lambda: tl.store_gate(lc.gate, 0))  # a request opens, and never closes
+    sched.submit_for(be, sim_plan(device, SimKernel("be", 8 * 40, 100.0)))
+    assert be.stats.stolen_atoms > 0  # the idle tenant's TPCs took part of the launch
+    done = tl.record(be.stream)
+    tl.synchronize(done)
+    assert be.stats.forced_gate_opens >= 1
+    assert done.time_us < 2 * 2000.0 + 1000.0
+    assert not lc.gate.forced  # cleared once the stranded atoms started
     sched.close()
 
 
@@ -416,7 +439,8 @@ def test_work_a_latency_critical_tenant_runs_outside_the_scheduler_keeps_its_tpc
 
 @pytest.mark.parametrize("stealing", [False, True])
 def test_best_effort_atoms_are_longer_only_where_no_latency_critical_tenant_runs(stealing):
-    device, sched = make(Policy(atom_us=200.0, home_atom_us=800.0, queue_cap_us=100.0, stealing=stealing))
+    device, sched = make(Policy(atom_us=200.0, home_atom_us=800.0, queue_cap_us=100.0, stealing=stealing,
+                                device_gates=False))
     be = sched.tenant("be")
     issued: list[tuple[bool, float]] = []  # (on TPCs a latency-critical tenant owns, predicted us)
     issue = sched._issue
@@ -436,6 +460,22 @@ def test_best_effort_atoms_are_longer_only_where_no_latency_critical_tenant_runs
     else:
         assert lengths[False] and max(lengths[False]) > 200.0
         assert max(lengths[False]) <= 800.0 + 1e-6 and not lengths[True]
+
+
+def test_with_gates_atoms_on_stolen_tpcs_are_short_and_those_at_home_long():
+    """Gated, one launch runs on two queues at once: on the idle tenant's TPCs in atoms of
+    `Policy.atom_us` (two 100 us waves) and at home in atoms of up to `Policy.home_atom_us`."""
+    device, sched = make(Policy(atom_us=200.0, home_atom_us=800.0))
+    be, lc = sched.tenant("be"), sched.tenant("lc")
+    for i in range(3):
+        sched.submit_for(be, sim_plan(device, SimKernel(f"be{i}", 8 * 200, 100.0)))
+    sched.close()
+    atoms = [r for r in sched.atoms() if r.kernel != "be0"]  # after the first taught the predictor
+    stolen = [r.blocks for r in atoms if r.stolen]
+    home = [r.blocks for r in atoms if not r.stolen]
+    assert {r.tpcs for r in atoms if r.stolen} == {lc.tpcs} and {r.tpcs for r in atoms if not r.stolen} == {be.tpcs}
+    assert stolen and max(stolen) <= 2 * 8  # two waves of the 8 SMs
+    assert home and max(home) > 2 * 8 and max(home) <= 8 * 8
 
 
 @pytest.mark.parametrize("reserve", [0, 1, 3, 4])

@@ -18,6 +18,9 @@ class IdleTimeline(RecordingTimeline):
     def stream_done(self, stream) -> bool:  # noqa: ANN001
         return True
 
+    def wait_gate(self, stream, gate) -> None:  # noqa: ANN001
+        self.ops.append(("wait gate", self.handle(stream)))
+
 
 def scheduler(policy: Policy | None = None):  # noqa: ANN201
     sched = Scheduler(SimDevice(num_tpcs=8, seed=0), SPECS, policy or Policy())
@@ -32,8 +35,9 @@ def teach(sched: Scheduler, wave_us: float) -> None:
                             sched._partition_wave(SHAPE.wave_blocks, be.home), wave_us)
 
 
-def test_a_short_launch_runs_whole_as_one_timed_atom_and_the_user_stream_waits_for_it():
-    sched, tl = scheduler()
+@pytest.mark.parametrize("gates", [False, True])
+def test_a_short_launch_runs_whole_as_one_timed_atom_and_the_user_stream_waits_for_it(gates):
+    sched, tl = scheduler(Policy(device_gates=gates))
     be = sched.tenant("be")
     teach(sched, 100.0)
     assert be._atomizer.launch_whole(launch_on(tl, "k"), None, lambda: SHAPE) is True
@@ -41,13 +45,21 @@ def test_a_short_launch_runs_whole_as_one_timed_atom_and_the_user_stream_waits_f
     assert len(launches) == 1  # one unsplit launch of the original kernel
     (rec,) = be._inflight
     assert (rec.start_block, rec.count, rec.key) == (0, SHAPE.total_blocks, SHAPE.key)
-    assert rec.stolen and rec.partition.tpcs == frozenset(range(8))  # the idle TPCs too
+    if gates:  # its own TPCs' queue or the stolen TPCs' one, behind the gate
+        lc = sched.tenant("lc")
+        assert rec.partition.tpcs in (be.tpcs, lc.tpcs) and rec.stolen == (rec.partition.tpcs == lc.tpcs)
+        assert (("wait gate", launches[0][1]) in tl.ops) == rec.stolen
+        tl.ops = [op for op in tl.ops if op[0] != "wait gate"]
+    else:
+        assert rec.stolen and rec.partition.tpcs == frozenset(range(8))  # the idle TPCs too
     # begin and end events around it on its stream, and the user's stream waits for the end
     stream = launches[0][1]
     i = tl.ops.index(launches[0])
     assert tl.ops[i - 1] == ("record", stream, rec.start) and tl.ops[i + 1] == ("record", stream, rec.end)
     user = be.home.normal.handle
-    assert stream != user
+    if stream == user:  # home, on the user's own stream: in order with no event
+        assert gates and not [op for op in tl.ops if op[0] == "wait"]
+        return
     before = tl.ops[0]
     assert before[:2] == ("record", user) and tl.ops[1] == ("wait", stream, before[2])  # after earlier work
     assert tl.ops[-1] == ("wait", user, rec.end)  # later work on the user's stream runs after it

@@ -1,0 +1,185 @@
+"""Device-side gates: 32-bit words that GPU streams wait on and write.
+
+A gate is two 32-bit words, side by side. A latency-critical tenant closes its gate
+(writes 0 to the first) when its work starts and opens it (writes 1) when it ends, with
+stream memory operations on its own stream (``cuStreamWriteValue32``), so the writes stay
+ordered with its kernels. A best-effort tenant queues each atom on stolen TPCs behind a
+wait for the gate (``cuStreamWaitValue64`` with ``CU_STREAM_WAIT_VALUE_AND``: until either
+word is non-zero). The GPU evaluates a wait when its stream reaches it, after the atom
+before it has finished (docs/design.md), so atoms queued milliseconds ahead stop at the
+next atom boundary when a request starts and resume when it ends, with no host thread
+involved either way. The second word, *forced*, is the best-effort side's: set, it lets
+queued atoms pass a closed gate, so a latency-critical tenant busy without a break cannot
+hold them for ever (`lithos_sched.gate_keeper`), and the tenant's own writes never touch it.
+
+The words live in host memory that the driver maps into the device's address space
+(``cuMemHostRegister``): the host reads a gate with a plain load and may store it, and the
+memory can be a file in ``/dev/shm`` mapped by several processes, so a gate is shared
+between a latency-critical process and the best-effort processes that follow it
+(`lithos_sched.request_signal.RequestSignal` carries one).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import threading
+import numpy as np
+
+#: Bytes of one gate page: the unit the driver registers.
+PAGE_BYTES = mmap.PAGESIZE
+#: The first word's value while the gate is open (queued atoms may start) and closed.
+OPEN, CLOSED = 1, 0
+#: The 64-bit mask a wait tests (``CU_STREAM_WAIT_VALUE_AND``): the open word or the forced word.
+WAIT_MASK = (1 << 32) | 1
+
+
+class GateMemory:
+    """A page of host memory holding gate words, device-mapped on first GPU use.
+
+    Parameters
+    ----------
+    mapping : mmap.mmap
+        An anonymous mapping (gates of one process) or a shared file's (gates shared
+        between processes); at least `PAGE_BYTES` long. The object keeps it open until
+        `close`.
+    """
+
+    def __init__(self, mapping: mmap.mmap) -> None:
+        if len(mapping) < PAGE_BYTES:
+            raise ValueError(f"gate memory needs at least {PAGE_BYTES} bytes, got {len(mapping)}")
+        self._map = mapping
+        self._anchor = ctypes.c_char.from_buffer(mapping)  # pins the buffer: its address must not move
+        self.host_address = ctypes.addressof(self._anchor)
+        self.words = np.frombuffer(mapping, dtype=np.uint32, count=PAGE_BYTES // 4)
+        self._device_address: int | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def anonymous(cls) -> GateMemory:
+        """Gate memory private to this process."""
+        return cls(mmap.mmap(-1, PAGE_BYTES))
+
+    def device_address(self) -> int:
+        """The page's address in the device's space, registering it with the driver on
+        first use (needs a GPU; the simulated device never asks).
+
+        Raises
+        ------
+        lithos_atom.errors.LithosCudaError
+            When the driver refuses to register or map the page.
+        """
+        with self._lock:
+            if self._device_address is None:
+                from lithos_atom import driver_calls
+
+                self._device_address = driver_calls.in_cupy_context(driver_calls.host_register,
+                                                                     self.host_address, PAGE_BYTES)
+            return self._device_address
+
+    def close(self) -> None:
+        """Unregister the page from the driver (if registered) and unmap it (idempotent)."""
+        with self._lock:
+            if self._map.closed:
+                return
+            if self._device_address is not None:
+                from lithos_atom import driver_calls
+
+                driver_calls.host_unregister(self.host_address)
+                self._device_address = None
+        del self.words, self._anchor  # buffer exports must go before the map closes
+        self._map.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close` was called."""
+        return self._map.closed
+
+
+class Gate:
+    """One gate of a `GateMemory`: its open word and, after it, its forced word.
+
+    Parameters
+    ----------
+    memory : GateMemory
+    index : int
+        Index of the open word in the page, even (the pair is one aligned 64-bit word);
+        each gate should have a cache line of its own (users space them 16 words apart).
+    """
+
+    __slots__ = ("memory", "index")
+
+    def __init__(self, memory: GateMemory, index: int) -> None:
+        if index % 2 or not 0 <= index < PAGE_BYTES // 4 - 1:
+            raise ValueError(f"gate index {index} must be even and inside the page's {PAGE_BYTES // 4} words")
+        self.memory = memory
+        self.index = index
+
+    def is_open(self) -> bool:
+        """Whether queued atoms may pass now: open, or forced (host loads, nanoseconds)."""
+        words = self.memory.words
+        return bool(words[self.index]) or bool(words[self.index + 1])
+
+    def is_closed_by_owner(self) -> bool:
+        """Whether the latency-critical side has the gate closed (forced or not)."""
+        return int(self.memory.words[self.index]) == CLOSED
+
+    def store(self, value: int) -> None:
+        """Store ``value`` (`OPEN` or `CLOSED`) to the open word from the host (visible
+        to GPU waits at once, unordered with any stream: use a stream write where order
+        with kernels matters)."""
+        self.memory.words[self.index] = value
+
+    def force(self, on: bool) -> None:
+        """Set or clear the forced word: while set, waits pass whatever the open word says."""
+        self.memory.words[self.index + 1] = int(on)
+
+    @property
+    def forced(self) -> bool:
+        """Whether the forced word is set."""
+        return bool(self.memory.words[self.index + 1])
+
+    def device_address(self) -> int:
+        """The open word's device address, 8-byte aligned (registers the page on first use)."""
+        return self.memory.device_address() + 4 * self.index
+
+    def __repr__(self) -> str:
+        state = "open" if not self.is_closed_by_owner() else "closed"
+        return f"<Gate {self.index} {state}{' forced' if self.forced else ''}>"
+
+
+class GateBoard:
+    """The gates of one scheduler's latency-critical tenants, in one private page.
+
+    Attributes
+    ----------
+    memory : GateMemory
+    """
+
+    _STRIDE = 16  # 64 bytes: one cache line per gate
+
+    def __init__(self) -> None:
+        self.memory = GateMemory.anonymous()
+        self._next = 0
+
+    def new_gate(self) -> Gate:
+        """A new gate, open.
+
+        Raises
+        ------
+        RuntimeError
+            When the page has no room left (256 gates of 4 KiB pages).
+        """
+        index = self._next * self._STRIDE
+        if index >= PAGE_BYTES // 4:
+            raise RuntimeError("no room for another gate on the scheduler's gate page")
+        self._next += 1
+        gate = Gate(self.memory, index)
+        gate.store(OPEN)
+        gate.force(False)
+        return gate
+
+    def close(self) -> None:
+        """Release the page."""
+        self.memory.close()
+
