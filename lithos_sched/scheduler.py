@@ -149,6 +149,9 @@ class Tenant:
         self._gate_after: Any = None  # the end of its latest launch off its own stream, not joined to it
         self._gate_held = False
         self._gate_lock = threading.Lock()
+        # (start, end) events of each `request` block, on its stream, while tracing
+        self._request_marks: collections.deque[tuple[Any, Any]] = collections.deque()
+        self._request_begin: Any = None
 
     @property
     def name(self) -> str:
@@ -297,6 +300,8 @@ class Tenant:
             self.stats.requests += 1
             if self.gate is not None:
                 s.timeline.write_gate(self.stream, self.gate, CLOSED)
+            if s._trace_on:
+                self._request_begin = s.timeline.record(self.stream)
             s._request_opened()
         try:
             yield self
@@ -306,6 +311,10 @@ class Tenant:
                 self._last_submit_us = s.timeline.now_us()  # the grace runs from the request's end
                 if self.gate is not None:
                     self._open_gate_after_work()
+                if self._request_begin is not None:
+                    with self._lock:
+                        self._request_marks.append((self._request_begin, s.timeline.record(self.stream)))
+                    self._request_begin = None
                 s._request_closed()
 
     @property
@@ -501,6 +510,7 @@ class Scheduler(Atomizer):
         self._request_done = threading.Condition()
         self._trace_on = trace
         self._trace = TraceBuffer()
+        self._request_windows: list[tuple[str, float, float]] = []  # (tenant, start_us, duration_us)
         self._t0 = self.timeline.record(next(iter(self.tenants.values())).home.normal)
         self._gate_board = self._open_gate_board()
         if self._gate_board is not None:
@@ -630,9 +640,17 @@ class Scheduler(Atomizer):
             self._retire(t)
         return list(self._trace.rows())
 
+    def request_windows(self) -> list[tuple[str, float, float]]:
+        """``(tenant, start_us, duration_us)`` of every finished `Tenant.request` block, on
+        the clock of `atoms` (events on the tenant's stream at the block's edges: from
+        when its stream reached its work to when that work was done); kept while tracing."""
+        for t in self.tenants.values():
+            self._retire(t)
+        return list(self._request_windows)
+
     def export_trace(self, path: str | Path) -> Path:
-        """Write a Chrome/Perfetto trace of every retired atom: one process per partition,
-        one thread per stream. Returns the path."""
+        """Write a Chrome/Perfetto trace of every retired atom (one process per partition,
+        one thread per stream) and of the requests (one thread per tenant). Returns the path."""
         events = [
             {"name": r.kernel, "ph": "X", "ts": r.start_us, "dur": r.duration_us, "pid": f"TPCs {_ranges(r.tpcs)}",
              "tid": f"{r.tenant} stream {r.stream:#x}",
@@ -640,6 +658,8 @@ class Scheduler(Atomizer):
                       "predicted_us": r.predicted_us, "stolen": r.stolen}}
             for r in self.atoms()
         ]
+        events += [{"name": "request", "ph": "X", "ts": start, "dur": dur, "pid": "requests", "tid": name}
+                   for name, start, dur in self.request_windows()]
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
@@ -1246,9 +1266,13 @@ class Scheduler(Atomizer):
             raise KernelFaultError(f"{failure}: {exc}") from exc
 
     def _retire(self, tenant: Tenant) -> None:
-        """Account, learn from and trace every finished atom of ``tenant``."""
+        """Account, learn from and trace every finished atom of ``tenant`` (and the
+        windows of its finished requests)."""
         tl = self.timeline
         with tenant._lock:
+            while tenant._request_marks and tl.done(tenant._request_marks[0][1]):
+                begin, end = tenant._request_marks.popleft()
+                self._request_windows.append((tenant.name, tl.elapsed_us(self._t0, begin), tl.elapsed_us(begin, end)))
             done = [r for r in tenant._inflight if tl.done(r.end)]
             if not done:
                 return

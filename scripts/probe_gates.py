@@ -4,8 +4,10 @@ Answers, in one short run, each as a JSON field:
 
 - ``order``: is a ``cuStreamWaitValue32`` gate queued behind a running kernel evaluated when
   that kernel ends (a flag closed while it runs holds the next atom) or when the stream's
-  front end reaches it? For a flag in device memory written by another stream, and for a
-  flag in host-pinned memory written by a plain host store.
+  front end reaches it? For a flag in device memory written by another stream, for a
+  flag in host-pinned memory written by a plain host store, and for lithos' own gate (a
+  32-bit open word written by a stream, waited on with ``cuStreamWaitValue64`` AND a mask
+  that also passes on the forced word after it).
 - ``channels``: while one stream is blocked at a closed gate, do kernels on many other
   streams (plain and green-context streams) still run? (A blocked hardware queue shared
   with the latency-critical stream would deadlock the gate protocol.)
@@ -50,6 +52,8 @@ extern "C" __global__ void smid(int* out){ unsigned int id; asm volatile("mov.u3
 '''
 
 CU_STREAM_WAIT_VALUE_EQ = 0x1
+CU_STREAM_WAIT_VALUE_AND = 0x2
+MASK = (1 << 32) | 1  # lithos' gates: pass while the open word or the forced word is non-zero
 CU_MEMHOSTREGISTER_PORTABLE = 0x1
 CU_MEMHOSTREGISTER_DEVICEMAP = 0x2
 
@@ -59,6 +63,7 @@ def lib():
     P, U, Q = ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint64
     for name, args in {
         "cuStreamWaitValue32_v2": (P, Q, U, U), "cuStreamWriteValue32_v2": (P, Q, U, U),
+        "cuStreamWaitValue64_v2": (P, Q, Q, U),
         "cuLaunchKernel": (P, U, U, U, U, U, U, U, P, P, P), "cuGraphLaunch": (P, P),
         "cuMemHostRegister_v2": (P, ctypes.c_size_t, U), "cuMemHostGetDevicePointer_v2": (ctypes.POINTER(Q), P, U),
         "cuMemHostUnregister": (P,), "cuStreamSynchronize": (P,),
@@ -85,11 +90,18 @@ def order(cp, m, cu):
     spin, stamp = m.get_function("spin_ns"), m.get_function("stamp")
     S, L = cp.cuda.Stream(non_blocking=True), cp.cuda.Stream(non_blocking=True)
     out = {}
-    for kind in ("device", "host"):
+    for kind in ("device", "host", "lithos_pair"):
         rows = []
         for _ in range(3):
             tA, tB, tC, tO = (cp.zeros(2, cp.uint64) for _ in range(4))
-            if kind == "device":
+            if kind == "lithos_pair":  # open word written 0/1 by the other stream, 64-bit AND wait
+                pair = cp.zeros(2, cp.uint32)
+                pair[0] = 1
+                fptr = pair.data.ptr
+                def setflag(v, t):
+                    stamp((1,), (32,), (t,), stream=L)
+                    ok(cu.cuStreamWriteValue32_v2(L.ptr, fptr, 1 - v, 0), "write")
+            elif kind == "device":
                 flag = cp.zeros(1, cp.uint32)
                 fptr = flag.data.ptr
                 def setflag(v, t):
@@ -106,7 +118,10 @@ def order(cp, m, cu):
                     host[0] = v
             cp.cuda.Device().synchronize()
             spin((1,), (32,), (np.uint64(5_000_000), tA), stream=S)
-            ok(cu.cuStreamWaitValue32_v2(S.ptr, fptr, 0, CU_STREAM_WAIT_VALUE_EQ), "wait")
+            if kind == "lithos_pair":
+                ok(cu.cuStreamWaitValue64_v2(S.ptr, fptr, MASK, CU_STREAM_WAIT_VALUE_AND), "wait64")
+            else:
+                ok(cu.cuStreamWaitValue32_v2(S.ptr, fptr, 0, CU_STREAM_WAIT_VALUE_EQ), "wait")
             stamp((1,), (32,), (tB,), stream=S)
             time.sleep(0.001)
             setflag(1, tC)

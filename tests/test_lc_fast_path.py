@@ -70,7 +70,7 @@ class RecordingTimeline:
 
 def scheduler(policy: Policy | None = None, right_sizer=None):  # noqa: ANN001, ANN201
     sched = Scheduler(SimDevice(num_tpcs=8, seed=0), SPECS, policy or Policy(lc_timing_every=3),
-                      right_sizer=right_sizer)
+                      right_sizer=right_sizer, trace=False)  # no request-window events among the ops
     sched.timeline = tl = RecordingTimeline()
     return sched, tl
 

@@ -462,6 +462,23 @@ def test_best_effort_atoms_are_longer_only_where_no_latency_critical_tenant_runs
         assert max(lengths[False]) <= 800.0 + 1e-6 and not lengths[True]
 
 
+def test_request_windows_are_traced_on_the_atoms_clock(tmp_path):
+    device, sched = make()
+    tl = sched.timeline
+    lc = sched.tenant("lc")
+    with lc:
+        tl.advance_to(100.0)
+        with lc.request():
+            sched.submit_for(lc, sim_plan(device, SimKernel("lc", 8, 50.0)))
+            tl.synchronize(tl.record(lc.stream))
+    (name, start, dur), = sched.request_windows()
+    assert name == "lc" and start == pytest.approx(100.0) and dur == pytest.approx(50.0)
+    trace = json.loads(sched.export_trace(tmp_path / "t.json").read_text())["traceEvents"]
+    assert [e for e in trace if e["pid"] == "requests"] == [
+        {"name": "request", "ph": "X", "ts": start, "dur": dur, "pid": "requests", "tid": "lc"}]
+    sched.close()
+
+
 def test_with_gates_atoms_on_stolen_tpcs_are_short_and_those_at_home_long():
     """Gated, one launch runs on two queues at once: on the idle tenant's TPCs in atoms of
     `Policy.atom_us` (two 100 us waves) and at home in atoms of up to `Policy.home_atom_us`."""
