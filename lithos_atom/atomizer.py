@@ -95,8 +95,9 @@ class Atomizer:
         """
         import cupy
 
-        timed = plan.atomized and DURATIONS.wants_measurement(plan.key)
         cupy_stream = as_cupy_stream(stream)
+        # events recorded into a graph under capture would time nothing now
+        timed = plan.atomized and DURATIONS.wants_measurement(plan.key) and not cupy_stream.is_capturing()
         if timed:
             start, end = cupy.cuda.Event(), cupy.cuda.Event()
             start.record(cupy_stream)
@@ -132,6 +133,20 @@ class Atomizer:
             Whether the launch was issued.
         """
         return False
+
+    def launch_graph(self, graph: Any, stream: Any) -> None:
+        """Launch a CUDA graph captured under the opt-in (`lithos_atom.graphs`).
+
+        The base atomizer launches it as CuPy would; a scheduler places it where its
+        tenant runs.
+
+        Parameters
+        ----------
+        graph : cupy.cuda.Graph
+        stream
+            The stream the user launched on (None: the current stream).
+        """
+        graph.launch(stream=None if stream is None else as_cupy_stream(stream))
 
     def warn_whole(self, kernel_name: str, reason: str) -> None:
         """Warn, once per kernel name, that a kernel runs whole."""

@@ -5,7 +5,9 @@ so while an atomizer is set the public names ``cupy.RawKernel`` and ``cupy.RawMo
 refer to subclasses that route launches through the active atomizer; kernels created in
 that time are intercepted (kernels created earlier are not: wrap them with
 ``lithos.atomize``). Numba launches are intercepted at ``_Kernel.launch`` for every kernel.
-`uninstall` puts the original objects back, so ``cupy.RawKernel is`` the original again.
+CuPy streams' ``end_capture`` returns graphs whose launches go through the atomizer
+(`lithos_atom.graphs`). `uninstall` puts the original objects back, so ``cupy.RawKernel is``
+the original again.
 """
 
 from __future__ import annotations
@@ -69,15 +71,27 @@ def _make_classes(raw_kernel: type, raw_module: type) -> tuple[type, type]:
     return RawKernel, RawModule
 
 
-def install() -> None:
-    """Route CuPy and Numba kernel launches through the active atomizer."""
+def _stream_classes() -> tuple[type, ...]:
+    """CuPy's Python stream classes (``end_capture`` is patched on each)."""
     import cupy
+
+    return tuple(c for c in (cupy.cuda.Stream, getattr(cupy.cuda, "ExternalStream", None)) if c is not None)
+
+
+def install() -> None:
+    """Route CuPy and Numba kernel launches, and CuPy graph launches, through the active atomizer."""
+    import cupy
+
+    from lithos_atom.graphs import wrap_end_capture
 
     with _lock:
         if _originals:
             return
         _originals["RawKernel"], _originals["RawModule"] = cupy.RawKernel, cupy.RawModule
         cupy.RawKernel, cupy.RawModule = _make_classes(cupy.RawKernel, cupy.RawModule)
+        for cls in _stream_classes():
+            _originals[f"end_capture {cls.__name__}"] = cls.__dict__.get("end_capture")  # None: inherited
+            cls.end_capture = wrap_end_capture(cls.end_capture)
         numba_frontend.acquire_hook()
 
 
@@ -89,6 +103,12 @@ def uninstall() -> None:
         if not _originals:
             return
         cupy.RawKernel, cupy.RawModule = _originals.pop("RawKernel"), _originals.pop("RawModule")
+        for cls in _stream_classes():
+            own = _originals.pop(f"end_capture {cls.__name__}")
+            if own is None:
+                del cls.end_capture  # back to the inherited method
+            else:
+                cls.end_capture = own
         numba_frontend.release_hook()
 
 

@@ -450,10 +450,17 @@ class _TenantAtomizer(Atomizer):
         self.scheduler.submit_for(self.tenant, plan, stream)
 
     def launch_whole(self, launch: WholeLaunch, stream: Any, describe: Callable[[], LaunchShape]) -> bool:
+        s = self.scheduler
+        if s.timeline.is_capturing(stream):
+            launch(stream)  # captured as written: the graph's launch is what gets placed
+            return True
         if self.tenant.priority is not Priority.LATENCY_CRITICAL:
-            return self.scheduler._launch_short_best_effort(self.tenant, launch, stream, describe)
-        self.scheduler._launch_latency_critical(self.tenant, launch, stream, describe)
+            return s._launch_short_best_effort(self.tenant, launch, stream, describe)
+        s._launch_latency_critical(self.tenant, launch, stream, describe)
         return True
+
+    def launch_graph(self, graph: Any, stream: Any) -> None:
+        self.scheduler._launch_graph(self.tenant, graph, stream)
 
 
 class Scheduler(Atomizer):
@@ -542,6 +549,15 @@ class Scheduler(Atomizer):
             launch(stream)
             return True
         return tenant._atomizer.launch_whole(launch, stream, describe)
+
+    def launch_graph(self, graph: Any, stream: Any) -> None:
+        """`Atomizer` entry point: a graph launched by a thread bound to a tenant runs
+        where the tenant's work runs (`_launch_graph`); otherwise as written."""
+        tenant = current_tenant()
+        if tenant is None or tenant.scheduler is not self:
+            super().launch_graph(graph, stream)
+            return
+        tenant._atomizer.launch_graph(graph, stream)
 
     def submit(self, plan: LaunchPlan, stream: Any) -> None:  # type: ignore[override]
         """`Atomizer` entry point: route to the calling thread's tenant, if any."""
@@ -846,6 +862,49 @@ class Scheduler(Atomizer):
                 tenant._in_launch = False
         if timed and len(tenant._inflight) >= _LC_RETIRE_BATCH:
             self._retire(tenant)  # rarely: best-effort threads retire these between atoms
+
+    def _launch_graph(self, tenant: Tenant, graph: Any, user: Any) -> None:
+        """Launch a CUDA graph of ``tenant`` on its own TPCs, unsplit, ordered with the
+        user's stream by events where it is another.
+
+        A latency-critical graph is one request: outside a `Tenant.request` its gate is
+        closed before it and opened after it by writes on its stream, so stolen atoms stop
+        for it and resume when it ends with no host involved. A best-effort graph cannot
+        be split into atoms or preempted: it runs whole on the tenant's own TPCs, never on
+        stolen ones (one warning per scheduler)."""
+        self._check_open()
+        tl = self.timeline
+        lc = tenant.priority is Priority.LATENCY_CRITICAL
+        target = tenant.stream if lc else tenant.home.normal
+        if tenant._request is not None and lc:
+            target = tenant._request.high  # inside `on_tpcs`: the block's partition
+        if not lc:
+            self.warn_whole("CUDA graph", "a best-effort graph runs whole on its tenant's own TPCs")
+        user_stream = target if user is None or tl.handle(user) in (0, tl.handle(target)) else user
+        own = user_stream is target
+        with tenant._lock:
+            tenant.stats.kernels += 1
+            tenant._last_submit_us = tl.now_us()
+            if not own:
+                tl.wait(target, tl.record(user_stream))
+            request = lc and not tenant._request_depth  # the graph is a request of its own
+            if request:
+                tenant.stats.requests += 1
+                if tenant.gate is not None:
+                    tl.write_gate(target, tenant.gate, CLOSED)
+            begin = tl.record(target) if request and self._trace_on else None
+            graph.launch(stream=tl.as_cupy(target))  # type: ignore[attr-defined]
+            end = tl.record(target)
+            if request and tenant.gate is not None:
+                with tenant._gate_lock:  # what launches held before the graph is done once it is
+                    tl.write_gate(target, tenant.gate, OPEN)
+                    tenant._gate_held = False
+            if begin is not None:
+                tenant._request_marks.append((begin, end))
+            if not own:
+                tl.wait(user_stream, end)
+            tenant._last_end = end
+            tenant._last_submit_us = tl.now_us()
 
     def _launch_short_best_effort(self, tenant: Tenant, launch: WholeLaunch, user: Any,
                                   describe: Callable[[], LaunchShape]) -> bool:

@@ -88,6 +88,7 @@ def test_set_atomizer_swaps_and_restores_library_objects_exactly():
     from numba.cuda.dispatcher import _Kernel
 
     raw_kernel, raw_module, launch = cupy.RawKernel, cupy.RawModule, _Kernel.launch
+    end_capture = cupy.cuda.Stream.end_capture
     lithos.set_atomizer(lithos.Atomizer())
     try:
         assert interception.installed()
@@ -97,10 +98,41 @@ def test_set_atomizer_swaps_and_restores_library_objects_exactly():
         # creating kernels needs no GPU; they are still CuPy RawKernels
         k = cupy.RawKernel('extern "C" __global__ void f(float* x) {}', "f")
         assert isinstance(k, raw_kernel)
+        assert cupy.cuda.Stream.end_capture is not end_capture  # graphs launch through the atomizer
     finally:
         lithos.set_atomizer(None)
     assert not interception.installed()
     assert cupy.RawKernel is raw_kernel and cupy.RawModule is raw_module and _Kernel.launch is launch
+    assert cupy.cuda.Stream.end_capture is end_capture and "end_capture" not in cupy.cuda.Stream.__dict__
+
+
+def test_a_captured_graph_launches_through_the_atomizer_in_effect():
+    from lithos_atom.graphs import CapturedGraph
+
+    class Graph:  # stands in for cupy.cuda.Graph
+        def __init__(self) -> None:
+            self.launched: list = []
+            self.graph = "handle"
+
+        def launch(self, stream=None) -> None:  # noqa: ANN001
+            self.launched.append(stream)
+
+    class Recording(lithos.Atomizer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.graphs: list = []
+
+        def launch_graph(self, graph, stream) -> None:  # noqa: ANN001
+            self.graphs.append((graph, stream))
+
+    g = Graph()
+    captured = CapturedGraph(g)
+    captured.launch("s")  # no atomizer: as CuPy would
+    assert g.launched == ["s"] and captured.graph == "handle"  # other attributes are the graph's
+    atomizer = Recording()
+    with lithos.using_atomizer(atomizer):
+        captured.launch()
+    assert atomizer.graphs == [(g, None)] and g.launched == ["s"]
 
 
 def test_using_atomizer_nests_per_thread_and_restores():

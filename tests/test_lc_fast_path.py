@@ -67,6 +67,12 @@ class RecordingTimeline:
     def call_at(self, t_us: float, fn) -> None:  # noqa: ANN001
         pass  # the gate keeper's timers never fire here
 
+    def as_cupy(self, stream):  # noqa: ANN001, ANN201
+        return stream
+
+    def is_capturing(self, stream) -> bool:  # noqa: ANN001
+        return False
+
 
 def scheduler(policy: Policy | None = None, right_sizer=None):  # noqa: ANN001, ANN201
     sched = Scheduler(SimDevice(num_tpcs=8, seed=0), SPECS, policy or Policy(lc_timing_every=3),
@@ -284,3 +290,39 @@ def test_inside_a_request_block_work_put_on_the_tenants_own_stream_stays_there()
     finally:
         mod._current.tenant = None
     assert ("launch own", lc.home.high.handle) in tl.ops  # with CuPy's ops the user put there
+
+
+class FakeGraph:
+    """Stands in for a captured ``cupy.cuda.Graph``: its launches are recorded."""
+
+    def __init__(self, tl: RecordingTimeline) -> None:
+        self.tl = tl
+
+    def launch(self, stream=None) -> None:  # noqa: ANN001
+        self.tl.ops.append(("graph", self.tl.handle(stream)))
+
+
+def test_a_latency_critical_graph_is_one_request_on_its_stream_between_its_gate_writes():
+    sched, tl = scheduler()
+    lc = sched.tenant("lc")
+    high = lc.home.high.handle
+    sched._launch_graph(lc, FakeGraph(tl), None)
+    g = tl.ops.index(("graph", high))
+    assert [op[:3] for op in tl.gates] == [("write", high, 0), ("write", high, 1)]
+    assert tl.gates[0][3] <= g < tl.gates[1][3]  # closed before it, opened after it, on its stream
+    assert not [op for op in tl.ops if op[0] == "wait"] and not lc.gate_held
+    assert (lc.stats.kernels, lc.stats.requests) == (1, 1)
+    other = sched.device.partition(range(8)).normal
+    tl.ops.clear()
+    sched._launch_graph(lc, FakeGraph(tl), other)  # on another stream: joined both ways
+    waits = [op for op in tl.ops if op[0] == "wait"]
+    assert [w[1] for w in waits] == [high, other.handle] and ("graph", high) in tl.ops
+
+
+def test_a_best_effort_graph_runs_whole_at_home_with_one_warning():
+    sched, tl = scheduler()
+    be = sched.tenant("be")
+    with pytest.warns(UserWarning, match="best-effort graph runs whole"):
+        sched._launch_graph(be, FakeGraph(tl), None)
+    sched._launch_graph(be, FakeGraph(tl), None)  # warned once
+    assert tl.ops.count(("graph", be.home.normal.handle)) == 2 and not tl.gates

@@ -3,6 +3,7 @@ resume them with no host round trip, in one process and across processes."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import textwrap
@@ -170,3 +171,35 @@ def test_a_request_of_another_process_closes_the_gate_with_its_own_stream(device
         assert nxt > request_end > atom_end  # held past its atom, until the other process's kernel ended
         assert nxt - request_end < 1_000_000
         part.close()
+
+
+def test_graphs_captured_in_tenants_run_on_their_tpcs_and_a_latency_critical_one_closes_its_gate(device):
+    """Unchanged CuPy code captures a graph inside ``with tenant:`` and replays it: the
+    latency-critical graph runs on its tenant's TPCs as one request (its gate closed
+    around it), a best-effort one whole on its own TPCs; both give the eager result."""
+    import cupy
+
+    from lithos_sched import Priority, Scheduler, TenantSpec
+    from lithos_sched.smid_probe import SMID
+
+    sched = Scheduler(device, [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5),
+                               TenantSpec("be", Priority.BEST_EFFORT, share=0.5)])
+    blocks = 8 * device.num_sms
+    for name in ("lc", "be"):
+        with sched.tenant(name) as tenant:
+            probe = cupy.RawKernel(SMID, "smid")  # made inside: intercepted
+            ids = cupy.full(blocks, -1, np.int32)
+            capture = cupy.cuda.Stream(non_blocking=True)
+            with capture:
+                capture.begin_capture()
+                probe((blocks,), (32,), (ids,))
+                graph = capture.end_capture()
+            assert type(graph).__name__ == "CapturedGraph"
+            requests = tenant.stats.requests
+            with pytest.warns(UserWarning, match="runs whole") if name == "be" else contextlib.nullcontext():
+                graph.launch()  # on the current stream: the tenant's
+            seen = set(cupy.asnumpy(ids).tolist())
+            assert -1 not in seen and seen <= set(tenant.home.sm_ids), name
+            if name == "lc":
+                assert tenant.stats.requests == requests + 1 and tenant.gate.is_open()  # reopened after it
+    sched.close()
