@@ -269,10 +269,14 @@ class InferenceService:
         Seeds the weights, the inputs, the arrival times and the batch draws.
     stream : cupy stream, object with ``__cuda_stream__``, or None
         Default stream for set-up and requests; a new non-blocking stream when None.
+    graphs : bool
+        Replay each request as a CUDA graph captured once per batch size by `warmup`, as
+        inference servers do (one launch instead of one per kernel); False issues every
+        kernel of a request from Python.
     """
 
     def __init__(self, config: DecoderConfig | None = None, batch: int | tuple[int, int] = (1, 8),
-                 rate_hz: float = 200.0, seed: int = 0, stream: Any = None):
+                 rate_hz: float = 200.0, seed: int = 0, stream: Any = None, graphs: bool = False):
         self.config = config or DecoderConfig()
         self.batch_range = (batch, batch) if isinstance(batch, int) else (int(batch[0]), int(batch[1]))
         if not 1 <= self.batch_range[0] <= self.batch_range[1]:
@@ -286,17 +290,49 @@ class InferenceService:
         rng = np.random.default_rng(seed + 1)
         self._inputs = [self.model.random_input(rng, self.batch_range[1], self.stream) for _ in range(4)]
         self.stream.synchronize()
+        self.graphs = bool(graphs)
+        self._graphs: dict[int, Any] = {}  # batch -> captured graph (and its output view)
         #: (arrival, start, end, batch) of each request of the last `run`, perf_counter seconds.
         self.records: list[tuple[float, float, float, int]] = []
 
     def request(self, batch: int, stream: Any = None, which: int = 0) -> Any:
-        """Issue one request's forward pass (no synchronization); returns the output view."""
+        """Issue one request's forward pass (no synchronization); returns the output view.
+
+        With `graphs`, the request is the replay of its batch size's graph (captured by
+        `warmup`; its input is the first of the service's inputs), else its kernels one by one.
+        """
+        s = self.stream if stream is None else as_cupy_stream(stream)
+        if self.graphs:
+            graph, out = self._graphs[batch]
+            graph.launch(stream=s)
+            return out
+        x = self._inputs[which % len(self._inputs)][: batch * self.config.seq_len]
+        return self.model.forward(x, batch, s)
+
+    def eager_request(self, batch: int, stream: Any = None, which: int = 0) -> Any:
+        """One request's kernels issued one by one, whatever `graphs` says."""
         s = self.stream if stream is None else as_cupy_stream(stream)
         x = self._inputs[which % len(self._inputs)][: batch * self.config.seq_len]
         return self.model.forward(x, batch, s)
 
+    def capture(self) -> None:
+        """Capture one request of every batch size of the range as a CUDA graph (on a
+        capture stream of its own, after the set-up work on the service's stream)."""
+        import cupy
+
+        lo, hi = self.batch_range
+        capture = cupy.cuda.Stream(non_blocking=True)
+        self.stream.synchronize()
+        for batch in range(lo, hi + 1):
+            with capture:
+                capture.begin_capture()
+                out = self.eager_request(batch, capture, 0)
+                self._graphs[batch] = (capture.end_capture(), out)
+        capture.synchronize()
+
     def warmup(self, stream: Any = None, n: int = 3) -> None:
-        """Build the kernels and run ``n`` requests of every batch in the range.
+        """Build the kernels, run ``n`` requests of every batch in the range and, with
+        `graphs`, capture each batch size's graph and replay it ``n`` times.
 
         Every batch size, not just the largest: kernel variants and their first launches
         depend on the shapes, and one built during a measurement delays every request
@@ -306,8 +342,14 @@ class InferenceService:
         lo, hi = self.batch_range
         for i in range(n):
             for batch in range(lo, hi + 1):
-                self.request(batch, s, i)
+                self.eager_request(batch, s, i)
         s.synchronize()
+        if self.graphs:
+            self.capture()
+            for _ in range(n):
+                for batch in range(lo, hi + 1):
+                    self.request(batch, s)
+            s.synchronize()
 
     def run(self, duration_s: float, stream: Any = None, max_requests: int | None = None) -> np.ndarray:
         """Serve requests arriving over ``duration_s`` seconds; returns their latencies (ms).

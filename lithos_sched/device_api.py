@@ -14,7 +14,7 @@ Null stream
 No partition ever hands out the legacy default stream (handle 0) or the special handles
 ``CU_STREAM_LEGACY`` (1) and ``CU_STREAM_PER_THREAD`` (2): on the GPU they escape every
 partition (work on ``cupy.cuda.Stream.null`` ran on all 132 SMs even with a green context
-current; DESIGN.md). Stream objects refuse such handles.
+current; docs/design.md). Stream objects refuse such handles.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ ACTUATE_ENV = "LITHOS_DVFS_ACTUATE"
 
 
 def h100_sm_clocks_mhz() -> list[int]:
-    """The H100's 110 supported SM clocks, 345-1980 MHz in 15 MHz steps (DESIGN.md);
+    """The H100's 110 supported SM clocks, 345-1980 MHz in 15 MHz steps (docs/design.md);
     used where NVML cannot be asked (CPU machines, tests)."""
     return list(range(345, 1981, 15))
 

@@ -4,7 +4,7 @@ Measured
 --------
 `EnergyMeter` reads ``nvmlDeviceGetTotalEnergyConsumption`` (millijoules since the driver
 loaded) and ``nvmlDeviceGetPowerUsage``. NVML reads cost ~1 ms and the counter advances
-about every 100 ms (DESIGN.md), so the meter is read around runs, never per kernel.
+about every 100 ms (docs/design.md), so the meter is read around runs, never per kernel.
 `EnergyMeter.mean_power_w` times a workload from one counter update to another, so a
 window of a few hundred milliseconds gives the mean power within a few percent. Energy of
 a run is split among tenants by their TPC-time (`attribute_energy`).

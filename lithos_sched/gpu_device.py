@@ -1,6 +1,6 @@
 """TPC partitions on a real GPU, built from CUDA green contexts.
 
-How it follows the measured facts of DESIGN.md:
+How it follows the measured facts of docs/design.md:
 
 - The device's SM resource is split **once** per process and device, with
   ``cuDevSmResourceSplitByCount(n, sm, CU_DEV_SM_RESOURCE_SPLIT_IGNORE_SM_COSCHEDULING, 2)``

@@ -1,12 +1,12 @@
 """Which SMs a stream's blocks run on: a ``%smid`` kernel, and checks of the unit-to-SM map.
 
-TPC group i of the driver's split is not SM pair i (DESIGN.md), so `GpuDevice.sm_map`
+TPC group i of the driver's split is not SM pair i (docs/design.md), so `GpuDevice.sm_map`
 runs this probe once on every single-TPC partition and keeps the result.
 
 The kernel is a CuPy `RawKernel`: CuPy compiles it to a cubin for the device's compute
 capability, so the PTX version of the NVRTC wheel never meets the driver's JIT (a 13.0
 driver takes PTX up to 9.0 only), and a kernel loaded in the primary context runs
-confined when launched on a green-context stream (measured, DESIGN.md).
+confined when launched on a green-context stream (docs/design.md).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The scheduler records events around atoms, makes streams wait on events, polls them and
 reads elapsed times. On the GPU these are driver events of the primary context, which
-order work across the primary context and green contexts both ways (DESIGN.md), made
+order work across the primary context and green contexts both ways (docs/design.md), made
 through `lithos_atom.driver_calls` (a latency-critical thread keeps the GIL in every call
 but the blocking wait). User
 streams may be CuPy streams, Numba/cuda.core streams or anything with ``__cuda_stream__``. On the simulated device the device's own streams and events

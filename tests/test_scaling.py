@@ -59,7 +59,7 @@ def test_ambiguous_wave_count_errs_towards_more_waves():
 
 
 def test_recorded_h100_scaling_of_a_compute_bound_kernel():
-    # DESIGN.md / README: a compute-bound kernel ran 1.93x / 5.77x longer on 33 / 11 of 66 TPCs.
+    # docs/design.md: a compute-bound kernel ran 1.93x / 5.77x longer on 33 / 11 of 66 TPCs.
     model = fit_scaling([66, 33, 11], [1.0, 1.93, 5.77])
     assert model.rel_rms < 0.02
     assert model.predict_us(22) / model.predict_us(66) == pytest.approx(66 / 22, rel=0.06)
