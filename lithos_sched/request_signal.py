@@ -116,7 +116,7 @@ class RequestSignal:
         return int(self._words[2])
 
     @contextlib.contextmanager
-    def request(self, tpcs: int | None = None, stream: Any = None) -> Iterator[None]:
+    def request(self, tpcs: int | None = None, stream: Any = None, *, gate: bool = True) -> Iterator[None]:
         """Mark one request, from its first launch to its result (one writing thread).
 
         The gate is closed while a request is open.
@@ -131,6 +131,9 @@ class RequestSignal:
             ``__cuda_stream__``): the gate is closed and opened by writes on it, ordered
             with the request's kernels, so it opens when they end even if the block exits
             before. None: host stores at the block's start and end.
+        gate : bool
+            Whether the block closes and opens the gate; False leaves it to the caller (a
+            scheduler whose tenant publishes its requests writes it through its own timeline).
 
         Raises
         ------
@@ -142,13 +145,14 @@ class RequestSignal:
         handle = None if stream is None else _stream_handle(stream)
         self._words[2] = 0 if tpcs is None else tpcs
         self._words[0] += 1
-        self._set_gate(CLOSED, handle)
+        if gate:
+            self._set_gate(CLOSED, handle)
         try:
             yield
         finally:
             self._words[1] = time.monotonic_ns()
             self._words[0] -= 1
-            if not self._words[0]:
+            if gate and not self._words[0]:
                 self._set_gate(OPEN, handle)
 
     def _set_gate(self, value: int, stream: int | None) -> None:

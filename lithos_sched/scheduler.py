@@ -152,6 +152,8 @@ class Tenant:
         # (start, end) events of each `request` block, on its stream, while tracing
         self._request_marks: collections.deque[tuple[Any, Any]] = collections.deque()
         self._request_begin: Any = None
+        self._published: Any = None  # a `RequestSignal` its requests are marked in (`publish_requests`)
+        self._published_request: Any = None  # the open `RequestSignal.request` block
 
     @property
     def name(self) -> str:
@@ -199,6 +201,35 @@ class Tenant:
                 sized = self._remote_sized[n] = frozenset(sorted(self.tpcs)[:n])
             return sized
         return self.tpcs
+
+    def publish_requests(self, signal: Any) -> None:
+        """Make this latency-critical tenant's work visible to schedulers of other processes
+        that follow ``signal`` (a `lithos_sched.request_signal.RequestSignal`, made here with
+        ``create``; its path goes to them).
+
+        Its gate becomes the signal's: each `request` block marks the signal and closes and
+        opens the gate by writes on the tenant's stream, and a launch outside any request
+        closes it too, reopened by this scheduler's `GateKeeper` once the tenant is idle,
+        so a best-effort process queues atoms on these TPCs behind it whether or not this
+        program marks its requests. Call it before the tenant's first launch.
+
+        Raises
+        ------
+        TypeError
+            For a best-effort tenant.
+        RuntimeError
+            For a tenant that follows another process's requests itself.
+        """
+        if self.priority is not Priority.LATENCY_CRITICAL:
+            raise TypeError(f"publish_requests is for latency-critical tenants; {self.name!r} is {self.priority.value}")
+        if self._remote is not None:
+            raise RuntimeError(f"tenant {self.name!r} follows another process's requests")
+        gate = self.scheduler._usable_gate(signal.gate) if self.gate is not None else None
+        with self._gate_lock:
+            if self._gate_held:
+                raise RuntimeError(f"tenant {self.name!r} has launched already: publish before its first launch")
+            self._published = signal
+            self.gate = gate
 
     def follow_requests(self, signal: Any) -> None:
         """Run this latency-critical tenant in another process: this scheduler learns of
@@ -298,6 +329,9 @@ class Tenant:
         self._request_depth += 1
         if self._request_depth == 1:
             self.stats.requests += 1
+            if self._published is not None:  # the signal's words, for schedulers that read them
+                self._published_request = self._published.request(gate=False)
+                self._published_request.__enter__()
             if self.gate is not None:
                 s.timeline.write_gate(self.stream, self.gate, CLOSED)
             if s._trace_on:
@@ -311,6 +345,9 @@ class Tenant:
                 self._last_submit_us = s.timeline.now_us()  # the grace runs from the request's end
                 if self.gate is not None:
                     self._open_gate_after_work()
+                if self._published_request is not None:
+                    self._published_request.__exit__(None, None, None)
+                    self._published_request = None
                 if self._request_begin is not None:
                     with self._lock:
                         self._request_marks.append((self._request_begin, s.timeline.record(self.stream)))

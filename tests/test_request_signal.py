@@ -195,3 +195,33 @@ def test_a_best_effort_tenant_waiting_on_its_own_tpcs_steals_as_soon_as_the_remo
 def test_steal_poll_us_must_be_a_number_at_least_zero():
     with pytest.raises(ValueError, match="steal_poll_us"):
         Policy(steal_poll_us=-1.0)
+
+
+def test_a_published_tenant_closes_the_shared_gate_for_unmarked_launches_and_reopens_it_when_idle(tmp_path):
+    """Two schedulers on one device stand for two processes: the latency-critical one
+    publishes its tenant's requests, the best-effort one follows them. The launches are
+    not marked: each closes the shared gate, and the publisher's keeper opens it once the
+    tenant is idle past its grace."""
+    device = SimDevice(num_tpcs=8, seed=0)
+    publisher = Scheduler(device, SPECS, Policy(lc_idle_grace_us=300.0))
+    follower = Scheduler(device, SPECS, Policy(lc_idle_grace_us=300.0))
+    tl = follower.timeline = publisher.timeline  # one virtual clock for both "processes"
+    lc = publisher.tenant("lc")
+    with RequestSignal.create(tmp_path) as signal:
+        lc.publish_requests(signal)
+        follower.tenant("lc").follow_requests(signal)
+        assert lc.gate is signal.gate and follower.tenant("lc").gate is signal.gate
+        publisher.submit_for(lc, sim_plan(device, SimKernel("lc", 8, 100.0)))
+        assert lc.gate_held and not signal.gate.is_open()  # closed by the launch, no request marked
+        tl.synchronize(tl.record(lc.stream))
+        assert not signal.gate.is_open()  # within the grace after its launch
+        tl.advance_to(tl.now_us() + 400.0)
+        assert signal.gate.is_open() and not lc.gate_held  # the keeper opened it
+        with lc, lc.request():
+            assert not signal.gate.is_open() and signal.open_requests == 1  # marked: words and gate
+        tl.synchronize(tl.record(lc.stream))
+        assert signal.gate.is_open() and signal.open_requests == 0
+        with pytest.raises(TypeError, match="latency-critical"):
+            publisher.tenant("be").publish_requests(signal)
+    publisher.close()
+    follower.close()
