@@ -102,17 +102,22 @@ static inline float emu_to_float(float v) { return v; }
 static inline float emu_to_float(__half v) { return __half2float(v); }
 static inline float emu_to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 
-// nvcuda::wmma, 16x16x16: every lane of the warp holds the whole tile (a valid, if
-// wasteful, choice of the unspecified fragment layout); lane 0 alone stores.
+// nvcuda::wmma, 16x16x16: lane 0 of the warp holds the whole tile (a valid, if
+// wasteful, choice of the unspecified fragment layout) and alone loads, multiplies and
+// stores it; the other lanes' fragments are never read.
 namespace nvcuda { namespace wmma {
 struct matrix_a {}; struct matrix_b {}; struct accumulator {}; struct row_major {}; struct col_major {};
 enum layout_t { mem_row_major, mem_col_major };
 template <class Use, int M, int N, int K, class T, class Layout = void>
 struct fragment { float v[256]; };
+static inline bool emu_lane0() { return emu_tid() % 32 == 0; }
 template <class Use, int M, int N, int K, class T, class L>
-inline void fill_fragment(fragment<Use, M, N, K, T, L>& f, float x) { for (int i = 0; i < 256; ++i) f.v[i] = x; }
+inline void fill_fragment(fragment<Use, M, N, K, T, L>& f, float x) {
+    if (emu_lane0()) for (int i = 0; i < 256; ++i) f.v[i] = x;
+}
 template <class Use, int M, int N, int K, class T, class L>
 inline void load_matrix_sync(fragment<Use, M, N, K, T, L>& f, const T* p, unsigned ld) {
+    if (!emu_lane0()) return;
     for (int r = 0; r < 16; ++r)
         for (int c = 0; c < 16; ++c)
             f.v[r * 16 + c] = std::is_same<L, col_major>::value ? emu_to_float(p[c * ld + r])
@@ -121,6 +126,7 @@ inline void load_matrix_sync(fragment<Use, M, N, K, T, L>& f, const T* p, unsign
 template <class TA, class LA, class TB, class LB, class TC>
 inline void mma_sync(fragment<accumulator, 16, 16, 16, TC>& d, const fragment<matrix_a, 16, 16, 16, TA, LA>& a,
                      const fragment<matrix_b, 16, 16, 16, TB, LB>& b, const fragment<accumulator, 16, 16, 16, TC>& c) {
+    if (!emu_lane0()) return;
     float t[256];
     for (int i = 0; i < 16; ++i)
         for (int j = 0; j < 16; ++j) {
@@ -132,7 +138,7 @@ inline void mma_sync(fragment<accumulator, 16, 16, 16, TC>& d, const fragment<ma
 }
 template <class TC>
 inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, TC>& f, unsigned ld, layout_t layout) {
-    if (emu_tid() % 32 != 0) return;
+    if (!emu_lane0()) return;
     for (int r = 0; r < 16; ++r)
         for (int c = 0; c < 16; ++c) {
             if (layout == mem_row_major) p[r * ld + c] = f.v[r * 16 + c];
