@@ -1,0 +1,443 @@
+"""CPU tier of the model workloads (`kernels.models`) and their kernels: no GPU needed.
+
+- the new kernels (`kernels.transformer`, `kernels.convnet`, `kernels.training`) run through
+  the CPU emulator (`kernels._emulator`) against their float64 references;
+- each model at a small size runs through the emulator against a float64 reference of the
+  whole model (and, for the training step, of its gradients);
+- each model at its real shape (a few layers) runs against recording fake kernels: the
+  launches' shapes, streams and FLOPs are checked without computing anything.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import numpy as np
+import pytest
+
+import kernels
+from kernels import _compile, dtypes
+from kernels.models import _common
+
+_KERNEL_MODULES = ("gemm", "attention", "norm", "elementwise", "conv", "reduce", "optim", "transformer")
+
+
+def _modules():
+    return [importlib.import_module(f"kernels.{n}") for n in _KERNEL_MODULES]
+
+
+# ---- the emulator ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def emulator_sources():
+    """Compile the sources the models use for the host once per session, in parallel."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kernels import _emulator
+    from kernels import attention as attention_mod
+    from kernels import elementwise, gemm, norm, transformer
+
+    if not _emulator.available():
+        pytest.skip("no g++ on PATH for the CPU emulation of the CUDA kernels")
+    sources = [transformer.TRANSFORMER_SOURCE, gemm.WMMA_SOURCE, norm.NORM_SOURCE, elementwise.ELEMENTWISE_SOURCE,
+               attention_mod.attention_source(dtypes.FLOAT16, 64)]
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        list(pool.map(lambda s: _emulator.build(s.code, s.entry_names), sources))
+    return _emulator
+
+
+@pytest.fixture
+def emu(emulator_sources, monkeypatch):
+    """Kernels run on the CPU: CuPy's raw kernel classes swapped for the emulator's."""
+    import cupy
+
+    monkeypatch.setattr(cupy, "RawKernel", emulator_sources.EmulatedRawKernel)
+    monkeypatch.setattr(cupy, "RawModule", emulator_sources.EmulatedRawModule)
+    for mod in _modules():
+        monkeypatch.setattr(mod, "as_cupy_stream", lambda s: None)
+        if hasattr(mod, "empty"):
+            monkeypatch.setattr(mod, "empty", emulator_sources.empty)
+    monkeypatch.setattr(_compile, "sm_count", lambda: 132)
+    kernels.reset_cache()
+    yield emulator_sources
+    kernels.reset_cache()
+
+
+def _rand(rng, shape, kind="float32", scale=1.0, shift=0.0):
+    return dtypes.to_storage((rng.standard_normal(shape) * scale + shift).astype(np.float32), kind)
+
+
+def _nan(shape, kind):
+    return dtypes.to_storage(np.full(shape, np.nan, np.float32), kind)
+
+
+def assert_close(got, ref, rtol, atol, what=""):
+    got = dtypes.to_float64(np.asarray(got))
+    assert got.shape == np.shape(ref), f"{what}: shape {got.shape}, reference {np.shape(ref)}"
+    assert np.isfinite(got).all(), f"{what}: {int((~np.isfinite(got)).sum())} elements unwritten or not finite"
+    err = np.abs(got - ref)
+    bad = err > atol + rtol * np.abs(ref)
+    assert not bad.any(), f"{what}: {int(bad.sum())} of {got.size} out of tolerance, max error {err.max():.3g}"
+
+
+# ---- recording fake kernels (real shapes, nothing computed) -------------------------------------------
+
+
+class Recorder:
+    """Stands in for cupy.RawKernel / RawModule functions: records (name, grid, block, args, stream)."""
+
+    log: list = []
+
+    def __init__(self, code=None, name=None, options=(), **kw):
+        self.name = name
+
+    def get_function(self, name):
+        return Recorder(name=name)
+
+    def __call__(self, grid, block, args, *, shared_mem=0, stream=None):
+        Recorder.log.append((self.name, tuple(grid), tuple(block), tuple(args), shared_mem, stream))
+
+
+def _fake(shape, dtype):
+    import cupy
+
+    dt = np.dtype(dtype)
+    nbytes = max(1, int(np.prod(shape, dtype=np.int64)) * dt.itemsize)
+    mem = cupy.cuda.UnownedMemory(1 << 30, nbytes, None, device_id=0)
+    return cupy.ndarray(tuple(shape), dt, memptr=cupy.cuda.MemoryPointer(mem, 0))
+
+
+class FakeArrays(_common.EmulatorArrays):
+    """Arrays that are metadata only (never dereferenced): models at their real shapes on the CPU."""
+
+    def normal(self, shape, scale=1.0, shift=0.0):
+        return np.broadcast_to(np.float32(0), tuple(shape))   # no memory behind it
+
+    def integers(self, high, shape):
+        return _fake(shape, np.int32)
+
+    def store(self, x, kind):
+        return _fake(x.shape, dtypes.numpy_dtype(kind))
+
+    def asarray(self, host):
+        return _fake(np.shape(host), np.asarray(host).dtype)
+
+    def empty(self, shape, dtype):
+        return _fake(shape, dtype)
+
+    def zeros(self, shape, dtype):
+        return _fake(shape, dtype)
+
+    def stream(self, stream):
+        return stream
+
+
+STREAM = object()   # the stream every recorded launch must name
+
+
+@pytest.fixture
+def recorder(monkeypatch):
+    import cupy
+
+    Recorder.log = []
+    monkeypatch.setattr(cupy, "RawKernel", Recorder)
+    monkeypatch.setattr(cupy, "RawModule", Recorder)
+    for mod in _modules():
+        monkeypatch.setattr(mod, "as_cupy_stream", lambda s: s)
+        if hasattr(mod, "empty"):
+            monkeypatch.setattr(mod, "empty", lambda shape, dtype, s: _fake(
+                (shape,) if isinstance(shape, int) else shape, dtype))
+    monkeypatch.setattr(_compile, "sm_count", lambda: 132)
+    kernels.reset_cache()
+    yield Recorder.log
+    kernels.reset_cache()
+
+
+def gemm_flops(log) -> float:
+    """2 M N K of every tensor-core GEMM launch recorded."""
+    return sum(2.0 * int(a[3]) * int(a[4]) * int(a[5]) for name, _, _, a, _, _ in log if name.startswith("wmma_gemm"))
+
+
+# ---- transformer kernels ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["float16", "bfloat16"])
+def test_embeddings_swiglu_bias_act(emu, kind):
+    from kernels import transformer as tr
+
+    rng = np.random.default_rng(1)
+    H, T = emu.host_array, emu.to_numpy
+    u = dtypes.unit_roundoff(kind)
+    vocab, d, n = 50, 40, 7
+    ids = rng.integers(0, vocab, n).astype(np.int32)
+    table = _rand(rng, (vocab, d), kind)
+    out = H(_nan((n, d), kind))
+    assert np.array_equal(T(tr.embedding_gather(H(ids), H(table), out)), table[ids])
+    tied = np.ascontiguousarray(table.T)
+    assert np.array_equal(T(tr.embedding_gather(H(ids), H(tied), H(_nan((n, d), kind)), transposed=True)),
+                          table[ids])
+    pos, types, type_ids = _rand(rng, (9, d), kind), _rand(rng, (2, d), kind), rng.integers(0, 2, n).astype(np.int32)
+    f64 = dtypes.to_float64
+    got = tr.embedding_sum(H(ids), H(table), H(pos), H(_nan((n, d), kind)), seq_len=3, type_ids=H(type_ids),
+                           type_table=H(types))
+    ref = f64(table)[ids] + f64(pos)[np.arange(n) % 3] + f64(types)[type_ids]
+    assert_close(T(got), ref, 2 * u, 2 * u, "embedding_sum")
+    got = tr.embedding_sum(H(ids), H(table), H(pos), H(_nan((n, d), kind)), seq_len=9)
+    assert_close(T(got), f64(table)[ids] + f64(pos)[np.arange(n)], 2 * u, 2 * u, "embedding_sum, no types")
+
+    gu = _rand(rng, (5, 2 * 33), kind, 2.0)
+    assert_close(T(tr.swiglu(H(gu), H(_nan((5, 33), kind)))), tr.reference_swiglu(gu), 4 * u, 4 * u, "swiglu")
+    x, b = _rand(rng, (6, 30), kind, 2.0), _rand(rng, (30,), kind)
+    for act in tr.ACTIVATIONS:
+        assert_close(T(tr.bias_act(H(x), H(b), H(_nan((6, 30), kind)), act)), tr.reference_bias_act(x, b, act),
+                     4 * u, 4 * u, act)
+    hx = H(x)
+    y = tr.bias_act(hx, H(b), H(_nan((6, 30), kind)), "gelu_tanh", store_sum=True)
+    assert_close(T(hx), tr.reference_bias_act(x, b), u, u, "stored pre-activation")
+    assert_close(T(y), tr.reference_bias_act(T(hx), np.zeros(30, np.float32), "gelu_tanh"), 4 * u, 4 * u, "from it")
+
+
+def test_rope_inverse_frequencies_follow_llama3_scaling():
+    from kernels.transformer import rope_inv_freq
+
+    plain = rope_inv_freq(128, 500000.0)
+    assert plain[0] == 1.0 and np.isclose(plain[-1], 500000.0 ** (-126 / 128))
+    scaling = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192}
+    scaled = rope_inv_freq(128, 500000.0, scaling)
+    wavelen = 2 * np.pi / plain
+    short, long_ = wavelen < 8192 / 4, wavelen > 8192
+    assert short.any() and long_.any() and (~short & ~long_).any()
+    assert np.array_equal(scaled[short], plain[short])                # high frequencies kept
+    assert np.allclose(scaled[long_], plain[long_] / 8)              # low frequencies slowed down 8x
+    mid = ~short & ~long_
+    assert (scaled[mid] < plain[mid]).all() and (scaled[mid] > plain[mid] / 8).all()
+
+
+@pytest.mark.parametrize("kind", ["float16", "bfloat16"])
+def test_rope_kv_append_rotates_and_writes_only_its_cache_rows(emu, kind):
+    from kernels import transformer as tr
+
+    rng = np.random.default_rng(2)
+    H, T = emu.host_array, emu.to_numpy
+    Hq, Hkv, D, slots_n, max_seq = 4, 2, 64, 3, 20
+    inv = tr.rope_inv_freq(D, 10000.0).astype(np.float32)
+    u = dtypes.unit_roundoff(kind)
+    cache_shape = (slots_n, Hkv, max_seq, D)
+    # decode: token b at its own position in its own slot (slots permuted); rows strided
+    n = 3
+    buf = _rand(rng, (n, (Hq + 2 * Hkv) * D + 8), kind)
+    qkv = H(buf)[:, :(Hq + 2 * Hkv) * D]
+    positions, slots = np.array([5, 0, 19], np.int32), np.array([2, 0, 1], np.int32)
+    kc, vc = H(_nan(cache_shape, kind)), H(_nan(cache_shape, kind))
+    tr.rope_kv_append(qkv, H(positions), H(slots), H(inv), kc, vc, Hq)
+    x = buf[:, :(Hq + 2 * Hkv) * D]
+    q, k = x[:, :Hq * D].reshape(n, Hq, D), x[:, Hq * D:(Hq + Hkv) * D].reshape(n, Hkv, D)
+    v = x[:, (Hq + Hkv) * D:].reshape(n, Hkv, D)
+    assert_close(T(qkv)[:, :Hq * D].reshape(n, Hq, D), tr.reference_rope(q, positions, inv), 2 * u, 4 * u, "q")
+    assert np.array_equal(T(qkv)[:, Hq * D:], x[:, Hq * D:])          # k and v left in place
+    got_k, got_v = T(kc), T(vc)
+    ref_k = tr.reference_rope(k, positions, inv)
+    written = np.zeros(cache_shape[:3], bool)
+    for t in range(n):
+        written[slots[t], :, positions[t]] = True
+        assert_close(got_k[slots[t], :, positions[t]], ref_k[t], 2 * u, 4 * u, "k")
+        assert np.array_equal(got_v[slots[t], :, positions[t]], v[t])
+    assert np.isnan(dtypes.to_float64(got_k)[~written]).all() and np.isnan(dtypes.to_float64(got_v)[~written]).all()
+    # prefill: a prompt at positions 0..n-1, all into one slot (slot_step 0)
+    n = 6
+    x = _rand(rng, (n, (Hq + 2 * Hkv) * D), kind)
+    kc = H(_nan(cache_shape, kind))
+    tr.rope_kv_append(H(x), H(np.arange(n, dtype=np.int32)), H(np.array([1], np.int32)), H(inv), kc,
+                      H(_nan(cache_shape, kind)), Hq, slot_step=0)
+    ref_k = tr.reference_rope(x[:, Hq * D:(Hq + Hkv) * D].reshape(n, Hkv, D), np.arange(n), inv)
+    assert_close(T(kc)[1, :, :n].transpose(1, 0, 2), ref_k, 2 * u, 4 * u, "prefill k")
+    assert np.isnan(dtypes.to_float64(T(kc))[1, :, n:]).all() and np.isnan(dtypes.to_float64(T(kc))[[0, 2]]).all()
+
+
+@pytest.mark.parametrize("kind,Hq,Hkv", [("float16", 8, 2), ("bfloat16", 4, 4)])
+def test_gqa_decode_reads_exactly_its_own_positions(emu, kind, Hq, Hkv):
+    """Every cache entry a sequence must not read is NaN: one read would poison its output."""
+    from kernels import transformer as tr
+
+    rng = np.random.default_rng(3)
+    H, T = emu.host_array, emu.to_numpy
+    D, n_slots, max_seq, chunk = 64, 4, 50, 16     # 4 chunks, the last one ragged
+    positions = np.array([0, 15, 16, 49, 33], np.int32)[:n_slots]
+    slots = np.array([3, 1, 0, 2], np.int32)
+    B = len(positions)
+    k, v = _rand(rng, (n_slots, Hkv, max_seq, D), kind), _rand(rng, (n_slots, Hkv, max_seq, D), kind)
+    k_poisoned, v_poisoned = k.copy(), v.copy()
+    nan = _nan((), kind)
+    for b in range(B):
+        k_poisoned[slots[b], :, positions[b] + 1:] = nan
+        v_poisoned[slots[b], :, positions[b] + 1:] = nan
+    q = _rand(rng, (B, Hq * D + 16), kind)
+    splits = tr.decode_splits(max_seq, chunk)
+    out = H(_nan((B, Hq * D), kind))
+    tr.gqa_decode_attention(H(q)[:, :Hq * D], H(k_poisoned), H(v_poisoned), H(positions), H(slots), out,
+                            n_heads=Hq, chunk=chunk, partial_ml=H(np.full(B * Hq * splits * 2, np.nan, np.float32)),
+                            partial_acc=H(np.full(B * Hq * splits * D, np.nan, np.float32)))
+    ref = tr.reference_gqa_decode(q[:, :Hq * D].reshape(B, Hq, D), k, v, positions, slots)
+    u = dtypes.unit_roundoff(kind)
+    assert_close(T(out).reshape(B, Hq, D), ref, 4 * u, 4 * u, "decode attention")
+
+
+def test_argmax_and_advance_positions(emu):
+    from kernels import transformer as tr
+
+    H, T = emu.host_array, emu.to_numpy
+    x = np.random.default_rng(4).standard_normal((4, 1000)).astype(np.float32)
+    x[1, 7] = x[1, 900] = 50.0                 # a tie: the first index wins
+    x[2] = -np.inf
+    x[3, :10] = np.nan
+    x[3, 500] = 9.0
+    out = H(np.full(6, -1, np.int32))
+    assert T(tr.argmax_rows(H(x), out)).tolist() == [int(np.argmax(x[0])), 7, 0, 500, -1, -1]
+    pos = H(np.array([0, 8, 9, 3], np.int32))
+    tr.advance_positions(pos, H(np.array([5, 5, 2, 1], np.int32)), 3, 10)
+    assert T(pos).tolist() == [1, 9, 2, 3]
+
+
+def test_transformer_ops_validate_their_arguments():
+    from kernels import transformer as tr
+
+    f16 = np.float16
+    ids = _fake((4,), np.int32)
+    with pytest.raises(ValueError, match="out has shape"):
+        tr.embedding_gather(ids, _fake((10, 8), f16), _fake((4, 9), f16))
+    with pytest.raises(TypeError, match="float16, bfloat16"):
+        tr.swiglu(_fake((4, 8), np.float32), _fake((4, 4), np.float32))
+    cache = _fake((2, 2, 16, 64), f16)
+    with pytest.raises(ValueError, match="1 to 8 times"):
+        tr.gqa_decode_attention(_fake((2, 18 * 64), f16), cache, cache, _fake((2,), np.int32), _fake((2,), np.int32),
+                                _fake((2, 18 * 64), f16), n_heads=18, chunk=8, partial_ml=_fake((9999,), np.float32),
+                                partial_acc=_fake((99999,), np.float32))
+    with pytest.raises(ValueError, match="partial_acc"):
+        tr.gqa_decode_attention(_fake((2, 4 * 64), f16), cache, cache, _fake((2,), np.int32), _fake((2,), np.int32),
+                                _fake((2, 4 * 64), f16), n_heads=4, chunk=8, partial_ml=_fake((32,), np.float32),
+                                partial_acc=_fake((100,), np.float32))
+    with pytest.raises(ValueError, match="act must be"):
+        tr.bias_act(_fake((4, 8), f16), _fake((8,), f16), _fake((4, 8), f16), "relu")
+
+
+# ---- Llama --------------------------------------------------------------------------------------------
+
+
+def _tiny_llama(kind="float16", **kw):
+    from kernels.models import llama
+
+    cfg = llama.LlamaConfig(name="tiny", hidden=128, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=64,
+                            mlp_hidden=256, vocab=384, tie_embeddings=kw.pop("tie", True), dtype=kind)
+    return llama.LlamaService(cfg, batch_sizes=(1, 2, 3), max_seq_len=kw.pop("max_seq_len", 40), context=20,
+                              max_prompt=12, chunk=16, seed=7, arrays=_common.EmulatorArrays(7), **kw)
+
+
+def test_llama_published_shapes_and_parameter_counts():
+    from kernels.models import llama
+
+    assert llama.LLAMA_3_2_1B.param_count() == 1_235_814_400
+    assert llama.LLAMA_3_1_8B.param_count() == 8_030_261_248
+    assert llama.LLAMA_3_1_8B.qkv_width == (32 + 2 * 8) * 128
+    two = llama.LLAMA_3_1_8B.with_layers(2)
+    assert two.n_layers == 2 and two.hidden == 4096
+    with pytest.raises(ValueError, match="head_dim"):
+        llama.LlamaConfig(name="x", hidden=64, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=32, mlp_hidden=64,
+                          vocab=10, tie_embeddings=True)
+
+
+@pytest.mark.parametrize("kind,tie", [("float16", True), ("bfloat16", False)])
+def test_llama_prefill_then_decode_equals_a_longer_prefill(emu, kind, tie):
+    from kernels.models import llama
+
+    svc = _tiny_llama(kind, tie=tie)
+    a = svc.arrays
+    prompt = a.to_host(svc.prompt)[:10]
+    tol = 0.02 if kind == "float16" else 0.1     # logits ~ N(0, 1) through two layers
+    L = 8
+    ref = llama.reference_logits(svc, prompt)
+    short = a.to_host(svc.prefill(L, None, slot=1))
+    assert_close(short[0], ref[L - 1], tol, tol, "prefill")
+    assert a.to_host(svc.tokens)[1] == np.argmax(short[0])
+    # decode the prompt's own next tokens at positions L, L+1 of slot 1: the longer prefill's logits
+    for p in (L, L + 1):
+        svc.set_positions([3, p], [0, prompt[p]])
+        step = a.to_host(svc.forward(2, None))
+        assert_close(step[1], ref[p], tol, tol, f"decode at {p}")
+        assert a.to_host(svc.positions)[1] == p + 1 and a.to_host(svc.tokens)[1] == np.argmax(step[1])
+    longer = a.to_host(svc.prefill(L + 2, None, slot=2))
+    assert np.abs(longer[0] - step[1]).max() < tol
+
+
+def test_llama_batched_decode_keeps_sequences_apart(emu):
+    """Three sequences at different positions in one step: each sees only its own cache slot."""
+    from kernels.models import llama
+
+    svc = _tiny_llama()
+    a = svc.arrays
+    rng = np.random.default_rng(5)
+    prompts = [rng.integers(0, svc.config.vocab, n) for n in (4, 9, 6)]
+    for slot, p in enumerate(prompts):
+        svc.set_prompt(p[:-1])
+        svc.prefill(len(p) - 1, None, slot=slot)
+    svc.set_positions([len(p) - 1 for p in prompts], [p[-1] for p in prompts])
+    got = a.to_host(svc.forward(3, None))
+    for slot, p in enumerate(prompts):
+        assert_close(got[slot], llama.reference_logits(svc, p)[-1], 0.02, 0.02, f"sequence {slot}")
+    assert a.to_host(svc.positions).tolist() == [len(p) for p in prompts]
+
+
+def test_llama_positions_wrap_to_their_start_and_bad_state_is_refused(emu):
+    svc = _tiny_llama(max_seq_len=17)
+    assert svc.start_positions.tolist() == [10, 16, 16]      # 20 // 2 + b * 20 // 3, below max_seq_len
+    svc.set_positions([15, 16], [1, 2])
+    svc.forward(2, None)
+    assert svc.arrays.to_host(svc.positions)[:2].tolist() == [16, 16]    # slot 1 was at the last position
+    with pytest.raises(ValueError, match="positions"):
+        svc.set_positions([17])
+    with pytest.raises(ValueError, match="batch_size"):
+        svc.forward(4, None)
+    with pytest.raises(RuntimeError, match="GPU"):
+        svc.capture(None)
+
+
+@pytest.mark.parametrize("model", ["LLAMA_3_2_1B", "LLAMA_3_1_8B"])
+def test_llama_real_shapes_launches_and_flops(recorder, model):
+    from kernels.models import llama
+
+    cfg = getattr(llama, model).with_layers(2)
+    svc = llama.LlamaService(cfg, batch_sizes=(1, 32), arrays=FakeArrays(0))
+    out = svc.forward(32, STREAM)
+    assert out.shape == (32, cfg.vocab) and out.dtype == np.float32
+    assert all(launch[5] is STREAM for launch in recorder)
+    names = [launch[0].split("<")[0] for launch in recorder]
+    per_layer = ["rmsnorm_fwd", "wmma_gemm", "rope_kv_append", "gqa_decode_partial", "gqa_decode_combine",
+                 "wmma_gemm", "residual_add", "rmsnorm_fwd", "wmma_gemm", "swiglu", "wmma_gemm", "residual_add"]
+    assert names == ["embedding_gather", *per_layer * 2, "rmsnorm_fwd", "wmma_gemm", "argmax_rows",
+                     "advance_positions"]
+    partial = recorder[4]
+    assert partial[1] == (2048 // 128, cfg.n_kv_heads, 32) and partial[2] == (128,)
+    cost = svc.cost(32)
+    keys = svc.start_positions.astype(np.float64) + 1
+    attention_flops = 2 * 4.0 * cfg.n_heads * cfg.head_dim * keys.sum()
+    assert math.isclose(gemm_flops(recorder), cost.flops - attention_flops, rel_tol=1e-12)
+    weights = (2 * cfg.layer_linear_params() + cfg.hidden * cfg.vocab) * 2
+    assert weights < cost.bytes < weights * 1.5       # a decode step is its weights and KV cache, mostly
+    Recorder.log.clear()
+    svc.prefill(100, STREAM, slot=5)
+    names = [launch[0].split("<")[0] for launch in Recorder.log]
+    assert names.count("flash_attn_fwd_bf16_d%d" % cfg.head_dim) == 2
+    assert math.isclose(gemm_flops(Recorder.log), svc.prefill_cost(100).flops
+                        - 2 * 4.0 * cfg.n_heads * cfg.head_dim * 100 * 101 / 2, rel_tol=1e-12)
+
+
+def test_models_refuse_the_default_stream():
+    import cupy
+
+    arrays = _common.DeviceArrays.__new__(_common.DeviceArrays)
+    for s in (None, cupy.cuda.Stream.null):
+        with pytest.raises(ValueError, match="default"):
+            arrays.stream(s)
