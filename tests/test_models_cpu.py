@@ -20,7 +20,7 @@ import kernels
 from kernels import _compile, dtypes
 from kernels.models import _common
 
-_KERNEL_MODULES = ("gemm", "attention", "norm", "elementwise", "conv", "reduce", "optim", "transformer")
+_KERNEL_MODULES = ("gemm", "attention", "norm", "elementwise", "conv", "reduce", "optim", "transformer", "convnet")
 
 
 def _modules():
@@ -38,11 +38,11 @@ def emulator_sources():
 
     from kernels import _emulator
     from kernels import attention as attention_mod
-    from kernels import elementwise, gemm, norm, transformer
+    from kernels import convnet, elementwise, gemm, norm, transformer
 
     if not _emulator.available():
         pytest.skip("no g++ on PATH for the CPU emulation of the CUDA kernels")
-    sources = [transformer.TRANSFORMER_SOURCE, gemm.WMMA_SOURCE, norm.NORM_SOURCE, elementwise.ELEMENTWISE_SOURCE,
+    sources = [transformer.TRANSFORMER_SOURCE, convnet.CONVNET_SOURCE, gemm.WMMA_SOURCE, norm.NORM_SOURCE, elementwise.ELEMENTWISE_SOURCE,
                attention_mod.attention_source(dtypes.FLOAT16, 64)]
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
         list(pool.map(lambda s: _emulator.build(s.code, s.entry_names), sources))
@@ -441,3 +441,95 @@ def test_models_refuse_the_default_stream():
     for s in (None, cupy.cuda.Stream.null):
         with pytest.raises(ValueError, match="default"):
             arrays.stream(s)
+
+
+# ---- convolutional network ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind,shape", [
+    ("float16", (2, 10, 9, 8, 72, 3, 1, 1, True, True)),     # 3 pixel tiles, 2 channel tiles, 3 k-tiles
+    ("bfloat16", (1, 12, 11, 3, 8, 7, 2, 3, False, True)),   # 3 input channels: the element path
+    ("float16", (3, 5, 4, 16, 20, 1, 2, 0, True, False)),    # K % 8 != 0: element path for the weights
+])
+def test_conv2d_nhwc_with_fused_epilogue(emu, kind, shape):
+    from kernels import convnet
+
+    N, Hh, W, C, K, R, stride, pad, with_residual, relu = shape
+    rng = np.random.default_rng(6)
+    H, T = emu.host_array, emu.to_numpy
+    x, w, b = _rand(rng, (N, Hh, W, C), kind), _rand(rng, (R, R, C, K), kind, 0.3), _rand(rng, (K,), kind)
+    P, Q = convnet.conv_output_hw(Hh, W, (R, R), stride, pad)
+    res = _rand(rng, (N, P, Q, K), kind) if with_residual else None
+    out = H(_nan((N, P, Q, K), kind))
+    convnet.conv2d_nhwc(H(x), H(w), H(b), out, stride=stride, padding=pad,
+                        residual=None if res is None else H(res), relu=relu)
+    ref = convnet.reference_conv2d_nhwc(x, w, b, stride, pad, res, relu)
+    u = dtypes.unit_roundoff(kind)
+    assert_close(T(out), ref, 4 * u, 4 * u * math.sqrt(C * R * R), "conv")
+
+
+def test_fold_batchnorm_equals_conv_then_batchnorm(emu):
+    from kernels import convnet
+    from kernels.conv import reference_conv2d
+
+    rng = np.random.default_rng(7)
+    N, C, Hh, K = 2, 8, 6, 16
+    x = rng.standard_normal((N, Hh, Hh, C))
+    w = rng.standard_normal((K, C, 3, 3)) * 0.3
+    gamma, beta, mean = rng.standard_normal(K), rng.standard_normal(K), rng.standard_normal(K)
+    var = rng.uniform(0.5, 2.0, K)
+    conv = reference_conv2d(x.transpose(0, 3, 1, 2), w, None, 1, 1).transpose(0, 2, 3, 1)
+    bn = (conv - mean) / np.sqrt(var + 1e-5) * gamma + beta
+    folded, bias = convnet.fold_batchnorm(w, gamma, beta, mean, var, 1e-5)
+    assert folded.shape == (3, 3, C, K)
+    assert np.allclose(convnet.reference_conv2d_nhwc(x, folded, bias, 1, 1), bn, rtol=1e-12, atol=1e-12)
+    kind = "float16"
+    hx, hw, hb = (dtypes.to_storage(a.astype(np.float32), kind) for a in (x, folded, bias))
+    out = emu.host_array(_nan(bn.shape, kind))
+    convnet.conv2d_nhwc(emu.host_array(hx), emu.host_array(hw), emu.host_array(hb), out, padding=1)
+    assert_close(emu.to_numpy(out), bn, 0.01, 0.05, "folded conv on the GPU kernel")
+
+
+def test_pooling(emu):
+    from kernels import convnet
+
+    rng = np.random.default_rng(8)
+    H, T = emu.host_array, emu.to_numpy
+    x = _rand(rng, (2, 7, 6, 5), "bfloat16")
+    got = convnet.maxpool2d_nhwc(H(x), H(_nan((2, 4, 3, 5), "bfloat16")))
+    assert np.array_equal(dtypes.to_float64(T(got)), convnet.reference_maxpool_nhwc(x))
+    got = convnet.avgpool_nhwc(H(x), H(_nan((2, 5), "bfloat16")))
+    assert_close(T(got), dtypes.to_float64(x).mean(axis=(1, 2)), 2**-7, 2**-8, "avgpool")
+
+
+def test_resnet_small_forward_matches_reference(emu):
+    from kernels.models import resnet
+
+    cfg = resnet.ResNetConfig(name="tiny", blocks=(2, 1), widths=(8, 16), stem=8, image=20, classes=16)
+    svc = resnet.ResNetService(cfg, batch_sizes=(1, 2), seed=3, arrays=_common.EmulatorArrays(3))
+    got = svc.arrays.to_host(svc.forward(2, None))
+    ref = resnet.reference_forward(svc, 2)
+    assert np.abs(ref).max() > 0.05
+    assert_close(got, ref, 0.02, 0.02 * np.abs(ref).max(), "logits")
+    one = svc.arrays.to_host(svc.forward(1, None))
+    assert_close(one, ref[:1], 0.02, 0.02 * np.abs(ref).max(), "batch 1")
+
+
+def test_resnet50_real_shapes_launches_and_flops(recorder):
+    from kernels.models import resnet
+
+    cfg = resnet.RESNET50
+    assert cfg.param_count() == 25_557_032
+    svc = resnet.ResNetService(cfg, batch_sizes=(1, 8), arrays=FakeArrays(0))
+    out = svc.forward(8, STREAM)
+    assert out.shape == (8, 1000)
+    names = [launch[0].split("<")[0] for launch in recorder]
+    assert names.count("conv_igemm") == 54 and names[1] == "maxpool_nhwc" and names[-2] == "avgpool_nhwc"
+    assert all(launch[5] is STREAM for launch in recorder)
+    conv_flops = sum(2.0 * np.prod([int(v) for v in a[5:6] + a[8:12] + a[12:14]])
+                     for name, _, _, a, _, _ in recorder if name.startswith("conv_igemm"))
+    cost = svc.cost(8)
+    assert math.isclose(conv_flops, cost.flops, rel_tol=1e-12)
+    assert 4.08e9 < cost.flops / 2 / 8 < 4.10e9          # 4.09 GMAC per image
+    stem = recorder[0]
+    assert stem[1] == (math.ceil(8 * 112 * 112 / 64), 1) and int(stem[3][-2]) == 0   # 3 channels: element path
