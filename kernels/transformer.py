@@ -22,7 +22,8 @@ One ``cupy.RawModule`` (``transformer``), its kernels templated on the storage t
   past a sequence's position return at once, so a captured CUDA graph stays valid as the
   positions (read from device memory) advance.
 - ``swiglu<T>``: ``silu(gate) * up`` over the two halves of a fused gate/up projection.
-- ``bias_act<T>``: ``act(x + bias)``, act none, GELU (erf), GELU (tanh) or tanh.
+- ``bias_act<T>``: ``act(x + bias)``, act none, GELU (erf), GELU (tanh) or tanh. These
+  two give each thread 4 elements (strided by the block), grid ``ceil(n / 1024)``.
 - ``argmax_rows``: the first index of each row's maximum (fp32 logits), written as the
   next input token. ``advance_positions``: every sequence one position on, back to its
   start position when its cache is full.
@@ -47,6 +48,8 @@ from kernels._compile import (
 )
 
 THREADS = 256
+#: Elements per thread of `swiglu` and `bias_act`.
+ITEMS = 4
 ROPE_THREADS = 128
 DECODE_THREADS = 128
 #: Most query heads one KV head may serve (the group of grouped-query attention).
@@ -56,6 +59,7 @@ ACTIVATIONS = {"none": 0, "gelu": 1, "gelu_tanh": 2, "tanh": 3}
 
 _CODE = CONVERT_SNIPPET + REDUCE_SNIPPET + r"""
 constexpr int MAX_GROUP = 8;
+constexpr int ITEMS = 4;   // elements per thread of the elementwise kernels
 
 // out[t, i] = table[ids[t] * s_id + i * s_col], i < d.
 template <typename T>
@@ -211,15 +215,19 @@ __global__ void __launch_bounds__(128) gqa_decode_combine(const float* __restric
     out[(long long)b * ldo + (long long)h * D + i] = from_f32<T>(num / den);
 }
 
-// y[r, i] = silu(gu[r, i]) * gu[r, F + i] for the n = rows * F outputs.
+// y[r, i] = silu(gu[r, i]) * gu[r, F + i] for the n = rows * F outputs, ITEMS per thread.
 template <typename T>
 __global__ void __launch_bounds__(256) swiglu(const T* __restrict__ gu, T* __restrict__ y, long long n, int F)
 {
-    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= n) return;
-    const long long r = idx / F, i = idx % F;
-    const float g = to_f32(gu[r * 2 * F + i]), u = to_f32(gu[r * 2 * F + F + i]);
-    y[idx] = from_f32<T>(g / (1.0f + expf(-g)) * u);
+    const long long first = (long long)blockIdx.x * blockDim.x * ITEMS + threadIdx.x;
+#pragma unroll
+    for (int k = 0; k < ITEMS; ++k) {
+        const long long idx = first + (long long)k * blockDim.x;
+        if (idx >= n) return;
+        const long long r = idx / F, i = idx % F;
+        const float g = to_f32(gu[r * 2 * F + i]), u = to_f32(gu[r * 2 * F + F + i]);
+        y[idx] = from_f32<T>(g / (1.0f + expf(-g)) * u);
+    }
 }
 
 // y[i] = act(x[i] + bias[i % cols]); act 0 none, 1 GELU (erf), 2 GELU (tanh approximation), 3 tanh.
@@ -228,16 +236,20 @@ template <typename T>
 __global__ void __launch_bounds__(256) bias_act(T* x, const T* __restrict__ bias, T* y, long long n, int cols, int act,
                                                 int store_sum)
 {
-    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= n) return;
-    const T pre = from_f32<T>(to_f32(x[idx]) + to_f32(bias[idx % cols]));
-    const float v = to_f32(pre);
-    float r = v;
-    if (act == 1) r = 0.5f * v * (1.0f + erff(v * 0.7071067811865476f));
-    else if (act == 2) r = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * fmaf(0.044715f * v, v * v, v)));
-    else if (act == 3) r = tanhf(v);
-    if (store_sum) x[idx] = pre;
-    y[idx] = from_f32<T>(r);
+    const long long first = (long long)blockIdx.x * blockDim.x * ITEMS + threadIdx.x;
+#pragma unroll
+    for (int k = 0; k < ITEMS; ++k) {
+        const long long idx = first + (long long)k * blockDim.x;
+        if (idx >= n) return;
+        const T pre = from_f32<T>(to_f32(x[idx]) + to_f32(bias[idx % cols]));
+        const float v = to_f32(pre);
+        float r = v;
+        if (act == 1) r = 0.5f * v * (1.0f + erff(v * 0.7071067811865476f));
+        else if (act == 2) r = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * fmaf(0.044715f * v, v * v, v)));
+        else if (act == 3) r = tanhf(v);
+        if (store_sum) x[idx] = pre;
+        y[idx] = from_f32<T>(r);
+    }
 }
 
 // out[r] = the first index of the largest x[r, :] (NaN never wins; 0 when no value does). Block 256.
@@ -613,7 +625,7 @@ def swiglu(gate_up: Any, out: Any, *, stream: Any = None) -> Any:
         raise ValueError(f"out has shape {tuple(out.shape)}; expected ({rows}, {two_f // 2}) for gate_up "
                          f"{tuple(gate_up.shape)}")
     n = rows * (two_f // 2)
-    _fn("swiglu", kind)((cdiv(n, THREADS),), (THREADS,), (gate_up, out, np.int64(n), np.int32(two_f // 2)),
+    _fn("swiglu", kind)((cdiv(n, THREADS * ITEMS),), (THREADS,), (gate_up, out, np.int64(n), np.int32(two_f // 2)),
                         stream=as_cupy_stream(stream))
     return out
 
@@ -654,7 +666,7 @@ def bias_act(x: Any, bias: Any, out: Any, act: str = "none", *, store_sum: bool 
     if act not in ACTIVATIONS:
         raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
     n = int(x.size)
-    _fn("bias_act", kind)((cdiv(n, THREADS),), (THREADS,),
+    _fn("bias_act", kind)((cdiv(n, THREADS * ITEMS),), (THREADS,),
                           (x, bias, out, np.int64(n), np.int32(x.shape[-1]), np.int32(ACTIVATIONS[act]),
                            np.int32(store_sum)),
                           stream=as_cupy_stream(stream))

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 
@@ -331,9 +332,10 @@ def _tiny_llama(kind="float16", **kw):
     from kernels.models import llama
 
     cfg = llama.LlamaConfig(name="tiny", hidden=128, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=64,
-                            mlp_hidden=256, vocab=384, tie_embeddings=kw.pop("tie", True), dtype=kind)
+                            mlp_hidden=256, vocab=256, tie_embeddings=kw.pop("tie", True), dtype=kind)
+    arrays = kw.pop("arrays_cls", _common.EmulatorArrays)(7)
     return llama.LlamaService(cfg, batch_sizes=(1, 2, 3), max_seq_len=kw.pop("max_seq_len", 40), context=20,
-                              max_prompt=12, chunk=16, seed=7, arrays=_common.EmulatorArrays(7), **kw)
+                              max_prompt=12, chunk=16, seed=7, arrays=arrays, **kw)
 
 
 def test_llama_published_shapes_and_parameter_counts():
@@ -349,59 +351,55 @@ def test_llama_published_shapes_and_parameter_counts():
                           vocab=10, tie_embeddings=True)
 
 
-@pytest.mark.parametrize("kind,tie", [("float16", True), ("bfloat16", False)])
-def test_llama_prefill_then_decode_equals_a_longer_prefill(emu, kind, tie):
-    from kernels.models import llama
-
-    svc = _tiny_llama(kind, tie=tie)
-    a = svc.arrays
-    prompt = a.to_host(svc.prompt)[:10]
-    tol = 0.02 if kind == "float16" else 0.1     # logits ~ N(0, 1) through two layers
-    L = 8
-    ref = llama.reference_logits(svc, prompt)
-    short = a.to_host(svc.prefill(L, None, slot=1))
-    assert_close(short[0], ref[L - 1], tol, tol, "prefill")
-    assert a.to_host(svc.tokens)[1] == np.argmax(short[0])
-    # decode the prompt's own next tokens at positions L, L+1 of slot 1: the longer prefill's logits
-    for p in (L, L + 1):
-        svc.set_positions([3, p], [0, prompt[p]])
-        step = a.to_host(svc.forward(2, None))
-        assert_close(step[1], ref[p], tol, tol, f"decode at {p}")
-        assert a.to_host(svc.positions)[1] == p + 1 and a.to_host(svc.tokens)[1] == np.argmax(step[1])
-    longer = a.to_host(svc.prefill(L + 2, None, slot=2))
-    assert np.abs(longer[0] - step[1]).max() < tol
-
-
-def test_llama_batched_decode_keeps_sequences_apart(emu):
-    """Three sequences at different positions in one step: each sees only its own cache slot."""
+def test_llama_prefill_then_batched_decode_equals_longer_prefills(emu):
+    """Two prompts prefilled into slots 0 and 1, then one decode step of both at their own
+    positions: each row is the float64 model's prediction for its own sequence (and the same as
+    the service's prefill of the longer prompt), so the cache slots and positions don't mix."""
     from kernels.models import llama
 
     svc = _tiny_llama()
     a = svc.arrays
     rng = np.random.default_rng(5)
-    prompts = [rng.integers(0, svc.config.vocab, n) for n in (4, 9, 6)]
+    prompts = [rng.integers(0, svc.config.vocab, n) for n in (6, 9)]
+    refs = [llama.reference_logits(svc, p) for p in prompts]
+    tol = 0.02                                           # logits ~ N(0, 1), fp16 through two layers
     for slot, p in enumerate(prompts):
-        svc.set_prompt(p[:-1])
-        svc.prefill(len(p) - 1, None, slot=slot)
+        svc.set_prompt(p)
+        logits = a.to_host(svc.prefill(len(p) - 1, None, slot=slot))
+        assert_close(logits[0], refs[slot][-2], tol, tol, f"prefill {slot}")
+        assert a.to_host(svc.tokens)[slot] == np.argmax(logits[0])
     svc.set_positions([len(p) - 1 for p in prompts], [p[-1] for p in prompts])
-    got = a.to_host(svc.forward(3, None))
-    for slot, p in enumerate(prompts):
-        assert_close(got[slot], llama.reference_logits(svc, p)[-1], 0.02, 0.02, f"sequence {slot}")
-    assert a.to_host(svc.positions).tolist() == [len(p) for p in prompts]
+    step = a.to_host(svc.forward(2, None))
+    for slot in range(2):
+        assert_close(step[slot], refs[slot][-1], tol, tol, f"decode {slot}")
+    assert a.to_host(svc.positions)[:2].tolist() == [len(p) for p in prompts]
+    assert a.to_host(svc.tokens)[:2].tolist() == np.argmax(step, axis=1).tolist()
+    longer = a.to_host(svc.prefill(len(prompts[1]), None, slot=2))
+    assert np.abs(longer[0] - step[1]).max() < tol
 
 
-def test_llama_positions_wrap_to_their_start_and_bad_state_is_refused(emu):
-    svc = _tiny_llama(max_seq_len=17)
+def test_llama_untied_embedding_prefill(emu):
+    from kernels.models import llama
+
+    svc = _tiny_llama(tie=False)
+    prompt = svc.arrays.to_host(svc.prompt)[:5]
+    got = svc.arrays.to_host(svc.prefill(5, None, slot=0))
+    assert_close(got[0], llama.reference_logits(svc, prompt)[-1], 0.02, 0.02, "prefill, untied embedding")
+
+
+def test_llama_start_positions_and_bad_state_are_refused():
+    svc = _tiny_llama(max_seq_len=17, arrays_cls=FakeArrays)
     assert svc.start_positions.tolist() == [10, 16, 16]      # 20 // 2 + b * 20 // 3, below max_seq_len
-    svc.set_positions([15, 16], [1, 2])
-    svc.forward(2, None)
-    assert svc.arrays.to_host(svc.positions)[:2].tolist() == [16, 16]    # slot 1 was at the last position
     with pytest.raises(ValueError, match="positions"):
         svc.set_positions([17])
+    with pytest.raises(ValueError, match="tokens"):
+        svc.set_positions([3], [svc.config.vocab])
     with pytest.raises(ValueError, match="batch_size"):
-        svc.forward(4, None)
+        svc.forward(4, STREAM)
+    with pytest.raises(ValueError, match="length"):
+        svc.prefill(13, STREAM)
     with pytest.raises(RuntimeError, match="GPU"):
-        svc.capture(None)
+        svc.capture(STREAM)
 
 
 @pytest.mark.parametrize("model", ["LLAMA_3_2_1B", "LLAMA_3_1_8B"])
@@ -533,3 +531,37 @@ def test_resnet50_real_shapes_launches_and_flops(recorder):
     assert 4.08e9 < cost.flops / 2 / 8 < 4.10e9          # 4.09 GMAC per image
     stem = recorder[0]
     assert stem[1] == (math.ceil(8 * 112 * 112 / 64), 1) and int(stem[3][-2]) == 0   # 3 channels: element path
+
+
+# ---- BERT -------------------------------------------------------------------------------------------
+
+
+def test_bert_small_forward_matches_reference(emu):
+    from kernels.models import bert
+
+    cfg = bert.BertConfig(name="tiny", hidden=128, n_layers=2, n_heads=2, intermediate=256, vocab=100,
+                          max_positions=32, seq_len=16)
+    svc = bert.BertService(cfg, batch_sizes=(1, 2), seed=4, arrays=_common.EmulatorArrays(4))
+    pooled = svc.arrays.to_host(svc.forward(2, None))
+    ref_pooled, ref_hidden = bert.reference_forward(svc, 2)
+    assert_close(svc.arrays.to_host(svc.hidden_states)[:32], ref_hidden, 0.02, 0.05, "hidden states")
+    assert_close(pooled, ref_pooled, 0.02, 0.02, "pooled")
+
+
+def test_bert_base_real_shapes_launches_and_flops(recorder):
+    from kernels.models import bert
+
+    cfg = bert.BERT_BASE
+    assert cfg.param_count() == 109_482_240
+    svc = bert.BertService(dataclasses.replace(cfg, n_layers=2), batch_sizes=(1, 16), arrays=FakeArrays(0))
+    out = svc.forward(16, STREAM)
+    assert out.shape == (16, 768)
+    names = [launch[0].split("<")[0] for launch in recorder]
+    per_layer = ["wmma_gemm", "bias_act", "flash_attn_fwd_f16_d64", "wmma_gemm", "residual_add", "layernorm_fwd",
+                 "wmma_gemm", "bias_act", "wmma_gemm", "residual_add", "layernorm_fwd"]
+    assert names == ["embedding_sum", "layernorm_fwd", *per_layer * 2, "embedding_gather", "wmma_gemm", "bias_act"]
+    assert all(launch[5] is STREAM for launch in recorder)
+    attention = [launch for launch in recorder if launch[0].startswith("flash")]
+    assert attention[0][1] == (2, 12, 16)     # 128 queries in tiles of 64, 12 heads, 16 sequences
+    cost = svc.cost(16)
+    assert math.isclose(gemm_flops(recorder), cost.flops - 2 * 4.0 * 16 * 128 * 128 * 768, rel_tol=1e-12)

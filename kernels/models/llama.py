@@ -242,12 +242,12 @@ class LlamaService(GraphedService):
         pos = np.asarray(positions, np.int32)
         if pos.ndim != 1 or not 1 <= pos.size <= self.max_batch or pos.min() < 0 or pos.max() >= self.max_seq_len:
             raise ValueError(f"positions must be 1 to {self.max_batch} values in 0..{self.max_seq_len - 1}")
+        tok = None if tokens is None else np.asarray(tokens, np.int32)
+        if tok is not None and (tok.shape != pos.shape or tok.min() < 0 or tok.max() >= self.config.vocab):
+            raise ValueError(f"tokens must be {pos.size} ids in 0..{self.config.vocab - 1}")
         s = self.arrays.stream(stream)
         self.arrays.write(self.positions[:pos.size], pos, s)
-        if tokens is not None:
-            tok = np.asarray(tokens, np.int32)
-            if tok.shape != pos.shape or tok.min() < 0 or tok.max() >= self.config.vocab:
-                raise ValueError(f"tokens must be {pos.size} ids in 0..{self.config.vocab - 1}")
+        if tok is not None:
             self.arrays.write(self.tokens[:pos.size], tok, s)
 
     def set_prompt(self, tokens: Sequence[int], stream: Any = None) -> None:
