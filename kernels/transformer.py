@@ -3,13 +3,14 @@ position embedding with the KV-cache append, grouped-query decode attention over
 SwiGLU, bias + activation, greedy sampling (argmax) and the position update of a decode step.
 
 One ``cupy.RawModule`` (``transformer``), its kernels templated on the storage type
-(``__half``, ``__nv_bfloat16``; `bias_act` also ``float``), fp32 arithmetic:
+(``__half``, ``__nv_bfloat16``; `embedding_sum` and `bias_act` also ``float``), fp32
+arithmetic:
 
 - ``embedding_gather<T>``: ``out[t] = table[ids[t]]``, rows of a (vocab, d) table or
-  columns of a (d, vocab) one (an LM head tied to the embedding). Grid ``tokens``, 256
-  threads.
+  columns of a (d, vocab) one (an LM head tied to the embedding). Grid ``tokens``, up to
+  256 threads (one per element of a row of 256 or less).
 - ``embedding_sum<T>``: ``out[t] = word[ids[t]] + pos[t % seq] (+ type[type_ids[t]])``
-  (BERT's, GPT-2's input embedding). Grid ``tokens``, 256 threads.
+  (BERT's, GPT-2's input embedding). Grid and block as ``embedding_gather``.
 - ``rope_kv_append<T>``: rotates the query and key heads of a fused QKV projection by
   their token's position (pairs ``(i, i + D/2)``, HF Llama's ``rotate_half`` layout),
   in place for the queries; writes the rotated keys and the values into the KV cache at
@@ -230,24 +231,21 @@ __global__ void __launch_bounds__(256) swiglu(const T* __restrict__ gu, T* __res
     }
 }
 
-// y[i] = act(x[i] + bias[i % cols]); act 0 none, 1 GELU (erf), 2 GELU (tanh approximation), 3 tanh.
-// With store_sum, x[i] becomes x[i] + bias[i % cols] (the pre-activation a backward pass reads). y may be x.
+// y[i] = act(x[i] + bias[i % cols]); act 0 none, 1 GELU (erf), 2 GELU (tanh approximation), 3 tanh. y may be x.
 template <typename T>
-__global__ void __launch_bounds__(256) bias_act(T* x, const T* __restrict__ bias, T* y, long long n, int cols, int act,
-                                                int store_sum)
+__global__ void __launch_bounds__(256) bias_act(const T* x, const T* __restrict__ bias, T* y, long long n, int cols,
+                                                int act)
 {
     const long long first = (long long)blockIdx.x * blockDim.x * ITEMS + threadIdx.x;
 #pragma unroll
     for (int k = 0; k < ITEMS; ++k) {
         const long long idx = first + (long long)k * blockDim.x;
         if (idx >= n) return;
-        const T pre = from_f32<T>(to_f32(x[idx]) + to_f32(bias[idx % cols]));
-        const float v = to_f32(pre);
+        const float v = to_f32(x[idx]) + to_f32(bias[idx % cols]);
         float r = v;
         if (act == 1) r = 0.5f * v * (1.0f + erff(v * 0.7071067811865476f));
         else if (act == 2) r = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * fmaf(0.044715f * v, v * v, v)));
         else if (act == 3) r = tanhf(v);
-        if (store_sum) x[idx] = pre;
         y[idx] = from_f32<T>(r);
     }
 }
@@ -289,12 +287,12 @@ __global__ void __launch_bounds__(128) advance_positions(int* __restrict__ pos, 
 """
 
 _HALF_KINDS = (dtypes.FLOAT16, dtypes.BFLOAT16)
-_TEMPLATES = ("embedding_gather", "embedding_sum", "rope_kv_append", "gqa_decode_partial", "gqa_decode_combine",
-              "swiglu")
+_TEMPLATES = ("embedding_gather", "rope_kv_append", "gqa_decode_partial", "gqa_decode_combine", "swiglu")
 TRANSFORMER_SOURCE = KernelSource(
     key="transformer", code=_CODE, kind="module",
     name_expressions=(*(f"{k}<{dtypes.CTYPE[t]}>" for k in _TEMPLATES for t in _HALF_KINDS),
-                      *(f"bias_act<{dtypes.CTYPE[t]}>" for t in (dtypes.FLOAT32, *_HALF_KINDS)),
+                      *(f"{k}<{dtypes.CTYPE[t]}>" for k in ("embedding_sum", "bias_act")
+                        for t in (dtypes.FLOAT32, *_HALF_KINDS)),
                       "argmax_rows", "advance_positions"),
 )
 
@@ -306,6 +304,11 @@ def cupy_sources() -> list[KernelSource]:
 
 def _fn(kernel: str, kind: str | None = None) -> Any:
     return module_function(TRANSFORMER_SOURCE, kernel if kind is None else f"{kernel}<{dtypes.CTYPE[kind]}>")
+
+
+def _row_threads(d: int) -> int:
+    """Threads of a block copying one row of ``d``: a warp per 32 elements, up to 256."""
+    return min(THREADS, 32 * cdiv(d, 32))
 
 
 def _half_kind(x: Any, name: str) -> str:
@@ -356,7 +359,7 @@ def embedding_gather(ids: Any, table: Any, out: Any, *, transposed: bool = False
     if tuple(out.shape) != (ids.shape[0], d):
         raise ValueError(f"out has shape {tuple(out.shape)}; expected ({ids.shape[0]}, {d})")
     s_id, s_col = (1, table.shape[1]) if transposed else (d, 1)
-    _fn("embedding_gather", kind)((ids.shape[0],), (THREADS,),
+    _fn("embedding_gather", kind)((ids.shape[0],), (_row_threads(d),),
                                   (ids, table, out, np.int32(d), np.int64(s_id), np.int64(s_col)),
                                   stream=as_cupy_stream(stream))
     return out
@@ -371,7 +374,7 @@ def embedding_sum(ids: Any, word: Any, pos: Any, out: Any, *, seq_len: int, type
     ids : cupy.ndarray
         (tokens,) int32; tokens are sequences of ``seq_len`` one after another.
     word, pos : cupy.ndarray
-        (vocab, d) and (at least seq_len, d); float16 or bfloat16 (uint16 bits).
+        (vocab, d) and (at least seq_len, d); float32, float16 or bfloat16 (uint16 bits).
     out : cupy.ndarray
         (tokens, d), word's dtype.
     seq_len : int
@@ -386,7 +389,7 @@ def embedding_sum(ids: Any, word: Any, pos: Any, out: Any, *, seq_len: int, type
         ``out``.
     """
     _check_ints(ids, "ids")
-    kind = _half_kind(word, "word")
+    kind = dtypes.check_kind(word, "word")
     tables = [("word", word), ("pos", pos)] + ([("type_table", type_table)] if type_table is not None else [])
     for name, t in tables:
         check_array(t, name, ndim=2)
@@ -404,7 +407,7 @@ def embedding_sum(ids: Any, word: Any, pos: Any, out: Any, *, seq_len: int, type
     if tuple(out.shape) != (ids.shape[0], word.shape[1]):
         raise ValueError(f"out has shape {tuple(out.shape)}; expected ({ids.shape[0]}, {word.shape[1]})")
     has_type = type_ids is not None
-    _fn("embedding_sum", kind)((ids.shape[0],), (THREADS,),
+    _fn("embedding_sum", kind)((ids.shape[0],), (_row_threads(word.shape[1]),),
                                (ids, type_ids if has_type else ids, word, pos, type_table if has_type else word, out,
                                 np.int32(word.shape[1]), np.int32(seq_len), np.int32(has_type)),
                                stream=as_cupy_stream(stream))
@@ -447,7 +450,7 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: dict[str, float] | None 
 
 
 def rope_kv_append(qkv: Any, positions: Any, slots: Any, inv_freq: Any, k_cache: Any, v_cache: Any, n_heads: int,
-                   *, slot_step: int = 1, stream: Any = None) -> None:
+                   *, slot_step: int = 1, stream: Any = None) -> Any:
     """Rotate the query and key heads of a fused QKV projection; append keys and values to the cache.
 
     Parameters
@@ -471,6 +474,11 @@ def rope_kv_append(qkv: Any, positions: Any, slots: Any, inv_freq: Any, k_cache:
         1 (a slot per token, as in a decode step) or 0 (every token into ``slots[0]``, as in
         a prefill).
     stream : cupy stream, object with ``__cuda_stream__``, or None
+
+    Returns
+    -------
+    cupy.ndarray
+        ``qkv`` (its query heads rotated).
     """
     check_array(qkv, "qkv", ndim=2, contiguous=False)
     kind = _half_kind(qkv, "qkv")
@@ -499,6 +507,7 @@ def rope_kv_append(qkv: Any, positions: Any, slots: Any, inv_freq: Any, k_cache:
                                  np.int32(slot_step), inv_freq, k_cache, v_cache, np.int32(n_heads), np.int32(Hkv),
                                  np.int32(D), np.int32(max_seq)),
                                 stream=as_cupy_stream(stream))
+    return qkv
 
 
 # ---- grouped-query decode attention -------------------------------------------------------------------
@@ -630,7 +639,7 @@ def swiglu(gate_up: Any, out: Any, *, stream: Any = None) -> Any:
     return out
 
 
-def bias_act(x: Any, bias: Any, out: Any, act: str = "none", *, store_sum: bool = False, stream: Any = None) -> Any:
+def bias_act(x: Any, bias: Any, out: Any, act: str = "none", *, stream: Any = None) -> Any:
     """``out = act(x + bias)``, the bias broadcast over the last dimension.
 
     Parameters
@@ -643,9 +652,6 @@ def bias_act(x: Any, bias: Any, out: Any, act: str = "none", *, store_sum: bool 
         x's shape and dtype (may be x).
     act : str
         ``"none"``, ``"gelu"`` (erf), ``"gelu_tanh"`` (tanh approximation) or ``"tanh"``.
-    store_sum : bool
-        Also overwrite ``x`` with ``x + bias`` (rounded to its dtype; the activation is
-        computed from that rounded value), the pre-activation a backward pass needs.
     stream : cupy stream, object with ``__cuda_stream__``, or None
 
     Returns
@@ -667,8 +673,7 @@ def bias_act(x: Any, bias: Any, out: Any, act: str = "none", *, store_sum: bool 
         raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
     n = int(x.size)
     _fn("bias_act", kind)((cdiv(n, THREADS * ITEMS),), (THREADS,),
-                          (x, bias, out, np.int64(n), np.int32(x.shape[-1]), np.int32(ACTIVATIONS[act]),
-                           np.int32(store_sum)),
+                          (x, bias, out, np.int64(n), np.int32(x.shape[-1]), np.int32(ACTIVATIONS[act])),
                           stream=as_cupy_stream(stream))
     return out
 

@@ -21,7 +21,8 @@ import kernels
 from kernels import _compile, dtypes
 from kernels.models import _common
 
-_KERNEL_MODULES = ("gemm", "attention", "norm", "elementwise", "conv", "reduce", "optim", "transformer", "convnet")
+_KERNEL_MODULES = ("gemm", "attention", "norm", "elementwise", "conv", "reduce", "optim", "transformer", "convnet",
+                   "training")
 
 
 def _modules():
@@ -39,12 +40,13 @@ def emulator_sources():
 
     from kernels import _emulator
     from kernels import attention as attention_mod
-    from kernels import convnet, elementwise, gemm, norm, transformer
+    from kernels import convnet, elementwise, gemm, norm, optim, training, transformer
 
     if not _emulator.available():
         pytest.skip("no g++ on PATH for the CPU emulation of the CUDA kernels")
-    sources = [transformer.TRANSFORMER_SOURCE, convnet.CONVNET_SOURCE, gemm.WMMA_SOURCE, norm.NORM_SOURCE, elementwise.ELEMENTWISE_SOURCE,
-               attention_mod.attention_source(dtypes.FLOAT16, 64)]
+    sources = [transformer.TRANSFORMER_SOURCE, convnet.CONVNET_SOURCE, training.TRAINING_SOURCE, gemm.WMMA_SOURCE, norm.NORM_SOURCE, elementwise.ELEMENTWISE_SOURCE,
+               attention_mod.attention_source(dtypes.FLOAT16, 64), gemm.transpose_source(2), gemm.transpose_source(4),
+               gemm.sgemm_source("64x64", False, False), optim.ADAM_SOURCE]
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
         list(pool.map(lambda s: _emulator.build(s.code, s.entry_names), sources))
     return _emulator
@@ -132,8 +134,13 @@ class FakeArrays(_common.EmulatorArrays):
     def zeros(self, shape, dtype):
         return _fake(shape, dtype)
 
+    def assign(self, x, values):
+        pass
+
     def stream(self, stream):
         return stream
+
+    own_stream = stream
 
 
 STREAM = object()   # the stream every recorded launch must name
@@ -196,9 +203,8 @@ def test_embeddings_swiglu_bias_act(emu, kind):
         assert_close(T(tr.bias_act(H(x), H(b), H(_nan((6, 30), kind)), act)), tr.reference_bias_act(x, b, act),
                      4 * u, 4 * u, act)
     hx = H(x)
-    y = tr.bias_act(hx, H(b), H(_nan((6, 30), kind)), "gelu_tanh", store_sum=True)
-    assert_close(T(hx), tr.reference_bias_act(x, b), u, u, "stored pre-activation")
-    assert_close(T(y), tr.reference_bias_act(T(hx), np.zeros(30, np.float32), "gelu_tanh"), 4 * u, 4 * u, "from it")
+    tr.bias_act(hx, H(b), hx, "gelu")                       # in place
+    assert_close(T(hx), tr.reference_bias_act(x, b, "gelu"), 4 * u, 4 * u, "in place")
 
 
 def test_rope_inverse_frequencies_follow_llama3_scaling():
@@ -565,3 +571,158 @@ def test_bert_base_real_shapes_launches_and_flops(recorder):
     assert attention[0][1] == (2, 12, 16)     # 128 queries in tiles of 64, 12 heads, 16 sequences
     cost = svc.cost(16)
     assert math.isclose(gemm_flops(recorder), cost.flops - 2 * 4.0 * 16 * 128 * 128 * 768, rel_tol=1e-12)
+
+
+# ---- training ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind,S,tol", [("float32", 80, 2e-5), ("bfloat16", 40, 0.03)])
+def test_training_attention_forward_and_backward(emu, kind, S, tol):
+    from kernels import training as tr
+
+    rng = np.random.default_rng(9)
+    H, T = emu.host_array, emu.to_numpy
+    B, heads = 2 if S < 64 else 1, 2
+    d = heads * 64
+    qkv, grad_out = _rand(rng, (B * S, 3 * d), kind), _rand(rng, (B * S, d), kind)
+    out, lse = H(_nan((B * S, d), kind)), H(np.full((B, heads, S), np.nan, np.float32))
+    tr.attention_forward(H(qkv), out, lse, batch=B, n_heads=heads)
+    split = [dtypes.to_float64(x).reshape(B, S, heads, 64).transpose(0, 2, 1, 3) for x in np.split(qkv, 3, axis=1)]
+    ref_out, dq, dk, dv = tr.reference_attention_backward(*split, grad_out.reshape(B, S, heads, 64)
+                                                          .transpose(0, 2, 1, 3))
+    merge = lambda x: x.transpose(0, 2, 1, 3).reshape(B * S, d)   # noqa: E731
+    assert_close(T(out), merge(ref_out), tol, tol, "out")
+    scores = np.einsum("bhqd,bhkd->bhqk", split[0], split[1]) / 8.0
+    scores = np.where(np.triu(np.ones((S, S), bool), 1), -np.inf, scores)
+    ref_lse = np.log(np.exp(scores).sum(-1)) / np.log(2.0)
+    assert_close(T(lse), ref_lse, tol, tol, "lse")
+    grad_qkv = H(_nan((B * S, 3 * d), kind))
+    tr.attention_backward(H(qkv), H(dtypes.to_storage(T(out), kind) if kind == "float32" else T(out)), lse,
+                          H(grad_out), H(np.full((B, heads, S), np.nan, np.float32)), grad_qkv, batch=B, n_heads=heads)
+    got = np.split(dtypes.to_float64(T(grad_qkv)), 3, axis=1)
+    scale = max(np.abs(dq).max(), np.abs(dk).max(), np.abs(dv).max())
+    for name, g, ref in zip("qkv", got, (dq, dk, dv)):
+        assert_close(g, merge(ref), tol, tol * scale, f"d{name}")
+
+
+def test_training_kernels_against_references(emu):
+    from kernels import training as tr
+
+    rng = np.random.default_rng(10)
+    H, T = emu.host_array, emu.to_numpy
+    rows, cols = 37, 100
+    x, w = _rand(rng, (rows, cols), "bfloat16", 2.0, 1.0), _rand(rng, (cols,), "bfloat16", 0.5, 1.0)
+    dy, dres = _rand(rng, (rows, cols)), _rand(rng, (rows, cols))
+    hdres, dw, db = H(dres), H(_nan((cols,), "float32")), H(_nan((cols,), "float32"))
+    tr.layernorm_backward(H(x), H(w), H(dy), hdres, H(np.zeros((rows, 2), np.float32)), dw, db, residual_grad=hdres)
+    ref_dx, ref_dw, ref_db = tr.reference_layernorm_backward(x, w, dy)
+    assert_close(T(hdres), ref_dx + dres, 1e-4, 1e-4, "layernorm dx")
+    assert_close(T(dw), ref_dw, 1e-4, 1e-4, "layernorm dw")
+    assert_close(T(db), ref_db, 1e-5, 1e-5, "layernorm db")
+    assert_close(T(tr.colsum(H(x), H(_nan((cols,), "float32")))), dtypes.to_float64(x).sum(0), 1e-5, 1e-4, "colsum")
+
+    chunks, chunk, vocab = 3, 16, 40
+    logits = _rand(rng, (rows, chunks * chunk), "bfloat16", 3.0)
+    targets = rng.integers(0, vocab, rows).astype(np.int32)
+    stored = H(np.ascontiguousarray(logits.reshape(rows, chunks, chunk).transpose(1, 0, 2)))
+    loss = tr.cross_entropy(stored, H(targets), H(_nan((rows,), "float32")), vocab=vocab, scale=0.5)
+    ref_loss, ref_grad = tr.reference_cross_entropy(logits[:, :vocab], targets)
+    assert_close(T(loss), ref_loss, 1e-5, 1e-5, "loss")
+    grad = T(stored).transpose(1, 0, 2).reshape(rows, chunks * chunk)
+    assert_close(grad[:, :vocab], 0.5 * ref_grad, 2**-8, 2**-12, "dlogits")
+    assert not dtypes.to_float64(grad[:, vocab:]).any()                    # the padding's gradient is 0
+
+    ids = rng.integers(0, 6, 20)
+    g = _rand(rng, (20, 8))
+    out0 = _rand(rng, (7, 8))
+    out = H(out0)
+    tr.segment_sum_rows(H(g), tuple(H(a) for a in tr.embedding_groups(ids)), out, accumulate=True)
+    ref = dtypes.to_float64(out0)
+    np.add.at(ref, ids, dtypes.to_float64(g))
+    assert_close(T(out), ref, 1e-6, 1e-6, "embedding gradient")
+
+    parts, res, bias = _rand(rng, (3, 5, 12)), _rand(rng, (5, 12), "bfloat16"), _rand(rng, (12,), "bfloat16")
+    got = tr.splitk_reduce(H(parts), H(_nan((5, 12), "bfloat16")), bias=H(bias), residual=H(res))
+    ref = parts[0] + parts[1] + parts[2] + dtypes.to_float64(bias) + dtypes.to_float64(res)
+    assert_close(T(got), ref, 2**-8, 2**-8, "splitk_reduce")
+    wide = _rand(rng, (6, 30), "bfloat16")
+    assert np.array_equal(T(tr.copy_cols(H(wide)[:, 7:20], H(_nan((6, 13), "bfloat16")))), wide[:, 7:20])
+    f = _rand(rng, (1001,))
+    assert np.array_equal(T(tr.cast_f32(H(f), H(_nan((1001,), "bfloat16")))), dtypes.to_bf16_bits(f))
+
+
+def _tiny_gpt2(kind, **kw):
+    from kernels.models import gpt2
+
+    cfg = gpt2.GPT2Config(name="tiny", n_layers=kw.pop("n_layers", 2), hidden=64, n_heads=1, vocab=100,
+                          max_positions=64, seq_len=40, micro_batch=2, vocab_chunk=32, gemm_max_k=64, dtype=kind,
+                          lr=1e-2)
+    return gpt2.GPT2TrainingJob(cfg, seed=11, arrays=kw.pop("arrays", _common.EmulatorArrays(11)))
+
+
+def test_gpt2_reference_gradients_match_finite_differences():
+    from kernels.models import gpt2
+
+    cfg = gpt2.GPT2Config(name="fd", n_layers=1, hidden=64, n_heads=1, vocab=20, max_positions=8, seq_len=5,
+                          micro_batch=2, vocab_chunk=8, gemm_max_k=64)
+    rng = np.random.default_rng(12)
+    w = {name: rng.standard_normal(shape) * (0.3 if len(shape) == 2 else 0.1) + (name.endswith(".w") and len(shape)
+                                                                                == 1) for name, shape in cfg.param_shapes()}
+    ids, targets = rng.integers(0, 20, 10), rng.integers(0, 20, 10)
+    _, grads = gpt2.reference_step(cfg, w, ids, targets)
+    for name, index in [("wte", (ids[3], 5)), ("wpe", (2, 7)), ("h0.attn.w", (3, 100)), ("h0.attn.b", (130,)),
+                        ("h0.proj.w", (1, 2)), ("h0.ln1.w", (4,)), ("h0.ln2.b", (9,)), ("h0.fc.w", (5, 200)),
+                        ("h0.mlp_proj.b", (3,)), ("lnf.w", (60,)), ("wte", (7, 1))]:
+        eps = 1e-6
+        w[name][index] += eps
+        up, _ = gpt2.reference_step(cfg, w, ids, targets)
+        w[name][index] -= 2 * eps
+        down, _ = gpt2.reference_step(cfg, w, ids, targets)
+        w[name][index] += eps
+        assert math.isclose(grads[name][index], (up - down) / (2 * eps), rel_tol=1e-4, abs_tol=1e-8), name
+
+
+@pytest.mark.parametrize("kind,n_layers,tol", [("float32", 2, 1e-4), ("bfloat16", 1, 0.03)])
+def test_gpt2_step_gradients_match_the_reference(emu, kind, n_layers, tol):
+    """Every GEMM split (K of 64 at most: d 64 whole, 4d in 4 slices, 3d in 3, the 80 tokens in 2)."""
+    from kernels.models import gpt2
+    from kernels.optim import reference_adam
+
+    job = _tiny_gpt2(kind, n_layers=n_layers)
+    a = job.arrays
+    loss, ref = gpt2.reference_loss_and_grads(job)
+    job.forward()
+    assert math.isclose(job.loss(), loss, rel_tol=tol)
+    job.backward()
+    for name, g in job.grads.items():
+        got = a.to_host(g)
+        err = np.linalg.norm(got - ref[name]) / max(np.linalg.norm(ref[name]), 1e-12)
+        assert err < tol, f"{name}: relative error {err:.2g}"
+    before = a.to_host(job.params["h0.fc.w"])
+    job.update()
+    expected, _, _ = reference_adam(before, a.to_host(job.grads["h0.fc.w"]), np.zeros_like(before),
+                                    np.zeros_like(before), 1, lr=1e-2, beta1=0.9, beta2=0.95)
+    assert_close(a.to_host(job.params["h0.fc.w"]), expected, 1e-6, 1e-7, "Adam")
+    assert np.array_equal(a.to_host(job.compute["h0.fc.w"]), dtypes.to_storage(a.to_host(job.params["h0.fc.w"]), kind))
+
+
+def test_gpt2_small_real_shapes_every_gemm_reduction_is_short(recorder):
+    from kernels.models import gpt2
+
+    assert gpt2.GPT2_SMALL.param_count() == 124_439_808
+    cfg = dataclasses.replace(gpt2.GPT2_SMALL, n_layers=2)
+    job = gpt2.GPT2TrainingJob(cfg, stream=STREAM, arrays=FakeArrays(0))
+    Recorder.log.clear()
+    job.step()
+    assert all(launch[5] is STREAM for launch in recorder)
+    gemms = [launch for launch in recorder if launch[0].startswith("wmma_gemm")]
+    assert max(int(a[5]) for _, _, _, a, _, _ in gemms) <= 2048           # K of every GEMM launch
+    T, d = cfg.tokens, cfg.hidden
+    pairs = 1024 * 1025 / 2
+    assert math.isclose(gemm_flops(recorder), job.cost().flops - 2 * 18.0 * 4 * 12 * 64 * pairs, rel_tol=1e-12)
+    names = [launch[0].split("<")[0] for launch in recorder]
+    assert names.count("adam_step_f32") == 1 and names.count("attn_bwd_dq") == 2
+    attention = [launch for launch in recorder if launch[0].startswith("attn_fwd_train")]
+    assert attention[0][1] == (16, 12, 4) and attention[0][4] > 48 * 1024
+    with pytest.raises(ValueError, match="vocab_chunk"):
+        gpt2.GPT2Config(vocab_chunk=4096)

@@ -104,6 +104,10 @@ class DeviceArrays:
         """Copy host ``values`` into device array ``x`` (same shape) on ``stream``."""
         x.set(np.ascontiguousarray(values, dtype=x.dtype), stream=stream)
 
+    def assign(self, x: Any, values: Any) -> None:
+        """``x[...] = values``: a scalar or an array of `xp` (e.g. from `normal`), at set-up."""
+        x[...] = values
+
     def stream(self, stream: Any) -> Any:
         """The CuPy stream of ``stream``; refuses the default streams.
 
@@ -118,6 +122,10 @@ class DeviceArrays:
         if s.ptr in DEFAULT_STREAM_HANDLES:
             raise ValueError("model requests never run on the default (null or per-thread) stream")
         return s
+
+    def own_stream(self, stream: Any) -> Any:
+        """``stream`` (`stream` checks it), or a new non-blocking stream when None."""
+        return self.xp.cuda.Stream(non_blocking=True) if stream is None else self.stream(stream)
 
     def synchronize(self) -> None:
         """Wait for the device (set-up work runs on CuPy's current stream)."""
@@ -171,7 +179,13 @@ class EmulatorArrays(DeviceArrays):
 
         _emulator.to_numpy(x)[...] = values
 
+    def assign(self, x: Any, values: Any) -> None:
+        self.write(x, values, None)
+
     def stream(self, stream: Any) -> None:
+        return None
+
+    def own_stream(self, stream: Any) -> None:
         return None
 
     def synchronize(self) -> None:
