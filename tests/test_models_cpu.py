@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -44,9 +46,10 @@ def emulator_sources():
 
     if not _emulator.available():
         pytest.skip("no g++ on PATH for the CPU emulation of the CUDA kernels")
-    sources = [transformer.TRANSFORMER_SOURCE, convnet.CONVNET_SOURCE, training.TRAINING_SOURCE, gemm.WMMA_SOURCE, norm.NORM_SOURCE, elementwise.ELEMENTWISE_SOURCE,
-               attention_mod.attention_source(dtypes.FLOAT16, 64), gemm.transpose_source(2), gemm.transpose_source(4),
-               gemm.sgemm_source("64x64", False, False), optim.ADAM_SOURCE]
+    sources = [transformer.TRANSFORMER_SOURCE, convnet.CONVNET_SOURCE, training.TRAINING_SOURCE, gemm.WMMA_SOURCE,
+               norm.NORM_SOURCE, elementwise.ELEMENTWISE_SOURCE, attention_mod.attention_source(dtypes.FLOAT16, 64),
+               gemm.transpose_source(2), gemm.transpose_source(4), gemm.sgemm_source("64x64", False, False),
+               optim.ADAM_SOURCE]
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
         list(pool.map(lambda s: _emulator.build(s.code, s.entry_names), sources))
     return _emulator
@@ -438,6 +441,12 @@ def test_llama_real_shapes_launches_and_flops(recorder, model):
                         - 2 * 4.0 * cfg.n_heads * cfg.head_dim * 100 * 101 / 2, rel_tol=1e-12)
 
 
+def test_models_import_without_a_gpu_or_numba():
+    code = ("import sys, kernels.models.llama, kernels.models.resnet, kernels.models.bert, kernels.models.gpt2; "
+            "assert 'numba' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_models_refuse_the_default_stream():
     import cupy
 
@@ -666,8 +675,10 @@ def test_gpt2_reference_gradients_match_finite_differences():
     cfg = gpt2.GPT2Config(name="fd", n_layers=1, hidden=64, n_heads=1, vocab=20, max_positions=8, seq_len=5,
                           micro_batch=2, vocab_chunk=8, gemm_max_k=64)
     rng = np.random.default_rng(12)
-    w = {name: rng.standard_normal(shape) * (0.3 if len(shape) == 2 else 0.1) + (name.endswith(".w") and len(shape)
-                                                                                == 1) for name, shape in cfg.param_shapes()}
+    w = {}
+    for name, shape in cfg.param_shapes():                       # LayerNorm weights near 1, the rest near 0
+        w[name] = rng.standard_normal(shape) * (0.3 if len(shape) == 2 else 0.1) + (len(shape) == 1 and
+                                                                                    name.endswith(".w"))
     ids, targets = rng.integers(0, 20, 10), rng.integers(0, 20, 10)
     _, grads = gpt2.reference_step(cfg, w, ids, targets)
     for name, index in [("wte", (ids[3], 5)), ("wpe", (2, 7)), ("h0.attn.w", (3, 100)), ("h0.attn.b", (130,)),
@@ -717,7 +728,6 @@ def test_gpt2_small_real_shapes_every_gemm_reduction_is_short(recorder):
     assert all(launch[5] is STREAM for launch in recorder)
     gemms = [launch for launch in recorder if launch[0].startswith("wmma_gemm")]
     assert max(int(a[5]) for _, _, _, a, _, _ in gemms) <= 2048           # K of every GEMM launch
-    T, d = cfg.tokens, cfg.hidden
     pairs = 1024 * 1025 / 2
     assert math.isclose(gemm_flops(recorder), job.cost().flops - 2 * 18.0 * 4 * 12 * 64 * pairs, rel_tol=1e-12)
     names = [launch[0].split("<")[0] for launch in recorder]

@@ -40,9 +40,6 @@ class Cost:
     flops: float
     bytes: float
 
-    def __add__(self, other: Cost) -> Cost:
-        return Cost(self.flops + other.flops, self.bytes + other.bytes)
-
 
 class DeviceArrays:
     """A model's arrays on the GPU (CuPy), random values drawn with ``cupy.random``.
@@ -279,8 +276,3 @@ class GraphedService:
             raise KeyError(f"nothing captured for {key!r}; call capture first") from None
         graph.launch(stream=self.arrays.stream(stream))
         return out
-
-    @property
-    def captured(self) -> tuple[Hashable, ...]:
-        """Keys of the captured graphs."""
-        return tuple(self._graphs)
