@@ -245,8 +245,10 @@ class GPT2TrainingJob:
         cols, rows, partials = self._scratch_sizes()
         self._cols, self._rows = a.empty((max(cols, 1),), dt), a.empty((rows,), dt)
         self._partials = a.empty((partials,), np.float32)
+        a.synchronize()                                 # the set-up above ran on the current stream
         self._refresh_compute_copies(self.stream)
-        a.synchronize()
+        if self.stream is not None:
+            self.stream.synchronize()
 
     def _init_master(self) -> Any:
         """GPT-2's initialization in one flat fp32 buffer (LayerNorm weights 1, biases 0)."""

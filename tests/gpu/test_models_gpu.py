@@ -31,6 +31,12 @@ def stream():
     s.synchronize()
 
 
+def _done(x, stream):
+    """``x`` once ``stream``'s work is done (host reads run on another stream)."""
+    stream.synchronize()
+    return x
+
+
 def _bits(x) -> np.ndarray:
     import cupy
 
@@ -55,12 +61,9 @@ def assert_close(got, ref, rtol, atol, what=""):
 def _eager_and_replay(service, batch, stream, reset):
     """(eager output bits, replayed output bits), each run from the state ``reset()`` sets."""
     reset()
-    eager = _bits(service.forward(batch, stream))
-    stream.synchronize()
+    eager = _bits(_done(service.forward(batch, stream), stream))
     reset()
-    replayed = _bits(service.replay(batch, stream))
-    stream.synchronize()
-    return eager, replayed
+    return eager, _bits(_done(service.replay(batch, stream), stream))
 
 
 # ---- Llama ------------------------------------------------------------------------------------------
@@ -102,15 +105,14 @@ def test_llama_prefill_and_decode_match_the_reference(stream):
     svc = llama.LlamaService(cfg, batch_sizes=(1, 2), max_seq_len=256, context=64, seed=3)
     prompt = _host(svc.prompt)[:17].astype(np.int64)
     ref = llama.reference_logits(svc, prompt)
-    got = _host(svc.prefill(16, stream, slot=1))
+    got = _host(_done(svc.prefill(16, stream, slot=1), stream))
     assert_close(got[0], ref[15], 0.05, 0.15, "prefill")
     svc.set_positions([5, 16], [0, prompt[16]], stream)
-    step = _host(svc.forward(2, stream))
+    step = _host(_done(svc.forward(2, stream), stream))
     assert_close(step[1], ref[16], 0.05, 0.15, "decode after the prefill")
     svc.capture_prefill(16, stream, slot=1)
-    eager = _bits(svc.prefill(16, stream, slot=1))
-    stream.synchronize()
-    assert np.array_equal(eager, _bits(svc.replay_prefill(16, stream, slot=1)))
+    eager = _bits(_done(svc.prefill(16, stream, slot=1), stream))
+    assert np.array_equal(eager, _bits(_done(svc.replay_prefill(16, stream, slot=1), stream)))
 
 
 def test_gqa_decode_attention_at_llama_8b_heads(stream):
@@ -128,7 +130,9 @@ def test_gqa_decode_attention_at_llama_8b_heads(stream):
     slots = np.array([4, 2, 0, 1, 3], np.int32)
     splits = tr.decode_splits(max_seq, chunk)
     out = cupy.empty((B, H * D), np.uint16)
-    tr.gqa_decode_attention(q, k, v, cupy.asarray(positions), cupy.asarray(slots), out, n_heads=H, chunk=chunk,
+    device_positions, device_slots = cupy.asarray(positions), cupy.asarray(slots)
+    cupy.cuda.get_current_stream().synchronize()      # inputs made on the current stream
+    tr.gqa_decode_attention(q, k, v, device_positions, device_slots, out, n_heads=H, chunk=chunk,
                             partial_ml=cupy.empty(B * H * splits * 2, np.float32),
                             partial_acc=cupy.empty(B * H * splits * D, np.float32), stream=stream)
     stream.synchronize()
@@ -147,8 +151,7 @@ def test_resnet50_graph_replay_is_bitwise_the_eager_pass_and_matches_the_referen
     for b in svc.batch_sizes:
         eager, replayed = _eager_and_replay(svc, b, stream, lambda: None)
         assert np.array_equal(eager, replayed), f"batch {b}"
-    got = _host(svc.forward(1, stream))
-    stream.synchronize()
+    got = _host(_done(svc.forward(1, stream), stream))
     ref = resnet.reference_forward(svc, 1)
     assert np.isfinite(ref).all() and np.abs(ref).max() > 0.1
     assert_close(got, ref, 0.05, 0.05 * np.abs(ref).max(), "logits")
@@ -185,14 +188,13 @@ def test_bert_graph_replay_is_bitwise_the_eager_pass_and_matches_the_reference(s
     svc = bert.BertService(dataclasses.replace(bert.BERT_BASE, n_layers=2), batch_sizes=(1, 8, 32), seed=7)
     svc.capture(stream)
     for b in svc.batch_sizes:
-        pooled = _bits(svc.forward(b, stream))
+        pooled = _bits(_done(svc.forward(b, stream), stream))
         hidden = _bits(svc.hidden_states[:b * 128])
         with stream:
             svc.hidden_states.fill(0)   # the replay must write them again
-        assert np.array_equal(pooled, _bits(svc.replay(b, stream))), f"batch {b}"
+        assert np.array_equal(pooled, _bits(_done(svc.replay(b, stream), stream))), f"batch {b}"
         assert np.array_equal(hidden, _bits(svc.hidden_states[:b * 128])), f"batch {b}"
-    pooled = _host(svc.forward(2, stream))
-    stream.synchronize()
+    pooled = _host(_done(svc.forward(2, stream), stream))
     ref_pooled, ref_hidden = bert.reference_forward(svc, 2)
     assert_close(_host(svc.hidden_states[:256]), ref_hidden, 0.02, 0.05, "hidden states")
     assert_close(pooled, ref_pooled, 0.02, 0.02, "pooled")
