@@ -146,7 +146,14 @@ class FakeArrays(_common.EmulatorArrays):
     own_stream = stream
 
 
-STREAM = object()   # the stream every recorded launch must name
+class _Stream:
+    """The stream every recorded launch must name."""
+
+    def synchronize(self):
+        pass
+
+
+STREAM = _Stream()
 
 
 @pytest.fixture
