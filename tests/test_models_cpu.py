@@ -107,12 +107,17 @@ class Recorder:
         Recorder.log.append((self.name, tuple(grid), tuple(block), tuple(args), shared_mem, stream))
 
 
+_next_address = [1 << 30]
+
+
 def _fake(shape, dtype):
+    """A cupy.ndarray at an address of its own that is never dereferenced: metadata only."""
     import cupy
 
     dt = np.dtype(dtype)
     nbytes = max(1, int(np.prod(shape, dtype=np.int64)) * dt.itemsize)
-    mem = cupy.cuda.UnownedMemory(1 << 30, nbytes, None, device_id=0)
+    mem = cupy.cuda.UnownedMemory(_next_address[0], nbytes, None, device_id=0)
+    _next_address[0] += -(-nbytes // 256) * 256
     return cupy.ndarray(tuple(shape), dt, memptr=cupy.cuda.MemoryPointer(mem, 0))
 
 
@@ -743,3 +748,64 @@ def test_gpt2_small_real_shapes_every_gemm_reduction_is_short(recorder):
     assert attention[0][1] == (16, 12, 4) and attention[0][4] > 48 * 1024
     with pytest.raises(ValueError, match="vocab_chunk"):
         gpt2.GPT2Config(vocab_chunk=4096)
+
+
+# ---- CUDA graphs (the plumbing; the GPU tier replays them) -------------------------------------------
+
+
+class CaptureStream(_Stream):
+    """Records stream capture: the launches between begin_capture and end_capture are the graph's."""
+
+    def __init__(self):
+        self.calls = []
+
+    def begin_capture(self):
+        self.calls.append("begin")
+        self.mark = len(Recorder.log)
+
+    def end_capture(self):
+        self.calls.append("end")
+        return CaptureStream.Graph(Recorder.log[self.mark:])
+
+    def synchronize(self):
+        self.calls.append("sync")
+
+    class Graph:
+        def __init__(self, launches):
+            self.launches, self.launched_on = list(launches), []
+
+        def upload(self, stream):
+            pass
+
+        def launch(self, stream=None):
+            self.launched_on.append(stream)
+
+
+def _signature(launch):
+    import cupy
+
+    name, grid, block, args, shared, _ = launch
+    return name, grid, block, shared, tuple((a.data.ptr, a.shape) if isinstance(a, cupy.ndarray) else a.item()
+                                            for a in args)
+
+
+def test_capture_records_exactly_the_eager_request_per_batch_size(recorder):
+    from kernels.models import llama
+
+    class DeviceFakes(FakeArrays):
+        emulated = False
+
+    svc = llama.LlamaService(llama.LLAMA_3_2_1B.with_layers(2), batch_sizes=(1, 4), arrays=DeviceFakes(0))
+    s = CaptureStream()
+    svc.capture(s)
+    assert s.calls == ["sync", "begin", "end", "sync"] * 2
+    per_batch = len(recorder) // 4               # eager, captured; for batch 1, then batch 4
+    for b, first in ((1, 0), (4, 2 * per_batch)):
+        eager, captured = recorder[first:first + per_batch], recorder[first + per_batch:first + 2 * per_batch]
+        assert [_signature(x) for x in eager] == [_signature(x) for x in captured]
+        graph, out = svc._graphs[("forward", b)]
+        assert graph.launches == captured and out.shape == (b, llama.LLAMA_3_2_1B.vocab)
+    assert svc.replay(4, s) is svc._graphs[("forward", 4)][1]
+    assert svc._graphs[("forward", 4)][0].launched_on == [s]
+    with pytest.raises(KeyError, match="capture first"):
+        svc.replay_prefill(8, s)
