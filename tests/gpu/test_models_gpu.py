@@ -262,3 +262,49 @@ def test_gpt2_small_training_reduces_the_loss():
     assert losses[-1] < losses[0] - 0.5, losses
     stats = job.run(iters=2)
     assert stats["iters"] == 2 and stats["tflops"] > 0
+
+
+# ---- under lithos' opt-in ----------------------------------------------------------------------------
+
+
+def _plain_and_atomized(run):
+    """``run()``'s host results with launches as written, then split into atoms by lithos (strict)."""
+    import kernels
+
+    lithos = pytest.importorskip("lithos")
+    kernels.reset_cache()
+    plain = run()
+    kernels.reset_cache()
+    lithos.set_atomizer(lithos.Atomizer(atom_blocks=5, strict=True))
+    try:
+        atomized = run()
+    finally:
+        lithos.set_atomizer(None)
+        kernels.reset_cache()
+    return plain, atomized
+
+
+def test_every_model_computes_the_same_bits_when_atomized(stream):
+    from kernels.models import bert, gpt2, llama, resnet
+
+    svc = llama.LlamaService(llama.LLAMA_3_2_1B.with_layers(1), batch_sizes=(4,), max_seq_len=512, context=256,
+                             seed=11)
+    net = resnet.ResNetService(resnet.RESNET50, batch_sizes=(2,), seed=12)
+    enc = bert.BertService(dataclasses.replace(bert.BERT_BASE, n_layers=1), batch_sizes=(2,), seed=13)
+    cfg = gpt2.GPT2Config(name="small", n_layers=1, hidden=128, n_heads=2, vocab=1000, max_positions=256,
+                          seq_len=200, micro_batch=2, vocab_chunk=256, gemm_max_k=256)
+
+    def run():
+        svc.set_positions(svc.start_positions, np.arange(4), stream)
+        out = [_bits(_done(svc.forward(4, stream), stream)), _bits(svc.tokens), _bits(svc.positions)]
+        out.append(_bits(_done(svc.prefill(40, stream, slot=2), stream)))
+        out.append(_bits(_done(net.forward(2, stream), stream)))
+        out.append(_bits(_done(enc.forward(2, stream), stream)))
+        job = gpt2.GPT2TrainingJob(cfg, seed=14, stream=stream)
+        job.step()
+        stream.synchronize()
+        return out + [_bits(job._grads), _bits(job._master), _bits(job._compute)]
+
+    plain, atomized = _plain_and_atomized(run)
+    for i, (p, a) in enumerate(zip(plain, atomized)):
+        assert np.array_equal(p, a), f"result {i}"
