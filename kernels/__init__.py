@@ -1,6 +1,6 @@
 """ML kernels for lithos: ordinary CuPy RawKernel/RawModule and Numba kernels, with NumPy
-references, a registry of test/benchmark cases (`kernels.registry`) and workload drivers
-(`kernels.workloads`).
+references, a registry of test/benchmark cases (`kernels.registry`), workload drivers
+(`kernels.workloads`) and model-shaped services and training (`kernels.models`).
 
 Every op is a plain function taking CuPy arrays and a ``stream`` (a CuPy stream, any
 object with ``__cuda_stream__``, or None for CuPy's current stream) and returning its
@@ -21,7 +21,8 @@ def all_cupy_sources() -> list[KernelSource]:
     """Every CuPy kernel source of the package (each RawKernel variant, each RawModule)."""
     import importlib
 
-    names = ("gemm", "attention", "norm", "elementwise", "conv", "reduce", "optim")
+    names = ("gemm", "attention", "norm", "elementwise", "conv", "reduce", "optim", "transformer", "convnet",
+             "training")
     modules = [importlib.import_module(f"kernels.{n}") for n in names]
     return [src for mod in modules for src in mod.cupy_sources()]
 

@@ -5,7 +5,9 @@
 prelude that emulates what the kernels use (``threadIdx``/``blockIdx``, ``__shared__``
 memory, ``__syncthreads``, ``__syncwarp``, ``__shfl_xor_sync``, fp16/bf16 conversions,
 ``nvcuda::wmma`` 16x16x16 fragments, ``float4``), and a launch runs every thread of a
-block as an OS thread (blocks one after another). `host_array` wraps a NumPy array as a
+block as a fiber (``ucontext``) on the calling thread, switching at barriers (blocks one
+after another; a block whose threads all wait at barriers the others never reach aborts
+the process with a message rather than hang). `host_array` wraps a NumPy array as a
 ``cupy.ndarray`` whose data pointer is host memory, so the real op functions (argument
 checks, grid sizes, argument packing) run unchanged and their kernels read and write
 NumPy memory.
@@ -34,27 +36,37 @@ import numpy as np
 
 _PRELUDE = r"""
 #include <algorithm>
-#include <barrier>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <thread>
 #include <type_traits>
 #include <utility>
 #include <vector>
+#include <ucontext.h>
 
 using std::min;
 using std::max;
 
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
-static thread_local dim3 threadIdx, blockIdx;
+static dim3 threadIdx, blockIdx;   // of the running GPU thread (fiber)
 static dim3 blockDim, gridDim;
-static std::barrier<>* emu_block_barrier = nullptr;
-static std::vector<std::unique_ptr<std::barrier<>>> emu_warp_barriers;
 static float emu_shfl[32][32];
 static unsigned char* emu_dyn_smem = nullptr;
+
+// The GPU threads of a block run as fibers (ucontext) on the calling thread; a barrier is
+// a phase counter, and a fiber waiting on it yields to the scheduler until the last
+// participant arrives. A thread that returns leaves the barriers (like arrive_and_drop).
+struct EmuBarrier { unsigned participants = 0, arrived = 0; unsigned long phase = 0; };
+struct EmuFiber { ucontext_t ctx; std::unique_ptr<char[]> stack; bool done = false; };
+static EmuBarrier emu_block_bar, emu_warp_bar[32];
+static std::vector<EmuFiber> emu_fibers;
+static ucontext_t emu_sched;
+static unsigned emu_current = 0;
+static unsigned long emu_events = 0;   // arrivals and exits: progress of the block
 
 #define __global__
 #define __device__
@@ -66,8 +78,18 @@ static unsigned char* emu_dyn_smem = nullptr;
 #define __shared__ static
 
 static inline unsigned emu_tid() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
-static inline void __syncthreads() { emu_block_barrier->arrive_and_wait(); }
-static inline void __syncwarp(unsigned = 0xffffffffu) { emu_warp_barriers[emu_tid() / 32]->arrive_and_wait(); }
+static inline void emu_arrive(EmuBarrier& b) {
+    ++emu_events;
+    const unsigned long phase = b.phase;
+    if (++b.arrived == b.participants) { b.arrived = 0; ++b.phase; return; }
+    while (b.phase == phase) swapcontext(&emu_fibers[emu_current].ctx, &emu_sched);
+}
+static inline void emu_drop(EmuBarrier& b) {
+    ++emu_events;
+    if (--b.participants == b.arrived && b.arrived > 0) { b.arrived = 0; ++b.phase; }
+}
+static inline void __syncthreads() { emu_arrive(emu_block_bar); }
+static inline void __syncwarp(unsigned = 0xffffffffu) { emu_arrive(emu_warp_bar[emu_tid() / 32]); }
 static inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
     const unsigned t = emu_tid(), w = t / 32, l = t % 32;
     emu_shfl[w][l] = v;
@@ -102,17 +124,22 @@ static inline float emu_to_float(float v) { return v; }
 static inline float emu_to_float(__half v) { return __half2float(v); }
 static inline float emu_to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 
-// nvcuda::wmma, 16x16x16: every lane of the warp holds the whole tile (a valid, if
-// wasteful, choice of the unspecified fragment layout); lane 0 alone stores.
+// nvcuda::wmma, 16x16x16: lane 0 of the warp holds the whole tile (a valid, if
+// wasteful, choice of the unspecified fragment layout) and alone loads, multiplies and
+// stores it; the other lanes' fragments are never read.
 namespace nvcuda { namespace wmma {
 struct matrix_a {}; struct matrix_b {}; struct accumulator {}; struct row_major {}; struct col_major {};
 enum layout_t { mem_row_major, mem_col_major };
 template <class Use, int M, int N, int K, class T, class Layout = void>
 struct fragment { float v[256]; };
+static inline bool emu_lane0() { return emu_tid() % 32 == 0; }
 template <class Use, int M, int N, int K, class T, class L>
-inline void fill_fragment(fragment<Use, M, N, K, T, L>& f, float x) { for (int i = 0; i < 256; ++i) f.v[i] = x; }
+inline void fill_fragment(fragment<Use, M, N, K, T, L>& f, float x) {
+    if (emu_lane0()) for (int i = 0; i < 256; ++i) f.v[i] = x;
+}
 template <class Use, int M, int N, int K, class T, class L>
 inline void load_matrix_sync(fragment<Use, M, N, K, T, L>& f, const T* p, unsigned ld) {
+    if (!emu_lane0()) return;
     for (int r = 0; r < 16; ++r)
         for (int c = 0; c < 16; ++c)
             f.v[r * 16 + c] = std::is_same<L, col_major>::value ? emu_to_float(p[c * ld + r])
@@ -121,6 +148,7 @@ inline void load_matrix_sync(fragment<Use, M, N, K, T, L>& f, const T* p, unsign
 template <class TA, class LA, class TB, class LB, class TC>
 inline void mma_sync(fragment<accumulator, 16, 16, 16, TC>& d, const fragment<matrix_a, 16, 16, 16, TA, LA>& a,
                      const fragment<matrix_b, 16, 16, 16, TB, LB>& b, const fragment<accumulator, 16, 16, 16, TC>& c) {
+    if (!emu_lane0()) return;
     float t[256];
     for (int i = 0; i < 16; ++i)
         for (int j = 0; j < 16; ++j) {
@@ -132,7 +160,7 @@ inline void mma_sync(fragment<accumulator, 16, 16, 16, TC>& d, const fragment<ma
 }
 template <class TC>
 inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, TC>& f, unsigned ld, layout_t layout) {
-    if (emu_tid() % 32 != 0) return;
+    if (!emu_lane0()) return;
     for (int r = 0; r < 16; ++r)
         for (int c = 0; c < 16; ++c) {
             if (layout == mem_row_major) p[r * ld + c] = f.v[r * 16 + c];
@@ -143,6 +171,17 @@ inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, 
 """
 
 _LAUNCHER = r"""
+constexpr size_t EMU_STACK = 256 * 1024;
+static void (*emu_body)(const void*);
+static const void* emu_body_arg;
+
+static void emu_fiber_main() {
+    emu_body(emu_body_arg);
+    emu_drop(emu_warp_bar[emu_current / 32]);
+    emu_drop(emu_block_bar);
+    emu_fibers[emu_current].done = true;   // returns to emu_sched (uc_link)
+}
+
 template <class F>
 static void emu_run(dim3 grid, dim3 block, size_t smem, const F& body) {
     gridDim = grid;
@@ -151,26 +190,43 @@ static void emu_run(dim3 grid, dim3 block, size_t smem, const F& body) {
     std::vector<unsigned char> dyn(smem + 256);
     unsigned char* base = dyn.data() + (256 - reinterpret_cast<uintptr_t>(dyn.data()) % 256) % 256;
     emu_dyn_smem = base;
+    emu_body = [](const void* f) { (*static_cast<const F*>(f))(); };
+    emu_body_arg = &body;
+    while (emu_fibers.size() < nt) {
+        emu_fibers.emplace_back();
+        emu_fibers.back().stack.reset(new char[EMU_STACK]);
+    }
     for (unsigned bz = 0; bz < grid.z; ++bz)
         for (unsigned by = 0; by < grid.y; ++by)
             for (unsigned bx = 0; bx < grid.x; ++bx) {
                 memset(base, 0xff, smem);   // uninitialized shared memory reads as NaN
-                std::barrier<> bar(nt);
-                emu_block_barrier = &bar;
-                emu_warp_barriers.clear();
-                for (unsigned w = 0; w < (nt + 31) / 32; ++w)
-                    emu_warp_barriers.emplace_back(new std::barrier<>(std::min(32u, nt - 32 * w)));
-                std::vector<std::thread> threads;
-                threads.reserve(nt);
-                for (unsigned t = 0; t < nt; ++t)
-                    threads.emplace_back([&, t, bx, by, bz] {
+                blockIdx = dim3{bx, by, bz};
+                emu_block_bar = EmuBarrier{nt};
+                for (unsigned w = 0; w < (nt + 31) / 32; ++w) emu_warp_bar[w] = EmuBarrier{std::min(32u, nt - 32 * w)};
+                for (unsigned t = 0; t < nt; ++t) {
+                    EmuFiber& f = emu_fibers[t];
+                    getcontext(&f.ctx);
+                    f.ctx.uc_stack.ss_sp = f.stack.get();
+                    f.ctx.uc_stack.ss_size = EMU_STACK;
+                    f.ctx.uc_link = &emu_sched;
+                    makecontext(&f.ctx, emu_fiber_main, 0);
+                    f.done = false;
+                }
+                for (unsigned left = nt; left > 0;) {
+                    const unsigned long events = emu_events;
+                    for (unsigned t = 0; t < nt; ++t) {
+                        if (emu_fibers[t].done) continue;
+                        emu_current = t;
                         threadIdx = dim3{t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
-                        blockIdx = dim3{bx, by, bz};
-                        body();
-                        emu_warp_barriers[t / 32]->arrive_and_drop();
-                        bar.arrive_and_drop();
-                    });
-                for (auto& th : threads) th.join();
+                        swapcontext(&emu_sched, &emu_fibers[t].ctx);
+                        left -= emu_fibers[t].done;
+                    }
+                    if (left > 0 && events == emu_events) {
+                        fprintf(stderr, "kernels._emulator: every thread of block (%u, %u, %u) waits at a barrier "
+                                        "the others never reach\n", bx, by, bz);
+                        abort();
+                    }
+                }
             }
 }
 
