@@ -9,7 +9,7 @@ import pytest
 from lithos_atom.plan import KernelKey
 from lithos_sched import Policy, Priority, Scheduler, SimDevice, TenantSpec
 from lithos_sched.sim_device import SimKernel
-from lithos_sched.scheduler import _AtomRecord
+from lithos_sched.scheduler import AtomRecord
 from lithos_sched.timeline import SimTimeline
 
 SPECS = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5), TenantSpec("be", Priority.BEST_EFFORT, share=0.5)]
@@ -43,7 +43,7 @@ def queue_best_effort(sched: Scheduler, atom_us: float) -> None:
     end = tl.record(stream)
     key = KernelKey("be", (1, 1, 1), (32, 1, 1), 0, ())
     starts = max([r.predicted_end_us for r in be._inflight], default=tl.now_us())  # after those queued before
-    be._inflight.append(_AtomRecord(be, key, 0, 1, be.home, stream, begin, end, 1, atom_us, starts + atom_us, False))
+    be._inflight.append(AtomRecord(be, key, 0, 1, be.home, stream, begin, end, 1, atom_us, starts + atom_us, False))
 
 
 @pytest.fixture

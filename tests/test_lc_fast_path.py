@@ -111,7 +111,7 @@ def test_a_launch_outside_a_request_closes_the_gate_on_its_stream_first_and_a_re
     assert tl.gates[0][3] <= tl.ops.index(("launch a", high))  # closed, then launched
     assert lc.gate_held  # the keeper opens it once the tenant is idle
     tl.gates.clear()
-    from lithos_sched import scheduler as scheduler_module
+    from lithos_sched import tenant_runtime as scheduler_module
 
     scheduler_module._current.tenant = lc
     try:
@@ -160,7 +160,7 @@ def test_right_sizer_answering_the_whole_home_keeps_the_plain_path():
 
 def test_launch_whole_routes_by_the_calling_threads_tenant():
     from lithos_sched import SchedulerClosedError
-    from lithos_sched import scheduler as scheduler_module
+    from lithos_sched import tenant_runtime as scheduler_module
 
     sched, tl = scheduler()
     ran: list = []
@@ -184,7 +184,7 @@ def test_launch_whole_routes_by_the_calling_threads_tenant():
 
 def bound(sched, name: str):  # noqa: ANN001, ANN201
     """Bind this thread to tenant ``name`` as ``with tenant:`` does, without CuPy."""
-    from lithos_sched import scheduler as scheduler_module
+    from lithos_sched import tenant_runtime as scheduler_module
 
     scheduler_module._current.tenant = sched.tenant(name)
     return scheduler_module

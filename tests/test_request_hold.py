@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from lithos_sched import Policy, Priority, Scheduler, SimDevice, TenantSpec
-from lithos_sched import scheduler as scheduler_module
+from lithos_sched import tenant_runtime as scheduler_module
 
 SPECS = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5), TenantSpec("be", Priority.BEST_EFFORT, share=0.5)]
 

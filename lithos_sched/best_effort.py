@@ -1,0 +1,377 @@
+"""Where the scheduler puts a best-effort launch's atoms, and when.
+
+Without device-side gates the host decides each atom (`BestEffortPlacement._place_host`):
+on stolen TPCs only while their latency-critical tenants are idle, each issued once the
+queue on its partition is predicted to drain within a cap. With gates
+(`BestEffortPlacement._place_gated`) atoms are queued deep at home and on the stolen TPCs
+behind the gates, which the GPU evaluates at each atom boundary.
+`BestEffortPlacement` is a part of `Scheduler`, in a file of its own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from lithos_atom.plan import LaunchPlan, LaunchShape, WholeLaunch
+from lithos_sched.gates import Gate
+
+from lithos_sched.accounting import AtomRecord
+
+if TYPE_CHECKING:
+    from lithos_sched.tenant_runtime import Tenant
+
+#: `LaunchPlan.reason` of a best-effort launch run unsplit by `Policy.short_best_effort_whole`
+_SHORT_REASON = "predicted to run within one atom"
+
+
+class BestEffortPlacement:
+    """`Scheduler`'s best-effort launch path (a mixin of `Scheduler`)."""
+
+    def _launch_short_best_effort(self, tenant: Tenant, launch: WholeLaunch, user: Any,
+                                  describe: Callable[[], LaunchShape]) -> bool:
+        """Issue a best-effort launch unsplit when it is predicted to be one atom anyway
+        (`Policy.short_best_effort_whole`); returns False, issuing nothing, otherwise (the
+        front end then builds its plan)."""
+        if not self.policy.short_best_effort_whole:
+            return False
+        shape = describe()
+        home = tenant.home
+        predicted = self.predictor.predict_us(shape.key, home.num_tpcs, shape.total_blocks,
+                                              self._partition_wave(shape.wave_blocks, home))
+        if predicted is None or predicted > self.policy.atom_us:
+            return False
+        plan = LaunchPlan.whole(shape.key, shape.total_blocks, launch, _SHORT_REASON, wave_blocks=shape.wave_blocks)
+        self.submit_for(tenant, plan, user)
+        return True
+
+    def _run_best_effort(self, tenant: Tenant, plan: LaunchPlan, user: Any) -> None:
+        tl = self.timeline
+        user_handle = tl.handle(user)
+        # Atoms start after what the tenant queued before the launch. A launch run whole is
+        # one atom: that order is recorded only if it lands on another stream than the user's.
+        before = tl.record(user) if plan.atomized else None
+        joined: set[int] = set()  # handles of the streams ordered after ``before``
+        last_on: dict[int, Any] = {}  # stream handle -> end event of its last atom
+        issued = 0  # blocks issued so far, in order
+
+        def issue(count: int, partition: Any, stream: Any, stolen: bool, gates: Sequence[Gate] = ()) -> None:
+            nonlocal before, issued
+            h = tl.handle(stream)
+            if h != user_handle and h not in joined:
+                if before is None:
+                    before = tl.record(user)
+                tl.wait(stream, before)
+                joined.add(h)
+            for gate in gates:
+                tl.wait_gate(stream, gate)
+            predicted = self.predictor.predict_us(plan.key, partition.num_tpcs, count,
+                                                  self._wave_blocks(plan, partition))
+            last_on[h] = self._issue(tenant, plan, issued, count, partition, stream, predicted, stolen).end
+            issued += count
+
+        try:
+            if self._gated():
+                self._place_gated(tenant, plan, issue, lambda: plan.total_blocks - issued)
+            else:
+                self._place_host(tenant, plan, issue, lambda: plan.total_blocks - issued)
+        finally:
+            if issued < plan.total_blocks:
+                # Interrupted (an exception while waiting, or close()): issue the rest now
+                # on the tenant's own partition so no submitted block is lost.
+                issue(plan.total_blocks - issued, tenant.home, tenant.home.normal, False)
+            plan.complete()
+            for h, end in last_on.items():
+                if h != user_handle:
+                    tl.wait(user, end)
+
+    def _place_host(self, tenant: Tenant, plan: LaunchPlan, issue: Callable[..., None],
+                    remaining: Callable[[], int]) -> None:
+        """Issue a launch's atoms one at a time, each where the host decides (no gates):
+        on stolen TPCs only while their latency-critical tenants are idle, each after the
+        queue on its partition is predicted to drain within the cap."""
+        hold = True
+        while remaining() and not self._closing:
+            hold = hold and self._hold_for_requests(tenant)
+            self._yield_to_latency_critical(tenant)
+            partition, stolen = self._best_effort_target(tenant, plan)
+            waited = self._wait_for_room(tenant, partition)
+            if waited and hold and self._holds_for_requests():
+                continue  # a request opened while we waited: hold first, then choose again
+            if waited and self._best_effort_target(tenant, plan)[0] is not partition:
+                continue  # a latency-critical tenant needs its TPCs again, or left them, since we chose
+            stream = self._emptier_stream(tenant, partition)
+            issue(self._atom_blocks(plan, partition, remaining()), partition, stream, stolen)
+
+    def _place_gated(self, tenant: Tenant, plan: LaunchPlan, issue: Callable[..., None],
+                     remaining: Callable[[], int]) -> None:
+        """Issue a launch's atoms into two deep queues: at home, and on the stolen TPCs
+        behind the latency-critical tenants' gates (`Policy.device_gates`).
+
+        Each atom goes to the queue predicted to drain first among those with room (while
+        the gates are open, no larger than its partition's share of the blocks left): home
+        while at most `Policy.home_queue_cap_us` is queued there, stolen while the gates are
+        open and at most `Policy.steal_queue_us` is (while one is closed, the rest of the
+        launch goes home: atoms queued behind it would hold the launch's end until it
+        opens). With both full, the thread waits, GIL released, for the first queue to
+        drain to its cap, or for a closed gate to open.
+        """
+        stolen_part = self._gated_steal_partition(tenant, plan)
+        gates = [t.gate for t in self._lc] if stolen_part is not None else []
+        targets = [tenant.home] if stolen_part is None else [tenant.home, stolen_part]
+        hold = True
+        while remaining() and not self._closing:
+            self._retire(tenant)
+            self._guard_stranded(tenant, gates)
+            hold = hold and self._hold_for_requests(tenant)
+            part = self._gated_room(tenant, targets, stolen_part, gates)
+            if part is None:
+                self._wait_gated(tenant, targets, stolen_part, gates)
+                continue
+            stolen = part is stolen_part
+            count = self._atom_blocks(plan, part, remaining())
+            if plan.atomized and stolen_part is not None and all(g.is_open() for g in gates):
+                # both queues run the launch: neither takes more than its TPCs' share of what is left
+                share = part.num_tpcs / (tenant.home.num_tpcs + stolen_part.num_tpcs)
+                count = min(count, max(1, math.ceil(remaining() * share)))
+            issue(count, part, self._emptier_stream(tenant, part), stolen, gates if stolen else ())
+        self._guard_stranded(tenant, gates)
+
+    def _guard_stranded(self, tenant: Tenant, gates: Sequence[Gate]) -> None:
+        """While ``tenant`` has atoms queued on stolen TPCs, have the keeper look at them
+        every `Policy.request_hold_max_us`: an atom that waited behind a closed gate
+        through a whole such period gets the gate forced for it (`Gate.force`) until
+        every atom queued then has started (see `GateKeeper`)."""
+        if tenant.name in self._stranded_guards or not any(r.stolen for r in tenant._inflight):
+            return
+        self._stranded_guards.add(tenant.name)
+        tl = self.timeline
+        period_us = self.policy.request_hold_max_us
+
+        def check(seen_waiting: frozenset[int]) -> None:
+            with tenant._lock:
+                stolen = [r for r in tenant._inflight if r.stolen]
+                waiting = frozenset(id(r.start) for r in stolen if not tl.done(r.start))
+            forced = [g for g in gates if g.forced]
+            if forced and not waiting:
+                for gate in forced:
+                    tl.force_gate(gate, False)
+            elif waiting & seen_waiting and not forced:  # waited a whole period
+                for gate in gates:
+                    tl.force_gate(gate, True)
+                tenant.stats.forced_gate_opens += 1
+            if stolen or forced:
+                again_us = self.policy.steal_poll_us if forced or (waiting & seen_waiting) else period_us
+                self._gate_keeper.at(tl.now_us() + max(again_us, 1.0), lambda: check(waiting))
+            else:
+                self._stranded_guards.discard(tenant.name)
+
+        self._gate_keeper.at(tl.now_us() + period_us, lambda: check(frozenset()))
+
+    def _gated_steal_partition(self, tenant: Tenant, plan: LaunchPlan) -> Any:
+        """The partition of every latency-critical tenant's stealable TPCs, or None where
+        ``plan`` may not steal (stealing off, or its blocks too long to give TPCs back
+        quickly: `Policy.steal_max_block_us`)."""
+        if not self.policy.stealing:
+            return None
+        tpcs = frozenset().union(*(t._stealable for t in self._lc))
+        if not tpcs:
+            return None
+        wave_us = self.predictor.wave_us(plan.key, tenant.home.num_tpcs)
+        if wave_us is not None and wave_us > self.policy.steal_max_block_us:
+            return None
+        part = self._steal_partitions.get(tpcs)
+        if part is None or part.closed:
+            part = self._steal_partitions[tpcs] = self.device.partition(tpcs)
+        return part
+
+    def _gated_room(self, tenant: Tenant, targets: Sequence[Any], stolen_part: Any,
+                    gates: Sequence[Gate]) -> Any:
+        """Of ``targets``, the partition with room in its queue whose work is predicted to
+        drain first (see `_place_gated`), or None when every queue is full."""
+        now = self.timeline.now_us()
+        best, best_drain = None, math.inf
+        for part in targets:
+            queued = [r for r in tenant._inflight if r.partition is part]
+            drain = max([now, *(r.predicted_end_us for r in queued)])
+            if part is stolen_part:
+                # a tenant in this process may run work the scheduler never saw (CuPy's own
+                # kernels, cuBLAS) on its stream: no gate closes for that, its stream tells
+                room = (all(g.is_open() for g in gates) and drain - now <= self.policy.steal_queue_us
+                        and all(t._remote is not None or t.idle() for t in self._lc))
+            else:
+                room = drain - now <= self.policy.home_queue_cap_us
+            if room and drain < best_drain:
+                best, best_drain = part, drain
+        return best
+
+    def _wait_gated(self, tenant: Tenant, targets: Sequence[Any], stolen_part: Any, gates: Sequence[Gate]) -> None:
+        """Wait, GIL released, until a queue of `_place_gated` has room: for the atom of
+        each queue after whose end its cap remains, whichever is predicted first. While a
+        gate is closed the wait also ends when it opens (read every `Policy.steal_poll_us`),
+        so the stolen queue fills again at once."""
+        now = self.timeline.now_us()
+        first = None
+        for part in targets:
+            cap = self.policy.steal_queue_us if part is stolen_part else self.policy.home_queue_cap_us
+            low = self._low_point(self._queued(tenant, part), cap)
+            if low is not None and (first is None or low.predicted_end_us < first.predicted_end_us):
+                first = low
+        if first is None:
+            return  # a queue drained while we looked
+        closed = [g for g in gates if not g.is_open()]
+        stop = (lambda: any(g.is_open() for g in closed)) if closed and self.policy.steal_poll_us else None
+        self._wait_event(first, stop)
+        tenant.stats.queue_wait_ms += (self.timeline.now_us() - now) / 1000.0
+
+    def _yield_to_latency_critical(self, tenant: Tenant) -> None:
+        """On the GPU, while a latency-critical tenant is busy, let the best-effort
+        ``tenant`` issue only when at most `Policy.yield_queue_us` of its work remains
+        queued.
+
+        Each driver call of the latency-critical thread releases the GIL and must take it
+        back; a best-effort thread running Python between its own driver calls wins many
+        of those hand-offs, and on the lent machine a launch then took up to 8 ms (measured).
+        So while the latency-critical tenant is busy (its kernels run, or it launched
+        within `Policy.lc_idle_grace_us`: its host thread is between the kernels of one
+        request), the best-effort thread waits, GIL released, on its own queued atom after
+        which at most `Policy.yield_queue_us` of work remains (by default its last one),
+        then issues again: it takes the GIL about once per drained queue, and its TPCs
+        idle at most for the host time of one issue. Virtual time has no GIL, so the
+        simulated device skips this.
+        """
+        for t in self._lc:
+            self._retire(t)  # the latency-critical thread leaves this to us, off its hot path
+        if self.device.simulated or not self.policy.yield_host_to_latency_critical:
+            return
+        while any(not t.idle() for t in self._lc if t._remote is None):
+            self._retire(tenant)
+            low = self._low_point(self._queued(tenant), self.policy.yield_queue_us)
+            if low is None:
+                return
+            t0 = self.timeline.now_us()
+            self._wait_event(low)
+            tenant.stats.yield_wait_ms += (self.timeline.now_us() - t0) / 1000.0
+
+    @staticmethod
+    def _queued(tenant: Tenant, partition: Any = None) -> list[AtomRecord]:
+        """The atoms ``tenant`` has in flight (on ``partition``, or anywhere), by predicted end."""
+        return sorted((r for r in tenant._inflight if partition is None or r.partition is partition),
+                      key=lambda r: r.predicted_end_us)
+
+    def _low_point(self, queued: list[AtomRecord], cap_us: float) -> AtomRecord | None:
+        """Of ``queued`` (`_queued`), the atom after whose end at most ``cap_us`` of that
+        work remains, by the predicted ends; None if that little is queued already."""
+        if not queued:
+            return None
+        drain_at = queued[-1].predicted_end_us
+        if drain_at - self.timeline.now_us() <= cap_us:
+            return None
+        return next(r for r in queued if drain_at - r.predicted_end_us <= cap_us)
+
+    def _emptier_stream(self, tenant: Tenant, partition: Any) -> Any:
+        """Of the partition's two normal streams, the one whose queued work drains first."""
+        ends = {id(s): -math.inf for s in (partition.normal, partition.normal_b)}
+        for r in tenant._inflight:
+            if id(r.stream) in ends:
+                ends[id(r.stream)] = max(ends[id(r.stream)], r.predicted_end_us)
+        return partition.normal if ends[id(partition.normal)] <= ends[id(partition.normal_b)] else partition.normal_b
+
+    def _best_effort_target(self, tenant: Tenant, plan: LaunchPlan) -> tuple[Any, bool]:
+        policy = self.policy
+        if not policy.stealing or not self._lc:
+            return tenant.home, False
+        # the stealable TPCs of an idle latency-critical tenant, and those a busy one leaves
+        # while its work is right-sized
+        free = [t._stealable if t.idle() else t._stealable - t.busy_tpcs() for t in self._lc]
+        if not any(free):
+            return tenant.home, False
+        wave_us = self.predictor.wave_us(plan.key, tenant.home.num_tpcs)
+        if wave_us is not None and wave_us > policy.steal_max_block_us:
+            return tenant.home, False
+        tpcs = frozenset(tenant.tpcs).union(*free)
+        part = self._steal_partitions.get(tpcs)
+        if part is None or part.closed:
+            part = self._steal_partitions[tpcs] = self.device.partition(tpcs)
+        return part, True
+
+    def _shared_with_lc(self, partition: Any) -> bool:
+        """Whether ``partition`` has TPCs of a latency-critical tenant (memoized by TPC
+        set: tenants' TPCs never change, and this is asked twice per best-effort atom)."""
+        shared = self._lc_shared.get(partition.tpcs)
+        if shared is None:
+            shared = self._lc_shared[partition.tpcs] = any(partition.tpcs & t.tpcs for t in self._lc)
+        return shared
+
+    def _wave_blocks(self, plan: LaunchPlan, partition: Any) -> int:
+        return self._partition_wave(plan.wave_blocks, partition)
+
+    def _partition_wave(self, device_wave_blocks: int, partition: Any) -> int:
+        """Blocks of one wave on ``partition``, from those of one wave on the whole device."""
+        per_sm = max(1, device_wave_blocks // max(1, self.device.num_sms))
+        return per_sm * partition.num_sms
+
+    def _atom_blocks(self, plan: LaunchPlan, partition: Any, remaining: int) -> int:
+        if not plan.atomized or not self.policy.atomize_best_effort:
+            return remaining
+        wave = self._wave_blocks(plan, partition)
+        wave_us = self.predictor.wave_us(plan.key, partition.num_tpcs)
+        target_us = self.policy.atom_us if self._shared_with_lc(partition) else self.policy.home_atom_us
+        waves = 1 if wave_us is None else max(1, math.floor(target_us / wave_us))
+        return min(remaining, waves * wave)
+
+    def _wait_for_room(self, tenant: Tenant, partition: Any) -> bool:
+        """Block until the tenant's queued work on ``partition`` is predicted to drain
+        within the cap, or, on its own partition, until a busy latency-critical tenant of
+        another process frees its TPCs (`Policy.steal_poll_us`); returns whether it had to
+        wait.
+
+        Where `Policy.issue_ahead_of_drain` says, an atom longer than the cap is waited
+        for until the cap before its predicted end, not until it ends, once it is the only
+        one left: the next atom is then queued behind it instead of after the host's time
+        to issue, and at most two atoms are ever in flight on the partition.
+        """
+        tl = self.timeline
+        shared = self._shared_with_lc(partition)
+        cap = self.policy.queue_cap_us if shared else self.policy.home_queue_cap_us
+        remote = [] if shared or not self.policy.stealing or not self.policy.steal_poll_us \
+            else [t for t in self._lc if t._remote is not None and not self._frees_tpcs(t)]
+        mode = self.policy.issue_ahead_of_drain
+        ahead = mode == "all" or (mode == "home" and not shared)
+        waited = False
+        while not self._closing:
+            self._retire(tenant)
+            queued = self._queued(tenant, partition)
+            target = self._low_point(queued, cap)
+            if target is None:
+                return waited
+            deadline_us = None
+            if ahead and target is queued[-1]:
+                if len(queued) > 1:
+                    target = queued[-2]  # then the last is alone, and waited for ahead of its end
+                else:
+                    deadline_us = target.predicted_end_us - cap
+            t0 = tl.now_us()
+            completed = self._wait_event(target, (lambda: any(self._frees_tpcs(t) for t in remote)) if remote else None,
+                                         deadline_us)
+            waited = True
+            tenant.stats.queue_wait_ms += (tl.now_us() - t0) / 1000.0
+            if not completed:
+                return waited  # TPCs to steal, or the queue is predicted to drain within the cap
+            # re-anchor the predicted ends of what is still queued at the real completion
+            now = tl.now_us()
+            later = sorted((r for r in tenant._inflight
+                            if r.partition is partition and r.predicted_end_us > target.predicted_end_us),
+                           key=lambda r: r.predicted_end_us)
+            for r in later:
+                r.predicted_end_us = now
+                now += r.predicted_us if r.predicted_us is not None else self.policy.atom_us
+        return waited
+
+    @staticmethod
+    def _frees_tpcs(tenant: Tenant) -> bool:
+        """Whether the latency-critical ``tenant`` leaves TPCs to steal now: it is idle, or
+        its work is right-sized to fewer than its stealable TPCs."""
+        return tenant.idle() or bool(tenant._stealable - tenant.busy_tpcs())
+
