@@ -11,11 +11,8 @@ took it in between runs its Python first. Whether a thread keeps the GIL is per 
   events of timed and right-sized launches), so it does not wait behind a best-effort
   thread once per call (its kernel launches themselves are CuPy's, which release it);
 - a best-effort thread releases it at every call, so a latency-critical thread waiting
-  for the GIL gets it within one call instead of one GIL switch interval. Measured on the
-  H100 (bench/results/h100-2026-11-25-run15-all-held): with every thread holding it,
-  lithos' latency-critical p99 on the synthetic pair was 2.5x the static split's of the
-  same run (4.43 against 1.75 ms), and the inference service was overloaded beside batch
-  inference.
+  for the GIL gets it within one call instead of one GIL switch interval (with every
+  thread holding it, the best-effort thread starved the latency-critical one).
 
 ``ctypes.PyDLL`` is the standard library's way to call a C function with the GIL held
 (``ctypes.CDLL`` releases it); no CUDA Python binding offers the choice.

@@ -19,9 +19,8 @@ them from CuPy's buffer. Anything else (another argument type, a value narrower 
 parameter, an argument count other than the kernel's, a driver without
 ``cuFuncGetParamInfo``) makes `pack` return None, and the atoms go through CuPy's call.
 
-A latency-critical launch, which runs whole and once, keeps CuPy's own call: measured on
-the H100 (bench/results/h100-2026-11-25-session4-diagnostics), packing it here cost more
-host time than CuPy's Cython did.
+A latency-critical launch, which runs whole and once, keeps CuPy's own call: packing it
+here cost more host time than CuPy's Cython does.
 """
 
 from __future__ import annotations

@@ -45,3 +45,12 @@ def test_ints_and_numbers_exclude_bools(value, int_, number):
 def test_options_refuse_a_bad_value_by_the_fields_name(make, field, bad):
     with pytest.raises(ValueError, match="^" + re.escape(field) + " must be "):
         make(bad)
+
+
+def test_policy_refuses_what_is_not_a_bool_for_a_switch():
+    from lithos_sched import Policy
+
+    with pytest.raises(ValueError, match="Policy.device_gates must be a bool"):
+        Policy(device_gates="yes")
+    with pytest.raises(ValueError, match="Policy.stealing must be a bool"):
+        Policy(stealing=1)
