@@ -17,7 +17,10 @@ class TenantStats:
 
     Device times (``busy_ms``, ``tpc_ms``) come from events around the ``timed_atoms``:
     every best-effort atom, and one in `Policy.lc_timing_every` latency-critical launches.
-    ``host_issue_us`` is the host time spent issuing atoms (events and launches).
+    ``host_issue_us`` is the host time spent issuing atoms (events and launches);
+    ``host_cpu_us`` the CPU time of the thread in the scheduler's best-effort path for the
+    whole of each launch (placement, waits that spin, issue), whose mean per atom is what
+    the host costs a best-effort tenant.
     ``queue_wait_ms`` is the host time a best-effort thread waited for room under the
     queue caps, ``yield_wait_ms`` the time it waited for a busy latency-critical tenant
     (`Policy.yield_host_to_latency_critical`), ``request_hold_ms`` the time it was held
@@ -38,6 +41,7 @@ class TenantStats:
     requests: int = 0
     yield_wait_ms: float = 0.0
     host_issue_us: float = 0.0
+    host_cpu_us: float = 0.0
     forced_gate_opens: int = 0
 
 

@@ -185,7 +185,11 @@ class Scheduler(LatencyCriticalLaunches, BestEffortPlacement, Atomizer):
                 if tenant.priority is Priority.LATENCY_CRITICAL:
                     self._run_latency_critical(tenant, plan, user)
                 else:
-                    self._run_best_effort(tenant, plan, user)
+                    cpu0 = time.thread_time_ns()
+                    try:
+                        self._run_best_effort(tenant, plan, user)
+                    finally:
+                        tenant.stats.host_cpu_us += (time.thread_time_ns() - cpu0) / 1e3
             finally:
                 tenant._in_launch = False
 
@@ -227,8 +231,9 @@ class Scheduler(LatencyCriticalLaunches, BestEffortPlacement, Atomizer):
         """Per-tenant accounting and the predictor's error report.
 
         Besides the `TenantStats` fields, each tenant has ``host_us_per_atom`` and
-        ``tpc_ms_estimated``: its measured TPC-time scaled from the timed atoms to all
-        of them (the same as ``tpc_ms`` for best-effort tenants, whose atoms are all timed).
+        ``host_cpu_us_per_atom`` (``host_issue_us`` and ``host_cpu_us`` per atom), and
+        ``tpc_ms_estimated``: its measured TPC-time scaled from the timed atoms to all of
+        them (the same as ``tpc_ms`` for best-effort tenants, whose atoms are all timed).
         """
         for t in self.tenants.values():
             self._retire(t)
@@ -236,6 +241,7 @@ class Scheduler(LatencyCriticalLaunches, BestEffortPlacement, Atomizer):
             "tenants": {
                 t.name: {"priority": t.priority.value, "tpcs": len(t.tpcs), **dataclasses.asdict(t.stats),
                          "host_us_per_atom": t.stats.host_issue_us / max(1, t.stats.atoms),
+                         "host_cpu_us_per_atom": t.stats.host_cpu_us / max(1, t.stats.atoms),
                          "tpc_ms_estimated": t.stats.tpc_ms * t.stats.atoms / max(1, t.stats.timed_atoms)}
                 for t in self.tenants.values()
             },
