@@ -134,6 +134,30 @@ class Atomizer:
         """
         return False
 
+    def dispatch(self, launch: WholeLaunch, stream: Any, describe: Callable[[], LaunchShape],
+                 plan: Callable[[], LaunchPlan], kernel_name: str | None = None) -> None:
+        """Run one intercepted launch: the protocol every front end follows.
+
+        The launch is first offered whole (`launch_whole`); otherwise ``plan()`` builds its
+        `LaunchPlan`, a kernel that cannot be split is warned about once (`warn_whole`),
+        and the plan is submitted (`submit`).
+
+        Parameters
+        ----------
+        launch, stream, describe
+            As for `launch_whole`.
+        plan : callable
+            Builds the launch's plan (rewriting arguments: only called when needed).
+        kernel_name : str, optional
+            Names the kernel in the run-whole warning (default: the plan key's name).
+        """
+        if self.launch_whole(launch, stream, describe):
+            return
+        built = plan()
+        if not built.atomized:
+            self.warn_whole(kernel_name or built.key.name, built.reason or "")
+        self.submit(built, stream)
+
     def launch_graph(self, graph: Any, stream: Any) -> None:
         """Launch a CUDA graph captured under the opt-in (`lithos_atom.graphs`).
 

@@ -337,15 +337,10 @@ class AtomizedRawKernel:
         stream: Any = None,
     ) -> None:
         atomizer = get_atomizer() or self._direct
-        if atomizer.launch_whole(
-            lambda s: self._kernel(grid, block, args, shared_mem=shared_mem, stream=as_cupy_stream(s)),
-            stream, lambda: self.shape(grid, block, args, shared_mem=shared_mem),
-        ):
-            return
-        plan = self.plan(grid, block, args, shared_mem=shared_mem, options=self.options)
-        if not plan.atomized:
-            atomizer.warn_whole(self._source.name, plan.reason or "")
-        atomizer.submit(plan, stream)
+        atomizer.dispatch(lambda s: self._kernel(grid, block, args, shared_mem=shared_mem, stream=as_cupy_stream(s)),
+                          stream, lambda: self.shape(grid, block, args, shared_mem=shared_mem),
+                          lambda: self.plan(grid, block, args, shared_mem=shared_mem, options=self.options),
+                          self._source.name)
 
 
 _wave_cache: dict[tuple[int, tuple[int, int, int], int], int] = {}

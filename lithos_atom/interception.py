@@ -30,13 +30,10 @@ def _make_classes(raw_kernel: type, raw_module: type) -> tuple[type, type]:
         atomizer = get_atomizer()
         if atomizer is None:
             return fallback(grid, block, args, shared_mem=shared_mem, stream=stream)
-        if atomizer.launch_whole(lambda s: fallback(grid, block, args, shared_mem=shared_mem, stream=as_cupy_stream(s)),
-                                 stream, lambda: atomized.shape(grid, block, args, shared_mem=shared_mem)):
-            return
-        plan = atomized.plan(grid, block, args, shared_mem=shared_mem, options=atomizer.options)
-        if not plan.atomized:
-            atomizer.warn_whole(atomized.source.name, plan.reason or "")
-        atomizer.submit(plan, stream)
+        atomizer.dispatch(lambda s: fallback(grid, block, args, shared_mem=shared_mem, stream=as_cupy_stream(s)),
+                          stream, lambda: atomized.shape(grid, block, args, shared_mem=shared_mem),
+                          lambda: atomized.plan(grid, block, args, shared_mem=shared_mem, options=atomizer.options),
+                          atomized.source.name)
 
     class RawKernel(raw_kernel):  # type: ignore[misc, valid-type]
         __doc__ = raw_kernel.__doc__

@@ -204,13 +204,10 @@ def _launch_hook(self: Any, args: Any, griddim: Any, blockdim: Any, stream: Any 
         assert atomizer is not None
         options = atomizer.options
     original = _original_launch
-    if atomizer.launch_whole(lambda s: original(self, args, griddim, blockdim, _core_stream(s), sharedmem), stream,
-                             lambda: launch_shape(self, tuple(args), tuple(griddim), tuple(blockdim), sharedmem)):
-        return
-    plan = plan_launch(self, tuple(args), tuple(griddim), tuple(blockdim), stream, sharedmem, options, _original_launch)
-    if not plan.atomized:
-        atomizer.warn_whole(plan.key.name, plan.reason or "")
-    atomizer.submit(plan, stream)
+    atomizer.dispatch(lambda s: original(self, args, griddim, blockdim, _core_stream(s), sharedmem), stream,
+                      lambda: launch_shape(self, tuple(args), tuple(griddim), tuple(blockdim), sharedmem),
+                      lambda: plan_launch(self, tuple(args), tuple(griddim), tuple(blockdim), stream, sharedmem,
+                                          options, original))
 
 
 def acquire_hook() -> None:

@@ -228,3 +228,40 @@ def test_compile_errors_are_clear():
         cuda_source_to_ptx("__global__ void k( {", (), "90")
     with pytest.raises(lithos.AtomizeError, match="nvJitLink"):
         link_ptx(".version 9.0\n.target sm_90\n.address_size 64\n.visible .entry k() { garbage; }\n", "sm_90")
+
+
+def test_dispatch_offers_the_launch_whole_then_builds_warns_and_submits():
+    from lithos_atom.plan import KernelKey, LaunchPlan
+
+    class Recording(lithos.Atomizer):
+        def __init__(self, whole: bool) -> None:
+            super().__init__()
+            self.whole, self.calls = whole, []
+
+        def launch_whole(self, launch, stream, describe) -> bool:  # noqa: ANN001
+            self.calls.append("whole?")
+            return self.whole
+
+        def submit(self, plan, stream) -> None:  # noqa: ANN001
+            self.calls.append(("submit", plan.atomized, stream))
+
+    key = KernelKey("k", (4, 1, 1), (32, 1, 1), 0)
+    built: list = []
+
+    def plan(atomized: bool):  # noqa: ANN202
+        def build() -> LaunchPlan:
+            built.append(atomized)
+            if atomized:
+                return LaunchPlan.build(key, 4, 1, lambda s, c, st: None)
+            return LaunchPlan.whole(key, 4, lambda st: None, "cannot be split")
+        return build
+
+    taken = Recording(whole=True)
+    taken.dispatch(lambda s: None, "s", lambda: None, plan(True), "k")
+    assert taken.calls == ["whole?"] and built == []  # no plan is built for a launch taken whole
+    split = Recording(whole=False)
+    split.dispatch(lambda s: None, "s", lambda: None, plan(True), "k")
+    assert split.calls == ["whole?", ("submit", True, "s")]
+    with pytest.warns(lithos.AtomizeWarning, match="'k' runs whole .*cannot be split"):
+        split.dispatch(lambda s: None, "s", lambda: None, plan(False))  # named by the plan's key
+    assert split.calls[-1] == ("submit", False, "s")
