@@ -115,13 +115,18 @@ class BestEffortPlacement:
         open and at most `Policy.steal_queue_us` is (while one is closed, the rest of the
         launch goes home: atoms queued behind it would hold the launch's end until it
         opens). With both full, the thread waits, GIL released, for the first queue to
-        drain to its cap, or for a closed gate to open.
+        drain to its cap, or for a closed gate to open. When latency-critical tenants of
+        other processes come or go meanwhile (`RemoteTenants`), the stolen TPCs and their
+        gates are chosen again at the next atom.
         """
-        stolen_part = self._gated_steal_partition(tenant, plan)
-        gates = [t.gate for t in self._lc] if stolen_part is not None else []
-        targets = [tenant.home] if stolen_part is None else [tenant.home, stolen_part]
+        membership, stolen_part, gates, targets = -1, None, [], [tenant.home]
         hold = True
         while remaining() and not self._closing:
+            if membership != self._membership:
+                membership = self._membership
+                stolen_part = self._gated_steal_partition(tenant, plan)
+                gates = [t.gate for t in self._lc] if stolen_part is not None else []
+                targets = [tenant.home] if stolen_part is None else [tenant.home, stolen_part]
             self._retire(tenant)
             self._guard_stranded(tenant, gates)
             hold = hold and self._hold_for_requests(tenant)
