@@ -5,12 +5,12 @@ ledger is a file in shared memory (/dev/shm; `ledger_path`), one per user and ph
 GPU (its UUID, or ``SIM-<n>`` for a simulated one), created by the first process and
 removed by the last to leave. Every change is made under an exclusive ``flock`` of it.
 
-Layout: a 16-byte header, the magic ``LITHOSL1`` then a little-endian uint64 *generation*
-that every change increments (a process watching the ledger learns of a change with one
-8-byte read, no lock), then a JSON document: the GPU, its TPC count and the entries. An
-entry is one tenant: its claim (`TenantClaim`: name, priority, a share of the GPU or a
-TPC count, an optional memory limit, the `RequestSignal` path of a latency-critical
-tenant), its process (`ProcessId`: pid and start time) and its TPCs.
+The file (`lithos_sched.ledger_file`) holds a generation that every change increments (a
+process watching the ledger learns of a change with one 8-byte read, no lock) and a JSON
+document: the GPU, its TPC count and the entries. An entry is one tenant: its claim
+(`TenantClaim`: name, priority, a share of the GPU or a TPC count, an optional memory
+limit, the `RequestSignal` path of a latency-critical tenant), its process (`ProcessId`:
+pid and start time) and its TPCs.
 
 Allocation: a claim gets the lowest-numbered TPCs no live entry holds, ``tpcs`` of them
 or ``floor(share * TPCs)`` (a floor, so that shares summing to one always fit). A tenant
@@ -32,16 +32,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import json
 import math
 import os
 import re
-import struct
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from lithos_sched import ledger_file
 from lithos_sched.fields import is_int, is_number
 from lithos_sched.processes import ProcessId, file_locked
 from lithos_sched.tenant import Priority, TenantConfigError
@@ -49,8 +48,6 @@ from lithos_sched.tenant import Priority, TenantConfigError
 #: Environment variable: the folder of ledgers and request signals (/dev/shm by default).
 LEDGER_DIR_ENV = "LITHOS_LEDGER_DIR"
 
-_MAGIC = b"LITHOSL1"
-_HEADER = struct.Struct("<8sQ")  # magic, generation
 _PREFIX = "lithos-ledger-"
 _SIGNAL_PREFIX = "lithos-requests-"  # `RequestSignal.create`'s file names
 
@@ -261,7 +258,7 @@ class Ledger:
                     os.close(fd)  # the last process removed it meanwhile: open the new one
                     continue
                 if os.fstat(fd).st_size == 0:
-                    self._write(fd, [], generation=0)
+                    self._write(fd, [])
                 else:
                     self._read(fd)  # checks the magic, the GPU and the TPC count
                 fcntl.flock(fd, fcntl.LOCK_UN)
@@ -301,33 +298,26 @@ class Ledger:
     # ---- the file --------------------------------------------------------------------
 
     def _read(self, fd: int) -> list[LedgerEntry]:
-        data = os.pread(fd, os.fstat(fd).st_size, 0)
-        if len(data) < _HEADER.size or data[:8] != _MAGIC:
-            raise ValueError(f"{self.path} is not a lithos ledger")
+        doc = ledger_file.read(fd, self.path)
+        if doc is None:
+            return []
         try:
-            doc = json.loads(data[_HEADER.size:])
             entries = [LedgerEntry.from_json(e) for e in doc["entries"]]
+            gpu, num_tpcs = doc["gpu"], doc["num_tpcs"]
         except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"ledger {self.path} is corrupt ({exc}); remove it once no lithos process uses "
-                             f"GPU {self.gpu}") from exc
-        if doc["gpu"] != self.gpu or doc["num_tpcs"] != self.num_tpcs:
-            raise ValueError(f"ledger {self.path} is of GPU {doc['gpu']} with {doc['num_tpcs']} TPCs; this process "
+            raise ValueError(f"ledger {self.path} is corrupt ({type(exc).__name__}: {exc}); remove it once no "
+                             f"lithos process uses GPU {self.gpu}") from exc
+        if gpu != self.gpu or num_tpcs != self.num_tpcs:
+            raise ValueError(f"ledger {self.path} is of GPU {gpu} with {num_tpcs} TPCs; this process "
                              f"sees GPU {self.gpu} with {self.num_tpcs} (another split of the SMs?)")
         return entries
 
-    def _write(self, fd: int, entries: Sequence[LedgerEntry], generation: int | None = None) -> None:
-        body = json.dumps({"gpu": self.gpu, "num_tpcs": self.num_tpcs,
-                           "entries": [e.to_json() for e in entries]}).encode()
-        if generation is None:
-            generation = _generation(fd) + 1
-        os.pwrite(fd, body, _HEADER.size)
-        os.ftruncate(fd, _HEADER.size + len(body))
-        # the body first: a watcher that sees the new generation then reads the new body
-        os.pwrite(fd, _HEADER.pack(_MAGIC, generation), 0)
+    def _write(self, fd: int, entries: Sequence[LedgerEntry]) -> None:
+        ledger_file.write(fd, {"gpu": self.gpu, "num_tpcs": self.num_tpcs, "entries": [e.to_json() for e in entries]})
 
     def generation(self) -> int:
         """A number every change of the ledger increments (one read, no lock)."""
-        return _generation(self._fd)
+        return ledger_file.generation(self._fd)
 
     def _live(self, fd: int) -> list[LedgerEntry]:
         """The live entries; stale ones are removed from the file, with their signals' files."""
@@ -438,11 +428,6 @@ class Ledger:
 
     def __repr__(self) -> str:
         return f"<Ledger of GPU {self.gpu} ({self.num_tpcs} TPCs) {str(self.path)!r}>"
-
-
-def _generation(fd: int) -> int:
-    _, generation = _HEADER.unpack(os.pread(fd, _HEADER.size, 0).ljust(_HEADER.size, b"\0"))
-    return generation
 
 
 def _remove_signal_file(path: Path) -> None:

@@ -154,11 +154,12 @@ class TenantMemoryLimit:
     @contextlib.contextmanager
     def using(self) -> Iterator[TenantMemoryLimit]:
         """Make `malloc` the calling thread's allocator inside the block."""
+        import cupy.cuda
         from cupy.cuda import memory
 
         if self.allocator is None:
             self.allocator = memory.get_allocator()
-        with memory.using_allocator(self.malloc):
+        with cupy.cuda.using_allocator(self.malloc):
             yield self
 
     def __repr__(self) -> str:

@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 from lithos_sched import PartitionError, Priority, TenantConfigError, device_count, open_device
 from lithos_sched.ledger import Ledger, TenantClaim, TPCsUnavailableError, ledger_path
+from lithos_sched import ledger_file
+from lithos_sched.ledger_file import snapshot
 from lithos_sched.processes import ProcessId, file_locked
 from lithos_sched.request_signal import RequestSignal
 
@@ -34,7 +36,12 @@ def test_the_first_process_creates_the_file_owner_only_and_the_last_removes_it(t
         ledger.unregister()
         assert not ledger.path.exists()
         ledger.register([TenantClaim("b", BE, tpcs=2)])  # the next registration starts a new file
-        assert ledger.path.exists() and ledger.generation() == 1
+        generation = ledger.generation()
+        assert ledger.path.exists() and generation > 0
+        ledger.register([TenantClaim("c", BE, tpcs=2)])
+        assert ledger.generation() == generation + 1 and [e["name"] for e in snapshot(ledger.path)["entries"]] == [
+            "b", "c"]
+        ledger.unregister(["c"])
         with Ledger("GPU-a", 66, directory=tmp_path) as other:  # another reader of the same file
             assert [e.name for e in other.entries()] == ["b"]
         assert ledger.path.exists()  # "b" is still registered
@@ -232,3 +239,29 @@ def test_each_simulated_gpu_has_its_own_ledger_keyed_by_the_physical_gpu(tmp_pat
         device_count(simulate=True)
     for ledger in ledgers:
         ledger.close()
+
+
+def test_a_process_killed_while_writing_leaves_the_previous_document_whole(tmp_path, monkeypatch):
+    path = tmp_path / "ledger"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    ledger_file.write(fd, {"entries": ["a"]})
+    writes = []
+    real_pwrite = os.pwrite
+
+    def dies_before_the_header(fd: int, data: bytes, offset: int) -> int:
+        if offset == 0:
+            raise SystemExit("killed")  # the document is written, the header not yet
+        writes.append(offset)
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", dies_before_the_header)
+    for doc in ({"entries": ["a", "b" * 100]}, {"entries": []}):
+        with pytest.raises(SystemExit):
+            ledger_file.write(fd, doc)
+        assert ledger_file.read(fd, path) == {"entries": ["a"]} and ledger_file.generation(fd) == 1
+    monkeypatch.undo()
+    assert writes[0] > 64  # the longer document went past the current one, not over it
+    real_pwrite(fd, b"{not json", 64)
+    with pytest.raises(ValueError, match="is corrupt"):
+        ledger_file.read(fd, path)
+    os.close(fd)

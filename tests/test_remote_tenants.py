@@ -76,6 +76,22 @@ def test_a_launch_in_progress_steals_the_tpcs_of_a_tenant_that_joins_meanwhile(t
         sched.close()
 
 
+def test_a_request_of_one_followed_tenant_leaves_the_others_tpcs_to_steal(tmp_path):
+    sched = best_effort_scheduler()
+    with RequestSignal.create(tmp_path) as first, RequestSignal.create(tmp_path) as second:
+        sched.follow(TenantSpec("lc1", LC, tpcs=(0, 1)), RequestSignal.attach(first.path))
+        sched.follow(TenantSpec("lc2", LC, tpcs=(2, 3)), RequestSignal.attach(second.path))
+        with first.request():  # its gate closed: atoms go behind the other gate only
+            t0, _ = run(sched)
+            assert stolen_tpcs_since(sched, t0) == {2, 3}
+            with second.request():
+                t1, _ = run(sched)
+                assert stolen_tpcs_since(sched, t1) == set()
+        t2, _ = run(sched)
+        assert stolen_tpcs_since(sched, t2) == {0, 1, 2, 3}
+        sched.close()
+
+
 def test_a_dead_tenants_closed_gate_holds_nothing_once_unfollowed(tmp_path):
     """A request opens on the remote tenant (its gate closes: atoms queued on its TPCs
     wait) and never ends, as when its process dies inside it; unfollowing it lets them go
