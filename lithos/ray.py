@@ -8,8 +8,11 @@ makes an actor class whose instances `lithos.join` the GPU Ray assigned them
 ``tpcs`` say otherwise) and, if asked, a memory limit; a latency-critical actor publishes
 its requests, a best-effort actor steals the TPCs of the latency-critical actors of its
 GPU between their requests. An actor that exits leaves the GPU; one that is killed gets
-its TPCs back through the other actors' ledger watches. `join_assigned` does the same
-from inside any actor. Ray is imported with this module (``pip install 'lithos[ray]'``).
+its TPCs back through the other actors' ledger watches. ``ray.shutdown()`` kills every
+actor at once, leaving no survivor to reclaim them: have actors call `lithos.leave` first
+(else the next lithos process on the GPU reclaims their entries). `join_assigned` does
+the same from inside any actor. Ray is imported with this module
+(``pip install 'lithos[ray]'``).
 """
 
 from __future__ import annotations
@@ -85,6 +88,7 @@ def remote(*, priority: str | Priority, num_gpus: float, share: float | None = N
     -------
     callable
         The decorator: ``@lithos.ray.remote(priority="best-effort", num_gpus=0.5)``.
+        Each actor's tenant is named ``<class>-<pid>``.
 
     Raises
     ------
@@ -99,7 +103,8 @@ def remote(*, priority: str | Priority, num_gpus: float, share: float | None = N
 
     def decorate(cls: type) -> Any:
         def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-            join_assigned(priority, share=share, tpcs=tpcs, memory_limit=memory_limit, simulate=simulate)
+            join_assigned(priority, share=share, tpcs=tpcs, memory_limit=memory_limit, simulate=simulate,
+                          name=f"{cls.__name__}-{os.getpid()}")
             cls.__init__(self, *args, **kwargs)
 
         tenant_class = type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__,

@@ -122,7 +122,8 @@ def test_live_entries_hold_disjoint_tpcs_of_the_counts_they_claimed(tmp_path_fac
             ledger.unregister(process=process)
             owned.pop(name, None)
         elif op == "register" and process not in dead:
-            claim = TenantClaim(name, LC if k % 2 else BE, **({"tpcs": size} if isinstance(size, int) else {"share": size}))
+            size_kw = {"tpcs": size} if isinstance(size, int) else {"share": size}
+            claim = TenantClaim(name, LC if k % 2 else BE, **size_kw)
             free = 40 - sum(len(t) for n, t in owned.items() if n != name)
             try:
                 n = claim.tpc_count(40)

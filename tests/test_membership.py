@@ -21,6 +21,7 @@ from lithos_sched.memory_limit import TenantMemoryLimit, TenantOutOfMemoryError
 from lithos_sched.tenant_runtime import current_tenant
 
 REPO = Path(__file__).resolve().parents[1]
+LC = Priority.LATENCY_CRITICAL
 
 
 @pytest.fixture
@@ -63,7 +64,7 @@ def test_join_registers_binds_and_installs_and_leave_undoes_it(ledgers):
     other.join()
     assert seen == [(m.scheduler, None)]  # installed process-wide; other threads run as the default tenant
     [entry] = m.ledger.entries()
-    assert (entry.name, entry.tpcs, entry.claim.priority) == ("inference", frozenset(range(10)), Priority.LATENCY_CRITICAL)
+    assert (entry.name, entry.tpcs, entry.claim.priority) == ("inference", frozenset(range(10)), LC)
     assert entry.claim.signal == str(m.signal.path) and m.tenant.gate is m.signal.gate  # requests published
     with pytest.raises(RuntimeError, match="is tenant 'inference' of GPU 0 already; call lithos.leave"):
         lithos.join(priority="best-effort", tpcs=1, simulate=True)
