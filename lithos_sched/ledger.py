@@ -36,6 +36,7 @@ import math
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -202,6 +203,13 @@ class Ledger:
         processes hold a live ledger of this GPU.
     ValueError
         If the file is not a ledger, or is one of another TPC count.
+
+    Notes
+    -----
+    The object holds the file open, with a POSIX read lock that tells other users the
+    ledger is in use. Such locks are the process's: closing any other descriptor of the
+    file in this process drops it, so a process keeps one `Ledger` per file. Its methods
+    may be called from several threads.
     """
 
     def __init__(self, gpu: str, num_tpcs: int, *, directory: str | Path | None = None,
@@ -217,6 +225,7 @@ class Ledger:
         self._me = ProcessId.current()
         self._refuse_other_users()
         self._fd = -1
+        self._thread_lock = threading.RLock()
         self._open()
 
     # ---- opening -------------------------------------------------------------------
@@ -280,20 +289,23 @@ class Ledger:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[int]:
-        """Hold the exclusive lock of the current file; yields its descriptor."""
-        if self._fd < 0:
-            raise ValueError(f"ledger {self.path} is closed")
-        while True:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-            if self._is_current(self._fd):
-                break
-            os.close(self._fd)  # removed by its last process: this one starts the next
-            self._fd = -1
-            self._open()
-        try:
-            yield self._fd
-        finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        """Hold the exclusive lock of the current file, against other processes (``flock``)
+        and this process's other threads (a ``flock`` is the open file's, shared by
+        them); yields its descriptor."""
+        with self._thread_lock:
+            if self._fd < 0:
+                raise ValueError(f"ledger {self.path} is closed")
+            while True:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                if self._is_current(self._fd):
+                    break
+                os.close(self._fd)  # removed by its last process: this one starts the next
+                self._fd = -1
+                self._open()
+            try:
+                yield self._fd
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     # ---- the file --------------------------------------------------------------------
 
@@ -410,15 +422,16 @@ class Ledger:
 
     def close(self) -> None:
         """Close the file (idempotent), removing it where no live entry remains."""
-        if self._fd < 0:
-            return
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-            if self._is_current(self._fd) and not self._live(self._fd):
-                self.path.unlink(missing_ok=True)
-        finally:
-            os.close(self._fd)  # drops both locks
-            self._fd = -1
+        with self._thread_lock:
+            if self._fd < 0:
+                return
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                if self._is_current(self._fd) and not self._live(self._fd):
+                    self.path.unlink(missing_ok=True)
+            finally:
+                os.close(self._fd)  # drops both locks
+                self._fd = -1
 
     def __enter__(self) -> Ledger:
         return self

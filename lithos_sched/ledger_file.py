@@ -67,7 +67,9 @@ def write(fd: int, doc: dict[str, Any]) -> None:
 
 def snapshot(path: str | Path) -> dict[str, Any] | None:
     """What the ledger file at ``path`` says now, read under a shared lock, reclaiming
-    nothing (for inspection and tests; a `Ledger` reclaims stale entries as it reads)."""
+    nothing (for inspection and tests; a `Ledger` reclaims stale entries as it reads).
+    Not in a process that holds a `Ledger` of the file: closing this descriptor would
+    drop that ledger's POSIX lock."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)

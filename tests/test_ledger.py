@@ -7,6 +7,8 @@ import os
 import stat
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -142,6 +144,21 @@ def test_live_entries_hold_disjoint_tpcs_of_the_counts_they_claimed(tmp_path_fac
         live = {e.name: e.tpcs for e in ledger.entries()}
         assert live == owned
         assert sum(len(t) for t in live.values()) == len(frozenset().union(*live.values())) <= 40
+    ledger.close()
+
+
+def test_threads_of_one_process_register_through_one_ledger_without_losing_updates(tmp_path, monkeypatch):
+    write = ledger_file.write
+    monkeypatch.setattr(ledger_file, "write", lambda fd, doc: (time.sleep(0.0005), write(fd, doc)))  # a wide window
+    ledger = Ledger("GPU-a", 66, directory=tmp_path, alive=lambda p: True)
+    threads = [threading.Thread(target=lambda k=k: [ledger.register([TenantClaim(f"t{k}-{i}", BE, tpcs=1)], fake(k))
+                                                    for i in range(8)]) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    entries = ledger.entries()
+    assert len(entries) == 64 and len(frozenset().union(*(e.tpcs for e in entries))) == 64
     ledger.close()
 
 
