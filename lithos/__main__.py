@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--tpcs", type=int, help="a TPC count (instead of --share)")
     run.add_argument("--memory-limit", dest="memory_limit", help="device memory, e.g. 8GiB")
     run.add_argument("--name", help="the tenant's name (default <program>-<pid>)")
-    run.add_argument("-m", dest="module", help="run a module, as python -m")
+    run.add_argument("-m", dest="module", nargs=argparse.REMAINDER, metavar="MODULE ...",
+                     help="run a module and its arguments, as python -m")
     run.add_argument("target", nargs=argparse.REMAINDER, help="the program and its arguments")
     return parser
 
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Parse the command, join, and run the program in this interpreter."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if (args.module is None) == (not args.target):
+    if (not args.module) == (not args.target):
         parser.error("give a program (prog.py [args]) or -m module [args]")
     try:
         options = parse_join_spec(os.environ.get(JOIN_ENV, ""))
@@ -51,16 +52,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     options.update({k: v for k, v in given.items() if v is not None})
     if "priority" not in options:
         parser.error(f"the priority is missing: --priority or {JOIN_ENV}=priority=...")
-    sys.argv = [args.module or args.target[0], *(args.target if args.module else args.target[1:])]
+    command = args.module or args.target
+    if args.module:
+        options.setdefault("name", f"{command[0].rsplit('.', 1)[-1]}-{os.getpid()}")
+    sys.argv = list(command)
     try:
         join(**options)
     except (ValueError, PermissionError, RuntimeError) as exc:
         parser.exit(2, f"python -m lithos: {exc}\n")
-    if args.module is not None:
-        runpy.run_module(args.module, run_name="__main__", alter_sys=True)
+    if args.module:
+        runpy.run_module(command[0], run_name="__main__", alter_sys=True)
     else:
-        sys.path[0] = os.path.dirname(os.path.abspath(args.target[0]))
-        runpy.run_path(args.target[0], run_name="__main__")
+        sys.path[0] = os.path.dirname(os.path.abspath(command[0]))
+        runpy.run_path(command[0], run_name="__main__")
 
 
 if __name__ == "__main__":

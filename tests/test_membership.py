@@ -156,3 +156,9 @@ def test_python_m_lithos_run_joins_then_runs_the_unchanged_program(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "lithos", "run", str(program)], capture_output=True, text=True,
                          env={**env, "LITHOS_JOIN": "share=0.5"}, cwd=REPO, timeout=60)
     assert bad.returncode == 2 and "the priority is missing" in bad.stderr
+    module = subprocess.run([sys.executable, "-m", "lithos", "run", "--priority", "latency-critical", "-m", "serve",
+                             "--port", "1"], capture_output=True, text=True, cwd=REPO, timeout=60,
+                            env={**env, "PYTHONPATH": f"{REPO}:{tmp_path}"})
+    assert module.returncode == 3, module.stderr
+    assert module.stdout.startswith(f"[{str(program)!r}, '--port', '1'] serve-")
+    assert module.stdout.split()[-3:-1] == ["33", "latency-critical"]

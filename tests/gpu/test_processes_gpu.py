@@ -208,3 +208,17 @@ def test_a_thread_that_never_entered_the_tenant_launches_on_its_tpcs_in_order(tm
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["sum"] == float(1 << 22)
     assert result["sms"] and set(result["sms"]) <= set(result["tenant_sms"]) and result["kernels"] >= 2
+
+
+def test_every_visible_gpu_opens_by_its_index_with_its_own_uuid_and_ledger(tmp_path):
+    from lithos_sched import device_count, open_device
+    from lithos_sched.ledger import Ledger
+
+    uuids = []
+    for i in range(device_count(simulate=False)):
+        device = open_device(i, simulate=False)
+        uuids.append(device.uuid)
+        with Ledger(device.uuid, device.num_tpcs, directory=tmp_path) as ledger:
+            assert ledger.path.name.endswith(device.uuid)
+        device.close()
+    assert uuids and len(set(uuids)) == len(uuids) and all(u.startswith("GPU-") for u in uuids)
