@@ -5,6 +5,8 @@ The program runs as ``python prog.py args`` would (``-m module`` as ``python -m`
 ``LITHOS_JOIN`` environment variable (``gpu=0,priority=best-effort,share=0.5``) and the
 command line, which wins. An environment variable alone cannot reach into an unchanged
 program; this launcher is the one line the program's command gains.
+
+``python -m lithos ledger`` prints this user's ledgers: who holds which TPCs of each GPU.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ import sys
 from collections.abc import Sequence
 
 from lithos.membership import JOIN_ENV, join, parse_join_spec
+from lithos_sched.ledger import ledger_dir, ledger_paths
+from lithos_sched.ledger_file import snapshot
+from lithos_sched.memory_limit import format_bytes
+from lithos_sched.processes import ProcessId
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,13 +38,35 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-m", dest="module", nargs=argparse.REMAINDER, metavar="MODULE ...",
                      help="run a module and its arguments, as python -m")
     run.add_argument("target", nargs=argparse.REMAINDER, help="the program and its arguments")
+    commands.add_parser("ledger", help="print this user's ledgers: who holds which TPCs of each GPU",
+                        description=f"Ledgers of {ledger_dir()} ($LITHOS_LEDGER_DIR); nothing is changed.")
     return parser
 
 
+def print_ledgers() -> None:
+    """Print every ledger of this user, its entries as the file has them (a dead
+    process's entry is marked stale; the next lithos process reclaims it)."""
+    paths = ledger_paths()
+    if not paths:
+        print(f"no ledger in {ledger_dir()}")
+    for path in paths:
+        doc = snapshot(path) or {"gpu": path.name, "num_tpcs": "?", "entries": []}
+        print(f"{doc['gpu']} ({doc['num_tpcs']} TPCs, {path}):")
+        for e in doc["entries"]:
+            tpcs = sorted(e["tpcs"])
+            stale = "" if ProcessId(e["pid"], e["start"]).alive() else "  (stale: its process is gone)"
+            memory = f"  memory limit {format_bytes(e['memory_limit'])}" if e["memory_limit"] else ""
+            print(f"  {e['name']:<24} pid {e['pid']:<8} {e['priority']:<16} {len(tpcs):>3} TPCs "
+                  f"{tpcs[0]}-{tpcs[-1]}{memory}{stale}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Parse the command, join, and run the program in this interpreter."""
+    """Parse the command; ``run``: join, and run the program in this interpreter."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "ledger":
+        print_ledgers()
+        return
     if (not args.module) == (not args.target):
         parser.error("give a program (prog.py [args]) or -m module [args]")
     try:

@@ -177,6 +177,11 @@ def ledger_path(gpu: str, directory: str | Path | None = None) -> Path:
     return ledger_dir(directory) / f"{_PREFIX}{os.getuid()}-{_safe(gpu)}"
 
 
+def ledger_paths(directory: str | Path | None = None) -> list[Path]:
+    """This user's ledger files in ``directory`` (see `ledger_dir`), sorted."""
+    return sorted(ledger_dir(directory).glob(f"{_PREFIX}{os.getuid()}-*"))
+
+
 def _owner_error(path: Path, uid: int, what: str = "ledger") -> PermissionError:
     return PermissionError(f"{what} {path} belongs to user id {uid}, not to this user ({os.getuid()}): lithos shares "
                            "a GPU between one user's processes only")

@@ -66,6 +66,10 @@ def test_join_registers_binds_and_installs_and_leave_undoes_it(ledgers):
     [entry] = m.ledger.entries()
     assert (entry.name, entry.tpcs, entry.claim.priority) == ("inference", frozenset(range(10)), LC)
     assert entry.claim.signal == str(m.signal.path) and m.tenant.gate is m.signal.gate  # requests published
+    shown = subprocess.run([sys.executable, "-m", "lithos", "ledger"], capture_output=True, text=True, cwd=REPO,
+                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60).stdout.splitlines()
+    assert shown[0].startswith("SIM-0 (66 TPCs") and shown[1].split() == [
+        "inference", "pid", str(os.getpid()), "latency-critical", "10", "TPCs", "0-9"]
     with pytest.raises(RuntimeError, match="is tenant 'inference' of GPU 0 already; call lithos.leave"):
         lithos.join(priority="best-effort", tpcs=1, simulate=True)
     with Ledger("SIM-0", 66) as ledger, pytest.raises(lithos.TPCsUnavailableError, match="held: 'inference'"):
