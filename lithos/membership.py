@@ -11,9 +11,10 @@ the other processes (`lithos_sched.ledger_watch`) and steals their TPCs between 
 the other processes' watches.
 
 Threads: the thread that joins is bound to the tenant, so its CuPy ops and cuBLAS calls
-run on the tenant's TPCs too. Other threads' intercepted kernel launches (CuPy
-``RawKernel``/``RawModule``, Numba) run as the tenant (`Scheduler.set_default_tenant`);
-their CuPy ops run where CuPy puts them unless they enter ``with lithos.tenant():``.
+run on the tenant's TPCs too, and the GPU joined becomes its CuPy device. Other threads'
+intercepted kernel launches (CuPy ``RawKernel``/``RawModule``, Numba) run as the tenant
+(`Scheduler.set_default_tenant`); their CuPy ops run where CuPy puts them unless they
+enter ``with lithos.tenant():`` (and, for a GPU other than 0, select it, as CuPy asks).
 
 `parse_join_spec` reads the environment form (``LITHOS_JOIN="gpu=0,priority=best-effort,
 share=0.5"``) that ``python -m lithos run prog.py`` honours. A forked child does not
@@ -198,6 +199,10 @@ def join(gpu: int = 0, *, priority: str | Priority, share: float | None = None, 
         with contextlib.ExitStack() as undo:
             device = open_device(gpu, simulate=simulate)
             undo.callback(device.close)
+            if not device.simulated:
+                import cupy
+
+                cupy.cuda.Device(gpu).use()  # this thread's CuPy work goes to the GPU joined
             ledger = Ledger(device.uuid, device.num_tpcs)
             undo.callback(ledger.close)
             signal = None

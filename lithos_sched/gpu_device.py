@@ -645,8 +645,9 @@ class GpuDevice:
 
     @property
     def uuid(self) -> str:
-        """The GPU's UUID as ``nvidia-smi -L`` prints it: the same GPU has it in every
-        process, whichever ordinal ``CUDA_VISIBLE_DEVICES`` gives it there."""
+        """``GPU-`` and the 16 bytes of ``cuDeviceGetUuid`` as ``nvidia-smi -L`` prints a
+        GPU's (a MIG instance's own bytes under MIG): the same in every process, whichever
+        ordinal ``CUDA_VISIBLE_DEVICES`` gives the device there."""
         raw = check(_driver().cuDeviceGetUuid(self._cu_device), "cuDeviceGetUuid").bytes.hex()
         return f"GPU-{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"
 

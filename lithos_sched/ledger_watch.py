@@ -14,8 +14,10 @@ best-effort or not, so the first survivor to notice a death reclaims for all.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from typing import Any
 
 from lithos_sched.ledger import Ledger, LedgerEntry
 from lithos_sched.processes import ProcessId
@@ -58,7 +60,8 @@ class LedgerWatch:
 
     def start(self) -> None:
         """Follow the tenants registered now (before returning), then watch for changes."""
-        self.sync()
+        with self._on_device():
+            self.sync()
         self._thread = threading.Thread(target=self._run, name="lithos-ledger-watch", daemon=True)
         self._thread.start()
 
@@ -114,11 +117,22 @@ class LedgerWatch:
         """Whether the ledger changed or a known process died since the last `sync`."""
         return self.ledger.generation() != self._generation or not all(self.ledger.alive(p) for p in self._peers)
 
+    def _on_device(self) -> Any:
+        """CuPy's current device made the scheduler's GPU for the block: following a tenant
+        maps its gate page and probes it with a stream, on the calling thread's device."""
+        device = self.scheduler.device
+        if device.simulated:
+            return contextlib.nullcontext()
+        import cupy
+
+        return cupy.cuda.Device(device.device_id)
+
     def _run(self) -> None:
         while not self._stop.wait(self.period_s):
             try:
                 if self._changed():
-                    self.sync()
+                    with self._on_device():
+                        self.sync()
             except SchedulerClosedError:
                 return
             except Exception as exc:  # keep watching: a failed look is retried at the next period
