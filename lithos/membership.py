@@ -66,6 +66,8 @@ class Membership:
     memory : TenantMemoryLimit or None
         The installed memory limit.
     watch : LedgerWatch
+    thread : int
+        The thread that joined, bound to the tenant until `close`.
     """
 
     gpu: int
