@@ -2,8 +2,9 @@
 
 Public names
 ------------
-open_device
-    A `GpuDevice` when a CUDA GPU is present, else a `SimDevice` (with a warning).
+open_device, device_count
+    GPU ``i`` as a `GpuDevice` when a CUDA GPU is present, else a `SimDevice` (with a
+    warning); how many GPUs the process sees.
 GpuDevice, SimDevice, SimKernel, BlockRecord
     Devices that hand out TPC partitions; the simulator's kernel model and block records.
 Device, Partition, Stream, Event
@@ -27,7 +28,7 @@ import warnings
 from typing import Any
 
 from lithos_sched.device_api import Device, Event, Partition, Stream
-from lithos_sched.errors import LithosCudaError, PartitionError
+from lithos_sched.errors import LithosCudaError, PartitionError, check
 from lithos_sched.gpu_device import GpuDevice
 from lithos_sched.policy import Policy
 from lithos_sched.predictor import LatencyPredictor
@@ -40,6 +41,7 @@ from lithos_sched.scheduler import (
 )
 from lithos_sched.sim_device import BlockRecord, SimDevice, SimKernel
 from lithos_sched.tenant import Priority, TenantConfigError, TenantSpec
+from lithos_sched.visible_gpus import visible_sim_gpus
 
 log = logging.getLogger("lithos_sched")
 
@@ -59,33 +61,58 @@ def gpu_available() -> bool:
 
 
 def _keywords(cls: type) -> set[str]:
-    return {name for name in inspect.signature(cls).parameters if name != "self"}
+    return {name for name in inspect.signature(cls).parameters if name not in ("self", "device_id")}
 
 
-def open_device(simulate: bool | None = None, **kwargs: Any) -> GpuDevice | SimDevice:
-    """Open the GPU, or the simulated device.
+def device_count(simulate: bool | None = None) -> int:
+    """How many GPUs this process sees, as `open_device` numbers them.
 
     Parameters
     ----------
+    simulate : bool, optional
+        True: the simulated GPUs (`lithos_sched.visible_gpus`: ``LITHOS_SIM_GPUS``, 1 by
+        default, selected by ``CUDA_VISIBLE_DEVICES``); False: the CUDA devices (0 without
+        a driver); None: the CUDA devices if there are any, else the simulated ones.
+    """
+    if simulate is None:
+        simulate = not gpu_available()
+    if simulate:
+        return len(visible_sim_gpus())
+    if not gpu_available():
+        return 0
+    from cuda.bindings import driver
+
+    return int(check(driver.cuDeviceGetCount(), "cuDeviceGetCount"))
+
+
+def open_device(device_id: int = 0, *, simulate: bool | None = None, **kwargs: Any) -> GpuDevice | SimDevice:
+    """Open GPU ``device_id``, or simulated GPU ``device_id``.
+
+    Parameters
+    ----------
+    device_id : int
+        The GPU's ordinal among those this process sees (``CUDA_VISIBLE_DEVICES`` applies;
+        `device_count` says how many); every ordinal is a device of its own.
     simulate : bool, optional
         True: always the simulated device; False: the GPU (fails without one); None:
         the GPU if there is one, else the simulated device, with a logged warning and a
         ``RuntimeWarning``.
     **kwargs
-        Options of the device opened: ``device_id``, ``max_idle_contexts`` for the GPU;
-        ``num_tpcs``, ``sms_per_tpc``, ``seed``, ``name``, ``record_blocks`` for the
-        simulation. Options of the other kind of device are ignored (so a caller can pass
-        ``seed`` either way).
+        Options of the device opened: ``max_idle_contexts`` for the GPU; ``num_tpcs``,
+        ``sms_per_tpc``, ``seed``, ``name``, ``record_blocks`` for the simulation. Options
+        of the other kind of device are ignored (so a caller can pass ``seed`` either way).
 
     Returns
     -------
     GpuDevice or SimDevice
-        Its ``simulated`` attribute says which.
+        Its ``simulated`` attribute says which; its ``uuid`` names the physical GPU.
 
     Raises
     ------
     TypeError
         For an option neither device knows.
+    PartitionError
+        For a ``device_id`` that is not one of the visible GPUs.
     """
     gpu_keys, sim_keys = _keywords(GpuDevice), _keywords(SimDevice)
     unknown = sorted(set(kwargs) - gpu_keys - sim_keys)
@@ -99,13 +126,13 @@ def open_device(simulate: bool | None = None, **kwargs: Any) -> GpuDevice | SimD
             log.warning(message)
             warnings.warn(message, RuntimeWarning, stacklevel=2)
     if simulate:
-        return SimDevice(**{k: v for k, v in kwargs.items() if k in sim_keys})
-    return GpuDevice(**{k: v for k, v in kwargs.items() if k in gpu_keys})
+        return SimDevice(device_id=device_id, **{k: v for k, v in kwargs.items() if k in sim_keys})
+    return GpuDevice(device_id, **{k: v for k, v in kwargs.items() if k in gpu_keys})
 
 
 __all__ = [
     "BlockRecord", "Device", "Event", "GpuDevice", "KernelFaultError", "LatencyPredictor", "LithosCudaError",
     "Partition", "PartitionError", "Policy", "Priority", "Scheduler", "SchedulerClosedError", "SimDevice",
-    "SimKernel", "Stream", "TenantConfigError", "TenantSpec", "gpu_available", "open_device", "set_scheduler",
-    "using_scheduler",
+    "SimKernel", "Stream", "TenantConfigError", "TenantSpec", "device_count", "gpu_available", "open_device",
+    "set_scheduler", "using_scheduler",
 ]

@@ -111,31 +111,42 @@ class BestEffortPlacement:
 
         Each atom goes to the queue predicted to drain first among those with room (while
         the gates are open, no larger than its partition's share of the blocks left): home
-        while at most `Policy.home_queue_cap_us` is queued there, stolen while the gates are
-        open and at most `Policy.steal_queue_us` is (while one is closed, the rest of the
-        launch goes home: atoms queued behind it would hold the launch's end until it
-        opens). With both full, the thread waits, GIL released, for the first queue to
-        drain to its cap, or for a closed gate to open.
+        while at most `Policy.home_queue_cap_us` is queued there, stolen while at most
+        `Policy.steal_queue_us` is. The stolen TPCs are those of the latency-critical
+        tenants whose gates are open when the atom is placed, behind those gates: a
+        request of one tenant leaves the others' TPCs to steal, and the rest of the launch
+        goes home only while every gate is closed (atoms queued behind a closed gate would
+        hold the launch's end until it opens). With every queue full, the thread waits, GIL
+        released, for the first queue to drain to its cap, or for a closed gate to open.
+        Tenants of other processes that come or go meanwhile (`RemoteTenants`) count from
+        the next atom on.
         """
-        stolen_part = self._gated_steal_partition(tenant, plan)
-        gates = [t.gate for t in self._lc] if stolen_part is not None else []
-        targets = [tenant.home] if stolen_part is None else [tenant.home, stolen_part]
+        may_steal = self._may_steal(tenant, plan)
+        state: tuple[int, tuple[Tenant, ...]] | None = None
+        stolen_part, gates, lcs, targets = None, [], (), [tenant.home]
         hold = True
         while remaining() and not self._closing:
+            open_lcs = tuple(t for t in self._lc if t.gate is not None and t.gate.is_open()) if may_steal else ()
+            if state != (self._membership, open_lcs):
+                state = (self._membership, open_lcs)
+                stolen_part = self._steal_partition(open_lcs)
+                lcs = open_lcs if stolen_part is not None else ()
+                gates = [t.gate for t in self._lc if t.gate is not None] if may_steal else []
+                targets = [tenant.home] if stolen_part is None else [tenant.home, stolen_part]
             self._retire(tenant)
             self._guard_stranded(tenant, gates)
             hold = hold and self._hold_for_requests(tenant)
-            part = self._gated_room(tenant, targets, stolen_part, gates)
+            part = self._gated_room(tenant, targets, stolen_part, lcs)
             if part is None:
                 self._wait_gated(tenant, targets, stolen_part, gates)
                 continue
             stolen = part is stolen_part
             count = self._atom_blocks(plan, part, remaining())
-            if plan.atomized and stolen_part is not None and all(g.is_open() for g in gates):
+            if plan.atomized and stolen_part is not None and all(t.gate.is_open() for t in lcs):
                 # both queues run the launch: neither takes more than its TPCs' share of what is left
                 share = part.num_tpcs / (tenant.home.num_tpcs + stolen_part.num_tpcs)
                 count = min(count, max(1, math.ceil(remaining() * share)))
-            issue(count, part, self._emptier_stream(tenant, part), stolen, gates if stolen else ())
+            issue(count, part, self._emptier_stream(tenant, part), stolen, [t.gate for t in lcs] if stolen else ())
         self._guard_stranded(tenant, gates)
 
     def _guard_stranded(self, tenant: Tenant, gates: Sequence[Gate]) -> None:
@@ -169,27 +180,29 @@ class BestEffortPlacement:
 
         self._gate_keeper.at(tl.now_us() + period_us, lambda: check(frozenset()))
 
-    def _gated_steal_partition(self, tenant: Tenant, plan: LaunchPlan) -> Any:
-        """The partition of every latency-critical tenant's stealable TPCs, or None where
-        ``plan`` may not steal (stealing off, or its blocks too long to give TPCs back
-        quickly: `Policy.steal_max_block_us`)."""
+    def _may_steal(self, tenant: Tenant, plan: LaunchPlan) -> bool:
+        """Whether ``plan``'s atoms may run on stolen TPCs: stealing is on and its blocks
+        are short enough to give TPCs back quickly (`Policy.steal_max_block_us`)."""
         if not self.policy.stealing:
-            return None
-        tpcs = frozenset().union(*(t._stealable for t in self._lc))
-        if not tpcs:
-            return None
+            return False
         wave_us = self.predictor.wave_us(plan.key, tenant.home.num_tpcs)
-        if wave_us is not None and wave_us > self.policy.steal_max_block_us:
+        return wave_us is None or wave_us <= self.policy.steal_max_block_us
+
+    def _steal_partition(self, lcs: Sequence[Tenant]) -> Any:
+        """The partition of the stealable TPCs of the latency-critical tenants ``lcs``, or
+        None where they have none."""
+        tpcs = frozenset().union(*(t._stealable for t in lcs))
+        if not tpcs:
             return None
         part = self._steal_partitions.get(tpcs)
         if part is None or part.closed:
             part = self._steal_partitions[tpcs] = self.device.partition(tpcs)
         return part
 
-    def _gated_room(self, tenant: Tenant, targets: Sequence[Any], stolen_part: Any,
-                    gates: Sequence[Gate]) -> Any:
+    def _gated_room(self, tenant: Tenant, targets: Sequence[Any], stolen_part: Any, lcs: Sequence[Tenant]) -> Any:
         """Of ``targets``, the partition with room in its queue whose work is predicted to
-        drain first (see `_place_gated`), or None when every queue is full."""
+        drain first (see `_place_gated`), or None when every queue is full; the stolen
+        partition is that of the latency-critical tenants ``lcs``."""
         now = self.timeline.now_us()
         best, best_drain = None, math.inf
         for part in targets:
@@ -198,8 +211,8 @@ class BestEffortPlacement:
             if part is stolen_part:
                 # a tenant in this process may run work the scheduler never saw (CuPy's own
                 # kernels, cuBLAS) on its stream: no gate closes for that, its stream tells
-                room = (all(g.is_open() for g in gates) and drain - now <= self.policy.steal_queue_us
-                        and all(t._remote is not None or t.idle() for t in self._lc))
+                room = (all(t.gate.is_open() for t in lcs) and drain - now <= self.policy.steal_queue_us
+                        and all(t.remote or t.idle() for t in lcs))
             else:
                 room = drain - now <= self.policy.home_queue_cap_us
             if room and drain < best_drain:

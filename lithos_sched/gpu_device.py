@@ -497,6 +497,8 @@ class GpuDevice:
     Attributes
     ----------
     name : str
+    uuid : str
+        The GPU's identity whatever ``CUDA_VISIBLE_DEVICES`` says (``GPU-xxxxxxxx-...``).
     driver_version : int
         ``cuDriverGetVersion`` (13000 = CUDA 13.0).
     num_sms : int
@@ -640,6 +642,14 @@ class GpuDevice:
                     raise RuntimeError("smid probe: " + "; ".join(problems[:4]))
                 self._sm_map = mapping
             return self._sm_map
+
+    @property
+    def uuid(self) -> str:
+        """``GPU-`` and the 16 bytes of ``cuDeviceGetUuid`` as ``nvidia-smi -L`` prints a
+        GPU's (a MIG instance's own bytes under MIG): the same in every process, whichever
+        ordinal ``CUDA_VISIBLE_DEVICES`` gives the device there."""
+        raw = check(_driver().cuDeviceGetUuid(self._cu_device), "cuDeviceGetUuid").bytes.hex()
+        return f"GPU-{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"
 
     def describe(self) -> dict[str, Any]:
         """Name, driver version, SMs, TPCs and the granularity obtained; ``simulated`` False."""

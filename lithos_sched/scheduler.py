@@ -9,7 +9,8 @@ milliseconds deep at home and on the idle latency-critical TPCs behind each such
 gate, which its own stream closes when its work starts and opens when it ends, so the GPU
 stops and resumes them at atom boundaries; without gates the host decides each atom.
 `lithos_sched.tenant_runtime` holds the tenant a thread enters; `lithos_sched.accounting`
-the per-tenant statistics.
+the per-tenant statistics; `lithos_sched.remote_tenants` the latency-critical tenants of
+other processes, followed while they come and go.
 
 Stream semantics stay as the user wrote them: atoms on partition streams start after the
 work the tenant queued before the launch, and the tenant's stream waits for every atom, so
@@ -37,6 +38,7 @@ from lithos_sched.gate_keeper import GateKeeper
 from lithos_sched.latency_critical import LatencyCriticalLaunches
 from lithos_sched.policy import Policy
 from lithos_sched.predictor import LatencyPredictor
+from lithos_sched.remote_tenants import RemoteTenants
 from lithos_sched.rightsizing import RightSizer
 from lithos_sched.tenant import Priority, TenantConfigError, TenantSpec, assign_tpcs, specs_from
 from lithos_sched.timeline import CupyTimeline, SimTimeline, Timeline
@@ -55,7 +57,7 @@ class KernelFaultError(RuntimeError):
     """A kernel failed on the device; names the tenant and kernel whose atom was waited on."""
 
 
-class Scheduler(LatencyCriticalLaunches, BestEffortPlacement, Atomizer):
+class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Atomizer):
     """Shares one device among tenants.
 
     Parameters
@@ -76,7 +78,8 @@ class Scheduler(LatencyCriticalLaunches, BestEffortPlacement, Atomizer):
     Notes
     -----
     The scheduler is also an `Atomizer`: ``set_scheduler(s)`` routes launches of threads
-    bound to a tenant through it; launches of unbound threads run as written.
+    bound to a tenant through it; launches of unbound threads run as written, or as the
+    default tenant (`set_default_tenant`).
     """
 
     def __init__(
@@ -101,6 +104,12 @@ class Scheduler(LatencyCriticalLaunches, BestEffortPlacement, Atomizer):
         assignment = assign_tpcs(specs, device.num_tpcs)
         self.tenants: dict[str, Tenant] = {s.name: Tenant(self, s, assignment[s.name]) for s in specs}
         self._lc = [t for t in self.tenants.values() if t.priority is Priority.LATENCY_CRITICAL]
+        # tenants of other processes (`RemoteTenants`): changes replace these collections whole
+        self._membership = 0  # counts the changes of `_lc`
+        self._membership_lock = threading.Lock()
+        self._followed_signals: dict[str, Any] = {}
+        self._unfollowed_signals: list[Any] = []
+        self._default_tenant: Tenant | None = None
         self._closed = False
         self._closing = False
         self._steal_partitions: dict[frozenset[int], Any] = {}
@@ -133,28 +142,53 @@ class Scheduler(LatencyCriticalLaunches, BestEffortPlacement, Atomizer):
         except KeyError:
             raise KeyError(f"no tenant {name!r}; tenants are {sorted(self.tenants)}") from None
 
+    def set_default_tenant(self, name: str | None) -> None:
+        """Run the intercepted launches of threads bound to no tenant as tenant ``name``
+        (None: as written, the default).
+
+        Such a thread's kernels then run on the tenant's TPCs, ordered after the work the
+        thread queued on its stream and before what it queues next (on the GPU, the
+        legacy default stream, by its explicit handle, stands for a thread's default).
+        Its CuPy ops and cuBLAS calls are not intercepted: they run where CuPy puts them,
+        on the whole GPU for the default stream, unless the thread enters the tenant.
+
+        Raises
+        ------
+        KeyError
+            For a name that is not a tenant of this scheduler.
+        RuntimeError
+            For a tenant of another process (`follow`).
+        """
+        tenant = None if name is None else self.tenant(name)
+        if tenant is not None and tenant.remote:
+            raise RuntimeError(f"tenant {name!r} runs in another process: its launches cannot be made here")
+        self._default_tenant = tenant
+
     def launch_whole(self, launch: WholeLaunch, stream: Any, describe: Callable[[], LaunchShape]) -> bool:
         """`Atomizer` entry point: a latency-critical tenant's launch runs unsplit at once;
-        a launch of a thread bound to no tenant runs as written."""
-        tenant = current_tenant()
-        if tenant is None or tenant.scheduler is not self:
+        a launch of a thread bound to no tenant runs as the default tenant, if any, else
+        as written."""
+        tenant, stream = self._route(stream)
+        if tenant is None:
             launch(stream)
             return True
         return tenant._atomizer.launch_whole(launch, stream, describe)
 
     def launch_graph(self, graph: Any, stream: Any) -> None:
-        """`Atomizer` entry point: a graph launched by a thread bound to a tenant runs
-        where the tenant's work runs (`_launch_graph`); otherwise as written."""
-        tenant = current_tenant()
-        if tenant is None or tenant.scheduler is not self:
+        """`Atomizer` entry point: a graph launched by a thread bound to a tenant (or by
+        any thread, with a default tenant) runs where the tenant's work runs
+        (`_launch_graph`); otherwise as written."""
+        tenant, stream = self._route(stream)
+        if tenant is None:
             super().launch_graph(graph, stream)
             return
         tenant._atomizer.launch_graph(graph, stream)
 
     def submit(self, plan: LaunchPlan, stream: Any) -> None:  # type: ignore[override]
-        """`Atomizer` entry point: route to the calling thread's tenant, if any."""
-        tenant = current_tenant()
-        if tenant is None or tenant.scheduler is not self:
+        """`Atomizer` entry point: route to the calling thread's tenant (or the default
+        tenant), if any."""
+        tenant, stream = self._route(stream)
+        if tenant is None:
             plan.issue_all(stream)
             return
         self.submit_for(tenant, plan, stream)
@@ -217,6 +251,7 @@ class Scheduler(LatencyCriticalLaunches, BestEffortPlacement, Atomizer):
         self._closed = True
         if self._gate_board is not None:
             self._gate_board.close()
+        self._close_followed()
         sys.setswitchinterval(self._saved_switch_interval)
         if self.policy.freeze_gc:
             gc.unfreeze()
@@ -284,6 +319,19 @@ class Scheduler(LatencyCriticalLaunches, BestEffortPlacement, Atomizer):
     def _check_open(self) -> None:
         if self._closed or self._closing:
             raise SchedulerClosedError("the scheduler is closed")
+
+    def _route(self, stream: Any) -> tuple[Tenant | None, Any]:
+        """The tenant a launch of the calling thread on ``stream`` runs as (None: as
+        written), and the stream to order it with: for a thread bound to no tenant
+        launching on the GPU's default stream, `LEGACY_STREAM` (handle 0 would mean the
+        tenant's own stream, unordered with the thread's work)."""
+        tenant = current_tenant()
+        if tenant is not None:
+            return (tenant if tenant.scheduler is self else None), stream
+        tenant = self._default_tenant
+        if tenant is not None and not self.device.simulated and self.timeline.handle(stream) == 0:
+            stream = LEGACY_STREAM
+        return tenant, stream
 
     def _request_opened(self) -> None:
         with self._request_done:
@@ -393,6 +441,18 @@ class Scheduler(LatencyCriticalLaunches, BestEffortPlacement, Atomizer):
             if self._trace_on:
                 self._trace.append(r.key.name, tenant.name, r.partition.tpcs, tl.handle(r.stream), r.start_block,
                                    r.count, r.predicted_us, r.stolen, tl.elapsed_us(self._t0, r.start), measured)
+
+
+class _LegacyStream:
+    """The legacy default stream by its explicit handle, ``CU_STREAM_LEGACY`` (1): the
+    scheduler orders a launch with it as with any user stream (events both ways)."""
+
+    def __cuda_stream__(self) -> tuple[int, int]:
+        return (0, 1)
+
+
+#: The stream `Scheduler._route` orders an unbound thread's default-stream launches with.
+LEGACY_STREAM = _LegacyStream()
 
 
 def _ranges(ids: Any) -> str:

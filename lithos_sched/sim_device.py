@@ -33,6 +33,7 @@ import numpy as np
 from lithos_sched.device_api import StreamPriority, validate_priority, validate_tpcs
 from lithos_sched.errors import PartitionError
 from lithos_sched.fields import is_int, is_number, require
+from lithos_sched.visible_gpus import SIM_GPUS_ENV, sim_uuid, visible_sim_gpus
 
 _CAPACITY = 2520  # slots per SM: divisible by every blocks_per_sm from 1 to 10
 
@@ -351,9 +352,14 @@ class SimDevice:
     name : str
     record_blocks : bool
         Keep a `BlockRecord` of every block in ``records`` (for checks; off for long runs).
+    device_id : int
+        Which of the simulated GPUs this process sees it is (`lithos_sched.visible_gpus`:
+        ``LITHOS_SIM_GPUS`` and ``CUDA_VISIBLE_DEVICES`` choose them, as CUDA's ordinals).
 
     Attributes
     ----------
+    uuid : str
+        The simulated GPU's identity (``SIM-<physical id>``), what a GPU's UUID is to the ledger.
     now_us : float
         Virtual time.
     records : list of BlockRecord
@@ -365,10 +371,16 @@ class SimDevice:
     simulated = True
 
     def __init__(self, num_tpcs: int = 66, sms_per_tpc: int = 2, seed: int = 0, name: str = "simulated H100",
-                 record_blocks: bool = True):
+                 record_blocks: bool = True, device_id: int = 0):
         for label, value in (("num_tpcs", num_tpcs), ("sms_per_tpc", sms_per_tpc)):
             require(is_int(value) and value >= 1, f"SimDevice.{label}", "an int >= 1", value)
         require(is_int(seed), "SimDevice.seed", "an int", seed)
+        visible = visible_sim_gpus()
+        if not is_int(device_id) or not 0 <= device_id < len(visible):
+            raise PartitionError(f"device_id {device_id!r} out of range: {len(visible)} simulated GPU(s) visible "
+                                 f"({SIM_GPUS_ENV}, CUDA_VISIBLE_DEVICES)")
+        self.device_id = int(device_id)
+        self.uuid = sim_uuid(visible[self.device_id])
         self.name = name
         self.num_tpcs = num_tpcs
         self.sms_per_unit = sms_per_tpc
@@ -430,7 +442,7 @@ class SimDevice:
 
     def describe(self) -> dict[str, Any]:
         """Name, SMs, TPCs, granularity; ``simulated`` True and no driver."""
-        return {"name": self.name, "simulated": True, "driver_version": None, "sms": self.num_sms,
+        return {"name": self.name, "uuid": self.uuid, "simulated": True, "driver_version": None, "sms": self.num_sms,
                 "tpcs": self.num_tpcs, "sms_per_unit": self.sms_per_unit,
                 "granularity": "TPC" if self.sms_per_unit == 2 else f"{self.sms_per_unit}-SM units",
                 "seed": self.seed}

@@ -83,6 +83,11 @@ class Tenant:
         return self.spec.priority
 
     @property
+    def remote(self) -> bool:
+        """Whether the tenant runs in another process (`follow_requests`)."""
+        return self._remote is not None
+
+    @property
     def stream(self) -> Any:
         """The tenant's own stream: high priority for latency-critical tenants."""
         return self.home.high if self.priority is Priority.LATENCY_CRITICAL else self.home.normal

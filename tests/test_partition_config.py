@@ -106,7 +106,7 @@ def test_unit_map_problems():
 
 
 def test_open_device_options():
-    dev = open_device(simulate=True, num_tpcs=4, seed=3, device_id=1)  # device_id: a GPU option, ignored
+    dev = open_device(0, simulate=True, num_tpcs=4, seed=3, max_idle_contexts=2)  # a GPU option, ignored
     assert isinstance(dev, SimDevice) and dev.num_tpcs == 4 and dev.seed == 3 and dev.simulated
     with pytest.raises(TypeError, match=r"unknown options \['num_tpc'\]"):
         open_device(simulate=True, num_tpc=4)
