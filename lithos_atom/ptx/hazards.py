@@ -9,10 +9,10 @@ independent unless the kernel synchronizes the grid, uses clusters or launches w
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from lithos_atom.errors import AtomizeError
-from lithos_atom.ptx.lexer import Token
+from lithos_atom.ptx.lexer import Token, quote, shorten
 from lithos_atom.ptx.model import VIRTUAL_REG, Anchors, Hazard, PtxDirective, PtxFunction, PtxModule, RawFunction, Site
 
 # Performance directives between a kernel's parameter list and its body that do not
@@ -70,21 +70,21 @@ def _call_target(stmt: tuple[Token, ...], k: int) -> Token | None:
 def _block_index_hazard(tok: Token, opcode: str) -> str | None:
     """Why a read of ``%ctaid``/``%nctaid`` cannot be redirected, or None if it can."""
     if tok.text not in VIRTUAL_REG:
-        return (f"reads {tok.text} (only the scalar .x/.y/.z forms can be redirected to the virtual "
+        return (f"reads {shorten(tok.text)} (only the scalar .x/.y/.z forms can be redirected to the virtual "
                 "block index)")
     if opcode.rsplit(".", 1)[-1] not in ("u32", "s32", "b32"):
-        return (f"reads {tok.text} with '{opcode}' (only 32-bit integer reads can be redirected to the "
+        return (f"reads {shorten(tok.text)} with '{shorten(opcode)}' (only 32-bit integer reads can be redirected to the "
                 "virtual block index)")
     return None
 
 
 def _register_hazard(reg: str) -> str | None:
     if _ENVREG.fullmatch(reg):
-        return (f"reads {reg}, a driver-provided launch register: cooperative-groups grid synchronization "
+        return (f"reads {shorten(reg)}, a driver-provided launch register: cooperative-groups grid synchronization "
                 "(this_grid().sync()) keeps its workspace there and needs every block of the grid resident "
                 "at once")
     if _CLUSTER_REGISTERS.fullmatch(reg):
-        return f"reads {reg}: thread-block clusters cannot be split into atoms"
+        return f"reads {shorten(reg)}: thread-block clusters cannot be split into atoms"
     if reg == "%gridid":
         return "reads %gridid, which differs between atoms (each atom is a separate launch)"
     if reg == "%current_graph_exec":
@@ -99,12 +99,12 @@ def _is_op(opcode: str, *names: str) -> bool:
 
 def _opcode_hazard(opcode: str, stmt: tuple[Token, ...]) -> str | None:
     if _is_op(opcode, "griddepcontrol"):
-        return f"uses {opcode} (programmatic dependent launch orders whole grids, not atoms)"
+        return f"uses {shorten(opcode)} (programmatic dependent launch orders whole grids, not atoms)"
     if _is_op(opcode, "barrier.cluster", "mapa", "getctarank"):
-        return f"uses {opcode}: thread-block clusters cannot be split into atoms"
+        return f"uses {shorten(opcode)}: thread-block clusters cannot be split into atoms"
     for t in stmt:
         if "::cluster" in t.text:
-            return f"uses {t.text} (cluster state space or scope): thread-block clusters cannot be split into atoms"
+            return f"uses {shorten(t.text)} (cluster state space or scope): thread-block clusters cannot be split into atoms"
     return None
 
 
@@ -112,25 +112,25 @@ def _extern_hazard(callee: str) -> str | None:
     if callee in _HARMLESS_EXTERNS:
         return None
     if callee.startswith("cudaCG"):
-        return (f"calls {callee}: cooperative-groups grid synchronization needs every block of the grid "
+        return (f"calls {shorten(callee)}: cooperative-groups grid synchronization needs every block of the grid "
                 "resident at once")
     if callee.startswith("cuda"):
-        return (f"calls the device runtime ({callee}): device-side launches and their completion rules "
+        return (f"calls the device runtime ({shorten(callee)}): device-side launches and their completion rules "
                 "assume the grid is launched once")
-    return (f"calls external function {callee!r}, whose body is not in this module (its reads of the block "
+    return (f"calls external function {quote(callee)}, whose body is not in this module (its reads of the block "
             "index could not be redirected)")
 
 
 def _directive_hazard(d: PtxDirective) -> str | None:
     if d.name in _CLUSTER_DIRECTIVES:
-        return f"declares {d.name}: thread-block clusters cannot be split into atoms"
+        return f"declares {shorten(d.name)}: thread-block clusters cannot be split into atoms"
     if d.name not in _PLAIN_FUNCTION_DIRECTIVES:
-        return f"has unknown directive {d.name}; cannot tell whether splitting the grid is safe"
+        return f"has unknown directive {shorten(d.name)}; cannot tell whether splitting the grid is safe"
     return None
 
 
 def analyze_function(raw: RawFunction, names: Mapping[str, RawFunction], aliases: Mapping[str, str],
-             address_taken: set[str]) -> PtxFunction:
+                     address_taken: set[str]) -> PtxFunction:
     """Read one function's statements into a `PtxFunction`.
 
     Parameters
@@ -170,7 +170,7 @@ def analyze_function(raw: RawFunction, names: Mapping[str, RawFunction], aliases
             else:
                 callee = aliases.get(target.text, target.text)
                 if callee not in names:
-                    raise AtomizeError(f"call to undeclared function {target.text!r}", entry=raw.name,
+                    raise AtomizeError(f"call to undeclared function {quote(target.text)}", entry=raw.name,
                                        line=target.line)
                 if names[callee].body is None and (why := _extern_hazard(callee)):
                     hazards.append(Hazard(target.line, raw.name, why))
@@ -202,11 +202,108 @@ def analyze_function(raw: RawFunction, names: Mapping[str, RawFunction], aliases
     )
 
 
+class CallGraph:
+    """What every entry of one module reaches and what prevents splitting it, read once per module.
+
+    A call through a register is taken to reach every function whose address is taken.
+    Each query costs time linear in what the entry reaches, however many entries ask.
+
+    Parameters
+    ----------
+    module : PtxModule
+    """
+
+    def __init__(self, module: PtxModule):
+        self.module = module
+        self._address_taken = sorted(module.address_taken)
+        # External functions an indirect call may reach, with why each prevents splitting
+        # (direct calls to them are hazards of the caller already).
+        self._indirect_externs = [(n, why) for n in self._address_taken
+                                  if not module.functions[n].has_body and (why := _extern_hazard(n))]
+
+    def reachable(self, name: str) -> tuple[str, ...]:
+        """Functions reachable by calls from ``name`` (itself excluded), in discovery order.
+
+        Parameters
+        ----------
+        name : str
+            An entry or function of the module.
+
+        Returns
+        -------
+        tuple of str
+        """
+        functions, aliases = self.module.functions, self.module.aliases
+        seen: dict[str, None] = {}
+        stack = [name]
+        indirect_followed = False
+        while stack:
+            fn = functions[stack.pop()]
+            callees = [aliases.get(c, c) for c in fn.calls]
+            if fn.indirect_call_lines and not indirect_followed:
+                callees += self._address_taken  # once: later indirect calls reach nothing new
+                indirect_followed = True
+            for c in reversed(callees):
+                if c != name and c not in seen and functions[c].kind == "func":
+                    seen[c] = None
+                    stack.append(c)
+        return tuple(seen)
+
+    def hazards(self, entry: str, reach: Sequence[str]) -> list[Hazard]:
+        """Every hazard of ``entry`` and of the functions it reaches, in the order found.
+
+        Parameters
+        ----------
+        entry : str
+        reach : sequence of str
+            ``self.reachable(entry)``.
+
+        Returns
+        -------
+        list of Hazard
+            Unsorted: each function's own, then one per indirect call and external function
+            the call may reach.
+        """
+        names = (entry, *reach)
+        hazards = [h for n in names for h in self.module.functions[n].hazards]
+        for n in names:
+            for line in self.module.functions[n].indirect_call_lines:
+                hazards += [_indirect_hazard(line, n, callee, why) for callee, why in self._indirect_externs]
+        return hazards
+
+    def first_hazard(self, entry: str, reach: Sequence[str]) -> Hazard | None:
+        """``entry_hazards(module, entry)[0]`` (or None), without listing every hazard.
+
+        Parameters
+        ----------
+        entry : str
+        reach : sequence of str
+            ``self.reachable(entry)``.
+
+        Returns
+        -------
+        Hazard or None
+        """
+        names = (entry, *reach)
+        first = min((h for n in names for h in self.module.functions[n].hazards), key=lambda h: h.line, default=None)
+        if self._indirect_externs:
+            callee, why = self._indirect_externs[0]
+            for n in names:
+                for line in self.module.functions[n].indirect_call_lines:
+                    if first is None or line < first.line:
+                        first = _indirect_hazard(line, n, callee, why)
+        return first
+
+
+def _indirect_hazard(line: int, function: str, callee: str, why: str) -> Hazard:
+    return Hazard(line, function, f"makes an indirect call, which may reach {quote(callee)}: {why}")
+
 
 def reachable_functions(module: PtxModule, name: str) -> tuple[str, ...]:
     """Functions reachable by calls from ``name`` (itself excluded), in discovery order.
 
-    An indirect call is taken to reach every function whose address is taken.
+    An indirect call is taken to reach every function whose address is taken. For many
+    queries on one module, use one `CallGraph`.
 
     Parameters
     ----------
@@ -218,18 +315,7 @@ def reachable_functions(module: PtxModule, name: str) -> tuple[str, ...]:
     -------
     tuple of str
     """
-    seen: dict[str, None] = {}
-    stack = [name]
-    while stack:
-        fn = module.functions[stack.pop()]
-        callees = [module.aliases.get(c, c) for c in fn.calls]
-        if fn.indirect_call_lines:
-            callees += sorted(module.address_taken)
-        for c in reversed(callees):
-            if c != name and c not in seen and module.functions[c].kind == "func":
-                seen[c] = None
-                stack.append(c)
-    return tuple(seen)
+    return CallGraph(module).reachable(name)
 
 
 def entry_hazards(module: PtxModule, entry: str) -> tuple[Hazard, ...]:
@@ -267,17 +353,8 @@ def entry_hazards(module: PtxModule, entry: str) -> tuple[Hazard, ...]:
     tuple of Hazard
         Sorted by line; empty when the entry can be atomized.
     """
-    names = (entry, *reachable_functions(module, entry))
-    hazards = [h for n in names for h in module.functions[n].hazards]
-    # A call through a register may reach any function whose address is taken, including
-    # external ones (direct calls to those are hazards of the caller already).
-    externs = [(n, why) for n in sorted(module.address_taken)
-               if not module.functions[n].has_body and (why := _extern_hazard(n))]
-    for n in names:
-        for line in module.functions[n].indirect_call_lines:
-            hazards += [Hazard(line, n, f"makes an indirect call, which may reach {callee!r}: {why}")
-                        for callee, why in externs]
-    return tuple(sorted(hazards, key=lambda h: h.line))
+    graph = CallGraph(module)
+    return tuple(sorted(graph.hazards(entry, graph.reachable(entry)), key=lambda h: h.line))
 
 
 def describe(h: Hazard, entry: str) -> str:
@@ -293,5 +370,5 @@ def describe(h: Hazard, entry: str) -> str:
     -------
     str
     """
-    return h.reason if h.function == entry else f"{h.reason} (in function {h.function!r})"
+    return h.reason if h.function == entry else f"{h.reason} (in function {quote(h.function)})"
 

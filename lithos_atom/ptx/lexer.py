@@ -9,19 +9,20 @@ from lithos_atom.errors import AtomizeError
 
 _TOKEN = re.compile(
     r"""
-      (?P<space>\s+)
-    | (?P<string>"(?:[^"\\\n]|\\.)*")
+      (?P<string>"[^"]*")                           # contents blanked by mask: no '"' inside
     | (?P<word>[A-Za-z_$%.][\w$.]*(?:::[\w$.]+)*)   # names, directives, opcodes, registers
     | (?P<number>\d[\w.]*)                          # 64, 9.5, 0f3F800000, 0xFF
     | (?P<punct>[(){}\[\];,:=<>+\-*/!@|&^~?])
-    | (?P<bad>.)
+    | (?P<bad>\S)                                   # whitespace is skipped between matches
     """,
-    re.X | re.S,
+    re.X | re.ASCII,  # PTX names and numbers are ASCII: '²' or '①' is no digit
 )
-_COMMENT_OR_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"|//[^\n]*|/\*(?:.*?\*/|.*)', re.S)
+_COMMENT_OR_STRING_START = re.compile(r'"|//|/\*')
+_STRING_STOP = re.compile(r'["\\\n]')
+_SHOWN = 200  # characters of a name or token quoted in an error message
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Token:
     """One token: its kind (``word``, ``number``, ``string`` or ``punct``), text, offsets and line.
 
@@ -42,8 +43,46 @@ class Token:
     line: int
 
 
+def normalize(text: str) -> str:
+    """``text`` without a leading byte-order mark, and with LF line ends if it ends lines with CR alone.
+
+    Editors on Windows save UTF-8 with a byte-order mark, and old Mac tools end lines with CR;
+    ptxas reads neither the same way, so the reader and the rewriter work on this form.
+
+    Parameters
+    ----------
+    text : str
+
+    Returns
+    -------
+    str
+    """
+    text = text.removeprefix("\ufeff")
+    if "\r" in text and "\n" not in text:
+        text = text.replace("\r", "\n")
+    return text
+
+
+def shorten(text: str) -> str:
+    """``text``, cut to its first characters and ``...`` when it is too long for a message."""
+    return text if len(text) <= _SHOWN else text[:_SHOWN - 3] + "..."
+
+
+def quote(text: str) -> str:
+    """``repr(shorten(text))``: a name or token as an error message quotes it."""
+    return repr(shorten(text))
+
+
+def _blank(s: str) -> str:
+    """``s`` with everything but newlines replaced by spaces."""
+    return "\n".join(" " * len(part) for part in s.split("\n"))
+
+
 def mask(text: str) -> str:
-    """``text`` with every comment replaced by spaces (newlines kept), so offsets match.
+    """``text`` with comments and the contents of strings blanked out (newlines and offsets kept).
+
+    A string keeps its quotes; inside it, everything but newlines becomes a space, so no
+    name, brace or comment is read from it. Scanning is linear in the text's length.
 
     Parameters
     ----------
@@ -57,45 +96,70 @@ def mask(text: str) -> str:
     Raises
     ------
     AtomizeError
-        For a ``/*`` comment that is never closed.
+        For a ``/*`` comment or a string that is never closed.
     """
+    out, pos = [], 0
+    while (m := _COMMENT_OR_STRING_START.search(text, pos)) is not None:
+        start = m.start()
+        out.append(text[pos:start])
+        if m.group() == "//":
+            end = text.find("\n", start)
+            end = len(text) if end < 0 else end
+        elif m.group() == "/*":
+            close = text.find("*/", start + 2)
+            if close < 0:
+                raise AtomizeError("unterminated /* comment", line=text.count("\n", 0, start) + 1)
+            end = close + 2
+        else:
+            end = _string_end(text, start)
+            out.append('"' + _blank(text[start + 1:end - 1]) + '"')
+            pos = end
+            continue
+        out.append(_blank(text[start:end]))
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
 
-    def blank(m: re.Match[str]) -> str:
-        s = m.group()
-        if s.startswith('"'):
-            return s
-        if s.startswith("/*") and not (len(s) >= 4 and s.endswith("*/")):
-            raise AtomizeError("unterminated /* comment", line=text.count("\n", 0, m.start()) + 1)
-        return re.sub(r"[^\n]", " ", s)
 
-    return _COMMENT_OR_STRING.sub(blank, text)
+def _string_end(text: str, start: int) -> int:
+    """Offset just after the closing quote of the string that opens at ``start``."""
+    pos = start + 1
+    while (m := _STRING_STOP.search(text, pos)) is not None and m.group() == "\\":
+        pos = m.end() + 1  # an escaped character, a newline included
+    if m is None or m.group() == "\n":
+        raise AtomizeError("unterminated string", line=text.count("\n", 0, start) + 1)
+    return m.end()
 
 
-def tokenize(masked: str) -> list[Token]:
-    """The tokens of a masked module (see `mask`), whitespace dropped.
+def tokenize(text: str) -> list[Token]:
+    """The tokens of a module, comments and whitespace dropped (see `mask`).
 
     Parameters
     ----------
-    masked : str
+    text : str
+        A PTX module (after `normalize`).
 
     Returns
     -------
     list of Token
+        A string's token holds its text as written.
 
     Raises
     ------
     AtomizeError
-        For an unterminated string or a character that PTX does not use, with its line.
+        For an unterminated comment or string, or a character that PTX does not use, with
+        its line.
     """
-    toks, line = [], 1
+    masked = mask(text)
+    toks: list[Token] = []
+    line, pos = 1, 0
     for m in _TOKEN.finditer(masked):
+        start, end = m.span()
+        line += masked.count("\n", pos, start)
+        pos = start
         kind = m.lastgroup
         assert kind is not None
-        if kind == "space":
-            line += m.group().count("\n")
-            continue
         if kind == "bad":
-            what = "unterminated string" if m.group() == '"' else f"unexpected character {m.group()!r}"
-            raise AtomizeError(what, line=line)
-        toks.append(Token(kind, m.group(), m.start(), m.end(), line))
+            raise AtomizeError(f"unexpected character {m.group()!r}", line=line)
+        toks.append(Token(kind, text[start:end] if kind == "string" else m.group(), start, end, line))
     return toks

@@ -9,7 +9,7 @@ import re
 
 from lithos_atom.errors import AtomizeError
 from lithos_atom.ptx.hazards import analyze_function
-from lithos_atom.ptx.lexer import Token, mask, tokenize
+from lithos_atom.ptx.lexer import Token, normalize, quote, tokenize
 from lithos_atom.ptx.model import PtxDirective, PtxModule, PtxParam, RawFunction
 
 _LINKAGE = frozenset({".visible", ".extern", ".weak", ".common"})
@@ -23,12 +23,12 @@ _TYPES = frozenset(
      ".f16", ".f16x2", ".bf16", ".bf16x2", ".f32", ".f64", ".pred", ".texref", ".samplerref", ".surfref"}
 )
 _STATE_SPACES = frozenset({".global", ".const", ".shared", ".local"})
-
+_OPERAND_END = frozenset({")", "]", "}"})
 
 
 class _Parser:
     def __init__(self, text: str):
-        self.toks = tokenize(mask(text))
+        self.toks = tokenize(text)
         self.i = 0
         self.last_line = max(1, text.count("\n") + (not text.endswith("\n")))
 
@@ -53,7 +53,7 @@ class _Parser:
     def expect(self, text: str, what: str, entry: str | None = None) -> Token:
         t = self.next(what, entry)
         if t.text != text:
-            raise AtomizeError(f"expected {what}, found {t.text!r}", entry=entry, line=t.line)
+            raise AtomizeError(f"expected {what}, found {quote(t.text)}", entry=entry, line=t.line)
         return t
 
     # -- module
@@ -65,7 +65,7 @@ class _Parser:
         module_names: set[str] = set()  # words used in module-scope declarations
         while (t := self.peek()) is not None:
             if t.kind != "word" or not t.text.startswith("."):
-                raise AtomizeError(f"unexpected {t.text!r} where a directive is expected", line=t.line)
+                raise AtomizeError(f"unexpected {quote(t.text)} where a directive is expected", line=t.line)
             if t.text in _HEADER_DIRECTIVES:
                 self.header_directive(header)
                 continue
@@ -86,12 +86,12 @@ class _Parser:
                 else:
                     module_names.update(x.text for x in stmt if x.kind == "word")
             else:
-                raise AtomizeError(f"unknown directive {t.text!r} at module scope", line=t.line)
+                raise AtomizeError(f"unknown directive {quote(t.text)} at module scope", line=t.line)
         self.require_header(header, self.last_line)
         declared = {f.name for f in functions}
         for alias, (target, line) in aliases.items():
             if target not in declared:
-                raise AtomizeError(f".alias {alias} names undeclared function {target!r}", line=line)
+                raise AtomizeError(f".alias {quote(alias)} names undeclared function {quote(target)}", line=line)
         return header, functions, {a: target for a, (target, _) in aliases.items()}, module_names
 
     def require_header(self, header: dict, line: int) -> None:
@@ -179,7 +179,7 @@ class _Parser:
             return_params, _, _ = self.param_list(None)
         name_tok = self.next(f"the name of the .{kind}")
         if name_tok.kind != "word" or name_tok.text[0] in ".%":
-            raise AtomizeError(f"expected the name of the .{kind}, found {name_tok.text!r}", line=name_tok.line)
+            raise AtomizeError(f"expected the name of the .{kind}, found {quote(name_tok.text)}", line=name_tok.line)
         name = name_tok.text
         params: tuple[PtxParam, ...] = ()
         params_open = last_param_end = None
@@ -195,7 +195,7 @@ class _Parser:
             close, statements = self.body(name, t)
             body = (t, close)
         else:
-            raise AtomizeError(f"expected '{{' or ';' after the function header, found {t.text!r}",
+            raise AtomizeError(f"expected '{{' or ';' after the function header, found {quote(t.text)}",
                                entry=name, line=t.line)
         return RawFunction(name, kind, tuple(linkage), first.line, return_params, params, params_open,
                             last_param_end, directives, body, statements)
@@ -227,7 +227,7 @@ class _Parser:
 
         def bad(why: str) -> AtomizeError:
             text = " ".join(t.text for t in toks) or "(empty)"
-            return AtomizeError(f"cannot read parameter {text!r}: {why}", entry=name,
+            return AtomizeError(f"cannot read parameter {quote(text)}: {why}", entry=name,
                                 line=toks[0].line if toks else line)
 
         if not toks or toks[0].text not in (".param", ".reg"):
@@ -254,7 +254,7 @@ class _Parser:
                 array_len = int(toks[k + 1].text)
                 break
             else:
-                raise bad(f"unexpected {t.text!r}")
+                raise bad(f"unexpected {quote(t.text)}")
             k += 1
         if ptype is None or pname is None:
             raise bad("missing type or name")
@@ -264,7 +264,7 @@ class _Parser:
         out = []
         while (t := self.peek()) is not None and t.text not in ("{", ";"):
             if t.kind != "word" or not t.text.startswith(".") or t.text in _LINKAGE or t.text in (".entry", ".func"):
-                raise AtomizeError(f"unexpected {t.text!r} between the parameter list and the body",
+                raise AtomizeError(f"unexpected {quote(t.text)} between the parameter list and the body",
                                    entry=name, line=t.line)
             self.i += 1
             args = []
@@ -317,10 +317,47 @@ class _Parser:
             elif t.text == ";":
                 if vector:
                     raise AtomizeError("unbalanced '{' in a statement", entry=name, line=t.line)
+                if cur:
+                    _check_instruction(cur, name)
                 statements.append(tuple(cur))
                 cur = []
                 continue
+            if cur and _starts_next_statement(cur, t):
+                raise AtomizeError(f"missing ';' at the end of the line (the next line starts with {quote(t.text)})",
+                                   entry=name, line=cur[-1].line)
             cur.append(t)
+
+
+def _guard_length(stmt: list[Token]) -> int:
+    """Tokens of the ``@p``/``@!p`` guard that starts ``stmt`` (0 without one)."""
+    if stmt[0].text != "@":
+        return 0
+    return 3 if len(stmt) > 1 and stmt[1].text == "!" else 2
+
+
+def _check_instruction(stmt: list[Token], name: str) -> None:
+    """Refuse a statement that does not start with an instruction or directive (after its guard)."""
+    k = _guard_length(stmt)
+    if k and (len(stmt) < k or stmt[k - 1].kind != "word"):
+        raise AtomizeError("guard '@' without a predicate", entry=name, line=stmt[0].line)
+    if k >= len(stmt) or stmt[k].kind != "word" or stmt[k].text[0] in "%$":
+        found = "nothing" if k >= len(stmt) else quote(stmt[k].text)
+        guard = f" after the guard {quote(''.join(t.text for t in stmt[:k]))}" if k else ""
+        raise AtomizeError(f"expected an instruction{guard}, found {found}", entry=name, line=stmt[0].line)
+
+
+def _starts_next_statement(cur: list[Token], t: Token) -> bool:
+    """Whether ``t``, the next token of the instruction ``cur``, can only start another statement.
+
+    True when ``t`` opens a later line with a guard or a name (an opcode or a label) right
+    after an operand, with no ``,`` or bracket between: the ``;`` before it is missing.
+    Names of registers and directives are never taken for a new statement.
+    """
+    prev = cur[-1]
+    if t.line == prev.line or cur[0].text.startswith(".") or len(cur) <= _guard_length(cur) + 1:
+        return False
+    ends_operand = prev.kind in ("word", "number") or prev.text in _OPERAND_END
+    return ends_operand and (t.text == "@" or (t.kind == "word" and t.text[0] not in "%."))
 
 
 
@@ -330,11 +367,13 @@ def parse_module(text: str) -> PtxModule:
     Parameters
     ----------
     text : str
-        PTX as NVRTC, NVVM (Numba) or a person writes it.
+        PTX as NVRTC, NVVM (Numba) or a person writes it (see `normalize` for a byte-order
+        mark and CR line ends).
 
     Returns
     -------
     PtxModule
+        Its offsets are into ``normalize(text)``.
 
     Raises
     ------
@@ -343,16 +382,16 @@ def parse_module(text: str) -> PtxModule:
         without a parameter list, text where a directive is expected, ...), naming the
         function when known and the 1-based line.
     """
-    parser = _Parser(text)
+    parser = _Parser(normalize(text))
     header, raws, aliases, module_names = parser.module()
     by_name: dict[str, RawFunction] = {}
     for r in raws:
         old = by_name.get(r.name)
         if old is not None and old.kind != r.kind:
-            raise AtomizeError(f"{r.name!r} is declared both as .{old.kind} and .{r.kind}", entry=r.name,
+            raise AtomizeError(f"{quote(r.name)} is declared both as .{old.kind} and .{r.kind}", entry=r.name,
                                line=r.first_line)
         if old is not None and old.body is not None and r.body is not None:
-            raise AtomizeError(f"function {r.name!r} is defined twice", entry=r.name, line=r.first_line)
+            raise AtomizeError(f"function {quote(r.name)} is defined twice", entry=r.name, line=r.first_line)
         if old is None or r.body is not None:
             by_name[r.name] = r
     address_taken = {n for n in module_names if n in by_name}

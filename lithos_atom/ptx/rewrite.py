@@ -24,11 +24,12 @@ reason `lithos_atom.ptx.hazards.entry_hazards` gives.
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Mapping, Sequence
 
 from lithos_atom.errors import AtomizeError, UnsupportedKernelError
-from lithos_atom.ptx.hazards import describe, entry_hazards, reachable_functions
-from lithos_atom.ptx.lexer import mask
+from lithos_atom.ptx.hazards import CallGraph, describe
+from lithos_atom.ptx.lexer import mask, normalize, quote
 from lithos_atom.ptx.model import (
     ATOM_PARAMS,
     BLOCKINFO,
@@ -117,7 +118,7 @@ def _refuse(refused: Mapping[str, Hazard]) -> UnsupportedKernelError:
         name, line, text = problems[0]
         return UnsupportedKernelError(f"cannot be split into atoms: {text}", entry=name, line=line,
                                       problems=problems)
-    listing = "; ".join(f"entry {name!r} line {line}: {text}" for name, line, text in problems)
+    listing = "; ".join(f"entry {quote(name)} line {line}: {text}" for name, line, text in problems)
     return UnsupportedKernelError(f"{len(problems)} kernels cannot be split into atoms: {listing}",
                                   problems=problems)
 
@@ -136,7 +137,8 @@ def rewrite_module(text: str, *, skip_unsupported: bool = False) -> RewriteResul
     Parameters
     ----------
     text : str
-        The PTX module.
+        The PTX module. A leading byte-order mark is dropped and CR line ends become LF
+        (see `lithos_atom.ptx.lexer.normalize`); the rest is kept byte for byte.
     skip_unsupported : bool
         Leave entries that cannot be split byte-identical (and listed with their reason)
         instead of raising.
@@ -153,18 +155,20 @@ def rewrite_module(text: str, *, skip_unsupported: bool = False) -> RewriteResul
     AtomizeError
         For malformed PTX, or PTX that already holds lithos names (rewritten twice).
     """
-    masked = mask(text)
-    if (k := masked.find(RESERVED_PREFIX)) >= 0:
+    text = normalize(text)
+    if (k := mask(text).find(RESERVED_PREFIX)) >= 0:
         raise AtomizeError(f"the PTX already uses the reserved prefix {RESERVED_PREFIX!r} (was it rewritten twice?)",
                            line=text.count("\n", 0, k) + 1)
     module = parse_module(text)
     entries = module.entries
-    reach = {e.name: set(reachable_functions(module, e.name)) for e in entries}
+    graph = CallGraph(module)
+    reach: dict[str, set[str]] = {}
     refused: dict[str, Hazard] = {}  # entry -> the first thing that prevents splitting it
     for e in entries:
-        hazards = entry_hazards(module, e.name)
-        if hazards:
-            refused[e.name] = hazards[0]
+        reached_in_order = graph.reachable(e.name)
+        reach[e.name] = set(reached_in_order)
+        if (first := graph.first_hazard(e.name, reached_in_order)) is not None:
+            refused[e.name] = first
     if refused and not skip_unsupported:
         raise _refuse(refused)
     patchable = {f.name for f in module.functions.values() if f.kind == "func" and f.anchors and f.anchors.sites}
@@ -172,6 +176,7 @@ def rewrite_module(text: str, *, skip_unsupported: bool = False) -> RewriteResul
     atomized = [e for e in entries if e.name not in refused]
     reached = set().union(*(reach[e.name] for e in atomized))
     patched = tuple(n for n in module.functions if n in reached and n in patchable)
+    patched_set = set(patched)
 
     edits: list[tuple[int, int, str]] = []  # (start, end, replacement) in the input text
     for name in patched:
@@ -188,7 +193,7 @@ def rewrite_module(text: str, *, skip_unsupported: bool = False) -> RewriteResul
             edits.append((a.params_open, a.params_open, "\n" + ",\n".join(decls) + "\n"))
         else:
             edits.append((a.last_param_end, a.last_param_end, ",\n" + ",\n".join(decls)))
-        edits.append((a.body_open, a.body_open, _entry_prelude(bool(reach[e.name] & set(patched)))))
+        edits.append((a.body_open, a.body_open, _entry_prelude(not reach[e.name].isdisjoint(patched_set))))
         edits += [(s.start, s.end, VIRTUAL_REG[s.value]) for s in a.sites]
     if patched:
         edits.append((module.header_end, module.header_end,
@@ -211,24 +216,34 @@ def _refuse_sharers(module: PtxModule, reach: Mapping[str, set[str]], patchable:
                     refused: dict[str, Hazard]) -> None:
     """Add to ``refused`` every entry that reaches a patchable function a refused entry reaches.
 
-    Repeats until nothing changes, since each newly refused entry may share functions
-    with others in turn.
+    Refused entries are taken in turn (the newly refused after the others), each claiming
+    the patchable functions it reaches; every entry reaching a claimed function is refused,
+    naming the function and the entry that claimed it, and takes its turn later. Each
+    function and each refused entry is handled once, so the time is linear in the size of
+    ``reach``.
     """
-    changed = True
-    while changed:
-        changed = False
-        for e in module.entries:
-            if e.name in refused:
-                continue
-            for other, why in list(refused.items()):
-                shared = sorted(reach[e.name] & reach[other] & patchable)
-                if shared:
-                    f = module.functions[shared[0]]
-                    refused[e.name] = Hazard(f.first_line, e.name, (
-                        f"shares device function {f.name!r}, which reads the block index, with entry {other!r}, "
-                        f"which cannot be split ({describe(why, other)})"))
-                    changed = True
-                    break
+    reached_by: dict[str, list[str]] = {}  # patchable function -> entries reaching it, in module order
+    for e in module.entries:
+        for f in reach[e.name] & patchable:
+            reached_by.setdefault(f, []).append(e.name)
+    cause = {name: name for name in refused}  # refused entry -> the entry refused for its own hazard
+    claimed: set[str] = set()
+    turns = deque(refused)
+    while turns:
+        other = turns.popleft()
+        for f in sorted((reach[other] & patchable) - claimed):
+            claimed.add(f)
+            for e in reached_by[f]:
+                if e in refused:
+                    continue
+                root = cause[other]
+                why = describe(refused[root], root)
+                because = why if root == other else f"it shares one with entry {quote(root)}, which {why}"
+                refused[e] = Hazard(module.functions[f].first_line, e, (
+                    f"shares device function {quote(f)}, which reads the block index, with entry {quote(other)}, "
+                    f"which cannot be split ({because})"))
+                cause[e] = root
+                turns.append(e)
 
 
 def set_ptx_version(text: str, version: tuple[int, int]) -> str:
@@ -257,7 +272,8 @@ def set_ptx_version(text: str, version: tuple[int, int]) -> str:
     """
     if (len(version) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in version)):
         raise ValueError(f"version must be (major, minor) non-negative ints, got {version!r}")
-    m = re.search(r"(?m)^[ \t]*\.version[ \t]+(\d+\.\d+)", mask(text))
+    text = normalize(text)
+    m = re.search(r"(?m)^[ \t]*\.version[ \t]+(\d+\.\d+)", mask(text), re.ASCII)
     if m is None:
         raise AtomizeError("missing .version directive", line=1)
     return text[:m.start(1)] + f"{version[0]}.{version[1]}" + text[m.end(1):]
