@@ -90,6 +90,10 @@ def test_the_command_line_prints_no_traceback(tmp_path: Path):
     ("\tmov.u32 %r2, %r1\n\t@%p1 bra $L__done;", 9, "missing ';' at the end of the line"),
     ("\tmov.u32 %r2, %r1\n$L__other:", 9, "missing ';' at the end of the line"),
     ("\tmov.u32 %r2, %r1 // comment\n\tret;", 9, "missing ';' at the end of the line"),
+    ("\tret\n\tmov.u32 %r2, %r1;", 9, "missing ';' at the end of the line (the next line starts with 'mov.u32')"),
+    ("\tret\n$L__other:", 9, "missing ';' at the end of the line"),
+    ("\tbar.sync\n\tmov.u32 %r2, %r1;", 9, "missing ';' at the end of the line"),
+    ("\tmov.u32 %r2, %r1,\n\t@%p1 ret;", 9, "missing ';' at the end of the line"),
     ("\tmov.u32 %r2, \u0663;", 9, "unexpected character '\u0663'"),
     ("\tmov.u32 %r2,\u00a0%r1;", 9, "unexpected character '\\xa0'"),
 ])

@@ -46,8 +46,9 @@ class Token:
 def normalize(text: str) -> str:
     """``text`` without a leading byte-order mark, and with LF line ends if it ends lines with CR alone.
 
-    Editors on Windows save UTF-8 with a byte-order mark, and old Mac tools end lines with CR;
-    ptxas reads neither the same way, so the reader and the rewriter work on this form.
+    Editors on Windows may save UTF-8 with a byte-order mark, and old Mac tools end lines
+    with CR; ptxas rejects both, so the reader and the rewriter work on this form, and a
+    rewritten module is one ptxas reads.
 
     Parameters
     ----------

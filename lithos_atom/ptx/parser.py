@@ -24,6 +24,7 @@ _TYPES = frozenset(
 )
 _STATE_SPACES = frozenset({".global", ".const", ".shared", ".local"})
 _OPERAND_END = frozenset({")", "]", "}"})
+_NO_OPERANDS = frozenset({"ret", "exit", "trap", "brkpt"})
 
 
 class _Parser:
@@ -349,16 +350,23 @@ def _check_instruction(stmt: list[Token], name: str) -> None:
 def _starts_next_statement(cur: list[Token], t: Token) -> bool:
     """Whether ``t``, the next token of the instruction ``cur``, can only start another statement.
 
-    True when ``t`` opens a later line with a guard or a name (an opcode or a label) right
-    after an operand, with no ``,`` or bracket between: the ``;`` before it is missing.
-    Names of registers and directives are never taken for a new statement.
+    True when ``t`` opens a later line with a guard; with a name (an opcode or a label) right
+    after an operand, with no ``,`` or bracket between; or, right after the opcode, with an
+    opcode (a name with a dot: call and branch targets have none) or with any name after
+    one that takes no operands. The ``;`` before ``t`` is then missing. Names of registers
+    and directives are never taken for a new statement.
     """
     prev = cur[-1]
-    if t.line == prev.line or cur[0].text.startswith(".") or len(cur) <= _guard_length(cur) + 1:
+    k = _guard_length(cur)
+    if t.line == prev.line or cur[0].text.startswith(".") or len(cur) <= k:
         return False
-    ends_operand = prev.kind in ("word", "number") or prev.text in _OPERAND_END
-    return ends_operand and (t.text == "@" or (t.kind == "word" and t.text[0] not in "%."))
-
+    if t.text == "@":
+        return True
+    if t.kind != "word" or t.text[0] in "%.":
+        return False
+    if len(cur) == k + 1:  # the opcode alone
+        return "." in t.text or prev.text.split(".")[0] in _NO_OPERANDS
+    return prev.kind in ("word", "number") or prev.text in _OPERAND_END
 
 
 def parse_module(text: str) -> PtxModule:

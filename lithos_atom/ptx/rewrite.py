@@ -262,6 +262,7 @@ def set_ptx_version(text: str, version: tuple[int, int]) -> str:
     Returns
     -------
     str
+        ``text`` after `lithos_atom.ptx.lexer.normalize`, with the new version.
 
     Raises
     ------
