@@ -72,8 +72,9 @@ def atomize(
             raise TypeError(f"{k!r} is already atomized")
         if _is_numba_dispatcher(k):
             if k.targetoptions.get("device"):
-                raise TypeError(f"kernel must be a kernel, got the Numba device function {k.py_func.__name__!r} "
-                                "(cuda.jit(device=True) functions are called from kernels, never launched)")
+                raise TypeError(f"kernel must be a CuPy or Numba kernel, got the Numba device function "
+                                f"{k.py_func.__name__!r} (cuda.jit(device=True) functions are called from kernels, "
+                                "never launched)")
             return AtomizedNumbaKernel(k, options)
         module_kernel = getattr(k, "_atomized", None)  # a function of an intercepted RawModule
         if isinstance(module_kernel, AtomizedRawKernel):

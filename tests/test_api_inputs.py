@@ -59,7 +59,8 @@ def test_a_numba_device_function_is_not_a_kernel():
     def helper(x):
         return x + 1
 
-    with pytest.raises(TypeError, match=r"^kernel must be a kernel, got the Numba device function 'helper'"):
+    with pytest.raises(TypeError, match=r"^kernel must be a CuPy or Numba kernel, got the Numba device function "
+                                        r"'helper'"):
         lithos.atomize(helper)
     with pytest.raises(TypeError, match="device function"):
         lithos.atomize(atom_blocks=4)(helper)

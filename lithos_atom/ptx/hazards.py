@@ -73,8 +73,8 @@ def _block_index_hazard(tok: Token, opcode: str) -> str | None:
         return (f"reads {shorten(tok.text)} (only the scalar .x/.y/.z forms can be redirected to the virtual "
                 "block index)")
     if opcode.rsplit(".", 1)[-1] not in ("u32", "s32", "b32"):
-        return (f"reads {shorten(tok.text)} with '{shorten(opcode)}' (only 32-bit integer reads can be redirected to the "
-                "virtual block index)")
+        return (f"reads {shorten(tok.text)} with '{shorten(opcode)}' (only 32-bit integer reads can be redirected "
+                "to the virtual block index)")
     return None
 
 
@@ -104,7 +104,8 @@ def _opcode_hazard(opcode: str, stmt: tuple[Token, ...]) -> str | None:
         return f"uses {shorten(opcode)}: thread-block clusters cannot be split into atoms"
     for t in stmt:
         if "::cluster" in t.text:
-            return f"uses {shorten(t.text)} (cluster state space or scope): thread-block clusters cannot be split into atoms"
+            return (f"uses {shorten(t.text)} (cluster state space or scope): thread-block clusters cannot be split "
+                    "into atoms")
     return None
 
 
