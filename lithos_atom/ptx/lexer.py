@@ -9,11 +9,14 @@ from lithos_atom.errors import AtomizeError
 
 _TOKEN = re.compile(
     r"""
+    \s*                                              # whitespace before the token, skipped
+    (?:
       (?P<string>"[^"]*")                           # contents blanked by mask: no '"' inside
     | (?P<word>[A-Za-z_$%.][\w$.]*(?:::[\w$.]+)*)   # names, directives, opcodes, registers
     | (?P<number>\d[\w.]*)                          # 64, 9.5, 0f3F800000, 0xFF
     | (?P<punct>[(){}\[\];,:=<>+\-*/!@|&^~?])
-    | (?P<bad>\S)                                   # whitespace is skipped between matches
+    | (?P<bad>\S)
+    )
     """,
     re.X | re.ASCII,  # PTX names and numbers are ASCII: '²' or '①' is no digit
 )
@@ -155,12 +158,12 @@ def tokenize(text: str) -> list[Token]:
     toks: list[Token] = []
     line, pos = 1, 0
     for m in _TOKEN.finditer(masked):
-        start, end = m.span()
-        line += masked.count("\n", pos, start)
-        pos = start
         kind = m.lastgroup
         assert kind is not None
+        start, end = m.span(kind)
+        line += masked.count("\n", pos, start)
+        pos = start
         if kind == "bad":
-            raise AtomizeError(f"unexpected character {m.group()!r}", line=line)
-        toks.append(Token(kind, text[start:end] if kind == "string" else m.group(), start, end, line))
+            raise AtomizeError(f"unexpected character {masked[start]!r}", line=line)
+        toks.append(Token(kind, text[start:end] if kind == "string" else masked[start:end], start, end, line))
     return toks
