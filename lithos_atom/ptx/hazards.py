@@ -2,8 +2,9 @@
 
 `analyze_function` reads one function's statements for calls, special-register reads and
 hazards; `entry_hazards` collects them over everything an entry reaches
-(`reachable_functions`). The rules assume what CUDA promises: blocks of one launch are
-independent unless the kernel synchronizes the grid, uses clusters or launches work itself.
+(`reachable_functions`), and `CallGraph` answers both for every entry of a module. The
+rules assume what CUDA promises: blocks of one launch are independent unless the kernel
+synchronizes the grid, uses clusters or launches work itself.
 """
 
 from __future__ import annotations
