@@ -51,6 +51,13 @@ def long_body(n: int) -> str:
     return HEADER + f".visible .entry k(.param .u64 p)\n{{\n\t.reg .b32 %r<2>;\n{body}\tret;\n}}\n"
 
 
+def trailing_comment(n: int) -> str:
+    """A small module that ends in a comment of ``n`` characters (its lines end in CR, so it
+    is one comment to the reader)."""
+    kernel = ".visible .entry k()\n{\n\t.reg .b32 %r<2>;\n\tmov.u32 %r1, %ctaid.x;\n\tret;\n}\n"
+    return HEADER + kernel + "// " + "x\r" * (n // 2)
+
+
 def unterminated_string(n: int) -> str:
     """A module whose last line opens a string of ``n`` characters and never closes it."""
     return HEADER + '.global .align 1 .b8 s[1] = "' + "y" * n

@@ -18,6 +18,7 @@ import pytest
 from lithos_atom.errors import AtomizeError
 from lithos_atom.ptx import RewriteResult, rewrite_module
 from tests import ptx_scaling
+from tests.ptx_mutations import time_limit
 
 GROWTH = 4
 MAX_TIME_RATIO = 8.0
@@ -30,7 +31,8 @@ def seconds(build: Callable[[int], str], n: int, repeat: int = 1) -> tuple[float
     for _ in range(repeat):
         gc.collect()
         start = time.process_time()  # CPU time: other processes on the machine do not count
-        result = rewrite_module(text, skip_unsupported=True)
+        with time_limit(30):  # a quadratic regression fails here instead of hanging
+            result = rewrite_module(text, skip_unsupported=True)
         best = min(best, time.process_time() - start)
     assert result is not None
     return best, result
@@ -70,6 +72,11 @@ def test_refusal_spreading_through_a_chain_of_shared_functions():
 def test_one_long_body():
     result = assert_near_linear(ptx_scaling.long_body, 1500)
     assert result.entries["k"].atomized and result.ptx.count("mov.u32 %r1, %__lithos_ctaid_x;") == 6000
+
+
+def test_a_long_comment_at_the_end():
+    result = assert_near_linear(ptx_scaling.trailing_comment, 100_000)
+    assert result.entries["k"].atomized
 
 
 def test_an_unterminated_string_costs_no_memory_beyond_the_text():

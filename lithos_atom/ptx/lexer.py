@@ -23,6 +23,7 @@ _TOKEN = re.compile(
 _COMMENT_OR_STRING_START = re.compile(r'"|//|/\*')
 _STRING_STOP = re.compile(r'["\\\n]')
 _SHOWN = 200  # characters of a name or token quoted in an error message
+_ASCII_SPACE = " \t\n\r\f\v"  # what '\s' matches under re.ASCII
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -157,7 +158,8 @@ def tokenize(text: str) -> list[Token]:
     masked = mask(text)
     toks: list[Token] = []
     line, pos = 1, 0
-    for m in _TOKEN.finditer(masked):
+    # Without trailing whitespace, every search ends in a token: '\s*' never backtracks.
+    for m in _TOKEN.finditer(masked.rstrip(_ASCII_SPACE)):
         kind = m.lastgroup
         assert kind is not None
         start, end = m.span(kind)
