@@ -31,7 +31,7 @@ def _picker(data: st.DataObject):
     return lambda n: data.draw(st.integers(0, n - 1))
 
 
-@settings(max_examples=300, deadline=None,
+@settings(max_examples=200, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_every_mutant_is_rewritten_or_refused_naming_a_line(corpus, data):
