@@ -1,4 +1,6 @@
-"""The PTX lexer: comments blanked out (offsets kept), then tokens with their lines."""
+"""The PTX lexer: byte-order mark and CR line ends normalized, comments and string contents
+blanked out (offsets kept), then tokens with their lines.
+"""
 
 from __future__ import annotations
 
