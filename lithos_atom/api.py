@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from lithos_atom.atomizer import AtomizeOptions
+from lithos_atom.settings import get_settings
 
 
 def _is_numba_dispatcher(obj: Any) -> bool:
@@ -15,6 +16,12 @@ def _is_cupy_raw_kernel(obj: Any) -> bool:
     import cupy
 
     return isinstance(obj, cupy._core.raw.RawKernel)
+
+
+def _is_cupy_raw_module(obj: Any) -> bool:
+    import cupy
+
+    return isinstance(obj, cupy._core.raw.RawModule)
 
 
 def atomize(
@@ -49,9 +56,13 @@ def atomize(
     Raises
     ------
     TypeError
-        If ``kernel`` is not a CuPy raw kernel or a Numba CUDA kernel.
+        If ``kernel`` is not a CuPy raw kernel or a Numba CUDA kernel (a Numba device
+        function is not: it is called from kernels, never launched).
+    ValueError
+        Naming the parameter or the ``LITHOS_*`` variable, when one is invalid.
     """
     options = AtomizeOptions(atom_blocks=atom_blocks, atom_us=atom_us, strict=strict)
+    get_settings()  # a bad LITHOS_* variable is refused here, not at the first launch
 
     def wrap(k: Any) -> Any:
         from lithos_atom.cupy_frontend import AtomizedRawKernel
@@ -60,6 +71,10 @@ def atomize(
         if isinstance(k, (AtomizedRawKernel, AtomizedNumbaKernel)):
             raise TypeError(f"{k!r} is already atomized")
         if _is_numba_dispatcher(k):
+            if k.targetoptions.get("device"):
+                raise TypeError(f"kernel must be a CuPy or Numba kernel, got the Numba device function "
+                                f"{k.py_func.__name__!r} (cuda.jit(device=True) functions are called from kernels, "
+                                "never launched)")
             return AtomizedNumbaKernel(k, options)
         module_kernel = getattr(k, "_atomized", None)  # a function of an intercepted RawModule
         if isinstance(module_kernel, AtomizedRawKernel):
@@ -86,10 +101,25 @@ def atomize_module_function(module: Any, name: str, **options: Any) -> Any:
     name : str
     **options
         As for `atomize`.
+
+    Returns
+    -------
+    AtomizedRawKernel
+
+    Raises
+    ------
+    TypeError
+        If ``module`` is not a ``cupy.RawModule`` or ``name`` not a str.
+    ValueError
+        Naming the option or the ``LITHOS_*`` variable, when one is invalid.
     """
     from lithos_atom.cupy_frontend import AtomizedRawKernel, source_of_module_function
 
-    return AtomizedRawKernel(
-        module.get_function(name), AtomizeOptions(**options), source=source_of_module_function(module, name)
-    )
+    atomize_options = AtomizeOptions(**options)
+    get_settings()  # a bad LITHOS_* variable is refused here, not at the first launch
+    if not _is_cupy_raw_module(module):
+        raise TypeError(f"module must be a cupy.RawModule, got {type(module).__name__}")
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    return AtomizedRawKernel(module.get_function(name), atomize_options, source=source_of_module_function(module, name))
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import threading
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from lithos_atom.fields import is_int, is_number, require
+from lithos_atom.indexing import MAX_GRID_X
 from lithos_atom.plan import LaunchPlan, LaunchShape, WholeLaunch
 from lithos_atom.settings import get_settings
 from lithos_atom.sizing import LaunchDurations
@@ -32,13 +35,20 @@ class AtomizeOptions:
     Attributes
     ----------
     atom_blocks : int, optional
-        Fixed number of blocks per atom. Wins over ``atom_us``.
+        Fixed number of blocks per atom, at most 2**31 - 1 (an atom is one 1-D launch).
+        Wins over ``atom_us``. A NumPy integer is taken as an int.
     atom_us : float, optional
-        Target atom duration in microseconds (default: ``LITHOS_ATOM_US``, 250). The first
-        launch of each kernel shape runs whole and is timed with device events.
+        Target atom duration in microseconds, finite and > 0 (default: ``LITHOS_ATOM_US``,
+        250). The first launch of each kernel shape runs whole and is timed with device
+        events. A NumPy number is taken as a float.
     strict : bool, optional
         Raise `lithos_atom.UnsupportedKernelError` for a kernel that cannot be atomized,
         instead of running it whole with an `AtomizeWarning` (default: ``LITHOS_STRICT``).
+
+    Raises
+    ------
+    ValueError
+        Naming the field, when one is of the wrong type or out of range.
     """
 
     atom_blocks: int | None = None
@@ -46,14 +56,15 @@ class AtomizeOptions:
     strict: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.atom_blocks is not None and (
-            isinstance(self.atom_blocks, bool) or not isinstance(self.atom_blocks, int) or self.atom_blocks < 1
-        ):
-            raise ValueError(f"atom_blocks must be a positive int, got {self.atom_blocks!r}")
-        if self.atom_us is not None and (isinstance(self.atom_us, bool) or not self.atom_us > 0):
-            raise ValueError(f"atom_us must be a positive number, got {self.atom_us!r}")
-        if self.strict is not None and not isinstance(self.strict, bool):
-            raise ValueError(f"strict must be a bool, got {self.strict!r}")
+        if self.atom_blocks is not None:
+            require(is_int(self.atom_blocks) and 1 <= self.atom_blocks <= MAX_GRID_X, "atom_blocks",
+                    f"an int from 1 to {MAX_GRID_X}", self.atom_blocks)
+            object.__setattr__(self, "atom_blocks", int(self.atom_blocks))
+        if self.atom_us is not None:
+            require(is_number(self.atom_us) and math.isfinite(self.atom_us) and self.atom_us > 0, "atom_us",
+                    "a finite number > 0", self.atom_us)
+            object.__setattr__(self, "atom_us", float(self.atom_us))
+        require(self.strict is None or isinstance(self.strict, bool), "strict", "a bool", self.strict)
 
     def resolved(self) -> AtomizeOptions:
         """These options with unset fields taken from the settings."""
@@ -80,6 +91,11 @@ class Atomizer:
     ----------
     atom_blocks, atom_us, strict
         See `AtomizeOptions`.
+
+    Raises
+    ------
+    ValueError
+        Naming the parameter or the ``LITHOS_*`` variable, when one is invalid.
     """
 
     def __init__(self, *, atom_blocks: int | None = None, atom_us: float | None = None, strict: bool | None = None):

@@ -11,7 +11,8 @@ class AtomizeError(Exception):
     reason : str
         What went wrong, without the location.
     entry : str, optional
-        The kernel (PTX ``.entry``) or function concerned, when known.
+        The kernel (PTX ``.entry``) or function concerned, when known; the message shortens
+        a name of over 200 characters (the attribute keeps it whole).
     line : int, optional
         1-based line in the input PTX, when known.
 
@@ -28,7 +29,7 @@ class AtomizeError(Exception):
         self.line = line
         where = []
         if entry is not None:
-            where.append(f"entry {entry!r}")
+            where.append(f"entry {entry if len(entry) <= 200 else entry[:197] + '...'!r}")
         if line is not None:
             where.append(f"line {line}")
         super().__init__(f"{' '.join(where)}: {reason}" if where else reason)

@@ -1,13 +1,15 @@
 """Typed lithos settings, read from the environment in one place.
 
-Each setting has a default and an environment variable; a bad value raises
-``ValueError`` naming the variable, at the moment the settings are read.
+Each setting has a default and an environment variable; a bad value raises a one-line
+``ValueError`` naming the variable when the settings are first read, which `atomize` and
+`Atomizer` do when they are made, before any kernel is launched.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 from pathlib import Path
 
@@ -20,15 +22,19 @@ class Settings:
     ----------
     cache_dir : Path
         Where rewritten and linked kernels are cached on disk (``LITHOS_CACHE_DIR``,
-        default ``~/.cache/lithos``).
+        default ``~/.cache/lithos``); must not be an existing file.
     disk_cache : bool
         Whether the on-disk kernel cache is used (``LITHOS_DISK_CACHE``, default on).
     atom_us : float
-        Default target duration of one atom in microseconds (``LITHOS_ATOM_US``,
-        default 250, the low end of what the LithOS paper found to work well).
+        Default target duration of one atom in microseconds, finite and > 0
+        (``LITHOS_ATOM_US``, default 250, the low end of what the LithOS paper found to
+        work well).
     strict : bool
         Default for ``strict``: raise instead of running a kernel whole when it cannot be
         atomized (``LITHOS_STRICT``, default off).
+    hold_gil : str
+        Which launches keep the GIL through the driver call: ``latency-critical``,
+        ``all`` or ``none`` (``LITHOS_HOLD_GIL``, default ``latency-critical``).
     """
 
     cache_dir: Path
@@ -62,9 +68,19 @@ def _read_positive_float(name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ValueError(f"{name}={raw!r} is not a number") from None
-    if not value > 0:
-        raise ValueError(f"{name}={raw!r} must be > 0")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name}={raw!r} must be a finite number > 0")
     return value
+
+
+def _read_directory(name: str, default: Path) -> Path:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    path = Path(raw)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{name}={raw!r} is not a directory")
+    return path
 
 
 def _read_choice(name: str, choices: tuple[str, ...], default: str) -> str:
@@ -87,10 +103,14 @@ def get_settings() -> Settings:
     Returns
     -------
     Settings
+
+    Raises
+    ------
+    ValueError
+        Naming the variable, for a value it cannot take.
     """
-    cache_dir = Path(os.environ.get("LITHOS_CACHE_DIR") or Path.home() / ".cache" / "lithos")
     return Settings(
-        cache_dir=cache_dir,
+        cache_dir=_read_directory("LITHOS_CACHE_DIR", Path.home() / ".cache" / "lithos"),
         disk_cache=_read_bool("LITHOS_DISK_CACHE", True),
         atom_us=_read_positive_float("LITHOS_ATOM_US", 250.0),
         strict=_read_bool("LITHOS_STRICT", False),

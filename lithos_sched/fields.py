@@ -1,38 +1,5 @@
-"""Checks of configuration fields, each refusing a bad value by the field's name.
+"""Checks of configuration fields for the scheduler's options: those of `lithos_atom.fields`."""
 
-Options objects check their fields when made (``__post_init__``); the message names the
-field as ``Owner.field`` so a user sees which setting to change.
-"""
+from lithos_atom.fields import is_int, is_number, require
 
-from __future__ import annotations
-
-import numpy as np
-
-
-def is_int(value: object) -> bool:
-    """Whether ``value`` is an integer (a NumPy one too), not a bool."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def is_number(value: object) -> bool:
-    """Whether ``value`` is an int or a float (NumPy ones too), not a bool; NaN and
-    infinities count."""
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-def require(ok: bool, field: str, expected: str, value: object) -> None:
-    """Raise ``ValueError("<field> must be <expected>, got <value!r>")`` unless ``ok``.
-
-    Parameters
-    ----------
-    ok : bool
-        The check's outcome.
-    field : str
-        The field as the user names it, e.g. ``"Policy.atom_us"``.
-    expected : str
-        What the field must be, e.g. ``"a positive number"``.
-    value : object
-        The value refused.
-    """
-    if not ok:
-        raise ValueError(f"{field} must be {expected}, got {value!r}")
+__all__ = ["is_int", "is_number", "require"]
