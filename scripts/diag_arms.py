@@ -29,10 +29,11 @@ import cupy
 import diag_common
 import kernels
 from lithos_atom.atomizer import using_atomizer
+from lithos_atom.bench import colocation_bench, ml_tenants
+from lithos_atom.bench.ml_colocation import MLColocationConfig
+from lithos_atom.bench.ml_gpu import figures, run_tenants
 from lithos_atom.settings import reload_settings
-from lithos_sched import Scheduler, colocation_bench, ml_tenants, open_device
-from lithos_sched.ml_colocation import MLColocationConfig
-from lithos_sched.ml_gpu import figures, run_tenants
+from lithos_sched import Scheduler, open_device
 from lithos_sched.policy import Policy
 from lithos_sched.tenant import pair_specs, pair_tpcs
 

@@ -26,8 +26,9 @@ import cupy
 
 import kernels
 from lithos_atom.atomizer import using_atomizer
-from lithos_sched import Scheduler, ml_tenants, open_device
-from lithos_sched.ml_colocation import MLColocationConfig
+from lithos_atom.bench import ml_tenants
+from lithos_atom.bench.ml_colocation import MLColocationConfig
+from lithos_sched import Scheduler, open_device
 from lithos_sched.policy import Policy
 from lithos_sched.tenant import pair_specs
 

@@ -41,8 +41,8 @@ def test_bench_rejects_unknown_options():
 
 
 def test_colocation_atom_length_reaches_the_lithos_policies_and_is_checked():
-    from lithos_sched.colocation_bench import ColocationConfig
-    from lithos_sched.sim_colocation import SimColocationConfig
+    from lithos_atom.bench.colocation_bench import ColocationConfig
+    from lithos_atom.bench.sim_colocation import SimColocationConfig
 
     assert ColocationConfig(atom_us=4000.0).policy(stealing=False).atom_us == 4000.0
     assert SimColocationConfig().policy().atom_us == ColocationConfig().policy().atom_us

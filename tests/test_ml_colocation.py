@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lithos_sched import ml_colocation as mc
-from lithos_sched import mps
-from lithos_sched.ml_colocation import MLColocationConfig
-from lithos_sched.ml_colocation_worker import PREFIX, WorkerError, parse, run_process_pair, worker_main
-from lithos_sched.sim_ml_colocation import SimMLConfig, run_sim, timeslice_model
+from lithos_atom.bench import ml_colocation as mc
+from lithos_atom.bench import mps
+from lithos_atom.bench.ml_colocation import MLColocationConfig
+from lithos_atom.bench.ml_colocation_worker import PREFIX, WorkerError, parse, run_process_pair, worker_main
+from lithos_atom.bench.sim_ml_colocation import SimMLConfig, run_sim, timeslice_model
 
 # ---- config ---------------------------------------------------------------------------------
 
@@ -65,7 +65,7 @@ def test_training_gemm_max_k_reaches_the_job_in_every_size_and_is_checked():
 
 
 def test_sim_training_step_splits_the_long_reductions_into_shorter_blocks():
-    from lithos_sched.sim_ml_colocation import KernelModel, SimCostModel
+    from lithos_atom.bench.sim_ml_colocation import KernelModel, SimCostModel
 
     model = KernelModel(SimCostModel(max_waves=1000), 132)
     whole = model.training_step(MLColocationConfig(training_gemm_max_k=None).workload_sizes()["mlp"])
@@ -229,7 +229,7 @@ SMALL = dict(size="small", duration_s=0.08, warmup_s=0.02, lc_rate_hz=150.0)
 
 
 def test_sim_runs_every_scenario_of_both_pairs():
-    out = mc.run(simulated=True, config=MLColocationConfig(**SMALL))
+    out = run_sim(MLColocationConfig(**SMALL))
     assert out["simulated"] is True and out["device"]["simulated"] is True
     assert out["slo_ms"] == pytest.approx(1.5 * out["pairs"]["training"]["scenarios"]["lc_alone"]["hp"]["p99_ms"])
     for pair in mc.PAIRS:
@@ -333,7 +333,7 @@ def test_cli_rejects_unknown_size():
 
 
 def test_mps_missing_binary_is_reported_as_skipped(monkeypatch):
-    from lithos_sched import ml_gpu
+    from lithos_atom.bench import ml_gpu
 
     monkeypatch.setattr(mps.shutil, "which", lambda name: None)
     with pytest.raises(mps.MPSUnavailable, match="not found"):
@@ -401,7 +401,7 @@ def test_worker_main_reports_errors():
 
 _FAKE_WORKER = """
 import sys
-from lithos_sched.ml_colocation_worker import worker_main
+from lithos_atom.bench.ml_colocation_worker import worker_main
 def role(cfg, spec):
     if spec["role"] == "be" and "{fail}" == "yes":
         raise RuntimeError("out of memory, say")
@@ -413,12 +413,19 @@ sys.exit(worker_main(sys.stdin, sys.stdout, {{"lc": role, "be": role}}))
 """
 
 
-def _run_fake_pair(tmp_path: Path, worker_source: str, **kw) -> dict:
+#: The fake workers are scripts in a temporary folder: this puts the checkout under test, not
+#: whichever copy of lithos is installed, first on their import path.
+_CHECKOUT_ENV = {"PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent),
+                                                *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
+def _run_fake_pair(tmp_path: Path, worker_source: str, env: dict | None = None, **kw) -> dict:
     """`run_process_pair` of a short training config with both workers running ``worker_source``."""
     script = tmp_path / "worker.py"
     script.write_text(worker_source)
     return run_process_pair(MLColocationConfig(duration_s=0.1, warmup_s=0.0), "training",
-                            command=[sys.executable, str(script)], ready_timeout_s=60, **kw)
+                            command=[sys.executable, str(script)], ready_timeout_s=60,
+                            env={**_CHECKOUT_ENV, **(env or {})}, **kw)
 
 
 def test_process_pair_starts_both_workers_together(tmp_path):
@@ -429,7 +436,7 @@ def test_process_pair_starts_both_workers_together(tmp_path):
 
 _PLACED_WORKER = """
 import sys
-from lithos_sched.ml_colocation_worker import worker_main
+from lithos_atom.bench.ml_colocation_worker import worker_main
 def role(cfg, spec):
     where = {"sms_seen": [2 * t for t in spec["tpcs"]], "partition_sms": [2 * t for t in spec["tpcs"]]} \\
         if "tpcs" in spec else {}
@@ -450,7 +457,7 @@ def test_process_pair_gives_each_worker_its_tpcs_and_reports_where_it_ran(tmp_pa
 
 _SIGNAL_WORKER = """
 import sys
-from lithos_sched.ml_colocation_worker import worker_main
+from lithos_atom.bench.ml_colocation_worker import worker_main
 from lithos_sched.request_signal import RequestSignal
 def role(cfg, spec):
     signal = RequestSignal.attach(spec["request_signal"])
@@ -475,7 +482,7 @@ def test_process_pair_as_lithos_shares_one_request_signal_and_removes_it(tmp_pat
 
 _SIZED_WORKER = """
 import sys
-from lithos_sched.ml_colocation_worker import worker_main
+from lithos_atom.bench.ml_colocation_worker import worker_main
 def role(cfg, spec):
     if spec["role"] == "lc":
         return lambda t0: {"arrivals_s": [0.1], "latencies_ms": [1.0], "phases_ms": [[0, 0, 1]],
@@ -505,7 +512,7 @@ def test_process_pair_request_tpcs_are_checked_before_any_worker_starts(kw, mess
 
 _ENV_WORKER = """
 import os, sys
-from lithos_sched.ml_colocation_worker import worker_main
+from lithos_atom.bench.ml_colocation_worker import worker_main
 def role(cfg, spec):
     seen = {k: os.environ.get(k) for k in ("LITHOS_TEST_BOTH", "LITHOS_TEST_ROLE")}
     if spec["role"] == "lc":
@@ -532,7 +539,7 @@ def test_process_pair_failure_names_the_worker_and_the_error(tmp_path):
     script.write_text(_FAKE_WORKER.format(fail="yes"))
     with pytest.raises(WorkerError, match="worker be: RuntimeError: out of memory"):
         run_process_pair(MLColocationConfig(duration_s=0.1), "training", command=[sys.executable, str(script)],
-                         ready_timeout_s=60)
+                         ready_timeout_s=60, env=_CHECKOUT_ENV)
 
 
 def test_process_pair_worker_that_dies_is_reported(tmp_path):

@@ -205,7 +205,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 def test_profile_cli_sim_writes_the_cache(tmp_path):
     cache = tmp_path / "p.json"
-    proc = _run("lithos_sched.profile", "--sim", "--cache", str(cache), "--rounds", "1")
+    proc = _run("lithos_atom.bench.profile", "--sim", "--cache", str(cache), "--rounds", "1")
     assert proc.returncode == 0, proc.stderr
     assert "SIMULATED DEVICE" in proc.stdout
     data = json.loads(cache.read_text())
@@ -223,12 +223,12 @@ def test_profile_cli_sim_writes_the_cache(tmp_path):
     (("--sim", "--slack", "-1"), "--slack"),
 ])
 def test_profile_cli_errors(args, message):
-    proc = _run("lithos_sched.profile", *args)
+    proc = _run("lithos_atom.bench.profile", *args)
     assert proc.returncode == 2 and message in proc.stderr
 
 
 def test_report_on_the_simulated_device(tmp_path):
-    proc = _run("lithos_sched.rightsize_bench", "--sim", "--out", str(tmp_path))
+    proc = _run("lithos_atom.bench.rightsize_bench", "--sim", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert "SIMULATED DEVICE" in proc.stdout
     report = json.loads((tmp_path / "rightsizing.json").read_text())
@@ -239,7 +239,7 @@ def test_report_on_the_simulated_device(tmp_path):
     assert report["summary"]["registry"]["mean_capacity_saved"] > 0.25
     assert report["dvfs"]["actuator_active"] is False
     assert (tmp_path / "rightsizing.png").stat().st_size > 0
-    bad = _run("lithos_sched.rightsize_bench", "--sim", "--slack", "-1")
+    bad = _run("lithos_atom.bench.rightsize_bench", "--sim", "--slack", "-1")
     assert bad.returncode == 2 and "--slack" in bad.stderr
 
 
@@ -256,7 +256,7 @@ def test_measured_envelope_keeps_a_smooth_knee_from_looking_free():
 
 
 def test_the_profile_bound_takes_the_least_tpc_time_within_slack():
-    from lithos_sched.rightsize_bench import best_profiled_saving
+    from lithos_atom.bench.rightsize_bench import best_profiled_saving
 
     profile = {66: 100.0, 46: 103.0, 33: 104.9, 13: 200.0, 7: 400.0}
     tpcs, saved = best_profiled_saving(profile, 66, 0.05)
@@ -267,7 +267,7 @@ def test_the_profile_bound_takes_the_least_tpc_time_within_slack():
 
 
 def test_the_report_summary_carries_the_profile_bound_of_kernels_and_requests():
-    from lithos_sched.rightsize_bench import _summaries, best_profiled_saving
+    from lithos_atom.bench.rightsize_bench import _summaries, best_profiled_saving
 
     def row(key, profile, tpcs, per_request=1):  # noqa: ANN001, ANN202
         bound_tpcs, bound = best_profiled_saving(profile, 66, 0.05)
