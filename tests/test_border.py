@@ -14,6 +14,8 @@ import ast
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Top-level folders whose Python files are modules of the project.
@@ -156,16 +158,22 @@ def circles(imports: Imports) -> list[frozenset[str]]:
     return found
 
 
-def test_the_library_imports_no_benchmark_kernel_script_test_or_report_code():
-    assert border_crossings(project_imports()) == []
+@pytest.fixture(scope="module")
+def imports() -> Imports:
+    """The project's imports, parsed once for the tests of this module."""
+    return project_imports()
 
 
-def test_no_modules_import_each_other_in_a_circle():
-    assert [sorted(c) for c in circles(project_imports()) if c != ALLOWED_CIRCLE] == []
+def test_the_library_imports_no_benchmark_kernel_script_test_or_report_code(imports):
+    assert border_crossings(imports) == []
 
 
-def test_the_allowed_circle_is_still_there():
-    assert ALLOWED_CIRCLE in circles(project_imports()), (
+def test_no_modules_import_each_other_in_a_circle(imports):
+    assert [sorted(c) for c in circles(imports) if c != ALLOWED_CIRCLE] == []
+
+
+def test_the_allowed_circle_is_still_there(imports):
+    assert ALLOWED_CIRCLE in circles(imports), (
         "the launch path's circle is gone: delete ALLOWED_CIRCLE from tests/test_border.py")
 
 

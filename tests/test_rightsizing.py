@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lithos_atom.bench import profile, rightsize_bench
 from lithos_atom.plan import KernelKey
 from lithos_sched import SimKernel, open_device
 from lithos_sched.partition_timing import TimingOptions, default_sizes, profile_on_partitions, validate_sizes
@@ -222,9 +223,10 @@ def test_profile_cli_sim_writes_the_cache(tmp_path):
     (("--inference-batch", "9"), "1-8"),
     (("--sim", "--slack", "-1"), "--slack"),
 ])
-def test_profile_cli_errors(args, message):
-    proc = _run("lithos_atom.bench.profile", *args)
-    assert proc.returncode == 2 and message in proc.stderr
+def test_profile_cli_errors(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_:  # in this process: the command refuses before any profiling
+        profile.main(list(args))
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_report_on_the_simulated_device(tmp_path):
@@ -239,8 +241,12 @@ def test_report_on_the_simulated_device(tmp_path):
     assert report["summary"]["registry"]["mean_capacity_saved"] > 0.25
     assert report["dvfs"]["actuator_active"] is False
     assert (tmp_path / "rightsizing.png").stat().st_size > 0
-    bad = _run("lithos_atom.bench.rightsize_bench", "--sim", "--slack", "-1")
-    assert bad.returncode == 2 and "--slack" in bad.stderr
+
+
+def test_report_refuses_a_negative_slack(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        rightsize_bench.main(["--sim", "--slack", "-1"])
+    assert exit_.value.code == 2 and "--slack" in capsys.readouterr().err
 
 
 def test_measured_envelope_keeps_a_smooth_knee_from_looking_free():
