@@ -181,7 +181,8 @@ def test_the_checks_see_imports_inside_functions_relative_ones_and_a_scripts_nei
     files = {
         "lithos_sched/__init__.py": "",
         "lithos_sched/a.py": "import numpy\nfrom lithos_sched import b\n",
-        "lithos_sched/b.py": "def f():\n    from . import a\n    from lithos_atom.bench.x import y\n    import rich.table\n",
+        "lithos_sched/b.py": "def f():\n    from . import a\n    from lithos_atom.bench.x import y\n"
+                             "    import rich.table\n",
         "lithos_atom/__init__.py": "",
         "lithos_atom/bench/__init__.py": "",
         "lithos_atom/bench/x.py": "import rich\nimport kernels\nfrom tests import cases\n",

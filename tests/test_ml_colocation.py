@@ -265,7 +265,8 @@ def test_sim_is_deterministic_and_honours_the_scenario_selection(tmp_path, simul
     a = run_sim(cfg, trace_dir=tmp_path)
     scen = a["pairs"]["training"]["scenarios"]
     assert list(scen) == ["lc_alone", "be_alone", "static_split", "static_split@0.25", "static_split@0.375", "lithos"]
-    assert scen["static_split"]["hp"]["latencies_ms"] == ml["pairs"]["training"]["scenarios"]["static_split"]["hp"]["latencies_ms"]
+    shared = ml["pairs"]["training"]["scenarios"]["static_split"]
+    assert scen["static_split"]["hp"]["latencies_ms"] == shared["hp"]["latencies_ms"]
     assert Path(scen["lithos"]["trace_file"]).is_file()
     assert "batch_inference" not in a["pairs"]
 
