@@ -19,7 +19,7 @@ import pytest
 
 #: The shared bench run's options: every section on the simulated device, the ML section's
 #: small workloads over short scenarios, so that it takes seconds.
-SIM_BENCH_ARGS = ("--sim", "--duration", "0.2", "--ml-size", "small", "--ml-duration", "0.03", "--ml-warmup", "0.01")
+SIM_BENCH_ARGS = ("--sim", "--duration", "0.2", "--ml-size", "small", "--ml-duration", "0.02", "--ml-warmup", "0.01")
 
 
 @functools.lru_cache(maxsize=1)
