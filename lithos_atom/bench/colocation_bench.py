@@ -13,8 +13,9 @@ the other, with the same kernels and the same arrival times:
 - ``lithos``: the scheduler: atoms, partitions, stealing, prediction
 - ``lithos_no_steal`` / ``lithos_no_atoms``: ablations
 
-On a machine without a GPU the same scenarios run on the simulated device
-(`lithos_atom.bench.sim_colocation`), and the results say so.
+`run_gpu` runs them on the GPU. On a machine without a GPU the same scenarios run on the
+simulated device (`lithos_atom.bench.sim_colocation`, which shares `ColocationConfig` and
+`summarize`), and the results say so; ``python -m lithos_atom.bench --colocation`` picks one.
 """
 
 from __future__ import annotations
