@@ -48,8 +48,8 @@ from lithos_atom.bench.ml_colocation import MLColocationConfig
 from lithos_atom.bench.ml_colocation_worker import WorkerError, run_process_pair
 from lithos_atom.bench.ml_gpu import figures, inference_request_tpcs
 from lithos_atom.bench.mps import MPSDaemon
+from lithos_atom.bench.tenant_pair import pair_tpcs
 from lithos_sched import open_device
-from lithos_sched.tenant import pair_tpcs
 
 #: lithos across processes: arm -> changes to the best-effort scheduler's Policy
 #: (``lithos_mps`` is the ML bench's default, `MLColocationConfig.mps_steal_max_block_us`)

@@ -11,7 +11,8 @@ Sections of ``python -m lithos_atom.bench``
 The ML co-location harness
     `ml_gpu` (the scenarios on the GPU), `ml_tenants` (the tenants' loops),
     `ml_colocation_worker` (a tenant in its own process), `mps` (a private MPS daemon),
-    `occupancy` and `percentiles` (figures of a run).
+    `occupancy` and `percentiles` (figures of a run); `tenant_pair` (the two tenants of
+    both co-location benchmarks).
 Right-sizing
     ``python -m lithos_atom.bench.profile`` (scaling profiles, offline) and
     ``python -m lithos_atom.bench.rightsize_bench`` (the right-sizing and DVFS report), on

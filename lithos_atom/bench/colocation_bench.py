@@ -35,11 +35,11 @@ from lithos_atom import atomize
 from lithos_atom.atomizer import as_cupy_stream
 from lithos_atom.bench.burn import BURN, THREADS, median_device_us
 from lithos_atom.bench.percentiles import percentile_ci, ratio_ci
+from lithos_atom.bench.tenant_pair import pair_specs, pair_tpcs
 from lithos_sched import open_device
 from lithos_sched.energy import open_meter, tenant_energy
 from lithos_sched.policy import Policy
 from lithos_sched.scheduler import Scheduler
-from lithos_sched.tenant import pair_specs, pair_tpcs
 
 WARMUP_S = 0.5  # every scenario first runs this long unmeasured: compiles, caches, predictor
 

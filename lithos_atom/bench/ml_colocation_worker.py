@@ -44,12 +44,12 @@ from lithos_atom.atomizer import using_atomizer
 from lithos_atom.bench import ml_tenants
 from lithos_atom.bench.ml_colocation import MLColocationConfig, clock
 from lithos_atom.bench.occupancy import tenant_occupancy
+from lithos_atom.bench.tenant_pair import pair_specs
 from lithos_sched import open_device
 from lithos_sched.policy import Policy
 from lithos_sched.request_signal import RequestSignal
 from lithos_sched.scheduler import Scheduler
 from lithos_sched.smid_probe import sms_of
-from lithos_sched.tenant import pair_specs
 
 PREFIX = "LITHOS-WORKER "
 #: What a worker on a partition adds to its result (moved to ``placement`` by `run_process_pair`)

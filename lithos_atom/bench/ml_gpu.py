@@ -32,11 +32,11 @@ from lithos_atom.bench.ml_colocation_worker import WorkerError, run_process_pair
 from lithos_atom.bench.mps import MPSDaemon, MPSUnavailable
 from lithos_atom.bench.occupancy import tenant_occupancy
 from lithos_atom.bench.profile import profile_cases
+from lithos_atom.bench.tenant_pair import pair_specs, pair_tpcs
 from lithos_sched import open_device
 from lithos_sched.partition_timing import TimingOptions, default_sizes
 from lithos_sched.rightsizing import RightSizeOptions, RightSizer
 from lithos_sched.scaling import ProfileStore
-from lithos_sched.tenant import pair_specs, pair_tpcs
 
 
 def figures(cfg: MLColocationConfig, raw: dict[str, Any]) -> dict[str, Any]:

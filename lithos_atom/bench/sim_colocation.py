@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 
 from lithos_atom.bench.colocation_bench import ColocationConfig, summarize
+from lithos_atom.bench.tenant_pair import pair_specs, pair_tpcs
 from lithos_atom.plan import KernelKey, LaunchPlan
 from lithos_sched.policy import Policy
 from lithos_sched.scheduler import Scheduler
 from lithos_sched.sim_device import SimDevice, SimKernel
-from lithos_sched.tenant import pair_specs, pair_tpcs
 from lithos_sched.timeline import SimTimeline
 
 

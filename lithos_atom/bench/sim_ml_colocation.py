@@ -38,9 +38,9 @@ from lithos_atom.bench.ml_colocation import (
 )
 from lithos_atom.bench.occupancy import tenant_occupancy
 from lithos_atom.bench.sim_colocation import sim_plan
+from lithos_atom.bench.tenant_pair import pair_specs, pair_tpcs
 from lithos_sched.rightsizing import RightSizer
 from lithos_sched.sim_device import SimDevice, SimKernel
-from lithos_sched.tenant import pair_specs, pair_tpcs
 from lithos_sched.timeline import SimTimeline
 
 PROCESSES_MODEL = "modeled: time-slicing between two contexts (analytic, from simulated service times)"
