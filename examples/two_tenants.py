@@ -2,7 +2,7 @@
 
 Unchanged CuPy code runs inside ``with tenant:``; lithos confines each tenant to its TPCs,
 splits the best-effort kernels into atoms and lends it the idle latency-critical TPCs.
-Runs on the GPU, or on the simulated device with --sim (see lithos_sched.sim_colocation).
+Runs on the GPU, or on the simulated device with --sim (see lithos_atom.bench.sim_colocation).
 Run: python examples/two_tenants.py
 """
 

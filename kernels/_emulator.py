@@ -272,6 +272,11 @@ def translate(code: str) -> str:
 _libs: dict[str, Any] = {}
 _lock = threading.Lock()
 _build_dirs: list[Path] = []
+_prelude_lock = threading.Lock()
+_prelude_headers: list[Path] = []
+
+#: g++ options of every host build; the precompiled prelude is only used by builds with the same.
+_CXXFLAGS = ("-std=c++20", "-O1", "-fno-strict-aliasing", "-w", "-fPIC", "-pthread")
 
 
 def _build_dir() -> Path:
@@ -283,10 +288,28 @@ def _build_dir() -> Path:
         return _build_dirs[0]
 
 
+def _compile(cmd: list[str], what: str) -> None:
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"host compilation of {what} failed:\n{result.stderr[-6000:]}")
+
+
+def _prelude_header() -> Path:
+    """The prelude as a header in the build directory, precompiled on first use: every
+    kernel source includes it, and most of a build's time is the standard headers."""
+    with _prelude_lock:
+        if not _prelude_headers:
+            header = _build_dir() / "prelude.h"
+            header.write_text(_PRELUDE)
+            _compile([os.environ.get("CXX", "g++"), *_CXXFLAGS, "-x", "c++-header", str(header),
+                      "-o", f"{header}.gch"], "the prelude")
+            _prelude_headers.append(header)
+        return _prelude_headers[0]
+
+
 def build(code: str, entries: tuple[str, ...]) -> Any:
     """Compile ``code`` with launchers for ``entries``; returns the loaded library (cached)."""
-    source = _PRELUDE + translate(code) + _LAUNCHER + "".join(
-        _ENTRY.format(i=i, entry=e) for i, e in enumerate(entries))
+    source = translate(code) + _LAUNCHER + "".join(_ENTRY.format(i=i, entry=e) for i, e in enumerate(entries))
     key = hashlib.sha256(source.encode()).hexdigest()[:24]
     with _lock:
         lib = _libs.get(key)
@@ -294,11 +317,8 @@ def build(code: str, entries: tuple[str, ...]) -> Any:
         return lib
     cpp, so = _build_dir() / f"{key}.cpp", _build_dir() / f"{key}.so"
     cpp.write_text(source)
-    cmd = [os.environ.get("CXX", "g++"), "-std=c++20", "-O1", "-fno-strict-aliasing", "-w", "-fPIC", "-shared",
-           "-pthread", str(cpp), "-o", str(so)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"host compilation of the kernel source failed:\n{result.stderr[-6000:]}")
+    _compile([os.environ.get("CXX", "g++"), *_CXXFLAGS, "-shared", "-include", str(_prelude_header()), str(cpp),
+              "-o", str(so)], "the kernel source")
     lib = ctypes.CDLL(str(so))
     with _lock:
         _libs[key] = lib

@@ -52,7 +52,7 @@ for w in "${what[@]}"; do
       python3 -m kernels.bench --size bench --json "$STAGE/bench-kernels.json" 2>&1 | tee "$STAGE/bench-kernels.log" | tail -60
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     rightsizing)
-      python3 -m lithos_sched.rightsize_bench --out "$STAGE/rightsizing" 2>&1 | tee "$STAGE/bench-rightsizing.log" | tail -30
+      python3 -m lithos_atom.bench.rightsize_bench --out "$STAGE/rightsizing" 2>&1 | tee "$STAGE/bench-rightsizing.log" | tail -30
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     rightsized)
       i=0

@@ -29,12 +29,13 @@ import cupy
 import diag_common
 import kernels
 from lithos_atom.atomizer import using_atomizer
+from lithos_atom.bench import colocation_bench, ml_tenants
+from lithos_atom.bench.ml_colocation import MLColocationConfig
+from lithos_atom.bench.ml_gpu import figures, run_tenants
+from lithos_atom.bench.tenant_pair import pair_specs, pair_tpcs
 from lithos_atom.settings import reload_settings
-from lithos_sched import Scheduler, colocation_bench, ml_tenants, open_device
-from lithos_sched.ml_colocation import MLColocationConfig
-from lithos_sched.ml_gpu import figures, run_tenants
+from lithos_sched import Scheduler, open_device
 from lithos_sched.policy import Policy
-from lithos_sched.tenant import pair_specs, pair_tpcs
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else "diag-hold-gil.json"
 SECONDS = float(sys.argv[2]) if len(sys.argv) > 2 else 4.0

@@ -26,10 +26,11 @@ import cupy
 
 import kernels
 from lithos_atom.atomizer import using_atomizer
-from lithos_sched import Scheduler, ml_tenants, open_device
-from lithos_sched.ml_colocation import MLColocationConfig
+from lithos_atom.bench import ml_tenants
+from lithos_atom.bench.ml_colocation import MLColocationConfig
+from lithos_atom.bench.tenant_pair import pair_specs
+from lithos_sched import Scheduler, open_device
 from lithos_sched.policy import Policy
-from lithos_sched.tenant import pair_specs
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else "diag-be-host.json"
 STEPS = int(sys.argv[2]) if len(sys.argv) > 2 else 200

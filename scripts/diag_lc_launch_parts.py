@@ -25,8 +25,8 @@ import numpy as np
 
 import diag_common
 from lithos_atom import driver_calls, driver_launch, interception
+from lithos_atom.bench import colocation_bench as cb
 from lithos_sched import Priority, Scheduler, TenantSpec, open_device
-from lithos_sched import colocation_bench as cb
 from lithos_sched.policy import Policy
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else "diag-lc-launch-parts.json"

@@ -19,8 +19,8 @@ import cupy
 import numpy as np
 
 import diag_common
+from lithos_atom.bench import colocation_bench as cb
 from lithos_sched import Priority, Scheduler, TenantSpec, open_device
-from lithos_sched import colocation_bench as cb
 from lithos_sched import timeline
 
 SECONDS = float(sys.argv[1]) if len(sys.argv) > 1 else 3.0

@@ -1,6 +1,6 @@
 """Diagnostic: where does the latency-critical host tail under the scheduler come from?
 
-Runs the co-location workload of `lithos_sched.colocation_bench` in variants that put
+Runs the co-location workload of `lithos_atom.bench.colocation_bench` in variants that put
 only one tenant, or neither, through the scheduler, and variants of the scheduler's
 knobs; prints each variant's LC p99 and its phases. In the ``stalls`` variant a C-level
 watchdog (``faulthandler.dump_traceback_later``, which needs no GIL) dumps every
@@ -25,8 +25,8 @@ import cupy
 import numpy as np
 
 import diag_common
+from lithos_atom.bench import colocation_bench as cb
 from lithos_sched import open_device
-from lithos_sched import colocation_bench as cb
 from lithos_sched.policy import Policy
 from lithos_sched.scheduler import Scheduler
 from lithos_sched.tenant import Priority, TenantSpec

@@ -27,12 +27,13 @@ import numpy as np
 import diag_common
 import kernels
 from lithos_atom.atomizer import using_atomizer
-from lithos_sched import Scheduler, ml_tenants, open_device
-from lithos_sched.ml_colocation import MLColocationConfig
-from lithos_sched.ml_gpu import figures, run_tenants
-from lithos_sched.rightsizing import RightSizer
+from lithos_atom.bench import ml_tenants
+from lithos_atom.bench.ml_colocation import MLColocationConfig
+from lithos_atom.bench.ml_gpu import figures, run_tenants
+from lithos_atom.bench.tenant_pair import pair_specs
+from lithos_sched import Scheduler, open_device
 from lithos_sched.policy import Policy
-from lithos_sched.tenant import pair_specs
+from lithos_sched.rightsizing import RightSizer
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else "diag-ml-host.json"
 LC_ONLY = "--lc-only" in sys.argv

@@ -20,7 +20,7 @@ import sys
 import textwrap
 import time
 
-from lithos_sched.mps import MPSDaemon
+from lithos_atom.bench.mps import MPSDaemon
 
 HOG_S = 3.0
 SHMEM = 160 * 1024  # above half of an SM's shared memory: one block per SM

@@ -5,7 +5,7 @@ lithos across processes, interleaved round by round.
 Under lithos and the in-process static split, the inference service and the best-effort
 job are two threads of one interpreter; their p99 stayed 1.2-1.7x above the service alone
 even on a static split (bench/results/h200-2026-12-04-run12-*), where no lithos code runs.
-With a process per tenant under MPS (`lithos_sched.ml_colocation_worker`), whose green
+With a process per tenant under MPS (`lithos_atom.bench.ml_colocation_worker`), whose green
 contexts keep to their own SMs (run14), the static split kept the inference tail near
 alone (run13). This compares, per pair and round:
 
@@ -43,12 +43,13 @@ import cupy
 
 import diag_common
 import kernels
-from lithos_sched import ml_tenants, open_device
-from lithos_sched.ml_colocation import MLColocationConfig
-from lithos_sched.ml_colocation_worker import WorkerError, run_process_pair
-from lithos_sched.ml_gpu import figures, inference_request_tpcs
-from lithos_sched.mps import MPSDaemon
-from lithos_sched.tenant import pair_tpcs
+from lithos_atom.bench import ml_tenants
+from lithos_atom.bench.ml_colocation import MLColocationConfig
+from lithos_atom.bench.ml_colocation_worker import WorkerError, run_process_pair
+from lithos_atom.bench.ml_gpu import figures, inference_request_tpcs
+from lithos_atom.bench.mps import MPSDaemon
+from lithos_atom.bench.tenant_pair import pair_tpcs
+from lithos_sched import open_device
 
 #: lithos across processes: arm -> changes to the best-effort scheduler's Policy
 #: (``lithos_mps`` is the ML bench's default, `MLColocationConfig.mps_steal_max_block_us`)

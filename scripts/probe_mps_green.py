@@ -80,7 +80,7 @@ def pair(env: dict[str, str], args_a: list[str], args_b: list[str]) -> list[dict
 
 
 def main() -> None:
-    from lithos_sched.mps import MPSDaemon
+    from lithos_atom.bench.mps import MPSDaemon
 
     result: dict = {}
     result["no_mps"] = pair({}, ["part", "0", "33"], ["part", "33", "66"])

@@ -6,8 +6,8 @@ import time
 import cupy
 import numpy as np
 
+from lithos_atom.bench.burn import BURN
 from lithos_sched import Priority, Scheduler, TenantSpec, open_device
-from lithos_sched.colocation_bench import BURN
 
 dev = open_device(simulate=False)
 s = Scheduler(dev, [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5),

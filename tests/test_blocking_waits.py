@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from lithos_atom.bench.sim_colocation import sim_plan
 from lithos_sched import Policy, Priority, Scheduler, SimDevice, SimKernel, TenantSpec
-from lithos_sched.sim_colocation import sim_plan
 
 SPECS = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5), TenantSpec("be", Priority.BEST_EFFORT, share=0.5)]
 

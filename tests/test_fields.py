@@ -9,9 +9,9 @@ import re
 import numpy as np
 import pytest
 
+from lithos_atom.bench.ml_colocation import MLColocationConfig
 from lithos_sched import Policy, SimKernel
 from lithos_sched.fields import is_int, is_number, require
-from lithos_sched.ml_colocation import MLColocationConfig
 from lithos_sched.partition_timing import TimingOptions
 from lithos_sched.rightsizing import RightSizeOptions
 

@@ -1,5 +1,8 @@
 """CPU tier of the ML co-location benchmark: config, figures, the time-slicing model, the
-simulated scenarios, the CLI, the MPS start/skip logic and the worker protocol."""
+simulated scenarios, the CLI, the MPS start/skip logic and the worker protocol.
+
+The simulated scenarios and the command's output are read from the session's one simulated
+bench run (`simulated_bench`, tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -15,11 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lithos_sched import ml_colocation as mc
-from lithos_sched import mps
-from lithos_sched.ml_colocation import MLColocationConfig
-from lithos_sched.ml_colocation_worker import PREFIX, WorkerError, parse, run_process_pair, worker_main
-from lithos_sched.sim_ml_colocation import SimMLConfig, run_sim, timeslice_model
+from lithos_atom.bench import ml_colocation as mc
+from lithos_atom.bench import mps
+from lithos_atom.bench.__main__ import main as bench_main
+from lithos_atom.bench.ml_colocation import MLColocationConfig
+from lithos_atom.bench.ml_colocation_worker import PREFIX, WorkerError, parse, run_process_pair, worker_main
+from lithos_atom.bench.sim_ml_colocation import SimMLConfig, run_sim, timeslice_model
 
 # ---- config ---------------------------------------------------------------------------------
 
@@ -65,7 +69,7 @@ def test_training_gemm_max_k_reaches_the_job_in_every_size_and_is_checked():
 
 
 def test_sim_training_step_splits_the_long_reductions_into_shorter_blocks():
-    from lithos_sched.sim_ml_colocation import KernelModel, SimCostModel
+    from lithos_atom.bench.sim_ml_colocation import KernelModel, SimCostModel
 
     model = KernelModel(SimCostModel(max_waves=1000), 132)
     whole = model.training_step(MLColocationConfig(training_gemm_max_k=None).workload_sizes()["mlp"])
@@ -223,13 +227,11 @@ def test_static_at_lithos_p99_says_when_no_static_split_reaches_lithos_tail():
     assert mc.static_at_p99({"static_split": _scen(5.0, 6.0)}) is None
 
 
-# ---- the simulated scenarios ---------------------------------------------------------------------
-
-SMALL = dict(size="small", duration_s=0.08, warmup_s=0.02, lc_rate_hz=150.0)
+# ---- the simulated scenarios and the command line --------------------------------------------------
 
 
-def test_sim_runs_every_scenario_of_both_pairs():
-    out = mc.run(simulated=True, config=MLColocationConfig(**SMALL))
+def test_sim_runs_every_scenario_of_both_pairs(simulated_bench):
+    out = simulated_bench.data["sections"]["ml"]
     assert out["simulated"] is True and out["device"]["simulated"] is True
     assert out["slo_ms"] == pytest.approx(1.5 * out["pairs"]["training"]["scenarios"]["lc_alone"]["hp"]["p99_ms"])
     for pair in mc.PAIRS:
@@ -253,21 +255,20 @@ def test_sim_runs_every_scenario_of_both_pairs():
         at = out["pairs"][pair]["static_at_lithos_p99"]
         assert set(at["static_p99s_ms"]) == {"static_split", *sweep}
         occ = scen["lithos"]["be_occupancy"]  # from the scheduler's trace, over the measured span
-        assert 0 < occ["busy_share"] <= 1 and occ["window_ms"] <= SMALL["duration_s"] * 1e3 + 1e-9
+        assert 0 < occ["busy_share"] <= 1 and occ["window_ms"] <= out["config"]["duration_s"] * 1e3 + 1e-9
 
 
-def test_sim_is_deterministic_and_honours_the_scenario_selection(tmp_path):
-    cfg = SimMLConfig(pairs=("batch_inference",), scenarios=("static_split", "lithos"), **SMALL)
+def test_sim_is_deterministic_and_honours_the_scenario_selection(tmp_path, simulated_bench):
+    ml = simulated_bench.data["sections"]["ml"]
+    # the bench run's config, with one pair and two scenarios: run here, in this process
+    cfg = SimMLConfig(**{**ml["config"], "pairs": ("training",), "scenarios": ("static_split", "lithos")})
     a = run_sim(cfg, trace_dir=tmp_path)
-    b = run_sim(cfg)
-    scen = a["pairs"]["batch_inference"]["scenarios"]
+    scen = a["pairs"]["training"]["scenarios"]
     assert list(scen) == ["lc_alone", "be_alone", "static_split", "static_split@0.25", "static_split@0.375", "lithos"]
-    assert scen["static_split"]["hp"]["latencies_ms"] == b["pairs"]["batch_inference"]["scenarios"]["static_split"]["hp"]["latencies_ms"]
+    shared = ml["pairs"]["training"]["scenarios"]["static_split"]
+    assert scen["static_split"]["hp"]["latencies_ms"] == shared["hp"]["latencies_ms"]
     assert Path(scen["lithos"]["trace_file"]).is_file()
-    assert "training" not in a["pairs"]
-
-
-# ---- the command line ------------------------------------------------------------------------------
+    assert "batch_inference" not in a["pairs"]
 
 
 def _bench(*args, timeout=600):
@@ -275,19 +276,12 @@ def _bench(*args, timeout=600):
                           timeout=timeout, env={**os.environ, "COLUMNS": "160"})
 
 
-def test_cli_ml_section_writes_json_and_plots(tmp_path):
-    out = tmp_path / "r.json"
-    proc = _bench("--ml", "--sim", "--ml-size", "small", "--ml-duration", "0.06", "--ml-warmup", "0.02",
-                  "--lc-rate", "150", "--lc-batch", "1", "--slo-ms", "4", "--json", str(out),
-                  "--plot", str(tmp_path / "plots"))
+def test_cli_ml_section_writes_json_and_plots(simulated_bench):
+    proc, data = simulated_bench.proc, simulated_bench.data
     assert proc.returncode == 0, proc.stderr
     assert "SIMULATED DEVICE" in proc.stdout and "lithos vs each baseline" in proc.stdout
-    data = json.loads(out.read_text())
-    assert set(data["sections"]) == {"ml"}
     assert data["environment"]["packages"] and "python" in data["environment"]
     ml = data["sections"]["ml"]
-    assert ml["simulated"] is True and ml["slo_ms"] == 4.0 and ml["config"]["lc_rate_hz"] == 150.0
-    assert ml["config"]["lc_batch"] == [1, 1]
     for pair in mc.PAIRS:
         scenarios = ml["pairs"][pair]["scenarios"]
         skipped = {n for n, sc in scenarios.items() if "skipped" in sc}
@@ -300,7 +294,20 @@ def test_cli_ml_section_writes_json_and_plots(tmp_path):
             if name != "lc_alone":
                 assert "throughput_norm" in sc["be"]
     for png in ("ml_latency_cdf.png", "ml_throughput.png", "ml_timeline_training.png"):
-        assert (tmp_path / "plots" / png).stat().st_size > 0
+        assert (simulated_bench.plots / png).stat().st_size > 0
+
+
+def test_cli_ml_runs_only_the_ml_section_with_the_options_given(tmp_path):
+    out = tmp_path / "r.json"
+    proc = _bench("--ml", "--sim", "--ml-pairs", "training", "--ml-scenarios", "lithos", "--ml-size", "small",
+                  "--ml-duration", "0.02", "--ml-warmup", "0", "--lc-rate", "150", "--lc-batch", "1", "--slo-ms", "4",
+                  "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    assert set(data["sections"]) == {"ml"}
+    ml = data["sections"]["ml"]
+    assert ml["simulated"] is True and ml["slo_ms"] == 4.0 and ml["config"]["lc_rate_hz"] == 150.0
+    assert ml["config"]["lc_batch"] == [1, 1]
 
 
 @pytest.mark.parametrize("args, field", [
@@ -319,21 +326,29 @@ def test_cli_ml_section_writes_json_and_plots(tmp_path):
     (["--lc-batch", "8,1"], "lc_batch"),
     (["--lc-batch", "0"], "lc_batch"),
 ])
-def test_cli_rejects_bad_ml_options_naming_the_field(args, field):
-    proc = _bench("--ml", "--sim", *args, timeout=120)
-    assert proc.returncode == 2 and field in proc.stderr, proc.stderr
+def test_cli_rejects_bad_ml_options_naming_the_field(args, field, capsys):
+    status, stderr = _bench_refusal(capsys, "--ml", "--sim", *args)
+    assert status == 2 and field in stderr, stderr
 
 
-def test_cli_rejects_unknown_size():
-    proc = _bench("--ml", "--sim", "--ml-size", "huge", timeout=120)
-    assert proc.returncode == 2 and "--ml-size" in proc.stderr
+def test_cli_rejects_unknown_size(capsys):
+    status, stderr = _bench_refusal(capsys, "--ml", "--sim", "--ml-size", "huge")
+    assert status == 2 and "--ml-size" in stderr
+
+
+def _bench_refusal(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """The exit status and stderr of the bench command refusing ``args``, in this process
+    (it refuses before any section runs)."""
+    with pytest.raises(SystemExit) as exit_:
+        bench_main(list(args))
+    return exit_.value.code, capsys.readouterr().err
 
 
 # ---- MPS -----------------------------------------------------------------------------------------------
 
 
 def test_mps_missing_binary_is_reported_as_skipped(monkeypatch):
-    from lithos_sched import ml_gpu
+    from lithos_atom.bench import ml_gpu
 
     monkeypatch.setattr(mps.shutil, "which", lambda name: None)
     with pytest.raises(mps.MPSUnavailable, match="not found"):
@@ -401,7 +416,7 @@ def test_worker_main_reports_errors():
 
 _FAKE_WORKER = """
 import sys
-from lithos_sched.ml_colocation_worker import worker_main
+from lithos_atom.bench.ml_colocation_worker import worker_main
 def role(cfg, spec):
     if spec["role"] == "be" and "{fail}" == "yes":
         raise RuntimeError("out of memory, say")
@@ -413,12 +428,19 @@ sys.exit(worker_main(sys.stdin, sys.stdout, {{"lc": role, "be": role}}))
 """
 
 
-def _run_fake_pair(tmp_path: Path, worker_source: str, **kw) -> dict:
+#: The fake workers are scripts in a temporary folder: this puts the checkout under test, not
+#: whichever copy of lithos is installed, first on their import path.
+_CHECKOUT_ENV = {"PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent),
+                                                *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
+def _run_fake_pair(tmp_path: Path, worker_source: str, env: dict | None = None, **kw) -> dict:
     """`run_process_pair` of a short training config with both workers running ``worker_source``."""
     script = tmp_path / "worker.py"
     script.write_text(worker_source)
     return run_process_pair(MLColocationConfig(duration_s=0.1, warmup_s=0.0), "training",
-                            command=[sys.executable, str(script)], ready_timeout_s=60, **kw)
+                            command=[sys.executable, str(script)], ready_timeout_s=60,
+                            env={**_CHECKOUT_ENV, **(env or {})}, **kw)
 
 
 def test_process_pair_starts_both_workers_together(tmp_path):
@@ -429,7 +451,7 @@ def test_process_pair_starts_both_workers_together(tmp_path):
 
 _PLACED_WORKER = """
 import sys
-from lithos_sched.ml_colocation_worker import worker_main
+from lithos_atom.bench.ml_colocation_worker import worker_main
 def role(cfg, spec):
     where = {"sms_seen": [2 * t for t in spec["tpcs"]], "partition_sms": [2 * t for t in spec["tpcs"]]} \\
         if "tpcs" in spec else {}
@@ -450,7 +472,7 @@ def test_process_pair_gives_each_worker_its_tpcs_and_reports_where_it_ran(tmp_pa
 
 _SIGNAL_WORKER = """
 import sys
-from lithos_sched.ml_colocation_worker import worker_main
+from lithos_atom.bench.ml_colocation_worker import worker_main
 from lithos_sched.request_signal import RequestSignal
 def role(cfg, spec):
     signal = RequestSignal.attach(spec["request_signal"])
@@ -475,7 +497,7 @@ def test_process_pair_as_lithos_shares_one_request_signal_and_removes_it(tmp_pat
 
 _SIZED_WORKER = """
 import sys
-from lithos_sched.ml_colocation_worker import worker_main
+from lithos_atom.bench.ml_colocation_worker import worker_main
 def role(cfg, spec):
     if spec["role"] == "lc":
         return lambda t0: {"arrivals_s": [0.1], "latencies_ms": [1.0], "phases_ms": [[0, 0, 1]],
@@ -505,7 +527,7 @@ def test_process_pair_request_tpcs_are_checked_before_any_worker_starts(kw, mess
 
 _ENV_WORKER = """
 import os, sys
-from lithos_sched.ml_colocation_worker import worker_main
+from lithos_atom.bench.ml_colocation_worker import worker_main
 def role(cfg, spec):
     seen = {k: os.environ.get(k) for k in ("LITHOS_TEST_BOTH", "LITHOS_TEST_ROLE")}
     if spec["role"] == "lc":
@@ -532,7 +554,7 @@ def test_process_pair_failure_names_the_worker_and_the_error(tmp_path):
     script.write_text(_FAKE_WORKER.format(fail="yes"))
     with pytest.raises(WorkerError, match="worker be: RuntimeError: out of memory"):
         run_process_pair(MLColocationConfig(duration_s=0.1), "training", command=[sys.executable, str(script)],
-                         ready_timeout_s=60)
+                         ready_timeout_s=60, env=_CHECKOUT_ENV)
 
 
 def test_process_pair_worker_that_dies_is_reported(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from lithos_sched.occupancy import tenant_occupancy
+from lithos_atom.bench.occupancy import tenant_occupancy
 from lithos_sched.trace_buffer import TraceRow
 
 

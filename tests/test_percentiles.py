@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lithos_sched.percentiles import percentile_ci, ratio_ci
+from lithos_atom.bench.percentiles import percentile_ci, ratio_ci
 
 
 def test_the_interval_holds_the_sample_percentile_and_narrows_with_more_data():

@@ -126,8 +126,8 @@ def test_request_refuses_best_effort_tenants_and_unbound_threads_by_name():
 def test_a_request_opened_while_waiting_for_room_holds_before_the_next_atom(monkeypatch):
     """A best-effort thread that waited for queue room while a request opened is held
     before it issues again, not only at its next pass (the wait can end mid-request)."""
+    from lithos_atom.bench.sim_colocation import sim_plan
     from lithos_sched import SimKernel
-    from lithos_sched.sim_colocation import sim_plan
 
     sched = scheduler(Policy(request_hold_max_us=10e6, stealing=False, device_gates=False))  # the host path
     be = sched.tenant("be")

@@ -10,9 +10,9 @@ import textwrap
 
 import pytest
 
+from lithos_atom.bench.sim_colocation import sim_plan
 from lithos_sched import Policy, Priority, Scheduler, SimDevice, SimKernel, TenantSpec
 from lithos_sched.request_signal import RequestSignal
-from lithos_sched.sim_colocation import sim_plan
 from lithos_sched.timeline import SimTimeline
 
 SPECS = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5), TenantSpec("be", Priority.BEST_EFFORT, share=0.5)]

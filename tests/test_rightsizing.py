@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lithos_atom.bench import profile, rightsize_bench
 from lithos_atom.plan import KernelKey
 from lithos_sched import SimKernel, open_device
 from lithos_sched.partition_timing import TimingOptions, default_sizes, profile_on_partitions, validate_sizes
@@ -205,7 +206,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 def test_profile_cli_sim_writes_the_cache(tmp_path):
     cache = tmp_path / "p.json"
-    proc = _run("lithos_sched.profile", "--sim", "--cache", str(cache), "--rounds", "1")
+    proc = _run("lithos_atom.bench.profile", "--sim", "--cache", str(cache), "--rounds", "1")
     assert proc.returncode == 0, proc.stderr
     assert "SIMULATED DEVICE" in proc.stdout
     data = json.loads(cache.read_text())
@@ -222,13 +223,14 @@ def test_profile_cli_sim_writes_the_cache(tmp_path):
     (("--inference-batch", "9"), "1-8"),
     (("--sim", "--slack", "-1"), "--slack"),
 ])
-def test_profile_cli_errors(args, message):
-    proc = _run("lithos_sched.profile", *args)
-    assert proc.returncode == 2 and message in proc.stderr
+def test_profile_cli_errors(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_:  # in this process: the command refuses before any profiling
+        profile.main(list(args))
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_report_on_the_simulated_device(tmp_path):
-    proc = _run("lithos_sched.rightsize_bench", "--sim", "--out", str(tmp_path))
+    proc = _run("lithos_atom.bench.rightsize_bench", "--sim", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert "SIMULATED DEVICE" in proc.stdout
     report = json.loads((tmp_path / "rightsizing.json").read_text())
@@ -239,8 +241,12 @@ def test_report_on_the_simulated_device(tmp_path):
     assert report["summary"]["registry"]["mean_capacity_saved"] > 0.25
     assert report["dvfs"]["actuator_active"] is False
     assert (tmp_path / "rightsizing.png").stat().st_size > 0
-    bad = _run("lithos_sched.rightsize_bench", "--sim", "--slack", "-1")
-    assert bad.returncode == 2 and "--slack" in bad.stderr
+
+
+def test_report_refuses_a_negative_slack(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        rightsize_bench.main(["--sim", "--slack", "-1"])
+    assert exit_.value.code == 2 and "--slack" in capsys.readouterr().err
 
 
 def test_measured_envelope_keeps_a_smooth_knee_from_looking_free():
@@ -256,7 +262,7 @@ def test_measured_envelope_keeps_a_smooth_knee_from_looking_free():
 
 
 def test_the_profile_bound_takes_the_least_tpc_time_within_slack():
-    from lithos_sched.rightsize_bench import best_profiled_saving
+    from lithos_atom.bench.rightsize_bench import best_profiled_saving
 
     profile = {66: 100.0, 46: 103.0, 33: 104.9, 13: 200.0, 7: 400.0}
     tpcs, saved = best_profiled_saving(profile, 66, 0.05)
@@ -267,7 +273,7 @@ def test_the_profile_bound_takes_the_least_tpc_time_within_slack():
 
 
 def test_the_report_summary_carries_the_profile_bound_of_kernels_and_requests():
-    from lithos_sched.rightsize_bench import _summaries, best_profiled_saving
+    from lithos_atom.bench.rightsize_bench import _summaries, best_profiled_saving
 
     def row(key, profile, tpcs, per_request=1):  # noqa: ANN001, ANN202
         bound_tpcs, bound = best_profiled_saving(profile, 66, 0.05)

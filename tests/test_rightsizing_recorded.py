@@ -46,7 +46,7 @@ def test_recorded_report_labels_modeled_energy(report):
 
 
 def test_the_profile_bound_is_at_least_what_each_recorded_choice_saves_within_slack(report):
-    from lithos_sched.rightsize_bench import best_profiled_saving
+    from lithos_atom.bench.rightsize_bench import best_profiled_saving
 
     slack = report["slack"]
     for row in report["kernels"]:

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lithos_atom.bench.sim_colocation import sim_plan
 from lithos_sched import (
     LatencyPredictor,
     Policy,
@@ -20,7 +21,6 @@ from lithos_sched import (
     TenantConfigError,
     TenantSpec,
 )
-from lithos_sched.sim_colocation import sim_plan
 from lithos_sched.tenant import assign_tpcs
 from lithos_sched.timeline import SimTimeline
 

@@ -23,7 +23,7 @@ from rich.console import Console
 
 from lithos_atom.bench import report
 from lithos_atom.bench.environment import environment
-from lithos_sched.ml_colocation import PAIRS, SCENARIOS, SIZES
+from lithos_atom.bench.ml_colocation import PAIRS, SCENARIOS, SIZES
 
 SECTIONS = ("atoms", "partitions", "colocation", "ml")
 
@@ -71,8 +71,8 @@ def ml_config(args: argparse.Namespace, simulated: bool) -> Any:
     ValueError
         For a bad value; the message names the option's field.
     """
-    from lithos_sched.ml_colocation import MLColocationConfig
-    from lithos_sched.sim_ml_colocation import SimMLConfig
+    from lithos_atom.bench.ml_colocation import MLColocationConfig
+    from lithos_atom.bench.sim_ml_colocation import SimMLConfig
 
     given = {"duration_s": args.ml_duration, "warmup_s": args.ml_warmup, "size": args.ml_size,
              "lc_rate_hz": args.lc_rate, "lc_share": args.lc_share, "slo_mult": args.slo_mult,
@@ -153,8 +153,8 @@ def _run_atoms(args: argparse.Namespace, simulated: bool, console: Console) -> d
 
 
 def _run_partitions(args: argparse.Namespace, simulated: bool, console: Console) -> dict[str, Any]:
+    from lithos_atom.bench.partition_bench import partition_figures
     from lithos_sched import open_device
-    from lithos_sched.partition_bench import partition_figures
 
     with open_device(simulate=simulated, seed=args.seed) as device:
         out = partition_figures(device)
@@ -163,10 +163,15 @@ def _run_partitions(args: argparse.Namespace, simulated: bool, console: Console)
 
 
 def _run_colocation(args: argparse.Namespace, simulated: bool, console: Console) -> dict[str, Any]:
-    from lithos_sched import colocation_bench
+    if simulated:
+        from lithos_atom.bench.sim_colocation import run_sim
 
-    out = colocation_bench.run(simulated=simulated, duration_s=args.duration, seed=args.seed, atom_us=args.atom_us,
-                               console=console)
+        out = run_sim(duration_s=args.duration, seed=args.seed, atom_us=args.atom_us)
+    else:
+        from lithos_atom.bench.colocation_bench import ColocationConfig, run_gpu
+
+        duration = {"duration_s": args.duration} if args.duration else {}
+        out = run_gpu(ColocationConfig(seed=args.seed, atom_us=args.atom_us, **duration), console)
     report.print_colocation(out, console)
     return out
 
@@ -174,11 +179,16 @@ def _run_colocation(args: argparse.Namespace, simulated: bool, console: Console)
 def _run_ml(args: argparse.Namespace, simulated: bool, console: Console) -> dict[str, Any]:
     import os
 
-    from lithos_sched import ml_colocation
-
     # The lithos scenario's trace goes where the timeline plot is drawn from.
     trace_dir = args.plot or os.environ.get("LITHOS_TRACE_DIR")
-    out = ml_colocation.run(simulated=simulated, config=args.ml_config, console=console, trace_dir=trace_dir)
+    if simulated:
+        from lithos_atom.bench.sim_ml_colocation import run_sim
+
+        out = run_sim(args.ml_config, console=console, trace_dir=trace_dir)
+    else:
+        from lithos_atom.bench.ml_gpu import run_gpu
+
+        out = run_gpu(args.ml_config, console=console, trace_dir=trace_dir)
     report.print_ml(out, console)
     return out
 

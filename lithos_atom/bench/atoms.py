@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from lithos_atom.bench import atom_cases
 from lithos_atom.bench.burn import BURN, median_device_us
 
 EMPTY = r'''extern "C" __global__ void empty(float* out) { if (out == nullptr) out[0] = 1.0f; }'''
@@ -142,14 +143,10 @@ def resource_growth_suite() -> dict[str, dict[str, int]]:
     """Register and static shared-memory growth of every CuPy kernel in the GPU test cases."""
     import lithos_atom
 
-    try:
-        from tests.gpu import atom_cases
-    except ImportError:  # installed without the tests folder
-        return {}
     report = {}
     for case in atom_cases.cupy_cases():
         kernel = case.kernel()
-        if isinstance(kernel, atom_cases._ModuleFunction):
+        if isinstance(kernel, atom_cases.ModuleFunction):
             original, atomized = kernel.fn, kernel.atomize_fn(kernel.module, kernel.name)
         else:
             original, atomized = kernel, lithos_atom.atomize(kernel)

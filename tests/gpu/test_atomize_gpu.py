@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.gpu import atom_cases
-from tests.gpu.atom_cases import Case, poison
+from lithos_atom.bench import atom_cases
+from lithos_atom.bench.atom_cases import Case, poison
 
 pytestmark = pytest.mark.gpu
 
@@ -28,7 +28,7 @@ def _stream_for(case: Case, cupy_stream):
 def _atomized(case: Case, kernel, **options):
     import lithos
 
-    if isinstance(kernel, atom_cases._ModuleFunction):
+    if isinstance(kernel, atom_cases.ModuleFunction):
         return _Bound(kernel.atomize_fn(kernel.module, kernel.name, **options))
     return lithos.atomize(kernel, **options)
 

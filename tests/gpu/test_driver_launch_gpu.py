@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.gpu.atom_cases import POISON
+from lithos_atom.bench.atom_cases import POISON
 
 pytestmark = pytest.mark.gpu
 

@@ -7,8 +7,8 @@ import warnings
 import numpy as np
 import pytest
 
-from tests.gpu import atom_cases
-from tests.gpu.atom_cases import poison
+from lithos_atom.bench import atom_cases
+from lithos_atom.bench.atom_cases import poison
 
 pytestmark = pytest.mark.gpu
 

@@ -7,7 +7,7 @@ import statistics
 import numpy as np
 import pytest
 
-from lithos_sched.colocation_bench import BURN, THREADS
+from lithos_atom.bench.burn import BURN, THREADS
 
 pytestmark = pytest.mark.gpu
 
@@ -262,7 +262,7 @@ def test_bad_partition_requests_raise(device):
 
 
 def test_benchmark_helpers(device):
-    from lithos_sched.partition_bench import launch_cost_us, partition_create_ms
+    from lithos_atom.bench.partition_bench import launch_cost_us, partition_create_ms
 
     create = partition_create_ms(device, samples=4, seed=123)
     assert create["samples"] == 4 and 0 < create["median_ms"] < 100, create

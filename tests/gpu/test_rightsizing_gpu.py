@@ -19,7 +19,7 @@ SIZES = [66, 44, 33, 22, 11]
 
 @pytest.fixture(scope="module")
 def cases():
-    from lithos_sched.rightsize_cases import registry_case
+    from lithos_atom.bench.rightsize_cases import registry_case
 
     # bench size: the 'small' inputs are too small to fill even a few TPCs
     made = {name: registry_case(name, "bench") for name in ("gemm_f32", "layernorm_f32")}
@@ -58,7 +58,7 @@ def test_a_refined_profile_times_every_count_where_a_choice_could_lie(device, ca
 
 
 def test_copy_bandwidth_is_measured_on_the_device(device):
-    from lithos_sched.rightsize_bench import copy_bandwidth_bytes_per_s
+    from lithos_atom.bench.rightsize_bench import copy_bandwidth_bytes_per_s
 
     assert copy_bandwidth_bytes_per_s(nbytes=1 << 26, reps=2) > 0
 
@@ -93,8 +93,8 @@ def test_energy_counter_advances_and_power_is_read(device, cases):
 
 
 def test_inference_layer_kernels_profile(device):
+    from lithos_atom.bench.rightsize_cases import DECODER_OPS, inference_cases
     from lithos_sched.partition_timing import TimingOptions, profile_on_partitions
-    from lithos_sched.rightsize_cases import DECODER_OPS, inference_cases
 
     cases = inference_cases(1)
     try:
@@ -115,9 +115,9 @@ def test_the_ml_benchs_request_sizes_stay_within_the_inference_tpcs_and_run_a_re
     import cupy
 
     from kernels.workloads import InferenceService
+    from lithos_atom.bench.ml_colocation import MLColocationConfig
+    from lithos_atom.bench.ml_gpu import inference_request_tpcs
     from lithos_sched import Priority, Scheduler, TenantSpec
-    from lithos_sched.ml_colocation import MLColocationConfig
-    from lithos_sched.ml_gpu import inference_request_tpcs
 
     cfg = MLColocationConfig(lc_batch=(1, 2))
     n_lc = device.num_tpcs // 2

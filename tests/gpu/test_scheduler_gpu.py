@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from tests.gpu import atom_cases
+from lithos_atom.bench import atom_cases
 from tests.sizers import FixedSizer
 
 pytestmark = pytest.mark.gpu

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from lithos_sched.ml_colocation import (
+from lithos_atom.bench.ml_colocation import (
     LITHOS_SCENARIOS,
     MLColocationConfig,
     be_figures,
@@ -36,10 +36,12 @@ from lithos_sched.ml_colocation import (
     scheduler_for,
     summarize_pair,
 )
-from lithos_sched.occupancy import tenant_occupancy
+from lithos_atom.bench.occupancy import tenant_occupancy
+from lithos_atom.bench.sim_colocation import sim_plan
+from lithos_atom.bench.tenant_pair import pair_specs, pair_tpcs
 from lithos_sched.rightsizing import RightSizer
-from lithos_sched.sim_colocation import sim_plan
-from lithos_sched.tenant import pair_specs, pair_tpcs
+from lithos_sched.sim_device import SimDevice, SimKernel
+from lithos_sched.timeline import SimTimeline
 
 PROCESSES_MODEL = "modeled: time-slicing between two contexts (analytic, from simulated service times)"
 MPS_MODEL = "modeled: MPS as spatial sharing without client priorities (two ordinary streams)"
@@ -128,8 +130,6 @@ class KernelModel:
     def kernel(self, name: str, blocks: int, blocks_per_sm: int, block_us: float, max_waves: int | None = None) -> Any:
         """A `SimKernel`; grids of more than ``max_waves`` (default ``cost.max_waves``) waves
         are coarsened into that many waves of longer blocks."""
-        from lithos_sched.sim_device import SimKernel
-
         blocks = max(1, int(blocks))
         limit = (max_waves or self.cost.max_waves) * blocks_per_sm * self.num_sms
         if blocks > limit:
@@ -391,8 +391,6 @@ def timeslice_model(arrivals_s: Sequence[float], demands_us: Sequence[float], ti
 
 def _service_times(cfg: SimMLConfig, lc_kernels: dict[int, list[Any]], seed: int) -> dict[int, float]:
     """Each batch size's request time alone on the whole simulated device."""
-    from lithos_sched.sim_device import SimDevice
-
     out = {}
     for batch, ks in lc_kernels.items():
         with SimDevice(seed=seed, record_blocks=False) as dev:
@@ -433,12 +431,11 @@ def run_sim(config: MLColocationConfig | None = None, console: Any = None, trace
     Returns
     -------
     dict
-        As `lithos_sched.ml_colocation.run`, with ``simulated`` True.
+        As `lithos_atom.bench.ml_gpu.run_gpu` (without ``setup_s`` and
+        ``rightsizing_setup``), with ``simulated`` True and ``sim_service_ms``: each
+        batch's request time alone on the simulated device (when ``processes`` ran).
     """
     from rich.progress import Progress
-
-    from lithos_sched.sim_device import SimDevice
-    from lithos_sched.timeline import SimTimeline
 
     if config is None:
         cfg = SimMLConfig()

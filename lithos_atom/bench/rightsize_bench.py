@@ -1,4 +1,4 @@
-"""Right-sizing and DVFS report: ``python -m lithos_sched.rightsize_bench --out DIR``.
+"""Right-sizing and DVFS report: ``python -m lithos_atom.bench.rightsize_bench --out DIR``.
 
 For every `kernels.registry` case (bench size) and every kernel of the inference
 service's decoder layer (batches 1 and 8), and for a whole inference request:
@@ -33,10 +33,12 @@ from typing import Any
 
 import numpy as np
 
+from lithos_atom.bench import rightsize_cases as rc
+from lithos_atom.bench.rightsize_cases import ProfileCase
+from lithos_sched import open_device
 from lithos_sched.dvfs import DvfsActuator, DvfsPolicy, compute_share, h100_sm_clocks_mhz, time_ratio
-from lithos_sched.energy import MODELED, fit_power_model
-from lithos_sched.partition_timing import TimingOptions, default_sizes, time_on_partitions
-from lithos_sched.rightsize_cases import ProfileCase
+from lithos_sched.energy import MODELED, EnergyMeter, fit_power_model
+from lithos_sched.partition_timing import TimingOptions, default_sizes, profile_on_partitions, time_on_partitions
 from lithos_sched.rightsizing import RightSizeOptions, choose_tpcs, predicted_latency_us
 from lithos_sched.scaling import ProfileStore
 
@@ -112,8 +114,6 @@ def measure_case(device: Any, case: ProfileCase, sizes: list[int], slack: float,
     fraction of (None: the fraction is unknown); ``refine`` also times every count where a
     choice within ``slack`` could lie.
     """
-    from lithos_sched.partition_timing import profile_on_partitions
-
     full_tpcs = sizes[0]
     prof = profile_on_partitions(device, case.key, case.launch, sizes, profile_timing, store.profile(case.key),
                                  refine_slack=slack if refine else None)
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the report; returns the exit status."""
     from kernels import registry
 
-    p = argparse.ArgumentParser(prog="python -m lithos_sched.rightsize_bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m lithos_atom.bench.rightsize_bench", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="rightsizing-report", help="output directory (default ./rightsizing-report)")
     p.add_argument("--sim", action="store_true", help="SIMULATED device and stand-in kernels")
     p.add_argument("--case", action="append", choices=registry.case_names(), metavar="NAME",
@@ -339,9 +339,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("lithos_sched.dvfs").setLevel(logging.INFO)  # the log-only DVFS decisions
 
-    from lithos_sched import open_device
-    from lithos_sched import rightsize_cases as rc
-
     t_start = time.perf_counter()
     device = open_device(simulate=True if args.sim else False)
     out_dir = Path(args.out)
@@ -357,8 +354,6 @@ def main(argv: list[str] | None = None) -> int:
     if peak_bytes_per_s is not None:
         print(f"DRAM bandwidth of a device-to-device copy (measured): {peak_bytes_per_s / 1e12:.2f} TB/s")
     if not device.simulated:
-        from lithos_sched.energy import EnergyMeter
-
         try:
             meter = EnergyMeter()
             clocks, default_mhz = meter.supported_sm_clocks_mhz(), meter.max_sm_clock_mhz()

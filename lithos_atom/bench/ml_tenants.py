@@ -2,7 +2,7 @@
 
 `serve` plays the inference service's scheduled requests (one at a time, in arrival order,
 each synchronized); `train` keeps a best-effort job's iterations queued until told to stop.
-Both record raw timestamps on `lithos_sched.ml_colocation.clock` relative to a common
+Both record raw timestamps on `lithos_atom.bench.ml_colocation.clock` relative to a common
 start ``t0``; `ml_colocation.lc_figures` / `be_figures` turn them into figures.
 """
 
@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, ContextManager
 
-from lithos_sched.ml_colocation import MLColocationConfig, clock
+from lithos_atom.bench.ml_colocation import MLColocationConfig, clock
 from lithos_sched.scheduler import Tenant
 
 

@@ -1,7 +1,11 @@
-"""Kernels for the GPU atomization tests: CuPy and Numba, covering the cases the
-rewriter must get right. Each case makes fresh random inputs and poisoned outputs and
-launches a kernel object given to it, so the same code runs the original kernel and its
-atomized form with the same call syntax."""
+"""Kernels that cover the cases the rewriter must get right, CuPy and Numba.
+
+The GPU tests (``tests/gpu``) check each against its atomized form; the ``--atoms``
+section of the bench reports the register and shared-memory growth of the CuPy ones. Each
+case makes fresh random inputs and poisoned outputs and launches a kernel object given to
+it, so the same code runs the original kernel and its atomized form with the same call
+syntax.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,25 @@ POISON = 0xA5  # bytes written into every output before a launch; never a plausi
 
 @dataclasses.dataclass
 class Case:
+    """One kernel and how to run it.
+
+    Attributes
+    ----------
+    name : str
+    frontend : str
+        ``"cupy"`` or ``"numba"``.
+    kernel : callable
+        Builds (or returns the cached) original kernel object.
+    make : callable
+        ``make(rng)``: the buffers, inputs and outputs, by name.
+    outputs : tuple of str
+        The names of the output buffers.
+    launch : callable
+        ``launch(kernel_like, buffers, stream)``.
+    total_blocks : callable
+        ``total_blocks(buffers)``: the launch's grid size in blocks.
+    """
+
     name: str
     frontend: str  # 'cupy' | 'numba'
     kernel: Callable[[], Any]  # builds (or returns cached) the original kernel object
@@ -26,6 +49,7 @@ class Case:
 
 
 def poison(bufs: dict, names: tuple[str, ...]) -> None:
+    """Fill the buffers ``names`` of ``bufs`` with `POISON` bytes."""
     import cupy
 
     for n in names:
@@ -72,13 +96,24 @@ def _module_fn(name: str, code: str, fn: str, **kw: Any) -> Callable[[], Any]:
         from lithos_atom import atomize_module_function
 
         mod = _cache[key]
-        return _ModuleFunction(mod, fn, atomize_module_function)
+        return ModuleFunction(mod, fn, atomize_module_function)
 
     return build
 
 
-class _ModuleFunction:
-    """A RawModule function plus how to atomize it (RawModule functions carry no source)."""
+class ModuleFunction:
+    """A RawModule function plus how to atomize it (RawModule functions carry no source).
+
+    Attributes
+    ----------
+    module : cupy.RawModule
+    name : str
+        The function's name in the module.
+    atomize_fn : callable
+        ``atomize_fn(module, name)``: the atomized function.
+    fn : cupy.RawKernel
+        The function, as written.
+    """
 
     def __init__(self, module: Any, name: str, atomize_fn: Any):
         self.module, self.name, self.atomize_fn = module, name, atomize_fn
@@ -186,6 +221,7 @@ def _n_blocks(n: int, t: int) -> int:
 
 
 def cupy_cases() -> list[Case]:
+    """The CuPy cases."""
     cases: list[Case] = []
     n = 1_000_003
     cases.append(Case(
@@ -277,6 +313,7 @@ def cupy_cases() -> list[Case]:
 # ---- Numba kernels ------------------------------------------------------------------
 
 def numba_cases() -> list[Case]:
+    """The Numba cases."""
     from lithos_atom._compat import import_numba_cuda
 
     cuda = import_numba_cuda()
@@ -394,4 +431,5 @@ def numba_cases() -> list[Case]:
 
 
 def all_cases() -> list[Case]:
+    """Every case, CuPy then Numba."""
     return cupy_cases() + numba_cases()

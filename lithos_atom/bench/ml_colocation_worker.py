@@ -1,6 +1,6 @@
 """One tenant of the ML co-location benchmark in its own process (the multi-process baselines).
 
-Run as ``python -m lithos_sched.ml_colocation_worker``; it speaks JSON lines:
+Run as ``python -m lithos_atom.bench.ml_colocation_worker``; it speaks JSON lines:
 
 1. parent -> worker (stdin): ``{"config": {...MLColocationConfig...}, "role": "lc" | "be",
    "be_kind": "training" | "batch_inference", "tpcs": [...] (optional)}``; with ``tpcs``
@@ -40,13 +40,21 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from lithos_sched.ml_colocation import MLColocationConfig, clock
+from lithos_atom.atomizer import using_atomizer
+from lithos_atom.bench import ml_tenants
+from lithos_atom.bench.ml_colocation import MLColocationConfig, clock
+from lithos_atom.bench.occupancy import tenant_occupancy
+from lithos_atom.bench.tenant_pair import pair_specs
+from lithos_sched import open_device
+from lithos_sched.policy import Policy
 from lithos_sched.request_signal import RequestSignal
+from lithos_sched.scheduler import Scheduler
+from lithos_sched.smid_probe import sms_of
 
 PREFIX = "LITHOS-WORKER "
 #: What a worker on a partition adds to its result (moved to ``placement`` by `run_process_pair`)
 _PLACEMENT_KEYS = ("sms_seen", "partition_sms", "probe_error")
-WORKER_COMMAND: tuple[str, ...] = (sys.executable, "-m", "lithos_sched.ml_colocation_worker")
+WORKER_COMMAND: tuple[str, ...] = (sys.executable, "-m", "lithos_atom.bench.ml_colocation_worker")
 
 
 class WorkerError(RuntimeError):
@@ -86,9 +94,6 @@ def _stream(spec: dict[str, Any], high: bool) -> tuple[Any, dict[str, Any]]:
     tpcs = spec.get("tpcs")
     if tpcs is None:
         return cupy.cuda.Stream(non_blocking=True), {}
-    from lithos_sched import open_device
-    from lithos_sched.smid_probe import sms_of
-
     part = open_device(simulate=False).partition(tpcs)
     stream = (part.high if high else part.normal).cupy
     where: dict[str, Any] = {"sms_seen": sorted(sms_of(stream))}
@@ -102,8 +107,6 @@ def _stream(spec: dict[str, Any], high: bool) -> tuple[Any, dict[str, Any]]:
 def _sized_streams(spec: dict[str, Any]) -> dict[int, tuple[int, Any]]:
     """With ``spec["request_tpcs"]`` (batch -> TPC count), batch -> (count, the
     high-priority stream of a partition of the first count of ``spec["tpcs"]``)."""
-    from lithos_sched import open_device
-
     device = open_device(simulate=False)
     lc_tpcs = sorted(spec["tpcs"])
     parts: dict[int, Any] = {}
@@ -116,8 +119,6 @@ def _sized_streams(spec: dict[str, Any]) -> dict[int, tuple[int, Any]]:
 
 
 def _lc_role(cfg: MLColocationConfig, spec: dict[str, Any]) -> Callable[[float], dict[str, Any]]:
-    from lithos_sched import ml_tenants
-
     stream, where = _stream(spec, high=True)
     service = ml_tenants.build_lc(cfg, stream)
     service.warmup(stream)
@@ -150,8 +151,6 @@ def _lc_role(cfg: MLColocationConfig, spec: dict[str, Any]) -> Callable[[float],
 
 
 def _be_role(cfg: MLColocationConfig, spec: dict[str, Any]) -> Callable[[float], dict[str, Any]]:
-    from lithos_sched import ml_tenants
-
     if spec.get("request_signal") is not None:
         return _be_lithos_role(cfg, spec)
     stream, where = _stream(spec, high=False)
@@ -170,17 +169,9 @@ def _be_role(cfg: MLColocationConfig, spec: dict[str, Any]) -> Callable[[float],
 def _be_lithos_role(cfg: MLColocationConfig, spec: dict[str, Any]) -> Callable[[float], dict[str, Any]]:
     """The best-effort job as the best-effort tenant of this process's lithos scheduler,
     beside a latency-critical tenant that runs in the other worker (`Tenant.follow_requests`)."""
-    import contextlib
-
     import cupy
 
     import kernels
-    from lithos_atom.atomizer import using_atomizer
-    from lithos_sched import ml_tenants, open_device
-    from lithos_sched.occupancy import tenant_occupancy
-    from lithos_sched.policy import Policy
-    from lithos_sched.scheduler import Scheduler
-    from lithos_sched.tenant import pair_specs
 
     plain = cupy.cuda.Stream(non_blocking=True)
     job = ml_tenants.build_be(cfg, spec["be_kind"], plain)

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from lithos_sched.sim_device import SimKernel
+
 #: Ops of one decoder layer, in the order `DecoderStack.forward` runs them.
 DECODER_OPS = ("ln1", "qkv_gemm", "attention", "out_gemm", "residual1", "ln2", "ffn1_gemm", "gelu", "ffn2_gemm",
                "residual2")
@@ -138,8 +140,6 @@ def inference_cases(batch: int, seed: int = 0) -> list[ProfileCase]:
 def sim_cases(num_tpcs: int) -> Iterator[ProfileCase]:
     """SIMULATED stand-ins: `SimKernel` launches of grids that fill a device of
     ``num_tpcs`` TPCs many times, a few times, about once, and only partly."""
-    from lithos_sched.sim_device import SimKernel
-
     sms = 2 * num_tpcs
     shapes = {
         "sim:many_waves": SimKernel("many_waves", grid_blocks=sms * 40, block_us=20.0, blocks_per_sm=2),

@@ -1,4 +1,4 @@
-"""Collect scaling profiles offline: ``python -m lithos_sched.profile``.
+"""Collect scaling profiles offline: ``python -m lithos_atom.bench.profile``.
 
 Times kernels on partitions of several TPC counts (and then every count where a choice
 within the slack could lie, unless ``--no-refine``), fits each kernel's scaling model,
@@ -8,9 +8,9 @@ and the predicted slowdown there.
 
 Examples::
 
-    python -m lithos_sched.profile --case gemm_f16 --case softmax_f32      # registry cases, bench size
-    python -m lithos_sched.profile --inference-batch 1 --inference-batch 8  # the inference service's kernels
-    python -m lithos_sched.profile --sim                                    # SIMULATED device, no GPU needed
+    python -m lithos_atom.bench.profile --case gemm_f16 --case softmax_f32      # registry cases, bench size
+    python -m lithos_atom.bench.profile --inference-batch 1 --inference-batch 8  # the inference service's kernels
+    python -m lithos_atom.bench.profile --sim                                    # SIMULATED device, no GPU needed
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ from typing import Any
 import numpy as np
 
 from lithos_atom.atomizer import Atomizer, using_atomizer
+from lithos_atom.bench import rightsize_cases as rc
+from lithos_atom.bench.rightsize_cases import ProfileCase
 from lithos_atom.plan import KernelKey, LaunchShape, WholeLaunch
+from lithos_sched import open_device
 from lithos_sched.partition_timing import TimingOptions, default_sizes, profile_on_partitions, validate_sizes
-from lithos_sched.rightsize_cases import ProfileCase
 from lithos_sched.rightsizing import RightSizeOptions, choose_tpcs, predicted_latency_us
 from lithos_sched.scaling import ProfileStore, ScalingProfile
 
@@ -149,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command's argument parser."""
     from kernels import registry
 
-    p = argparse.ArgumentParser(prog="python -m lithos_sched.profile", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m lithos_atom.bench.profile", description=__doc__.splitlines()[0])
     p.add_argument("--sim", action="store_true", help="profile stand-in kernels on the SIMULATED device")
     p.add_argument("--case", action="append", choices=registry.case_names(), metavar="NAME",
                    help="registry case (repeatable); see python -m kernels.bench --list")
@@ -183,9 +185,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from rich.console import Console
     from rich.table import Table
-
-    from lithos_sched import open_device
-    from lithos_sched import rightsize_cases as rc
 
     console = Console()
     device = open_device(simulate=True if args.sim else False)

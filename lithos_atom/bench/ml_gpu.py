@@ -1,7 +1,7 @@
-"""The ML co-location scenarios on the GPU (see `lithos_sched.ml_colocation`).
+"""The ML co-location scenarios on the GPU (see `lithos_atom.bench.ml_colocation`).
 
 In-process scenarios run the two tenants as threads of this process; ``processes`` and
-``mps`` run them as two worker processes (`lithos_sched.ml_colocation_worker`). The
+``mps`` run them as two worker processes (`lithos_atom.bench.ml_colocation_worker`). The
 baselines launch CuPy's own kernel objects; the lithos scenarios rebuild them while
 lithos' interception is installed, so that a tenant thread's launches go through the
 scheduler, and drop them again afterwards.
@@ -15,7 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lithos_sched.ml_colocation import (
+from lithos_atom.atomizer import using_atomizer
+from lithos_atom.bench import ml_tenants
+from lithos_atom.bench import rightsize_cases as rc
+from lithos_atom.bench.ml_colocation import (
     LITHOS_SCENARIOS,
     MLColocationConfig,
     be_figures,
@@ -25,8 +28,15 @@ from lithos_sched.ml_colocation import (
     slo_of,
     summarize_pair,
 )
-from lithos_sched.occupancy import tenant_occupancy
-from lithos_sched.tenant import pair_specs, pair_tpcs
+from lithos_atom.bench.ml_colocation_worker import WorkerError, run_process_pair
+from lithos_atom.bench.mps import MPSDaemon, MPSUnavailable
+from lithos_atom.bench.occupancy import tenant_occupancy
+from lithos_atom.bench.profile import profile_cases
+from lithos_atom.bench.tenant_pair import pair_specs, pair_tpcs
+from lithos_sched import open_device
+from lithos_sched.partition_timing import TimingOptions, default_sizes
+from lithos_sched.rightsizing import RightSizeOptions, RightSizer
+from lithos_sched.scaling import ProfileStore
 
 
 def figures(cfg: MLColocationConfig, raw: dict[str, Any]) -> dict[str, Any]:
@@ -45,9 +55,6 @@ def _run_mps(cfg: MLColocationConfig, pair: str, **placed: Any) -> dict[str, Any
     """The pair as two worker processes under a private MPS daemon; ``placed`` goes to
     `run_process_pair` (``tpcs``: green-context partitions; ``lithos``: lithos across
     processes, whose scheduler stats and occupancy are added)."""
-    from lithos_sched.ml_colocation_worker import WorkerError, run_process_pair
-    from lithos_sched.mps import MPSDaemon, MPSUnavailable
-
     daemon = MPSDaemon()
     try:
         with daemon:
@@ -69,8 +76,6 @@ def _run_mps(cfg: MLColocationConfig, pair: str, **placed: Any) -> dict[str, Any
 
 
 def _run_processes(cfg: MLColocationConfig, pair: str) -> dict[str, Any]:
-    from lithos_sched.ml_colocation_worker import WorkerError, run_process_pair
-
     try:
         raw = run_process_pair(cfg, pair)
     except WorkerError as exc:
@@ -86,14 +91,14 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None)
     Returns
     -------
     dict
-        As `lithos_sched.ml_colocation.run`.
+        ``simulated`` (False), ``config``, ``device``, ``setup_s``, ``slo_ms``, ``lc_tpcs``,
+        ``workloads`` and ``pairs``: per pair the scenarios and the ratios of
+        `summarize_pair` (and ``rightsizing_setup`` when a right-sized scenario ran).
     """
     import cupy
     from rich.progress import Progress
 
     import kernels
-    from lithos_atom.atomizer import using_atomizer
-    from lithos_sched import ml_tenants, open_device
 
     device = open_device(simulate=False)
     def tpcs_by_role(share: float) -> dict[str, list[int]]:
@@ -226,12 +231,6 @@ def inference_request_tpcs(cfg: MLColocationConfig, device: Any, n_lc: int) -> d
     dict
         Batch to TPC count, each in ``1 .. n_lc``.
     """
-    from lithos_sched import rightsize_cases as rc
-    from lithos_sched.partition_timing import TimingOptions, default_sizes
-    from lithos_sched.profile import profile_cases
-    from lithos_sched.rightsizing import RightSizeOptions, RightSizer
-    from lithos_sched.scaling import ProfileStore
-
     store = ProfileStore(path=Path("unsaved-ml-profiles.json"), device_name=device.name)  # never saved
     lo, hi = cfg.lc_batch
 
@@ -260,8 +259,6 @@ def run_tenants(cfg: MLColocationConfig, sched: Any, service: Any, job: Any,
         As `ml_tenants.run_threads`.
     """
     import cupy
-
-    from lithos_sched import ml_tenants
 
     lc_t, be_t = sched.tenant("lc"), sched.tenant("be")
     with lc_t:

@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from lithos_sched.colocation_bench import BURN, THREADS
+from lithos_atom.bench.burn import BURN, THREADS
+from lithos_sched.sim_device import SimKernel
+from lithos_sched.smid_probe import sms_of
 
 _EMPTY = 'extern "C" __global__ void empty(int* p) {}'
 
@@ -112,8 +114,6 @@ def launch_cost_us(device: Any, launches: int = 2000, tpcs: int | None = None) -
 def _gpu_scaling(device: Any, sizes: tuple[int, ...]) -> dict[str, Any]:
     import cupy
 
-    from lithos_sched.smid_probe import sms_of
-
     burn = cupy.RawKernel(BURN, "burn")
     per_sm = cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(burn.kernel.ptr, THREADS, 0)
     blocks = per_sm * device.num_sms * 12  # whole waves at every size below
@@ -134,8 +134,6 @@ def _gpu_scaling(device: Any, sizes: tuple[int, ...]) -> dict[str, Any]:
 
 
 def _sim_scaling(device: Any, sizes: tuple[int, ...]) -> dict[str, Any]:
-    from lithos_sched.sim_device import SimKernel
-
     k = SimKernel("burn", grid_blocks=device.num_sms * 12, block_us=100.0)
     rows: dict[str, Any] = {}
     for n in sizes:

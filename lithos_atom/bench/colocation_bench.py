@@ -13,8 +13,9 @@ the other, with the same kernels and the same arrival times:
 - ``lithos``: the scheduler: atoms, partitions, stealing, prediction
 - ``lithos_no_steal`` / ``lithos_no_atoms``: ablations
 
-On a machine without a GPU the same scenarios run on the simulated device
-(`lithos_sched.sim_colocation`), and the results say so.
+`run_gpu` runs them on the GPU. On a machine without a GPU the same scenarios run on the
+simulated device (`lithos_atom.bench.sim_colocation`, which shares `ColocationConfig` and
+`summarize`), and the results say so; ``python -m lithos_atom.bench --colocation`` picks one.
 """
 
 from __future__ import annotations
@@ -30,9 +31,15 @@ from typing import Any, ContextManager
 
 import numpy as np
 
+from lithos_atom import atomize
+from lithos_atom.atomizer import as_cupy_stream
 from lithos_atom.bench.burn import BURN, THREADS, median_device_us
-from lithos_sched.percentiles import percentile_ci, ratio_ci
-from lithos_sched.tenant import pair_specs, pair_tpcs
+from lithos_atom.bench.percentiles import percentile_ci, ratio_ci
+from lithos_atom.bench.tenant_pair import pair_specs, pair_tpcs
+from lithos_sched import open_device
+from lithos_sched.energy import open_meter, tenant_energy
+from lithos_sched.policy import Policy
+from lithos_sched.scheduler import Scheduler
 
 WARMUP_S = 0.5  # every scenario first runs this long unmeasured: compiles, caches, predictor
 
@@ -80,10 +87,8 @@ class ColocationConfig:
     def __post_init__(self) -> None:
         self.policy()  # a bad atom_us is refused now, naming the field, not after calibration
 
-    def policy(self, **changes: Any) -> Any:
+    def policy(self, **changes: Any) -> Policy:
         """The lithos scenarios' `Policy`, with ``changes``."""
-        from lithos_sched.policy import Policy
-
         return Policy(**({} if self.atom_us is None else {"atom_us": self.atom_us}), **changes)
 
     def arrivals(self) -> np.ndarray:
@@ -196,8 +201,6 @@ class _Workloads:
 
 
 def _cupy(stream: Any) -> Any:
-    from lithos_atom.atomizer import as_cupy_stream
-
     return as_cupy_stream(stream)
 
 
@@ -285,8 +288,6 @@ def run_lithos(cfg: ColocationConfig, w: _Workloads, device: Any, policy: Any,
     tenants' stats before and after the measured run."""
     import cupy
 
-    from lithos_sched.scheduler import Scheduler
-
     sched = Scheduler(device, pair_specs(cfg.lc_share), policy)
     lc_t, be_t = sched.tenant("lc"), sched.tenant("be")
     cur = cupy.cuda.get_current_stream
@@ -309,8 +310,6 @@ def run_lithos(cfg: ColocationConfig, w: _Workloads, device: Any, policy: Any,
 
 def setup_gpu(cfg: ColocationConfig) -> tuple[_Calibration, _Workloads]:
     """Calibrate the workloads and rewrite the burn kernel once, outside every measurement."""
-    from lithos_atom import atomize
-
     cal = calibrate(cfg)
     w = _Workloads(cfg, cal)
     atomize(_burn_kernel()).prepared()
@@ -319,14 +318,8 @@ def setup_gpu(cfg: ColocationConfig) -> tuple[_Calibration, _Workloads]:
 
 def run_gpu(cfg: ColocationConfig, console: Any = None) -> dict[str, Any]:
     """Every scenario on the GPU, side by side."""
-    import contextlib
-
     import cupy
     from rich.progress import Progress
-
-    from lithos_sched import open_device
-    from lithos_sched.energy import open_meter, tenant_energy
-    from lithos_sched.policy import Policy
 
     cal, w = setup_gpu(cfg)
     device = open_device(simulate=False)
@@ -411,13 +404,3 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         ratios[name] = r
     return {"scenarios": results, "ratios": ratios}
 
-
-def run(*, simulated: bool, duration_s: float | None = None, seed: int = 0, atom_us: float | None = None,
-        console: Any = None) -> dict[str, Any]:
-    """Run the co-location benchmark on the GPU or, when ``simulated``, the simulated device."""
-    if simulated:
-        from lithos_sched.sim_colocation import run_sim
-
-        return run_sim(duration_s=duration_s, seed=seed, atom_us=atom_us)
-    cfg = ColocationConfig(seed=seed, atom_us=atom_us, **({"duration_s": duration_s} if duration_s else {}))
-    return run_gpu(cfg, console)

@@ -45,7 +45,10 @@ likewise for lithos across processes against the in-process splits
 (``process_static_at_lithos_mps_p99``), with its ratios to each baseline in
 ``ratios_lithos_mps``; ``lithos_mps_rightsized`` likewise (``ratios_lithos_mps_rightsized``,
 ``process_static_at_lithos_mps_rightsized_p99``).
-Without a GPU the same scenarios run on the simulated device (`lithos_sched.sim_ml_colocation`).
+This module holds what both runs share: the settings, the scenario names and the figures.
+`lithos_atom.bench.ml_gpu` runs the scenarios on the GPU; without a GPU the same scenarios run
+on the simulated device (`lithos_atom.bench.sim_ml_colocation`); ``python -m lithos_atom.bench
+--ml`` picks one.
 """
 
 from __future__ import annotations
@@ -58,8 +61,10 @@ from typing import Any
 
 import numpy as np
 
+from lithos_atom.bench.percentiles import percentile_ci
 from lithos_sched.fields import is_int, is_number, require
-from lithos_sched.percentiles import percentile_ci
+from lithos_sched.policy import Policy
+from lithos_sched.scheduler import Scheduler
 
 #: Best-effort workloads, one pair with the inference service each.
 PAIRS: tuple[str, ...] = ("training", "batch_inference")
@@ -506,36 +511,7 @@ def order(scenarios: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run(*, simulated: bool, config: MLColocationConfig | None = None, console: Any = None,
-        trace_dir: Any = None) -> dict[str, Any]:
-    """Run the ML co-location benchmark on the GPU or, when ``simulated``, the simulated device.
-
-    Parameters
-    ----------
-    simulated : bool
-    config : MLColocationConfig, optional
-        Defaults to `MLColocationConfig()` (on the simulator, `SimMLConfig()`).
-    console : rich.console.Console, optional
-        Where the progress bar goes.
-    trace_dir : path, optional
-        Where the lithos scenario's scheduler trace is written, per pair.
-
-    Returns
-    -------
-    dict
-        ``config``, ``device``, ``slo_ms``, ``simulated`` and ``pairs``: per pair the
-        scenarios and the ratios of `summarize_pair`.
-    """
-    if simulated:
-        from lithos_sched.sim_ml_colocation import run_sim
-
-        return run_sim(config, console=console, trace_dir=trace_dir)
-    from lithos_sched.ml_gpu import run_gpu
-
-    return run_gpu(config or MLColocationConfig(), console=console, trace_dir=trace_dir)
-
-
-def scheduler_for(name: str, device: Any, specs: Sequence[Any], right_sizer: Any = None) -> Any:
+def scheduler_for(name: str, device: Any, specs: Sequence[Any], right_sizer: Any = None) -> Scheduler:
     """The `Scheduler` of the lithos scenario ``name`` (one of `LITHOS_SCENARIOS`).
 
     ``right_sizer`` sizes each latency-critical kernel of ``lithos_rightsized`` (the
@@ -543,9 +519,6 @@ def scheduler_for(name: str, device: Any, specs: Sequence[Any], right_sizer: Any
     ``lithos``' and its requests are sized by the caller (`Tenant.on_tpcs`, on the GPU).
     The other scenarios have none.
     """
-    from lithos_sched.policy import Policy
-    from lithos_sched.scheduler import Scheduler
-
     policies = {"lithos": Policy(), "lithos_no_steal": Policy(stealing=False),
                 "lithos_no_atoms": Policy(atomize_best_effort=False), "lithos_rightsized": Policy()}
     if name not in policies:

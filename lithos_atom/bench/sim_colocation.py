@@ -1,6 +1,6 @@
 """The co-location scenarios on the simulated device, in virtual time.
 
-Same scenarios and the same scheduler code as on the GPU (`lithos_sched.colocation_bench`);
+Same scenarios and the same scheduler code as on the GPU (`lithos_atom.bench.colocation_bench`);
 the kernels are `SimKernel` latency models and time is virtual, so a run is deterministic
 for a seed and takes seconds. Every result is marked ``simulated``.
 """
@@ -13,11 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from lithos_atom.bench.colocation_bench import ColocationConfig, summarize
+from lithos_atom.bench.tenant_pair import pair_specs, pair_tpcs
 from lithos_atom.plan import KernelKey, LaunchPlan
-from lithos_sched.colocation_bench import ColocationConfig, summarize
 from lithos_sched.policy import Policy
 from lithos_sched.scheduler import Scheduler
-from lithos_sched.tenant import pair_specs, pair_tpcs
+from lithos_sched.sim_device import SimDevice, SimKernel
+from lithos_sched.timeline import SimTimeline
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,8 +55,6 @@ class _Run:
     """One scenario: LC requests fire as timers while the BE loop waits on events."""
 
     def __init__(self, cfg: SimColocationConfig, device: Any, timeline: Any):
-        from lithos_sched.sim_device import SimKernel
-
         self.cfg, self.device, self.timeline = cfg, device, timeline
         wave = cfg.blocks_per_sm * device.num_sms
         self.lc_kernel = SimKernel("lc_kernel", cfg.lc_blocks, cfg.lc_kernel_us, blocks_per_sm=cfg.blocks_per_sm)
@@ -143,9 +143,6 @@ def _lithos(device: Any, run: _Run, cfg: SimColocationConfig, policy: Policy) ->
 
 def run_sim(duration_s: float | None = None, seed: int = 0, atom_us: float | None = None) -> dict[str, Any]:
     """Every co-location scenario on a fresh simulated H100-sized device each."""
-    from lithos_sched.sim_device import SimDevice
-    from lithos_sched.timeline import SimTimeline
-
     cfg = SimColocationConfig(seed=seed, atom_us=atom_us, **({"duration_s": duration_s} if duration_s else {}))
 
     def scenario(body: Callable[[Any, _Run], dict[str, Any]]) -> dict[str, Any]:
