@@ -33,7 +33,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from lithos_atom.atomizer import get_atomizer
+from lithos_atom.active import get_atomizer
 from lithos_sched import Policy, Priority, Scheduler, TenantSpec, device_count, open_device, set_scheduler
 from lithos_sched.fields import is_int, is_number
 from lithos_sched.ledger import Ledger, TenantClaim

@@ -13,15 +13,10 @@ AtomizeError, UnsupportedKernelError, AtomizeWarning
 """
 
 from lithos_atom.api import atomize, atomize_module_function
-from lithos_atom.atomizer import (
-    AtomizeOptions,
-    Atomizer,
-    AtomizeWarning,
-    get_atomizer,
-    set_atomizer,
-    using_atomizer,
-)
+from lithos_atom.active import get_atomizer
+from lithos_atom.atomizer import AtomizeOptions, Atomizer, AtomizeWarning
 from lithos_atom.errors import AtomizeError, UnsupportedKernelError
+from lithos_atom.optin import set_atomizer, using_atomizer
 from lithos_atom.plan import Atom, KernelKey, LaunchPlan
 
 __all__ = [

@@ -1,20 +1,17 @@
-"""The global opt-in: which atomizer, if any, handles intercepted kernel launches.
+"""`Atomizer`: what handles intercepted kernel launches, and how launches are split.
 
-Modeled on ``cupy.cuda.set_allocator`` / ``using_allocator``: `set_atomizer` sets the
-process-wide atomizer, `using_atomizer` sets one for the calling thread inside a ``with``
-block and restores the previous state on exit. While any atomizer is set, ordinary
-CuPy ``RawKernel``/``RawModule`` and Numba ``@cuda.jit`` launches are intercepted;
-when none is, the libraries' own classes and methods are back in place, unchanged.
+The base atomizer issues a launch's atoms on the launch's own stream; a scheduler
+subclasses it to place them on partitions. Which atomizer is in effect is the opt-in's
+business (`lithos_atom.optin`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from lithos_atom.fields import is_int, is_number, require
@@ -251,88 +248,3 @@ def as_cupy_stream(stream: Any) -> Any:
     if hasattr(stream, "__cuda_stream__"):
         return cupy.cuda.Stream.from_external(stream)
     raise TypeError(f"cannot use {type(stream).__name__} as a CUDA stream (no __cuda_stream__)")
-
-
-_global_atomizer: Atomizer | None = None
-_state_lock = threading.Lock()
-_local = threading.local()
-_UNSET = object()
-_active_users = 0  # the global atomizer plus every open using_atomizer block
-
-
-def _retain() -> None:
-    global _active_users
-    from lithos_atom import interception
-
-    with _state_lock:
-        _active_users += 1
-        if _active_users == 1:
-            interception.install()
-
-
-def _release() -> None:
-    global _active_users
-    from lithos_atom import interception
-
-    with _state_lock:
-        _active_users -= 1
-        if _active_users == 0:
-            interception.uninstall()
-
-
-def get_atomizer() -> Atomizer | None:
-    """The atomizer in effect for the calling thread, or None when launches run as written.
-
-    Returns
-    -------
-    Atomizer or None
-    """
-    local = getattr(_local, "atomizer", _UNSET)
-    if local is not _UNSET:
-        return local  # type: ignore[return-value]
-    return _global_atomizer
-
-
-def set_atomizer(atomizer: Atomizer | None) -> None:
-    """Set the process-wide atomizer; None turns global interception off.
-
-    Parameters
-    ----------
-    atomizer : Atomizer or None
-        For example ``Atomizer(atom_us=250)``, or a scheduler.
-    """
-    global _global_atomizer
-    if atomizer is not None and not isinstance(atomizer, Atomizer):
-        raise TypeError(f"atomizer must be an Atomizer or None, got {type(atomizer).__name__}")
-    previous = _global_atomizer
-    _global_atomizer = atomizer
-    if previous is None and atomizer is not None:
-        _retain()
-    elif previous is not None and atomizer is None:
-        _release()
-
-
-@contextlib.contextmanager
-def using_atomizer(atomizer: Atomizer | None) -> Iterator[Atomizer | None]:
-    """Use ``atomizer`` for launches from the calling thread inside the ``with`` block.
-
-    ``using_atomizer(None)`` runs the block's launches as written even while a global
-    atomizer is set. The previous thread state is restored on exit.
-
-    Parameters
-    ----------
-    atomizer : Atomizer or None
-    """
-    if atomizer is not None and not isinstance(atomizer, Atomizer):
-        raise TypeError(f"atomizer must be an Atomizer or None, got {type(atomizer).__name__}")
-    previous = getattr(_local, "atomizer", _UNSET)
-    _local.atomizer = atomizer
-    _retain()
-    try:
-        yield atomizer
-    finally:
-        if previous is _UNSET:
-            del _local.atomizer
-        else:
-            _local.atomizer = previous
-        _release()

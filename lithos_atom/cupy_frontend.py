@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from lithos_atom.atomizer import DURATIONS, AtomizeOptions, Atomizer, as_cupy_stream, get_atomizer
+from lithos_atom.atomizer import DURATIONS, AtomizeOptions, Atomizer, as_cupy_stream
+from lithos_atom.active import get_atomizer
 from lithos_atom.compile import cuda_source_to_ptx, link_ptx
 from lithos_atom import driver_calls, driver_launch
 from lithos_atom.errors import AtomizeError, UnsupportedKernelError

@@ -32,7 +32,7 @@ class CapturedGraph:
     def launch(self, stream: Any = None) -> None:
         """Launch the graph on ``stream`` (None: the current stream), through the atomizer
         in effect for the calling thread, or as CuPy would without one."""
-        from lithos_atom.atomizer import get_atomizer
+        from lithos_atom.active import get_atomizer
 
         atomizer = get_atomizer()
         if atomizer is None:

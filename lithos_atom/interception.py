@@ -22,7 +22,8 @@ _originals: dict[str, Any] = {}
 
 
 def _make_classes(raw_kernel: type, raw_module: type) -> tuple[type, type]:
-    from lithos_atom.atomizer import as_cupy_stream, get_atomizer
+    from lithos_atom.atomizer import as_cupy_stream
+    from lithos_atom.active import get_atomizer
     from lithos_atom.cupy_frontend import AtomizedRawKernel, source_of_module_function
 
     def launch(atomized: AtomizedRawKernel, fallback: Any, grid: Any, block: Any, args: Any,

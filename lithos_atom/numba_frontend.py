@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from lithos_atom._compat import import_numba_cuda
-from lithos_atom.atomizer import DURATIONS, AtomizeOptions, Atomizer, get_atomizer
+from lithos_atom.atomizer import DURATIONS, AtomizeOptions, Atomizer
+from lithos_atom.active import get_atomizer
 from lithos_atom.compile import link_ptx
 from lithos_atom.errors import AtomizeError, UnsupportedKernelError
 from lithos_atom.plan import KernelKey, LaunchPlan, LaunchShape

@@ -30,7 +30,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from lithos_atom.atomizer import Atomizer, using_atomizer
+from lithos_atom.atomizer import Atomizer
+from lithos_atom.optin import using_atomizer
 from lithos_atom.plan import LaunchPlan, LaunchShape, WholeLaunch
 from lithos_sched.accounting import AtomRecord
 from lithos_sched.best_effort import BestEffortPlacement
@@ -479,6 +480,6 @@ def using_scheduler(scheduler: Scheduler | None) -> Iterator[Scheduler | None]:
 
 def set_scheduler(scheduler: Scheduler | None) -> None:
     """Install ``scheduler`` process-wide (None uninstalls it), like ``cupy.cuda.set_allocator``."""
-    from lithos_atom.atomizer import set_atomizer
+    from lithos_atom.optin import set_atomizer
 
     set_atomizer(scheduler)

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from lithos_atom import driver_calls
-from lithos_atom.atomizer import Atomizer, using_atomizer
+from lithos_atom.atomizer import Atomizer
+from lithos_atom.optin import using_atomizer
 from lithos_atom.plan import LaunchPlan, LaunchShape, WholeLaunch
 from lithos_atom.settings import get_settings
 from lithos_sched.accounting import AtomRecord, TenantStats

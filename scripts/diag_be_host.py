@@ -25,7 +25,7 @@ import time
 import cupy
 
 import kernels
-from lithos_atom.atomizer import using_atomizer
+from lithos_atom.optin import using_atomizer
 from lithos_atom.bench import ml_tenants
 from lithos_atom.bench.ml_colocation import MLColocationConfig
 from lithos_atom.bench.tenant_pair import pair_specs

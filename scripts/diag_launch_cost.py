@@ -18,7 +18,7 @@ import time
 
 import cupy
 
-from lithos_atom.atomizer import using_atomizer
+from lithos_atom.optin import using_atomizer
 from lithos_sched import Policy, Priority, Scheduler, TenantSpec, open_device
 
 SRC = r'extern "C" __global__ void tiny(float* x) { if (threadIdx.x == 0) x[blockIdx.x] += 1.0f; }'

@@ -26,7 +26,7 @@ import numpy as np
 
 import diag_common
 import kernels
-from lithos_atom.atomizer import using_atomizer
+from lithos_atom.optin import using_atomizer
 from lithos_atom.bench import ml_tenants
 from lithos_atom.bench.ml_colocation import MLColocationConfig
 from lithos_atom.bench.ml_gpu import figures, run_tenants

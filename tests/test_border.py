@@ -3,9 +3,10 @@
 Every module's imports, at module level and inside functions, are parsed with `ast`
 (nothing is imported). The library (`lithos`, `lithos_sched`, and `lithos_atom` outside
 `lithos_atom.bench`) imports nothing of the benchmark package, `kernels`, `scripts` or
-`tests`, nor the bench's report libraries (`rich`, `matplotlib`); only the tests import
-`tests`, and only the tests and the scripts import `scripts`; and no modules of the project
-import each other in a circle.
+`tests`, nor the bench's report libraries (`rich`, `matplotlib`); only the tests and the
+scripts import `tests` (a long run in `scripts` uses the CPU tier's corpora), and only the
+tests and the scripts import `scripts`; and no modules of the project import each other in a
+circle when they run (imports under ``if TYPE_CHECKING:``, for annotations only, never run).
 """
 
 from __future__ import annotations
@@ -29,14 +30,8 @@ BENCH = "lithos_atom.bench"
 #: test folders, and the libraries only the benchmark's reports need (the ``bench`` extra).
 NOT_FOR_THE_LIBRARY = (BENCH, "kernels", "scripts", "tests", "rich", "matplotlib")
 
-#: The one circle allowed: the atomizer installs the interception, which calls back into the
-#: atomizer and the front ends. Issue #21's "one launch path" (one dispatch routine every front
-#: end calls) removes it; `test_the_allowed_circle_is_still_there` says when to drop this.
-ALLOWED_CIRCLE = frozenset({"lithos_atom.atomizer", "lithos_atom.cupy_frontend", "lithos_atom.interception",
-                            "lithos_atom.numba_frontend"})
-
-#: module -> [(imported module, line)]
-Imports = dict[str, list[tuple[str, int]]]
+#: module -> [(imported module, line, whether it is for annotations only)]
+Imports = dict[str, list[tuple[str, int, bool]]]
 
 
 def module_files(root: Path, folders: Iterable[str]) -> dict[str, Path]:
@@ -61,8 +56,20 @@ def _known_prefix(name: str, known: Mapping[str, Path]) -> str | None:
     return None
 
 
-def imports_of(module: str, path: Path, known: Mapping[str, Path]) -> list[tuple[str, int]]:
-    """The modules ``module`` (at ``path``) imports anywhere in its code, with their lines.
+def _typing_only(tree: ast.AST) -> set[int]:
+    """The ids of the nodes inside ``if TYPE_CHECKING:`` blocks of ``tree``."""
+    out: set[int] = set()
+    for node in ast.walk(tree):
+        test = getattr(node, "test", None) if isinstance(node, ast.If) else None
+        if (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+                isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"):
+            out |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    return out
+
+
+def imports_of(module: str, path: Path, known: Mapping[str, Path]) -> list[tuple[str, int, bool]]:
+    """The modules ``module`` (at ``path``) imports anywhere in its code, with their lines
+    and whether the import is for annotations only (under ``if TYPE_CHECKING:``).
 
     An import names the module of the project it loads (``from package import name``: the
     submodule ``package.name`` where there is one, else ``package``), or the dotted name as
@@ -79,17 +86,20 @@ def imports_of(module: str, path: Path, known: Mapping[str, Path]) -> list[tuple
             return beside
         return _known_prefix(name, known)
 
-    out: list[tuple[str, int]] = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    out: list[tuple[str, int, bool]] = []
+    tree = ast.parse(path.read_text(), str(path))
+    typing_only = _typing_only(tree)
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            out += [(resolve(alias.name) or alias.name, node.lineno) for alias in node.names]
+            out += [(resolve(alias.name) or alias.name, node.lineno, id(node) in typing_only) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 parts = package.split(".")
                 base = ".".join(parts[:len(parts) - node.level + 1] + ([node.module] if node.module else []))
             else:
                 base = node.module or ""
-            out += [(resolve(f"{base}.{alias.name}") or base, node.lineno) for alias in node.names]
+            out += [(resolve(f"{base}.{alias.name}") or base, node.lineno, id(node) in typing_only)
+                    for alias in node.names]
     return out
 
 
@@ -105,26 +115,28 @@ def _within(name: str, prefix: str) -> bool:
 
 def forbidden(module: str) -> tuple[str, ...]:
     """What ``module`` must not import: the library none of `NOT_FOR_THE_LIBRARY`; only the
-    tests import the tests, and only the tests and the scripts import the scripts."""
+    tests and the scripts import the tests and the scripts."""
     if any(_within(module, p) for p in LIBRARY) and not _within(module, BENCH):
         return NOT_FOR_THE_LIBRARY
-    if _within(module, "tests"):
+    if _within(module, "tests") or _within(module, "scripts"):
         return ()
-    return ("tests",) if _within(module, "scripts") else ("tests", "scripts")
+    return ("tests", "scripts")
 
 
 def border_crossings(imports: Imports) -> list[str]:
     """``module:line imports name`` for every import that crosses the border (`forbidden`)."""
     return sorted({f"{module}:{line} imports {name}"
                    for module, names in imports.items()
-                   for name, line in names
+                   for name, line, _ in names
                    if any(_within(name, bad) for bad in forbidden(module))})
 
 
 def circles(imports: Imports) -> list[frozenset[str]]:
-    """The sets of modules that import each other in a circle (the strongly connected
-    components of the import graph with more than one module, or one importing itself)."""
-    graph = {m: sorted({n for n, _ in names if n in imports}) for m, names in imports.items()}
+    """The sets of modules that import each other in a circle when they run (the strongly
+    connected components of the graph of imports not for annotations only, with more than
+    one module, or one importing itself)."""
+    graph = {m: sorted({n for n, _, typing_only in names if n in imports and not typing_only})
+             for m, names in imports.items()}
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -169,12 +181,7 @@ def test_the_library_imports_no_benchmark_kernel_script_test_or_report_code(impo
 
 
 def test_no_modules_import_each_other_in_a_circle(imports):
-    assert [sorted(c) for c in circles(imports) if c != ALLOWED_CIRCLE] == []
-
-
-def test_the_allowed_circle_is_still_there(imports):
-    assert ALLOWED_CIRCLE in circles(imports), (
-        "the launch path's circle is gone: delete ALLOWED_CIRCLE from tests/test_border.py")
+    assert [sorted(c) for c in circles(imports)] == []
 
 
 def test_the_checks_see_imports_inside_functions_relative_ones_and_a_scripts_neighbours(tmp_path):
@@ -191,6 +198,9 @@ def test_the_checks_see_imports_inside_functions_relative_ones_and_a_scripts_nei
         "kernels/__init__.py": "",
         "scripts/tool.py": "import helper\n",
         "scripts/helper.py": "def g():\n    import tool\n",
+        # a type-only import back does not close a circle: it never runs
+        "lithos_sched/c.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from lithos_sched import d\n",
+        "lithos_sched/d.py": "from lithos_sched import c\n",
     }
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from cupy.cuda import memory as cupy_memory
 
 import lithos
 from lithos.membership import parse_join_spec, parse_memory
-from lithos_atom.atomizer import get_atomizer
+from lithos_atom.active import get_atomizer
 from lithos_sched import Priority
 from lithos_sched.ledger import Ledger, TenantClaim
 from lithos_sched.memory_limit import TenantMemoryLimit, TenantOutOfMemoryError

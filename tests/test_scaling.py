@@ -200,7 +200,7 @@ def test_an_alias_files_a_profile_under_the_schedulers_kernel_key_and_survives_t
 
 def test_launch_keys_records_every_intercepted_launch_and_runs_it(monkeypatch):
     import kernels
-    from lithos_atom.atomizer import get_atomizer
+    from lithos_atom.active import get_atomizer
     from lithos_atom.bench import profile
     from lithos_atom.plan import KernelKey, LaunchShape
 

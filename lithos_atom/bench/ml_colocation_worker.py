@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from lithos_atom.atomizer import using_atomizer
+from lithos_atom.optin import using_atomizer
 from lithos_atom.bench import ml_tenants
 from lithos_atom.bench.ml_colocation import MLColocationConfig, clock
 from lithos_atom.bench.occupancy import tenant_occupancy

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lithos_atom.atomizer import using_atomizer
+from lithos_atom.optin import using_atomizer
 from lithos_atom.bench import ml_tenants
 from lithos_atom.bench import rightsize_cases as rc
 from lithos_atom.bench.ml_colocation import (

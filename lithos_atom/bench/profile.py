@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from lithos_atom.atomizer import Atomizer, using_atomizer
+from lithos_atom.atomizer import Atomizer
+from lithos_atom.optin import using_atomizer
 from lithos_atom.bench import rightsize_cases as rc
 from lithos_atom.bench.rightsize_cases import ProfileCase
 from lithos_atom.plan import KernelKey, LaunchShape, WholeLaunch

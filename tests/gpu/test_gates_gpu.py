@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.gpu import atom_cases
+from lithos_atom.bench import atom_cases
 
 pytestmark = pytest.mark.gpu
 
