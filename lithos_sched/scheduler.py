@@ -290,6 +290,12 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Ato
             self._retire(t)
         return list(self._trace.rows())
 
+    @property
+    def uses_gates(self) -> bool:
+        """Whether best-effort atoms on stolen TPCs wait behind device-side gates now
+        (`Policy.device_gates`, a device that can map them, no right-sizer)."""
+        return self._gated()
+
     def request_windows(self) -> list[tuple[str, float, float]]:
         """``(tenant, start_us, duration_us)`` of every finished `Tenant.request` block, on
         the clock of `atoms` (events on the tenant's stream at the block's edges: from

@@ -256,6 +256,12 @@ def test_sim_runs_every_scenario_of_both_pairs(simulated_bench):
         assert set(at["static_p99s_ms"]) == {"static_split", *sweep}
         occ = scen["lithos"]["be_occupancy"]  # from the scheduler's trace, over the measured span
         assert 0 < occ["busy_share"] <= 1 and occ["window_ms"] <= out["config"]["duration_s"] * 1e3 + 1e-9
+        gates = scen["lithos"]["gates"]  # the gate measures of the lithos scenarios
+        assert gates["device_gates"] is True and gates["windows"] == "traced launches"  # the sim marks no request
+        assert gates["reclaim"]["requests"] > 0 and gates["reclaim"]["started_inside"] == 0
+        assert 0 <= gates["idle_between_atoms"]["home"]["idle_share"] < 1
+        assert gates["host_cpu_us_per_atom"] > 0
+        assert scen["lithos_rightsized"]["gates"]["device_gates"] is False  # right-sizing places by host
 
 
 def test_sim_is_deterministic_and_honours_the_scenario_selection(tmp_path, simulated_bench):

@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     ml.add_argument("--lc-rate", type=float, help="inference requests per second (Poisson; default 100)")
     ml.add_argument("--lc-batch", metavar="LO[,HI]",
                     help="inference batch of each request, uniform in LO..HI (default 1,8; '1': batch 1 only)")
+    ml.add_argument("--lc-launch", choices=("graph", "python"),
+                    help="inference requests replayed as CUDA graphs (default) or launched kernel by kernel")
     ml.add_argument("--lc-share", type=float, help="fraction of TPCs owned by the inference tenant (default 0.5)")
     ml.add_argument("--static-sweep", help="comma-separated further inference shares of the static split "
                                            "(default 0.25,0.375; '' for none)")
@@ -78,6 +80,8 @@ def ml_config(args: argparse.Namespace, simulated: bool) -> Any:
              "lc_rate_hz": args.lc_rate, "lc_share": args.lc_share, "slo_mult": args.slo_mult,
              "slo_ms": args.slo_ms, "mps_steal_max_block_us": args.mps_steal_max_block_us}
     kw: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    if args.lc_launch is not None:
+        kw["lc_graphs"] = args.lc_launch == "graph"
     for name, text in (("pairs", args.ml_pairs), ("scenarios", args.ml_scenarios)):
         if text is not None:
             kw[name] = tuple(x.strip() for x in text.split(",") if x.strip())

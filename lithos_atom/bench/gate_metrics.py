@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from lithos_sched.scheduler import Scheduler
+from lithos_sched.tenant import Priority
 from lithos_sched.trace_buffer import TraceRow
 
 #: Gaps shorter than this are not idle: events time atoms to about half a microsecond.
@@ -125,3 +127,38 @@ def reclaim(atoms: Iterable[TraceRow], windows: Sequence[tuple[str, float, float
     if atom_us:
         out["reclaim_atoms_p99"] = out["reclaim_us_p99"] / atom_us
     return out
+
+
+def busy_windows(atoms: Iterable[TraceRow], tenants: Sequence[str], grace_us: float) -> list[tuple[str, float, float]]:
+    """Windows of latency-critical work from the traced launches of ``tenants`` (for runs
+    whose requests are not marked): each tenant's launches closer than ``grace_us`` to the
+    previous one's end join one window, as its gate stays closed through that grace."""
+    out: list[tuple[str, float, float]] = []
+    for name in tenants:
+        spans = sorted((r.start_us, r.start_us + r.duration_us) for r in atoms if r.tenant == name)
+        merged: list[list[float]] = []
+        for start, end in spans:
+            if merged and start - merged[-1][1] < grace_us:
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([start, end])
+        out += [(name, a, b - a) for a, b in merged]
+    return sorted(out, key=lambda w: w[1])
+
+
+def gate_figures(sched: Scheduler, tenant: str = "be") -> dict[str, Any]:
+    """The measures of this module for a finished scheduler run: whether gates were on,
+    `idle_between_atoms` of best-effort ``tenant``, `reclaim` at the requests the trace
+    holds (or, where no request was marked, at the `busy_windows` of the latency-critical
+    tenants' traced launches: ``windows`` says which), and the host CPU per best-effort
+    atom (`TenantStats.host_cpu_us`)."""
+    atoms, windows = sched.atoms(), sched.request_windows()
+    source = "requests"
+    if not windows:
+        lc = [t.name for t in sched.tenants.values() if t.priority is Priority.LATENCY_CRITICAL]
+        windows, source = busy_windows(atoms, lc, sched.policy.lc_idle_grace_us), "traced launches"
+    stats = sched.stats()["tenants"].get(tenant, {})
+    return {"device_gates": sched.uses_gates, "windows": source,
+            "idle_between_atoms": idle_between_atoms(atoms, tenant, windows),
+            "reclaim": reclaim(atoms, windows, sched.policy.atom_us),
+            "host_cpu_us_per_atom": stats.get("host_cpu_us_per_atom")}

@@ -112,6 +112,11 @@ class MLColocationConfig:
         its p50), so the default leaves the inference host thread mostly idle.
     lc_batch : (int, int)
         Inclusive range of the batch of a request, drawn uniformly per request.
+    lc_graphs : bool
+        Replay each inference request as a CUDA graph captured once per batch size, as
+        inference servers do (one launch per request), in every scenario alike; False
+        launches its kernels one by one from Python (host time then sets most of a
+        request's latency). The simulated device models no host time, so there both read alike.
     lc_share : float
         Fraction of the TPCs owned by the LC tenant in the partitioned scenarios. On the
         H200 the inference tail hardly moved between a half and three quarters of the TPCs
@@ -173,6 +178,7 @@ class MLColocationConfig:
     warmup_s: float = 0.5
     lc_rate_hz: float = 100.0
     lc_batch: tuple[int, int] = (1, 8)
+    lc_graphs: bool = True
     lc_share: float = 0.5
     static_sweep: tuple[float, ...] = (0.25, 0.375)
     mps_steal_max_block_us: float | None = None
@@ -217,6 +223,7 @@ class MLColocationConfig:
         require(is_int(self.be_queue_depth) and self.be_queue_depth >= 1, "MLColocationConfig.be_queue_depth",
                 "an int >= 1", self.be_queue_depth)
         require(is_int(self.seed), "MLColocationConfig.seed", "an int", self.seed)
+        require(isinstance(self.lc_graphs, bool), "MLColocationConfig.lc_graphs", "a bool", self.lc_graphs)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> MLColocationConfig:

@@ -133,12 +133,12 @@ def _lc_role(cfg: MLColocationConfig, spec: dict[str, Any]) -> Callable[[float],
     @contextlib.contextmanager
     def right_sized(batch: int) -> Iterator[Any]:
         n, s = sized[batch]
-        with signal.request(tpcs=n):  # `serve` waits for each request on its stream
+        with signal.request(tpcs=n, stream=s):  # its gate opens when the request's kernels end
             yield s
 
     def run(t0: float) -> dict[str, Any]:
         marked = {} if signal is None else {"bracket": right_sized if sized is not None
-                                            else lambda batch: signal.request()}
+                                            else lambda batch: signal.request(stream=stream)}
         try:
             with ml_tenants.host_settings():
                 rec = ml_tenants.serve(service, stream, cfg, t0, _stop_at(t0 + cfg.span_s), **marked)

@@ -30,6 +30,7 @@ from lithos_atom.bench.ml_colocation import (
 )
 from lithos_atom.bench.ml_colocation_worker import WorkerError, run_process_pair
 from lithos_atom.bench.mps import MPSDaemon, MPSUnavailable
+from lithos_atom.bench.gate_metrics import gate_figures
 from lithos_atom.bench.occupancy import tenant_occupancy
 from lithos_atom.bench.profile import profile_cases
 from lithos_atom.bench.tenant_pair import pair_specs, pair_tpcs
@@ -282,4 +283,5 @@ def _run_lithos(cfg: MLColocationConfig, device: Any, name: str, service: Any, j
         out["trace_file"] = str(sched.export_trace(Path(trace_dir) / f"trace_ml_{pair}_lithos.json"))
     out["scheduler"] = sched.stats()
     out["be_occupancy"] = tenant_occupancy(sched.atoms(), "be", cfg.duration_s * 1e6)
+    out["gates"] = gate_figures(sched)
     return out

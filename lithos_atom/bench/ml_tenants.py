@@ -71,7 +71,7 @@ def build_lc(cfg: MLColocationConfig, stream: Any) -> Any:
 
     sizes = cfg.workload_sizes()
     return InferenceService(sizes["decoder"], batch=cfg.lc_batch, rate_hz=cfg.lc_rate_hz, seed=cfg.seed,
-                            stream=stream)
+                            stream=stream, graphs=cfg.lc_graphs)
 
 
 def build_be(cfg: MLColocationConfig, kind: str, stream: Any) -> Any:

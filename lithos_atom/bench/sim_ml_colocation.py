@@ -36,6 +36,7 @@ from lithos_atom.bench.ml_colocation import (
     scheduler_for,
     summarize_pair,
 )
+from lithos_atom.bench.gate_metrics import gate_figures
 from lithos_atom.bench.occupancy import tenant_occupancy
 from lithos_atom.bench.sim_colocation import sim_plan
 from lithos_atom.bench.tenant_pair import pair_specs, pair_tpcs
@@ -317,6 +318,7 @@ def _lithos(run: _Run, name: str, trace: Path | None) -> dict[str, Any]:
         out["trace_file"] = str(sched.export_trace(trace))
     out["scheduler"] = sched.stats()
     out["be_occupancy"] = tenant_occupancy(sched.atoms(), "be", cfg.duration_s * 1e6)
+    out["gates"] = gate_figures(sched)
     return out
 
 
