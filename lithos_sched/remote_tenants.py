@@ -107,6 +107,7 @@ class RemoteTenants:
             # and the simulated device, which one thread drives, sees them at its next step
             tenant.gate.store(OPEN)
             tenant.gate.force(True)
+        tenant.home.close()  # nothing of it ran here: its streams are empty
 
     def followed(self) -> list[str]:
         """The names of the tenants this scheduler follows (`follow`), sorted."""

@@ -20,6 +20,10 @@ from typing import Any, Protocol
 from lithos_atom import driver_calls
 from lithos_sched.gates import WAIT_MASK, Gate, GateMemory
 
+#: Pauses of a bounded GPU wait asked for no poll: a quarter of the time waited so far, from
+#: the first to the second (us), so a long wait takes the GIL back a few times per ms at most.
+_BOUNDED_PAUSE_US = (50.0, 1000.0)
+
 
 class Timeline(Protocol):
     """What the scheduler needs from streams and events."""
@@ -41,12 +45,14 @@ class Timeline(Protocol):
         """Block until ``event`` completes (the GIL is released on the GPU)."""
 
     def wait_until(self, event: Any, stop: Callable[[], bool] | None, poll_us: float,
-                   deadline_us: float | None = None) -> bool:
+                   deadline_us: float | None = None, timeout_us: float | None = None) -> bool:
         """Block until ``event`` completes, ``stop()`` is true or host time reaches
         ``deadline_us`` (`now_us`), checking about every ``poll_us`` (on the simulated
         device, after each step of virtual time); returns whether ``event`` completed.
         With ``poll_us`` 0 nothing is checked between the start and the deadline: one
-        sleep, or, without a deadline, `synchronize`."""
+        sleep, or, without a deadline, `synchronize`. With ``timeout_us``, raises
+        ``TimeoutError`` once that long passed first (the event is then polled even
+        without ``poll_us``)."""
 
     def elapsed_us(self, start: Any, end: Any) -> float:
         """Device time between two completed events, in microseconds."""
@@ -156,19 +162,29 @@ class CupyTimeline:
         self._cupy.cuda.runtime.eventSynchronize(event.ptr)  # releases the GIL while it waits
 
     def wait_until(self, event: Any, stop: Callable[[], bool] | None, poll_us: float,
-                   deadline_us: float | None = None) -> bool:
-        if deadline_us is None and (stop is None or not poll_us):
+                   deadline_us: float | None = None, timeout_us: float | None = None) -> bool:
+        if deadline_us is None and timeout_us is None and (stop is None or not poll_us):
             self.synchronize(event)
             return True
+        start_us = self.now_us()
         while not self.done(event):
             if stop is not None and stop():
                 return False
+            now_us = self.now_us()
             pause_us = poll_us
             if deadline_us is not None:
-                left_us = deadline_us - self.now_us()
+                left_us = deadline_us - now_us
                 if left_us <= 0:
                     return False
                 pause_us = min(pause_us, left_us) if pause_us else left_us
+            if timeout_us is not None:
+                left_us = start_us + timeout_us - now_us
+                if left_us <= 0:
+                    raise TimeoutError(f"the event did not complete within {timeout_us / 1e6:g} s")
+                if not pause_us:  # no poll asked for: gaps growing with the time waited
+                    low_us, high_us = _BOUNDED_PAUSE_US
+                    pause_us = min(high_us, max(low_us, (now_us - start_us) / 4))
+                pause_us = min(pause_us, left_us)
             time.sleep(pause_us / 1e6)  # releases the GIL
         return True
 
@@ -269,17 +285,21 @@ class SimTimeline:
         self.wait_until(event, None, 0.0)
 
     def wait_until(self, event: Any, stop: Callable[[], bool] | None, poll_us: float,
-                   deadline_us: float | None = None) -> bool:
+                   deadline_us: float | None = None, timeout_us: float | None = None) -> bool:
         # state that ``stop`` reads changes only in callbacks and completions: asking after
         # each of them is asking continuously, so ``poll_us`` is not needed here
+        limit_us = None if timeout_us is None else self.now_us() + timeout_us
         self._fire_due()
         while not event.query():
             if stop is not None and stop():
                 return False
             if deadline_us is not None and self.now_us() >= deadline_us:
                 return False
+            if limit_us is not None and self.now_us() >= limit_us:
+                raise TimeoutError(f"the event did not complete within {timeout_us / 1e6:g} s of virtual time")
             next_timer = self._timers[0][0] if self._timers else None
-            steps = [t for t in (next_timer, self._device.next_completion_us(), deadline_us) if t is not None]
+            steps = [t for t in (next_timer, self._device.next_completion_us(), deadline_us, limit_us)
+                     if t is not None]
             if not steps:
                 raise RuntimeError("simulated device: waiting for an event that can never complete")
             step_to = min(steps)
