@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from lithos_atom.settings import read_variable
 from lithos_sched import ledger_file
 from lithos_sched.fields import is_int, is_number
 from lithos_sched.processes import ProcessId, file_locked
@@ -164,11 +165,18 @@ class LedgerEntry:
 
 def ledger_dir(directory: str | Path | None = None) -> Path:
     """Where ledgers and request signals live: ``directory``, else ``LITHOS_LEDGER_DIR``,
-    else /dev/shm (memory only), else the temporary folder."""
+    else /dev/shm (memory only), else the temporary folder.
+
+    Raises
+    ------
+    ValueError
+        For a ``LITHOS_LEDGER_DIR`` that is not an existing directory.
+    """
     if directory is not None:
         return Path(directory)
-    if os.environ.get(LEDGER_DIR_ENV):
-        return Path(os.environ[LEDGER_DIR_ENV])
+    chosen = read_variable(LEDGER_DIR_ENV)
+    if chosen is not None:
+        return chosen
     return Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
 
 
