@@ -98,7 +98,10 @@ class GateKeeper:
             t.release_gate()
 
     def _run_safely(self, fn: Callable[[], None]) -> None:
-        """``fn()``; if it raises, fail open (once logged): force every gate for good."""
+        """``fn()`` unless the keeper stopped; if it raises, fail open (once logged): force
+        every gate for good."""
+        if self._stopped:
+            return  # a timer of a closed scheduler (the simulated device's timers outlive it)
         try:
             fn()
         except Exception as exc:

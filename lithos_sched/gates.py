@@ -83,7 +83,8 @@ class GateMemory:
             return self._device_address
 
     def close(self) -> None:
-        """Unregister the page from the driver (if registered) and unmap it (idempotent)."""
+        """Unregister the page from the driver (if registered) and unmap it (idempotent);
+        its gates then read open and not forced."""
         with self._lock:
             if self._map.closed:
                 return
@@ -97,7 +98,10 @@ class GateMemory:
                     if not is_sticky(exc):  # a context lost to a fault took the registration with it
                         raise
                 self._device_address = None
-        del self.words, self._anchor  # buffer exports must go before the map closes
+        # buffer exports must go before the map closes; a gate read after (a thread that
+        # still holds it) finds it open and not forced, as a released tenant's should be
+        self.words = np.tile(np.array([OPEN, 0], dtype=np.uint32), PAGE_BYTES // 8)
+        del self._anchor
         self._map.close()
 
     @property

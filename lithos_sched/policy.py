@@ -113,8 +113,9 @@ class Policy:
         building a rewritten-kernel plan), saving host time per launch; a launch never
         timed goes through the plan, whose first atom teaches the predictor.
     gil_switch_interval_s : float or None
-        While the scheduler is open, ``sys.setswitchinterval`` is set to this (restored by
-        `Scheduler.close`): a latency-critical thread waiting for the GIL behind a busy
+        While the scheduler is open, ``sys.setswitchinterval`` is set to this (restored when
+        the last scheduler of the process that set it closes): a latency-critical thread
+        waiting for the GIL behind a busy
         best-effort thread would otherwise wait up to Python's default 5 ms. None leaves it.
     wait_timeout_s : float or None
         The longest one wait of the scheduler lasts: for an atom or a tenant's queued work

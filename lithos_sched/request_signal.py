@@ -185,7 +185,7 @@ class RequestSignal:
         GPU); the creator also removes it."""
         if self._memory.closed:
             return
-        del self._words  # the buffer must be released before the map closes
+        self._words = np.zeros(_WORDS, dtype=np.int64)  # the map's buffer must go first; read after: no request
         self._memory.close()
         if self._owner:
             self.path.unlink(missing_ok=True)

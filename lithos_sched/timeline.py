@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from lithos_atom import driver_calls
 from lithos_sched.gates import WAIT_MASK, Gate, GateMemory
+from lithos_sched.sim_device import SimEvent
 
 #: Pauses of a bounded GPU wait asked for no poll: a quarter of the time waited so far, from
 #: the first to the second (us), so a long wait takes the GIL back a few times per ms at most.
@@ -272,6 +273,16 @@ class SimTimeline:
     def record(self, stream: Any, blocking: bool = False) -> Any:
         return stream.record()  # virtual time: nothing spins, so blocking changes nothing
 
+    def marker(self) -> Any:
+        """A reusable event for `record_into`, complete until first recorded."""
+        event = SimEvent(self._device)
+        event.time_us = self.now_us()
+        return event
+
+    def record_into(self, event: Any, stream: Any) -> None:
+        """Record ``event`` again on ``stream`` (see `CupyTimeline.record_into`)."""
+        stream.record_into(event)
+
     def wait(self, stream: Any, event: Any) -> None:
         stream.wait(event)
 
@@ -333,3 +344,7 @@ class SimTimeline:
 
     def is_capturing(self, stream: Any) -> bool:
         return False
+
+    def as_cupy(self, stream: Any) -> Any:
+        """``stream`` itself: a simulated graph launches on the simulated stream."""
+        return stream
