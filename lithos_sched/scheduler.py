@@ -116,7 +116,7 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
         self._trace_on = trace
         self._trace = TraceBuffer()
         self._request_windows: list[tuple[str, float, float]] = []  # (tenant, start_us, duration_us)
-        self._t0 = self.timeline.record(next(iter(self.tenants.values())).home.normal)
+        self._t0 = self.timeline.origin()  # the trace's clock starts here
         self._gate_board = self._open_gate_board()
         if self._gate_board is not None:
             for t in self._lc:

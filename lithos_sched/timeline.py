@@ -33,6 +33,10 @@ class Timeline(Protocol):
         """Record an event on ``stream`` and return it; with ``blocking``, a thread waiting
         for it (`synchronize`) sleeps until it completes instead of spinning (GPU)."""
 
+    def origin(self) -> Any:
+        """An event complete from now on: a clock origin for `elapsed_us` (recorded on no
+        stream another scheduler's work could hold back)."""
+
     def wait(self, stream: Any, event: Any) -> None:
         """Make ``stream`` wait for ``event``."""
 
@@ -125,6 +129,7 @@ class CupyTimeline:
         import cupy
 
         self._cupy = cupy
+        self._origin_stream: Any = None
 
     def now_us(self) -> float:
         return time.perf_counter() * 1e6
@@ -137,6 +142,13 @@ class CupyTimeline:
     def record(self, stream: Any, blocking: bool = False) -> Any:
         event = DeviceEvent(driver_calls.EVENT_BLOCKING_SYNC if blocking else driver_calls.EVENT_DEFAULT)
         driver_calls.event_record(event.ptr, self.as_cupy(stream).ptr)
+        return event
+
+    def origin(self) -> Any:
+        event = DeviceEvent(driver_calls.EVENT_DEFAULT)
+        if self._origin_stream is None:
+            self._origin_stream = self._cupy.cuda.Stream(non_blocking=True)  # never given work
+        driver_calls.event_record(event.ptr, self._origin_stream.ptr)
         return event
 
     def marker(self) -> Any:
@@ -273,8 +285,11 @@ class SimTimeline:
     def record(self, stream: Any, blocking: bool = False) -> Any:
         return stream.record()  # virtual time: nothing spins, so blocking changes nothing
 
+    def origin(self) -> Any:
+        return self.marker()
+
     def marker(self) -> Any:
-        """A reusable event for `record_into`, complete until first recorded."""
+        """A reusable event for `record_into`, complete (now) until first recorded."""
         event = SimEvent(self._device)
         event.time_us = self.now_us()
         return event

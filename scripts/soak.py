@@ -53,7 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out} is not a folder")
     if args.gpu:
+        from lithos_sched import gpu_available
         from soak_gpu import GpuSoak
+
+        if not gpu_available():
+            parser.error("--gpu needs a CUDA GPU, and none is visible")
 
         result = GpuSoak(minutes=args.minutes, seed=args.seed, trace_memory=args.trace_memory).run()
     else:
