@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import json
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -40,6 +38,7 @@ from lithos_sched.gate_keeper import GateKeeper
 from lithos_sched.latency_critical import LatencyCriticalLaunches
 from lithos_sched.policy import Policy
 from lithos_sched.predictor import LatencyPredictor
+from lithos_sched.process_tuning import TUNING
 from lithos_sched.remote_tenants import RemoteTenants
 from lithos_sched.rightsizing import RightSizer
 from lithos_sched.tenant import Priority, TenantConfigError, TenantSpec, assign_tpcs, specs_from
@@ -123,7 +122,7 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
                 t.gate = self._gate_board.new_gate()
         self._gate_keeper = GateKeeper(self)
         self._stranded_guards: set[str] = set()  # best-effort tenants with a `_guard_stranded` check pending
-        self._tuning = _TUNING.enter(self.policy, device.simulated)
+        self._tuning = TUNING.enter(self.policy, device.simulated)
 
     # ---- public API --------------------------------------------------------------
 
@@ -275,7 +274,7 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
             if self._gate_board is not None:
                 self._gate_board.close()
             self._close_followed()
-        _TUNING.leave(self._tuning)
+        TUNING.leave(self._tuning)
         if errors:
             raise errors[0]
 
@@ -460,49 +459,6 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
             if self._trace_on:
                 self._trace.append(r.key.name, tenant.name, r.partition.tpcs, tl.handle(r.stream), r.start_block,
                                    r.count, r.predicted_us, r.stolen, tl.elapsed_us(self._t0, r.start), measured)
-
-
-class _ProcessTuning:
-    """The process-wide settings open schedulers change. The GIL switch interval
-    (`Policy.gil_switch_interval_s`) is set by the first scheduler that wants it and
-    restored by the last of them to close, so schedulers that overlap leave it as they
-    found it. ``gc.freeze`` (`Policy.freeze_gc`) is undone by every close: frozen objects
-    are never collected, the closed scheduler's among them, and the next scheduler or
-    tenant thread freezes what is alive again."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._switching = 0  # open schedulers that set the switch interval
-        self._saved_interval = 0.0
-
-    def enter(self, policy: Policy, simulated: bool) -> tuple[bool, bool]:
-        """Apply ``policy``'s settings for a new scheduler; returns what it took part in."""
-        freeze = policy.freeze_gc
-        switch = policy.gil_switch_interval_s is not None and not simulated
-        with self._lock:
-            if freeze:
-                gc.collect()
-                gc.freeze()
-            if switch:
-                if not self._switching:
-                    self._saved_interval = sys.getswitchinterval()
-                    sys.setswitchinterval(policy.gil_switch_interval_s)
-                self._switching += 1
-        return freeze, switch
-
-    def leave(self, taken: tuple[bool, bool]) -> None:
-        """Undo `enter` for a closing scheduler (``taken``: what `enter` returned)."""
-        freeze, switch = taken
-        with self._lock:
-            if freeze:
-                gc.unfreeze()
-            if switch:
-                self._switching -= 1
-                if not self._switching:
-                    sys.setswitchinterval(self._saved_interval)
-
-
-_TUNING = _ProcessTuning()
 
 
 class _LegacyStream:

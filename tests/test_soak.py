@@ -54,9 +54,9 @@ def test_an_unfollowed_tenants_signal_is_released_once_no_stolen_atom_waits_on_i
 
 
 def test_overlapping_schedulers_leave_the_switch_interval_as_they_found_it():
-    from lithos_sched.scheduler import _ProcessTuning
+    from lithos_sched.process_tuning import ProcessTuning
 
-    tuning, policy, before = _ProcessTuning(), Policy(gil_switch_interval_s=0.0002, freeze_gc=False), sys.getswitchinterval()
+    tuning, policy, before = ProcessTuning(), Policy(gil_switch_interval_s=0.0002, freeze_gc=False), sys.getswitchinterval()
     first = tuning.enter(policy, simulated=False)
     second = tuning.enter(policy, simulated=False)
     try:
