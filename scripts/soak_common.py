@@ -117,11 +117,10 @@ class BlockCounts:
             return True
         return False
 
-    def check(self, launch: int, counts: list[int] | None = None) -> None:
-        """Check ``launch`` (its counts as seen, or ``counts`` read from a device) and forget it."""
-        counts = self._counts.pop(launch) if counts is None else counts
-        self._counts.pop(launch, None)
-        self._seen.pop(launch, None)
+    def check(self, launch: int) -> None:
+        """Check that every block of ``launch`` ran exactly once, and forget it."""
+        counts = self._counts.pop(launch)
+        self._seen.pop(launch)
         lost = sum(1 for c in counts if c == 0)
         twice = sum(1 for c in counts if c > 1)
         if lost or twice:
