@@ -13,6 +13,8 @@ LithosCudaError, PartitionError
     A failed driver call (with the driver's error name); a bad partition request.
 Scheduler, Policy, Priority, TenantSpec, set_scheduler, using_scheduler
     The multi-tenant scheduler.
+KernelFaultError, SchedulerTimeoutError, SchedulerClosedError
+    Work of a tenant failed on the device; a wait passed its bound; the scheduler is closed.
 LatencyPredictor
     The online latency predictor.
 
@@ -29,11 +31,11 @@ from typing import Any
 
 from lithos_sched.device_api import Device, Event, Partition, Stream
 from lithos_sched.errors import LithosCudaError, PartitionError, check
+from lithos_sched.faults import KernelFaultError, SchedulerTimeoutError
 from lithos_sched.gpu_device import GpuDevice
 from lithos_sched.policy import Policy
 from lithos_sched.predictor import LatencyPredictor
 from lithos_sched.scheduler import (
-    KernelFaultError,
     Scheduler,
     SchedulerClosedError,
     set_scheduler,
@@ -132,7 +134,8 @@ def open_device(device_id: int = 0, *, simulate: bool | None = None, **kwargs: A
 
 __all__ = [
     "BlockRecord", "Device", "Event", "GpuDevice", "KernelFaultError", "LatencyPredictor", "LithosCudaError",
-    "Partition", "PartitionError", "Policy", "Priority", "Scheduler", "SchedulerClosedError", "SimDevice",
+    "Partition", "PartitionError", "Policy", "Priority", "Scheduler", "SchedulerClosedError",
+    "SchedulerTimeoutError", "SimDevice",
     "SimKernel", "Stream", "TenantConfigError", "TenantSpec", "device_count", "gpu_available", "open_device",
     "set_scheduler", "using_scheduler",
 ]

@@ -215,6 +215,14 @@ class SimStream:
         self.device._progress()
         return event
 
+    def record_into(self, event: SimEvent) -> None:
+        """Enqueue ``event`` again: pending from now on, it completes when every earlier
+        operation of the stream has (``cuEventRecord`` of an existing event)."""
+        self.partition._check_open()
+        event.time_us = None
+        self._ops.append(("record", event))
+        self.device._progress()
+
     def wait(self, event: SimEvent) -> None:
         """Later operations of this stream wait until ``event`` has completed."""
         self.partition._check_open()
