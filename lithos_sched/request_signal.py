@@ -88,7 +88,15 @@ class RequestSignal:
     @classmethod
     def create(cls, directory: str | Path | None = None) -> RequestSignal:
         """A new signal with no request open, in a file of ``directory`` (/dev/shm, where
-        it exists: memory only, else the temporary directory)."""
+        it exists: memory only, else the temporary directory).
+
+        Raises
+        ------
+        TypeError
+            For a ``directory`` that is not a path or None.
+        """
+        if directory is not None:
+            _require_path("RequestSignal.create: directory", directory)
         if directory is None and Path("/dev/shm").is_dir():
             directory = "/dev/shm"
         fd, name = tempfile.mkstemp(prefix="lithos-requests-", dir=directory)
@@ -104,6 +112,8 @@ class RequestSignal:
 
         Raises
         ------
+        TypeError
+            For a ``path`` that is not a path.
         FileNotFoundError
             If there is no such file.
         PermissionError
@@ -113,6 +123,7 @@ class RequestSignal:
         ValueError
             If the file is not a request signal.
         """
+        _require_path("RequestSignal.attach: path", path)
         return cls(Path(path), owner=False)
 
     @property
@@ -148,10 +159,13 @@ class RequestSignal:
         Raises
         ------
         ValueError
-            For a count below 1.
+            For a ``tpcs`` that is not an int >= 1 or None, or a ``gate`` that is not a bool.
+        TypeError
+            For a ``stream`` that is not a stream.
         """
         require(tpcs is None or (is_int(tpcs) and tpcs >= 1), "RequestSignal.request: tpcs", "an int >= 1 or None",
                 tpcs)
+        require(isinstance(gate, bool), "RequestSignal.request: gate", "a bool", gate)
         handle = None if stream is None else _stream_handle(stream)
         self._words[2] = 0 if tpcs is None else tpcs
         self._words[0] += 1
@@ -206,5 +220,12 @@ def _stream_handle(stream: Any) -> int:
         return int(stream.__cuda_stream__()[1])
     ptr = getattr(stream, "ptr", None)
     if ptr is None:
-        raise TypeError(f"cannot use {type(stream).__name__} as a CUDA stream (no __cuda_stream__ or ptr)")
+        raise TypeError(f"RequestSignal.request: stream must be a CUDA stream (with __cuda_stream__ or ptr), "
+                        f"got {type(stream).__name__}")
     return int(ptr)
+
+
+def _require_path(parameter: str, value: object) -> None:
+    """Raise ``TypeError`` naming ``parameter`` unless ``value`` is a str or a path."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{parameter} must be a path (str or os.PathLike), got {type(value).__name__}")

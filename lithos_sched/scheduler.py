@@ -15,6 +15,9 @@ other processes, followed while they come and go.
 Stream semantics stay as the user wrote them: atoms on partition streams start after the
 work the tenant queued before the launch, and the tenant's stream waits for every atom, so
 later work (opaque CuPy ops, copies, host reads) sees the results.
+
+Its settings are `Policy` (`lithos_sched.policy`). Next: the partitions tenants run on,
+`lithos_sched.device_api`.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from lithos_atom.plan import LaunchPlan, LaunchShape, WholeLaunch
 from lithos_sched.accounting import AtomRecord
 from lithos_sched.best_effort import BestEffortPlacement
 from lithos_sched.faults import DeviceWaits, KernelFaultError, SchedulerTimeoutError, cuda_error_code
+from lithos_sched.device_api import Device
 from lithos_sched.gate_keeper import GateKeeper
 from lithos_sched.latency_critical import LatencyCriticalLaunches
 from lithos_sched.policy import Policy
@@ -71,6 +75,13 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
     trace : bool
         Keep a record of every atom for `export_trace`.
 
+    Raises
+    ------
+    TypeError
+        For an argument of the wrong type, naming it.
+    TenantConfigError
+        For tenants that are not `TenantSpec`s or do not fit the device.
+
     Notes
     -----
     The scheduler is also an `Atomizer`: ``set_scheduler(s)`` routes launches of threads
@@ -88,6 +99,7 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
         *,
         trace: bool = True,
     ):
+        _check_arguments(device, policy, predictor, right_sizer, trace)
         self.policy = policy or Policy()
         super().__init__(atom_us=self.policy.atom_us, strict=False)
         self.device = device
@@ -489,6 +501,23 @@ def _ranges(ids: Any) -> str:
         else:
             runs.append([i, i])
     return ",".join(f"{a}-{b}" if a != b else f"{a}" for a, b in runs)
+
+
+def _check_arguments(device: Any, policy: Any, predictor: Any, right_sizer: Any, trace: Any) -> None:
+    """Refuse, by its name, a `Scheduler` argument of the wrong type (the predictor and the
+    right-sizer by the methods the scheduler calls on them)."""
+    if not isinstance(device, Device):
+        raise TypeError(f"Scheduler: device must be a lithos device (lithos.open_device()), got {type(device).__name__}")
+    if policy is not None and not isinstance(policy, Policy):
+        raise TypeError(f"Scheduler: policy must be a Policy or None, got {type(policy).__name__}")
+    for name, value, methods, what in (
+            ("predictor", predictor, ("predict_us", "wave_us", "observe", "error_report"), "a LatencyPredictor"),
+            ("right_sizer", right_sizer, ("tpcs_for", "observe"), "a RightSizer")):
+        if value is not None and not all(callable(getattr(value, m, None)) for m in methods):
+            raise TypeError(f"Scheduler: {name} must be {what} (with {', '.join(methods)}) or None, "
+                            f"got {type(value).__name__}")
+    if not isinstance(trace, bool):
+        raise TypeError(f"Scheduler: trace must be a bool, got {type(trace).__name__}")
 
 
 @contextlib.contextmanager

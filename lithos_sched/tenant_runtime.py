@@ -22,6 +22,7 @@ from lithos_atom.plan import LaunchPlan, LaunchShape, WholeLaunch
 from lithos_atom.settings import get_settings
 from lithos_sched.accounting import AtomRecord, TenantStats
 from lithos_sched.faults import cuda_error_code
+from lithos_sched.fields import is_int
 from lithos_sched.gates import CLOSED, OPEN, Gate
 from lithos_sched.tenant import Priority, TenantSpec
 
@@ -393,12 +394,12 @@ class Tenant:
         RuntimeError
             From a thread not bound to this tenant, or inside another ``on_tpcs`` block.
         ValueError
-            For ``n`` < 1.
+            For ``n`` that is not an int >= 1.
         """
         if self.priority is not Priority.LATENCY_CRITICAL:
             raise TypeError(f"on_tpcs is for latency-critical tenants; {self.name!r} is {self.priority.value}")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"on_tpcs needs a TPC count >= 1, got {n!r}")
+        if not is_int(n) or n < 1:
+            raise ValueError(f"Tenant.on_tpcs: n (a TPC count) must be an int >= 1, got {n!r}")
         if current_tenant() is not self:
             raise RuntimeError(f"on_tpcs must be used in a thread inside `with` tenant {self.name!r}")
         if self._request is not None:
@@ -406,7 +407,7 @@ class Tenant:
         s = self.scheduler
         s._check_open(self)
         with self.request():
-            yield from self._on_first_tpcs(n)
+            yield from self._on_first_tpcs(int(n))
 
     def _on_first_tpcs(self, n: int) -> Iterator[Any]:
         s = self.scheduler
