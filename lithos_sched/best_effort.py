@@ -259,12 +259,12 @@ class BestEffortPlacement:
         request), the best-effort thread waits, GIL released, on its own queued atom after
         which at most `Policy.yield_queue_us` of work remains (by default its last one),
         then issues again: it takes the GIL about once per drained queue, and its TPCs
-        idle at most for the host time of one issue. Virtual time has no GIL, so the
-        simulated device skips this.
+        idle at most for the host time of one issue. Virtual time has no GIL
+        (`Timeline.virtual`), so the simulated device skips this.
         """
         for t in self._lc:
             self._retire(t)  # the latency-critical thread leaves this to us, off its hot path
-        if self.device.simulated or not self.policy.yield_host_to_latency_critical:
+        if self.timeline.virtual or not self.policy.yield_host_to_latency_critical:
             return
         while any(not t.idle() for t in self._lc if t._remote is None):
             self._retire(tenant)

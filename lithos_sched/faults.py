@@ -142,7 +142,7 @@ class DeviceWaits:
         """The bound of a wait for ``tenant``'s work, or None (the driver's wait, unbounded):
         see `Policy.wait_timeout_s`."""
         bound_s = self.policy.wait_timeout_s
-        if bound_s is None or (not self.device.simulated and tenant.priority is Priority.LATENCY_CRITICAL):
+        if bound_s is None or (not self.timeline.virtual and tenant.priority is Priority.LATENCY_CRITICAL):
             return None
         return bound_s * 1e6
 

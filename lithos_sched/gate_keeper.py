@@ -64,7 +64,7 @@ class GateKeeper:
 
     def arm(self) -> None:
         """A gate was just held: open it once its tenant is idle."""
-        if self._scheduler.device.simulated:
+        if self._scheduler.timeline.virtual:
             if not self._held_armed:
                 self._held_armed = True
                 self._scheduler.timeline.call_at(self._held_wake_us(), lambda: self._run_safely(self._on_held_timer))
@@ -74,7 +74,7 @@ class GateKeeper:
     def at(self, t_us: float, fn: Callable[[], None]) -> None:
         """Run ``fn`` at host time ``t_us`` (the timeline's clock), from the keeper; an
         exception it raises makes the keeper fail open (see the module)."""
-        if self._scheduler.device.simulated:
+        if self._scheduler.timeline.virtual:
             self._scheduler.timeline.call_at(t_us, lambda: self._run_safely(fn))
             return
         with self._cond:

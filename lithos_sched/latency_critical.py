@@ -3,7 +3,9 @@
 A latency-critical launch runs unsplit at once on a high-priority stream of its tenant's
 partition (or, with a right-sizer, of the part of it the kernel needs); outside a request
 it closes the tenant's gate first (`lithos_sched.gates`). A CUDA graph is one request of
-its own. `LatencyCriticalLaunches` is a part of `Scheduler`, in a file of its own.
+its own. One path serves the GPU and the simulated device, and a launch the front end
+offers whole and a plan submitted for the tenant alike (`Scheduler.submit_for`).
+`LatencyCriticalLaunches` is a part of `Scheduler`, in a file of its own.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from lithos_atom.plan import KernelKey, LaunchPlan, LaunchShape, WholeLaunch
+from lithos_atom.plan import KernelKey, LaunchShape, WholeLaunch
 from lithos_sched.faults import cuda_error_code
 from lithos_sched.gates import CLOSED, OPEN, Gate, GateBoard
 from lithos_sched.tenant import Priority
@@ -80,17 +82,18 @@ class LatencyCriticalLaunches:
 
         The hot path of a latency-critical request: one launch, one re-recorded event that
         tells best-effort tenants whether this one is idle, and, one launch in
-        `Policy.lc_timing_every`, timing events for the predictor and the accounting. With
-        a right-sizer the kernel runs on the partition of the TPCs it needs, ordered with
-        the user's stream by two event waits.
+        `Policy.lc_timing_every` (every launch in virtual time: `Timeline.virtual`), timing
+        events for the predictor and the accounting. With a right-sizer the kernel runs on
+        the partition of the TPCs it needs, ordered with the user's stream by two event
+        waits.
         """
         self._check_open(tenant)
         tl = self.timeline
         home = tenant.home
         if tenant._stream_handle is None:
             tenant._stream_handle = tl.handle(home.high)
-            tenant._busy = tl.marker()  # type: ignore[attr-defined]
-            tenant._join = tl.marker()  # type: ignore[attr-defined]
+            tenant._busy = tl.marker()
+            tenant._join = tl.marker()
         user_handle = tl.handle(user)
         base, base_handle = home, tenant._stream_handle
         if tenant._request is not None and user_handle in (0, tenant._request_handle):
@@ -110,7 +113,7 @@ class LatencyCriticalLaunches:
                 stats.kernels += 1
                 stats.atoms += 1
                 tenant._last_submit_us = tl.now_us()
-                timed = (stats.kernels - 1) % self.policy.lc_timing_every == 0
+                timed = tl.virtual or (stats.kernels - 1) % self.policy.lc_timing_every == 0
                 sized = self.right_sizer is not None and base is home  # a block chose its partition
                 shape = describe() if timed or sized else None
                 part = base if shape is None or not sized else self._latency_critical_partition(
@@ -118,7 +121,7 @@ class LatencyCriticalLaunches:
                 stream = part.high
                 own = part is base and user_handle == base_handle
                 if not own:
-                    tl.record_into(tenant._join, user)  # type: ignore[attr-defined]
+                    tl.record_into(tenant._join, user)
                     tl.wait(stream, tenant._join)
                 if timed:
                     assert shape is not None
@@ -137,7 +140,7 @@ class LatencyCriticalLaunches:
                 if not own:
                     # Its own stream tells `Tenant.idle` when an own launch is done; a launch
                     # elsewhere is marked, and the user's stream waits for it.
-                    tl.record_into(tenant._busy, stream)  # type: ignore[attr-defined]
+                    tl.record_into(tenant._busy, stream)
                     tenant._last_end = tenant._busy
                     tl.wait(user, tenant._busy)
                     if part is not home:
@@ -147,11 +150,11 @@ class LatencyCriticalLaunches:
             except Exception as exc:
                 if cuda_error_code(exc) is None:
                     raise
-                raise self._device_error(tenant, "a launch failed", exc) from exc
+                raise self._device_error(tenant, f"a launch of kernel {describe().key.name!r} failed", exc) from exc
             finally:
                 tenant._in_launch = False
-        if timed and len(tenant._inflight) >= _LC_RETIRE_BATCH:
-            self._retire(tenant)  # rarely: best-effort threads retire these between atoms
+        if timed and (tl.virtual or len(tenant._inflight) >= _LC_RETIRE_BATCH):
+            self._retire(tenant)  # on the GPU rarely: best-effort threads retire these between atoms
 
     def _launch_graph(self, tenant: Tenant, graph: Any, user: Any) -> None:
         """Launch a CUDA graph of ``tenant`` on its own TPCs, unsplit, ordered with the
@@ -191,7 +194,7 @@ class LatencyCriticalLaunches:
                 if tenant.gate is not None:
                     tl.write_gate(target, tenant.gate, CLOSED)
             begin = tl.record(target) if request and self._trace_on else None
-            graph.launch(stream=tl.as_cupy(target))  # type: ignore[attr-defined]
+            graph.launch(stream=tl.as_cupy(target))
             end = tl.record(target)
             if request and tenant.gate is not None:
                 with tenant._gate_lock:  # what launches held before the graph is done once it is
@@ -203,27 +206,6 @@ class LatencyCriticalLaunches:
                 tl.wait(user_stream, end)
             tenant._last_end = end
             tenant._last_submit_us = tl.now_us()
-
-    def _run_latency_critical(self, tenant: Tenant, plan: LaunchPlan, user: Any) -> None:
-        tl = self.timeline
-        part = self._latency_critical_partition(tenant, plan.key, plan.total_blocks, plan.wave_blocks)
-        stream = part.high
-        tenant._last_submit_us = tl.now_us()
-        own = tl.handle(user) == tl.handle(stream)
-        if not own:
-            tl.wait(stream, tl.record(user))
-        predicted = self.predictor.predict_us(plan.key, part.num_tpcs, plan.total_blocks,
-                                              self._wave_blocks(plan, part))
-        self._close_gate_for_launch(tenant, stream)
-        rec = self._issue(tenant, plan, 0, plan.total_blocks, part, stream, predicted, False)
-        plan.complete()
-        tenant._last_end = rec.end
-        tenant._last_submit_us = tl.now_us()
-        if not own:
-            tl.wait(user, rec.end)
-        if part is not tenant.home:
-            tenant._gate_after = rec.end
-        self._retire(tenant)
 
     def _latency_critical_partition(self, tenant: Tenant, key: KernelKey, total_blocks: int,
                                     device_wave_blocks: int) -> Any:

@@ -22,10 +22,12 @@ class ProcessTuning:
         self._switching = 0  # open schedulers that set the switch interval
         self._saved_interval = 0.0
 
-    def enter(self, policy: Policy, simulated: bool) -> tuple[bool, bool]:
-        """Apply ``policy``'s settings for a new scheduler; returns what it took part in."""
+    def enter(self, policy: Policy, virtual: bool) -> tuple[bool, bool]:
+        """Apply ``policy``'s settings for a new scheduler (``virtual``: its host time is
+        virtual, `Timeline.virtual`, and no thread waits for the GIL); returns what it took
+        part in."""
         freeze = policy.freeze_gc
-        switch = policy.gil_switch_interval_s is not None and not simulated
+        switch = policy.gil_switch_interval_s is not None and not virtual
         with self._lock:
             if freeze:
                 gc.collect()

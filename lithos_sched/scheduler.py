@@ -47,7 +47,7 @@ from lithos_sched.process_tuning import TUNING
 from lithos_sched.remote_tenants import RemoteTenants
 from lithos_sched.rightsizing import RightSizer
 from lithos_sched.tenant import Priority, TenantConfigError, TenantSpec, assign_tpcs, specs_from
-from lithos_sched.timeline import CupyTimeline, SimTimeline, Timeline
+from lithos_sched.timeline import Timeline, timeline_for
 from lithos_sched.tenant_runtime import Tenant, current_tenant
 from lithos_sched.trace_buffer import TraceBuffer, TraceRow
 
@@ -105,7 +105,7 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
         self.device = device
         self.predictor = predictor or LatencyPredictor()
         self.right_sizer = right_sizer
-        self.timeline: Timeline = SimTimeline(device) if device.simulated else CupyTimeline()
+        self.timeline: Timeline = timeline_for(device)
         specs = specs_from(tenants)
         if not specs:
             raise TenantConfigError("a scheduler needs at least one tenant")
@@ -135,7 +135,7 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
                 t.gate = self._gate_board.new_gate()
         self._gate_keeper = GateKeeper(self)
         self._stranded_guards: set[str] = set()  # best-effort tenants with a `_guard_stranded` check pending
-        self._tuning = TUNING.enter(self.policy, device.simulated)
+        self._tuning = TUNING.enter(self.policy, self.timeline.virtual)
 
     # ---- public API --------------------------------------------------------------
 
@@ -209,6 +209,11 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
             tenant's own stream (the default stream would escape the partition).
         """
         self._check_open(tenant)
+        if tenant.priority is Priority.LATENCY_CRITICAL:
+            # the one latency-critical path, as for a launch the front end offers whole
+            self._launch_latency_critical(tenant, plan_launch(plan), stream, plan_shape(plan))
+            plan.complete()
+            return
         user = stream
         if user is None or self.timeline.handle(user) == 0:
             user = tenant.stream
@@ -220,14 +225,11 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
             tenant._in_launch = True
             try:
                 tenant.stats.kernels += 1
-                if tenant.priority is Priority.LATENCY_CRITICAL:
-                    self._run_latency_critical(tenant, plan, user)
-                else:
-                    cpu0 = time.thread_time_ns()
-                    try:
-                        self._run_best_effort(tenant, plan, user)
-                    finally:
-                        tenant.stats.host_cpu_us += (time.thread_time_ns() - cpu0) / 1e3
+                cpu0 = time.thread_time_ns()
+                try:
+                    self._run_best_effort(tenant, plan, user)
+                finally:
+                    tenant.stats.host_cpu_us += (time.thread_time_ns() - cpu0) / 1e3
             except Exception as exc:
                 if cuda_error_code(exc) is None:
                     raise
@@ -387,15 +389,14 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
 
     def _route(self, stream: Any) -> tuple[Tenant | None, Any]:
         """The tenant a launch of the calling thread on ``stream`` runs as (None: as
-        written), and the stream to order it with: for a thread bound to no tenant
-        launching on the GPU's default stream, `LEGACY_STREAM` (handle 0 would mean the
-        tenant's own stream, unordered with the thread's work)."""
+        written), and the stream to order it with (for a thread bound to no tenant,
+        `Timeline.thread_stream`)."""
         tenant = current_tenant()
         if tenant is not None:
             return (tenant if tenant.scheduler is self else None), stream
         tenant = self._default_tenant
-        if tenant is not None and not self.device.simulated and self.timeline.handle(stream) == 0:
-            stream = LEGACY_STREAM
+        if tenant is not None:
+            stream = self.timeline.thread_stream(stream)
         return tenant, stream
 
     def _request_opened(self) -> None:
@@ -415,7 +416,7 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
 
     def _holds_for_requests(self) -> bool:
         """Whether a best-effort thread would be held now (`_hold_for_requests`)."""
-        return bool(self._requests_open) and not self.device.simulated and self.policy.hold_best_effort_in_requests
+        return bool(self._requests_open) and not self.timeline.virtual and self.policy.hold_best_effort_in_requests
 
     def _hold_for_requests(self, tenant: Tenant) -> bool:
         """On the GPU, hold the best-effort ``tenant``'s thread (GIL released) while a
@@ -480,16 +481,21 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
                                    r.count, r.predicted_us, r.stolen, tl.elapsed_us(self._t0, r.start), measured)
 
 
-class _LegacyStream:
-    """The legacy default stream by its explicit handle, ``CU_STREAM_LEGACY`` (1): the
-    scheduler orders a launch with it as with any user stream (events both ways)."""
+def plan_launch(plan: LaunchPlan) -> WholeLaunch:
+    """``launch(stream)`` that issues all of ``plan``'s blocks on ``stream`` at once (in
+    pieces of at most 2**31 - 1 blocks, the most a 1-D grid holds)."""
+    def launch(stream: Any) -> None:
+        done = 0
+        while done < plan.total_blocks:
+            n = min(plan.total_blocks - done, _MAX_GRID_X)
+            plan.issue_range(done, n, stream)
+            done += n
+    return launch
 
-    def __cuda_stream__(self) -> tuple[int, int]:
-        return (0, 1)
 
-
-#: The stream `Scheduler._route` orders an unbound thread's default-stream launches with.
-LEGACY_STREAM = _LegacyStream()
+def plan_shape(plan: LaunchPlan) -> Callable[[], LaunchShape]:
+    """``describe()`` of ``plan``'s launch, as a front end gives it."""
+    return lambda: LaunchShape(plan.key, plan.total_blocks, plan.wave_blocks)
 
 
 def _ranges(ids: Any) -> str:

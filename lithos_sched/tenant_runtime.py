@@ -200,8 +200,7 @@ class Tenant:
         stack.enter_context(using_atomizer(self._atomizer))  # the first one imports Numba
         if s.policy.freeze_gc:
             gc.freeze()
-        if not s.device.simulated:
-            stack.enter_context(s.timeline.as_cupy(self.stream))  # type: ignore[attr-defined]
+        stack.enter_context(s.timeline.use(self.stream))
         hold = get_settings().hold_gil
         stack.enter_context(driver_calls.gil_held(
             hold == "all" or (hold == "latency-critical" and self.priority is Priority.LATENCY_CRITICAL)))
@@ -418,8 +417,7 @@ class Tenant:
         part = s._first_tpcs_partition(self, n)
         tl.wait(part.high, tl.record(self.stream))  # after what the tenant queued before
         with contextlib.ExitStack() as stack:
-            if not s.device.simulated:
-                stack.enter_context(tl.as_cupy(part.high))  # type: ignore[attr-defined]
+            stack.enter_context(tl.use(part.high))
             self._request, self._request_handle = part, tl.handle(part.high)
             self._active_tpcs = part.tpcs
             try:

@@ -4,17 +4,23 @@ The scheduler records events around atoms, makes streams wait on events, polls t
 reads elapsed times. On the GPU these are driver events of the primary context, which
 order work across the primary context and green contexts both ways (docs/design.md), made
 through `lithos_atom.driver_calls` (a latency-critical thread keeps the GIL in every call
-but the blocking wait). User
-streams may be CuPy streams, Numba/cuda.core streams or anything with ``__cuda_stream__``. On the simulated device the device's own streams and events
-are used, in virtual time.
+but the blocking wait). User streams may be CuPy streams, Numba/cuda.core streams or
+anything with ``__cuda_stream__``. On the simulated device the device's own streams and
+events are used, in virtual time.
+
+The scheduler runs one code path on both; what differs between them is here, in the
+`Timeline` of the device (`timeline_for`): virtual time (`Timeline.virtual`), how a stream
+becomes a thread's current one, and how a launch on the default stream is ordered.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from lithos_atom import driver_calls
@@ -27,7 +33,19 @@ _BOUNDED_PAUSE_US = (50.0, 1000.0)
 
 
 class Timeline(Protocol):
-    """What the scheduler needs from streams and events."""
+    """What the scheduler needs from streams and events.
+
+    Attributes
+    ----------
+    virtual : bool
+        Whether host time is the device's virtual time (the simulated device). Host work
+        then costs no time and every tenant is driven from one thread, so the scheduler
+        saves no host time (it times and retires every latency-critical launch, not one in
+        `Policy.lc_timing_every`), holds or yields no thread for another's GIL, and its
+        gate keeper runs on the timeline's timers (`call_at`) instead of a thread.
+    """
+
+    virtual: bool
 
     def record(self, stream: Any, blocking: bool = False) -> Any:
         """Record an event on ``stream`` and return it; with ``blocking``, a thread waiting
@@ -87,6 +105,50 @@ class Timeline(Protocol):
     def is_capturing(self, stream: Any) -> bool:
         """Whether ``stream`` is capturing a CUDA graph (never on the simulated device)."""
 
+    def marker(self) -> Any:
+        """A reusable event for `record_into`, complete until first recorded."""
+
+    def record_into(self, event: Any, stream: Any) -> None:
+        """Record ``event`` (a `marker`) again on ``stream``: it completes when the work
+        queued so far does (no event is made, so a hot path allocates nothing)."""
+
+    def use(self, stream: Any) -> AbstractContextManager[Any]:
+        """A context manager that makes ``stream`` the calling thread's current stream
+        (CuPy's, on the GPU, so CuPy's own ops and cuBLAS run on it; nothing to set on the
+        simulated device)."""
+
+    def as_cupy(self, stream: Any) -> Any:
+        """``stream`` as a graph's ``launch`` takes it: a ``cupy.cuda.Stream`` on the GPU,
+        the simulated stream itself on the simulated device."""
+
+    def thread_stream(self, stream: Any) -> Any:
+        """The stream that orders a launch a thread bound to no tenant made on ``stream``:
+        on the GPU, for the default stream (handle 0), the legacy default stream by its
+        explicit handle (`LEGACY_STREAM`: handle 0 would mean the tenant's own stream,
+        unordered with the thread's work); otherwise ``stream``."""
+
+    def call_at(self, t_us: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` when host time reaches ``t_us`` (`virtual` timelines only: a GPU
+        timeline raises ``NotImplementedError``, its gate keeper has a thread)."""
+
+
+class _LegacyStream:
+    """The legacy default stream by its explicit handle, ``CU_STREAM_LEGACY`` (1): the
+    scheduler orders a launch with it as with any user stream (events both ways)."""
+
+    def __cuda_stream__(self) -> tuple[int, int]:
+        return (0, 1)
+
+
+#: The stream `Timeline.thread_stream` orders an unbound thread's default-stream launches with.
+LEGACY_STREAM = _LegacyStream()
+
+
+def timeline_for(device: Any) -> Timeline:
+    """The `Timeline` of ``device``: virtual time on the simulated device, driver events on
+    the GPU."""
+    return SimTimeline(device) if device.simulated else CupyTimeline()
+
 
 class DeviceEvent:
     """A driver event of the primary context, made, queried and destroyed through
@@ -139,6 +201,15 @@ class CupyTimeline:
 
         return as_cupy_stream(stream)
 
+    def use(self, stream: Any) -> AbstractContextManager[Any]:
+        return self.as_cupy(stream)  # a CuPy stream is current inside its ``with`` block
+
+    def thread_stream(self, stream: Any) -> Any:
+        return LEGACY_STREAM if self.handle(stream) == 0 else stream
+
+    def call_at(self, t_us: float, fn: Callable[[], None]) -> None:
+        raise NotImplementedError("the GPU's host time is real: its gate keeper runs a thread")
+
     def record(self, stream: Any, blocking: bool = False) -> Any:
         event = DeviceEvent(driver_calls.EVENT_BLOCKING_SYNC if blocking else driver_calls.EVENT_DEFAULT)
         driver_calls.event_record(event.ptr, self.as_cupy(stream).ptr)
@@ -152,14 +223,12 @@ class CupyTimeline:
         return event
 
     def marker(self) -> Any:
-        """A reusable event without timing, for `record_into` (GPU only). It is polled,
-        not waited on in the hot path, so it is not a blocking-sync event (those make the
-        driver take an interrupt at completion)."""
+        """A reusable event without timing. It is polled, not waited on in the hot path,
+        so it is not a blocking-sync event (those make the driver take an interrupt at
+        completion)."""
         return DeviceEvent(driver_calls.EVENT_DISABLE_TIMING)
 
     def record_into(self, event: Any, stream: Any) -> None:
-        """Record ``event`` again on ``stream``: it completes when the work queued so far
-        does (no event is made, so a hot path allocates nothing)."""
         driver_calls.event_record(event.ptr, self.as_cupy(stream).ptr)
 
     def wait(self, stream: Any, event: Any) -> None:
@@ -253,6 +322,8 @@ class SimTimeline:
     driven deterministically from one thread.
     """
 
+    virtual = True
+
     def __init__(self, device: Any) -> None:
         self._device = device
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
@@ -289,14 +360,18 @@ class SimTimeline:
         return self.marker()
 
     def marker(self) -> Any:
-        """A reusable event for `record_into`, complete (now) until first recorded."""
         event = SimEvent(self._device)
-        event.time_us = self.now_us()
+        event.time_us = self.now_us()  # complete (now) until first recorded
         return event
 
     def record_into(self, event: Any, stream: Any) -> None:
-        """Record ``event`` again on ``stream`` (see `CupyTimeline.record_into`)."""
         stream.record_into(event)
+
+    def use(self, stream: Any) -> AbstractContextManager[Any]:
+        return contextlib.nullcontext(stream)  # the simulator has no current stream to set
+
+    def thread_stream(self, stream: Any) -> Any:
+        return stream  # no thread has a default stream of its own here
 
     def wait(self, stream: Any, event: Any) -> None:
         stream.wait(event)
@@ -361,5 +436,4 @@ class SimTimeline:
         return False
 
     def as_cupy(self, stream: Any) -> Any:
-        """``stream`` itself: a simulated graph launches on the simulated stream."""
-        return stream
+        return stream  # a simulated graph launches on the simulated stream

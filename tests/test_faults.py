@@ -358,12 +358,12 @@ def test_a_bounded_gpu_wait_polls_with_growing_pauses_and_times_out(monkeypatch)
 def test_a_latency_critical_tenants_waits_on_the_gpu_stay_in_the_driver():
     device, sched = make()
     assert sched._wait_bound_us(sched.tenant("be")) == 60e6
-    assert sched._wait_bound_us(sched.tenant("lc")) == 60e6  # the simulated device bounds every wait
-    device.simulated = False
+    assert sched._wait_bound_us(sched.tenant("lc")) == 60e6  # virtual time bounds every wait
+    sched.timeline.virtual = False  # as on the GPU's timeline
     try:
         assert sched._wait_bound_us(sched.tenant("lc")) is None and sched._wait_bound_us(sched.tenant("be")) == 60e6
     finally:
-        device.simulated = True
+        del sched.timeline.virtual
     sched.close()
 
 

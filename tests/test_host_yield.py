@@ -18,7 +18,7 @@ SPECS = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5), TenantSpec("be"
 def scheduler(policy: Policy) -> tuple[Scheduler, SimTimeline]:
     device = SimDevice(num_tpcs=8, seed=0)
     sched = Scheduler(device, SPECS, policy)
-    device.simulated = False  # take the GPU path: the simulated device has no GIL to yield
+    sched.timeline.virtual = False  # take the GPU path: virtual time has no GIL to yield
     return sched, sched.timeline
 
 

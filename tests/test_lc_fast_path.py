@@ -4,6 +4,7 @@ checked against a timeline that records every operation."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import pytest
@@ -17,7 +18,10 @@ SHAPE = LaunchShape(KernelKey("k", (8, 1, 1), (256, 1, 1), 0, ((2048,),)), 8, 8 
 
 
 class RecordingTimeline:
-    """Records stream operations as (op, stream handle) tuples; events are ints."""
+    """Records stream operations as (op, stream handle) tuples; events are ints. Its host
+    time is real, as the GPU's is (one launch in `Policy.lc_timing_every` is timed)."""
+
+    virtual = False
 
     def __init__(self) -> None:
         self.ops: list[tuple] = []
@@ -68,6 +72,12 @@ class RecordingTimeline:
         pass  # the gate keeper's timers never fire here
 
     def as_cupy(self, stream):  # noqa: ANN001, ANN201
+        return stream
+
+    def use(self, stream):  # noqa: ANN001, ANN201
+        return contextlib.nullcontext(stream)  # no CuPy current stream to set
+
+    def thread_stream(self, stream):  # noqa: ANN001, ANN201
         return stream
 
     def is_capturing(self, stream) -> bool:  # noqa: ANN001

@@ -16,7 +16,7 @@ SPECS = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5), TenantSpec("be"
 
 def scheduler(policy: Policy | None = None) -> Scheduler:
     sched = Scheduler(SimDevice(num_tpcs=8, seed=0), SPECS, policy or Policy())
-    sched.device.simulated = False  # take the GPU path: the simulated device has no GIL to hold for
+    sched.timeline.virtual = False  # take the GPU path: virtual time has no GIL to hold for
     return sched
 
 
@@ -40,7 +40,7 @@ class RequestThread(threading.Thread):
 
 def test_a_request_marks_the_tenant_busy_and_nested_blocks_count_once():
     sched = scheduler(Policy(lc_idle_grace_us=0.0))
-    sched.device.simulated = True  # idle() asks the simulated streams
+    sched.timeline.virtual = True
     lc = sched.tenant("lc")
     scheduler_module._current.tenant = lc
     try:

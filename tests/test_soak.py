@@ -57,8 +57,8 @@ def test_overlapping_schedulers_leave_the_switch_interval_as_they_found_it():
     from lithos_sched.process_tuning import ProcessTuning
 
     tuning, policy, before = ProcessTuning(), Policy(gil_switch_interval_s=0.0002, freeze_gc=False), sys.getswitchinterval()
-    first = tuning.enter(policy, simulated=False)
-    second = tuning.enter(policy, simulated=False)
+    first = tuning.enter(policy, virtual=False)
+    second = tuning.enter(policy, virtual=False)
     try:
         tuning.leave(first)  # the first to open closes first: the other still wants it
         assert sys.getswitchinterval() == pytest.approx(0.0002)
