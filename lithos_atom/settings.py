@@ -34,9 +34,9 @@ class Settings:
     disk_cache : bool
         Whether the on-disk kernel cache is used (``LITHOS_DISK_CACHE``, default on).
     atom_us : float
-        Default target duration of one atom in microseconds, finite and > 0
-        (``LITHOS_ATOM_US``, default 250, the low end of what the LithOS paper found to
-        work well).
+        Target duration of one atom in microseconds, finite and > 0 (``LITHOS_ATOM_US``,
+        default `DEFAULT_ATOM_US`): the one setting atoms are sized from, by the scheduler
+        when one is active (``Policy.atom_us``) and by the atomizer otherwise.
     strict : bool
         Default for ``strict``: raise instead of running a kernel whole when it cannot be
         atomized (``LITHOS_STRICT``, default off).
@@ -51,6 +51,11 @@ class Settings:
     strict: bool
     hold_gil: str
 
+
+#: ``LITHOS_ATOM_US`` where it is unset: every atom costs a Python host tens of microseconds
+#: and a GIL hand-off to issue, so much shorter atoms cost more host time than the latency
+#: they save (LithOS's 250-500 us come from a C++ host).
+DEFAULT_ATOM_US = 1000.0
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -154,7 +159,7 @@ VARIABLES: dict[str, Variable] = _variables(
     ("LITHOS_CACHE_DIR", lambda n: _read_directory(n, Path.home() / ".cache" / "lithos"),
      "the kernel cache's folder (`Settings.cache_dir`)"),
     ("LITHOS_DISK_CACHE", lambda n: _read_bool(n, True), "whether kernels are cached on disk"),
-    ("LITHOS_ATOM_US", lambda n: _read_positive_float(n, 250.0), "the default atom duration in us"),
+    ("LITHOS_ATOM_US", lambda n: _read_positive_float(n, DEFAULT_ATOM_US), "the atom duration in us"),
     ("LITHOS_STRICT", lambda n: _read_bool(n, False), "refuse kernels that cannot be atomized"),
     ("LITHOS_HOLD_GIL", lambda n: _read_choice(n, HOLD_GIL_CHOICES, "latency-critical"),
      "which launches keep the GIL in driver calls"),

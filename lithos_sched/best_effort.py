@@ -334,6 +334,10 @@ class BestEffortPlacement:
         return per_sm * partition.num_sms
 
     def _atom_blocks(self, plan: LaunchPlan, partition: Any, remaining: int) -> int:
+        """The blocks of the next atom of ``plan`` on ``partition``: a scheduler sizes its
+        tenants' atoms here, from `Policy.atom_us` or `Policy.home_atom_us` (the plan's own
+        ``atom_blocks``, sized by the front end for an atomizer that issues the plan
+        itself, is not used)."""
         if not plan.atomized or not self.policy.atomize_best_effort:
             return remaining
         wave = self._wave_blocks(plan, partition)

@@ -6,6 +6,7 @@ import dataclasses
 import math
 from typing import Literal
 
+from lithos_atom.settings import get_settings
 from lithos_sched.fields import is_int, is_number, require
 
 #: The values of `Policy.blocking_waits`.
@@ -25,9 +26,10 @@ class Policy:
     ----------
     atom_us : float
         Target duration of a best-effort atom on TPCs a latency-critical tenant owns: a
-        request waits at most about this long for them. LithOS uses 250-500 us from C++;
-        the default is longer because, without device gates, every atom costs tens of
-        microseconds of Python and GIL time.
+        request waits at most about this long for them. The default is ``LITHOS_ATOM_US``
+        (`lithos_atom.settings.Settings.atom_us`) when the `Policy` is made: one setting
+        sizes every atom, the scheduler's and the plain atomizer's alike (its default,
+        `lithos_atom.settings.DEFAULT_ATOM_US`, says why).
     queue_cap_us : float
         Without device gates: a best-effort thread issues its next atom on such TPCs once
         its work queued there is predicted to drain within this time (about one atom of
@@ -130,7 +132,7 @@ class Policy:
         every wait in the driver, unbounded.
     """
 
-    atom_us: float = 1000.0
+    atom_us: float = dataclasses.field(default_factory=lambda: get_settings().atom_us)
     queue_cap_us: float = 250.0
     home_atom_us: float = 4000.0
     home_queue_cap_us: float = 2000.0

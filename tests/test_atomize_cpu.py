@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import lithos
 from lithos_atom import interception
 from lithos_atom.atomizer import AtomizeOptions
-from lithos_atom.settings import reload_settings
+from lithos_atom.settings import DEFAULT_ATOM_US, reload_settings
 from lithos_atom.sizing import choose_atom_blocks
 
 
@@ -190,7 +190,7 @@ def test_atomize_numba_kernel_keeps_dispatcher_attributes():
             out[i] = 2 * x[i]
 
     assert scale.py_func.__name__ == "scale"
-    assert scale.options.atom_us == 250.0
+    assert scale.options.atom_us == DEFAULT_ATOM_US  # LITHOS_ATOM_US is unset here
 
 
 SOURCE = r'''

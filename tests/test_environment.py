@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lithos_atom.settings import VARIABLES, check_environment, get_settings, read_variable, reload_settings
+from lithos_atom.settings import (DEFAULT_ATOM_US, VARIABLES, check_environment, get_settings, read_variable,
+                                   reload_settings)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,7 +62,7 @@ def test_an_unknown_variable_gets_one_warning_naming_it_and_the_known_ones(clean
     [warning] = caught
     text = str(warning.message)
     assert "LITHOS_ATOM_USS" in text and "LITHOS_ATOM_US," in text and "\n" not in text
-    assert get_settings().atom_us == 250.0  # the typo changed nothing
+    assert get_settings().atom_us == DEFAULT_ATOM_US  # the typo changed nothing
 
 
 def test_unset_variables_read_as_their_defaults(clean_environment):
@@ -84,3 +85,18 @@ def test_a_scheduler_checks_the_environment_when_it_is_made(clean_environment):
     get_settings.cache_clear()
     with pytest.raises(ValueError, match="LITHOS_LEDGER_DIR='/nonexistent/lithos'"):
         Scheduler(device, [TenantSpec("be", Priority.BEST_EFFORT, share=1.0)])
+
+
+def test_one_setting_sizes_every_atom_the_schedulers_and_the_plain_atomizers(clean_environment):
+    from lithos_atom.atomizer import Atomizer
+    from lithos_sched import Policy, Priority, Scheduler, SimDevice, TenantSpec
+
+    assert Policy().atom_us == Atomizer().options.atom_us == DEFAULT_ATOM_US
+    clean_environment.setenv("LITHOS_ATOM_US", "300")
+    reload_settings()
+    sched = Scheduler(SimDevice(num_tpcs=4), [TenantSpec("be", Priority.BEST_EFFORT, share=1.0)])
+    try:
+        assert sched.policy.atom_us == sched.options.atom_us == Atomizer().options.atom_us == 300.0
+        assert Policy(atom_us=500).atom_us == 500.0  # a policy's own value wins
+    finally:
+        sched.close()
