@@ -123,12 +123,12 @@ class LatencyCriticalLaunches:
                 if not own:
                     tl.record_into(tenant._join, user)
                     tl.wait(stream, tenant._join)
+                self._close_gate_for_launch(tenant, stream)  # first: the timed span is the kernel's
                 if timed:
                     assert shape is not None
                     wave = self._partition_wave(shape.wave_blocks, part)
                     predicted = self.predictor.predict_us(shape.key, part.num_tpcs, shape.total_blocks, wave)
                     begin = tl.record(stream)
-                self._close_gate_for_launch(tenant, stream)
                 launch(stream)
                 if timed:
                     end = tl.record(stream, blocking=self._blocking_waits(tenant))

@@ -114,12 +114,17 @@ class SimEvent:
     Attributes
     ----------
     time_us : float or None
-        Virtual time at which it completed; None while pending.
+        Virtual time at which its latest record completed; None while that is pending.
+    latest : SimEvent or None
+        Its latest record by `SimStream.record_into`, an event of its own: a wait queued
+        before a later record waits for this one, as ``cuStreamWaitEvent`` waits for the
+        record it was given.
     """
 
     def __init__(self, device: SimDevice):
         self._device = device
         self.time_us: float | None = None
+        self.latest: SimEvent | None = None
 
     def query(self) -> bool:
         """Whether the event has completed (never advances time)."""
@@ -228,14 +233,20 @@ class SimStream:
         """Enqueue ``event`` again: pending from now on, it completes when every earlier
         operation of the stream has (``cuEventRecord`` of an existing event)."""
         self.partition._check_open()
-        event.time_us = None
-        self._ops.append(("record", event))
+        mark = SimEvent(self.device)
+        event.time_us, event.latest = None, mark
+        self._ops.append(("record_into", (event, mark)))
         self.device._progress()
 
     def wait(self, event: SimEvent) -> None:
-        """Later operations of this stream wait until ``event`` has completed."""
+        """Later operations of this stream wait until ``event``'s latest record so far has
+        completed (a record made later does not move the wait, as on a GPU)."""
         self.partition._check_open()
-        self._ops.append(("wait", event))
+        target = event.latest if event.latest is not None else event
+        if target is event and event.time_us is not None:  # complete: for good, even if recorded again
+            target = SimEvent(self.device)
+            target.time_us = event.time_us
+        self._ops.append(("wait", target))
         self.device._progress()
 
     def write_value(self, gate: Any, value: int) -> None:
@@ -567,6 +578,11 @@ class SimDevice:
             kind, payload = s._ops[0]
             if kind == "record":
                 payload.time_us = self.now_us
+            elif kind == "record_into":
+                event, mark = payload
+                mark.time_us = self.now_us
+                if event.latest is mark:  # not recorded again since
+                    event.time_us = self.now_us
             elif kind == "wait":
                 if payload.time_us is None:
                     return moved

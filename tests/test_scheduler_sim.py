@@ -91,17 +91,11 @@ def run_workload(items, policy: Policy | None = None):
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(workload)
-def test_every_submitted_block_runs_exactly_once(items):
-    device, _, submitted = run_workload(items)
+def test_every_submitted_block_runs_exactly_once_and_each_tenant_runs_its_kernels_in_order(items):
+    device, _, submitted = run_workload(items)  # one run, both invariants
     ran = blocks_by_kernel(device)
     for name, (_, k, *_rest) in submitted.items():
         assert sorted(ran[name]) == list(range(k.grid_blocks)), name
-
-
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(workload)
-def test_each_tenant_runs_its_kernels_in_order(items):
-    device, _, submitted = run_workload(items)
     spans = {}
     for r in device.records:
         lo, hi = spans.get(r.kernel, (float("inf"), 0.0))
@@ -112,7 +106,7 @@ def test_each_tenant_runs_its_kernels_in_order(items):
             assert spans[b][0] >= spans[a][1] - 1e-9, (a, b)
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.floats(20.0, 300.0), st.integers(1, 4), st.lists(st.floats(100.0, 20000.0), min_size=1, max_size=6))
 def test_latency_critical_waits_at_most_about_one_best_effort_block(be_block_us, per_sm, arrivals):
     device, sched = make()

@@ -365,3 +365,21 @@ def test_a_partition_stays_open_until_every_holder_closed_it():
     dev.partition(range(2))
     dev.close()  # the device closes every partition, however many hold it
     assert held.closed
+
+
+def test_a_wait_keeps_the_record_it_was_given_when_the_event_is_recorded_again():
+    from lithos_sched.sim_device import SimEvent, SimKernel
+
+    dev = SimDevice(num_tpcs=4, seed=0)
+    a, b = dev.partition([0, 1]), dev.partition([2, 3])
+    marker = SimEvent(dev)
+    a.normal.launch(SimKernel("first", 1, 100.0))
+    a.normal.record_into(marker)
+    b.normal.wait(marker)  # waits for "first" only
+    a.normal.launch(SimKernel("second", 1, 1000.0))
+    a.normal.record_into(marker)  # a later record, after "second"
+    waited = b.normal.record()
+    waited.synchronize()
+    assert waited.time_us == pytest.approx(100.0, abs=5.0) and not marker.query()
+    marker.synchronize()
+    assert marker.time_us == pytest.approx(1100.0, abs=10.0)
