@@ -29,7 +29,7 @@ _SHORT_REASON = "predicted to run within one atom"
 class BestEffortPlacement:
     """`Scheduler`'s best-effort launch path (a mixin of `Scheduler`)."""
 
-    def _launch_short_best_effort(self, tenant: Tenant, launch: WholeLaunch, user: Any,
+    def launch_short_best_effort(self, tenant: Tenant, launch: WholeLaunch, user: Any,
                                   describe: Callable[[], LaunchShape]) -> bool:
         """Issue a best-effort launch unsplit when it is predicted to be one atom anyway
         (`Policy.short_best_effort_whole`); returns False, issuing nothing, otherwise (the
@@ -138,7 +138,7 @@ class BestEffortPlacement:
                 lcs = open_lcs if stolen_part is not None else ()
                 gates = [t.gate for t in self._lc if t.gate is not None] if may_steal else []
                 targets = [tenant.home] if stolen_part is None else [tenant.home, stolen_part]
-            self._retire(tenant)
+            self.retire(tenant)
             self._guard_stranded(tenant, gates)
             hold = hold and self._hold_for_requests(tenant)
             part = self._gated_room(tenant, targets, stolen_part, lcs)
@@ -159,7 +159,7 @@ class BestEffortPlacement:
         every `Policy.request_hold_max_us`: an atom that waited behind a closed gate
         through a whole such period gets the gate forced for it (`Gate.force`) until
         every atom queued then has started (see `GateKeeper`)."""
-        if tenant.name in self._stranded_guards or not any(r.stolen for r in tenant._inflight):
+        if tenant.name in self._stranded_guards or not any(r.stolen for r in tenant.book.inflight):
             return
         self._stranded_guards.add(tenant.name)
         tl = self.timeline
@@ -170,7 +170,7 @@ class BestEffortPlacement:
                 self._stranded_guards.discard(tenant.name)
                 return  # the keeper failed open: every gate stays forced
             # a snapshot, not the tenant's lock: its thread holds that for a whole launch
-            stolen = [r for r in tuple(tenant._inflight) if r.stolen]
+            stolen = [r for r in tuple(tenant.book.inflight) if r.stolen]
             waiting = frozenset(id(r.start) for r in stolen if not tl.done(r.start))
             forced = [g for g in gates if g.forced]
             if forced and not waiting:
@@ -199,7 +199,7 @@ class BestEffortPlacement:
     def _steal_partition(self, lcs: Sequence[Tenant]) -> Any:
         """The partition of the stealable TPCs of the latency-critical tenants ``lcs``, or
         None where they have none."""
-        tpcs = frozenset().union(*(t._stealable for t in lcs))
+        tpcs = frozenset().union(*(t.stealable for t in lcs))
         if not tpcs:
             return None
         part = self._steal_partitions.get(tpcs)
@@ -214,7 +214,7 @@ class BestEffortPlacement:
         now = self.timeline.now_us()
         best, best_drain = None, math.inf
         for part in targets:
-            queued = [r for r in tenant._inflight if r.partition is part]
+            queued = [r for r in tenant.book.inflight if r.partition is part]
             drain = max([now, *(r.predicted_end_us for r in queued)])
             if part is stolen_part:
                 # a tenant in this process may run work the scheduler never saw (CuPy's own
@@ -243,7 +243,7 @@ class BestEffortPlacement:
             return  # a queue drained while we looked
         closed = [g for g in gates if not g.is_open()]
         stop = (lambda: any(g.is_open() for g in closed)) if closed and self.policy.steal_poll_us else None
-        self._wait_event(first, stop)
+        self.wait_atom(first, stop)
         tenant.stats.queue_wait_ms += (self.timeline.now_us() - now) / 1000.0
 
     def _yield_to_latency_critical(self, tenant: Tenant) -> None:
@@ -263,22 +263,22 @@ class BestEffortPlacement:
         (`Timeline.virtual`), so the simulated device skips this.
         """
         for t in self._lc:
-            self._retire(t)  # the latency-critical thread leaves this to us, off its hot path
+            self.retire(t)  # the latency-critical thread leaves this to us, off its hot path
         if self.timeline.virtual or not self.policy.yield_host_to_latency_critical:
             return
-        while any(not t.idle() for t in self._lc if t._remote is None):
-            self._retire(tenant)
+        while any(not t.idle() for t in self._lc if not t.remote):
+            self.retire(tenant)
             low = self._low_point(self._queued(tenant), self.policy.yield_queue_us)
             if low is None:
                 return
             t0 = self.timeline.now_us()
-            self._wait_event(low)
+            self.wait_atom(low)
             tenant.stats.yield_wait_ms += (self.timeline.now_us() - t0) / 1000.0
 
     @staticmethod
     def _queued(tenant: Tenant, partition: Any = None) -> list[AtomRecord]:
         """The atoms ``tenant`` has in flight (on ``partition``, or anywhere), by predicted end."""
-        return sorted((r for r in tenant._inflight if partition is None or r.partition is partition),
+        return sorted((r for r in tenant.book.inflight if partition is None or r.partition is partition),
                       key=lambda r: r.predicted_end_us)
 
     def _low_point(self, queued: list[AtomRecord], cap_us: float) -> AtomRecord | None:
@@ -294,7 +294,7 @@ class BestEffortPlacement:
     def _emptier_stream(self, tenant: Tenant, partition: Any) -> Any:
         """Of the partition's two normal streams, the one whose queued work drains first."""
         ends = {id(s): -math.inf for s in (partition.normal, partition.normal_b)}
-        for r in tenant._inflight:
+        for r in tenant.book.inflight:
             if id(r.stream) in ends:
                 ends[id(r.stream)] = max(ends[id(r.stream)], r.predicted_end_us)
         return partition.normal if ends[id(partition.normal)] <= ends[id(partition.normal_b)] else partition.normal_b
@@ -305,7 +305,7 @@ class BestEffortPlacement:
             return tenant.home, False
         # the stealable TPCs of an idle latency-critical tenant, and those a busy one leaves
         # while its work is right-sized
-        free = [t._stealable if t.idle() else t._stealable - t.busy_tpcs() for t in self._lc]
+        free = [t.stealable if t.idle() else t.stealable - t.busy_tpcs() for t in self._lc]
         if not any(free):
             return tenant.home, False
         wave_us = self.predictor.wave_us(plan.key, tenant.home.num_tpcs)
@@ -361,12 +361,12 @@ class BestEffortPlacement:
         shared = self._shared_with_lc(partition)
         cap = self.policy.queue_cap_us if shared else self.policy.home_queue_cap_us
         remote = [] if shared or not self.policy.stealing or not self.policy.steal_poll_us \
-            else [t for t in self._lc if t._remote is not None and not self._frees_tpcs(t)]
+            else [t for t in self._lc if t.remote and not self._frees_tpcs(t)]
         mode = self.policy.issue_ahead_of_drain
         ahead = mode == "all" or (mode == "home" and not shared)
         waited = False
         while not self._closing:
-            self._retire(tenant)
+            self.retire(tenant)
             queued = self._queued(tenant, partition)
             target = self._low_point(queued, cap)
             if target is None:
@@ -378,7 +378,7 @@ class BestEffortPlacement:
                 else:
                     deadline_us = target.predicted_end_us - cap
             t0 = tl.now_us()
-            completed = self._wait_event(target, (lambda: any(self._frees_tpcs(t) for t in remote)) if remote else None,
+            completed = self.wait_atom(target, (lambda: any(self._frees_tpcs(t) for t in remote)) if remote else None,
                                          deadline_us)
             waited = True
             tenant.stats.queue_wait_ms += (tl.now_us() - t0) / 1000.0
@@ -386,7 +386,7 @@ class BestEffortPlacement:
                 return waited  # TPCs to steal, or the queue is predicted to drain within the cap
             # re-anchor the predicted ends of what is still queued at the real completion
             now = tl.now_us()
-            later = sorted((r for r in tenant._inflight
+            later = sorted((r for r in tenant.book.inflight
                             if r.partition is partition and r.predicted_end_us > target.predicted_end_us),
                            key=lambda r: r.predicted_end_us)
             for r in later:
@@ -398,5 +398,5 @@ class BestEffortPlacement:
     def _frees_tpcs(tenant: Tenant) -> bool:
         """Whether the latency-critical ``tenant`` leaves TPCs to steal now: it is idle, or
         its work is right-sized to fewer than its stealable TPCs."""
-        return tenant.idle() or bool(tenant._stealable - tenant.busy_tpcs())
+        return tenant.idle() or bool(tenant.stealable - tenant.busy_tpcs())
 

@@ -96,12 +96,12 @@ class DeviceWaits:
         """The first fault that lost this scheduler's CUDA context, or None."""
         return self._fault
 
-    def _wait_event(self, rec: AtomRecord, stop: Callable[[], bool] | None = None,
+    def wait_atom(self, rec: AtomRecord, stop: Callable[[], bool] | None = None,
                     deadline_us: float | None = None) -> bool:
         return self._wait(rec.tenant, rec.end, f"kernel {rec.key.name!r} (atom blocks {rec.start_block}.."
                                                f"{rec.start_block + rec.count - 1})", stop, deadline_us)
 
-    def _wait_busy(self, tenant: Tenant, event: Any) -> None:
+    def wait_busy(self, tenant: Tenant, event: Any) -> None:
         self._wait(tenant, event, "the work queued on its stream")
 
     def _wait(self, tenant: Tenant, event: Any, what: str, stop: Callable[[], bool] | None = None,
@@ -136,7 +136,7 @@ class DeviceWaits:
         except Exception as exc:
             if cuda_error_code(exc) is None:
                 raise
-            raise self._device_error(tenant, f"{what} failed on the device", exc) from exc
+            raise self.device_error(tenant, f"{what} failed on the device", exc) from exc
 
     def _wait_bound_us(self, tenant: Tenant) -> float | None:
         """The bound of a wait for ``tenant``'s work, or None (the driver's wait, unbounded):
@@ -146,7 +146,7 @@ class DeviceWaits:
             return None
         return bound_s * 1e6
 
-    def _device_error(self, tenant: Tenant, what: str, exc: BaseException) -> KernelFaultError:
+    def device_error(self, tenant: Tenant, what: str, exc: BaseException) -> KernelFaultError:
         """The error ``tenant`` gets for a CUDA error ``exc`` met while ``what``; a sticky
         one becomes the scheduler's fault (the first only)."""
         sticky = is_sticky(exc)

@@ -109,7 +109,7 @@ class GateKeeper:
                 self.failed = exc
                 log.warning("lithos: the gate keeper failed (%s: %s); every gate of the scheduler is forced open "
                             "from now on, so no best-effort atom waits behind one", type(exc).__name__, exc)
-            for t in self._scheduler._lc:
+            for t in self._scheduler.latency_critical_tenants:
                 if t.gate is not None and not t.gate.memory.closed:
                     self._scheduler.timeline.force_gate(t.gate, True)
 

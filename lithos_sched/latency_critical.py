@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from lithos_atom.plan import KernelKey, LaunchShape, WholeLaunch
 from lithos_sched.faults import cuda_error_code
-from lithos_sched.gates import CLOSED, OPEN, Gate, GateBoard
+from lithos_sched.gates import CLOSED, Gate, GateBoard
 from lithos_sched.tenant import Priority
 
 from lithos_sched.accounting import AtomRecord
@@ -45,7 +45,7 @@ class LatencyCriticalLaunches:
             return None
         return board
 
-    def _usable_gate(self, gate: Gate | None) -> Gate | None:
+    def usable_gate(self, gate: Gate | None) -> Gate | None:
         """``gate`` (a followed tenant's, from its `RequestSignal`) if gates are on and the
         device can use it, else None."""
         if gate is None or not self.policy.device_gates or not self._prepare_gates(gate.memory):
@@ -76,7 +76,7 @@ class LatencyCriticalLaunches:
         if tenant.hold_gate(stream):
             self._gate_keeper.arm()
 
-    def _launch_latency_critical(self, tenant: Tenant, launch: WholeLaunch, user: Any,
+    def launch_latency_critical(self, tenant: Tenant, launch: WholeLaunch, user: Any,
                                  describe: Callable[[], LaunchShape]) -> None:
         """Issue one latency-critical launch unsplit on a high-priority stream.
 
@@ -87,32 +87,32 @@ class LatencyCriticalLaunches:
         the partition of the TPCs it needs, ordered with the user's stream by two event
         waits.
         """
-        self._check_open(tenant)
+        self.check_open(tenant)
         tl = self.timeline
         home = tenant.home
-        if tenant._stream_handle is None:
-            tenant._stream_handle = tl.handle(home.high)
-            tenant._busy = tl.marker()
-            tenant._join = tl.marker()
+        if tenant.book.stream_handle is None:
+            tenant.book.stream_handle = tl.handle(home.high)
+            tenant.book.busy = tl.marker()
+            tenant.book.join = tl.marker()
         user_handle = tl.handle(user)
-        base, base_handle = home, tenant._stream_handle
-        if tenant._request is not None and user_handle in (0, tenant._request_handle):
+        base, base_handle = home, tenant.book.stream_handle
+        if tenant.book.request is not None and user_handle in (0, tenant.book.request_handle):
             # inside `Tenant.on_tpcs`: the block's stream, already ordered with the tenant's
-            base, base_handle = tenant._request, tenant._request_handle
+            base, base_handle = tenant.book.request, tenant.book.request_handle
             user, user_handle = base.high, base_handle
-        elif user_handle == 0 or user_handle == tenant._stream_handle:
-            user, user_handle = home.high, tenant._stream_handle  # the tenant's own stream
+        elif user_handle == 0 or user_handle == tenant.book.stream_handle:
+            user, user_handle = home.high, tenant.book.stream_handle  # the tenant's own stream
         timed = False
-        with tenant._lock:
-            if tenant._in_launch:
+        with tenant.book.lock:
+            if tenant.book.in_launch:
                 raise RuntimeError(f"tenant {tenant.name!r} submitted a launch from inside its own launch")
-            tenant._in_launch = True
+            tenant.book.in_launch = True
             try:
                 t_host = time.perf_counter()
                 stats = tenant.stats
                 stats.kernels += 1
                 stats.atoms += 1
-                tenant._last_submit_us = tl.now_us()
+                tenant.book.last_submit_us = tl.now_us()
                 timed = tl.virtual or (stats.kernels - 1) % self.policy.lc_timing_every == 0
                 sized = self.right_sizer is not None and base is home  # a block chose its partition
                 shape = describe() if timed or sized else None
@@ -121,8 +121,8 @@ class LatencyCriticalLaunches:
                 stream = part.high
                 own = part is base and user_handle == base_handle
                 if not own:
-                    tl.record_into(tenant._join, user)
-                    tl.wait(stream, tenant._join)
+                    tl.record_into(tenant.book.join, user)
+                    tl.wait(stream, tenant.book.join)
                 self._close_gate_for_launch(tenant, stream)  # first: the timed span is the kernel's
                 if timed:
                     assert shape is not None
@@ -131,32 +131,32 @@ class LatencyCriticalLaunches:
                     begin = tl.record(stream)
                 launch(stream)
                 if timed:
-                    end = tl.record(stream, blocking=self._blocking_waits(tenant))
+                    end = tl.record(stream, blocking=self.blocking_waits(tenant))
                     now = tl.now_us()
-                    tenant._inflight.append(AtomRecord(
+                    tenant.book.inflight.append(AtomRecord(
                         tenant, shape.key, 0, shape.total_blocks, part, stream, begin, end, wave, predicted,
                         now + (predicted or 0.0), False))
                     stats.timed_atoms += 1
                 if not own:
                     # Its own stream tells `Tenant.idle` when an own launch is done; a launch
                     # elsewhere is marked, and the user's stream waits for it.
-                    tl.record_into(tenant._busy, stream)
-                    tenant._last_end = tenant._busy
-                    tl.wait(user, tenant._busy)
+                    tl.record_into(tenant.book.busy, stream)
+                    tenant.book.last_end = tenant.book.busy
+                    tl.wait(user, tenant.book.busy)
                     if part is not home:
-                        tenant._gate_after = tenant._busy
-                tenant._last_submit_us = tl.now_us()
+                        tenant.book.gate_after = tenant.book.busy
+                tenant.book.last_submit_us = tl.now_us()
                 stats.host_issue_us += (time.perf_counter() - t_host) * 1e6
             except Exception as exc:
                 if cuda_error_code(exc) is None:
                     raise
-                raise self._device_error(tenant, f"a launch of kernel {describe().key.name!r} failed", exc) from exc
+                raise self.device_error(tenant, f"a launch of kernel {describe().key.name!r} failed", exc) from exc
             finally:
-                tenant._in_launch = False
-        if timed and (tl.virtual or len(tenant._inflight) >= _LC_RETIRE_BATCH):
-            self._retire(tenant)  # on the GPU rarely: best-effort threads retire these between atoms
+                tenant.book.in_launch = False
+        if timed and (tl.virtual or len(tenant.book.inflight) >= _LC_RETIRE_BATCH):
+            self.retire(tenant)  # on the GPU rarely: best-effort threads retire these between atoms
 
-    def _launch_graph(self, tenant: Tenant, graph: Any, user: Any) -> None:
+    def launch_graph_for(self, tenant: Tenant, graph: Any, user: Any) -> None:
         """Launch a CUDA graph of ``tenant`` on its own TPCs, unsplit, ordered with the
         user's stream by events where it is another.
 
@@ -165,30 +165,30 @@ class LatencyCriticalLaunches:
         for it and resume when it ends with no host involved. A best-effort graph cannot
         be split into atoms or preempted: it runs whole on the tenant's own TPCs, never on
         stolen ones (one warning per scheduler)."""
-        self._check_open(tenant)
+        self.check_open(tenant)
         try:
             self._launch_graph_on(tenant, graph, user)
         except Exception as exc:
             if cuda_error_code(exc) is None:
                 raise
-            raise self._device_error(tenant, "a graph launch failed", exc) from exc
+            raise self.device_error(tenant, "a graph launch failed", exc) from exc
 
     def _launch_graph_on(self, tenant: Tenant, graph: Any, user: Any) -> None:
         tl = self.timeline
         lc = tenant.priority is Priority.LATENCY_CRITICAL
         target = tenant.stream if lc else tenant.home.normal
-        if tenant._request is not None and lc:
-            target = tenant._request.high  # inside `on_tpcs`: the block's partition
+        if tenant.book.request is not None and lc:
+            target = tenant.book.request.high  # inside `on_tpcs`: the block's partition
         if not lc:
             self.warn_whole("CUDA graph", "a best-effort graph runs whole on its tenant's own TPCs")
         user_stream = target if user is None or tl.handle(user) in (0, tl.handle(target)) else user
         own = user_stream is target
-        with tenant._lock:
+        with tenant.book.lock:
             tenant.stats.kernels += 1
-            tenant._last_submit_us = tl.now_us()
+            tenant.book.last_submit_us = tl.now_us()
             if not own:
                 tl.wait(target, tl.record(user_stream))
-            request = lc and not tenant._request_depth  # the graph is a request of its own
+            request = lc and not tenant.in_request  # the graph is a request of its own
             if request:
                 tenant.stats.requests += 1
                 if tenant.gate is not None:
@@ -197,15 +197,13 @@ class LatencyCriticalLaunches:
             graph.launch(stream=tl.as_cupy(target))
             end = tl.record(target)
             if request and tenant.gate is not None:
-                with tenant._gate_lock:  # what launches held before the graph is done once it is
-                    tl.write_gate(target, tenant.gate, OPEN)
-                    tenant._gate_held = False
+                tenant.open_gate_on(target)
             if begin is not None:
-                tenant._request_marks.append((begin, end))
+                tenant.book.request_marks.append((begin, end))
             if not own:
                 tl.wait(user_stream, end)
-            tenant._last_end = end
-            tenant._last_submit_us = tl.now_us()
+            tenant.book.last_end = end
+            tenant.book.last_submit_us = tl.now_us()
 
     def _latency_critical_partition(self, tenant: Tenant, key: KernelKey, total_blocks: int,
                                     device_wave_blocks: int) -> Any:
@@ -217,16 +215,16 @@ class LatencyCriticalLaunches:
             return home
         per_tpc = device_wave_blocks / self.device.num_tpcs if device_wave_blocks > 0 else None
         n = sizer.tpcs_for(key, home.num_tpcs, total_blocks, per_tpc)
-        part = self._first_tpcs_partition(tenant, n)
-        tenant._active_tpcs = part.tpcs
+        part = self.first_tpcs_partition(tenant, n)
+        tenant.book.active_tpcs = part.tpcs
         return part
 
-    def _first_tpcs_partition(self, tenant: Tenant, n: int) -> Any:
+    def first_tpcs_partition(self, tenant: Tenant, n: int) -> Any:
         """The partition of ``tenant``'s first ``n`` TPCs (its home for ``n`` >= all)."""
         if n >= tenant.home.num_tpcs:
             return tenant.home
-        part = tenant._rightsized.get(n)  # by size: no TPC set is built per launch
+        part = tenant.book.rightsized.get(n)  # by size: no TPC set is built per launch
         if part is None or part.closed:
-            part = tenant._rightsized[n] = self.device.partition(sorted(tenant.tpcs)[:n])
+            part = tenant.book.rightsized[n] = self.device.partition(sorted(tenant.tpcs)[:n])
         return part
 

@@ -86,7 +86,7 @@ class LedgerWatch:
     def clear_dead_forcers(self) -> None:
         """Clear the forced word of every gate the scheduler knows that a process now gone set."""
         me = os.getpid()
-        for t in self.scheduler._lc:
+        for t in self.scheduler.latency_critical_tenants:
             gate = t.gate
             if gate is None or gate.memory.closed:
                 continue

@@ -61,7 +61,7 @@ class RemoteTenants:
             raise TypeError(f"follow is for latency-critical tenants; {spec.name!r} is {spec.priority.value}")
         if spec.tpcs is None:
             raise TenantConfigError(f"tenant {spec.name!r}: a followed tenant needs its TPC ids (tpcs=)")
-        self._check_open()
+        self.check_open()
         tpcs = frozenset(spec.tpcs)
         with self._membership_lock:
             if spec.name in self.tenants:
@@ -128,7 +128,7 @@ class RemoteTenants:
         Called with the membership lock held."""
         if not self._unfollowed_signals:
             return
-        if any(r.stolen for t in self.tenants.values() for r in tuple(t._inflight)):
+        if any(r.stolen for t in self.tenants.values() for r in tuple(t.book.inflight)):
             return
         for signal in self._unfollowed_signals:
             signal.close()

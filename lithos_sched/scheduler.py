@@ -176,17 +176,17 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
         if tenant is None:
             launch(stream)
             return True
-        return tenant._atomizer.launch_whole(launch, stream, describe)
+        return tenant.atomizer.launch_whole(launch, stream, describe)
 
     def launch_graph(self, graph: Any, stream: Any) -> None:
         """`Atomizer` entry point: a graph launched by a thread bound to a tenant (or by
         any thread, with a default tenant) runs where the tenant's work runs
-        (`_launch_graph`); otherwise as written."""
+        (`launch_graph_for`); otherwise as written."""
         tenant, stream = self._route(stream)
         if tenant is None:
             super().launch_graph(graph, stream)
             return
-        tenant._atomizer.launch_graph(graph, stream)
+        tenant.atomizer.launch_graph(graph, stream)
 
     def submit(self, plan: LaunchPlan, stream: Any) -> None:  # type: ignore[override]
         """`Atomizer` entry point: route to the calling thread's tenant (or the default
@@ -208,21 +208,21 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
             The stream the user launched on; None or the legacy default stream mean the
             tenant's own stream (the default stream would escape the partition).
         """
-        self._check_open(tenant)
+        self.check_open(tenant)
         if tenant.priority is Priority.LATENCY_CRITICAL:
             # the one latency-critical path, as for a launch the front end offers whole
-            self._launch_latency_critical(tenant, plan_launch(plan), stream, plan_shape(plan))
+            self.launch_latency_critical(tenant, plan_launch(plan), stream, plan_shape(plan))
             plan.complete()
             return
         user = stream
         if user is None or self.timeline.handle(user) == 0:
             user = tenant.stream
-        with tenant._lock:
-            if tenant._in_launch:
+        with tenant.book.lock:
+            if tenant.book.in_launch:
                 # Only possible from a callback run while this tenant's own launch waits:
                 # issuing now would interleave two launches of one tenant.
                 raise RuntimeError(f"tenant {tenant.name!r} submitted a launch from inside its own launch")
-            tenant._in_launch = True
+            tenant.book.in_launch = True
             try:
                 tenant.stats.kernels += 1
                 cpu0 = time.thread_time_ns()
@@ -233,9 +233,9 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
             except Exception as exc:
                 if cuda_error_code(exc) is None:
                     raise
-                raise self._device_error(tenant, f"a launch of kernel {plan.key.name!r} failed", exc) from exc
+                raise self.device_error(tenant, f"a launch of kernel {plan.key.name!r} failed", exc) from exc
             finally:
-                tenant._in_launch = False
+                tenant.book.in_launch = False
 
     def synchronize(self) -> None:
         """Wait until every tenant's issued work has finished."""
@@ -270,11 +270,11 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
         bound_s = self.policy.wait_timeout_s
         for t in self.tenants.values():
             # waits for a tenant thread that is mid-launch
-            if not t._lock.acquire(timeout=-1 if bound_s is None else bound_s):
+            if not t.book.lock.acquire(timeout=-1 if bound_s is None else bound_s):
                 errors.append(SchedulerTimeoutError(f"tenant {t.name!r} was still inside a launch {bound_s:g} s "
                                                     "after close() began (Policy.wait_timeout_s)", t.name))
                 continue
-            t._lock.release()
+            t.book.lock.release()
         if self._fault is None and not errors:
             try:
                 self.synchronize()
@@ -308,7 +308,7 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
         them (the same as ``tpc_ms`` for best-effort tenants, whose atoms are all timed).
         """
         for t in self.tenants.values():
-            self._retire(t)
+            self.retire(t)
         return {
             "tenants": {
                 t.name: {"priority": t.priority.value, "tpcs": len(t.tpcs), **dataclasses.asdict(t.stats),
@@ -323,8 +323,19 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
     def atoms(self) -> list[TraceRow]:
         """Every atom retired so far (those finished are retired first), in retiring order."""
         for t in self.tenants.values():
-            self._retire(t)
+            self.retire(t)
         return list(self._trace.rows())
+
+    @property
+    def tracing(self) -> bool:
+        """Whether the scheduler keeps a record of every atom (its ``trace`` argument)."""
+        return self._trace_on
+
+    @property
+    def latency_critical_tenants(self) -> list[Tenant]:
+        """Its latency-critical tenants, those of other processes it follows among them
+        (a new list whenever they change)."""
+        return self._lc
 
     @property
     def uses_gates(self) -> bool:
@@ -337,7 +348,7 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
         the clock of `atoms` (events on the tenant's stream at the block's edges: from
         when its stream reached its work to when that work was done); kept while tracing."""
         for t in self.tenants.values():
-            self._retire(t)
+            self.retire(t)
         return list(self._request_windows)
 
     def export_trace(self, path: str | Path) -> Path:
@@ -359,7 +370,7 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
 
     # ---- dispatch ------------------------------------------------------------------
 
-    def _check_open(self, tenant: Tenant | None = None) -> None:
+    def check_open(self, tenant: Tenant | None = None) -> None:
         """Refuse work once the scheduler is closing, or its context was lost to a fault
         (naming ``tenant``)."""
         if self._closed or self._closing:
@@ -371,7 +382,7 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
         """Close every partition the scheduler opened (its tenants' homes, the right-sized
         and stolen ones): on the GPU their green contexts go back to the device's pool."""
         parts = [t.home for t in self.tenants.values()]
-        parts += [p for t in self.tenants.values() for p in t._rightsized.values()]
+        parts += [p for t in self.tenants.values() for p in t.book.rightsized.values()]
         parts += list(self._steal_partitions.values())
         for part in parts:
             if not part.closed:
@@ -399,17 +410,17 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
             stream = self.timeline.thread_stream(stream)
         return tenant, stream
 
-    def _request_opened(self) -> None:
+    def request_opened(self) -> None:
         with self._request_done:
             self._requests_open += 1
 
-    def _request_closed(self) -> None:
+    def request_closed(self) -> None:
         with self._request_done:
             self._requests_open -= 1
             if not self._requests_open:
                 self._request_done.notify_all()
 
-    def _blocking_waits(self, tenant: Tenant) -> bool:
+    def blocking_waits(self, tenant: Tenant) -> bool:
         """Whether ``tenant``'s threads wait for its events asleep (`Policy.blocking_waits`)."""
         mode = self.policy.blocking_waits
         return mode == "all" or (mode == "best-effort" and tenant.priority is Priority.BEST_EFFORT)
@@ -442,33 +453,33 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
             n = min(count - done, _MAX_GRID_X)
             plan.issue_range(start + done, n, stream)
             done += n
-        end = tl.record(stream, blocking=self._blocking_waits(tenant))
+        end = tl.record(stream, blocking=self.blocking_waits(tenant))
         # An atom fills its partition: whichever of the partition's streams it is on, it
         # runs after the tenant's work queued there (the other stream only backfills the
         # last wave's SMs).
-        begin_us = max([tl.now_us(), *(r.predicted_end_us for r in tenant._inflight if r.partition is partition)])
+        begin_us = max([tl.now_us(), *(r.predicted_end_us for r in tenant.book.inflight if r.partition is partition)])
         rec = AtomRecord(tenant, plan.key, start, count, partition, stream, begin, end, wave, predicted,
                           begin_us + (predicted if predicted is not None else self.policy.atom_us), stolen)
-        tenant._inflight.append(rec)
+        tenant.book.inflight.append(rec)
         tenant.stats.host_issue_us += (time.perf_counter() - t_host) * 1e6
         tenant.stats.atoms += 1
         tenant.stats.timed_atoms += 1
         tenant.stats.stolen_atoms += int(stolen)
         return rec
 
-    def _retire(self, tenant: Tenant) -> None:
+    def retire(self, tenant: Tenant) -> None:
         """Account, learn from and trace every finished atom of ``tenant`` (and the
         windows of its finished requests)."""
         tl = self.timeline
-        with tenant._lock:
-            while tenant._request_marks and tl.done(tenant._request_marks[0][1]):
-                begin, end = tenant._request_marks.popleft()
+        with tenant.book.lock:
+            while tenant.book.request_marks and tl.done(tenant.book.request_marks[0][1]):
+                begin, end = tenant.book.request_marks.popleft()
                 self._request_windows.append((tenant.name, tl.elapsed_us(self._t0, begin), tl.elapsed_us(begin, end)))
-            done = [r for r in tenant._inflight if tl.done(r.end)]
+            done = [r for r in tenant.book.inflight if tl.done(r.end)]
             if not done:
                 return
             for r in done:
-                tenant._inflight.remove(r)
+                tenant.book.inflight.remove(r)
         for r in done:
             measured = tl.elapsed_us(r.start, r.end)
             self.predictor.observe(r.key, r.partition.num_tpcs, r.count, r.wave_blocks, measured, r.predicted_us)

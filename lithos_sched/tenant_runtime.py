@@ -20,7 +20,7 @@ from lithos_atom.atomizer import Atomizer
 from lithos_atom.optin import using_atomizer
 from lithos_atom.plan import LaunchPlan, LaunchShape, WholeLaunch
 from lithos_atom.settings import get_settings
-from lithos_sched.accounting import AtomRecord, TenantStats
+from lithos_sched.accounting import LaunchBook, TenantStats
 from lithos_sched.faults import cuda_error_code
 from lithos_sched.fields import is_int
 from lithos_sched.gates import CLOSED, OPEN, Gate
@@ -44,33 +44,19 @@ class Tenant:
         self.tpcs = tpcs
         self.home = scheduler.device.partition(tpcs)
         self.stats = TenantStats()
-        self._inflight: collections.deque[AtomRecord] = collections.deque()
-        self._lock = threading.RLock()
-        self._last_end: Any = None
-        self._last_submit_us = -math.inf
-        self._in_launch = False
-        self._atomizer = TenantAtomizer(scheduler, self)
+        self.book = LaunchBook(active_tpcs=tpcs)
+        self.atomizer = TenantAtomizer(scheduler, self)
         self._contexts: dict[int, contextlib.ExitStack] = {}
-        self._busy: Any = None  # re-recorded after each unsplit launch off its own stream
-        self._join: Any = None  # re-recorded on the user's stream before a launch elsewhere
-        self._active_tpcs = tpcs  # the TPCs of its latest kernel (fewer when right-sized)
-        # the TPCs stealing may take: all but its first `Policy.steal_reserve_tpcs`
-        self._stealable = frozenset(sorted(tpcs)[scheduler.policy.steal_reserve_tpcs:])
-        self._rightsized: dict[int, Any] = {}  # right-sized partitions of its first n TPCs, by n
-        self._stream_handle: int | None = None
-        self._request: Any = None  # the partition of an `on_tpcs` block in progress
+        #: The TPCs stealing may take: all but its first `Policy.steal_reserve_tpcs`.
+        self.stealable = frozenset(sorted(tpcs)[scheduler.policy.steal_reserve_tpcs:])
         self._request_depth = 0  # nesting of `request` blocks (on_tpcs opens one too)
-        self._request_handle: int | None = None
         self._remote: Any = None  # a `RequestSignal` when the tenant runs in another process
         self._remote_sized: dict[int, frozenset[int]] = {}  # its first n TPCs, by n (`busy_tpcs`)
         # latency-critical: its device-side gate (`Policy.device_gates`), and whether a launch
         # outside any request closed it (the best-effort side opens it once the tenant is idle)
         self.gate: Gate | None = None
-        self._gate_after: Any = None  # the end of its latest launch off its own stream, not joined to it
         self._gate_held = False
         self._gate_lock = threading.Lock()
-        # (start, end) events of each `request` block, on its stream, while tracing
-        self._request_marks: collections.deque[tuple[Any, Any]] = collections.deque()
         self._request_begin: Any = None
         self._published: Any = None  # a `RequestSignal` its requests are marked in (`publish_requests`)
         self._published_request: Any = None  # the open `RequestSignal.request` block
@@ -106,9 +92,9 @@ class Tenant:
             return not self._remote.busy(s.policy.lc_idle_grace_us)
         if self._request_depth:  # inside `request` or `on_tpcs`: the user said a request is under way
             return False
-        if s.timeline.now_us() - self._last_submit_us < s.policy.lc_idle_grace_us:
+        if s.timeline.now_us() - self.book.last_submit_us < s.policy.lc_idle_grace_us:
             return False
-        last = self._last_end
+        last = self.book.last_end
         if last is not None and not s.timeline.done(last):
             return False
         return s.timeline.stream_done(self.stream)
@@ -118,7 +104,7 @@ class Tenant:
         right-sized, locally or, for a tenant in another process, as its `RequestSignal`
         says (`RequestSignal.tpcs_in_use`: the first ``n`` of its TPCs)."""
         if self._remote is None:
-            return self._active_tpcs
+            return self.book.active_tpcs
         n = self._remote.tpcs_in_use()
         if 0 < n < len(self.tpcs):
             sized = self._remote_sized.get(n)
@@ -149,7 +135,7 @@ class Tenant:
             raise TypeError(f"publish_requests is for latency-critical tenants; {self.name!r} is {self.priority.value}")
         if self._remote is not None:
             raise RuntimeError(f"tenant {self.name!r} follows another process's requests")
-        gate = self.scheduler._usable_gate(signal.gate) if self.gate is not None else None
+        gate = self.scheduler.usable_gate(signal.gate) if self.gate is not None else None
         with self._gate_lock:
             if self._gate_held:
                 raise RuntimeError(f"tenant {self.name!r} has launched already: publish before its first launch")
@@ -182,11 +168,11 @@ class Tenant:
         if self._contexts:
             raise RuntimeError(f"tenant {self.name!r} is entered by a thread of this process")
         self._remote = signal
-        self.gate = self.scheduler._usable_gate(getattr(signal, "gate", None))
+        self.gate = self.scheduler.usable_gate(getattr(signal, "gate", None))
 
     def __enter__(self) -> Tenant:
         s = self.scheduler
-        s._check_open(self)
+        s.check_open(self)
         if self._remote is not None:
             raise RuntimeError(f"tenant {self.name!r} runs in another process (follow_requests): "
                                "its launches cannot be made here")
@@ -197,7 +183,7 @@ class Tenant:
         if bound is not None:
             raise RuntimeError(f"this thread is already bound to tenant {bound.name!r}")
         stack = contextlib.ExitStack()
-        stack.enter_context(using_atomizer(self._atomizer))  # the first one imports Numba
+        stack.enter_context(using_atomizer(self.atomizer))  # the first one imports Numba
         if s.policy.freeze_gc:
             gc.freeze()
         stack.enter_context(s.timeline.use(self.stream))
@@ -222,17 +208,17 @@ class Tenant:
         SchedulerTimeoutError
             When one of its waits passed `Policy.wait_timeout_s`.
         """
-        with self._lock:
-            pending = list(self._inflight)
-            busy = self._busy
+        with self.book.lock:
+            pending = list(self.book.inflight)
+            busy = self.book.busy
         s = self.scheduler
         for rec in pending:
-            s._wait_event(rec)
+            s.wait_atom(rec)
         if busy is not None:
-            s._wait_busy(self, busy)
-        if self._stream_handle is not None:  # unsplit launches ran on its own stream
-            s._wait_busy(self, s.timeline.record(self.stream, blocking=s._blocking_waits(self)))
-        s._retire(self)
+            s.wait_busy(self, busy)
+        if self.book.stream_handle is not None:  # unsplit launches ran on its own stream
+            s.wait_busy(self, s.timeline.record(self.stream, blocking=s.blocking_waits(self)))
+        s.retire(self)
 
     @contextlib.contextmanager
     def request(self) -> Iterator[Tenant]:
@@ -257,7 +243,7 @@ class Tenant:
         if current_tenant() is not self:
             raise RuntimeError(f"request must be used in a thread inside `with` tenant {self.name!r}")
         s = self.scheduler
-        s._check_open(self)
+        s.check_open(self)
         self._request_depth += 1
         if self._request_depth == 1:
             try:
@@ -282,14 +268,14 @@ class Tenant:
         try:
             if self.gate is not None:
                 s.timeline.write_gate(self.stream, self.gate, CLOSED)
-            if s._trace_on:
+            if s.tracing:
                 self._request_begin = s.timeline.record(self.stream)
         except BaseException as exc:
             self._end_published_request()
             if cuda_error_code(exc) is None:
                 raise
-            raise s._device_error(self, "a request could not begin", exc) from exc
-        s._request_opened()
+            raise s.device_error(self, "a request could not begin", exc) from exc
+        s.request_opened()
 
     def _close_request(self) -> None:
         """End the outermost request: the idle grace starts, the gate opens after its work,
@@ -298,23 +284,23 @@ class Tenant:
         can write no gate, so the gate is then opened from the host (no work of this
         tenant is left to protect)."""
         s = self.scheduler
-        self._last_submit_us = s.timeline.now_us()  # the grace runs from the request's end
+        self.book.last_submit_us = s.timeline.now_us()  # the grace runs from the request's end
         try:
-            if self.gate is not None and s._fault is None:
+            if self.gate is not None and s.fault is None:
                 self._open_gate_after_work()
-            if self._request_begin is not None and s._fault is None:
-                with self._lock:
-                    self._request_marks.append((self._request_begin, s.timeline.record(self.stream)))
+            if self._request_begin is not None and s.fault is None:
+                with self.book.lock:
+                    self.book.request_marks.append((self._request_begin, s.timeline.record(self.stream)))
         except Exception as exc:
             if cuda_error_code(exc) is None:
                 raise
-            raise s._device_error(self, "the end of a request failed", exc) from exc
+            raise s.device_error(self, "the end of a request failed", exc) from exc
         finally:
             self._request_begin = None
-            if self.gate is not None and s._fault is not None:
+            if self.gate is not None and s.fault is not None:
                 s.timeline.store_gate(self.gate, OPEN)
             self._end_published_request()
-            s._request_closed()
+            s.request_closed()
 
     def _end_published_request(self) -> None:
         if self._published_request is not None:
@@ -330,7 +316,7 @@ class Tenant:
     @property
     def held_since_us(self) -> float:
         """Host time of the tenant's latest launch (the idle grace runs from it)."""
-        return self._last_submit_us
+        return self.book.last_submit_us
 
     def hold_gate(self, stream: Any) -> bool:
         """Close the gate by a write on ``stream`` before a launch outside any request;
@@ -352,6 +338,18 @@ class Tenant:
                 self.scheduler.timeline.store_gate(self.gate, OPEN)
                 self._gate_held = False
 
+    @property
+    def in_request(self) -> bool:
+        """Whether a `request` (or `on_tpcs`) block of the tenant is open."""
+        return self._request_depth > 0
+
+    def open_gate_on(self, stream: Any) -> None:
+        """Open the gate by a write on ``stream`` after the work queued there so far (a CUDA
+        graph that was a request of its own): what launches held it for is done then too."""
+        with self._gate_lock:
+            self.scheduler.timeline.write_gate(stream, self.gate, OPEN)
+            self._gate_held = False
+
     def release_gate(self) -> None:
         """Open a gate held by launches now, idle or not (the scheduler is closing)."""
         with self._gate_lock:
@@ -364,9 +362,9 @@ class Tenant:
         request's end, or a graph launched outside one)."""
         tl = self.scheduler.timeline
         with self._gate_lock:
-            if self._gate_after is not None:  # its latest launch ran off its own stream
-                tl.wait(self.stream, self._gate_after)
-                self._gate_after = None
+            if self.book.gate_after is not None:  # its latest launch ran off its own stream
+                tl.wait(self.stream, self.book.gate_after)
+                self.book.gate_after = None
             tl.write_gate(self.stream, self.gate, OPEN)
             self._gate_held = False
 
@@ -401,10 +399,10 @@ class Tenant:
             raise ValueError(f"Tenant.on_tpcs: n (a TPC count) must be an int >= 1, got {n!r}")
         if current_tenant() is not self:
             raise RuntimeError(f"on_tpcs must be used in a thread inside `with` tenant {self.name!r}")
-        if self._request is not None:
+        if self.book.request is not None:
             raise RuntimeError(f"tenant {self.name!r} is already inside an on_tpcs block")
         s = self.scheduler
-        s._check_open(self)
+        s.check_open(self)
         with self.request():
             yield from self._on_first_tpcs(int(n))
 
@@ -414,20 +412,20 @@ class Tenant:
             yield self.stream
             return
         tl = s.timeline
-        part = s._first_tpcs_partition(self, n)
+        part = s.first_tpcs_partition(self, n)
         tl.wait(part.high, tl.record(self.stream))  # after what the tenant queued before
         with contextlib.ExitStack() as stack:
             stack.enter_context(tl.use(part.high))
-            self._request, self._request_handle = part, tl.handle(part.high)
-            self._active_tpcs = part.tpcs
+            self.book.request, self.book.request_handle = part, tl.handle(part.high)
+            self.book.active_tpcs = part.tpcs
             try:
                 yield part.high
             finally:
                 end = tl.record(part.high)
                 tl.wait(self.stream, end)  # what the tenant queues next runs after the block
-                self._last_end = end
-                self._request = self._request_handle = None
-                self._active_tpcs = self.tpcs
+                self.book.last_end = end
+                self.book.request = self.book.request_handle = None
+                self.book.active_tpcs = self.tpcs
 
     def __repr__(self) -> str:
         return f"<Tenant {self.name!r} {self.priority.value} tpcs={len(self.tpcs)}>"
@@ -458,10 +456,10 @@ class TenantAtomizer(Atomizer):
             launch(stream)  # captured as written: the graph's launch is what gets placed
             return True
         if self.tenant.priority is not Priority.LATENCY_CRITICAL:
-            return s._launch_short_best_effort(self.tenant, launch, stream, describe)
-        s._launch_latency_critical(self.tenant, launch, stream, describe)
+            return s.launch_short_best_effort(self.tenant, launch, stream, describe)
+        s.launch_latency_critical(self.tenant, launch, stream, describe)
         return True
 
     def launch_graph(self, graph: Any, stream: Any) -> None:
-        self.scheduler._launch_graph(self.tenant, graph, stream)
+        self.scheduler.launch_graph_for(self.tenant, graph, stream)
 

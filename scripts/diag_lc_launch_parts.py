@@ -3,7 +3,7 @@
 Runs the latency-critical tenant of the synthetic co-location pair alone on a plain
 stream, alone under the scheduler, and beside the best-effort tenant under lithos, with
 timers on each part of a launch, per thread: the intercepted ``RawKernel.__call__``,
-``Scheduler._launch_latency_critical``, the launch closure it calls (CuPy's own call), and
+``Scheduler.launch_latency_critical``, the launch closure it calls (CuPy's own call), and
 for best-effort atoms the argument packing and ``cuLaunchKernel`` of
 `lithos_atom.driver_launch`. (An earlier version also packed latency-critical launches
 there: bench/results/h100-2026-11-25-session4-diagnostics.) Prints and writes the request
@@ -40,14 +40,14 @@ def timed(name, fn):  # noqa: ANN001, ANN201
 
 driver_calls.launch_kernel = timed("4 cuLaunchKernel", driver_calls.launch_kernel)
 driver_launch.pack = timed("3 pack", driver_launch.pack)
-_orig_lc = Scheduler._launch_latency_critical
+_orig_lc = Scheduler.launch_latency_critical
 
 
 def _lc(self, tenant, launch, user, describe):  # noqa: ANN001, ANN202
     return _orig_lc(self, tenant, timed("2 launch closure", launch), user, describe)
 
 
-Scheduler._launch_latency_critical = timed("1 _launch_latency_critical", _lc)
+Scheduler.launch_latency_critical = timed("1 launch_latency_critical", _lc)
 _orig_make = interception._make_classes
 
 

@@ -48,15 +48,15 @@ gc.callbacks.append(on_gc)
 
 from lithos_sched.scheduler import Scheduler as _S  # noqa: E402
 
-_orig_lc = _S._launch_latency_critical
+_orig_lc = _S.launch_latency_critical
 
 
 def _lc(self, tenant, launch, user, describe):  # noqa: ANN001, ANN202
-    return timed("scheduler._launch_latency_critical", _orig_lc)(
+    return timed("scheduler.launch_latency_critical", _orig_lc)(
         self, tenant, timed("  cupy launch", launch), user, timed("  describe", describe))
 
 
-_S._launch_latency_critical = _lc
+_S.launch_latency_critical = _lc
 
 
 def main() -> None:

@@ -67,14 +67,14 @@ if os.environ.get("DIAG_TIMERS"):
 
     for _op in ("record", "record_into", "wait", "done", "synchronize", "elapsed_us", "handle"):
         setattr(timeline.CupyTimeline, _op, timed(f"timeline.{_op}", getattr(timeline.CupyTimeline, _op)))
-    _orig_lc = _S._launch_latency_critical
+    _orig_lc = _S.launch_latency_critical
 
     def _lc(self, tenant, launch, user, describe):  # noqa: ANN001, ANN202
-        return timed("scheduler._launch_latency_critical", _orig_lc)(
+        return timed("scheduler.launch_latency_critical", _orig_lc)(
             self, tenant, timed("  cupy launch", launch), user, timed("  describe", describe))
 
-    _S._launch_latency_critical = _lc
-    for _m in ("_issue", "_retire", "_best_effort_target", "_emptier_stream", "_atom_blocks", "_check_open"):
+    _S.launch_latency_critical = _lc
+    for _m in ("_issue", "retire", "_best_effort_target", "_emptier_stream", "_atom_blocks", "check_open"):
         setattr(_S, _m, timed(f"scheduler.{_m}", getattr(_S, _m)))
 STALL_FILE = open(OUTDIR / "stall_dumps.txt", "w")  # noqa: SIM115 - faulthandler needs a real fd
 WATCH = {"on": False}

@@ -244,7 +244,7 @@ class SimSoak:
         saved = getattr(tenant_runtime._current, "tenant", None)
         tenant_runtime._current.tenant = tenant  # its thread, as `with tenant:` binds it
         try:
-            atomizer = tenant._atomizer
+            atomizer = tenant.atomizer
             if r < 0.5:
                 with tenant.request():
                     for _ in range(self.rng.randint(1, 3)):
@@ -291,7 +291,7 @@ class SimSoak:
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "a best-effort graph runs whole", once per scheduler
-                tenant._atomizer.launch_graph(SimGraph([self._whole(*self.rng.choice(BE_SHAPES))[0]]), tenant.stream)
+                tenant.atomizer.launch_graph(SimGraph([self._whole(*self.rng.choice(BE_SHAPES))[0]]), tenant.stream)
             self.stats["be_graphs"] += 1
 
     # ---- the run ----------------------------------------------------------------------

@@ -115,7 +115,7 @@ def test_a_best_effort_thread_that_raises_mid_launch_loses_nothing_and_the_reque
     assert ran_blocks(device, "be1") == list(range(16 * 20))
     assert float(np.percentile(faulty, 99)) <= 1.5 * float(np.percentile(healthy, 99))
     assert gate_state == (True, False, 0)  # open, not forced, no request left open
-    assert sched.tenant("be")._in_launch is False and device.live_partitions() == 0
+    assert sched.tenant("be").book.in_launch is False and device.live_partitions() == 0
 
 
 def test_a_launch_that_fails_to_issue_is_not_issued_again_and_the_tenant_goes_on():

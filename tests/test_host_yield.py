@@ -29,7 +29,7 @@ def busy_latency_critical(sched: Scheduler, kernel_us: float) -> float:
     tl = sched.timeline
     start = tl.now_us()
     lc.stream.launch(SimKernel("lc", 1, kernel_us))
-    lc._last_submit_us = start
+    lc.book.last_submit_us = start
     return start + kernel_us
 
 
@@ -42,8 +42,8 @@ def queue_best_effort(sched: Scheduler, atom_us: float) -> None:
     stream.launch(SimKernel("be", 1, atom_us))
     end = tl.record(stream)
     key = KernelKey("be", (1, 1, 1), (32, 1, 1), 0, ())
-    starts = max([r.predicted_end_us for r in be._inflight], default=tl.now_us())  # after those queued before
-    be._inflight.append(AtomRecord(be, key, 0, 1, be.home, stream, begin, end, 1, atom_us, starts + atom_us, False))
+    starts = max([r.predicted_end_us for r in be.book.inflight], default=tl.now_us())  # after those queued before
+    be.book.inflight.append(AtomRecord(be, key, 0, 1, be.home, stream, begin, end, 1, atom_us, starts + atom_us, False))
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ def issues_of_best_effort_alone(ahead_of_drain: str, stealing: bool) -> list[tup
 
     def watched(tenant, plan, start, count, partition, stream, predicted, stolen):  # noqa: ANN001, ANN202
         if predicted is not None:  # the predictor knows the kernel: atoms are 4 waves
-            there = [r for r in tenant._inflight if r.partition is partition]
+            there = [r for r in tenant.book.inflight if r.partition is partition]
             ahead = max([r.predicted_end_us - tl.now_us() for r in there], default=0.0)
             seen.append((ahead, sum(not tl.done(r.end) for r in there)))
         rec = issue(tenant, plan, start, count, partition, stream, predicted, stolen)

@@ -100,7 +100,7 @@ def test_own_stream_launches_need_no_waits_and_one_in_n_is_timed():
     lc = sched.tenant("lc")
     high = lc.home.high.handle
     for i in range(6):
-        sched._launch_latency_critical(lc, launch_on(tl, str(i)), None, lambda: SHAPE)
+        sched.launch_latency_critical(lc, launch_on(tl, str(i)), None, lambda: SHAPE)
     assert not [op for op in tl.ops if op[0] == "wait"]
     launches = [op for op in tl.ops if op[0].startswith("launch")]
     assert launches == [(f"launch {i}", high) for i in range(6)]
@@ -116,7 +116,7 @@ def test_a_launch_outside_a_request_closes_the_gate_on_its_stream_first_and_a_re
     sched, tl = scheduler(Policy(lc_timing_every=1000))
     lc = sched.tenant("lc")
     high = lc.home.high.handle
-    sched._launch_latency_critical(lc, launch_on(tl, "a"), None, lambda: SHAPE)
+    sched.launch_latency_critical(lc, launch_on(tl, "a"), None, lambda: SHAPE)
     assert [g[:3] for g in tl.gates] == [("write", high, 0)]
     assert tl.gates[0][3] <= tl.ops.index(("launch a", high))  # closed, then launched
     assert lc.gate_held  # the keeper opens it once the tenant is idle
@@ -126,7 +126,7 @@ def test_a_launch_outside_a_request_closes_the_gate_on_its_stream_first_and_a_re
     scheduler_module._current.tenant = lc
     try:
         with lc.request():
-            sched._launch_latency_critical(lc, launch_on(tl, "b"), None, lambda: SHAPE)
+            sched.launch_latency_critical(lc, launch_on(tl, "b"), None, lambda: SHAPE)
     finally:
         scheduler_module._current.tenant = None
     b = tl.ops.index(("launch b", high))
@@ -139,10 +139,10 @@ def test_a_launch_on_another_stream_is_ordered_both_ways():
     sched, tl = scheduler()
     lc = sched.tenant("lc")
     other = sched.device.partition(range(8)).normal  # any stream that is not the tenant's
-    sched._launch_latency_critical(lc, launch_on(tl, "x"), other, lambda: SHAPE)
+    sched.launch_latency_critical(lc, launch_on(tl, "x"), other, lambda: SHAPE)
     ops = [op for op in tl.ops if op[0] != "record" or op[2] < 0]  # drop timing events
     high, user = lc.home.high.handle, other.handle
-    join, busy = lc._join, lc._busy
+    join, busy = lc.book.join, lc.book.busy
     assert ops == [("record", user, join), ("wait", high, join), ("launch x", high),
                    ("record", high, busy), ("wait", user, busy)]
 
@@ -151,21 +151,21 @@ def test_a_launch_on_another_stream_is_ordered_both_ways():
 def test_a_right_sized_kernel_runs_on_its_first_tpcs_ordered_with_the_tenant_stream(n):
     sched, tl = scheduler(Policy(lc_timing_every=1000), FixedSizer(n))
     lc = sched.tenant("lc")
-    sched._launch_latency_critical(lc, launch_on(tl, "k"), None, lambda: SHAPE)
-    part = lc._rightsized[n]
+    sched.launch_latency_critical(lc, launch_on(tl, "k"), None, lambda: SHAPE)
+    part = lc.book.rightsized[n]
     assert part.tpcs == frozenset(sorted(lc.tpcs)[:n])  # its first n TPCs
-    assert lc._active_tpcs == part.tpcs and len(part.tpcs) == n
+    assert lc.book.active_tpcs == part.tpcs and len(part.tpcs) == n
     high, sub = lc.home.high.handle, part.high.handle
     ops = [op for op in tl.ops if op[0] != "record" or op[2] < 0]
-    assert ops == [("record", high, lc._join), ("wait", sub, lc._join), ("launch k", sub),
-                   ("record", sub, lc._busy), ("wait", high, lc._busy)]
+    assert ops == [("record", high, lc.book.join), ("wait", sub, lc.book.join), ("launch k", sub),
+                   ("record", sub, lc.book.busy), ("wait", high, lc.book.busy)]
 
 
 def test_right_sizer_answering_the_whole_home_keeps_the_plain_path():
     sched, tl = scheduler(Policy(lc_timing_every=1000), FixedSizer(10**6))
     lc = sched.tenant("lc")
-    sched._launch_latency_critical(lc, launch_on(tl, "k"), None, lambda: SHAPE)
-    assert not [op for op in tl.ops if op[0] == "wait"] and lc._active_tpcs == lc.tpcs
+    sched.launch_latency_critical(lc, launch_on(tl, "k"), None, lambda: SHAPE)
+    assert not [op for op in tl.ops if op[0] == "wait"] and lc.book.active_tpcs == lc.tpcs
 
 
 def test_launch_whole_routes_by_the_calling_threads_tenant():
@@ -206,23 +206,23 @@ def test_a_request_block_joins_the_tenant_stream_once_at_each_end_and_launches_w
     mod = bound(sched, "lc")
     try:
         with lc.on_tpcs(3) as stream:
-            part = lc._rightsized[3]
+            part = lc.book.rightsized[3]
             assert stream is part.high and part.tpcs == frozenset(sorted(lc.tpcs)[:3])
-            assert lc._active_tpcs == part.tpcs and not lc.idle()  # busy for the whole block
+            assert lc.book.active_tpcs == part.tpcs and not lc.idle()  # busy for the whole block
             for i in range(3):  # the current stream (None here) or the block's stream
-                sched._launch_latency_critical(lc, launch_on(tl, str(i)), None if i else stream, lambda: SHAPE)
-        assert lc._active_tpcs == lc.tpcs and lc._request is None
+                sched.launch_latency_critical(lc, launch_on(tl, str(i)), None if i else stream, lambda: SHAPE)
+        assert lc.book.active_tpcs == lc.tpcs and lc.book.request is None
     finally:
         mod._current.tenant = None
     high, sub = lc.home.high.handle, part.high.handle
-    timing = {e for r in lc._inflight for e in (r.start, r.end)}  # the first launch is timed
+    timing = {e for r in lc.book.inflight for e in (r.start, r.end)}  # the first launch is timed
     assert {op[1] for op in tl.ops if op[0] == "record" and op[2] in timing} == {sub}
     ops = [op for op in tl.ops if not (op[0] == "record" and op[2] in timing)]
     (enter, _), (leave, _) = [(op[2], op) for op in ops if op[0] == "record"]
     assert ops == [("record", high, enter), ("wait", sub, enter),
                    ("launch 0", sub), ("launch 1", sub), ("launch 2", sub),
                    ("record", sub, leave), ("wait", high, leave)]
-    assert lc._last_end == leave  # the tenant looks busy until the block's work is done
+    assert lc.book.last_end == leave  # the tenant looks busy until the block's work is done
 
 
 def test_a_request_block_is_not_right_sized_again_per_kernel_and_its_timed_launches_say_where_they_ran():
@@ -231,13 +231,13 @@ def test_a_request_block_is_not_right_sized_again_per_kernel_and_its_timed_launc
     mod = bound(sched, "lc")
     try:
         with lc.on_tpcs(3):
-            sched._launch_latency_critical(lc, launch_on(tl, "k"), None, lambda: SHAPE)
+            sched.launch_latency_critical(lc, launch_on(tl, "k"), None, lambda: SHAPE)
     finally:
         mod._current.tenant = None
-    assert 1 not in lc._rightsized  # the per-kernel sizer was not asked
-    (rec,) = lc._inflight
-    assert rec.partition is lc._rightsized[3] and rec.stream is lc._rightsized[3].high
-    assert not [op for op in tl.ops if op[0] == "wait" and op[1] == lc._rightsized[3].high.handle][1:]
+    assert 1 not in lc.book.rightsized  # the per-kernel sizer was not asked
+    (rec,) = lc.book.inflight
+    assert rec.partition is lc.book.rightsized[3] and rec.stream is lc.book.rightsized[3].high
+    assert not [op for op in tl.ops if op[0] == "wait" and op[1] == lc.book.rightsized[3].high.handle][1:]
 
 
 def test_a_request_on_all_its_tpcs_runs_on_the_tenant_stream_unchanged():
@@ -246,7 +246,7 @@ def test_a_request_on_all_its_tpcs_runs_on_the_tenant_stream_unchanged():
     mod = bound(sched, "lc")
     try:
         with lc.on_tpcs(len(lc.tpcs)) as stream:
-            assert stream is lc.stream and lc._request is None
+            assert stream is lc.stream and lc.book.request is None
     finally:
         mod._current.tenant = None
     assert tl.ops == []
@@ -270,7 +270,7 @@ def test_on_tpcs_refuses_what_it_cannot_do_by_name():
             with pytest.raises(RuntimeError, match="already inside"):
                 with lc.on_tpcs(1):
                     pass
-        assert lc._request is None
+        assert lc.book.request is None
     finally:
         mod._current.tenant = None
 
@@ -296,7 +296,7 @@ def test_inside_a_request_block_work_put_on_the_tenants_own_stream_stays_there()
     mod = bound(sched, "lc")
     try:
         with lc.on_tpcs(2):
-            sched._launch_latency_critical(lc, launch_on(tl, "own"), lc.home.high, lambda: SHAPE)
+            sched.launch_latency_critical(lc, launch_on(tl, "own"), lc.home.high, lambda: SHAPE)
     finally:
         mod._current.tenant = None
     assert ("launch own", lc.home.high.handle) in tl.ops  # with CuPy's ops the user put there
@@ -316,7 +316,7 @@ def test_a_latency_critical_graph_is_one_request_on_its_stream_between_its_gate_
     sched, tl = scheduler()
     lc = sched.tenant("lc")
     high = lc.home.high.handle
-    sched._launch_graph(lc, FakeGraph(tl), None)
+    sched.launch_graph_for(lc, FakeGraph(tl), None)
     g = tl.ops.index(("graph", high))
     assert [op[:3] for op in tl.gates] == [("write", high, 0), ("write", high, 1)]
     assert tl.gates[0][3] <= g < tl.gates[1][3]  # closed before it, opened after it, on its stream
@@ -324,7 +324,7 @@ def test_a_latency_critical_graph_is_one_request_on_its_stream_between_its_gate_
     assert (lc.stats.kernels, lc.stats.requests) == (1, 1)
     other = sched.device.partition(range(8)).normal
     tl.ops.clear()
-    sched._launch_graph(lc, FakeGraph(tl), other)  # on another stream: joined both ways
+    sched.launch_graph_for(lc, FakeGraph(tl), other)  # on another stream: joined both ways
     waits = [op for op in tl.ops if op[0] == "wait"]
     assert [w[1] for w in waits] == [high, other.handle] and ("graph", high) in tl.ops
 
@@ -333,6 +333,6 @@ def test_a_best_effort_graph_runs_whole_at_home_with_one_warning():
     sched, tl = scheduler()
     be = sched.tenant("be")
     with pytest.warns(UserWarning, match="best-effort graph runs whole"):
-        sched._launch_graph(be, FakeGraph(tl), None)
-    sched._launch_graph(be, FakeGraph(tl), None)  # warned once
+        sched.launch_graph_for(be, FakeGraph(tl), None)
+    sched.launch_graph_for(be, FakeGraph(tl), None)  # warned once
     assert tl.ops.count(("graph", be.home.normal.handle)) == 2 and not tl.gates

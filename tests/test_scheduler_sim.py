@@ -403,7 +403,7 @@ def test_best_effort_queues_deeper_only_on_tpcs_no_latency_critical_tenant_uses(
 
     def watched(tenant, plan, start, count, partition, stream, predicted, stolen):
         now = sched.timeline.now_us()
-        ahead.append(max([r.predicted_end_us - now for r in tenant._inflight if r.partition is partition],
+        ahead.append(max([r.predicted_end_us - now for r in tenant.book.inflight if r.partition is partition],
                          default=0.0))
         return issue(tenant, plan, start, count, partition, stream, predicted, stolen)
 

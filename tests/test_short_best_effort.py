@@ -40,10 +40,10 @@ def test_a_short_launch_runs_whole_as_one_timed_atom_and_the_user_stream_waits_f
     sched, tl = scheduler(Policy(device_gates=gates))
     be = sched.tenant("be")
     teach(sched, 100.0)
-    assert be._atomizer.launch_whole(launch_on(tl, "k"), None, lambda: SHAPE) is True
+    assert be.atomizer.launch_whole(launch_on(tl, "k"), None, lambda: SHAPE) is True
     launches = [op for op in tl.ops if op[0].startswith("launch")]
     assert len(launches) == 1  # one unsplit launch of the original kernel
-    (rec,) = be._inflight
+    (rec,) = be.book.inflight
     assert (rec.start_block, rec.count, rec.key) == (0, SHAPE.total_blocks, SHAPE.key)
     if gates:  # its own TPCs' queue or the stolen TPCs' one, behind the gate
         lc = sched.tenant("lc")
@@ -72,7 +72,7 @@ def test_a_launch_never_timed_or_longer_than_an_atom_builds_its_plan(wave_us):
     be = sched.tenant("be")
     if wave_us is not None:
         teach(sched, wave_us)
-    assert be._atomizer.launch_whole(launch_on(tl, "k"), None, lambda: SHAPE) is False
+    assert be.atomizer.launch_whole(launch_on(tl, "k"), None, lambda: SHAPE) is False
     assert not tl.ops and be.stats.kernels == 0  # nothing issued: the front end goes on
 
 
@@ -80,7 +80,7 @@ def test_the_policy_can_turn_it_off():
     sched, tl = scheduler(Policy(short_best_effort_whole=False))
     teach(sched, 100.0)
     described = []
-    assert sched.tenant("be")._atomizer.launch_whole(
+    assert sched.tenant("be").atomizer.launch_whole(
         launch_on(tl, "k"), None, lambda: described.append(1) or SHAPE) is False
     assert not described and not tl.ops  # off: not even the launch's shape is asked for
 
@@ -89,7 +89,7 @@ def test_a_whole_launch_on_the_users_own_stream_needs_no_ordering_event():
     sched, tl = scheduler(Policy(stealing=False))
     be = sched.tenant("be")
     teach(sched, 100.0)
-    assert be._atomizer.launch_whole(launch_on(tl, "k"), None, lambda: SHAPE) is True
-    (rec,) = be._inflight
+    assert be.atomizer.launch_whole(launch_on(tl, "k"), None, lambda: SHAPE) is True
+    (rec,) = be.book.inflight
     user = be.home.normal.handle  # the emptier of the home's two streams: both are empty
     assert tl.ops == [("record", user, rec.start), ("launch k", user), ("record", user, rec.end)]

@@ -146,7 +146,7 @@ def test_latency_critical_launches_run_unsplit_in_order(device, right_sized):
     assert np.array_equal(got_numba, cupy.asnumpy(ref[1] + 1))
     stats = sched.stats()["tenants"]["lc"]
     assert stats["kernels"] == 9 and stats["atoms"] == 9 and stats["timed_atoms"] == 3
-    assert len(sched.tenant("lc")._active_tpcs) == (3 if right_sized else len(sched.tenant("lc").tpcs))
+    assert len(sched.tenant("lc").book.active_tpcs) == (3 if right_sized else len(sched.tenant("lc").tpcs))
     sched.close()
 
 
@@ -175,7 +175,7 @@ def test_a_request_block_runs_on_its_first_tpcs_in_order_with_the_tenant_stream(
         _saxpy_chain(k, x, bufs, n, 2, first=7)  # after it, on the tenant's stream again
         got = cupy.asnumpy(bufs[8 % 2])
         seen = set(cupy.asnumpy(ids).tolist())
-        block_sms = set(lc._rightsized[3].sm_ids)
+        block_sms = set(lc.book.rightsized[3].sm_ids)
     plain = cupy.RawKernel(atom_cases.SAXPY, "saxpy")
     ref = [cupy.full(n, np.nan, np.float32), cupy.asarray(yh)]
     _saxpy_chain(plain, cupy.asarray(xh), ref, n, 9)
@@ -287,7 +287,7 @@ def test_blocking_waits_keep_atoms_results_and_retire_them(device, mode):
             got = cupy.asnumpy(out)
             be.synchronize()
             assert be.stats.atoms - atoms_before > 1  # the launch was split
-            assert not be._inflight  # every atom retired
+            assert not be.book.inflight  # every atom retired
     finally:
         sched.close()
     assert np.array_equal(got, _plain_saxpy(xh, yh, 3.0))
@@ -302,13 +302,13 @@ def test_short_best_effort_launches_run_whole_with_the_unsplit_results(device):
 
     sched = _half_split(device, Policy())
     whole = []
-    short = sched._launch_short_best_effort
+    short = sched.launch_short_best_effort
 
     def spy(*args):  # noqa: ANN002, ANN202
         whole.append(short(*args))
         return whole[-1]
 
-    sched._launch_short_best_effort = spy
+    sched.launch_short_best_effort = spy
     n = 100_003
     xh, yh = _saxpy_inputs(n)
     blocks = (n + 255) // 256
@@ -322,7 +322,7 @@ def test_short_best_effort_launches_run_whole_with_the_unsplit_results(device):
             got = cupy.asnumpy(out)
             be.synchronize()
             assert whole == [False, True]
-            assert be.stats.kernels == be.stats.atoms == 2 and not be._inflight
+            assert be.stats.kernels == be.stats.atoms == 2 and not be.book.inflight
     finally:
         sched.close()
     assert np.array_equal(got, _plain_saxpy(xh, yh, 3.0))
@@ -452,7 +452,7 @@ def test_the_next_atom_is_issued_behind_the_running_one_with_the_unsplit_results
 
     def spy(tenant, plan, start, count, partition, stream, predicted, stolen):  # noqa: ANN001, ANN202
         if predicted is not None and stolen:
-            behind_running.append(sum(not sched.timeline.done(r.end) for r in tenant._inflight
+            behind_running.append(sum(not sched.timeline.done(r.end) for r in tenant.book.inflight
                                       if r.partition is partition))
         return issue(tenant, plan, start, count, partition, stream, predicted, stolen)
 
