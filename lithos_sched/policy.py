@@ -83,7 +83,8 @@ class Policy:
     freeze_gc : bool
         Call ``gc.freeze()`` when the scheduler starts and whenever a thread enters a
         tenant (undone by `Scheduler.close`), so a full collection of CuPy's and Numba's
-        many objects does not pause every thread for tens of milliseconds.
+        many objects does not pause every thread for tens of milliseconds. Not in virtual
+        time (the simulated device), where a pause costs nothing.
     blocking_waits : {"none", "best-effort", "all"}
         On the GPU, whose waits for atoms sleep in the driver (blocking-sync events, each an
         interrupt at completion) instead of spinning: nobody's (the default: sleeping

@@ -24,9 +24,9 @@ class ProcessTuning:
 
     def enter(self, policy: Policy, virtual: bool) -> tuple[bool, bool]:
         """Apply ``policy``'s settings for a new scheduler (``virtual``: its host time is
-        virtual, `Timeline.virtual`, and no thread waits for the GIL); returns what it took
-        part in."""
-        freeze = policy.freeze_gc
+        virtual, `Timeline.virtual`: no thread waits for the GIL and no collection pauses
+        anything, so neither setting applies); returns what it took part in."""
+        freeze = policy.freeze_gc and not virtual
         switch = policy.gil_switch_interval_s is not None and not virtual
         with self._lock:
             if freeze:

@@ -184,7 +184,7 @@ class Tenant:
             raise RuntimeError(f"this thread is already bound to tenant {bound.name!r}")
         stack = contextlib.ExitStack()
         stack.enter_context(using_atomizer(self.atomizer))  # the first one imports Numba
-        if s.policy.freeze_gc:
+        if s.policy.freeze_gc and not s.timeline.virtual:
             gc.freeze()
         stack.enter_context(s.timeline.use(self.stream))
         hold = get_settings().hold_gil
