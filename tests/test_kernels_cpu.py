@@ -1028,7 +1028,9 @@ for m in (gemm, norm, elementwise):
     m.as_cupy_stream = lambda s: None
     m.empty = emu.empty
 rng = np.random.default_rng(0)
-a, b = rng.standard_normal((70, 40)).astype(np.float32), rng.standard_normal((40, 75)).astype(np.float32)
+# 2x2 tiles of 64, each partial, and K = 20: a whole and a partial step of 16 (the simulator runs
+# every thread in Python, so each K step costs)
+a, b = rng.standard_normal((70, 20)).astype(np.float32), rng.standard_normal((20, 75)).astype(np.float32)
 c = emu.to_numpy(gemm.gemm_numba(emu.host_array(a), emu.host_array(b)))
 assert np.abs(c - gemm.reference_gemm(a, b)).max() < 1e-4
 x = (3 * rng.standard_normal((3, 300))).astype(np.float32)
