@@ -165,28 +165,30 @@ class BestEffortPlacement:
         tl = self.timeline
         period_us = self.policy.request_hold_max_us
 
-        def check(seen_waiting: frozenset[int]) -> None:
+        def check(seen_waiting: dict[int, Any]) -> None:
             if self._gate_keeper.failed is not None:
                 self._stranded_guards.discard(tenant.name)
                 return  # the keeper failed open: every gate stays forced
             # a snapshot, not the tenant's lock: its thread holds that for a whole launch
             stolen = [r for r in tuple(tenant.book.inflight) if r.stolen]
-            waiting = frozenset(id(r.start) for r in stolen if not tl.done(r.start))
+            # by id, the events kept alive with them: a freed event's id may be a new one's
+            waiting = {id(r.start): r.start for r in stolen if not tl.done(r.start)}
+            waited = waiting.keys() & seen_waiting.keys()
             forced = [g for g in gates if g.forced]
             if forced and not waiting:
                 for gate in forced:
                     tl.force_gate(gate, False)
-            elif waiting & seen_waiting and not forced:  # waited a whole period
+            elif waited and not forced:  # waited a whole period
                 for gate in gates:
                     tl.force_gate(gate, True)
                 tenant.stats.forced_gate_opens += 1
             if stolen or forced:
-                again_us = self.policy.steal_poll_us if forced or (waiting & seen_waiting) else period_us
+                again_us = self.policy.steal_poll_us if forced or waited else period_us
                 self._gate_keeper.at(tl.now_us() + max(again_us, 1.0), lambda: check(waiting))
             else:
                 self._stranded_guards.discard(tenant.name)
 
-        self._gate_keeper.at(tl.now_us() + period_us, lambda: check(frozenset()))
+        self._gate_keeper.at(tl.now_us() + period_us, lambda: check({}))
 
     def _may_steal(self, tenant: Tenant, plan: LaunchPlan) -> bool:
         """Whether ``plan``'s atoms may run on stolen TPCs: stealing is on and its blocks

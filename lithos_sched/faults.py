@@ -97,11 +97,14 @@ class DeviceWaits:
         return self._fault
 
     def wait_atom(self, rec: AtomRecord, stop: Callable[[], bool] | None = None,
-                    deadline_us: float | None = None) -> bool:
+                  deadline_us: float | None = None) -> bool:
+        """Wait for the atom ``rec`` to end, or until ``stop()`` or host time ``deadline_us``
+        (see `_wait`); returns whether it ended."""
         return self._wait(rec.tenant, rec.end, f"kernel {rec.key.name!r} (atom blocks {rec.start_block}.."
                                                f"{rec.start_block + rec.count - 1})", stop, deadline_us)
 
     def wait_busy(self, tenant: Tenant, event: Any) -> None:
+        """Wait for ``event``, the end of the work ``tenant`` queued on a stream (see `_wait`)."""
         self._wait(tenant, event, "the work queued on its stream")
 
     def _wait(self, tenant: Tenant, event: Any, what: str, stop: Callable[[], bool] | None = None,

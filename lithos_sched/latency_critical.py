@@ -15,7 +15,8 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from lithos_atom.plan import KernelKey, LaunchShape, WholeLaunch
+from lithos_atom.indexing import MAX_GRID_X
+from lithos_atom.plan import KernelKey, LaunchPlan, LaunchShape, WholeLaunch
 from lithos_sched.faults import cuda_error_code
 from lithos_sched.gates import CLOSED, Gate, GateBoard
 from lithos_sched.tenant import Priority
@@ -228,3 +229,19 @@ class LatencyCriticalLaunches:
             part = tenant.book.rightsized[n] = self.device.partition(sorted(tenant.tpcs)[:n])
         return part
 
+
+def plan_launch(plan: LaunchPlan) -> WholeLaunch:
+    """``launch(stream)`` that issues all of ``plan``'s blocks on ``stream`` at once (in
+    pieces of at most 2**31 - 1 blocks, the most a 1-D grid holds)."""
+    def launch(stream: Any) -> None:
+        done = 0
+        while done < plan.total_blocks:
+            n = min(plan.total_blocks - done, MAX_GRID_X)
+            plan.issue_range(done, n, stream)
+            done += n
+    return launch
+
+
+def plan_shape(plan: LaunchPlan) -> Callable[[], LaunchShape]:
+    """``describe()`` of ``plan``'s launch, as a front end gives it."""
+    return lambda: LaunchShape(plan.key, plan.total_blocks, plan.wave_blocks)

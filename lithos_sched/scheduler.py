@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from lithos_atom.atomizer import Atomizer
+from lithos_atom.indexing import MAX_GRID_X
 from lithos_atom.optin import using_atomizer
 from lithos_atom.plan import LaunchPlan, LaunchShape, WholeLaunch
 from lithos_sched.accounting import AtomRecord
@@ -40,7 +41,7 @@ from lithos_sched.best_effort import BestEffortPlacement
 from lithos_sched.faults import DeviceWaits, KernelFaultError, SchedulerTimeoutError, cuda_error_code
 from lithos_sched.device_api import Device
 from lithos_sched.gate_keeper import GateKeeper
-from lithos_sched.latency_critical import LatencyCriticalLaunches
+from lithos_sched.latency_critical import LatencyCriticalLaunches, plan_launch, plan_shape
 from lithos_sched.policy import Policy
 from lithos_sched.predictor import LatencyPredictor
 from lithos_sched.process_tuning import TUNING
@@ -51,7 +52,6 @@ from lithos_sched.timeline import Timeline, timeline_for
 from lithos_sched.tenant_runtime import Tenant, current_tenant
 from lithos_sched.trace_buffer import TraceBuffer, TraceRow
 
-_MAX_GRID_X = 2**31 - 1
 
 class SchedulerClosedError(RuntimeError):
     """The scheduler was closed; its tenants can no longer launch through it."""
@@ -411,10 +411,12 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
         return tenant, stream
 
     def request_opened(self) -> None:
+        """A latency-critical tenant's outermost `Tenant.request` block began."""
         with self._request_done:
             self._requests_open += 1
 
     def request_closed(self) -> None:
+        """That block ended: held best-effort threads go on once no request is open."""
         with self._request_done:
             self._requests_open -= 1
             if not self._requests_open:
@@ -450,7 +452,7 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
         begin = tl.record(stream)
         done = 0
         while done < count:  # a 1-D grid holds at most 2**31 - 1 blocks
-            n = min(count - done, _MAX_GRID_X)
+            n = min(count - done, MAX_GRID_X)
             plan.issue_range(start + done, n, stream)
             done += n
         end = tl.record(stream, blocking=self.blocking_waits(tenant))
@@ -490,23 +492,6 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
             if self._trace_on:
                 self._trace.append(r.key.name, tenant.name, r.partition.tpcs, tl.handle(r.stream), r.start_block,
                                    r.count, r.predicted_us, r.stolen, tl.elapsed_us(self._t0, r.start), measured)
-
-
-def plan_launch(plan: LaunchPlan) -> WholeLaunch:
-    """``launch(stream)`` that issues all of ``plan``'s blocks on ``stream`` at once (in
-    pieces of at most 2**31 - 1 blocks, the most a 1-D grid holds)."""
-    def launch(stream: Any) -> None:
-        done = 0
-        while done < plan.total_blocks:
-            n = min(plan.total_blocks - done, _MAX_GRID_X)
-            plan.issue_range(done, n, stream)
-            done += n
-    return launch
-
-
-def plan_shape(plan: LaunchPlan) -> Callable[[], LaunchShape]:
-    """``describe()`` of ``plan``'s launch, as a front end gives it."""
-    return lambda: LaunchShape(plan.key, plan.total_blocks, plan.wave_blocks)
 
 
 def _ranges(ids: Any) -> str:

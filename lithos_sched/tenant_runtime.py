@@ -7,10 +7,8 @@ launches (and graph launches) to the scheduler.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import gc
-import math
 import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
