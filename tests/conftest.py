@@ -1,7 +1,9 @@
 """Test tiers: ``gpu``-marked tests skip cleanly on machines without a CUDA device.
 
 `simulated_bench` runs the bench command once per session, for every test that reads its
-output.
+output. Such long commands start with the session and run beside the other tests
+(`start_early`), whose process leaves a core of a 2-core machine idle most of the time;
+the tests that read them run last.
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +42,48 @@ def cuda_device_count() -> int:
         return 0
 
 
+#: Commands a test module starts early (`start_early`): its name -> (the fixture its tests
+#: use, the function that starts the command in a folder of its own).
+_EARLY: dict[str, tuple[str, Callable[[Path], Any]]] = {}
+#: Those started this session: name -> (folder, what the starter returned).
+_STARTED: dict[str, tuple[Path, Any]] = {}
+
+
+def start_early(name: str, fixture: str, start: Callable[[Path], Any]) -> None:
+    """Have ``start(folder)`` (which starts a command and returns without waiting for it) run
+    as the session's tests begin, when a test that uses ``fixture`` is selected; those tests
+    run last. Call it at a test module's import; `early` gives the fixture what it started."""
+    _EARLY[name] = (fixture, start)
+
+
+def early(name: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """``(folder, what start returned)`` of ``name`` (`start_early`), started now if it was not
+    already (a test run on its own, say)."""
+    if name not in _STARTED:
+        folder = tmp_path_factory.mktemp(name)
+        _STARTED[name] = (folder, _EARLY[name][1](folder))
+    return _STARTED[name]
+
+
+@pytest.hookimpl(trylast=True)  # after ``-k`` and ``-m`` have deselected what they do
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if cuda_device_count() > 0:
-        return
-    skip = pytest.mark.skip(reason="no CUDA device (gpu tier skipped)")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+    if cuda_device_count() == 0:
+        skip = pytest.mark.skip(reason="no CUDA device (gpu tier skipped)")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+    fixtures = {fixture: name for name, (fixture, _) in _EARLY.items()}
+    wanted = {fixtures[f] for item in items for f in getattr(item, "fixturenames", ()) if f in fixtures}
+    for name in sorted(wanted) if not config.option.collectonly else ():
+        folder = Path(tempfile.mkdtemp(prefix=f"lithos-{name}-"))
+        _STARTED[name] = (folder, _EARLY[name][1](folder))
+    items.sort(key=lambda item: any(f in fixtures for f in getattr(item, "fixturenames", ())))  # stable: last
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    for folder, _ in _STARTED.values():
+        if folder.name.startswith("lithos-"):  # made by `pytest_collection_modifyitems`
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,13 +105,26 @@ class BenchRun:
     plots: Path
 
 
+def _start_bench(folder: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "lithos_atom.bench", *SIM_BENCH_ARGS, "--json",
+                             str(folder / "r.json"), "--plot", str(folder / "plots")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "160"})
+
+
+start_early("sim-bench", "simulated_bench", _start_bench)
+
+
 @pytest.fixture(scope="session")
 def simulated_bench(tmp_path_factory: pytest.TempPathFactory) -> BenchRun:
     """``python -m lithos_atom.bench`` with `SIM_BENCH_ARGS`, ``--json`` and ``--plot``, run
-    once for the tests that check its sections, JSON and plots."""
-    folder = tmp_path_factory.mktemp("sim-bench")
-    out, plots = folder / "r.json", folder / "plots"
-    proc = subprocess.run([sys.executable, "-m", "lithos_atom.bench", *SIM_BENCH_ARGS, "--json", str(out),
-                           "--plot", str(plots)],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "160"})
-    return BenchRun(proc, json.loads(out.read_text()) if out.exists() else {}, plots)
+    once (started with the session) for the tests that check its sections, JSON and plots."""
+    folder, started = early("sim-bench", tmp_path_factory)
+    try:
+        stdout, stderr = started.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        started.kill()
+        stdout, stderr = started.communicate()
+    proc = subprocess.CompletedProcess(started.args, started.returncode, stdout, stderr)
+    out = folder / "r.json"
+    return BenchRun(proc, json.loads(out.read_text()) if out.exists() else {}, folder / "plots")

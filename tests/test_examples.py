@@ -1,9 +1,9 @@
 """CPU tier: every script in ``examples/`` runs on a machine without a GPU and says so.
 
 The scripts run side by side, each a subprocess with a time limit (the Ray example mostly
-waits for Ray to start), as a newcomer runs them: no flags where there is no GPU, ``--sim``
-where there is one, so that the same simulated paths are checked everywhere. Each test
-reads one script's output.
+waits for Ray to start), started with the test session (`tests.conftest.start_early`), as
+a newcomer runs them: no flags where there is no GPU, ``--sim`` where there is one, so
+that the same simulated paths are checked everywhere. Each test reads one script's output.
 """
 
 from __future__ import annotations
@@ -18,23 +18,30 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import cuda_device_count
+from tests.conftest import cuda_device_count, early, start_early
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ("atomize_kernels.py", "opt_in.py", "two_tenants.py", "ray_two_actors.py")
 TIMEOUT_S = 120
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.CompletedProcess]:
-    """Every example's finished run, by file name; the Ray example only where Ray is installed."""
-    folder = tmp_path_factory.mktemp("examples")
+def start(folder: Path) -> dict[str, subprocess.Popen]:
+    """Start every example in ``folder``, side by side; the Ray example only where Ray is installed."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "LITHOS_LEDGER_DIR": str(folder),
            "LITHOS_CACHE_DIR": str(folder / "cache")}
     flags = [] if cuda_device_count() == 0 else ["--sim"]
     names = [n for n in EXAMPLES if n != "ray_two_actors.py" or importlib.util.find_spec("ray") is not None]
-    started = {n: subprocess.Popen([sys.executable, str(ROOT / "examples" / n), *flags], cwd=folder, env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in names}
+    return {n: subprocess.Popen([sys.executable, str(ROOT / "examples" / n), *flags], cwd=folder, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in names}
+
+
+start_early("examples", "runs", start)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.CompletedProcess]:
+    """Every example's finished run (started with the session, `start_early`), by file name."""
+    folder, started = early("examples", tmp_path_factory)
     out = {}
     for name, proc in started.items():
         try:

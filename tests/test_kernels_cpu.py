@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import subprocess
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,6 +34,7 @@ from kernels import norm as norm_mod
 from kernels import ops
 from kernels import optim as optim_mod
 from kernels import reduce as reduce_mod
+from tests.conftest import early, start_early
 
 # ---- helpers -----------------------------------------------------------------------------
 
@@ -122,6 +126,7 @@ def assert_packable(args):
 
 # ---- compiling every kernel without a GPU --------------------------------------------------
 
+ROOT = Path(__file__).resolve().parents[1]
 SOURCES = kernels.all_cupy_sources()
 
 
@@ -742,15 +747,28 @@ def _emulator():
     return _emulator
 
 
-@pytest.fixture(scope="session")
-def emulator_built():
-    """Compile every kernel source for the host once per session, in parallel."""
-    import os
-    from concurrent.futures import ThreadPoolExecutor
+def _start_builds(folder: Path) -> list[Future] | None:
+    """Compile every kernel source for the host, in parallel, without waiting (None: no g++)."""
+    from kernels import _emulator
 
+    if not _emulator.available():
+        return None
+    pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2))
+    builds = [pool.submit(_emulator.build, s.code, s.entry_names) for s in SOURCES]
+    pool.shutdown(wait=False)
+    return builds
+
+
+start_early("emulator", "emulator_built", _start_builds)  # g++ runs beside the session's other tests
+
+
+@pytest.fixture(scope="session")
+def emulator_built(tmp_path_factory: pytest.TempPathFactory):
+    """Every kernel source compiled for the host, once per session (started with it)."""
+    _, builds = early("emulator", tmp_path_factory)
     emu = _emulator()
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        list(pool.map(lambda s: emu.build(s.code, s.entry_names), SOURCES))
+    for build in builds:
+        build.result()
     return emu
 
 
@@ -1043,8 +1061,19 @@ print("numba-sim-ok")
 '''
 
 
-def test_numba_kernels_in_the_cuda_simulator():
+start_early("numba-sim", "numba_sim", lambda folder: subprocess.Popen(
+    [sys.executable, "-c", _NUMBA_SIM_SCRIPT], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+
+
+@pytest.fixture(scope="module")
+def numba_sim(tmp_path_factory: pytest.TempPathFactory) -> subprocess.CompletedProcess:
+    """`_NUMBA_SIM_SCRIPT`'s finished run (started with the session)."""
+    _, proc = early("numba-sim", tmp_path_factory)
+    stdout, stderr = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def test_numba_kernels_in_the_cuda_simulator(numba_sim):
     """The Numba ops, kernels and launch configurations, on Numba's CUDA simulator (a subprocess:
     the simulator must be chosen before Numba is imported)."""
-    result = subprocess.run([sys.executable, "-c", _NUMBA_SIM_SCRIPT], capture_output=True, text=True)
-    assert result.returncode == 0 and "numba-sim-ok" in result.stdout, result.stderr[-4000:]
+    assert numba_sim.returncode == 0 and "numba-sim-ok" in numba_sim.stdout, numba_sim.stderr[-4000:]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from lithos_sched import SimKernel, open_device
 from lithos_sched.partition_timing import TimingOptions, default_sizes, profile_on_partitions, validate_sizes
 from lithos_sched.rightsizing import RightSizeOptions, RightSizer, choose_tpcs
 from lithos_sched.scaling import ProfileStore, ScalingModel, fit_scaling
-from tests.conftest import cuda_device_count
+from tests.conftest import cuda_device_count, early, start_early
 
 SIZES = np.array([66, 59, 53, 46, 40, 33, 26, 20, 13, 7])
 
@@ -201,13 +202,37 @@ def test_size_helpers():
         TimingOptions(rounds=0)
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300)
+def _start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_profile_cli_sim_writes_the_cache(tmp_path):
-    cache = tmp_path / "p.json"
-    proc = _run("lithos_atom.bench.profile", "--sim", "--cache", str(cache), "--rounds", "1")
+def _finished(name: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The folder and the finished run of command ``name`` (started with the session)."""
+    folder, proc = early(name, tmp_path_factory)
+    stdout, stderr = proc.communicate(timeout=300)
+    return folder, subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+# the two commands run beside the session's other tests (`tests.conftest.start_early`)
+start_early("profile-cli", "profile_cli", lambda folder: _start(
+    "lithos_atom.bench.profile", "--sim", "--cache", str(folder / "p.json"), "--rounds", "1"))
+start_early("rightsize-report", "rightsize_report", lambda folder: _start(
+    "lithos_atom.bench.rightsize_bench", *(["--sim"] if cuda_device_count() > 0 else []), "--out", str(folder)))
+
+
+@pytest.fixture(scope="module")
+def profile_cli(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    return _finished("profile-cli", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def rightsize_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    return _finished("rightsize-report", tmp_path_factory)
+
+
+def test_profile_cli_sim_writes_the_cache(profile_cli):
+    folder, proc = profile_cli
+    cache = folder / "p.json"
     assert proc.returncode == 0, proc.stderr
     assert "SIMULATED DEVICE" in proc.stdout
     data = json.loads(cache.read_text())
@@ -231,9 +256,9 @@ def test_profile_cli_errors(args, message, capsys, monkeypatch):
     assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_report_on_the_simulated_device(tmp_path):
+def test_report_on_the_simulated_device(rightsize_report):
     gpu = cuda_device_count() > 0  # without one, the command falls back to the simulated device by itself
-    proc = _run("lithos_atom.bench.rightsize_bench", *(["--sim"] if gpu else []), "--out", str(tmp_path))
+    tmp_path, proc = rightsize_report
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("SIMULATED DEVICE: " + ("--sim was given" if gpu else "no CUDA GPU was found"))
     report = json.loads((tmp_path / "rightsizing.json").read_text())
