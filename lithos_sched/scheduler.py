@@ -200,6 +200,10 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
     def submit_for(self, tenant: Tenant, plan: LaunchPlan, stream: Any = None) -> None:
         """Issue ``plan`` for ``tenant``; returns once every atom is issued.
 
+        A latency-critical tenant's plan runs unsplit, through the same path as a launch a
+        front end offers whole (`launch_latency_critical`); a best-effort tenant's is
+        placed atom by atom (`lithos_sched.best_effort`).
+
         Parameters
         ----------
         tenant : Tenant
