@@ -3,7 +3,7 @@
 `serve` plays the inference service's scheduled requests (one at a time, in arrival order,
 each synchronized); `train` keeps a best-effort job's iterations queued until told to stop.
 Both record raw timestamps on `lithos_atom.bench.ml_colocation.clock` relative to a common
-start ``t0``; `ml_colocation.lc_figures` / `be_figures` turn them into figures.
+start ``t0``; `ml_figures.lc_figures` / `be_figures` turn them into figures.
 """
 
 from __future__ import annotations

@@ -26,16 +26,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from lithos_atom.bench.ml_colocation import (
-    LITHOS_SCENARIOS,
-    MLColocationConfig,
-    be_figures,
-    lc_figures,
-    order,
-    slo_of,
-    scheduler_for,
-    summarize_pair,
-)
+from lithos_atom.bench.ml_colocation import LITHOS_SCENARIOS, MLColocationConfig, order, scheduler_for
+from lithos_atom.bench.ml_figures import be_figures, lc_figures, slo_of, summarize_pair
 from lithos_atom.bench.gate_metrics import gate_figures
 from lithos_atom.bench.occupancy import tenant_occupancy
 from lithos_atom.bench.sim_colocation import sim_plan
@@ -91,6 +83,10 @@ class SimMLConfig(MLColocationConfig):
 
     Attributes
     ----------
+    duration_s : float
+        Virtual seconds measured per scenario and round: the simulation of the default
+        workloads takes about 10 s of host time per round at this length, and three rounds
+        keep the default simulated bench within a minute.
     timeslice_us : float
         Time slice of the modeled ``processes`` scenario.
     switch_us : float
@@ -98,7 +94,7 @@ class SimMLConfig(MLColocationConfig):
     cost : SimCostModel
     """
 
-    duration_s: float = 0.5
+    duration_s: float = 0.15
     warmup_s: float = 0.05
     timeslice_us: float = 2000.0
     switch_us: float = 25.0
@@ -402,6 +398,18 @@ def _service_times(cfg: SimMLConfig, lc_kernels: dict[int, list[Any]], seed: int
             stream.synchronize()
             out[batch] = float(dev.now_us)
     return out
+
+
+def request_service_ms(config: MLColocationConfig) -> dict[int, float]:
+    """Each batch's request time alone on the whole simulated device, in ms (the service
+    times of `lithos_atom.bench.load`); a plain `MLColocationConfig` is read as `run_sim` reads it."""
+    cfg = config if isinstance(config, SimMLConfig) else SimMLConfig(**dataclasses.asdict(config))
+    probe = SimDevice(seed=cfg.seed, record_blocks=False)
+    model = KernelModel(cfg.cost, probe.num_sms)
+    probe.close()
+    decoder = cfg.workload_sizes()["decoder"]
+    lc_kernels = {b: model.decoder(decoder, b) for b in range(cfg.lc_batch[0], cfg.lc_batch[1] + 1)}
+    return {b: us / 1000.0 for b, us in _service_times(cfg, lc_kernels, cfg.seed).items()}
 
 
 def _processes(cfg: SimMLConfig, demands: dict[int, float], be_alone: dict[str, Any]) -> dict[str, Any]:
