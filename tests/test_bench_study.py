@@ -15,7 +15,7 @@ from lithos_atom.bench import ml_figures as mf
 from lithos_atom.bench import report, report_ml
 from lithos_atom.bench.__main__ import main as bench_main
 from lithos_atom.bench.ml_colocation import MLColocationConfig, run_order
-from lithos_atom.bench.ml_rounds import run_study
+from lithos_atom.bench.ml_rounds import run_study, sim_round
 from lithos_atom.bench.ml_summary import across, summarize_rounds
 from lithos_atom.bench.percentiles import median_ci
 from lithos_atom.bench.sim_ml_colocation import SimMLConfig
@@ -151,6 +151,11 @@ def test_a_study_sets_one_slo_from_the_median_alone_p99_over_rotated_rounds():
     assert len(prio["hp"]["p99_ms"]["by_round"]) == 3 and prio["hp"]["slo_attainment"]["median"] is not None
     text = _printed(lambda c: report_ml.print_study(study, c))
     assert "medians over 3 rounds" in text and "0.5 of its capacity alone" in text
+    # the rounds ran in worker processes where there are CPUs for them: the same as here
+    again = sim_round(SimMLConfig(**{**study["rounds"][1]["config"]}))
+    assert [again["pairs"]["batch_inference"]["scenarios"][n]["hp"]["latencies_ms"] for n in ("lc_alone", "priorities")] \
+        == [study["rounds"][1]["pairs"]["batch_inference"]["scenarios"][n]["hp"]["latencies_ms"]
+            for n in ("lc_alone", "priorities")]
 
 
 def test_a_load_sweep_runs_a_study_per_load_and_prints_them_side_by_side():

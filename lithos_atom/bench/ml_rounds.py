@@ -4,7 +4,8 @@
 sets the request rate from the load, then runs every selected scenario of every pair in
 each of ``rounds`` rounds: on the GPU in the rotating order of `ml_colocation.run_order`
 (a round starts a ``rounds``-th further into the list than the one before), on the
-simulated device in any order (each scenario on a fresh device, in virtual time). Round
+simulated device in any order (each scenario on a fresh device, in virtual time), the
+rounds in parallel processes, one per CPU. Round
 ``r`` draws its requests with seed ``config.seed + r``; within a round every scenario sees
 the same requests. The SLO is set once for the study: `MLColocationConfig.slo_ms`, else
 `MLColocationConfig.slo_mult` times the median over the rounds of the inference-alone p99;
@@ -23,7 +24,10 @@ on the GPU), ``summary`` (`ml_summary.summarize_rounds`) and, for a load sweep,
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
+import os
 import statistics
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +42,42 @@ DEFAULT_ROUNDS = 3
 
 #: The simulated device's note in place of an order: scenarios there do not share a machine.
 SIM_ORDER = "any: each scenario runs on a fresh simulated device in virtual time, so order changes nothing"
+
+
+def sim_round(cfg: MLColocationConfig, trace_dir: Any = None, console: Any = None) -> dict[str, Any]:
+    """One round on the simulated device (`sim_ml_colocation.run_sim`), its order noted."""
+    from lithos_atom.bench.sim_ml_colocation import run_sim
+
+    return {**run_sim(cfg, console=console, trace_dir=trace_dir), "order": SIM_ORDER}
+
+
+def _quiet_round(cfg: MLColocationConfig, trace_dir: Any) -> dict[str, Any]:
+    """`sim_round` in a worker process, without its progress bar (those of several workers
+    would fight over one terminal)."""
+    from rich.console import Console
+
+    return sim_round(cfg, trace_dir, Console(quiet=True))
+
+
+def _sim_rounds(cfgs: Sequence[MLColocationConfig], console: Any, trace_dir: Any,
+                load: dict[str, Any]) -> list[dict[str, Any]]:
+    """The simulated rounds of ``cfgs``, one process each, up to one per CPU (the rounds
+    share nothing, and each is deterministic wherever it runs); round 0 writes the traces."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    workers = min(len(cfgs), os.cpu_count() or 1)
+    if workers == 1:
+        return [{"round": r, "seed": c.seed, **sim_round(c, trace_dir if r == 0 else None, console)}
+                for r, c in enumerate(cfgs)]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = [pool.submit(_quiet_round, c, trace_dir if r == 0 else None) for r, c in enumerate(cfgs)]
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as progress:
+            task = progress.add_task(f"ML rounds (simulated, {load['rate_hz']:.4g} requests/s, {workers} processes)",
+                                     total=len(cfgs))
+            for _ in as_completed(futures):
+                progress.advance(task)
+        return [{"round": r, "seed": c.seed, **f.result()} for r, (c, f) in enumerate(zip(cfgs, futures))]
 
 
 def study_slo(cfg: MLColocationConfig, rounds: Sequence[dict[str, Any]]) -> tuple[float | None, dict[str, Any]]:
@@ -122,22 +162,19 @@ def run_study(cfg: MLColocationConfig, simulated: bool, rounds: int = DEFAULT_RO
 def _study(cfg: MLColocationConfig, load: dict[str, Any], simulated: bool, rounds: int, console: Any,
            trace_dir: Any) -> dict[str, Any]:
     """The rounds of one rated config, summed up."""
-    done = []
-    for r in range(rounds):
-        cfg_r = dataclasses.replace(cfg, seed=cfg.seed + r)
-        if console is not None:
-            console.print(f"ML round {r + 1} of {rounds} (seed {cfg_r.seed}, {load['rate_hz']:.4g} requests/s)")
-        traced = trace_dir if r == 0 else None
-        if simulated:
-            from lithos_atom.bench.sim_ml_colocation import run_sim
+    cfgs = [dataclasses.replace(cfg, seed=cfg.seed + r) for r in range(rounds)]
+    if simulated:
+        done = _sim_rounds(cfgs, console, trace_dir, load)
+    else:
+        from lithos_atom.bench.ml_gpu import run_gpu
 
-            out = run_sim(cfg_r, console=console, trace_dir=traced)
-            out["order"] = SIM_ORDER
-        else:
-            from lithos_atom.bench.ml_gpu import run_gpu
-
-            out = run_gpu(cfg_r, console=console, trace_dir=traced, round_index=r, rounds=rounds)
-        done.append({"round": r, "seed": cfg_r.seed, **out})
+        done = []
+        for r, cfg_r in enumerate(cfgs):
+            if console is not None:
+                console.print(f"ML round {r + 1} of {rounds} (seed {cfg_r.seed}, {load['rate_hz']:.4g} requests/s)")
+            out = run_gpu(cfg_r, console=console, trace_dir=trace_dir if r == 0 else None, round_index=r,
+                          rounds=rounds)
+            done.append({"round": r, "seed": cfg_r.seed, **out})
     slo, how = study_slo(cfg, done)
     resummarize(done, slo)
     first = done[0]
