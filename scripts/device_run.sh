@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Everything lithos does on the lent GPU, in one call: install, GPU tests, benchmarks.
 # Usage (on the device machine, from the repo root): bash scripts/device_run.sh [what...]
-#   what: probe | gates | tests | atoms | partitions | colocation | ml | rightsizing | rightsized | kernels | diag | arms |
-#         mps_split | mps_confine
-#   (default: probe tests atoms partitions colocation ml rightsizing, about 7 minutes; ML_DURATION sets
-#   --ml-duration, default 6; diag: the host-time diagnostics of scripts/ (launch cost, inference host, best-effort host);
+#   what: probe | gates | tests | atoms | partitions | colocation | ml | study | rightsizing | rightsized | kernels |
+#         diag | arms | mps_split | mps_confine
+#   (default: probe tests atoms partitions colocation ml rightsizing; ml: the default ML study, 3 interleaved
+#   rounds at load 0.5, ML_DURATION (--ml-duration, default the bench's 2 s) per scenario and round;
+#   study: the interleaved ML study one pair per command, for each of STUDY_PAIRS (training batch_inference),
+#   ROUNDS (3) rounds of ML_DURATION (4) s at LOADS (0.5; a comma list adds a load sweep); diag: the host-time diagnostics of scripts/ (launch cost, inference host, best-effort host);
 #   DIAGS picks among them; arms: an interleaved A/B of scripts/diag_arms.py on the ML pairs
 #   PAIRS (default ml_training; ml_batch is the batch-inference pair), ARMS (default
 #   default,all_planned) over ROUNDS (3) rounds of 6 s, with the static splits at
@@ -23,7 +25,7 @@
 #   mps_confine: scripts/diag_mps_confine.py, whether two MPS clients' green contexts are
 #   different physical SMs, about 20 s;
 #   rightsized: the ML bench's inference + training pair, lithos with and without
-#   right-sizing, once per inference batch range of RS_LC_BATCHES (default "1 1 1,8":
+#   right-sizing, one round per inference batch range of RS_LC_BATCHES (default "1 1 1,8":
 #   batch 1 twice, then batches 1-8), about 80 s each)
 # Writes logs, JSON and plots to a staging folder, packed at the end into $OUT/results.tgz
 # (the device tool returns at most 8 files), with the GPU-test log beside it.
@@ -59,13 +61,20 @@ for w in "${what[@]}"; do
       for batches in ${RS_LC_BATCHES:-1 1 1,8}; do
         i=$((i + 1))
         python3 -m lithos_atom.bench --ml --ml-pairs training --ml-scenarios lc_alone,be_alone,lithos,lithos_rightsized \
-          --lc-batch "$batches" --ml-duration "${ML_DURATION:-6}" --json "$STAGE/bench-rightsized-$i.json" \
+          --lc-batch "$batches" --ml-duration "${ML_DURATION:-6}" --rounds 1 --json "$STAGE/bench-rightsized-$i.json" \
           --plot "$STAGE/plots-rightsized-$i" 2>&1 | tee "$STAGE/bench-rightsized-$i.log" | tail -25
         [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
       done ;;
+    study)
+      for pair in ${STUDY_PAIRS:-training batch_inference}; do
+        python3 -m lithos_atom.bench --ml --ml-pairs "$pair" --rounds "${ROUNDS:-3}" --ml-duration "${ML_DURATION:-4}" \
+          --load "${LOADS:-0.5}" --json "$STAGE/bench-study-$pair.json" --plot "$STAGE/plots-study-$pair" 2>&1 \
+          | tee "$STAGE/bench-study-$pair.log" | tail -60
+        [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+      done ;;
     atoms|partitions|colocation|ml)
-      extra=(); [ "$w" = ml ] && extra=(--ml-duration "${ML_DURATION:-6}")  # 3 s gave p99s from ~3 slow requests
-      python3 -m lithos_atom.bench --"$w" "${extra[@]}" --json "$STAGE/bench-$w.json" --plot "$STAGE/plots-$w" 2>&1 | tee "$STAGE/bench-$w.log" | tail -40
+      extra=(); [ "$w" = ml ] && [ -n "${ML_DURATION:-}" ] && extra=(--ml-duration "$ML_DURATION")
+      python3 -m lithos_atom.bench --"$w" ${extra[@]+"${extra[@]}"} --json "$STAGE/bench-$w.json" --plot "$STAGE/plots-$w" 2>&1 | tee "$STAGE/bench-$w.log" | tail -40
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     arms)
       PYTHONPATH=$PWD/scripts:$PWD python3 scripts/diag_arms.py "$STAGE/diag-arms.json" 6 "${ROUNDS:-3}" \
