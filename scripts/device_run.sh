@@ -20,6 +20,9 @@
 #   the inference batches (default 1,8); about 5 minutes;
 #   gates: scripts/probe_gates.py, the stream-memory-operation gates (order, independence of streams,
 #   across processes, host cost, graphs on green contexts), about 20 s;
+#   faults: scripts/fault_isolation.py, a best-effort process that traps or reads out of bounds beside a
+#   latency-critical one, without and under MPS, about 1 minute;
+#   soak: scripts/soak.py --gpu for SOAK_MINUTES (default 3) real minutes of eight tenants coming and going;
 #   mps_confine: scripts/diag_mps_confine.py, whether two MPS clients' green contexts are
 #   different physical SMs, about 20 s;
 #   rightsized: the ML bench's inference + training pair, lithos with and without
@@ -74,6 +77,12 @@ for w in "${what[@]}"; do
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     gates)
       python3 scripts/probe_gates.py "$STAGE/probe-gates.json" 2>&1 | tee "$STAGE/probe-gates.log" | tail -20
+      [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+    faults)
+      python3 scripts/fault_isolation.py --out "$STAGE/faults" 2>&1 | tee "$STAGE/faults.log" | tail -30
+      [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+    soak)
+      python3 scripts/soak.py --gpu --minutes "${SOAK_MINUTES:-3}" --out "$STAGE/soak" 2>&1 | tee "$STAGE/soak.log" | tail -30
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     mps_confine)
       python3 scripts/diag_mps_confine.py "$STAGE/diag-mps-confine.json" 2>&1 | tee "$STAGE/diag-mps-confine.log" | tail -10
