@@ -4,19 +4,22 @@ Ray alone would let both run anywhere on the GPU; with ``lithos.ray.remote`` eac
 joins the GPU Ray assigned it and owns half of its TPCs; the training actor also steals
 the inference actor's TPCs between requests.
 
-Without a GPU this runs on the CPU: Ray gets one logical GPU and the actors use lithos'
-SIMULATED device (each warns so), whose kernels are latency models in virtual time: the
-output shows the wiring (TPCs, who follows whom, stolen atoms), not real speed.
-Run: python examples/ray_two_actors.py   (needs ``pip install 'lithos[ray]'``)
+Without a GPU, or with ``--sim``, Ray gets one logical GPU and the actors use lithos'
+SIMULATED device, whose kernels are latency models in virtual time: the output shows the
+wiring (TPCs, who follows whom, stolen atoms), not real speed.
+
+Run: python examples/ray_two_actors.py [--sim]   (needs ``pip install 'lithos[ray]'``)
 """
 
+import sys
 import time
 
 import ray
 
 import lithos
 import lithos.ray
-from lithos_sched import gpu_available
+
+SIMULATED = "--sim" in sys.argv[1:] or not lithos.gpu_available()
 
 BUSY = r'''
 extern "C" __global__ void busy(float* out, int iters) {
@@ -31,13 +34,9 @@ def work(blocks: int, block_us: float) -> None:
     simulated one of ``block_us`` per block on the simulated device."""
     m = lithos.joined()
     if m.device.simulated:
-        from lithos_atom.plan import KernelKey, LaunchPlan
         from lithos_sched import SimKernel
 
-        kernel = SimKernel("busy", blocks, block_us)
-        m.scheduler.submit_for(m.tenant, LaunchPlan.build(
-            KernelKey("busy", (blocks, 1, 1), (256, 1, 1), 0), blocks, blocks,
-            lambda start, count, stream: stream.launch(kernel, start, count), wave_blocks=m.device.num_sms))
+        m.scheduler.submit_for(m.tenant, SimKernel("busy", blocks, block_us).launch_plan(m.device))
         m.tenant.synchronize()
         return
     import cupy
@@ -60,7 +59,7 @@ class Tenant:
         lithos.leave()  # ray.shutdown() kills actors without their exit handlers
 
 
-@lithos.ray.remote(priority="latency-critical", num_gpus=0.5, num_cpus=0)
+@lithos.ray.remote(priority="latency-critical", num_gpus=0.5, num_cpus=0, simulate=SIMULATED)
 class Inference(Tenant):
     def serve(self, requests: int) -> float:
         """Serve ``requests`` requests 5 ms apart; their median latency in ms (wall time)."""
@@ -76,7 +75,7 @@ class Inference(Tenant):
         return sorted(latencies)[len(latencies) // 2]
 
 
-@lithos.ray.remote(priority="best-effort", num_gpus=0.5, num_cpus=0)
+@lithos.ray.remote(priority="best-effort", num_gpus=0.5, num_cpus=0, simulate=SIMULATED)
 class Training(Tenant):
     def train(self, seconds: float) -> dict:
         """Run kernels for ``seconds``; the atoms issued and those on the inference's TPCs."""
@@ -88,7 +87,9 @@ class Training(Tenant):
 
 
 if __name__ == "__main__":
-    ray.init(num_gpus=None if gpu_available() else 1, include_dashboard=False)
+    if SIMULATED:
+        print("SIMULATED device (no CUDA GPU, or --sim): Ray gets one logical GPU, kernels are latency models")
+    ray.init(num_gpus=1 if SIMULATED else None, include_dashboard=False)
     inference, training = Inference.remote(), Training.remote()
     print(ray.get(inference.where.remote()))
     time.sleep(0.2)  # the training actor's ledger watch picks the inference actor up

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,17 +54,43 @@ def time_case(case: registry.KernelCase, size: str, reps: int, seed: int, check:
     return row
 
 
-def main(argv: list[str] | None = None) -> int:
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """The converter of an option's value to an int >= ``minimum``."""
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an int >= {minimum}, got {text!r}")
+        return value
+
+    return convert
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The command's argument parser."""
     parser = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=registry.SIZES, default="bench")
-    parser.add_argument("--case", action="append", help="case name (repeatable); all cases by default")
+    parser.add_argument("--case", action="append", choices=registry.case_names(), metavar="NAME",
+                        help="case name (repeatable); all cases by default (see --list)")
     parser.add_argument("--frontend", choices=registry.FRONTENDS)
-    parser.add_argument("--reps", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reps", type=_int_at_least(1), default=10, help="timed runs per case (default 10)")
+    parser.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of the inputs (default 0)")
     parser.add_argument("--check", action="store_true", help="compare with the float64 reference")
-    parser.add_argument("--json", help="write the rows to this file")
-    parser.add_argument("--list", action="store_true", help="list the cases and exit")
+    parser.add_argument("--json", type=Path, help="write the rows to this file")
+    parser.add_argument("--list", action="store_true", help="list the cases and exit (needs no GPU)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; returns the exit status: 1 when a ``--check`` fails or there is no
+    GPU to time the cases on (``--list`` needs none), 2 for a bad option."""
+    parser = _parser()
     args = parser.parse_args(argv)
+    if args.json is not None and (args.json.is_dir() or not args.json.parent.is_dir()):
+        parser.error(f"--json must be a file in an existing folder, got {str(args.json)!r}")
 
     names = args.case or registry.case_names(args.frontend)
     cases = [registry.get_case(n) for n in names]
@@ -72,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{c.name:28s} {c.frontend:6s} {c.bound:7s} {flops / 1e9:12.3f} GFLOP {nbytes / 1e9:10.3f} GB  "
                   f"{dict(c.sizes[args.size])}")
         return 0
+    from lithos_sched import gpu_available
+
+    if not gpu_available():
+        print(f"{parser.prog}: error: timing kernels needs a CUDA GPU, and none was found (the simulated device "
+              "runs no real kernels); --list shows the cases without one", file=sys.stderr)
+        return 1
     rows = []
     print(f"{'case':28s} {'ms':>9s} {'TFLOP/s':>9s} {'GB/s':>9s} {'peak':>6s}  check")
     for c in cases:

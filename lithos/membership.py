@@ -82,20 +82,31 @@ class Membership:
 
     def close(self) -> None:
         """Undo the join: stop watching, unbind, close the scheduler (its work finishes),
-        unregister (the TPCs are free), remove the signal, close the device."""
-        self.watch.stop()
-        if threading.get_ident() == self.thread:
-            self.tenant.__exit__(None, None, None)
+        unregister (the TPCs are free), remove the signal, close the device.
+
+        Every step runs even when one before it fails (a fault lost the context, a wait
+        passed its bound): the TPCs and the signal are given back whatever the device's
+        state. An error is raised at the end (the earlier ones as its context).
+        """
+        with contextlib.ExitStack() as steps:  # run last to first, each whatever the others do
+            steps.callback(self.device.close)
+            if self.signal is not None:
+                steps.callback(self.signal.close)
+            steps.callback(self.ledger.close)
+            steps.callback(self.ledger.unregister, [self.tenant.name])
+            if self.memory is not None:
+                steps.callback(self.memory.uninstall)
+            steps.callback(self.scheduler.close)
+            steps.callback(self._uninstall)
+            if threading.get_ident() == self.thread:
+                steps.callback(self.tenant.__exit__, None, None, None)
+            steps.callback(self.watch.stop)
+
+
+    def _uninstall(self) -> None:
+        """Uninstall the scheduler process-wide, if it is still the one installed."""
         if get_atomizer() is self.scheduler:
             set_scheduler(None)
-        self.scheduler.close()
-        if self.memory is not None:
-            self.memory.uninstall()
-        self.ledger.unregister([self.tenant.name])
-        self.ledger.close()
-        if self.signal is not None:
-            self.signal.close()
-        self.device.close()
 
 
 _lock = threading.Lock()

@@ -1,4 +1,9 @@
-"""``lithos.atomize``: wrap one CuPy or Numba kernel so its launches run as atoms."""
+"""``lithos.atomize``: wrap one CuPy or Numba kernel so its launches run as atoms.
+
+The wrappers are the front ends' (`lithos_atom.cupy_frontend`, `lithos_atom.numba_frontend`);
+the opt-in for unchanged code is `lithos_atom.optin`. Every launch of either kind goes
+through `Atomizer.dispatch` in `lithos_atom.atomizer`: read that next.
+"""
 
 from __future__ import annotations
 

@@ -2,7 +2,9 @@
 
 The base atomizer issues a launch's atoms on the launch's own stream; a scheduler
 subclasses it to place them on partitions. Which atomizer is in effect is the opt-in's
-business (`lithos_atom.optin`).
+business (`lithos_atom.optin`). An atom is a block range of a `LaunchPlan`
+(`lithos_atom.plan`). Next: the scheduler, `lithos_sched.scheduler`, the atomizer that
+shares a GPU between tenants.
 """
 
 from __future__ import annotations

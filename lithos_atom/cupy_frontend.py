@@ -4,7 +4,8 @@ The kernel's source is compiled again to PTX with NVRTC (CuPy 14 keeps only a cu
 every entry of the module is rewritten, and the result is linked and loaded once per
 device. An atom is a launch of the rewritten function over a 1-D grid of ``count``
 blocks with the four atom arguments appended; CuPy packs the user's arguments exactly
-as it does for the original kernel.
+as it does for the original kernel. Each launch goes through `Atomizer.dispatch`
+(`lithos_atom.atomizer`); the rewrite itself is `lithos_atom.ptx`.
 """
 
 from __future__ import annotations

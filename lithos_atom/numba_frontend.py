@@ -4,7 +4,8 @@ Numba compiles and specializes the kernel and packs its arguments itself: lithos
 intercepts ``_Kernel.launch``, the one method every Numba launch passes through, takes
 the specialization's PTX, rewrites and links it, and launches atoms with the argument
 list Numba's own ``_prepare_args`` builds (its array ABI: meminfo, parent, nitems,
-itemsize, data, shape..., strides) followed by the four atom arguments.
+itemsize, data, shape..., strides) followed by the four atom arguments. Each launch goes
+through `Atomizer.dispatch` (`lithos_atom.atomizer`); the rewrite itself is `lithos_atom.ptx`.
 """
 
 from __future__ import annotations

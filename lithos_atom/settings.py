@@ -1,8 +1,13 @@
-"""Typed lithos settings, read from the environment in one place.
+"""Typed lithos settings, and every ``LITHOS_*`` environment variable lithos reads.
 
-Each setting has a default and an environment variable; a bad value raises a one-line
-``ValueError`` naming the variable when the settings are first read, which `atomize` and
-`Atomizer` do when they are made, before any kernel is launched.
+`VARIABLES` lists each variable with its reader, which refuses a bad value with a one-line
+``ValueError`` naming the variable. The kernel settings (`Settings`) are read once, by
+`get_settings`, which `atomize`, every `Atomizer` (and so every scheduler) and the command
+lines call when they start, before any kernel is launched: that first read checks every
+variable of the list (`check_environment`) and warns once about any ``LITHOS_*`` variable
+that is not in it, since a misspelt one would otherwise silently do nothing. Modules that
+read a variable when they use it (the ledger's folder, the simulated GPUs, ...) go through
+`read_variable`, the same check.
 """
 
 from __future__ import annotations
@@ -11,7 +16,10 @@ import dataclasses
 import functools
 import math
 import os
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +54,7 @@ class Settings:
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+HOLD_GIL_CHOICES = ("latency-critical", "all", "none")
 
 
 def _read_bool(name: str, default: bool) -> bool:
@@ -73,13 +82,24 @@ def _read_positive_float(name: str, default: float) -> float:
     return value
 
 
-def _read_directory(name: str, default: Path) -> Path:
+def _read_positive_int(name: str) -> int | None:
+    raw = os.environ.get(name)
+    if raw is None:
+        return None
+    if not raw.strip().isascii() or not raw.strip().isdigit() or int(raw) < 1:
+        raise ValueError(f"{name}={raw!r} must be an int >= 1")
+    return int(raw)
+
+
+def _read_directory(name: str, default: Path | None, *, existing: bool = False) -> Path | None:
     raw = os.environ.get(name)
     if not raw:
         return default
     path = Path(raw)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{name}={raw!r} is not a directory")
+    if existing and not path.is_dir():
+        raise ValueError(f"{name}={raw!r} does not exist (it must be an existing directory)")
     return path
 
 
@@ -93,12 +113,97 @@ def _read_choice(name: str, choices: tuple[str, ...], default: str) -> str:
     return value
 
 
-HOLD_GIL_CHOICES = ("latency-critical", "all", "none")
+def _read_switch(name: str) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() in ("", "0"):
+        return False
+    if raw.strip() == "1":
+        return True
+    raise ValueError(f"{name}={raw!r} must be 1 (on) or 0 (off)")
+
+
+def _read_text(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+@dataclasses.dataclass(frozen=True)
+class Variable:
+    """One ``LITHOS_*`` environment variable lithos reads.
+
+    Attributes
+    ----------
+    name : str
+    read : callable
+        Returns its value (its default where it is unset); raises ``ValueError`` naming
+        the variable for a value it cannot take.
+    meaning : str
+        What it sets, and who reads it.
+    """
+
+    name: str
+    read: Callable[[], Any]
+    meaning: str
+
+
+def _variables(*items: tuple[str, Callable[[str], Any], str]) -> dict[str, Variable]:
+    return {name: Variable(name, functools.partial(reader, name), meaning) for name, reader, meaning in items}
+
+
+#: Every ``LITHOS_*`` environment variable lithos reads.
+VARIABLES: dict[str, Variable] = _variables(
+    ("LITHOS_CACHE_DIR", lambda n: _read_directory(n, Path.home() / ".cache" / "lithos"),
+     "the kernel cache's folder (`Settings.cache_dir`)"),
+    ("LITHOS_DISK_CACHE", lambda n: _read_bool(n, True), "whether kernels are cached on disk"),
+    ("LITHOS_ATOM_US", lambda n: _read_positive_float(n, 250.0), "the default atom duration in us"),
+    ("LITHOS_STRICT", lambda n: _read_bool(n, False), "refuse kernels that cannot be atomized"),
+    ("LITHOS_HOLD_GIL", lambda n: _read_choice(n, HOLD_GIL_CHOICES, "latency-critical"),
+     "which launches keep the GIL in driver calls"),
+    ("LITHOS_LEDGER_DIR", lambda n: _read_directory(n, None, existing=True),
+     "the folder of the GPU ledgers and request signals (lithos_sched.ledger; default /dev/shm)"),
+    ("LITHOS_SIM_GPUS", _read_positive_int, "how many GPUs the simulated machine has (lithos_sched.visible_gpus)"),
+    ("LITHOS_JOIN", _read_text,
+     "python -m lithos run's tenant, key=value,... (checked by lithos.membership.parse_join_spec)"),
+    ("LITHOS_SCALING_DIR", lambda n: _read_directory(n, None),
+     "the folder of cached scaling profiles (lithos_sched.scaling)"),
+    ("LITHOS_DVFS_ACTUATE", _read_switch, "1 lets an enabled DvfsActuator change clocks (lithos_sched.dvfs)"),
+    ("LITHOS_TRACE_DIR", lambda n: _read_directory(n, None), "where the benchmarks write traces"),
+)
+
+
+def read_variable(name: str) -> Any:
+    """The value of the ``LITHOS_*`` variable ``name`` now (its default where unset).
+
+    Raises
+    ------
+    ValueError
+        Naming the variable, for a value it cannot take.
+    KeyError
+        For a name not in `VARIABLES`.
+    """
+    return VARIABLES[name].read()
+
+
+def check_environment() -> None:
+    """Check every variable of `VARIABLES`, and warn (once per call) about any
+    ``LITHOS_*`` variable of the environment that is not one of them.
+
+    Raises
+    ------
+    ValueError
+        Naming the first variable with a value it cannot take.
+    """
+    for variable in VARIABLES.values():
+        variable.read()
+    unknown = sorted(k for k in os.environ if k.startswith("LITHOS_") and k not in VARIABLES)
+    if unknown:
+        warnings.warn(f"lithos ignores the unknown environment variable{'s' * (len(unknown) > 1)} "
+                      f"{', '.join(unknown)}; it reads {', '.join(VARIABLES)}", RuntimeWarning, stacklevel=3)
 
 
 @functools.lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Read the settings from the environment (once per process; see `reload_settings`).
+    """Read the settings from the environment, checking every ``LITHOS_*`` variable first
+    (`check_environment`; once per process, see `reload_settings`).
 
     Returns
     -------
@@ -109,12 +214,13 @@ def get_settings() -> Settings:
     ValueError
         Naming the variable, for a value it cannot take.
     """
+    check_environment()
     return Settings(
-        cache_dir=_read_directory("LITHOS_CACHE_DIR", Path.home() / ".cache" / "lithos"),
-        disk_cache=_read_bool("LITHOS_DISK_CACHE", True),
-        atom_us=_read_positive_float("LITHOS_ATOM_US", 250.0),
-        strict=_read_bool("LITHOS_STRICT", False),
-        hold_gil=_read_choice("LITHOS_HOLD_GIL", HOLD_GIL_CHOICES, "latency-critical"),
+        cache_dir=read_variable("LITHOS_CACHE_DIR"),
+        disk_cache=read_variable("LITHOS_DISK_CACHE"),
+        atom_us=read_variable("LITHOS_ATOM_US"),
+        strict=read_variable("LITHOS_STRICT"),
+        hold_gil=read_variable("LITHOS_HOLD_GIL"),
     )
 
 

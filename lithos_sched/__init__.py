@@ -13,6 +13,8 @@ LithosCudaError, PartitionError
     A failed driver call (with the driver's error name); a bad partition request.
 Scheduler, Policy, Priority, TenantSpec, set_scheduler, using_scheduler
     The multi-tenant scheduler.
+KernelFaultError, SchedulerTimeoutError, SchedulerClosedError
+    Work of a tenant failed on the device; a wait passed its bound; the scheduler is closed.
 LatencyPredictor
     The online latency predictor.
 
@@ -29,11 +31,12 @@ from typing import Any
 
 from lithos_sched.device_api import Device, Event, Partition, Stream
 from lithos_sched.errors import LithosCudaError, PartitionError, check
+from lithos_sched.faults import KernelFaultError, SchedulerTimeoutError
+from lithos_sched.fields import is_int, require
 from lithos_sched.gpu_device import GpuDevice
 from lithos_sched.policy import Policy
 from lithos_sched.predictor import LatencyPredictor
 from lithos_sched.scheduler import (
-    KernelFaultError,
     Scheduler,
     SchedulerClosedError,
     set_scheduler,
@@ -111,9 +114,14 @@ def open_device(device_id: int = 0, *, simulate: bool | None = None, **kwargs: A
     ------
     TypeError
         For an option neither device knows.
+    ValueError
+        For a ``device_id`` that is not an int >= 0, a ``simulate`` that is not a bool or
+        None, or an option of the wrong type (naming it).
     PartitionError
         For a ``device_id`` that is not one of the visible GPUs.
     """
+    require(is_int(device_id) and device_id >= 0, "open_device: device_id", "an int >= 0", device_id)
+    require(simulate is None or isinstance(simulate, bool), "open_device: simulate", "True, False or None", simulate)
     gpu_keys, sim_keys = _keywords(GpuDevice), _keywords(SimDevice)
     unknown = sorted(set(kwargs) - gpu_keys - sim_keys)
     if unknown:
@@ -126,13 +134,14 @@ def open_device(device_id: int = 0, *, simulate: bool | None = None, **kwargs: A
             log.warning(message)
             warnings.warn(message, RuntimeWarning, stacklevel=2)
     if simulate:
-        return SimDevice(device_id=device_id, **{k: v for k, v in kwargs.items() if k in sim_keys})
-    return GpuDevice(device_id, **{k: v for k, v in kwargs.items() if k in gpu_keys})
+        return SimDevice(device_id=int(device_id), **{k: v for k, v in kwargs.items() if k in sim_keys})
+    return GpuDevice(int(device_id), **{k: v for k, v in kwargs.items() if k in gpu_keys})
 
 
 __all__ = [
     "BlockRecord", "Device", "Event", "GpuDevice", "KernelFaultError", "LatencyPredictor", "LithosCudaError",
-    "Partition", "PartitionError", "Policy", "Priority", "Scheduler", "SchedulerClosedError", "SimDevice",
+    "Partition", "PartitionError", "Policy", "Priority", "Scheduler", "SchedulerClosedError",
+    "SchedulerTimeoutError", "SimDevice",
     "SimKernel", "Stream", "TenantConfigError", "TenantSpec", "device_count", "gpu_available", "open_device",
     "set_scheduler", "using_scheduler",
 ]

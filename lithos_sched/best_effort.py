@@ -55,9 +55,11 @@ class BestEffortPlacement:
         joined: set[int] = set()  # handles of the streams ordered after ``before``
         last_on: dict[int, Any] = {}  # stream handle -> end event of its last atom
         issued = 0  # blocks issued so far, in order
+        broken = False  # issuing itself failed: issuing again would fail again, or run blocks twice
 
         def issue(count: int, partition: Any, stream: Any, stolen: bool, gates: Sequence[Gate] = ()) -> None:
-            nonlocal before, issued
+            nonlocal before, issued, broken
+            broken = True
             h = tl.handle(stream)
             if h != user_handle and h not in joined:
                 if before is None:
@@ -70,6 +72,7 @@ class BestEffortPlacement:
                                                   self._wave_blocks(plan, partition))
             last_on[h] = self._issue(tenant, plan, issued, count, partition, stream, predicted, stolen).end
             issued += count
+            broken = False
 
         try:
             if self._gated():
@@ -77,14 +80,16 @@ class BestEffortPlacement:
             else:
                 self._place_host(tenant, plan, issue, lambda: plan.total_blocks - issued)
         finally:
-            if issued < plan.total_blocks:
+            if issued < plan.total_blocks and not broken and self._fault is None:
                 # Interrupted (an exception while waiting, or close()): issue the rest now
                 # on the tenant's own partition so no submitted block is lost.
                 issue(plan.total_blocks - issued, tenant.home, tenant.home.normal, False)
-            plan.complete()
-            for h, end in last_on.items():
-                if h != user_handle:
-                    tl.wait(user, end)
+            if not broken:
+                plan.complete()
+            if self._fault is None:  # order the user's stream after every atom that was issued
+                for h, end in last_on.items():
+                    if h != user_handle:
+                        tl.wait(user, end)
 
     def _place_host(self, tenant: Tenant, plan: LaunchPlan, issue: Callable[..., None],
                     remaining: Callable[[], int]) -> None:
@@ -161,9 +166,12 @@ class BestEffortPlacement:
         period_us = self.policy.request_hold_max_us
 
         def check(seen_waiting: frozenset[int]) -> None:
-            with tenant._lock:
-                stolen = [r for r in tenant._inflight if r.stolen]
-                waiting = frozenset(id(r.start) for r in stolen if not tl.done(r.start))
+            if self._gate_keeper.failed is not None:
+                self._stranded_guards.discard(tenant.name)
+                return  # the keeper failed open: every gate stays forced
+            # a snapshot, not the tenant's lock: its thread holds that for a whole launch
+            stolen = [r for r in tuple(tenant._inflight) if r.stolen]
+            waiting = frozenset(id(r.start) for r in stolen if not tl.done(r.start))
             forced = [g for g in gates if g.forced]
             if forced and not waiting:
                 for gate in forced:

@@ -15,6 +15,9 @@ No partition ever hands out the legacy default stream (handle 0) or the special 
 ``CU_STREAM_LEGACY`` (1) and ``CU_STREAM_PER_THREAD`` (2): on the GPU they escape every
 partition (work on ``cupy.cuda.Stream.null`` ran on all 132 SMs even with a green context
 current; docs/design.md). Stream objects refuse such handles.
+
+The GPU's partitions are green contexts (`lithos_sched.gpu_device`); the simulator's run
+in virtual time (`lithos_sched.sim_device`).
 """
 
 from __future__ import annotations

@@ -31,9 +31,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 from collections.abc import Sequence
 from typing import Any
+
+from lithos_atom.settings import read_variable
 
 log = logging.getLogger("lithos_sched.dvfs")
 
@@ -212,8 +213,14 @@ class DvfsActuator:
 
     @property
     def active(self) -> bool:
-        """Whether `apply` changes clocks: enabled in code AND by ``LITHOS_DVFS_ACTUATE=1``."""
-        return self.requested and os.environ.get(ACTUATE_ENV) == "1"
+        """Whether `apply` changes clocks: enabled in code AND by ``LITHOS_DVFS_ACTUATE=1``.
+
+        Raises
+        ------
+        ValueError
+            For a ``LITHOS_DVFS_ACTUATE`` other than 1, 0 or empty.
+        """
+        return self.requested and read_variable(ACTUATE_ENV)
 
     def _device(self) -> tuple[Any, Any]:
         if self._nvml is None:

@@ -17,15 +17,23 @@ host's hold lets a best-effort thread go after that long.
 
 On the GPU the keeper is one daemon thread per scheduler, asleep until it has something
 to do. On the simulated device it is timers of the virtual timeline.
+
+A keeper that cannot judge fails open: if one of its checks raises (the context lost to a
+fault, say), it logs that once and forces every gate it keeps for good, so no atom waits
+behind a gate that nobody would open any more (`GateKeeper.failed`); the scheduler clears
+the gates this process forced when it closes.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
+
+log = logging.getLogger("lithos_sched")
 
 
 class GateKeeper:
@@ -48,6 +56,7 @@ class GateKeeper:
         self._seq = itertools.count()
         self._held_armed = False
         self._stopped = False
+        self.failed: BaseException | None = None
 
     def held(self) -> bool:
         """Whether any gate is held by launches now."""
@@ -58,28 +67,51 @@ class GateKeeper:
         if self._scheduler.device.simulated:
             if not self._held_armed:
                 self._held_armed = True
-                self._scheduler.timeline.call_at(self._held_wake_us(), self._on_held_timer)
+                self._scheduler.timeline.call_at(self._held_wake_us(), lambda: self._run_safely(self._on_held_timer))
             return
         self._wake_thread()
 
     def at(self, t_us: float, fn: Callable[[], None]) -> None:
-        """Run ``fn`` at host time ``t_us`` (the timeline's clock), from the keeper."""
+        """Run ``fn`` at host time ``t_us`` (the timeline's clock), from the keeper; an
+        exception it raises makes the keeper fail open (see the module)."""
         if self._scheduler.device.simulated:
-            self._scheduler.timeline.call_at(t_us, fn)
+            self._scheduler.timeline.call_at(t_us, lambda: self._run_safely(fn))
             return
         with self._cond:
             heapq.heappush(self._timers, (t_us, next(self._seq), fn))
         self._wake_thread()
 
     def stop(self) -> None:
-        """End the keeper's thread and open every gate still held (idempotent)."""
+        """End the keeper's thread, waiting at most `Policy.wait_timeout_s` (a thread that
+        does not end is left behind, a daemon, with a warning), and open every gate still
+        held (idempotent)."""
         with self._cond:
             self._stopped = True
             self._cond.notify()
-        if self._thread is not None:
-            self._thread.join()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(self._scheduler.policy.wait_timeout_s)
+            if thread.is_alive():
+                log.warning("lithos: the gate keeper's thread did not end within %s s; left running",
+                            self._scheduler.policy.wait_timeout_s)
         for t in self._tenants:
             t.release_gate()
+
+    def _run_safely(self, fn: Callable[[], None]) -> None:
+        """``fn()`` unless the keeper stopped; if it raises, fail open (once logged): force
+        every gate for good."""
+        if self._stopped:
+            return  # a timer of a closed scheduler (the simulated device's timers outlive it)
+        try:
+            fn()
+        except Exception as exc:
+            if self.failed is None:
+                self.failed = exc
+                log.warning("lithos: the gate keeper failed (%s: %s); every gate of the scheduler is forced open "
+                            "from now on, so no best-effort atom waits behind one", type(exc).__name__, exc)
+            for t in self._scheduler._lc:
+                if t.gate is not None and not t.gate.memory.closed:
+                    self._scheduler.timeline.force_gate(t.gate, True)
 
     def _wake_thread(self) -> None:
         with self._cond:
@@ -130,5 +162,5 @@ class GateKeeper:
                 while self._timers and self._timers[0][0] <= now:
                     due.append(heapq.heappop(self._timers)[2])
             for fn in due:
-                fn()
-            self._open_idle()
+                self._run_safely(fn)
+            self._run_safely(self._open_idle)

@@ -11,6 +11,10 @@ next atom boundary when a request starts and resume when it ends, with no host t
 involved either way. The second word, *forced*, is the best-effort side's: set, it lets
 queued atoms pass a closed gate, so a latency-critical tenant busy without a break cannot
 hold them for ever (`lithos_sched.gate_keeper`), and the tenant's own writes never touch it.
+A process sets it to its pid shifted left by one, plus one (bit 0 is what a wait tests),
+so a process that finds a gate forced by one that died can clear it
+(`lithos_sched.ledger_watch`): a best-effort process killed while it forced a gate would
+otherwise leave the latency-critical tenant unprotected for good.
 
 The words live in host memory that the driver maps into the device's address space
 (``cuMemHostRegister``): the host reads a gate with a plain load and may store it, and the
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import os
 import threading
 import numpy as np
 
@@ -78,16 +83,25 @@ class GateMemory:
             return self._device_address
 
     def close(self) -> None:
-        """Unregister the page from the driver (if registered) and unmap it (idempotent)."""
+        """Unregister the page from the driver (if registered) and unmap it (idempotent);
+        its gates then read open and not forced."""
         with self._lock:
             if self._map.closed:
                 return
             if self._device_address is not None:
                 from lithos_atom import driver_calls
+                from lithos_sched.faults import is_sticky
 
-                driver_calls.host_unregister(self.host_address)
+                try:
+                    driver_calls.in_cupy_context(driver_calls.host_unregister, self.host_address)
+                except Exception as exc:
+                    if not is_sticky(exc):  # a context lost to a fault took the registration with it
+                        raise
                 self._device_address = None
-        del self.words, self._anchor  # buffer exports must go before the map closes
+        # buffer exports must go before the map closes; a gate read after (a thread that
+        # still holds it) finds it open and not forced, as a released tenant's should be
+        self.words = np.tile(np.array([OPEN, 0], dtype=np.uint32), PAGE_BYTES // 8)
+        del self._anchor
         self._map.close()
 
     @property
@@ -131,13 +145,19 @@ class Gate:
         self.memory.words[self.index] = value
 
     def force(self, on: bool) -> None:
-        """Set or clear the forced word: while set, waits pass whatever the open word says."""
-        self.memory.words[self.index + 1] = int(on)
+        """Set the forced word for this process, or clear it: while set, waits pass
+        whatever the open word says."""
+        self.memory.words[self.index + 1] = (os.getpid() << 1) | 1 if on else 0
 
     @property
     def forced(self) -> bool:
         """Whether the forced word is set."""
         return bool(self.memory.words[self.index + 1])
+
+    def forced_by(self) -> int | None:
+        """The pid of the process that set the forced word, or None while it is clear."""
+        word = int(self.memory.words[self.index + 1])
+        return word >> 1 if word else None
 
     def device_address(self) -> int:
         """The open word's device address, 8-byte aligned (registers the page on first use)."""

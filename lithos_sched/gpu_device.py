@@ -49,6 +49,7 @@ from lithos_sched.device_api import (
     validate_tpcs,
 )
 from lithos_sched.errors import LithosCudaError, PartitionError, check
+from lithos_sched.faults import is_sticky
 
 log = logging.getLogger("lithos_sched")
 
@@ -382,7 +383,9 @@ def _destroy_green_context(primary: Any, ctx: Any, handles: list[int]) -> None:
                 check(driver.cuStreamDestroy(stream), "cuStreamDestroy")
             check(driver.cuGreenCtxDestroy(ctx), "cuGreenCtxDestroy")
     except LithosCudaError as exc:
-        if exc.code != _CUDA_ERROR_DEINITIALIZED:  # at exit the process tears everything down anyway
+        # at exit the process tears everything down anyway, and a context lost to a fault
+        # (a sticky error) took its green contexts with it
+        if exc.code != _CUDA_ERROR_DEINITIALIZED and not is_sticky(exc):
             raise
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from lithos_atom.plan import KernelKey, LaunchPlan, LaunchShape, WholeLaunch
+from lithos_sched.faults import cuda_error_code
 from lithos_sched.gates import CLOSED, OPEN, Gate, GateBoard
 from lithos_sched.tenant import Priority
 
@@ -83,7 +84,7 @@ class LatencyCriticalLaunches:
         a right-sizer the kernel runs on the partition of the TPCs it needs, ordered with
         the user's stream by two event waits.
         """
-        self._check_open()
+        self._check_open(tenant)
         tl = self.timeline
         home = tenant.home
         if tenant._stream_handle is None:
@@ -143,6 +144,10 @@ class LatencyCriticalLaunches:
                         tenant._gate_after = tenant._busy
                 tenant._last_submit_us = tl.now_us()
                 stats.host_issue_us += (time.perf_counter() - t_host) * 1e6
+            except Exception as exc:
+                if cuda_error_code(exc) is None:
+                    raise
+                raise self._device_error(tenant, "a launch failed", exc) from exc
             finally:
                 tenant._in_launch = False
         if timed and len(tenant._inflight) >= _LC_RETIRE_BATCH:
@@ -157,7 +162,15 @@ class LatencyCriticalLaunches:
         for it and resume when it ends with no host involved. A best-effort graph cannot
         be split into atoms or preempted: it runs whole on the tenant's own TPCs, never on
         stolen ones (one warning per scheduler)."""
-        self._check_open()
+        self._check_open(tenant)
+        try:
+            self._launch_graph_on(tenant, graph, user)
+        except Exception as exc:
+            if cuda_error_code(exc) is None:
+                raise
+            raise self._device_error(tenant, "a graph launch failed", exc) from exc
+
+    def _launch_graph_on(self, tenant: Tenant, graph: Any, user: Any) -> None:
         tl = self.timeline
         lc = tenant.priority is Priority.LATENCY_CRITICAL
         target = tenant.stream if lc else tenant.home.normal

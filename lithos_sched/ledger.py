@@ -37,10 +37,12 @@ import os
 import re
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from lithos_atom.settings import read_variable
 from lithos_sched import ledger_file
 from lithos_sched.fields import is_int, is_number
 from lithos_sched.processes import ProcessId, file_locked
@@ -51,6 +53,10 @@ LEDGER_DIR_ENV = "LITHOS_LEDGER_DIR"
 
 _PREFIX = "lithos-ledger-"
 _SIGNAL_PREFIX = "lithos-requests-"  # `RequestSignal.create`'s file names
+#: The longest a process waits for another's lock of the ledger: a change holds it for
+#: well under a millisecond, and a holder stopped (SIGSTOP, a debugger) must not stall
+#: every join, leave and watch of the GPU for ever.
+LOCK_TIMEOUT_S = 10.0
 
 
 class TPCsUnavailableError(RuntimeError):
@@ -159,11 +165,18 @@ class LedgerEntry:
 
 def ledger_dir(directory: str | Path | None = None) -> Path:
     """Where ledgers and request signals live: ``directory``, else ``LITHOS_LEDGER_DIR``,
-    else /dev/shm (memory only), else the temporary folder."""
+    else /dev/shm (memory only), else the temporary folder.
+
+    Raises
+    ------
+    ValueError
+        For a ``LITHOS_LEDGER_DIR`` that is not an existing directory.
+    """
     if directory is not None:
         return Path(directory)
-    if os.environ.get(LEDGER_DIR_ENV):
-        return Path(os.environ[LEDGER_DIR_ENV])
+    chosen = read_variable(LEDGER_DIR_ENV)
+    if chosen is not None:
+        return chosen
     return Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
 
 
@@ -267,7 +280,7 @@ class Ledger:
                 if info.st_mode & 0o077:
                     raise PermissionError(f"ledger {self.path} is open to other users (mode {info.st_mode & 0o777:o}); "
                                           "a ledger must be mode 600")
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                _lock_exclusive(fd, self.path)
                 if not self._is_current(fd):
                     os.close(fd)  # the last process removed it meanwhile: open the new one
                     continue
@@ -301,7 +314,7 @@ class Ledger:
             if self._fd < 0:
                 raise ValueError(f"ledger {self.path} is closed")
             while True:
-                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                _lock_exclusive(self._fd, self.path)
                 if self._is_current(self._fd):
                     break
                 os.close(self._fd)  # removed by its last process: this one starts the next
@@ -431,7 +444,7 @@ class Ledger:
             if self._fd < 0:
                 return
             try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                _lock_exclusive(self._fd, self.path)
                 if self._is_current(self._fd) and not self._live(self._fd):
                     self.path.unlink(missing_ok=True)
             finally:
@@ -446,6 +459,28 @@ class Ledger:
 
     def __repr__(self) -> str:
         return f"<Ledger of GPU {self.gpu} ({self.num_tpcs} TPCs) {str(self.path)!r}>"
+
+
+def _lock_exclusive(fd: int, path: Path) -> None:
+    """``flock(fd, LOCK_EX)``, waiting at most `LOCK_TIMEOUT_S`.
+
+    Raises
+    ------
+    TimeoutError
+        Naming the file, when another process held it all that time.
+    """
+    deadline = time.monotonic() + LOCK_TIMEOUT_S
+    pause = 1e-4
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"ledger {path} stayed locked by another process for {LOCK_TIMEOUT_S:g} s "
+                                   "(a lithos process stopped while changing it?)") from None
+            time.sleep(pause)
+            pause = min(pause * 2, 5e-3)
 
 
 def _remove_signal_file(path: Path) -> None:

@@ -10,12 +10,18 @@ latency-critical tenant of another process that publishes a request signal is fo
 while the scheduler has a best-effort tenant, and one that left or died is unfollowed,
 its gate forced open so no best-effort atom waits for it. Every process runs a watch,
 best-effort or not, so the first survivor to notice a death reclaims for all.
+
+Each look also reads the forced word of the gates the scheduler knows (its own tenants'
+and the followed ones'): a gate forced by a process that is gone (a best-effort process
+killed while it let its stranded atoms through, `lithos_sched.gates`) is cleared, or the
+latency-critical tenant would stay unprotected for good.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from typing import Any
 
@@ -66,10 +72,27 @@ class LedgerWatch:
         self._thread.start()
 
     def stop(self) -> None:
-        """End the thread (idempotent); the followed tenants stay followed."""
+        """End the thread, waiting at most the scheduler's `Policy.wait_timeout_s` (one that
+        does not end is left behind, a daemon, with a warning); idempotent. The followed
+        tenants stay followed."""
         self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(self.scheduler.policy.wait_timeout_s)
+            if thread.is_alive():
+                self._warn(f"lithos: the ledger watch of {self.ledger.path} did not end within "
+                           f"{self.scheduler.policy.wait_timeout_s} s; left running")
+
+    def clear_dead_forcers(self) -> None:
+        """Clear the forced word of every gate the scheduler knows that a process now gone set."""
+        me = os.getpid()
+        for t in self.scheduler._lc:
+            gate = t.gate
+            if gate is None or gate.memory.closed:
+                continue
+            pid = gate.forced_by()
+            if pid is not None and pid != me and ProcessId.of(pid) is None:
+                gate.force(False)
 
     def sync(self) -> None:
         """Read the ledger (reclaiming stale entries) and follow and unfollow to match it."""
@@ -130,6 +153,7 @@ class LedgerWatch:
     def _run(self) -> None:
         while not self._stop.wait(self.period_s):
             try:
+                self.clear_dead_forcers()
                 if self._changed():
                     with self._on_device():
                         self.sync()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
 
 from lithos_sched.fields import is_int, is_number, require
@@ -112,9 +113,21 @@ class Policy:
         building a rewritten-kernel plan), saving host time per launch; a launch never
         timed goes through the plan, whose first atom teaches the predictor.
     gil_switch_interval_s : float or None
-        While the scheduler is open, ``sys.setswitchinterval`` is set to this (restored by
-        `Scheduler.close`): a latency-critical thread waiting for the GIL behind a busy
+        While the scheduler is open, ``sys.setswitchinterval`` is set to this (restored when
+        the last scheduler of the process that set it closes): a latency-critical thread
+        waiting for the GIL behind a busy
         best-effort thread would otherwise wait up to Python's default 5 ms. None leaves it.
+    wait_timeout_s : float or None
+        The longest one wait of the scheduler lasts: for an atom or a tenant's queued work
+        (`Tenant.synchronize`, `Scheduler.synchronize`, `Scheduler.close`), for a thread
+        inside a launch or the gate keeper's thread while closing. Past it the wait raises
+        `SchedulerTimeoutError` naming the tenant, so work that can never finish (a kernel
+        that never ends, a gate nobody opens) fails its program instead of hanging it; a
+        minute is far beyond any atom, request or queue. The driver has no timed wait: on
+        the GPU a best-effort tenant's waits then poll their events (the gaps growing with
+        the time waited, at most 1 ms), while a latency-critical tenant's stay in the
+        driver (its streams wait on no gate and no other tenant: they end or fail). None:
+        every wait in the driver, unbounded.
     """
 
     atom_us: float = 1000.0
@@ -139,6 +152,7 @@ class Policy:
     hold_best_effort_in_requests: bool = True
     request_hold_max_us: float = 20000.0
     short_best_effort_whole: bool = True
+    wait_timeout_s: float | None = 60.0
 
     def __post_init__(self) -> None:
         for name in ("atom_us", "home_atom_us", "queue_cap_us", "home_queue_cap_us", "steal_max_block_us",
@@ -162,3 +176,6 @@ class Policy:
                 require(isinstance(value, bool), f"Policy.{field.name}", "a bool", value)
         gil = self.gil_switch_interval_s
         require(gil is None or (is_number(gil) and gil > 0), "Policy.gil_switch_interval_s", "> 0 or None", gil)
+        bound = self.wait_timeout_s
+        require(bound is None or (is_number(bound) and math.isfinite(bound) and bound > 0), "Policy.wait_timeout_s",
+                "a finite number > 0 or None", bound)

@@ -11,7 +11,9 @@ thread iterating them meanwhile sees the old set or the new one, whole. A best-e
 launch in progress picks the change up at its next atom. A tenant whose process is gone
 may have left its gate closed for good; `unfollow` opens and forces it, so the atoms
 already queued behind it run, and takes its TPCs out of every later steal. The signal
-stays mapped until the scheduler closes: a GPU stream may still wait on its gate.
+stays mapped while a GPU stream may still wait on its gate: until no atom of the
+scheduler is queued on stolen TPCs at a later follow or unfollow, or the scheduler closes
+(a process following tenants that come and go keeps no mapping of each one for good).
 `RemoteTenants` is a part of `Scheduler`, in a file of its own.
 """
 
@@ -67,6 +69,7 @@ class RemoteTenants:
             clash = sorted(t.name for t in self.tenants.values() if t.tpcs & tpcs)
             if clash:
                 raise TenantConfigError(f"tenant {spec.name!r}: its TPCs overlap those of {clash}")
+            self._close_unfollowed()
             tenant = Tenant(self, spec, tpcs)
             tenant.follow_requests(signal)
             self._followed_signals = {**self._followed_signals, spec.name: signal}
@@ -102,11 +105,13 @@ class RemoteTenants:
             self.tenants = {k: v for k, v in self.tenants.items() if k != name}
             self._lc = [t for t in self._lc if t is not tenant]
             self._membership_changed()
-        if release_gate and tenant.gate is not None:
-            # host stores, from whichever thread calls: the same as the timeline's on the GPU,
-            # and the simulated device, which one thread drives, sees them at its next step
-            tenant.gate.store(OPEN)
-            tenant.gate.force(True)
+            if release_gate and tenant.gate is not None:
+                # host stores, from whichever thread calls: the same as the timeline's on the GPU,
+                # and the simulated device, which one thread drives, sees them at its next step
+                tenant.gate.store(OPEN)
+                tenant.gate.force(True)
+            self._close_unfollowed()
+        tenant.home.close()  # nothing of it ran here: its streams are empty
 
     def followed(self) -> list[str]:
         """The names of the tenants this scheduler follows (`follow`), sorted."""
@@ -116,6 +121,18 @@ class RemoteTenants:
         """Count a change of the latency-critical tenants; forget what depended on them."""
         self._lc_shared = {}
         self._membership += 1
+
+    def _close_unfollowed(self) -> None:
+        """Close the signals of the tenants unfollowed before, once no atom of this
+        scheduler is in flight on stolen TPCs: no stream waits on their gates any more.
+        Called with the membership lock held."""
+        if not self._unfollowed_signals:
+            return
+        if any(r.stolen for t in self.tenants.values() for r in tuple(t._inflight)):
+            return
+        for signal in self._unfollowed_signals:
+            signal.close()
+        self._unfollowed_signals = []
 
     def _close_followed(self) -> None:
         """Close the signals of every tenant followed now or before (the scheduler closes)."""

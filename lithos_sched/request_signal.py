@@ -25,7 +25,8 @@ stores at the block's edges. A best-effort process that follows the signal queue
 atoms on the tenant's TPCs behind that gate, and the GPU stops and resumes them.
 
 The file is created for its owner only (mode 0600), and `RequestSignal.attach` refuses a
-file of another user: a process that could write it could stall the tenant's followers.
+file of another user, one open to other users and a symbolic link: a process that could
+write it could stall the tenant's followers, or let their atoms through its requests.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -66,21 +68,35 @@ class RequestSignal:
     def __init__(self, path: Path, *, owner: bool) -> None:
         self.path = path
         self._owner = owner
-        with open(path, "r+b") as f:
-            info = os.fstat(f.fileno())
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)  # a link is refused, not followed
+        try:
+            info = os.fstat(fd)
             if info.st_uid != os.getuid():
                 raise PermissionError(f"{path} belongs to user id {info.st_uid}, not to this user "
                                       f"({os.getuid()}): a request signal is shared only between one user's processes")
-            if info.st_size != _SIZE:
+            if not stat.S_ISREG(info.st_mode) or info.st_size != _SIZE:
                 raise ValueError(f"{path} is not a request signal ({_SIZE} bytes expected)")
-            self._memory = GateMemory(mmap.mmap(f.fileno(), _SIZE))
+            if info.st_mode & 0o077:
+                raise PermissionError(f"request signal {path} is open to other users (mode {info.st_mode & 0o777:o}); "
+                                      "a request signal must be mode 600")
+            self._memory = GateMemory(mmap.mmap(fd, _SIZE))
+        finally:
+            os.close(fd)  # the mapping keeps the file
         self._words = np.frombuffer(self._memory.words, dtype=np.int64, count=_WORDS)
         self.gate = Gate(self._memory, _GATE_WORD)
 
     @classmethod
     def create(cls, directory: str | Path | None = None) -> RequestSignal:
         """A new signal with no request open, in a file of ``directory`` (/dev/shm, where
-        it exists: memory only, else the temporary directory)."""
+        it exists: memory only, else the temporary directory).
+
+        Raises
+        ------
+        TypeError
+            For a ``directory`` that is not a path or None.
+        """
+        if directory is not None:
+            _require_path("RequestSignal.create: directory", directory)
         if directory is None and Path("/dev/shm").is_dir():
             directory = "/dev/shm"
         fd, name = tempfile.mkstemp(prefix="lithos-requests-", dir=directory)
@@ -96,13 +112,18 @@ class RequestSignal:
 
         Raises
         ------
+        TypeError
+            For a ``path`` that is not a path.
         FileNotFoundError
             If there is no such file.
         PermissionError
-            If the file belongs to another user.
+            If the file belongs to another user or is open to others.
+        OSError
+            If the path is a symbolic link (``ELOOP``).
         ValueError
             If the file is not a request signal.
         """
+        _require_path("RequestSignal.attach: path", path)
         return cls(Path(path), owner=False)
 
     @property
@@ -138,10 +159,13 @@ class RequestSignal:
         Raises
         ------
         ValueError
-            For a count below 1.
+            For a ``tpcs`` that is not an int >= 1 or None, or a ``gate`` that is not a bool.
+        TypeError
+            For a ``stream`` that is not a stream.
         """
         require(tpcs is None or (is_int(tpcs) and tpcs >= 1), "RequestSignal.request: tpcs", "an int >= 1 or None",
                 tpcs)
+        require(isinstance(gate, bool), "RequestSignal.request: gate", "a bool", gate)
         handle = None if stream is None else _stream_handle(stream)
         self._words[2] = 0 if tpcs is None else tpcs
         self._words[0] += 1
@@ -175,7 +199,7 @@ class RequestSignal:
         GPU); the creator also removes it."""
         if self._memory.closed:
             return
-        del self._words  # the buffer must be released before the map closes
+        self._words = np.zeros(_WORDS, dtype=np.int64)  # the map's buffer must go first; read after: no request
         self._memory.close()
         if self._owner:
             self.path.unlink(missing_ok=True)
@@ -196,5 +220,12 @@ def _stream_handle(stream: Any) -> int:
         return int(stream.__cuda_stream__()[1])
     ptr = getattr(stream, "ptr", None)
     if ptr is None:
-        raise TypeError(f"cannot use {type(stream).__name__} as a CUDA stream (no __cuda_stream__ or ptr)")
+        raise TypeError(f"RequestSignal.request: stream must be a CUDA stream (with __cuda_stream__ or ptr), "
+                        f"got {type(stream).__name__}")
     return int(ptr)
+
+
+def _require_path(parameter: str, value: object) -> None:
+    """Raise ``TypeError`` naming ``parameter`` unless ``value`` is a str or a path."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{parameter} must be a path (str or os.PathLike), got {type(value).__name__}")

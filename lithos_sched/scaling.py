@@ -30,13 +30,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import threading
 from collections.abc import Hashable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from lithos_atom.settings import read_variable
 
 MODEL_KINDS = ("amdahl", "saturating", "wave")
 
@@ -425,11 +426,8 @@ class ScalingProfile:
 
 def default_cache_dir() -> Path:
     """``$LITHOS_SCALING_DIR``, else ``$LITHOS_CACHE_DIR/scaling``, else ``~/.cache/lithos/scaling``."""
-    explicit = os.environ.get("LITHOS_SCALING_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("LITHOS_CACHE_DIR")
-    return (Path(base) if base else Path.home() / ".cache" / "lithos") / "scaling"
+    explicit = read_variable("LITHOS_SCALING_DIR")
+    return explicit if explicit is not None else read_variable("LITHOS_CACHE_DIR") / "scaling"
 
 
 class ProfileStore:

@@ -15,15 +15,17 @@ other processes, followed while they come and go.
 Stream semantics stay as the user wrote them: atoms on partition streams start after the
 work the tenant queued before the launch, and the tenant's stream waits for every atom, so
 later work (opaque CuPy ops, copies, host reads) sees the results.
+
+Its settings are `Policy` (`lithos_sched.policy`). Next: the partitions tenants run on,
+`lithos_sched.device_api`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import json
-import sys
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -35,10 +37,13 @@ from lithos_atom.optin import using_atomizer
 from lithos_atom.plan import LaunchPlan, LaunchShape, WholeLaunch
 from lithos_sched.accounting import AtomRecord
 from lithos_sched.best_effort import BestEffortPlacement
+from lithos_sched.faults import DeviceWaits, KernelFaultError, SchedulerTimeoutError, cuda_error_code
+from lithos_sched.device_api import Device
 from lithos_sched.gate_keeper import GateKeeper
 from lithos_sched.latency_critical import LatencyCriticalLaunches
 from lithos_sched.policy import Policy
 from lithos_sched.predictor import LatencyPredictor
+from lithos_sched.process_tuning import TUNING
 from lithos_sched.remote_tenants import RemoteTenants
 from lithos_sched.rightsizing import RightSizer
 from lithos_sched.tenant import Priority, TenantConfigError, TenantSpec, assign_tpcs, specs_from
@@ -47,18 +52,12 @@ from lithos_sched.tenant_runtime import Tenant, current_tenant
 from lithos_sched.trace_buffer import TraceBuffer, TraceRow
 
 _MAX_GRID_X = 2**31 - 1
-_CUDA_ERRORS = ("CUDARuntimeError", "CUDADriverError", "CUDAError", "LithosCudaError")
-
 
 class SchedulerClosedError(RuntimeError):
     """The scheduler was closed; its tenants can no longer launch through it."""
 
 
-class KernelFaultError(RuntimeError):
-    """A kernel failed on the device; names the tenant and kernel whose atom was waited on."""
-
-
-class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Atomizer):
+class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, DeviceWaits, Atomizer):
     """Shares one device among tenants.
 
     Parameters
@@ -75,6 +74,13 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Ato
         go to best-effort tenants. None (the default) runs them on the whole home partition.
     trace : bool
         Keep a record of every atom for `export_trace`.
+
+    Raises
+    ------
+    TypeError
+        For an argument of the wrong type, naming it.
+    TenantConfigError
+        For tenants that are not `TenantSpec`s or do not fit the device.
 
     Notes
     -----
@@ -93,6 +99,7 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Ato
         *,
         trace: bool = True,
     ):
+        _check_arguments(device, policy, predictor, right_sizer, trace)
         self.policy = policy or Policy()
         super().__init__(atom_us=self.policy.atom_us, strict=False)
         self.device = device
@@ -113,6 +120,7 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Ato
         self._default_tenant: Tenant | None = None
         self._closed = False
         self._closing = False
+        self._fault: KernelFaultError | None = None  # `DeviceWaits`: the first fault that lost the context
         self._steal_partitions: dict[frozenset[int], Any] = {}
         self._lc_shared: dict[frozenset[int], bool] = {}
         self._requests_open = 0  # latency-critical tenants inside `Tenant.request`
@@ -120,19 +128,14 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Ato
         self._trace_on = trace
         self._trace = TraceBuffer()
         self._request_windows: list[tuple[str, float, float]] = []  # (tenant, start_us, duration_us)
-        self._t0 = self.timeline.record(next(iter(self.tenants.values())).home.normal)
+        self._t0 = self.timeline.origin()  # the trace's clock starts here
         self._gate_board = self._open_gate_board()
         if self._gate_board is not None:
             for t in self._lc:
                 t.gate = self._gate_board.new_gate()
         self._gate_keeper = GateKeeper(self)
         self._stranded_guards: set[str] = set()  # best-effort tenants with a `_guard_stranded` check pending
-        self._saved_switch_interval = sys.getswitchinterval()
-        if self.policy.freeze_gc:
-            gc.collect()
-            gc.freeze()
-        if self.policy.gil_switch_interval_s is not None and not device.simulated:
-            sys.setswitchinterval(self.policy.gil_switch_interval_s)
+        self._tuning = TUNING.enter(self.policy, device.simulated)
 
     # ---- public API --------------------------------------------------------------
 
@@ -205,7 +208,7 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Ato
             The stream the user launched on; None or the legacy default stream mean the
             tenant's own stream (the default stream would escape the partition).
         """
-        self._check_open()
+        self._check_open(tenant)
         user = stream
         if user is None or self.timeline.handle(user) == 0:
             user = tenant.stream
@@ -225,6 +228,10 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Ato
                         self._run_best_effort(tenant, plan, user)
                     finally:
                         tenant.stats.host_cpu_us += (time.thread_time_ns() - cpu0) / 1e3
+            except Exception as exc:
+                if cuda_error_code(exc) is None:
+                    raise
+                raise self._device_error(tenant, f"a launch of kernel {plan.key.name!r} failed", exc) from exc
             finally:
                 tenant._in_launch = False
 
@@ -237,25 +244,52 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Ato
         """Stop accepting launches, let every issued atom finish, release the partitions.
 
         A best-effort tenant in the middle of a launch issues its remaining blocks at once
-        instead of waiting for room, so no submitted work is lost.
+        instead of waiting for room, so no submitted work is lost. Every wait here has the
+        bound `Policy.wait_timeout_s`, and an error stops none of the rest: the gate keeper
+        stops, every gate held by launches opens, every gate this process forced is cleared.
+        Partitions, gate pages and followed signals are released once the work is done;
+        after a fault or a timeout they are left to the process's exit (a stream may still
+        wait on them, or the context is gone).
+
+        Raises
+        ------
+        SchedulerTimeoutError
+            For the first tenant whose work (or launch in progress) did not finish in time.
+        KernelFaultError
+            For a fault first met here (one already raised to a tenant is not raised again:
+            `fault` holds it).
         """
         if self._closed:
             return
         self._closing = True
         with self._request_done:
             self._request_done.notify_all()  # held best-effort threads issue their rest now
+        errors: list[Exception] = []
+        bound_s = self.policy.wait_timeout_s
         for t in self.tenants.values():
-            with t._lock:  # waits for a tenant thread that is mid-launch
-                pass
-        self.synchronize()
+            # waits for a tenant thread that is mid-launch
+            if not t._lock.acquire(timeout=-1 if bound_s is None else bound_s):
+                errors.append(SchedulerTimeoutError(f"tenant {t.name!r} was still inside a launch {bound_s:g} s "
+                                                    "after close() began (Policy.wait_timeout_s)", t.name))
+                continue
+            t._lock.release()
+        if self._fault is None and not errors:
+            try:
+                self.synchronize()
+            except (KernelFaultError, SchedulerTimeoutError) as exc:
+                errors.append(exc)
+        drained = self._fault is None and not errors
         self._gate_keeper.stop()
+        self._clear_forced_gates()
         self._closed = True
-        if self._gate_board is not None:
-            self._gate_board.close()
-        self._close_followed()
-        sys.setswitchinterval(self._saved_switch_interval)
-        if self.policy.freeze_gc:
-            gc.unfreeze()
+        if drained:
+            self._release_partitions()
+            if self._gate_board is not None:
+                self._gate_board.close()
+            self._close_followed()
+        TUNING.leave(self._tuning)
+        if errors:
+            raise errors[0]
 
     def __enter__(self) -> Scheduler:
         return self
@@ -323,9 +357,33 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Ato
 
     # ---- dispatch ------------------------------------------------------------------
 
-    def _check_open(self) -> None:
+    def _check_open(self, tenant: Tenant | None = None) -> None:
+        """Refuse work once the scheduler is closing, or its context was lost to a fault
+        (naming ``tenant``)."""
         if self._closed or self._closing:
             raise SchedulerClosedError("the scheduler is closed")
+        if self._fault is not None:
+            self._refuse_after_fault(tenant)
+
+    def _release_partitions(self) -> None:
+        """Close every partition the scheduler opened (its tenants' homes, the right-sized
+        and stolen ones): on the GPU their green contexts go back to the device's pool."""
+        parts = [t.home for t in self.tenants.values()]
+        parts += [p for t in self.tenants.values() for p in t._rightsized.values()]
+        parts += list(self._steal_partitions.values())
+        for part in parts:
+            if not part.closed:
+                part.close()
+        self._steal_partitions = {}
+
+    def _clear_forced_gates(self) -> None:
+        """Clear the forced word of every gate this process forced (`Gate.force`) and still
+        follows or owns: no atom of this scheduler waits behind them any more, and a
+        forced gate would let other processes' atoms pass during the tenant's requests."""
+        for t in self._lc:
+            gate = t.gate
+            if gate is not None and not gate.memory.closed and gate.forced_by() == os.getpid():
+                gate.force(False)
 
     def _route(self, stream: Any) -> tuple[Tenant | None, Any]:
         """The tenant a launch of the calling thread on ``stream`` runs as (None: as
@@ -397,34 +455,6 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Ato
         tenant.stats.stolen_atoms += int(stolen)
         return rec
 
-    def _wait_event(self, rec: AtomRecord, stop: Callable[[], bool] | None = None,
-                    deadline_us: float | None = None) -> bool:
-        return self._wait(rec.end, f"kernel {rec.key.name!r} of tenant {rec.tenant.name!r} failed on the device "
-                                   f"(atom blocks {rec.start_block}..{rec.start_block + rec.count - 1})",
-                          stop, deadline_us)
-
-    def _wait_busy(self, tenant: Tenant, event: Any) -> None:
-        self._wait(event, f"a kernel of tenant {tenant.name!r} failed on the device")
-
-    def _wait(self, event: Any, failure: str, stop: Callable[[], bool] | None = None,
-              deadline_us: float | None = None) -> bool:
-        """Wait for ``event``, or until ``stop()`` (asked every `Policy.steal_poll_us`) or
-        host time ``deadline_us``; returns whether ``event`` completed. The driver's
-        sticky error after a fault becomes a `KernelFaultError` that says whose work it
-        was (``failure``).
-
-        Without ``stop``, a wait with a deadline is one sleep: polling the event would take
-        the GIL again and again, which a latency-critical thread of the same process may be
-        waiting for; an atom that ends before the deadline leaves its TPCs idle for at most
-        the predictor's error."""
-        poll_us = self.policy.steal_poll_us if stop is not None else 0.0
-        try:
-            return self.timeline.wait_until(event, stop, poll_us, deadline_us)
-        except Exception as exc:
-            if type(exc).__name__ not in _CUDA_ERRORS:
-                raise
-            raise KernelFaultError(f"{failure}: {exc}") from exc
-
     def _retire(self, tenant: Tenant) -> None:
         """Account, learn from and trace every finished atom of ``tenant`` (and the
         windows of its finished requests)."""
@@ -471,6 +501,23 @@ def _ranges(ids: Any) -> str:
         else:
             runs.append([i, i])
     return ",".join(f"{a}-{b}" if a != b else f"{a}" for a, b in runs)
+
+
+def _check_arguments(device: Any, policy: Any, predictor: Any, right_sizer: Any, trace: Any) -> None:
+    """Refuse, by its name, a `Scheduler` argument of the wrong type (the predictor and the
+    right-sizer by the methods the scheduler calls on them)."""
+    if not isinstance(device, Device):
+        raise TypeError(f"Scheduler: device must be a lithos device (lithos.open_device()), got {type(device).__name__}")
+    if policy is not None and not isinstance(policy, Policy):
+        raise TypeError(f"Scheduler: policy must be a Policy or None, got {type(policy).__name__}")
+    for name, value, methods, what in (
+            ("predictor", predictor, ("predict_us", "wave_us", "observe", "error_report"), "a LatencyPredictor"),
+            ("right_sizer", right_sizer, ("tpcs_for", "observe"), "a RightSizer")):
+        if value is not None and not all(callable(getattr(value, m, None)) for m in methods):
+            raise TypeError(f"Scheduler: {name} must be {what} (with {', '.join(methods)}) or None, "
+                            f"got {type(value).__name__}")
+    if not isinstance(trace, bool):
+        raise TypeError(f"Scheduler: trace must be a bool, got {type(trace).__name__}")
 
 
 @contextlib.contextmanager

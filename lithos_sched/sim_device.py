@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from lithos_atom.plan import KernelKey, LaunchPlan
 from lithos_sched.device_api import StreamPriority, validate_priority, validate_tpcs
 from lithos_sched.errors import PartitionError
 from lithos_sched.fields import is_int, is_number, require
@@ -71,6 +72,14 @@ class SimKernel:
                 "an int in 1..10", self.blocks_per_sm)
         require(is_number(self.jitter) and math.isfinite(self.jitter) and self.jitter >= 0, "SimKernel.jitter",
                 "a finite number >= 0", self.jitter)
+
+    def launch_plan(self, device: SimDevice) -> LaunchPlan:
+        """One launch of the whole grid on ``device``, as a front end hands a launch to
+        `Scheduler.submit_for` (the scheduler splits it into atoms)."""
+        key = KernelKey(self.name, (self.grid_blocks, 1, 1), (256, 1, 1), 0)
+        return LaunchPlan.build(key, self.grid_blocks, self.grid_blocks,
+                                lambda start, count, stream: stream.launch(self, start, count),
+                                wave_blocks=self.blocks_per_sm * device.num_sms)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,6 +223,14 @@ class SimStream:
         self._ops.append(("record", event))
         self.device._progress()
         return event
+
+    def record_into(self, event: SimEvent) -> None:
+        """Enqueue ``event`` again: pending from now on, it completes when every earlier
+        operation of the stream has (``cuEventRecord`` of an existing event)."""
+        self.partition._check_open()
+        event.time_us = None
+        self._ops.append(("record", event))
+        self.device._progress()
 
     def wait(self, event: SimEvent) -> None:
         """Later operations of this stream wait until ``event`` has completed."""
@@ -375,6 +392,8 @@ class SimDevice:
         for label, value in (("num_tpcs", num_tpcs), ("sms_per_tpc", sms_per_tpc)):
             require(is_int(value) and value >= 1, f"SimDevice.{label}", "an int >= 1", value)
         require(is_int(seed), "SimDevice.seed", "an int", seed)
+        require(isinstance(name, str), "SimDevice.name", "a str", name)
+        require(isinstance(record_blocks, bool), "SimDevice.record_blocks", "a bool", record_blocks)
         visible = visible_sim_gpus()
         if not is_int(device_id) or not 0 <= device_id < len(visible):
             raise PartitionError(f"device_id {device_id!r} out of range: {len(visible)} simulated GPU(s) visible "

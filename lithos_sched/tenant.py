@@ -7,6 +7,8 @@ import enum
 import math
 from collections.abc import Iterable, Sequence
 
+from lithos_sched.fields import is_int, is_number
+
 
 class Priority(enum.Enum):
     """Priority class of a tenant.
@@ -33,12 +35,19 @@ class TenantSpec:
     name : str
         Unique name.
     priority : Priority
-        Priority class.
+        Priority class (its value, ``"latency-critical"`` or ``"best-effort"``, is taken
+        too, as `lithos.join` takes it).
     share : float, optional
         Fraction of the device's TPCs (0 < share <= 1); TPCs are handed out in
         declaration order. Exactly one of ``share`` and ``tpcs`` is given.
     tpcs : tuple of int, optional
-        Explicit TPC ids.
+        Explicit TPC ids (any iterable of ints is taken, and kept as a tuple).
+
+    Raises
+    ------
+    TenantConfigError
+        A `ValueError` naming the tenant and the field, for a field of the wrong type or
+        out of range.
     """
 
     name: str
@@ -49,20 +58,31 @@ class TenantSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise TenantConfigError(f"tenant name must be a non-empty string, got {self.name!r}")
+        values = [p.value for p in Priority]
+        if isinstance(self.priority, str) and self.priority in values:
+            object.__setattr__(self, "priority", Priority(self.priority))
         if not isinstance(self.priority, Priority):
-            raise TenantConfigError(f"tenant {self.name!r}: priority must be a lithos_sched.Priority, got {self.priority!r}")
+            raise TenantConfigError(f"tenant {self.name!r}: priority must be a lithos_sched.Priority or one of "
+                                    f"{values}, got {self.priority!r}")
         if (self.share is None) == (self.tpcs is None):
             raise TenantConfigError(f"tenant {self.name!r}: give exactly one of share= and tpcs=")
-        if self.share is not None and (isinstance(self.share, bool) or not 0 < self.share <= 1):
-            raise TenantConfigError(f"tenant {self.name!r}: share must be in (0, 1], got {self.share!r}")
+        if self.share is not None:
+            if not (is_number(self.share) and 0 < self.share <= 1):
+                raise TenantConfigError(f"tenant {self.name!r}: share must be a number in (0, 1], got {self.share!r}")
+            object.__setattr__(self, "share", float(self.share))
         if self.tpcs is not None:
-            if len(self.tpcs) == 0:
+            if isinstance(self.tpcs, (str, bytes)) or not isinstance(self.tpcs, Iterable):
+                raise TenantConfigError(f"tenant {self.name!r}: tpcs must be TPC ids (a sequence of ints), "
+                                        f"got {self.tpcs!r}")
+            ids = tuple(self.tpcs)
+            if len(ids) == 0:
                 raise TenantConfigError(f"tenant {self.name!r}: tpcs is empty")
-            bad = [t for t in self.tpcs if isinstance(t, bool) or not isinstance(t, int) or t < 0]
+            bad = [t for t in ids if not is_int(t) or t < 0]
             if bad:
                 raise TenantConfigError(f"tenant {self.name!r}: tpcs must be non-negative ints, got {bad!r}")
-            if len(set(self.tpcs)) != len(self.tpcs):
+            if len(set(ids)) != len(ids):
                 raise TenantConfigError(f"tenant {self.name!r}: tpcs has duplicates")
+            object.__setattr__(self, "tpcs", tuple(int(t) for t in ids))
 
 
 def assign_tpcs(specs: Sequence[TenantSpec], num_tpcs: int) -> dict[str, frozenset[int]]:
@@ -132,7 +152,15 @@ def _apportion(exact: dict[str, float]) -> dict[str, int]:
 
 
 def specs_from(items: Iterable[TenantSpec]) -> list[TenantSpec]:
-    """Validate that every item is a `TenantSpec` and return them as a list."""
+    """Validate that every item is a `TenantSpec` and return them as a list.
+
+    Raises
+    ------
+    TenantConfigError
+        For ``items`` that are not an iterable of `TenantSpec` (a single one, say).
+    """
+    if not isinstance(items, Iterable) or isinstance(items, (str, bytes)):
+        raise TenantConfigError(f"tenants must be a sequence of TenantSpec, got {type(items).__name__}")
     out = list(items)
     for item in out:
         if not isinstance(item, TenantSpec):

@@ -21,6 +21,8 @@ from lithos_atom.optin import using_atomizer
 from lithos_atom.plan import LaunchPlan, LaunchShape, WholeLaunch
 from lithos_atom.settings import get_settings
 from lithos_sched.accounting import AtomRecord, TenantStats
+from lithos_sched.faults import cuda_error_code
+from lithos_sched.fields import is_int
 from lithos_sched.gates import CLOSED, OPEN, Gate
 from lithos_sched.tenant import Priority, TenantSpec
 
@@ -184,7 +186,7 @@ class Tenant:
 
     def __enter__(self) -> Tenant:
         s = self.scheduler
-        s._check_open()
+        s._check_open(self)
         if self._remote is not None:
             raise RuntimeError(f"tenant {self.name!r} runs in another process (follow_requests): "
                                "its launches cannot be made here")
@@ -212,7 +214,15 @@ class Tenant:
         self._contexts.pop(threading.get_ident()).close()
 
     def synchronize(self) -> None:
-        """Wait until every atom this tenant issued has finished."""
+        """Wait until every atom this tenant issued has finished.
+
+        Raises
+        ------
+        KernelFaultError
+            When the tenant's work failed on the device (or the context was lost before).
+        SchedulerTimeoutError
+            When one of its waits passed `Policy.wait_timeout_s`.
+        """
         with self._lock:
             pending = list(self._inflight)
             busy = self._busy
@@ -248,34 +258,69 @@ class Tenant:
         if current_tenant() is not self:
             raise RuntimeError(f"request must be used in a thread inside `with` tenant {self.name!r}")
         s = self.scheduler
-        s._check_open()
+        s._check_open(self)
         self._request_depth += 1
         if self._request_depth == 1:
-            self.stats.requests += 1
-            if self._published is not None:  # the signal's words, for schedulers that read them
-                self._published_request = self._published.request(gate=False)
-                self._published_request.__enter__()
-            if self.gate is not None:
-                s.timeline.write_gate(self.stream, self.gate, CLOSED)
-            if s._trace_on:
-                self._request_begin = s.timeline.record(self.stream)
-            s._request_opened()
+            try:
+                self._open_request()
+            except BaseException:
+                self._request_depth -= 1
+                raise
         try:
             yield self
         finally:
             self._request_depth -= 1
             if self._request_depth == 0:
-                self._last_submit_us = s.timeline.now_us()  # the grace runs from the request's end
-                if self.gate is not None:
-                    self._open_gate_after_work()
-                if self._published_request is not None:
-                    self._published_request.__exit__(None, None, None)
-                    self._published_request = None
-                if self._request_begin is not None:
-                    with self._lock:
-                        self._request_marks.append((self._request_begin, s.timeline.record(self.stream)))
-                    self._request_begin = None
-                s._request_closed()
+                self._close_request()
+
+    def _open_request(self) -> None:
+        """Begin the outermost request: mark the signal, close the gate, trace its start."""
+        s = self.scheduler
+        self.stats.requests += 1
+        if self._published is not None:  # the signal's words, for schedulers that read them
+            self._published_request = self._published.request(gate=False)
+            self._published_request.__enter__()
+        try:
+            if self.gate is not None:
+                s.timeline.write_gate(self.stream, self.gate, CLOSED)
+            if s._trace_on:
+                self._request_begin = s.timeline.record(self.stream)
+        except BaseException as exc:
+            self._end_published_request()
+            if cuda_error_code(exc) is None:
+                raise
+            raise s._device_error(self, "a request could not begin", exc) from exc
+        s._request_opened()
+
+    def _close_request(self) -> None:
+        """End the outermost request: the idle grace starts, the gate opens after its work,
+        the signal is marked and the trace gets its window. The signal and the scheduler
+        count the request closed even when the device fails; a context lost to a fault
+        can write no gate, so the gate is then opened from the host (no work of this
+        tenant is left to protect)."""
+        s = self.scheduler
+        self._last_submit_us = s.timeline.now_us()  # the grace runs from the request's end
+        try:
+            if self.gate is not None and s._fault is None:
+                self._open_gate_after_work()
+            if self._request_begin is not None and s._fault is None:
+                with self._lock:
+                    self._request_marks.append((self._request_begin, s.timeline.record(self.stream)))
+        except Exception as exc:
+            if cuda_error_code(exc) is None:
+                raise
+            raise s._device_error(self, "the end of a request failed", exc) from exc
+        finally:
+            self._request_begin = None
+            if self.gate is not None and s._fault is not None:
+                s.timeline.store_gate(self.gate, OPEN)
+            self._end_published_request()
+            s._request_closed()
+
+    def _end_published_request(self) -> None:
+        if self._published_request is not None:
+            self._published_request.__exit__(None, None, None)
+            self._published_request = None
 
     @property
     def gate_held(self) -> bool:
@@ -349,20 +394,20 @@ class Tenant:
         RuntimeError
             From a thread not bound to this tenant, or inside another ``on_tpcs`` block.
         ValueError
-            For ``n`` < 1.
+            For ``n`` that is not an int >= 1.
         """
         if self.priority is not Priority.LATENCY_CRITICAL:
             raise TypeError(f"on_tpcs is for latency-critical tenants; {self.name!r} is {self.priority.value}")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"on_tpcs needs a TPC count >= 1, got {n!r}")
+        if not is_int(n) or n < 1:
+            raise ValueError(f"Tenant.on_tpcs: n (a TPC count) must be an int >= 1, got {n!r}")
         if current_tenant() is not self:
             raise RuntimeError(f"on_tpcs must be used in a thread inside `with` tenant {self.name!r}")
         if self._request is not None:
             raise RuntimeError(f"tenant {self.name!r} is already inside an on_tpcs block")
         s = self.scheduler
-        s._check_open()
+        s._check_open(self)
         with self.request():
-            yield from self._on_first_tpcs(n)
+            yield from self._on_first_tpcs(int(n))
 
     def _on_first_tpcs(self, n: int) -> Iterator[Any]:
         s = self.scheduler

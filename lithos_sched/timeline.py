@@ -19,6 +19,11 @@ from typing import Any, Protocol
 
 from lithos_atom import driver_calls
 from lithos_sched.gates import WAIT_MASK, Gate, GateMemory
+from lithos_sched.sim_device import SimEvent
+
+#: Pauses of a bounded GPU wait asked for no poll: a quarter of the time waited so far, from
+#: the first to the second (us), so a long wait takes the GIL back a few times per ms at most.
+_BOUNDED_PAUSE_US = (50.0, 1000.0)
 
 
 class Timeline(Protocol):
@@ -27,6 +32,10 @@ class Timeline(Protocol):
     def record(self, stream: Any, blocking: bool = False) -> Any:
         """Record an event on ``stream`` and return it; with ``blocking``, a thread waiting
         for it (`synchronize`) sleeps until it completes instead of spinning (GPU)."""
+
+    def origin(self) -> Any:
+        """An event complete from now on: a clock origin for `elapsed_us` (recorded on no
+        stream another scheduler's work could hold back)."""
 
     def wait(self, stream: Any, event: Any) -> None:
         """Make ``stream`` wait for ``event``."""
@@ -41,12 +50,14 @@ class Timeline(Protocol):
         """Block until ``event`` completes (the GIL is released on the GPU)."""
 
     def wait_until(self, event: Any, stop: Callable[[], bool] | None, poll_us: float,
-                   deadline_us: float | None = None) -> bool:
+                   deadline_us: float | None = None, timeout_us: float | None = None) -> bool:
         """Block until ``event`` completes, ``stop()`` is true or host time reaches
         ``deadline_us`` (`now_us`), checking about every ``poll_us`` (on the simulated
         device, after each step of virtual time); returns whether ``event`` completed.
         With ``poll_us`` 0 nothing is checked between the start and the deadline: one
-        sleep, or, without a deadline, `synchronize`."""
+        sleep, or, without a deadline, `synchronize`. With ``timeout_us``, raises
+        ``TimeoutError`` once that long passed first (the event is then polled even
+        without ``poll_us``)."""
 
     def elapsed_us(self, start: Any, end: Any) -> float:
         """Device time between two completed events, in microseconds."""
@@ -118,6 +129,7 @@ class CupyTimeline:
         import cupy
 
         self._cupy = cupy
+        self._origin_stream: Any = None
 
     def now_us(self) -> float:
         return time.perf_counter() * 1e6
@@ -130,6 +142,13 @@ class CupyTimeline:
     def record(self, stream: Any, blocking: bool = False) -> Any:
         event = DeviceEvent(driver_calls.EVENT_BLOCKING_SYNC if blocking else driver_calls.EVENT_DEFAULT)
         driver_calls.event_record(event.ptr, self.as_cupy(stream).ptr)
+        return event
+
+    def origin(self) -> Any:
+        event = DeviceEvent(driver_calls.EVENT_DEFAULT)
+        if self._origin_stream is None:
+            self._origin_stream = self._cupy.cuda.Stream(non_blocking=True)  # never given work
+        driver_calls.event_record(event.ptr, self._origin_stream.ptr)
         return event
 
     def marker(self) -> Any:
@@ -156,19 +175,29 @@ class CupyTimeline:
         self._cupy.cuda.runtime.eventSynchronize(event.ptr)  # releases the GIL while it waits
 
     def wait_until(self, event: Any, stop: Callable[[], bool] | None, poll_us: float,
-                   deadline_us: float | None = None) -> bool:
-        if deadline_us is None and (stop is None or not poll_us):
+                   deadline_us: float | None = None, timeout_us: float | None = None) -> bool:
+        if deadline_us is None and timeout_us is None and (stop is None or not poll_us):
             self.synchronize(event)
             return True
+        start_us = self.now_us()
         while not self.done(event):
             if stop is not None and stop():
                 return False
+            now_us = self.now_us()
             pause_us = poll_us
             if deadline_us is not None:
-                left_us = deadline_us - self.now_us()
+                left_us = deadline_us - now_us
                 if left_us <= 0:
                     return False
                 pause_us = min(pause_us, left_us) if pause_us else left_us
+            if timeout_us is not None:
+                left_us = start_us + timeout_us - now_us
+                if left_us <= 0:
+                    raise TimeoutError(f"the event did not complete within {timeout_us / 1e6:g} s")
+                if not pause_us:  # no poll asked for: gaps growing with the time waited
+                    low_us, high_us = _BOUNDED_PAUSE_US
+                    pause_us = min(high_us, max(low_us, (now_us - start_us) / 4))
+                pause_us = min(pause_us, left_us)
             time.sleep(pause_us / 1e6)  # releases the GIL
         return True
 
@@ -256,6 +285,19 @@ class SimTimeline:
     def record(self, stream: Any, blocking: bool = False) -> Any:
         return stream.record()  # virtual time: nothing spins, so blocking changes nothing
 
+    def origin(self) -> Any:
+        return self.marker()
+
+    def marker(self) -> Any:
+        """A reusable event for `record_into`, complete (now) until first recorded."""
+        event = SimEvent(self._device)
+        event.time_us = self.now_us()
+        return event
+
+    def record_into(self, event: Any, stream: Any) -> None:
+        """Record ``event`` again on ``stream`` (see `CupyTimeline.record_into`)."""
+        stream.record_into(event)
+
     def wait(self, stream: Any, event: Any) -> None:
         stream.wait(event)
 
@@ -269,17 +311,21 @@ class SimTimeline:
         self.wait_until(event, None, 0.0)
 
     def wait_until(self, event: Any, stop: Callable[[], bool] | None, poll_us: float,
-                   deadline_us: float | None = None) -> bool:
+                   deadline_us: float | None = None, timeout_us: float | None = None) -> bool:
         # state that ``stop`` reads changes only in callbacks and completions: asking after
         # each of them is asking continuously, so ``poll_us`` is not needed here
+        limit_us = None if timeout_us is None else self.now_us() + timeout_us
         self._fire_due()
         while not event.query():
             if stop is not None and stop():
                 return False
             if deadline_us is not None and self.now_us() >= deadline_us:
                 return False
+            if limit_us is not None and self.now_us() >= limit_us:
+                raise TimeoutError(f"the event did not complete within {timeout_us / 1e6:g} s of virtual time")
             next_timer = self._timers[0][0] if self._timers else None
-            steps = [t for t in (next_timer, self._device.next_completion_us(), deadline_us) if t is not None]
+            steps = [t for t in (next_timer, self._device.next_completion_us(), deadline_us, limit_us)
+                     if t is not None]
             if not steps:
                 raise RuntimeError("simulated device: waiting for an event that can never complete")
             step_to = min(steps)
@@ -313,3 +359,7 @@ class SimTimeline:
 
     def is_capturing(self, stream: Any) -> bool:
         return False
+
+    def as_cupy(self, stream: Any) -> Any:
+        """``stream`` itself: a simulated graph launches on the simulated stream."""
+        return stream

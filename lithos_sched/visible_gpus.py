@@ -17,18 +17,10 @@ from __future__ import annotations
 
 import os
 
+from lithos_atom.settings import read_variable
+
 #: Environment variable: how many GPUs the simulated machine has.
 SIM_GPUS_ENV = "LITHOS_SIM_GPUS"
-
-
-def _sim_gpu_count() -> int | None:
-    """``LITHOS_SIM_GPUS`` as an int, or None where it is unset."""
-    text = os.environ.get(SIM_GPUS_ENV)
-    if text is None:
-        return None
-    if not text.strip().isdigit() or int(text) < 1:
-        raise ValueError(f"{SIM_GPUS_ENV} must be an int >= 1, got {text!r}")
-    return int(text)
 
 
 def visible_sim_gpus() -> list[int]:
@@ -39,7 +31,7 @@ def visible_sim_gpus() -> list[int]:
     ValueError
         For a ``LITHOS_SIM_GPUS`` that is not an int >= 1.
     """
-    count = _sim_gpu_count()
+    count = read_variable(SIM_GPUS_ENV)
     ids: list[int] = []
     for item in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(","):
         item = item.strip()

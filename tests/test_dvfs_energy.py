@@ -118,7 +118,7 @@ def fake_pynvml(monkeypatch):
     return fake
 
 
-@pytest.mark.parametrize("enable, env", [(False, None), (False, "1"), (True, None), (True, "0"), (True, "yes")])
+@pytest.mark.parametrize("enable, env", [(False, None), (False, "1"), (True, None), (True, "0"), (True, "")])
 def test_actuator_never_reaches_nvml_unless_enabled_twice(monkeypatch, fake_pynvml, enable, env):
     if env is None:
         monkeypatch.delenv(ACTUATE_ENV, raising=False)
@@ -130,6 +130,14 @@ def test_actuator_never_reaches_nvml_unless_enabled_twice(monkeypatch, fake_pynv
     assert act.reset() is False
     assert fake_pynvml.calls == []  # not even nvmlInit: NVML is never touched
     assert act.decisions == [(DECISION, False)]
+
+
+@pytest.mark.parametrize("env", ["yes", "true", "2", " on"])
+def test_an_actuation_switch_other_than_1_or_0_is_refused_by_name(monkeypatch, fake_pynvml, env):
+    monkeypatch.setenv(ACTUATE_ENV, env)
+    with pytest.raises(ValueError, match=f"^LITHOS_DVFS_ACTUATE={env!r} must be 1 \\(on\\) or 0 \\(off\\)$"):
+        DvfsActuator(enable=True).active
+    assert fake_pynvml.calls == []
 
 
 def test_actuator_locks_and_resets_when_enabled(monkeypatch):

@@ -50,7 +50,7 @@ class RecordingTimeline:
     def synchronize(self, event) -> None:  # noqa: ANN001
         pass
 
-    def wait_until(self, event, stop, poll_us, deadline_us=None) -> bool:  # noqa: ANN001
+    def wait_until(self, event, stop, poll_us, deadline_us=None, timeout_us=None) -> bool:  # noqa: ANN001
         return True
 
     def elapsed_us(self, start, end) -> float:  # noqa: ANN001

@@ -253,7 +253,7 @@ def test_each_simulated_gpu_has_its_own_ledger_keyed_by_the_physical_gpu(tmp_pat
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # CPU CI's "no GPU": every simulated GPU
     assert device_count(simulate=True) == 3
     monkeypatch.setenv("LITHOS_SIM_GPUS", "zero")
-    with pytest.raises(ValueError, match="LITHOS_SIM_GPUS must be an int >= 1, got 'zero'"):
+    with pytest.raises(ValueError, match="LITHOS_SIM_GPUS='zero' must be an int >= 1"):
         device_count(simulate=True)
     for ledger in ledgers:
         ledger.close()

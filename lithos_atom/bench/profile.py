@@ -10,7 +10,9 @@ Examples::
 
     python -m lithos_atom.bench.profile --case gemm_f16 --case softmax_f32      # registry cases, bench size
     python -m lithos_atom.bench.profile --inference-batch 1 --inference-batch 8  # the inference service's kernels
-    python -m lithos_atom.bench.profile --sim                                    # SIMULATED device, no GPU needed
+    python -m lithos_atom.bench.profile --sim                                    # SIMULATED device, stand-in kernels
+
+Without a GPU the command profiles the simulated device, as with ``--sim``, and says so.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +30,7 @@ from lithos_atom.optin import using_atomizer
 from lithos_atom.bench import rightsize_cases as rc
 from lithos_atom.bench.rightsize_cases import ProfileCase
 from lithos_atom.plan import KernelKey, LaunchShape, WholeLaunch
-from lithos_sched import open_device
+from lithos_sched import gpu_available, open_device
 from lithos_sched.partition_timing import TimingOptions, default_sizes, profile_on_partitions, validate_sizes
 from lithos_sched.rightsizing import RightSizeOptions, choose_tpcs, predicted_latency_us
 from lithos_sched.scaling import ProfileStore, ScalingProfile
@@ -123,9 +126,12 @@ def _alias_by_kernel_key(device: Any, case: ProfileCase, store: ProfileStore) ->
 
 def _sizes_arg(text: str) -> list[int]:
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        sizes = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--sizes must be comma-separated ints, got {text!r}") from None
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"must be comma-separated positive ints, got {text!r}")
+    return sizes
 
 
 def _positive(text: str) -> int:
@@ -142,9 +148,9 @@ def _slack(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--slack must be a number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
     if not 0 <= value < 10:
-        raise argparse.ArgumentTypeError(f"--slack must be in [0, 10), got {value}")
+        raise argparse.ArgumentTypeError(f"must be in [0, 10), got {value}")
     return value
 
 
@@ -174,29 +180,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command; returns the exit status."""
+    """Run the command; returns the exit status.
+
+    Without a GPU it profiles the simulated device's stand-in kernels, as ``--sim`` does,
+    and says so; the kernels of ``kernels/`` (``--case``, ``--all-cases``,
+    ``--inference-batch``) need a GPU, and asking for them without one is an error
+    (exit status 1). Bad options exit with status 2 before any work.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.sim and (args.case or args.all_cases or args.inference_batch):
+    kernels_asked = bool(args.case or args.all_cases or args.inference_batch)
+    if args.sim and kernels_asked:
         parser.error("--sim profiles simulated stand-in kernels; it takes no --case, --all-cases or --inference-batch")
-    if not args.sim and not (args.case or args.all_cases or args.inference_batch):
-        parser.error("nothing to profile: give --case NAME, --all-cases, --inference-batch B, or --sim")
     if args.inference_batch and any(b > 8 for b in args.inference_batch):
         parser.error(f"--inference-batch must be 1-8 (the service's batches), got {args.inference_batch}")
+    if args.cache is not None and Path(args.cache).is_dir():
+        parser.error(f"--cache must be a file, got the folder {args.cache!r}")
+    simulate = args.sim or not gpu_available()
+    if simulate and kernels_asked:
+        print(f"{parser.prog}: error: --case, --all-cases and --inference-batch time kernels on a CUDA GPU, and none "
+              "was found; --sim profiles the simulated device's stand-in kernels", file=sys.stderr)
+        return 1
+    if not simulate and not kernels_asked:
+        parser.error("nothing to profile: give --case NAME, --all-cases, --inference-batch B, or --sim")
 
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    device = open_device(simulate=True if args.sim else False)
+    device = open_device(simulate=simulate)
     try:
         sizes = validate_sizes(args.sizes, device.num_tpcs) if args.sizes else default_sizes(device.num_tpcs)
     except ValueError as exc:
         device.close()
         parser.error(f"--sizes: {exc}")
     if device.simulated:
-        console.print("[bold yellow]SIMULATED DEVICE[/]: latencies below come from the simulator's model, "
-                      "not from a GPU")
+        why = "--sim was given" if args.sim else "no CUDA GPU was found"
+        console.print(f"[bold yellow]SIMULATED DEVICE[/]: {why}; latencies below come from the simulator's model of "
+                      "stand-in kernels, not from a GPU")
         cases: list[Any] = list(rc.sim_cases(device.num_tpcs))
     else:
         from kernels import registry
@@ -205,7 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         cases = [lambda n=n: [rc.registry_case(n, args.size)] for n in names]
         cases += [lambda b=b: rc.inference_cases(b) for b in (args.inference_batch or [])]
     store = ProfileStore(args.cache, device_name=device.name + (" (simulated)" if device.simulated else ""))
-    store.load()
+    try:
+        store.load()
+    except ValueError as exc:
+        device.close()
+        parser.error(f"--cache: {exc}")
     table = Table(title=f"Scaling profiles on {device.name}{' (SIMULATED)' if device.simulated else ''}, "
                         f"TPC counts {sizes}")
     for col in ("kernel", "model", "fit err", "shape", f"us @{sizes[0]}", "counts timed", "TPCs chosen",

@@ -18,9 +18,9 @@ service's decoder layer (batches 1 and 8), and for a whole inference request (wi
 
 Writes ``rightsizing.json`` and ``rightsizing.png`` to ``--out``; the summary says, per
 model service, at which batch sizes a whole request saves at least `TARGET_SAVED` of its
-TPC-time at a measured slowdown under the slack. ``--sim`` runs the same steps on the
-SIMULATED device with stand-in kernels, or the services' requests as it models them (no
-energy).
+TPC-time at a measured slowdown under the slack. ``--sim``, or a machine without a GPU,
+runs the same steps on the SIMULATED device with stand-in kernels, or the services'
+requests as it models them (no energy).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import numpy as np
 
 from lithos_atom.bench import rightsize_cases as rc
 from lithos_atom.bench.rightsize_cases import ProfileCase
-from lithos_sched import open_device
+from lithos_sched import gpu_available, open_device
 from lithos_sched.dvfs import DvfsActuator, DvfsPolicy, compute_share, h100_sm_clocks_mhz, time_ratio
 from lithos_sched.energy import MODELED, EnergyMeter, fit_power_model
 from lithos_sched.partition_timing import TimingOptions, default_sizes, profile_on_partitions, time_on_partitions
@@ -349,15 +349,27 @@ def plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the report; returns the exit status."""
+def _finite(text: str) -> float:
+    """An option's value as a finite float."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The command's argument parser."""
     from kernels import registry
 
     from lithos_atom.bench.ml_services import MODEL_SERVICES
 
     p = argparse.ArgumentParser(prog="python -m lithos_atom.bench.rightsize_bench", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="rightsizing-report", help="output directory (default ./rightsizing-report)")
-    p.add_argument("--sim", action="store_true", help="SIMULATED device and stand-in kernels")
+    p.add_argument("--sim", action="store_true", help="SIMULATED device and stand-in kernels (the default without "
+                                                      "a GPU)")
     p.add_argument("--case", action="append", choices=registry.case_names(), metavar="NAME",
                    help="registry case (repeatable; default all)")
     p.add_argument("--inference-batch", action="append", type=int, help="decoder batches (default 1 and 8)")
@@ -368,12 +380,24 @@ def main(argv: list[str] | None = None) -> int:
                    help="a batch size of the services (repeatable; default each service's own sizes)")
     p.add_argument("--service-size", choices=("default", "small"), default="default",
                    help="the services' shapes: published (default) or 2 layers (small, a smoke run)")
-    p.add_argument("--slack", type=float, default=0.05, help="right-sizing slack (default 0.05)")
-    p.add_argument("--energy-window", type=float, default=0.3, help="seconds of power measurement per kernel "
-                                                                     "(0: none)")
-    p.add_argument("--max-seconds", type=float, default=170.0, help="skip the remaining kernels after this long")
+    p.add_argument("--slack", type=_finite, default=0.05, help="right-sizing slack (default 0.05)")
+    p.add_argument("--energy-window", type=_finite, default=0.3, help="seconds of power measurement per kernel "
+                                                                      "(0: none)")
+    p.add_argument("--max-seconds", type=_finite, default=170.0, help="skip the remaining kernels after this long")
     p.add_argument("--no-refine", action="store_true", help="profile the 10 TPC counts only, not also every count "
                                                             "where a choice within the slack could lie")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the report; returns the exit status.
+
+    Without a GPU it runs on the simulated device with stand-in kernels, as ``--sim``
+    does, and says so; ``--case`` and ``--inference-batch`` name kernels of ``kernels/``,
+    which need a GPU (exit status 1 without one). Bad options exit with status 2 before
+    any work.
+    """
+    p = _parser()
     args = p.parse_args(argv)
     if not 0 <= args.slack < 10:
         p.error(f"--slack must be in [0, 10), got {args.slack}")
@@ -383,15 +407,28 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--service-batch needs --service and sizes >= 1, got {args.service_batch}")
     if args.energy_window < 0 or args.max_seconds <= 0:
         p.error("--energy-window must be >= 0 and --max-seconds > 0")
+    kernels_asked = bool(args.case or args.inference_batch)
+    if args.sim and kernels_asked:
+        p.error("--sim runs simulated stand-in kernels; it takes no --case or --inference-batch")
+    simulate = args.sim or not gpu_available()
+    if simulate and kernels_asked:
+        print(f"{p.prog}: error: --case and --inference-batch measure kernels on a CUDA GPU, and none was found; "
+              "--sim runs the report on the simulated device's stand-in kernels", file=sys.stderr)
+        return 1
+    out_dir = Path(args.out)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        p.error(f"--out: cannot make the folder {args.out!r} ({exc.strerror})")
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("lithos_sched.dvfs").setLevel(logging.INFO)  # the log-only DVFS decisions
 
     t_start = time.perf_counter()
-    device = open_device(simulate=True if args.sim else False)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    device = open_device(simulate=simulate)
     if device.simulated:
-        print("SIMULATED DEVICE: latencies are the simulator's model; no energy is measured")
+        why = "--sim was given" if args.sim else "no CUDA GPU was found"
+        what = "the model services' requests" if args.service else "stand-in kernels"
+        print(f"SIMULATED DEVICE: {why}; latencies are the simulator's model of {what}; no energy is measured")
     sizes = default_sizes(device.num_tpcs)
     meter = None
     idle_w = None
@@ -420,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     if device.simulated and not args.service:
         groups += [(c.key, lambda c=c: [c]) for c in rc.sim_cases(device.num_tpcs)]
     elif not device.simulated and (not args.service or args.inference_batch or args.case):
+        from kernels import registry
+
         # The inference workload first: it is short, and the time limit cuts from the end.
         decoder = args.inference_batch or ([] if args.service else [1, 8])
         groups += [(f"inference batch {b}", lambda b=b: rc.inference_cases(b)) for b in decoder]
