@@ -20,8 +20,9 @@ def timeslice_contexts(arrivals_s: Sequence[Sequence[float]], demands_us: Sequen
     """LC latencies of each context and the BE context's GPU share under time-slicing.
 
     The contexts take the GPU in turn, round robin over those with work: the LC contexts
-    in order, then the BE context (if any), which always has work. An LC context serves
-    its requests in order for up to one time slice and yields when it runs out of work;
+    in order, then the BE context (if any), which always has work and holds the GPU
+    first. An LC context serves its requests in order for up to one time slice and
+    yields when it runs out of work;
     the BE context holds the GPU until a request waits, and then to the end of its current
     slice (slices start when it takes the GPU). Each hand-over between contexts costs
     ``switch_us``; without a BE context the GPU idles until the next arrival.
@@ -63,7 +64,7 @@ def timeslice_contexts(arrivals_s: Sequence[Sequence[float]], demands_us: Sequen
 
     t = 0.0
     holder: int | str | None = None  # the context holding the GPU: an LC index, "be", or None at the start
-    pos = 0  # where the round robin looks next: LC contexts 0..n-1, then the BE context (n)
+    pos = n  # where the round robin looks next: LC contexts 0..n-1, then the BE context (n), which starts
     while any(nxt[c] < len(arrivals[c]) or queues[c] for c in range(n)):
         admit(t)
         ring = [(pos + i) % (n + 1) for i in range(n + 1)]
