@@ -150,3 +150,32 @@ def test_sim_ml_bench_serves_a_model_beside_the_gpt2_job():
     assert sc["be_alone"]["be"]["iterations"] > 0
     assert sc["lithos"]["hp"]["arrived"] == sc["lc_alone"]["hp"]["arrived"]
     assert sc["lithos"]["be_occupancy"]["busy_share"] > 0.5   # the job's atoms ran beside the requests
+
+
+# ---- each service alone (its GPU run is the lead's; here the figures and the refusals) ----------
+
+
+def test_services_alone_figures_relate_each_request_to_its_batch_gpu_time():
+    from lithos_atom.bench.ml_tenants import LCRecord
+    from lithos_atom.bench.services_alone import variant_figures
+
+    cfg = MLColocationConfig(lc_service="resnet50", lc_batch_sizes=(1, 8), duration_s=1.0, warmup_s=0.0, seed=1)
+    arrivals, batches = cfg.requests()
+    gpu = {1: 1.0, 8: 4.0}
+    lat = [2.0 * gpu[int(b)] for b in batches]   # every request twice its batch's GPU time
+    rec = LCRecord(arrivals.tolist(), lat, [(0.0, 0.1, 1.0)] * len(lat))
+    out = variant_figures(cfg, rec, gpu)
+    assert out["p99_over_gpu"] == pytest.approx(2.0) and out["issue_p99_ms"] == pytest.approx(0.1)
+    assert out["completed"] == len(lat) and "latencies_ms" not in out
+
+
+def test_services_alone_refuses_bad_options_and_a_machine_without_a_gpu(monkeypatch, capsys):
+    from lithos_atom.bench import environment
+    from lithos_atom.bench.services_alone import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--services", "resnet50,gpt-5"])
+    assert exc.value.code == 2
+    monkeypatch.setattr(environment, "environment", lambda: {"simulated": True})
+    assert main(["--services", "resnet50"]) == 1
+    assert "needs a CUDA GPU" in capsys.readouterr().err
