@@ -59,7 +59,6 @@ class SimCostModel:
                 raise ValueError(f"SimCostModel.{f.name} must be > 0, got {v!r}")
 
 
-
 class KernelModel:
     """Turns kernel shapes into `SimKernel`s for a device of ``num_sms`` SMs."""
 

@@ -83,8 +83,8 @@ class _Stack:
 def _workers(stack: _Stack, with_be: bool, env: dict[str, str] | None) -> dict[str, Any]:
     """One worker process per tenant (`run_workers`); their figures."""
     cfg = stack.cfg
-    specs = {n: {"config": dataclasses.asdict(c), "role": "lc", "be_kind": cfg.be_job or "training"}
-             for n, c in zip(stack.names, stack.lc_cfgs)}
+    specs: dict[str, dict[str, Any]] = {n: {"config": dataclasses.asdict(c), "role": "lc"}
+                                        for n, c in zip(stack.names, stack.lc_cfgs)}
     if with_be:
         specs["be"] = {"config": dataclasses.asdict(stack.be_cfg), "role": "be", "be_kind": cfg.be_job}
     results, setup_s = run_workers(specs, cfg.span_s, env=env)
