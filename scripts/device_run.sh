@@ -2,7 +2,7 @@
 # Everything lithos does on the lent GPU, in one call: install, GPU tests, benchmarks.
 # Usage (on the device machine, from the repo root): bash scripts/device_run.sh [what...]
 #   what: probe | gates | tests | atoms | partitions | colocation | ml | rightsizing | rightsized | kernels | diag | arms |
-#         mps_split | mps_confine
+#         mps_split | mps_confine | services | ml_models | stacking | rightsize_services
 #   (default: probe tests atoms partitions colocation ml rightsizing, about 7 minutes; ML_DURATION sets
 #   --ml-duration, default 6; diag: the host-time diagnostics of scripts/ (launch cost, inference host, best-effort host);
 #   DIAGS picks among them; arms: an interleaved A/B of scripts/diag_arms.py on the ML pairs
@@ -27,7 +27,17 @@
 #   different physical SMs, about 20 s;
 #   rightsized: the ML bench's inference + training pair, lithos with and without
 #   right-sizing, once per inference batch range of RS_LC_BATCHES (default "1 1 1,8":
-#   batch 1 twice, then batches 1-8), about 80 s each)
+#   batch 1 twice, then batches 1-8), about 80 s each;
+#   services: lithos_atom.bench.services_alone, each model service alone at load 0.5 of its capacity,
+#   graph replay vs Python launches (SVC_DURATION s each, default 2; SVC_LIST picks services), about 2-3 minutes;
+#   ml_models: the ML bench with a model service (each of ML_SERVICES, default "llama-1b resnet50") beside the
+#   GPT-2 training job, scenarios lc_alone,be_alone,streams,priorities,static_split,lithos (ML_DURATION s,
+#   here default 3), about 1.5 minutes per service;
+#   stacking: lithos_atom.bench.stacking, Llama-1B decode over ResNet-50 and BERT-base, without and with the
+#   GPT-2 job (STACK_BE=none: without only), against MPS, priorities, time-sliced processes and static splits
+#   (STACK_DURATION s, default 2; STACK_SCENARIOS to pick), about 3-4 minutes;
+#   rightsize_services: the right-sizing report on each model service's whole request at its batch sizes
+#   (RS_SERVICES, default "llama-1b resnet50 bert-base llama-8b"), cut at 150 s)
 # Writes logs, JSON and plots to a staging folder, packed at the end into $OUT/results.tgz
 # (the device tool returns at most 8 files), with the GPU-test log beside it.
 set -uo pipefail
@@ -97,6 +107,27 @@ for w in "${what[@]}"; do
         PYTHONPATH=$PWD python3 scripts/$d.py "$STAGE/$d.json" 2>&1 | tee "$STAGE/$d.log" | tail -20
         [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
       done ;;
+    services)
+      python3 -m lithos_atom.bench.services_alone --duration "${SVC_DURATION:-2}" ${SVC_LIST:+--services "$SVC_LIST"} \
+        --json "$STAGE/services-alone.json" 2>&1 | tee "$STAGE/services-alone.log" | tail -30
+      [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+    ml_models)
+      for svc in ${ML_SERVICES:-llama-1b resnet50}; do
+        python3 -m lithos_atom.bench --ml --lc-service "$svc" --ml-pairs gpt2_training \
+          --ml-scenarios lc_alone,be_alone,streams,priorities,static_split,lithos --ml-duration "${ML_DURATION:-3}" \
+          --json "$STAGE/bench-ml-$svc.json" --plot "$STAGE/plots-ml-$svc" 2>&1 | tee "$STAGE/bench-ml-$svc.log" | tail -30
+        [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+      done ;;
+    stacking)
+      python3 -m lithos_atom.bench.stacking --duration "${STACK_DURATION:-2}" ${STACK_BE:+--be-job "$STACK_BE"} \
+        ${STACK_SCENARIOS:+--scenarios "$STACK_SCENARIOS"} --json "$STAGE/stacking.json" --plot "$STAGE/plots-stacking" 2>&1 \
+        | tee "$STAGE/stacking.log" | tail -40
+      [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+    rightsize_services)
+      svcs=(); for s in ${RS_SERVICES:-llama-1b resnet50 bert-base llama-8b}; do svcs+=(--service "$s"); done
+      python3 -m lithos_atom.bench.rightsize_bench "${svcs[@]}" --energy-window 0 --max-seconds 150 \
+        --out "$STAGE/rightsize-services" 2>&1 | tee "$STAGE/rightsize-services.log" | tail -30
+      [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     *) echo "unknown step $w"; status=2 ;;
   esac
 done
