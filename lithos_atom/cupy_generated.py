@@ -158,8 +158,8 @@ def forget_loaded_kernels() -> None:
 
     CuPy memoizes generated kernels per process (``cupy._util.memoize``, cleared with
     ``clear_memo``) and per object (a ufunc's or ElementwiseKernel's memo dict, a fused
-    function's cache); the object memos of ufuncs, elementwise kernels and fused functions
-    bound to a module attribute (CuPy's own, and a user module's) are cleared. Compiled code
+    function's or ``cupyx.jit.rawkernel``'s cache); the object memos of such objects bound
+    to a module attribute (CuPy's own, and a user module's) are cleared. Compiled code
     stays in CuPy's disk cache, so the reload costs a few milliseconds per kernel.
     """
     import cupy
@@ -174,6 +174,8 @@ def forget_loaded_kernels() -> None:
                     getattr(value, memo, {}).clear()
             elif type(value).__name__ == "Fusion" and callable(getattr(value, "clear_cache", None)):
                 value.clear_cache()
+            elif type(value).__name__ == "_JitRawKernel" and isinstance(getattr(value, "_cache", None), dict):
+                value._cache.clear()
 
 
 def install() -> None:

@@ -20,6 +20,10 @@
 #   the inference batches (default 1,8); about 5 minutes;
 #   gates: scripts/probe_gates.py, the stream-memory-operation gates (order, independence of streams,
 #   across processes, host cost, graphs on green contexts), about 20 s;
+#   suites: scripts/suite_proof.py, numba-cuda's and CuPy's own tests (third_party/cupy_tests, v14.2.0)
+#   plainly and under the opt-in at one-block atoms, the subsets SUITE_NUMBA / SUITE_CUPY, each pytest
+#   run bounded by SUITE_TIMEOUT (55 s), about 4 minutes; ufunc_cost: scripts/diag_ufunc_cost.py, the host
+#   cost of an intercepted CuPy ufunc launch against CuPy's own, about 20 s;
 #   mps_confine: scripts/diag_mps_confine.py, whether two MPS clients' green contexts are
 #   different physical SMs, about 20 s;
 #   rightsized: the ML bench's inference + training pair, lithos with and without
@@ -71,6 +75,15 @@ for w in "${what[@]}"; do
       PYTHONPATH=$PWD/scripts:$PWD python3 scripts/diag_arms.py "$STAGE/diag-arms.json" 6 "${ROUNDS:-3}" \
         "${ARMS:-default,all_planned}" "${PAIRS:-ml_training}" "${STATIC_SHARES:-0.25,0.375,0.5}" 2>&1 \
         | tee "$STAGE/diag-arms.log" | tail -40
+      [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+    suites)
+      python3 -m pip install -q --no-deps third_party/wheels/*.whl >> "$STAGE/install.log" 2>&1  # numba-cuda's test dependency
+      python3 scripts/suite_proof.py --numba "${SUITE_NUMBA:-test_gufunc,test_vectorize,test_transpose,test_sm}" \
+        --cupy "${SUITE_CUPY:-core_tests/test_elementwise.py,core_tests/test_reduction.py,math_tests/test_sumprod.py}" \
+        --timeout "${SUITE_TIMEOUT:-55}" --json "$STAGE/suite-proof.json" 2>&1 | tee "$STAGE/suite-proof.log" | tail -60
+      [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+    ufunc_cost)
+      python3 scripts/diag_ufunc_cost.py --json "$STAGE/ufunc-cost.json" 2>&1 | tee "$STAGE/ufunc-cost.log" | tail -12
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     gates)
       python3 scripts/probe_gates.py "$STAGE/probe-gates.json" 2>&1 | tee "$STAGE/probe-gates.log" | tail -20
