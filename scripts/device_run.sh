@@ -23,6 +23,10 @@
 #   faults: scripts/fault_isolation.py, a best-effort process that traps or reads out of bounds beside a
 #   latency-critical one, without and under MPS, about 1 minute;
 #   soak: scripts/soak.py --gpu for SOAK_MINUTES (default 3) real minutes of eight tenants coming and going;
+#   suites: scripts/suite_proof.py, numba-cuda's and CuPy's own tests (third_party/cupy_tests, v14.2.0)
+#   plainly and under the opt-in at one-block atoms, the subsets SUITE_NUMBA / SUITE_CUPY, each pytest
+#   run bounded by SUITE_TIMEOUT (55 s), about 4 minutes; ufunc_cost: scripts/diag_ufunc_cost.py, the host
+#   cost of an intercepted CuPy ufunc launch against CuPy's own, about 20 s;
 #   mps_confine: scripts/diag_mps_confine.py, whether two MPS clients' green contexts are
 #   different physical SMs, about 20 s;
 #   rightsized: the ML bench's inference + training pair, lithos with and without
@@ -84,6 +88,15 @@ for w in "${what[@]}"; do
       PYTHONPATH=$PWD/scripts:$PWD python3 scripts/diag_arms.py "$STAGE/diag-arms.json" 6 "${ROUNDS:-3}" \
         "${ARMS:-default,all_planned}" "${PAIRS:-ml_training}" "${STATIC_SHARES:-0.25,0.375,0.5}" 2>&1 \
         | tee "$STAGE/diag-arms.log" | tail -40
+      [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+    suites)
+      python3 -m pip install -q --no-deps third_party/wheels/*.whl >> "$STAGE/install.log" 2>&1  # numba-cuda's test dependency
+      python3 scripts/suite_proof.py --numba "${SUITE_NUMBA:-test_gufunc,test_vectorize,test_transpose,test_sm}" \
+        --cupy "${SUITE_CUPY:-core_tests/test_elementwise.py,core_tests/test_reduction.py,math_tests/test_sumprod.py}" \
+        --timeout "${SUITE_TIMEOUT:-55}" --json "$STAGE/suite-proof.json" 2>&1 | tee "$STAGE/suite-proof.log" | tail -60
+      [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+    ufunc_cost)
+      python3 scripts/diag_ufunc_cost.py --json "$STAGE/ufunc-cost.json" 2>&1 | tee "$STAGE/ufunc-cost.log" | tail -12
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     gates)
       python3 scripts/probe_gates.py "$STAGE/probe-gates.json" 2>&1 | tee "$STAGE/probe-gates.log" | tail -20
