@@ -24,7 +24,8 @@ from lithos_atom.bench import mps
 from lithos_atom.bench.__main__ import main as bench_main
 from lithos_atom.bench.ml_colocation import MLColocationConfig
 from lithos_atom.bench.ml_colocation_worker import PREFIX, WorkerError, parse, run_process_pair, worker_main
-from lithos_atom.bench.sim_ml_colocation import SimMLConfig, run_sim, timeslice_model
+from lithos_atom.bench.sim_ml_colocation import SimMLConfig, run_sim
+from lithos_atom.bench.timeslice import timeslice_model
 
 # ---- config ---------------------------------------------------------------------------------
 
@@ -70,7 +71,7 @@ def test_training_gemm_max_k_reaches_the_job_in_every_size_and_is_checked():
 
 
 def test_sim_training_step_splits_the_long_reductions_into_shorter_blocks():
-    from lithos_atom.bench.sim_ml_colocation import KernelModel, SimCostModel
+    from lithos_atom.bench.sim_kernels import KernelModel, SimCostModel
 
     model = KernelModel(SimCostModel(max_waves=1000), 132)
     whole = model.training_step(MLColocationConfig(training_gemm_max_k=None).workload_sizes()["mlp"])

@@ -164,6 +164,27 @@ def test_stealing_raises_best_effort_throughput_while_latency_critical_is_idle()
     assert with_steal < 0.6 * without  # the idle half of the device is used
 
 
+def test_a_launch_shared_by_home_and_stolen_tpcs_is_split_once_in_whole_waves():
+    """With the gates open, a best-effort launch runs on both queues, each taking whole
+    waves of its partition from its own portion: no tail of ever smaller atoms, and both
+    sides end within about one atom of each other."""
+    device, sched = make(Policy(atom_us=200.0))
+    be = sched.tenant("be")
+    wave = device.num_sms  # one block per SM of the 4-TPC partitions: 8 blocks a wave
+    sched.submit_for(be, sim_plan(device, SimKernel("big", 16 * 20 + 3, 100.0)))
+    sched.timeline.synchronize(sched.timeline.record(be.stream))
+    rows = [r for r in sched.atoms() if r.tenant == "be"]
+    sched.close()
+    assert {r.stolen for r in rows} == {True, False}  # really split across both queues
+    for stolen in (True, False):
+        side = sorted((r for r in rows if r.stolen is stolen), key=lambda r: r.start_us)
+        assert all(r.blocks % (wave // 2) == 0 for r in side[:-1]), [r.blocks for r in side]
+        assert min(r.blocks for r in side[:-1]) >= wave // 2
+    ends = {stolen: max(r.start_us + r.duration_us for r in rows if r.stolen is stolen) for stolen in (True, False)}
+    assert abs(ends[True] - ends[False]) <= 2 * 200.0
+    assert sum(r.blocks for r in rows) == 16 * 20 + 3
+
+
 @pytest.mark.parametrize("gates", [False, True])
 def test_best_effort_is_not_starved_by_a_busy_latency_critical_tenant(gates):
     device, sched = make(Policy(atom_us=200.0, queue_cap_us=100.0, device_gates=gates))

@@ -65,6 +65,8 @@ def _parser() -> _Parser:
     ml.add_argument("--ml-pairs", help=f"comma-separated best-effort workloads (default: {','.join(PAIRS)})")
     ml.add_argument("--ml-scenarios", help=f"comma-separated scenarios (default: all of {','.join(SCENARIOS)})")
     ml.add_argument("--ml-size", choices=SIZES, help="workload sizes (default: default)")
+    ml.add_argument("--lc-service", help="the inference service (decoder, llama-1b, llama-1b-prefill, llama-8b, "
+                                         "resnet50, bert-base; default decoder); see lithos_atom.bench.ml_services")
     ml.add_argument("--lc-batch", metavar="LO[,HI]",
                     help="inference batch of each request, uniform in LO..HI (default 1,8; '1': batch 1 only)")
     ml.add_argument("--lc-launch", choices=("graph", "python"),
@@ -96,7 +98,8 @@ def ml_config(args: argparse.Namespace, simulated: bool) -> Any:
 
     given = {"duration_s": args.ml_duration, "warmup_s": args.ml_warmup, "size": args.ml_size,
              "lc_rate_hz": args.lc_rate, "lc_share": args.lc_share, "slo_mult": args.slo_mult,
-             "slo_ms": args.slo_ms, "mps_steal_max_block_us": args.mps_steal_max_block_us}
+             "slo_ms": args.slo_ms, "mps_steal_max_block_us": args.mps_steal_max_block_us,
+             "lc_service": args.lc_service}
     kw: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     if args.lc_launch is not None:
         kw["lc_graphs"] = args.lc_launch == "graph"

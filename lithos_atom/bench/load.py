@@ -66,11 +66,6 @@ def with_rate(cfg: MLColocationConfig, service_ms: dict[int, float],
                    "rate_from": source}
 
 
-def batches(cfg: MLColocationConfig) -> list[int]:
-    """The batches a request of ``cfg`` draws from."""
-    return list(range(cfg.lc_batch[0], cfg.lc_batch[1] + 1))
-
-
 def sim_service_ms(cfg: MLColocationConfig) -> dict[int, float]:
     """Each batch's service time on the simulated device (virtual time), in ms."""
     from lithos_atom.bench.sim_ml_colocation import request_service_ms
@@ -91,7 +86,7 @@ def gpu_service_ms(cfg: MLColocationConfig, per_batch: int = GPU_REQUESTS_PER_BA
     # The probe serves no arrivals: the service is built as the runs build it, at any rate.
     service = ml_tenants.build_lc(dataclasses.replace(cfg, lc_rate_hz=1.0), stream)
     service.warmup(stream)
-    times: dict[int, list[float]] = {b: [] for b in batches(cfg)}
+    times: dict[int, list[float]] = {b: [] for b in cfg.batch_sizes()}
     with ml_tenants.host_settings():
         for i in range(per_batch):
             for batch, took in times.items():

@@ -1,9 +1,11 @@
 """ML co-location benchmark: an inference service beside training or batch inference.
 
-The latency-critical (LC) tenant is `kernels.workloads.InferenceService` (a transformer
-decoder stack, requests of batch 1-8 arriving as a Poisson process); the best-effort (BE)
-tenant is a `TrainingJob` (MLP forward, backward, Adam) or a `BatchInference` job. For
-each pair, side by side in one run:
+The latency-critical (LC) tenant is one of the services of `lithos_atom.bench.ml_services`
+(`MLColocationConfig.lc_service`): by default `kernels.workloads.InferenceService` (a
+transformer decoder stack, requests of batch 1-8 arriving as a Poisson process), or a
+Llama decode step or prefill, ResNet-50 or BERT-base at their real shapes; the best-effort
+(BE) tenant is a `TrainingJob` (MLP forward, backward, Adam), a `BatchInference` job or a
+GPT-2-small training step (``gpt2_training``). For each pair, side by side in one run:
 
 - ``lc_alone`` / ``be_alone``: each tenant alone on the whole GPU
 - ``streams``: both on ordinary streams of one process
@@ -69,11 +71,13 @@ from typing import Any
 
 import numpy as np
 
+from lithos_atom.bench.ml_services import BE_JOBS, SERVICES, default_batch_sizes, gpt2_config, model_config
 from lithos_sched.fields import is_int, is_number, require
 from lithos_sched.policy import Policy
 from lithos_sched.scheduler import Scheduler
 
-#: Best-effort workloads, one pair with the inference service each.
+#: Best-effort workloads paired with the inference service by default, one pair each
+#: (`BE_JOBS` are all there are: ``gpt2_training`` too).
 PAIRS: tuple[str, ...] = ("training", "batch_inference")
 
 #: Every scenario, in report order.
@@ -104,7 +108,8 @@ class MLColocationConfig:
     Attributes
     ----------
     pairs : tuple of str
-        Best-effort workloads to pair with the inference service (`PAIRS`).
+        Best-effort workloads to pair with the inference service (of `BE_JOBS`; default
+        `PAIRS`, the quick ones).
     scenarios : tuple of str
         Scenarios to run (`SCENARIOS`); the alone ones are always run (everything is
         normalized to them).
@@ -122,8 +127,16 @@ class MLColocationConfig:
     lc_rate_hz : float or None
         The mean LC request rate (Poisson arrivals), given instead of `load`; None until
         it is derived from the load (`lithos_atom.bench.load.with_rate`): `requests` needs it.
+    lc_service : str
+        The inference service (`lithos_atom.bench.ml_services.SERVICES`): the decoder stack
+        by default, its batches the range `lc_batch`; the model services serve their own
+        batch sizes (`ml_services.DEFAULT_BATCH_SIZES`) unless `lc_batch_sizes` says.
     lc_batch : (int, int)
-        Inclusive range of the batch of a request, drawn uniformly per request.
+        Inclusive range of the decoder's batch of a request, drawn uniformly per request
+        (the model services ignore it).
+    lc_batch_sizes : tuple of int or None
+        The request sizes, each request's drawn uniformly from them (for
+        ``llama-1b-prefill``, prompt lengths); None: the service's own (`batch_sizes`).
     lc_graphs : bool
         Replay each inference request as a CUDA graph captured once per batch size, as
         inference servers do (one launch per request), in every scenario alike; False
@@ -190,7 +203,9 @@ class MLColocationConfig:
     warmup_s: float = 0.5
     load: float = 0.5
     lc_rate_hz: float | None = None
+    lc_service: str = "decoder"
     lc_batch: tuple[int, int] = (1, 8)
+    lc_batch_sizes: tuple[int, ...] | None = None
     lc_graphs: bool = True
     lc_share: float = 0.5
     static_sweep: tuple[float, ...] = (0.25, 0.375)
@@ -207,7 +222,9 @@ class MLColocationConfig:
         object.__setattr__(self, "scenarios", tuple(self.scenarios))
         object.__setattr__(self, "lc_batch", tuple(self.lc_batch))
         object.__setattr__(self, "static_sweep", tuple(self.static_sweep))
-        _check_names("pairs", self.pairs, PAIRS)
+        if self.lc_batch_sizes is not None:
+            object.__setattr__(self, "lc_batch_sizes", tuple(self.lc_batch_sizes))
+        _check_names("pairs", self.pairs, BE_JOBS)
         _check_names("scenarios", self.scenarios, SCENARIOS)
         optional = ("slo_ms", "mps_steal_max_block_us", "lc_rate_hz")  # None: derived or left to the default
         for name in ("duration_s", "slo_mult", *optional):
@@ -239,6 +256,11 @@ class MLColocationConfig:
                 self.load)
         require(is_int(self.seed) and self.seed >= 0, "MLColocationConfig.seed", "an int >= 0", self.seed)
         require(isinstance(self.lc_graphs, bool), "MLColocationConfig.lc_graphs", "a bool", self.lc_graphs)
+        require(self.lc_service in SERVICES, "MLColocationConfig.lc_service", f"one of {SERVICES}", self.lc_service)
+        sizes = self.lc_batch_sizes
+        require(sizes is None or (len(sizes) > 0 and all(is_int(b) and b >= 1 for b in sizes)
+                                  and len(set(sizes)) == len(sizes)),
+                "MLColocationConfig.lc_batch_sizes", "None or distinct ints >= 1", sizes)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> MLColocationConfig:
@@ -254,8 +276,15 @@ class MLColocationConfig:
         """Warm-up plus measurement."""
         return self.warmup_s + self.duration_s
 
+    def batch_sizes(self) -> tuple[int, ...]:
+        """The request sizes of the service, ascending: `lc_batch_sizes`, else the service's
+        own (`ml_services.default_batch_sizes`: the decoder's range `lc_batch`)."""
+        sizes = self.lc_batch_sizes or default_batch_sizes(self.lc_service, self.lc_batch)
+        return tuple(sorted(int(b) for b in sizes))
+
     def requests(self) -> tuple[np.ndarray, np.ndarray]:
-        """Arrival times (seconds from the scenario start, over `span_s`) and batches.
+        """Arrival times (seconds from the scenario start, over `span_s`) and batches (each
+        uniform over `batch_sizes`).
 
         Raises
         ------
@@ -269,7 +298,8 @@ class MLColocationConfig:
         n = int(self.span_s * self.lc_rate_hz * 2) + 10
         t = np.cumsum(rng.exponential(1.0 / self.lc_rate_hz, size=n))
         t = t[t < self.span_s]
-        batches = rng.integers(self.lc_batch[0], self.lc_batch[1] + 1, size=t.size)
+        sizes = np.asarray(self.batch_sizes())
+        batches = sizes[rng.integers(0, sizes.size, size=t.size)]
         return t, batches
 
     def static_shares(self) -> dict[str, float]:
@@ -300,17 +330,25 @@ class MLColocationConfig:
         return 1 + len(self.pairs) * (1 + len(self.pair_scenarios()) + sweeps)
 
     def workload_sizes(self) -> dict[str, Any]:
-        """The `DecoderConfig`, `MLPConfig` and batch-inference batch of `size`."""
+        """The `DecoderConfig`, `MLPConfig` and batch-inference batch of `size`; with a
+        model service its shape (``"service"``), with ``gpt2_training`` its `GPT2Config`."""
         from kernels.workloads import DecoderConfig, MLPConfig
 
         max_k = self.training_gemm_max_k
         if self.size == "long":
-            return {"decoder": DecoderConfig(seq_len=512), "mlp": MLPConfig(batch=4096, gemm_max_k=max_k),
-                    "batch_inference_batch": 8}
-        if self.size == "small":
-            return {"decoder": DecoderConfig(d_model=256, n_heads=4, n_layers=2, seq_len=64),
-                    "mlp": MLPConfig(d_model=512, hidden=2048, batch=1024, gemm_max_k=max_k), "batch_inference_batch": 8}
-        return {"decoder": DecoderConfig(), "mlp": MLPConfig(batch=4096, gemm_max_k=max_k), "batch_inference_batch": 32}
+            out = {"decoder": DecoderConfig(seq_len=512), "mlp": MLPConfig(batch=4096, gemm_max_k=max_k),
+                   "batch_inference_batch": 8}
+        elif self.size == "small":
+            out = {"decoder": DecoderConfig(d_model=256, n_heads=4, n_layers=2, seq_len=64),
+                   "mlp": MLPConfig(d_model=512, hidden=2048, batch=1024, gemm_max_k=max_k), "batch_inference_batch": 8}
+        else:
+            out = {"decoder": DecoderConfig(), "mlp": MLPConfig(batch=4096, gemm_max_k=max_k),
+                   "batch_inference_batch": 32}
+        if self.lc_service != "decoder":
+            out["service"] = model_config(self.lc_service, self.size)
+        if "gpt2_training" in self.pairs:
+            out["gpt2"] = gpt2_config(self.size, max_k)
+        return out
 
 
 def run_order(cfg: MLColocationConfig, round_index: int = 0, rounds: int = 1) -> list[tuple[str | None, str]]:

@@ -150,7 +150,7 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None,
         if {"lithos_rightsized", "lithos_mps_rightsized"} & set(selected):
             progress.update(task, description="ML: profiling inference requests for right-sizing")
             t = time.monotonic()
-            request_tpcs = inference_request_tpcs(cfg, device, n_lc)
+            request_tpcs = inference_request_tpcs(cfg, device, n_lc, service)
             rightsizing_setup = {"request_tpcs": request_tpcs, "lc_tpcs": n_lc, "seconds": time.monotonic() - t}
 
         def threads(lc: Any, be: Any) -> Callable[[], dict[str, Any]]:
@@ -253,30 +253,33 @@ class _Launches:
             self.intercepted = False
 
 
-def inference_request_tpcs(cfg: MLColocationConfig, device: Any, n_lc: int) -> dict[int, int]:
-    """TPCs a request of each batch of ``cfg.lc_batch`` needs, from profiles taken now.
+def inference_request_tpcs(cfg: MLColocationConfig, device: Any, n_lc: int, service: Any = None) -> dict[int, int]:
+    """TPCs a request of each batch size of ``cfg`` needs, from profiles taken now.
 
-    A whole request (the decoder stack's forward pass) of every batch is timed on
+    A whole request of every batch size (the decoder stack's forward pass, or a request
+    of the model ``service`` as it is served: its graph's replay by default) is timed on
     partitions of 10 sizes up to the inference tenant's ``n_lc`` TPCs, then on every count
-    where a choice within the `RightSizer`'s slack (5%) could lie; each batch gets the
-    fewest TPCs whose predicted slowdown stays within it.
+    where a choice within the `RightSizer`'s slack (5%) could lie; each batch size gets
+    the fewest TPCs whose predicted slowdown stays within it.
 
     Returns
     -------
     dict
-        Batch to TPC count, each in ``1 .. n_lc``.
+        Batch size to TPC count, each in ``1 .. n_lc``.
     """
     store = ProfileStore(path=Path("unsaved-ml-profiles.json"), device_name=device.name)  # never saved
-    lo, hi = cfg.lc_batch
+    sizes = cfg.batch_sizes()
 
     def request_case(batch: int) -> list[Any]:
+        if cfg.lc_service != "decoder":
+            return [rc.served_request_case(cfg.lc_service, service, batch)]
         return [c for c in rc.inference_cases(batch, seed=cfg.seed) if c.key.endswith(":request")]
 
     options = RightSizeOptions(explore=False)
-    profile_cases(device, [lambda b=b: request_case(b) for b in range(lo, hi + 1)], default_sizes(n_lc),
+    profile_cases(device, [lambda b=b: request_case(b) for b in sizes], default_sizes(n_lc),
                   TimingOptions(rounds=2, launches_per_round=2), store, refine_slack=options.slack)
     sizer = RightSizer(store, options)
-    return {b: sizer.tpcs_for(f"inference:b{b}:request", n_lc) for b in range(lo, hi + 1)}
+    return {b: sizer.tpcs_for(rc.request_key(cfg.lc_service, b), n_lc) for b in sizes}
 
 
 def run_tenants(cfg: MLColocationConfig, sched: Any, service: Any, job: Any,
