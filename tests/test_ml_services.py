@@ -23,7 +23,7 @@ from lithos_atom.bench.sim_models import gpt2_work, service_kernels, service_wor
 
 
 def test_services_serve_their_own_batch_sizes_unless_told():
-    cfg = MLColocationConfig(lc_service="resnet50", seed=3)
+    cfg = MLColocationConfig(lc_service="resnet50", seed=3, lc_rate_hz=100.0)
     assert cfg.batch_sizes() == ml_services.DEFAULT_BATCH_SIZES["resnet50"]
     _, batches = cfg.requests()
     assert set(batches.tolist()) <= set(cfg.batch_sizes()) and len(set(batches.tolist())) > 1
@@ -159,7 +159,8 @@ def test_services_alone_figures_relate_each_request_to_its_batch_gpu_time():
     from lithos_atom.bench.ml_tenants import LCRecord
     from lithos_atom.bench.services_alone import variant_figures
 
-    cfg = MLColocationConfig(lc_service="resnet50", lc_batch_sizes=(1, 8), duration_s=1.0, warmup_s=0.0, seed=1)
+    cfg = MLColocationConfig(lc_service="resnet50", lc_batch_sizes=(1, 8), duration_s=1.0, warmup_s=0.0, seed=1,
+                             lc_rate_hz=100.0)
     arrivals, batches = cfg.requests()
     gpu = {1: 1.0, 8: 4.0}
     lat = [2.0 * gpu[int(b)] for b in batches]   # every request twice its batch's GPU time

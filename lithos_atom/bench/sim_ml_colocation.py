@@ -18,6 +18,7 @@ code as on the GPU. The two multi-process scenarios are *modeled*, and labeled s
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
@@ -50,9 +51,13 @@ class SimMLConfig(MLColocationConfig):
     Attributes
     ----------
     duration_s : float
-        Virtual seconds measured per scenario and round: the simulation of the default
-        workloads takes about 10 s of host time per round at this length, and three rounds
-        keep the default simulated bench within a minute.
+        Virtual seconds measured per scenario and round: a few training iterations (about
+        50 ms each alone) and enough simulation that three rounds, run in parallel, keep
+        the default simulated bench within a minute on two cores.
+    warmup_s : float
+        Unmeasured virtual seconds first: as long as the window, since a lithos
+        scenario's first training iteration ends late (its queues fill and its atoms are
+        sized), and a window that holds it reads as no training at all.
     timeslice_us : float
         Time slice of the modeled ``processes`` scenario.
     switch_us : float
@@ -60,8 +65,8 @@ class SimMLConfig(MLColocationConfig):
     cost : SimCostModel
     """
 
-    duration_s: float = 0.15
-    warmup_s: float = 0.05
+    duration_s: float = 0.2
+    warmup_s: float = 0.2
     timeslice_us: float = 2000.0
     switch_us: float = 25.0
     cost: SimCostModel = SimCostModel()
@@ -329,8 +334,8 @@ def run_sim(config: MLColocationConfig | None = None, console: Any = None, trace
                                                                        full(d).stream("normal", new=True))),
                 "priorities": lambda: scenario(pair, lambda d, x: _direct(x, full(d).high, full(d).normal)),
                 "processes": lambda: _processes(cfg, demands, r["be_alone"]),
-                "mps": lambda: {**scenario(pair, lambda d, x: _direct(x, full(d).normal,
-                                                                      full(d).stream("normal", new=True))),
+                # the model is the streams scenario itself: its run when there is one
+                "mps": lambda: {**(copy.deepcopy(r["streams"]) if "streams" in r else bodies["streams"]()),
                                 "model": MPS_MODEL},
                 "lithos_mps": lambda: {"skipped": PROCESS_SKIP},
                 "lithos_mps_rightsized": lambda: {"skipped": PROCESS_SKIP},
