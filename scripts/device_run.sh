@@ -4,7 +4,7 @@
 #   what: probe | gates | tests | atoms | partitions | colocation | ml | study | rightsizing | rightsized | kernels |
 #         diag | arms | mps_split | mps_confine | services | ml_models | stacking | rightsize_services
 #   (default: probe tests atoms partitions colocation ml rightsizing; ml: the default ML study, 3 interleaved
-#   rounds at load 0.5, ML_DURATION (--ml-duration, default the bench's 2 s) per scenario and round;
+#   rounds at load 0.5, ML_DURATION (--ml-duration, default the bench's 1.5 s) per scenario and round;
 #   study: the interleaved ML study one pair per command, for each of STUDY_PAIRS (training batch_inference),
 #   ROUNDS (3) rounds of ML_DURATION (4) s at LOADS (0.5; a comma list adds a load sweep);
 #   diag: the host-time diagnostics of scripts/ (launch cost, inference host, best-effort host);

@@ -206,3 +206,12 @@ def test_every_bench_option_is_checked_before_any_work_in_one_line(args, message
     out, err = capsys.readouterr()
     assert exit_.value.code == 2 and out == "" and len(err.strip().splitlines()) == 1
     assert message in err
+
+
+def test_without_a_gpu_the_bench_falls_back_to_the_simulated_device_and_says_why(capsys, monkeypatch):
+    from lithos_atom.bench import __main__ as bench
+
+    monkeypatch.setattr(bench, "environment", lambda: {"simulated": True, "gpu": None})
+    assert bench_main(["--partitions"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "SIMULATED DEVICE: no CUDA GPU was found" in out and "partitions (simulated)" in out

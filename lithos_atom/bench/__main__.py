@@ -60,7 +60,7 @@ def _parser() -> _Parser:
                          "the study at the first, a load sweep at the others")
     ml.add_argument("--lc-rate", type=float, help="inference requests per second instead of --load (Poisson)")
     ml.add_argument("--ml-duration", type=float, help="measured seconds per ML scenario and round "
-                                                      "(GPU 2, simulated 0.15)")
+                                                      "(GPU 1.5, simulated 0.2)")
     ml.add_argument("--ml-warmup", type=float, help="unmeasured co-located seconds before each ML scenario")
     ml.add_argument("--ml-pairs", help=f"comma-separated best-effort workloads (default: {','.join(PAIRS)})")
     ml.add_argument("--ml-scenarios", help=f"comma-separated scenarios (default: all of {','.join(SCENARIOS)})")

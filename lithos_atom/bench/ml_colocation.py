@@ -114,8 +114,9 @@ class MLColocationConfig:
         Scenarios to run (`SCENARIOS`); the alone ones are always run (everything is
         normalized to them).
     duration_s : float
-        Measured length of each scenario (in each round: three rounds of 2 s measure each
-        scenario for 6 s and keep the default bench within 10 minutes on the GPU).
+        Measured length of each scenario in each round: three rounds of 1.5 s measure each
+        scenario for 4.5 s in all and leave the default bench's 35 runs per round, a dozen
+        of them starting worker processes, within its 10 minutes on the GPU.
     warmup_s : float
         Unmeasured co-located run before the measurement of each scenario.
     load : float
@@ -199,7 +200,7 @@ class MLColocationConfig:
 
     pairs: tuple[str, ...] = PAIRS
     scenarios: tuple[str, ...] = SCENARIOS
-    duration_s: float = 2.0
+    duration_s: float = 1.5
     warmup_s: float = 0.5
     load: float = 0.5
     lc_rate_hz: float | None = None
