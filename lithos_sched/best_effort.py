@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from lithos_atom.plan import LaunchPlan, LaunchShape, WholeLaunch
 from lithos_sched.gates import Gate
+from lithos_sched.tenant import Priority
 
 from lithos_sched.accounting import AtomRecord
 
@@ -140,7 +141,7 @@ class BestEffortPlacement:
                 state = (self._membership, open_lcs)
                 stolen_part = self._steal_partition(open_lcs)
                 lcs = open_lcs if stolen_part is not None else ()
-                gates = [t.gate for t in self._lc if t.gate is not None] if may_steal else []
+                gates = [t.gate for t in self._lc if t.gate is not None] if may_steal or self._home_gates() else []
                 targets = [tenant.home] if stolen_part is None else [tenant.home, stolen_part]
                 portions = self._split_blocks(plan, tenant.home, stolen_part, remaining()) \
                     if plan.atomized and stolen_part is not None else {}
@@ -162,7 +163,8 @@ class BestEffortPlacement:
                 taken = min(count, portions[id(part)])
                 portions[id(part)] -= taken
                 portions[other] -= count - taken  # a queue without room gave its portion away
-            issue(count, part, self._emptier_stream(tenant, part), stolen, [t.gate for t in lcs] if stolen else ())
+            behind = [t.gate for t in lcs] if stolen else self._home_gates()
+            issue(count, part, self._emptier_stream(tenant, part), stolen, behind)
         self._guard_stranded(tenant, gates)
 
     def _split_blocks(self, plan: LaunchPlan, home: Any, stolen: Any, blocks: int) -> dict[int, int]:
@@ -176,11 +178,11 @@ class BestEffortPlacement:
         return {id(home): blocks - stolen_blocks, id(stolen): stolen_blocks}
 
     def _guard_stranded(self, tenant: Tenant, gates: Sequence[Gate]) -> None:
-        """While ``tenant`` has atoms queued on stolen TPCs, have the keeper look at them
+        """While ``tenant`` has atoms queued behind gates (`_behind_gate`), have the keeper look at them
         every `Policy.request_hold_max_us`: an atom that waited behind a closed gate
         through a whole such period gets the gate forced for it (`Gate.force`) until
         every atom queued then has started (see `GateKeeper`)."""
-        if tenant.name in self._stranded_guards or not any(r.stolen for r in tenant._inflight):
+        if tenant.name in self._stranded_guards or not any(self._behind_gate(r) for r in tenant._inflight):
             return
         self._stranded_guards.add(tenant.name)
         tl = self.timeline
@@ -191,7 +193,7 @@ class BestEffortPlacement:
                 self._stranded_guards.discard(tenant.name)
                 return  # the keeper failed open: every gate stays forced
             # a snapshot, not the tenant's lock: its thread holds that for a whole launch
-            stolen = [r for r in tuple(tenant._inflight) if r.stolen]
+            stolen = [r for r in tuple(tenant._inflight) if self._behind_gate(r)]
             waiting = frozenset(id(r.start) for r in stolen if not tl.done(r.start))
             forced = [g for g in gates if g.forced]
             if forced and not waiting:
@@ -208,6 +210,11 @@ class BestEffortPlacement:
                 self._stranded_guards.discard(tenant.name)
 
         self._gate_keeper.at(tl.now_us() + period_us, lambda: check(frozenset()))
+
+    def _behind_gate(self, record: AtomRecord) -> bool:
+        """Whether the atom of ``record`` waited behind gates: on stolen TPCs, or at home
+        while latency-critical tenants borrow them (`Policy.lend_best_effort_tpcs`)."""
+        return record.stolen or (record.tenant.priority is Priority.BEST_EFFORT and bool(self._home_gates()))
 
     def _may_steal(self, tenant: Tenant, plan: LaunchPlan) -> bool:
         """Whether ``plan``'s atoms may run on stolen TPCs: stealing is on and its blocks
@@ -343,7 +350,7 @@ class BestEffortPlacement:
         set: tenants' TPCs never change, and this is asked twice per best-effort atom)."""
         shared = self._lc_shared.get(partition.tpcs)
         if shared is None:
-            shared = self._lc_shared[partition.tpcs] = any(partition.tpcs & t.tpcs for t in self._lc)
+            shared = self._lc_shared[partition.tpcs] = any(partition.tpcs & t.home.tpcs for t in self._lc)
         return shared
 
     def _wave_blocks(self, plan: LaunchPlan, partition: Any) -> int:
