@@ -79,7 +79,7 @@ def on_sim(sched: lithos.Scheduler, seconds: float = 0.5) -> list[float]:
 
     device, timeline = sched.device, sched.timeline
     inference, training = sched.tenant("inference"), sched.tenant("training")
-    request = SimKernel("request", grid_blocks=264, block_us=200.0)  # 4 waves on its 66 SMs: 0.8 ms alone
+    request = SimKernel("request", grid_blocks=264, block_us=200.0)  # 4 waves on its own 66 SMs, 2 on all 132 it borrows
     train_step = SimKernel("train_step", grid_blocks=132 * 80, block_us=200.0)
     end_us = seconds * 1e6
     finished = []  # (arrival, completion event) of each request

@@ -7,7 +7,9 @@ the other.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -51,3 +53,30 @@ def pop_local(previous: Any) -> None:
         del _local.atomizer
     else:
         _local.atomizer = previous
+
+
+@contextlib.contextmanager
+def passthrough() -> Iterator[None]:
+    """Launch CuPy's own kernels as CuPy would, from the calling thread, inside the block.
+
+    Lithos's own calls of an original kernel (a launch run whole, kernels launched while a
+    launch is dispatched) go through this, so no launch is intercepted twice
+    (`lithos_atom.cupy_generated`).
+    """
+    _local.passthrough = getattr(_local, "passthrough", 0) + 1
+    try:
+        yield
+    finally:
+        _local.passthrough -= 1
+
+
+def intercepting() -> Atomizer | None:
+    """The atomizer for a CuPy kernel launched from the calling thread now: None inside `passthrough`.
+
+    Returns
+    -------
+    Atomizer or None
+    """
+    if getattr(_local, "passthrough", 0):
+        return None
+    return get_atomizer()

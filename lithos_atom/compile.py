@@ -30,14 +30,35 @@ def _nvjitlink_version() -> tuple[int, int]:
     return tuple(nvjitlink.version())  # type: ignore[return-value]
 
 
-def _cache_key(ptx: str, arch: str) -> str:
+def _cache_key(ptx: str, arch: str, max_registers: int | None) -> str:
     h = hashlib.sha256()
     h.update(ptx.encode())
-    h.update(f"\0{arch}\0nvjitlink-{_nvjitlink_version()}".encode())
+    h.update(f"\0{arch}\0nvjitlink-{_nvjitlink_version()}\0maxreg-{max_registers}".encode())
     return h.hexdigest()
 
 
-def link_ptx(ptx: str, arch: str, *, name: str = "lithos") -> bytes:
+def register_cap(threads_per_block: int) -> int:
+    """The most registers per thread that let one block of ``threads_per_block`` launch.
+
+    An SM has 65,536 registers, allocated per warp in units of 256 (8 per thread).
+
+    Parameters
+    ----------
+    threads_per_block : int
+        From 1 to 1024.
+
+    Returns
+    -------
+    int
+        A multiple of 8, at most 255.
+    """
+    if not 1 <= threads_per_block <= 1024:
+        raise ValueError(f"threads_per_block must be from 1 to 1024, got {threads_per_block}")
+    warps = -(-threads_per_block // 32)
+    return min(255, 65536 // (warps * 32) // 8 * 8)
+
+
+def link_ptx(ptx: str, arch: str, *, name: str = "lithos", max_registers: int | None = None) -> bytes:
     """Link one PTX module to a cubin for ``arch`` (for example ``"sm_90"``).
 
     Parameters
@@ -48,6 +69,9 @@ def link_ptx(ptx: str, arch: str, *, name: str = "lithos") -> bytes:
         Target SM architecture, ``sm_<CC>``.
     name : str
         A name for error messages.
+    max_registers : int, optional
+        Cap on registers per thread (``-maxrregcount``): a rewritten kernel needs a few
+        more than the original, and a block size chosen for the original must still fit.
 
     Returns
     -------
@@ -60,7 +84,7 @@ def link_ptx(ptx: str, arch: str, *, name: str = "lithos") -> bytes:
         If nvJitLink rejects the PTX (for example a PTX ``.version`` newer than the
         installed nvJitLink supports); the linker's log is included.
     """
-    key = _cache_key(ptx, arch)
+    key = _cache_key(ptx, arch, max_registers)
     with _lock:
         cubin = _memory_cache.get(key)
     if cubin is not None:
@@ -70,7 +94,7 @@ def link_ptx(ptx: str, arch: str, *, name: str = "lithos") -> bytes:
     if settings.disk_cache and path.is_file():
         cubin = path.read_bytes()
     else:
-        cubin = _link_uncached(ptx, arch, name)
+        cubin = _link_uncached(ptx, arch, name, max_registers)
         if settings.disk_cache:
             _write_atomically(path, cubin)
     with _lock:
@@ -78,13 +102,14 @@ def link_ptx(ptx: str, arch: str, *, name: str = "lithos") -> bytes:
     return cubin
 
 
-def _link_uncached(ptx: str, arch: str, name: str) -> bytes:
+def _link_uncached(ptx: str, arch: str, name: str, max_registers: int | None) -> bytes:
     from cuda.core import Linker, LinkerOptions, ObjectCode
 
     linker = None
     try:
         # nvJitLink assembles the PTX while the linker is constructed, so errors come from both steps.
-        linker = Linker(ObjectCode.from_ptx(ptx.encode(), name=name), options=LinkerOptions(arch=arch, name=name))
+        options = LinkerOptions(arch=arch, name=name, max_register_count=max_registers)
+        linker = Linker(ObjectCode.from_ptx(ptx.encode(), name=name), options=options)
         return bytes(linker.link("cubin").code)
     except Exception as exc:  # cuda.core raises nvJitLinkError / CUDAError; keep their logs
         raise AtomizeError(

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from lithos_atom.atomizer import DURATIONS, AtomizeOptions, Atomizer, as_cupy_stream
-from lithos_atom.active import get_atomizer
-from lithos_atom.compile import cuda_source_to_ptx, link_ptx
+from lithos_atom.active import get_atomizer, passthrough
+from lithos_atom.compile import cuda_source_to_ptx, link_ptx, register_cap
 from lithos_atom import driver_calls, driver_launch
 from lithos_atom.errors import AtomizeError, UnsupportedKernelError
 from lithos_atom.indexing import total_blocks as count_blocks
@@ -30,6 +30,7 @@ from lithos_atom.sizing import choose_atom_blocks
 
 _MAX_DEFAULT_DYNAMIC_SHMEM = 48 * 1024
 _CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
+_CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +141,44 @@ class PreparedKernel:
     function: Any
     entry: str
     rewrite: RewriteResult
+    arch: str
+
+    def for_block(self, threads: int) -> Any:
+        """The rewritten function that launches with ``threads`` threads per block.
+
+        A block size chosen for the original kernel (CuPy's own kernels pick theirs) may
+        not fit the rewritten one, which needs a few more registers; such blocks get a
+        copy linked with registers capped to fit (cached).
+        """
+        import cupy
+
+        if threads <= _max_threads(self.function.ptr) or threads > 1024:  # the driver refuses > 1024 anyway
+            return self.function
+        cap = register_cap(threads)
+        key = (self.function.ptr, cap)
+        with _prepared_lock:
+            function = _capped.get(key)
+        if function is None:
+            module = cupy.cuda.function.Module()
+            module.load(link_ptx(self.rewrite.ptx, self.arch, name=self.entry, max_registers=cap))
+            function = module.get_function(self.entry)
+            with _prepared_lock:
+                _capped[key] = function
+        return function
+
+
+_capped: dict[tuple[int, int], Any] = {}
+_max_threads_cache: dict[int, int] = {}
+
+
+def _max_threads(function: int) -> int:
+    threads = _max_threads_cache.get(function)
+    if threads is None:
+        import cupy
+
+        threads = _max_threads_cache[function] = cupy.cuda.driver.funcGetAttribute(
+            _CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK, function)
+    return threads
 
 
 _prepared: dict[tuple[CupySource, int], PreparedKernel | str] = {}
@@ -173,9 +212,19 @@ def prepare(source: CupySource) -> PreparedKernel | str:
     return result
 
 
-def _prepare_uncached(source: CupySource, cc: str) -> PreparedKernel | str:
-    import cupy
+def rewrite_source(source: CupySource, cc: str) -> tuple[RewriteResult, str] | str:
+    """Compile ``source`` to PTX for ``compute_<cc>`` and rewrite it (needs no device).
 
+    Returns
+    -------
+    tuple of (RewriteResult, str) or str
+        The module rewrite and the kernel's entry name, or why it cannot be atomized.
+
+    Raises
+    ------
+    AtomizeError
+        When the kernel is not in the compiled module.
+    """
     reason = source.unsupported_reason()
     if reason is not None:
         return reason
@@ -194,10 +243,20 @@ def _prepare_uncached(source: CupySource, cc: str) -> PreparedKernel | str:
         raise AtomizeError(f"kernel {source.name!r} (entry {entry!r}) is not in the compiled module")
     if not info.atomized:
         return info.reason or "the rewriter refused it"
+    return result, entry
+
+
+def _prepare_uncached(source: CupySource, cc: str) -> PreparedKernel | str:
+    import cupy
+
+    rewritten = rewrite_source(source, cc)
+    if isinstance(rewritten, str):
+        return rewritten
+    result, entry = rewritten
     cubin = link_ptx(result.ptx, f"sm_{cc}", name=entry)
     module = cupy.cuda.function.Module()
     module.load(cubin)
-    return PreparedKernel(function=module.get_function(entry), entry=entry, rewrite=result)
+    return PreparedKernel(function=module.get_function(entry), entry=entry, rewrite=result, arch=f"sm_{cc}")
 
 
 def _dim3(value: Any, what: str) -> tuple[int, int, int]:
@@ -205,6 +264,10 @@ def _dim3(value: Any, what: str) -> tuple[int, int, int]:
     if not 1 <= len(dims) <= 3 or not all(isinstance(d, (int, np.integer)) for d in dims):
         raise ValueError(f"{what} must be an int or a tuple of 1-3 ints, got {value!r}")
     return tuple(int(d) for d in dims) + (1,) * (3 - len(dims))  # type: ignore[return-value]
+
+
+def _threads(block: tuple[int, int, int]) -> int:
+    return max(1, block[0]) * max(1, block[1]) * max(1, block[2])
 
 
 def _arg_shapes(args: Sequence[Any]) -> tuple:
@@ -258,7 +321,8 @@ class AtomizedRawKernel:
         grid3, block3 = _dim3(grid, "grid"), _dim3(block, "block")
         key = KernelKey(self._source.name, grid3, block3, int(shared_mem), _arg_shapes(tuple(args)))
         prepared = self.prepared()
-        wave = _wave_blocks(prepared.function, block3, shared_mem) if isinstance(prepared, PreparedKernel) else 0
+        wave = (_wave_blocks(prepared.for_block(_threads(block3)), block3, shared_mem)
+                if isinstance(prepared, PreparedKernel) else 0)
         return LaunchShape(key, grid3[0] * grid3[1] * grid3[2], wave)
 
     def plan(
@@ -296,11 +360,12 @@ class AtomizedRawKernel:
                 raise UnsupportedKernelError(reason, entry=self._source.name)
 
             def launch_whole(stream: Any) -> None:
-                self._kernel(grid, block, args, shared_mem=shared_mem, stream=as_cupy_stream(stream))
+                with passthrough():  # maybe from another thread: not caught again by the compile seam
+                    self._kernel(grid, block, args, shared_mem=shared_mem, stream=as_cupy_stream(stream))
 
             return LaunchPlan.whole(key, total, launch_whole, reason)
         assert isinstance(prepared, PreparedKernel)
-        function = prepared.function
+        function = prepared.for_block(_threads(block3))
         wave = _wave_blocks(function, block3, shared_mem)
         gx, gy, gz = (np.uint32(d) for d in grid3)
         start_param = len(args)
@@ -339,10 +404,15 @@ class AtomizedRawKernel:
         stream: Any = None,
     ) -> None:
         atomizer = get_atomizer() or self._direct
-        atomizer.dispatch(lambda s: self._kernel(grid, block, args, shared_mem=shared_mem, stream=as_cupy_stream(s)),
-                          stream, lambda: self.shape(grid, block, args, shared_mem=shared_mem),
-                          lambda: self.plan(grid, block, args, shared_mem=shared_mem, options=self.options),
-                          self._source.name)
+
+        def original(s: Any) -> None:
+            with passthrough():  # maybe from another thread: not caught again by the compile seam
+                self._kernel(grid, block, args, shared_mem=shared_mem, stream=as_cupy_stream(s))
+
+        with passthrough():  # kernels lithos launches while dispatching run as CuPy's
+            atomizer.dispatch(original, stream, lambda: self.shape(grid, block, args, shared_mem=shared_mem),
+                              lambda: self.plan(grid, block, args, shared_mem=shared_mem, options=self.options),
+                              self._source.name)
 
 
 _wave_cache: dict[tuple[int, tuple[int, int, int], int], int] = {}

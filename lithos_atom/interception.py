@@ -2,12 +2,14 @@
 
 CuPy's ``RawKernel`` and ``RawModule`` are Cython classes whose methods cannot be patched,
 so while an atomizer is set the public names ``cupy.RawKernel`` and ``cupy.RawModule``
-refer to subclasses that route launches through the active atomizer; kernels created in
-that time are intercepted (kernels created earlier are not: wrap them with
-``lithos.atomize``). Numba launches are intercepted at ``_Kernel.launch`` for every kernel.
-CuPy streams' ``end_capture`` returns graphs whose launches go through the atomizer
-(`lithos_atom.graphs`). `uninstall` puts the original objects back, so ``cupy.RawKernel is``
-the original again.
+refer to subclasses that route launches through the active atomizer. Every kernel CuPy
+compiles from source (its ufuncs and routines, ElementwiseKernel, ReductionKernel, fuse,
+cupyx.jit, and RawKernels created before the opt-in but first launched after it) is caught
+where CuPy compiles it (`lithos_atom.cupy_generated`); that seam stays from the first
+opt-in on, and its kernels launch as CuPy's whenever no atomizer is set. Numba launches are
+intercepted at ``_Kernel.launch`` for every kernel. CuPy streams' ``end_capture`` returns
+graphs whose launches go through the atomizer (`lithos_atom.graphs`). `uninstall` puts the
+other original objects back, so ``cupy.RawKernel is`` the original again.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from lithos_atom import numba_frontend
+from lithos_atom import cupy_generated, numba_frontend
+from lithos_atom.active import passthrough
 
 _lock = threading.Lock()
 _originals: dict[str, Any] = {}
@@ -31,10 +34,16 @@ def _make_classes(raw_kernel: type, raw_module: type) -> tuple[type, type]:
         atomizer = get_atomizer()
         if atomizer is None:
             return fallback(grid, block, args, shared_mem=shared_mem, stream=stream)
-        atomizer.dispatch(lambda s: fallback(grid, block, args, shared_mem=shared_mem, stream=as_cupy_stream(s)),
-                          stream, lambda: atomized.shape(grid, block, args, shared_mem=shared_mem),
-                          lambda: atomized.plan(grid, block, args, shared_mem=shared_mem, options=atomizer.options),
-                          atomized.source.name)
+
+        def original(s: Any) -> None:
+            with passthrough():  # maybe from another thread: not caught again by the compile seam
+                fallback(grid, block, args, shared_mem=shared_mem, stream=as_cupy_stream(s))
+
+        with passthrough():  # kernels lithos launches while dispatching run as CuPy's
+            atomizer.dispatch(original, stream, lambda: atomized.shape(grid, block, args, shared_mem=shared_mem),
+                              lambda: atomized.plan(grid, block, args, shared_mem=shared_mem,
+                                                    options=atomizer.options),
+                              atomized.source.name)
 
     class RawKernel(raw_kernel):  # type: ignore[misc, valid-type]
         __doc__ = raw_kernel.__doc__
@@ -91,6 +100,7 @@ def install() -> None:
             _originals[f"end_capture {cls.__name__}"] = cls.__dict__.get("end_capture")  # None: inherited
             cls.end_capture = wrap_end_capture(cls.end_capture)
         numba_frontend.acquire_hook()
+        cupy_generated.install()
 
 
 def uninstall() -> None:

@@ -20,7 +20,7 @@ from typing import Any
 from lithos_atom._compat import import_numba_cuda
 from lithos_atom.atomizer import DURATIONS, AtomizeOptions, Atomizer
 from lithos_atom.active import get_atomizer
-from lithos_atom.compile import link_ptx
+from lithos_atom.compile import link_ptx, register_cap
 from lithos_atom.errors import AtomizeError, UnsupportedKernelError
 from lithos_atom.plan import KernelKey, LaunchPlan, LaunchShape
 from lithos_atom.ptx import RewriteResult, rewrite_module
@@ -44,6 +44,7 @@ class PreparedNumbaKernel:
     kernel: Any
     entry: str
     rewrite: RewriteResult
+    arch: str
 
 
 _prepared: dict[int, tuple[Any, PreparedNumbaKernel | str]] = {}
@@ -90,8 +91,36 @@ def _prepare_uncached(kernel: Any) -> PreparedNumbaKernel | str:
     info = entries[0]
     if not info.atomized:
         return info.reason or "the rewriter refused it"
-    cubin = link_ptx(result.ptx, f"sm_{cc[0]}{cc[1]}", name=info.name)
-    return PreparedNumbaKernel(ObjectCode.from_cubin(cubin).get_kernel(info.name), info.name, result)
+    arch = f"sm_{cc[0]}{cc[1]}"
+    cubin = link_ptx(result.ptx, arch, name=info.name)
+    return PreparedNumbaKernel(ObjectCode.from_cubin(cubin).get_kernel(info.name), info.name, result, arch)
+
+
+_capped: dict[tuple[int, int], Any] = {}
+
+
+def kernel_for_block(prepared: PreparedNumbaKernel, threads: int) -> Any:
+    """The rewritten kernel that launches with ``threads`` threads per block.
+
+    Numba sizes a ufunc's blocks from the original kernel's registers (``forall``); the
+    rewritten kernel needs a few more, so a block that fits the original may not fit it
+    (``CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES``). Such blocks get a copy linked with registers
+    capped to fit (cached per kernel and cap).
+    """
+    from cuda.core import ObjectCode
+
+    if threads <= prepared.kernel.attributes.max_threads_per_block() or threads > 1024:  # the driver refuses > 1024
+        return prepared.kernel
+    cap = register_cap(threads)
+    key = (id(prepared), cap)
+    with _prepared_lock:
+        kernel = _capped.get(key)
+    if kernel is None:
+        cubin = link_ptx(prepared.rewrite.ptx, prepared.arch, name=prepared.entry, max_registers=cap)
+        kernel = ObjectCode.from_cubin(cubin).get_kernel(prepared.entry)
+        with _prepared_lock:
+            _capped[key] = kernel
+    return kernel
 
 
 def _core_stream(stream: Any) -> Any:
@@ -111,7 +140,7 @@ def _core_stream(stream: Any) -> Any:
 
 def _wave_blocks(prepared: PreparedNumbaKernel, block: tuple[int, int, int], shared_mem: int) -> int:
     threads = block[0] * block[1] * block[2]
-    per_sm = prepared.kernel.occupancy.max_active_blocks_per_multiprocessor(threads, shared_mem)
+    per_sm = kernel_for_block(prepared, threads).occupancy.max_active_blocks_per_multiprocessor(threads, shared_mem)
     return max(1, per_sm) * import_numba_cuda().get_current_device().MULTIPROCESSOR_COUNT
 
 
@@ -169,7 +198,7 @@ def plan_launch(
     for ty, value in zip(kernel.argument_types, args):
         kernel._prepare_args(ty, value, stream, retr, kernelargs)
     grid_args = [ctypes.c_uint32(d) for d in griddim]
-    rewritten = prepared.kernel
+    rewritten = kernel_for_block(prepared, blockdim[0] * blockdim[1] * blockdim[2])
 
     def issue_range(start: int, count: int, s: Any) -> None:
         config = LaunchConfig(grid=(count, 1, 1), block=tuple(blockdim), shmem_size=sharedmem)

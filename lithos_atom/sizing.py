@@ -10,9 +10,22 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from typing import Any
 
 from lithos_atom.plan import KernelKey
+
+#: Most atoms one launch is split into. Each atom is one driver launch (5-9 us of host
+#: time): a fixed ``atom_blocks`` of 1 on a 22-million-block grid would otherwise issue 22
+#: million launches. 65,536 atoms keep such a launch to well under a second of host time.
+MAX_ATOMS_PER_LAUNCH = 65536
+
+
+class CoarsenedAtomsWarning(UserWarning):
+    """A fixed ``atom_blocks`` was raised so that a launch has at most `MAX_ATOMS_PER_LAUNCH` atoms."""
+
+
+_coarsened_warned: set[tuple[int, int]] = set()
 
 
 def choose_atom_blocks(
@@ -42,14 +55,16 @@ def choose_atom_blocks(
     Returns
     -------
     int
-        Between 1 and ``total_blocks``.
+        Between 1 and ``total_blocks``. A fixed ``atom_blocks`` that would make more than
+        `MAX_ATOMS_PER_LAUNCH` atoms is coarsened, with a `CoarsenedAtomsWarning` once per
+        size and grid (atoms sized by ``atom_us`` are bounded by the launch's duration).
     """
     if total_blocks < 1:
         raise ValueError(f"total_blocks must be >= 1, got {total_blocks}")
     if atom_blocks is not None:
         if atom_blocks < 1:
             raise ValueError(f"atom_blocks must be >= 1, got {atom_blocks}")
-        return min(atom_blocks, total_blocks)
+        return _bounded(min(atom_blocks, total_blocks), total_blocks)
     if atom_us is None or launch_us is None or launch_us <= 0:
         return total_blocks
     wave = max(1, wave_blocks)
@@ -57,6 +72,18 @@ def choose_atom_blocks(
     wave_us = launch_us / waves
     waves_per_atom = max(1, math.floor(atom_us / wave_us))
     return min(total_blocks, waves_per_atom * wave)
+
+
+def _bounded(atom_blocks: int, total_blocks: int) -> int:
+    least = -(-total_blocks // MAX_ATOMS_PER_LAUNCH)
+    if atom_blocks >= least:
+        return atom_blocks
+    key = (atom_blocks, total_blocks)
+    if key not in _coarsened_warned:
+        _coarsened_warned.add(key)
+        warnings.warn(f"lithos: {atom_blocks}-block atoms would split a {total_blocks}-block launch into more than "
+                      f"{MAX_ATOMS_PER_LAUNCH} atoms; using {least}-block atoms", CoarsenedAtomsWarning, stacklevel=3)
+    return least
 
 
 class LaunchDurations:

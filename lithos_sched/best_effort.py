@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from lithos_atom.plan import LaunchPlan, LaunchShape, WholeLaunch
 from lithos_sched.gates import Gate
+from lithos_sched.tenant import Priority
 
 from lithos_sched.accounting import AtomRecord
 
@@ -114,21 +115,25 @@ class BestEffortPlacement:
         """Issue a launch's atoms into two deep queues: at home, and on the stolen TPCs
         behind the latency-critical tenants' gates (`Policy.device_gates`).
 
-        Each atom goes to the queue predicted to drain first among those with room (while
-        the gates are open, no larger than its partition's share of the blocks left): home
+        Each atom goes to the queue predicted to drain first among those with room: home
         while at most `Policy.home_queue_cap_us` is queued there, stolen while at most
-        `Policy.steal_queue_us` is. The stolen TPCs are those of the latency-critical
-        tenants whose gates are open when the atom is placed, behind those gates: a
-        request of one tenant leaves the others' TPCs to steal, and the rest of the launch
-        goes home only while every gate is closed (atoms queued behind a closed gate would
-        hold the launch's end until it opens). With every queue full, the thread waits, GIL
-        released, for the first queue to drain to its cap, or for a closed gate to open.
-        Tenants of other processes that come or go meanwhile (`RemoteTenants`) count from
-        the next atom on.
+        `Policy.steal_queue_us` is. While both queues run the launch, the blocks left are
+        divided between them once, in proportion to their TPCs and in whole waves of each
+        partition (`_split_blocks`), and each queue takes atoms from its own portion, so
+        the launch ends on both at about the same time instead of in a tail of ever smaller
+        atoms; a queue with no room gives its portion to the other. The stolen TPCs are
+        those of the latency-critical tenants whose gates are open when the atom is placed,
+        behind those gates: a request of one tenant leaves the others' TPCs to steal, and
+        the rest of the launch goes home only while every gate is closed (atoms queued
+        behind a closed gate would hold the launch's end until it opens). With every queue
+        full, the thread waits, GIL released, for the first queue to drain to its cap, or
+        for a closed gate to open. Tenants of other processes that come or go meanwhile
+        (`RemoteTenants`) count from the next atom on.
         """
         may_steal = self._may_steal(tenant, plan)
         state: tuple[int, tuple[Tenant, ...]] | None = None
         stolen_part, gates, lcs, targets = None, [], (), [tenant.home]
+        portions: dict[int, int] = {}  # id(partition) -> blocks left for it while both queues run the launch
         hold = True
         while remaining() and not self._closing:
             open_lcs = tuple(t for t in self._lc if t.gate is not None and t.gate.is_open()) if may_steal else ()
@@ -136,30 +141,48 @@ class BestEffortPlacement:
                 state = (self._membership, open_lcs)
                 stolen_part = self._steal_partition(open_lcs)
                 lcs = open_lcs if stolen_part is not None else ()
-                gates = [t.gate for t in self._lc if t.gate is not None] if may_steal else []
+                gates = [t.gate for t in self._lc if t.gate is not None] if may_steal or self._home_gates() else []
                 targets = [tenant.home] if stolen_part is None else [tenant.home, stolen_part]
+                portions = self._split_blocks(plan, tenant.home, stolen_part, remaining()) \
+                    if plan.atomized and stolen_part is not None else {}
             self.retire(tenant)
             self._guard_stranded(tenant, gates)
             hold = hold and self._hold_for_requests(tenant)
-            part = self._gated_room(tenant, targets, stolen_part, lcs)
+            own = [p for p in targets if portions.get(id(p), 1) > 0]
+            part = self._gated_room(tenant, own, stolen_part, lcs) if len(own) < len(targets) else None
+            part = part or self._gated_room(tenant, targets, stolen_part, lcs)
             if part is None:
                 self._wait_gated(tenant, targets, stolen_part, gates)
                 continue
             stolen = part is stolen_part
             count = self._atom_blocks(plan, part, remaining())
-            if plan.atomized and stolen_part is not None and all(t.gate.is_open() for t in lcs):
-                # both queues run the launch: neither takes more than its TPCs' share of what is left
-                share = part.num_tpcs / (tenant.home.num_tpcs + stolen_part.num_tpcs)
-                count = min(count, max(1, math.ceil(remaining() * share)))
-            issue(count, part, self._emptier_stream(tenant, part), stolen, [t.gate for t in lcs] if stolen else ())
+            if portions.get(id(part), 0) > 0:
+                count = min(count, portions[id(part)])
+            if portions:
+                other = id(stolen_part) if part is tenant.home else id(tenant.home)
+                taken = min(count, portions[id(part)])
+                portions[id(part)] -= taken
+                portions[other] -= count - taken  # a queue without room gave its portion away
+            behind = [t.gate for t in lcs] if stolen else self._home_gates()
+            issue(count, part, self._emptier_stream(tenant, part), stolen, behind)
         self._guard_stranded(tenant, gates)
 
+    def _split_blocks(self, plan: LaunchPlan, home: Any, stolen: Any, blocks: int) -> dict[int, int]:
+        """``blocks`` of ``plan`` divided between the ``home`` and ``stolen`` partitions in
+        proportion to their TPCs, the stolen portion rounded to whole waves of its
+        partition (a partial wave leaves TPCs idle for a whole block time); keyed by
+        ``id(partition)``. A launch smaller than half a stolen wave stays home."""
+        wave = max(1, self._wave_blocks(plan, stolen))
+        share = stolen.num_tpcs / (home.num_tpcs + stolen.num_tpcs)
+        stolen_blocks = min(blocks, round(blocks * share / wave) * wave)
+        return {id(home): blocks - stolen_blocks, id(stolen): stolen_blocks}
+
     def _guard_stranded(self, tenant: Tenant, gates: Sequence[Gate]) -> None:
-        """While ``tenant`` has atoms queued on stolen TPCs, have the keeper look at them
+        """While ``tenant`` has atoms queued behind gates (`_behind_gate`), have the keeper look at them
         every `Policy.request_hold_max_us`: an atom that waited behind a closed gate
         through a whole such period gets the gate forced for it (`Gate.force`) until
         every atom queued then has started (see `GateKeeper`)."""
-        if tenant.name in self._stranded_guards or not any(r.stolen for r in tenant.book.inflight):
+        if tenant.name in self._stranded_guards or not any(self._behind_gate(r) for r in tenant.book.inflight):
             return
         self._stranded_guards.add(tenant.name)
         tl = self.timeline
@@ -170,7 +193,7 @@ class BestEffortPlacement:
                 self._stranded_guards.discard(tenant.name)
                 return  # the keeper failed open: every gate stays forced
             # a snapshot, not the tenant's lock: its thread holds that for a whole launch
-            stolen = [r for r in tuple(tenant.book.inflight) if r.stolen]
+            stolen = [r for r in tuple(tenant.book.inflight) if self._behind_gate(r)]
             # by id, the events kept alive with them: a freed event's id may be a new one's
             waiting = {id(r.start): r.start for r in stolen if not tl.done(r.start)}
             waited = waiting.keys() & seen_waiting.keys()
@@ -189,6 +212,11 @@ class BestEffortPlacement:
                 self._stranded_guards.discard(tenant.name)
 
         self._gate_keeper.at(tl.now_us() + period_us, lambda: check({}))
+
+    def _behind_gate(self, record: AtomRecord) -> bool:
+        """Whether the atom of ``record`` waited behind gates: on stolen TPCs, or at home
+        while latency-critical tenants borrow them (`Policy.lend_best_effort_tpcs`)."""
+        return record.stolen or (record.tenant.priority is Priority.BEST_EFFORT and bool(self._home_gates()))
 
     def _may_steal(self, tenant: Tenant, plan: LaunchPlan) -> bool:
         """Whether ``plan``'s atoms may run on stolen TPCs: stealing is on and its blocks
@@ -324,7 +352,7 @@ class BestEffortPlacement:
         set: tenants' TPCs never change, and this is asked twice per best-effort atom)."""
         shared = self._lc_shared.get(partition.tpcs)
         if shared is None:
-            shared = self._lc_shared[partition.tpcs] = any(partition.tpcs & t.tpcs for t in self._lc)
+            shared = self._lc_shared[partition.tpcs] = any(partition.tpcs & t.home.tpcs for t in self._lc)
         return shared
 
     def _wave_blocks(self, plan: LaunchPlan, partition: Any) -> int:

@@ -53,8 +53,14 @@ class Policy:
         `steal_queue_us` ahead, a request stops them at the next atom boundary and its end
         resumes them, with no host round trip. Stolen atoms run on a partition of the
         stolen TPCs only, beside the tenant's own queue at home, so a closed gate stops
-        nothing at home. False, or a device that cannot map the gate words (one warning):
+        nothing at home unless `lend_best_effort_tpcs` lends those TPCs too. False, or a device that cannot map the gate words (one warning):
         the host decides every stolen atom, with the queue caps, holds and polls below.
+    lend_best_effort_tpcs : bool
+        With `device_gates`, latency-critical kernels of this process run on their own
+        TPCs and on those of this process's best-effort tenants, whose atoms at home then
+        wait behind the same gates and are sized by `atom_us`: a request gets the whole GPU
+        within about one atom instead of its share only (LithOS lends TPCs both ways).
+        Tenants of other processes keep their own TPCs.
     steal_queue_us : float
         With `device_gates`, how much best-effort work is queued on stolen TPCs while
         their gates are open (while one is closed the rest of the launch goes home). Deeper
@@ -139,6 +145,7 @@ class Policy:
     home_queue_cap_us: float = 2000.0
     issue_ahead_of_drain: Literal["none", "home", "all"] = "none"
     device_gates: bool = True
+    lend_best_effort_tpcs: bool = True
     steal_queue_us: float = 2000.0
     stealing: bool = True
     steal_max_block_us: float = 1500.0

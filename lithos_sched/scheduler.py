@@ -41,6 +41,7 @@ from lithos_sched.best_effort import BestEffortPlacement
 from lithos_sched.faults import DeviceWaits, KernelFaultError, SchedulerTimeoutError, cuda_error_code
 from lithos_sched.device_api import Device
 from lithos_sched.gate_keeper import GateKeeper
+from lithos_sched.gates import Gate
 from lithos_sched.latency_critical import LatencyCriticalLaunches, plan_launch, plan_shape
 from lithos_sched.policy import Policy
 from lithos_sched.predictor import LatencyPredictor
@@ -133,9 +134,24 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
         if self._gate_board is not None:
             for t in self._lc:
                 t.gate = self._gate_board.new_gate()
+        self._lend_best_effort_tpcs()
         self._gate_keeper = GateKeeper(self)
         self._stranded_guards: set[str] = set()  # best-effort tenants with a `_guard_stranded` check pending
         self._tuning = TUNING.enter(self.policy, self.timeline.virtual)
+
+    def _lend_best_effort_tpcs(self) -> None:
+        """Where `Policy.lend_best_effort_tpcs` and the gates allow, move each
+        latency-critical tenant onto a partition of its TPCs and the best-effort tenants'."""
+        lent = frozenset().union(*(t.tpcs for t in self.tenants.values() if t.priority is Priority.BEST_EFFORT))
+        if not (self.policy.lend_best_effort_tpcs and lent and self._gated()):
+            return
+        for t in self._lc:
+            t.run_on(self.device.partition(t.tpcs | lent))
+
+    def _home_gates(self) -> list[Gate]:
+        """The gates best-effort atoms at home wait behind: those of the latency-critical
+        tenants of this process that borrow best-effort TPCs (`_lend_best_effort_tpcs`)."""
+        return [t.gate for t in self._lc if t.gate is not None and not t.remote and t.home.tpcs != t.tpcs]
 
     # ---- public API --------------------------------------------------------------
 

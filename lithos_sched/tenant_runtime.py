@@ -74,6 +74,16 @@ class Tenant:
         """Whether the tenant runs in another process (`follow_requests`)."""
         return self._remote is not None
 
+    def run_on(self, partition: Any) -> None:
+        """Run this tenant's kernels on ``partition`` from now on, in place of the
+        partition of its own TPCs (which is closed): a latency-critical tenant that
+        borrows best-effort TPCs (`Policy.lend_best_effort_tpcs`). Its own TPCs stay
+        `tpcs`, which are what best-effort tenants steal."""
+        if not self.tpcs <= partition.tpcs:
+            raise ValueError(f"tenant {self.name!r} must keep its own TPCs; the partition has {sorted(partition.tpcs)}")
+        own, self.home = self.home, partition
+        own.close()
+
     @property
     def stream(self) -> Any:
         """The tenant's own stream: high priority for latency-critical tenants."""

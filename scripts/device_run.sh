@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Everything lithos does on the lent GPU, in one call: install, GPU tests, benchmarks.
 # Usage (on the device machine, from the repo root): bash scripts/device_run.sh [what...]
-#   what: probe | gates | tests | atoms | partitions | colocation | ml | rightsizing | rightsized | kernels | diag | arms |
-#         mps_split | mps_confine
-#   (default: probe tests atoms partitions colocation ml rightsizing, about 7 minutes; ML_DURATION sets
-#   --ml-duration, default 6; diag: the host-time diagnostics of scripts/ (launch cost, inference host, best-effort host);
+#   what: probe | gates | tests | atoms | partitions | colocation | ml | study | rightsizing | rightsized | kernels |
+#         diag | arms | mps_split | mps_confine | services | ml_models | stacking | rightsize_services
+#   (default: probe tests atoms partitions colocation ml rightsizing; ml: the default ML study, 3 interleaved
+#   rounds at load 0.5, ML_DURATION (--ml-duration, default the bench's 1.5 s) per scenario and round;
+#   study: the interleaved ML study one pair per command, for each of STUDY_PAIRS (training batch_inference),
+#   ROUNDS (3) rounds of ML_DURATION (4) s at LOADS (0.5; a comma list adds a load sweep);
+#   diag: the host-time diagnostics of scripts/ (launch cost, inference host, best-effort host);
 #   DIAGS picks among them; arms: an interleaved A/B of scripts/diag_arms.py on the ML pairs
 #   PAIRS (default ml_training; ml_batch is the batch-inference pair), ARMS (default
 #   default,all_planned) over ROUNDS (3) rounds of 6 s, with the static splits at
@@ -20,11 +23,28 @@
 #   the inference batches (default 1,8); about 5 minutes;
 #   gates: scripts/probe_gates.py, the stream-memory-operation gates (order, independence of streams,
 #   across processes, host cost, graphs on green contexts), about 20 s;
+#   faults: scripts/fault_isolation.py, a best-effort process that traps or reads out of bounds beside a
+#   latency-critical one, without and under MPS, about 1 minute;
+#   soak: scripts/soak.py --gpu for SOAK_MINUTES (default 3) real minutes of eight tenants coming and going;
+#   suites: scripts/suite_proof.py, numba-cuda's and CuPy's own tests (third_party/cupy_tests, v14.2.0)
+#   plainly and under the opt-in at one-block atoms, the subsets SUITE_NUMBA / SUITE_CUPY, each pytest
+#   run bounded by SUITE_TIMEOUT (55 s), about 4 minutes; ufunc_cost: scripts/diag_ufunc_cost.py, the host
+#   cost of an intercepted CuPy ufunc launch against CuPy's own, about 20 s;
 #   mps_confine: scripts/diag_mps_confine.py, whether two MPS clients' green contexts are
 #   different physical SMs, about 20 s;
 #   rightsized: the ML bench's inference + training pair, lithos with and without
-#   right-sizing, once per inference batch range of RS_LC_BATCHES (default "1 1 1,8":
-#   batch 1 twice, then batches 1-8), about 80 s each)
+#   right-sizing, one round per inference batch range of RS_LC_BATCHES (default "1 1 1,8":
+#   batch 1 twice, then batches 1-8), about 80 s each;
+#   services: lithos_atom.bench.services_alone, each model service alone at load 0.5 of its capacity,
+#   graph replay vs Python launches (SVC_DURATION s each, default 2; SVC_LIST picks services), about 2-3 minutes;
+#   ml_models: the ML bench with a model service (each of ML_SERVICES, default "llama-1b resnet50") beside the
+#   GPT-2 training job, scenarios lc_alone,be_alone,streams,priorities,static_split,lithos, ROUNDS (3)
+#   interleaved rounds of ML_DURATION s (here default 2) at load 0.5, about 1 minute per service and round;
+#   stacking: lithos_atom.bench.stacking, Llama-1B decode over ResNet-50 and BERT-base, without and with the
+#   GPT-2 job (STACK_BE=none: without only), against MPS, priorities, time-sliced processes and static splits
+#   (STACK_DURATION s, default 2; STACK_SCENARIOS to pick), about 3-4 minutes;
+#   rightsize_services: the right-sizing report on each model service's whole request at its batch sizes
+#   (RS_SERVICES, default "llama-1b resnet50 bert-base llama-8b"), cut at 150 s)
 # Writes logs, JSON and plots to a staging folder, packed at the end into $OUT/results.tgz
 # (the device tool returns at most 8 files), with the GPU-test log beside it.
 set -uo pipefail
@@ -59,21 +79,43 @@ for w in "${what[@]}"; do
       for batches in ${RS_LC_BATCHES:-1 1 1,8}; do
         i=$((i + 1))
         python3 -m lithos_atom.bench --ml --ml-pairs training --ml-scenarios lc_alone,be_alone,lithos,lithos_rightsized \
-          --lc-batch "$batches" --ml-duration "${ML_DURATION:-6}" --json "$STAGE/bench-rightsized-$i.json" \
+          --lc-batch "$batches" --ml-duration "${ML_DURATION:-6}" --rounds 1 --json "$STAGE/bench-rightsized-$i.json" \
           --plot "$STAGE/plots-rightsized-$i" 2>&1 | tee "$STAGE/bench-rightsized-$i.log" | tail -25
         [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
       done ;;
+    study)
+      for pair in ${STUDY_PAIRS:-training batch_inference}; do
+        python3 -m lithos_atom.bench --ml --ml-pairs "$pair" --rounds "${ROUNDS:-3}" --ml-duration "${ML_DURATION:-4}" \
+          --load "${LOADS:-0.5}" --json "$STAGE/bench-study-$pair.json" --plot "$STAGE/plots-study-$pair" 2>&1 \
+          | tee "$STAGE/bench-study-$pair.log" | tail -60
+        [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+      done ;;
     atoms|partitions|colocation|ml)
-      extra=(); [ "$w" = ml ] && extra=(--ml-duration "${ML_DURATION:-6}")  # 3 s gave p99s from ~3 slow requests
-      python3 -m lithos_atom.bench --"$w" "${extra[@]}" --json "$STAGE/bench-$w.json" --plot "$STAGE/plots-$w" 2>&1 | tee "$STAGE/bench-$w.log" | tail -40
+      extra=(); [ "$w" = ml ] && [ -n "${ML_DURATION:-}" ] && extra=(--ml-duration "$ML_DURATION")
+      python3 -m lithos_atom.bench --"$w" ${extra[@]+"${extra[@]}"} --json "$STAGE/bench-$w.json" --plot "$STAGE/plots-$w" 2>&1 | tee "$STAGE/bench-$w.log" | tail -40
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     arms)
       PYTHONPATH=$PWD/scripts:$PWD python3 scripts/diag_arms.py "$STAGE/diag-arms.json" 6 "${ROUNDS:-3}" \
         "${ARMS:-default,all_planned}" "${PAIRS:-ml_training}" "${STATIC_SHARES:-0.25,0.375,0.5}" 2>&1 \
         | tee "$STAGE/diag-arms.log" | tail -40
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+    suites)
+      python3 -m pip install -q --no-deps third_party/wheels/*.whl >> "$STAGE/install.log" 2>&1  # numba-cuda's test dependency
+      python3 scripts/suite_proof.py --numba "${SUITE_NUMBA:-test_gufunc,test_vectorize,test_transpose,test_sm}" \
+        --cupy "${SUITE_CUPY:-core_tests/test_elementwise.py,core_tests/test_reduction.py,math_tests/test_sumprod.py}" \
+        --timeout "${SUITE_TIMEOUT:-55}" --json "$STAGE/suite-proof.json" 2>&1 | tee "$STAGE/suite-proof.log" | tail -60
+      [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+    ufunc_cost)
+      python3 scripts/diag_ufunc_cost.py --json "$STAGE/ufunc-cost.json" 2>&1 | tee "$STAGE/ufunc-cost.log" | tail -12
+      [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     gates)
       python3 scripts/probe_gates.py "$STAGE/probe-gates.json" 2>&1 | tee "$STAGE/probe-gates.log" | tail -20
+      [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+    faults)
+      python3 scripts/fault_isolation.py --out "$STAGE/faults" 2>&1 | tee "$STAGE/faults.log" | tail -30
+      [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+    soak)
+      python3 scripts/soak.py --gpu --minutes "${SOAK_MINUTES:-3}" --out "$STAGE/soak" 2>&1 | tee "$STAGE/soak.log" | tail -30
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     mps_confine)
       python3 scripts/diag_mps_confine.py "$STAGE/diag-mps-confine.json" 2>&1 | tee "$STAGE/diag-mps-confine.log" | tail -10
@@ -88,6 +130,28 @@ for w in "${what[@]}"; do
         PYTHONPATH=$PWD python3 scripts/$d.py "$STAGE/$d.json" 2>&1 | tee "$STAGE/$d.log" | tail -20
         [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
       done ;;
+    services)
+      python3 -m lithos_atom.bench.services_alone --duration "${SVC_DURATION:-2}" ${SVC_LIST:+--services "$SVC_LIST"} \
+        --json "$STAGE/services-alone.json" 2>&1 | tee "$STAGE/services-alone.log" | tail -30
+      [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+    ml_models)
+      for svc in ${ML_SERVICES:-llama-1b resnet50}; do
+        python3 -m lithos_atom.bench --ml --lc-service "$svc" --ml-pairs gpt2_training \
+          --ml-scenarios lc_alone,be_alone,streams,priorities,static_split,lithos --ml-duration "${ML_DURATION:-2}" \
+          --rounds "${ROUNDS:-3}" \
+          --json "$STAGE/bench-ml-$svc.json" --plot "$STAGE/plots-ml-$svc" 2>&1 | tee "$STAGE/bench-ml-$svc.log" | tail -30
+        [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+      done ;;
+    stacking)
+      python3 -m lithos_atom.bench.stacking --duration "${STACK_DURATION:-2}" ${STACK_BE:+--be-job "$STACK_BE"} \
+        ${STACK_SCENARIOS:+--scenarios "$STACK_SCENARIOS"} --json "$STAGE/stacking.json" --plot "$STAGE/plots-stacking" 2>&1 \
+        | tee "$STAGE/stacking.log" | tail -40
+      [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+    rightsize_services)
+      svcs=(); for s in ${RS_SERVICES:-llama-1b resnet50 bert-base llama-8b}; do svcs+=(--service "$s"); done
+      python3 -m lithos_atom.bench.rightsize_bench "${svcs[@]}" --energy-window 0 --max-seconds 150 \
+        --out "$STAGE/rightsize-services" 2>&1 | tee "$STAGE/rightsize-services.log" | tail -30
+      [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     *) echo "unknown step $w"; status=2 ;;
   esac
 done

@@ -111,7 +111,7 @@ def brief_co(res: dict) -> dict:
 
 
 # the ML section's pairs: the inference service beside training or batch inference
-ml_cfg = MLColocationConfig(pairs=("training",), duration_s=SECONDS)
+ml_cfg = MLColocationConfig(pairs=("training",), duration_s=SECONDS, lc_rate_hz=100.0)
 STATIC_SHARES = [float(x) for x in sys.argv[6].split(",")] if len(sys.argv) > 6 else [ml_cfg.lc_share]
 static_splits = {share: tuple(device.partition(t) for t in pair_tpcs(share, device.num_tpcs))
                  for share in STATIC_SHARES}

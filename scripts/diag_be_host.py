@@ -34,7 +34,7 @@ from lithos_sched.policy import Policy
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else "diag-be-host.json"
 STEPS = int(sys.argv[2]) if len(sys.argv) > 2 else 200
-cfg = MLColocationConfig(pairs=("batch_inference",))
+cfg = MLColocationConfig(pairs=("batch_inference",), lc_rate_hz=100.0)
 device = open_device(simulate=False)
 plain = cupy.cuda.Stream(non_blocking=True)
 kernels.reset_cache()

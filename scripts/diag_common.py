@@ -41,7 +41,7 @@ def ml_pair(cfg: Any, kind: str = "training") -> tuple[Any, Any, Any, Any]:
 def round_summary(runs: list[dict], statics_prefix: str = "mps_static") -> list[dict]:
     """Each lithos arm of each (round, pair) of a diagnostic's ``runs`` against that round's
     service alone and static splits, as the ML bench compares them
-    (`lithos_atom.bench.ml_colocation.static_at_p99`).
+    (`lithos_atom.bench.ml_figures.static_at_p99`).
 
     ``runs`` are records with ``round``, ``pair``, ``arm``, ``p99_ms`` and, for co-located
     arms, ``be_norm`` (best-effort throughput over alone); the static splits are the arms
@@ -50,7 +50,7 @@ def round_summary(runs: list[dict], statics_prefix: str = "mps_static") -> list[
     ``arm``, ``p99_ms``, ``x_alone``, ``be_norm``, ``static_line_be_norm`` and
     ``x_static_line`` (None where no static split reached its p99: it is below them all).
     """
-    from lithos_atom.bench.ml_colocation import static_at_p99
+    from lithos_atom.bench.ml_figures import static_at_p99
 
     groups: dict[tuple[Any, Any], dict[str, dict]] = {}
     for r in runs:

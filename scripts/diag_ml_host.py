@@ -37,7 +37,7 @@ from lithos_sched.rightsizing import RightSizer
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else "diag-ml-host.json"
 LC_ONLY = "--lc-only" in sys.argv
-cfg = MLColocationConfig(pairs=("training",))
+cfg = MLColocationConfig(pairs=("training",), lc_rate_hz=100.0)
 device = open_device(simulate=False)
 plain, plain2, service, job = diag_common.ml_pair(cfg)
 result: dict = {"device": device.describe()}

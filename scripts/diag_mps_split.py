@@ -123,7 +123,7 @@ if unknown:
 #: ``kind:unsplit`` the same with every training GEMM unsplit (an A/B of the workload)
 LC_BATCH = tuple(int(b) for b in os.environ["MPS_LC_BATCH"].split(",")) if "MPS_LC_BATCH" in os.environ else None
 cfg = MLColocationConfig(pairs=tuple(dict.fromkeys(p.partition(":")[0] for p in PAIRS)), duration_s=SECONDS,
-                         lc_share=SHARES[0], **({"lc_batch": LC_BATCH} if LC_BATCH else {}))
+                         lc_rate_hz=100.0, lc_share=SHARES[0], **({"lc_batch": LC_BATCH} if LC_BATCH else {}))
 variants = {"": cfg, "unsplit": dataclasses.replace(cfg, training_gemm_max_k=None)}
 bad_pairs = [p for p in PAIRS if p.partition(":")[2] not in variants]
 if bad_pairs:

@@ -23,8 +23,10 @@ from typing import Any
 import pytest
 
 #: The shared bench run's options: every section on the simulated device, the ML section's
-#: small workloads over short scenarios, so that it takes seconds.
-SIM_BENCH_ARGS = ("--sim", "--duration", "0.2", "--ml-size", "small", "--ml-duration", "0.02", "--ml-warmup", "0.01")
+#: small workloads over short scenarios in two rounds (the fewest that have a median and an
+#: interval to take), so that it takes seconds.
+SIM_BENCH_ARGS = ("--sim", "--duration", "0.2", "--ml-size", "small", "--ml-duration", "0.01", "--ml-warmup", "0.005",
+                  "--rounds", "2")
 
 
 @functools.lru_cache(maxsize=1)

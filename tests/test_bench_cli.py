@@ -21,7 +21,8 @@ def test_bench_runs_simulated_without_gpu(simulated_bench):
     assert col["scenarios"]["lithos"]["be"]["throughput_norm"] > 0
     assert (simulated_bench.plots / "latency_cdf.png").stat().st_size > 0
     ml = data["sections"]["ml"]
-    assert ml["simulated"] is True and set(ml["pairs"]) == {"training", "batch_inference"}
+    assert ml["simulated"] is True and set(ml["summary"]["pairs"]) == {"training", "batch_inference"}
+    assert [r["round"] for r in ml["rounds"]] == [0, 1] and ml["summary"]["rounds"] == 2
     part = data["sections"]["partitions"]
     assert all(row["confined"] for row in part["scaling"].values())
 

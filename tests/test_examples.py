@@ -92,7 +92,9 @@ def test_two_tenants_runs_their_schedule_on_the_simulated_device(runs):
     match = re.search(r"inference: (\d+) requests, latency p50 ([\d.]+) ms, p99 ([\d.]+) ms", runs["two_tenants.py"].stdout)
     assert match, lines
     requests, p50, p99 = int(match[1]), float(match[2]), float(match[3])
-    assert requests > 50 and 0.8 <= p50 <= p99  # a request alone takes 0.8 ms (4 waves of 200 us blocks)
+    # a request takes 0.4 ms on the whole GPU (2 waves of 200 us blocks), 0.8 ms on its own half: it borrows the
+    # training TPCs (Policy.lend_best_effort_tpcs) once their running atoms end
+    assert requests > 50 and 0.4 <= p50 <= p99 and p50 < 0.8
     stolen = re.search(r"training: 33 TPCs, \d+ kernels run as (\d+) atoms, (\d+) of them", runs["two_tenants.py"].stdout)
     assert stolen and 0 < int(stolen[2]) < int(stolen[1])
     trace = json.loads((runs["folder"] / "two_tenants_trace.json").read_text())  # type: ignore[operator]

@@ -158,9 +158,30 @@ def test_stealing_raises_best_effort_throughput_while_latency_critical_is_idle()
     assert with_steal < 0.6 * without  # the idle half of the device is used
 
 
+def test_a_launch_shared_by_home_and_stolen_tpcs_is_split_once_in_whole_waves():
+    """With the gates open, a best-effort launch runs on both queues, each taking whole
+    waves of its partition from its own portion: no tail of ever smaller atoms, and both
+    sides end within about one atom of each other."""
+    device, sched = make(Policy(atom_us=200.0))
+    be = sched.tenant("be")
+    wave = device.num_sms  # one block per SM of the 4-TPC partitions: 8 blocks a wave
+    sched.submit_for(be, sim_plan(device, SimKernel("big", 16 * 20 + 3, 100.0)))
+    sched.timeline.synchronize(sched.timeline.record(be.stream))
+    rows = [r for r in sched.atoms() if r.tenant == "be"]
+    sched.close()
+    assert {r.stolen for r in rows} == {True, False}  # really split across both queues
+    for stolen in (True, False):
+        side = sorted((r for r in rows if r.stolen is stolen), key=lambda r: r.start_us)
+        assert all(r.blocks % (wave // 2) == 0 for r in side[:-1]), [r.blocks for r in side]
+        assert min(r.blocks for r in side[:-1]) >= wave // 2
+    ends = {stolen: max(r.start_us + r.duration_us for r in rows if r.stolen is stolen) for stolen in (True, False)}
+    assert abs(ends[True] - ends[False]) <= 2 * 200.0
+    assert sum(r.blocks for r in rows) == 16 * 20 + 3
+
+
 @pytest.mark.parametrize("gates", [False, True])
 def test_best_effort_is_not_starved_by_a_busy_latency_critical_tenant(gates):
-    device, sched = make(Policy(atom_us=200.0, queue_cap_us=100.0, device_gates=gates))
+    device, sched = make(Policy(atom_us=200.0, queue_cap_us=100.0, device_gates=gates, lend_best_effort_tpcs=False))
     tl = sched.timeline
     lc, be = sched.tenant("lc"), sched.tenant("be")
     stop = []
@@ -184,10 +205,38 @@ def test_best_effort_is_not_starved_by_a_busy_latency_critical_tenant(gates):
     sched.close()
 
 
+def test_a_request_borrows_the_best_effort_tpcs_and_holds_their_atoms_at_most_the_hold_bound():
+    """With `Policy.lend_best_effort_tpcs`, a latency-critical kernel runs on every TPC and
+    best-effort atoms at home wait behind its gate; a tenant busy without end holds them at
+    most `Policy.request_hold_max_us` before the gate is forced for them."""
+    device, sched = make(Policy(atom_us=200.0, request_hold_max_us=2000.0))
+    tl = sched.timeline
+    lc, be = sched.tenant("lc"), sched.tenant("be")
+    assert lc.home.tpcs == device.all_tpcs() and lc.tpcs | be.tpcs == device.all_tpcs()
+    sched.submit_for(lc, sim_plan(device, SimKernel("wide", 16, 100.0)))
+    tl.synchronize(tl.record(lc.stream))
+    assert {r.sm for r in device.records if r.kernel == "wide"} == set(range(device.num_sms))  # every SM
+    tl.call_at(tl.now_us() + 150.0, lambda: tl.store_gate(lc.gate, 0))  # a request opens, and never closes
+    start = tl.now_us()
+    sched.submit_for(be, sim_plan(device, SimKernel("be", 8 * 40, 100.0)))
+    done = tl.record(be.stream)
+    tl.synchronize(done)
+    assert be.stats.forced_gate_opens >= 1
+    assert 2000.0 < done.time_us - start < 2 * 2000.0 + 2000.0  # held, then let through
+    sched.close()
+
+
+def test_without_lending_the_latency_critical_tenant_keeps_to_its_own_tpcs():
+    device, sched = make(Policy(atom_us=200.0, lend_best_effort_tpcs=False))
+    lc = sched.tenant("lc")
+    assert lc.home.tpcs == lc.tpcs != device.all_tpcs()
+    sched.close()
+
+
 def test_atoms_stranded_behind_a_closed_gate_are_let_through_after_the_hold_bound():
     """Atoms queued on stolen TPCs before a request that never ends pass its gate once
     they waited `Policy.request_hold_max_us`: the best-effort launch completes."""
-    device, sched = make(Policy(atom_us=200.0, request_hold_max_us=2000.0))
+    device, sched = make(Policy(atom_us=200.0, request_hold_max_us=2000.0, lend_best_effort_tpcs=False))
     tl = sched.timeline
     lc, be = sched.tenant("lc"), sched.tenant("be")
     tl.call_at(150.0, lambda: tl.store_gate(lc.gate, 0))  # a request opens, and never closes
@@ -417,7 +466,7 @@ def test_best_effort_queues_deeper_only_on_tpcs_no_latency_critical_tenant_uses(
 
 
 def test_work_a_latency_critical_tenant_runs_outside_the_scheduler_keeps_its_tpcs_from_stealing():
-    device, sched = make(Policy(atom_us=200.0, queue_cap_us=100.0))
+    device, sched = make(Policy(atom_us=200.0, queue_cap_us=100.0, lend_best_effort_tpcs=False))
     lc, be = sched.tenant("lc"), sched.tenant("be")
     opaque = SimKernel("opaque", 2, 3000.0)  # a CuPy/cuBLAS op on the tenant's stream, not intercepted
     lc.home.high.launch(opaque)
@@ -476,7 +525,7 @@ def test_request_windows_are_traced_on_the_atoms_clock(tmp_path):
 def test_with_gates_atoms_on_stolen_tpcs_are_short_and_those_at_home_long():
     """Gated, one launch runs on two queues at once: on the idle tenant's TPCs in atoms of
     `Policy.atom_us` (two 100 us waves) and at home in atoms of up to `Policy.home_atom_us`."""
-    device, sched = make(Policy(atom_us=200.0, home_atom_us=800.0))
+    device, sched = make(Policy(atom_us=200.0, home_atom_us=800.0, lend_best_effort_tpcs=False))
     be, lc = sched.tenant("be"), sched.tenant("lc")
     for i in range(3):
         sched.submit_for(be, sim_plan(device, SimKernel(f"be{i}", 8 * 200, 100.0)))

@@ -1,9 +1,11 @@
 """ML co-location benchmark: an inference service beside training or batch inference.
 
-The latency-critical (LC) tenant is `kernels.workloads.InferenceService` (a transformer
-decoder stack, requests of batch 1-8 arriving as a Poisson process); the best-effort (BE)
-tenant is a `TrainingJob` (MLP forward, backward, Adam) or a `BatchInference` job. For
-each pair, side by side in one run:
+The latency-critical (LC) tenant is one of the services of `lithos_atom.bench.ml_services`
+(`MLColocationConfig.lc_service`): by default `kernels.workloads.InferenceService` (a
+transformer decoder stack, requests of batch 1-8 arriving as a Poisson process), or a
+Llama decode step or prefill, ResNet-50 or BERT-base at their real shapes; the best-effort
+(BE) tenant is a `TrainingJob` (MLP forward, backward, Adam), a `BatchInference` job or a
+GPT-2-small training step (``gpt2_training``). For each pair, side by side in one run:
 
 - ``lc_alone`` / ``be_alone``: each tenant alone on the whole GPU
 - ``streams``: both on ordinary streams of one process
@@ -23,7 +25,8 @@ each pair, side by side in one run:
   (`Tenant.follow_requests`; `MLColocationConfig.mps_steal_max_block_us`). These two
   run only on a GPU with MPS; the simulated device has no interpreter to share, and
   reports them skipped.
-- ``lithos_no_steal`` / ``lithos_no_atoms``: ablations
+- ``lithos_no_steal`` / ``lithos_no_atoms`` / ``lithos_unlent``: ablations (the last, of
+  `Policy.lend_best_effort_tpcs`, only when asked for)
 - ``lithos_rightsized``: lithos with right-sizing, the TPCs the inference service does not
   need going to the best-effort job. On the GPU each request runs in `Tenant.on_tpcs` on
   the fewest of the inference TPCs that keep a request of its batch within 5% (whole
@@ -35,8 +38,15 @@ each pair, side by side in one run:
   and marks that count in the `RequestSignal`; the best-effort process keeps stealing the
   other inference TPCs while the request runs (GPU with MPS only, like ``lithos_mps``).
 
-Figures per scenario: LC p50/p99/p99.9 latency and SLO attainment, BE throughput
-normalized to alone, and the sum of normalized throughputs. A static split trades the
+Load: requests arrive as a Poisson process at `MLColocationConfig.load` times the
+service's capacity alone (`lithos_atom.bench.load`), unless `MLColocationConfig.lc_rate_hz`
+gives the rate. The service is one server: a request that arrives while another runs waits
+for it, and its latency, arrival to completion, counts that wait (an open loop).
+
+Figures per scenario: LC p50/p99/p99.9 latency, SLO attainment and goodput (requests that
+met the SLO per second), the requests left unfinished (a miss each) and whether the service
+saturated (see `lithos_atom.bench.ml_figures.lc_figures`), BE throughput normalized to alone, and the sum of normalized
+throughputs. A static split trades the
 inference tail against best-effort throughput through its share; so that the two are
 compared at one tail, each pair also names the static split of the most best-effort
 throughput whose inference p99 is no worse than lithos' (``static_at_lithos_p99``), and
@@ -45,7 +55,8 @@ likewise for lithos across processes against the in-process splits
 (``process_static_at_lithos_mps_p99``), with its ratios to each baseline in
 ``ratios_lithos_mps``; ``lithos_mps_rightsized`` likewise (``ratios_lithos_mps_rightsized``,
 ``process_static_at_lithos_mps_rightsized_p99``).
-This module holds what both runs share: the settings, the scenario names and the figures.
+This module holds what both runs share: the settings, the scenario names and their order;
+`lithos_atom.bench.ml_figures` turns a run's records into the figures.
 `lithos_atom.bench.ml_gpu` runs the scenarios on the GPU; without a GPU the same scenarios run
 on the simulated device (`lithos_atom.bench.sim_ml_colocation`); ``python -m lithos_atom.bench
 --ml`` picks one.
@@ -61,24 +72,29 @@ from typing import Any
 
 import numpy as np
 
-from lithos_atom.bench.percentiles import percentile_ci
+from lithos_atom.bench.ml_services import BE_JOBS, SERVICES, default_batch_sizes, gpt2_config, model_config
 from lithos_sched.fields import is_int, is_number, require
 from lithos_sched.policy import Policy
 from lithos_sched.scheduler import Scheduler
 
-#: Best-effort workloads, one pair with the inference service each.
+#: Best-effort workloads paired with the inference service by default, one pair each
+#: (`BE_JOBS` are all there are: ``gpt2_training`` too).
 PAIRS: tuple[str, ...] = ("training", "batch_inference")
 
 #: Every scenario, in report order.
 SCENARIOS: tuple[str, ...] = ("lc_alone", "be_alone", "streams", "priorities", "processes", "mps",
                               "static_split", "mps_static_split", "lithos", "lithos_mps", "lithos_no_steal",
-                              "lithos_no_atoms", "lithos_rightsized", "lithos_mps_rightsized")
+                              "lithos_no_atoms", "lithos_rightsized", "lithos_mps_rightsized", "lithos_unlent")
+
+#: The scenarios run unless asked for (``lithos_unlent``, the ablation of TPC lending, on request).
+DEFAULT_SCENARIOS: tuple[str, ...] = tuple(s for s in SCENARIOS if s != "lithos_unlent")
 
 #: Scenarios with one process per tenant under MPS, each on its TPCs (GPU only).
 PROCESS_SCENARIOS: tuple[str, ...] = ("mps_static_split", "lithos_mps", "lithos_mps_rightsized")
 
 #: The scenarios that run the lithos scheduler (see `scheduler_for`).
-LITHOS_SCENARIOS: tuple[str, ...] = ("lithos", "lithos_no_steal", "lithos_no_atoms", "lithos_rightsized")
+LITHOS_SCENARIOS: tuple[str, ...] = ("lithos", "lithos_no_steal", "lithos_no_atoms", "lithos_rightsized",
+                                     "lithos_unlent")
 
 #: Scenarios that run both tenants (the baselines lithos is compared with, and lithos).
 COLOCATED: tuple[str, ...] = tuple(s for s in SCENARIOS if s not in ("lc_alone", "be_alone"))
@@ -97,21 +113,36 @@ class MLColocationConfig:
     Attributes
     ----------
     pairs : tuple of str
-        Best-effort workloads to pair with the inference service (`PAIRS`).
+        Best-effort workloads to pair with the inference service (of `BE_JOBS`; default
+        `PAIRS`, the quick ones).
     scenarios : tuple of str
         Scenarios to run (`SCENARIOS`); the alone ones are always run (everything is
         normalized to them).
     duration_s : float
-        Measured length of each scenario.
+        Measured length of each scenario in each round: three rounds of 1.5 s measure each
+        scenario for 4.5 s in all and leave the default bench's 35 runs per round, a dozen
+        of them starting worker processes, within its 10 minutes on the GPU.
     warmup_s : float
         Unmeasured co-located run before the measurement of each scenario.
-    lc_rate_hz : float
-        Mean LC request rate (Poisson arrivals). A request of the default size is 40
-        launches from Python; on the H100 machine issuing them took up to 4 ms (p99) alone,
-        and at 200 requests/s requests queued behind each other even alone (alone p99 12x
-        its p50), so the default leaves the inference host thread mostly idle.
+    load : float
+        Mean LC request rate as a fraction of the service's capacity alone (one over its
+        mean service time, `lithos_atom.bench.load`); half, so that the service alone is
+        busy half the time and a request waits for another now and then, as a served model
+        runs. Above 1 the service cannot keep up even alone; beyond 2 every scenario
+        saturates and nothing is left to compare, so that is the limit.
+    lc_rate_hz : float or None
+        The mean LC request rate (Poisson arrivals), given instead of `load`; None until
+        it is derived from the load (`lithos_atom.bench.load.with_rate`): `requests` needs it.
+    lc_service : str
+        The inference service (`lithos_atom.bench.ml_services.SERVICES`): the decoder stack
+        by default, its batches the range `lc_batch`; the model services serve their own
+        batch sizes (`ml_services.DEFAULT_BATCH_SIZES`) unless `lc_batch_sizes` says.
     lc_batch : (int, int)
-        Inclusive range of the batch of a request, drawn uniformly per request.
+        Inclusive range of the decoder's batch of a request, drawn uniformly per request
+        (the model services ignore it).
+    lc_batch_sizes : tuple of int or None
+        The request sizes, each request's drawn uniformly from them (for
+        ``llama-1b-prefill``, prompt lengths); None: the service's own (`batch_sizes`).
     lc_graphs : bool
         Replay each inference request as a CUDA graph captured once per batch size, as
         inference servers do (one launch per request), in every scenario alike; False
@@ -126,7 +157,7 @@ class MLColocationConfig:
         Further LC shares at which the static split runs too (scenarios
         ``static_split@<share>``, after ``static_split``), when ``static_split`` is
         selected: a larger share buys the inference tail with best-effort throughput, and
-        `summarize_pair` compares lithos with the best static split at lithos' p99. The
+        `ml_figures.summarize_pair` compares lithos with the best static split at lithos' p99. The
         default shares are smaller than `lc_share`: those are the splits that give the
         best-effort job more at a higher tail, the ones lithos competes with. On the H200
         (bench/results/h200-2026-12-04-run7-diag-share) they gave training 0.57 and 0.69
@@ -173,11 +204,14 @@ class MLColocationConfig:
     """
 
     pairs: tuple[str, ...] = PAIRS
-    scenarios: tuple[str, ...] = SCENARIOS
-    duration_s: float = 3.0
+    scenarios: tuple[str, ...] = DEFAULT_SCENARIOS
+    duration_s: float = 1.5
     warmup_s: float = 0.5
-    lc_rate_hz: float = 100.0
+    load: float = 0.5
+    lc_rate_hz: float | None = None
+    lc_service: str = "decoder"
     lc_batch: tuple[int, int] = (1, 8)
+    lc_batch_sizes: tuple[int, ...] | None = None
     lc_graphs: bool = True
     lc_share: float = 0.5
     static_sweep: tuple[float, ...] = (0.25, 0.375)
@@ -194,10 +228,12 @@ class MLColocationConfig:
         object.__setattr__(self, "scenarios", tuple(self.scenarios))
         object.__setattr__(self, "lc_batch", tuple(self.lc_batch))
         object.__setattr__(self, "static_sweep", tuple(self.static_sweep))
-        _check_names("pairs", self.pairs, PAIRS)
+        if self.lc_batch_sizes is not None:
+            object.__setattr__(self, "lc_batch_sizes", tuple(self.lc_batch_sizes))
+        _check_names("pairs", self.pairs, BE_JOBS)
         _check_names("scenarios", self.scenarios, SCENARIOS)
-        optional = ("slo_ms", "mps_steal_max_block_us")  # None: derived or left to the default
-        for name in ("duration_s", "lc_rate_hz", "slo_mult", *optional):
+        optional = ("slo_ms", "mps_steal_max_block_us", "lc_rate_hz")  # None: derived or left to the default
+        for name in ("duration_s", "slo_mult", *optional):
             value = getattr(self, name)
             if value is None and name in optional:
                 continue
@@ -222,8 +258,15 @@ class MLColocationConfig:
                 "None or an int >= 1", max_k)
         require(is_int(self.be_queue_depth) and self.be_queue_depth >= 1, "MLColocationConfig.be_queue_depth",
                 "an int >= 1", self.be_queue_depth)
-        require(is_int(self.seed), "MLColocationConfig.seed", "an int", self.seed)
+        require(is_number(self.load) and 0 < self.load <= 2, "MLColocationConfig.load", "a number in (0, 2]",
+                self.load)
+        require(is_int(self.seed) and self.seed >= 0, "MLColocationConfig.seed", "an int >= 0", self.seed)
         require(isinstance(self.lc_graphs, bool), "MLColocationConfig.lc_graphs", "a bool", self.lc_graphs)
+        require(self.lc_service in SERVICES, "MLColocationConfig.lc_service", f"one of {SERVICES}", self.lc_service)
+        sizes = self.lc_batch_sizes
+        require(sizes is None or (len(sizes) > 0 and all(is_int(b) and b >= 1 for b in sizes)
+                                  and len(set(sizes)) == len(sizes)),
+                "MLColocationConfig.lc_batch_sizes", "None or distinct ints >= 1", sizes)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> MLColocationConfig:
@@ -239,13 +282,30 @@ class MLColocationConfig:
         """Warm-up plus measurement."""
         return self.warmup_s + self.duration_s
 
+    def batch_sizes(self) -> tuple[int, ...]:
+        """The request sizes of the service, ascending: `lc_batch_sizes`, else the service's
+        own (`ml_services.default_batch_sizes`: the decoder's range `lc_batch`)."""
+        sizes = self.lc_batch_sizes or default_batch_sizes(self.lc_service, self.lc_batch)
+        return tuple(sorted(int(b) for b in sizes))
+
     def requests(self) -> tuple[np.ndarray, np.ndarray]:
-        """Arrival times (seconds from the scenario start, over `span_s`) and batches."""
+        """Arrival times (seconds from the scenario start, over `span_s`) and batches (each
+        uniform over `batch_sizes`).
+
+        Raises
+        ------
+        ValueError
+            While `lc_rate_hz` is None (derive it first: `lithos_atom.bench.load.with_rate`).
+        """
+        if self.lc_rate_hz is None:
+            raise ValueError("MLColocationConfig.lc_rate_hz is None: derive the rate from the load first "
+                             "(lithos_atom.bench.load.with_rate)")
         rng = np.random.default_rng(self.seed)
         n = int(self.span_s * self.lc_rate_hz * 2) + 10
         t = np.cumsum(rng.exponential(1.0 / self.lc_rate_hz, size=n))
         t = t[t < self.span_s]
-        batches = rng.integers(self.lc_batch[0], self.lc_batch[1] + 1, size=t.size)
+        sizes = np.asarray(self.batch_sizes())
+        batches = sizes[rng.integers(0, sizes.size, size=t.size)]
         return t, batches
 
     def static_shares(self) -> dict[str, float]:
@@ -276,17 +336,56 @@ class MLColocationConfig:
         return 1 + len(self.pairs) * (1 + len(self.pair_scenarios()) + sweeps)
 
     def workload_sizes(self) -> dict[str, Any]:
-        """The `DecoderConfig`, `MLPConfig` and batch-inference batch of `size`."""
+        """The `DecoderConfig`, `MLPConfig` and batch-inference batch of `size`; with a
+        model service its shape (``"service"``), with ``gpt2_training`` its `GPT2Config`."""
         from kernels.workloads import DecoderConfig, MLPConfig
 
         max_k = self.training_gemm_max_k
         if self.size == "long":
-            return {"decoder": DecoderConfig(seq_len=512), "mlp": MLPConfig(batch=4096, gemm_max_k=max_k),
-                    "batch_inference_batch": 8}
-        if self.size == "small":
-            return {"decoder": DecoderConfig(d_model=256, n_heads=4, n_layers=2, seq_len=64),
-                    "mlp": MLPConfig(d_model=512, hidden=2048, batch=1024, gemm_max_k=max_k), "batch_inference_batch": 8}
-        return {"decoder": DecoderConfig(), "mlp": MLPConfig(batch=4096, gemm_max_k=max_k), "batch_inference_batch": 32}
+            out = {"decoder": DecoderConfig(seq_len=512), "mlp": MLPConfig(batch=4096, gemm_max_k=max_k),
+                   "batch_inference_batch": 8}
+        elif self.size == "small":
+            out = {"decoder": DecoderConfig(d_model=256, n_heads=4, n_layers=2, seq_len=64),
+                   "mlp": MLPConfig(d_model=512, hidden=2048, batch=1024, gemm_max_k=max_k), "batch_inference_batch": 8}
+        else:
+            out = {"decoder": DecoderConfig(), "mlp": MLPConfig(batch=4096, gemm_max_k=max_k),
+                   "batch_inference_batch": 32}
+        if self.lc_service != "decoder":
+            out["service"] = model_config(self.lc_service, self.size)
+        if "gpt2_training" in self.pairs:
+            out["gpt2"] = gpt2_config(self.size, max_k)
+        return out
+
+
+def run_order(cfg: MLColocationConfig, round_index: int = 0, rounds: int = 1) -> list[tuple[str | None, str]]:
+    """The runs of one round of ``cfg``, in the order they run: (pair, run name) each,
+    pair None for ``lc_alone`` (shared by the pairs).
+
+    The round's list is every run of `MLColocationConfig.run_count` (``lc_alone``, then per
+    pair ``be_alone`` and the selected scenarios, each static split at each share of
+    `static_shares` and `process_static_shares`), rotated to start ``round_index``
+    ``rounds``-ths of the way in: over the rounds each run takes its turn early, midway and
+    late, so the drift of a machine over minutes does not favour the runs that come first.
+
+    Raises
+    ------
+    ValueError
+        Unless ``0 <= round_index < rounds``.
+    """
+    if not (is_int(rounds) and is_int(round_index) and 0 <= round_index < rounds):
+        raise ValueError(f"run_order: round_index must be in [0, rounds), got {round_index!r} of {rounds!r}")
+    runs: list[tuple[str | None, str]] = [(None, "lc_alone")]
+    for pair in cfg.pairs:
+        runs.append((pair, "be_alone"))
+        for name in cfg.pair_scenarios():
+            if name == "static_split":
+                runs += [(pair, n) for n in cfg.static_shares()]
+            elif name == "mps_static_split":
+                runs += [(pair, n) for n in cfg.process_static_shares()]
+            else:
+                runs.append((pair, name))
+    start = round_index * len(runs) // rounds
+    return runs[start:] + runs[:start]
 
 
 def static_name(share: float) -> str:
@@ -300,209 +399,6 @@ def _check_names(field: str, names: Sequence[str], allowed: Sequence[str]) -> No
         raise ValueError(f"MLColocationConfig.{field}: unknown or empty {bad or names!r}; choose from {list(allowed)}")
     if len(set(names)) != len(names):
         raise ValueError(f"MLColocationConfig.{field} has duplicates: {list(names)!r}")
-
-
-# ---- figures from raw records -------------------------------------------------------------
-
-
-def lc_figures(arrivals_s: Sequence[float], latencies_ms: Sequence[float], cfg: MLColocationConfig,
-               phases_ms: Sequence[Sequence[float]] | None = None) -> dict[str, Any]:
-    """LC figures of the measured window from per-request records.
-
-    Parameters
-    ----------
-    arrivals_s : sequence of float
-        Arrival of each *completed* request, seconds from the scenario start.
-    latencies_ms : sequence of float
-        Its latency, arrival to completion.
-    cfg : MLColocationConfig
-    phases_ms : sequence of (start_late, issue, gpu_wait), optional
-        Where each request's time went (host side).
-
-    Returns
-    -------
-    dict
-        ``arrived`` (requests scheduled to arrive in the window), ``completed``,
-        ``p50_ms``, ``p99_ms`` (and its bootstrap ``p99_ci95_ms``), ``p999_ms``, ``mean_ms``, ``latencies_ms`` and, with
-        phases, ``phases_p99_ms``. Requests that arrived but never completed count
-        against the SLO (see `add_slo`).
-    """
-    arr = np.asarray(arrivals_s, dtype=np.float64)
-    lat = np.asarray(latencies_ms, dtype=np.float64)
-    if arr.shape != lat.shape:
-        raise ValueError(f"arrivals ({arr.size}) and latencies ({lat.size}) differ in length")
-    scheduled, _ = cfg.requests()
-    arrived = int(np.count_nonzero(scheduled >= cfg.warmup_s))
-    keep = arr >= cfg.warmup_s
-    lat = lat[keep]
-    out: dict[str, Any] = {"arrived": arrived, "completed": int(lat.size)}
-    if lat.size == 0:
-        out.update({"p50_ms": None, "p99_ms": None, "p999_ms": None, "mean_ms": None, "latencies_ms": []})
-        return out
-    out.update({"p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-                "p99_ci95_ms": list(percentile_ci(lat, 99)),
-                "p999_ms": float(np.percentile(lat, 99.9)), "mean_ms": float(lat.mean()),
-                "latencies_ms": lat.round(4).tolist()})
-    if phases_ms is not None and len(phases_ms):
-        ph = np.asarray(phases_ms, dtype=np.float64)[keep]
-        if ph.size:
-            out["phases_p99_ms"] = {name: float(np.percentile(ph[:, i], 99))
-                                    for i, name in enumerate(("start_late", "issue", "gpu_wait"))}
-    return out
-
-
-def be_figures(done_s: Sequence[float], cfg: MLColocationConfig) -> dict[str, Any]:
-    """BE figures of the measured window from iteration completion times.
-
-    Throughput is ``(n - 1) / (last - first)`` over the ``n`` completions inside the
-    window (sub-iteration precision for long iterations); with fewer than two it is
-    ``n / duration`` and ``coarse`` is True.
-    """
-    t = np.sort(np.asarray(done_s, dtype=np.float64))
-    t = t[(t >= cfg.warmup_s) & (t <= cfg.span_s)]
-    n = int(t.size)
-    if n >= 2 and t[-1] > t[0]:
-        rate, coarse = (n - 1) / float(t[-1] - t[0]), False
-    else:
-        rate, coarse = n / cfg.duration_s, True
-    return {"iterations": n, "iters_per_s": rate, "coarse": coarse}
-
-
-def summarize_pair(scenarios: dict[str, Any], slo_ms: float | None) -> dict[str, Any]:
-    """Normalize, add SLO attainment and sums, and compute lithos-vs-baseline ratios.
-
-    Parameters
-    ----------
-    scenarios : dict
-        Scenario name to its raw figures (``hp``/``be`` dicts, or ``skipped``).
-    slo_ms : float or None
-        The LC SLO (None when LC alone produced no latency).
-
-    Returns
-    -------
-    dict
-        ``{"scenarios": ..., "ratios": ...}``.
-    """
-    alone_be = scenarios.get("be_alone", {}).get("be", {}).get("iters_per_s")
-    for s in scenarios.values():
-        hp, be = s.get("hp"), s.get("be")
-        if hp is not None:
-            hp["throughput_norm"] = hp["completed"] / hp["arrived"] if hp["arrived"] else None
-            hp["slo_ms"] = slo_ms
-            if slo_ms is not None and hp["arrived"]:
-                met = sum(1 for v in hp["latencies_ms"] if v <= slo_ms)
-                hp["slo_attainment"] = met / hp["arrived"]
-            else:
-                hp["slo_attainment"] = None
-        if be is not None:
-            be["throughput_norm"] = be["iters_per_s"] / alone_be if alone_be else None
-        if hp is not None and be is not None and None not in (hp["throughput_norm"], be["throughput_norm"]):
-            s["sum_norm_throughput"] = hp["throughput_norm"] + be["throughput_norm"]
-    out = {"scenarios": scenarios, "ratios": ratios_to(scenarios, "lithos"),
-           "static_at_lithos_p99": static_at_p99(scenarios)}
-    if scenarios.get("lithos_mps", {}).get("hp"):
-        out["ratios_lithos_mps"] = ratios_to(scenarios, "lithos_mps")
-        out["static_at_lithos_mps_p99"] = static_at_p99(scenarios, "lithos_mps")
-        # its like: the static splits with a process per tenant, which share no interpreter either
-        out["process_static_at_lithos_mps_p99"] = static_at_p99(scenarios, "lithos_mps", "mps_static_split")
-    if scenarios.get("lithos_mps_rightsized", {}).get("hp"):
-        out["ratios_lithos_mps_rightsized"] = ratios_to(scenarios, "lithos_mps_rightsized")
-        out["process_static_at_lithos_mps_rightsized_p99"] = static_at_p99(scenarios, "lithos_mps_rightsized",
-                                                                           "mps_static_split")
-    return out
-
-
-def ratios_to(scenarios: dict[str, Any], lithos_name: str) -> dict[str, dict[str, float | None]]:
-    """Scenario ``lithos_name`` against every other scenario with an LC p99: p99 and
-    p99.9 reductions (baseline over lithos) and BE throughput gain (lithos over baseline)."""
-    lithos = scenarios.get(lithos_name, {})
-    ratios: dict[str, dict[str, float | None]] = {}
-    if not lithos.get("hp", {}).get("p99_ms"):
-        return ratios
-    for name, s in scenarios.items():
-        if name == lithos_name or "hp" not in s or not s["hp"].get("p99_ms"):
-            continue
-        r: dict[str, float | None] = {
-            "p99_reduction": s["hp"]["p99_ms"] / lithos["hp"]["p99_ms"],
-            "p999_reduction": _ratio(s["hp"].get("p999_ms"), lithos["hp"].get("p999_ms")),
-        }
-        if "be" in s and "be" in lithos:
-            r["be_throughput_gain"] = _ratio(lithos["be"]["iters_per_s"], s["be"]["iters_per_s"])
-        ratios[name] = r
-    return ratios
-
-
-def static_at_p99(scenarios: dict[str, Any], lithos_name: str = "lithos",
-                  statics_prefix: str = "static_split") -> dict[str, Any] | None:
-    """lithos (scenario ``lithos_name``) against the static split of the most BE
-    throughput among those whose LC p99 is at most lithos' (the static splits trade one
-    for the other by their share; those compared are the scenarios named
-    ``statics_prefix`` and ``statics_prefix@share``: in one process, or with
-    ``"mps_static_split"`` a process per tenant).
-
-    A share between two measured ones would reach a tail between theirs, so lithos is also
-    compared with the static splits' line at exactly its p99: the splits that no other
-    split beats on both counts, joined by straight lines (an interpolation between measured
-    points, labeled as such; flat past the last one, since no share was measured there).
-
-    Returns
-    -------
-    dict or None
-        ``lithos_p99_ms``, ``static`` (the scenario's name, or None when no static split
-        reached lithos' p99), its ``static_p99_ms`` and ``be_throughput_gain`` (lithos'
-        BE throughput over its), ``static_line_be_norm`` (the line's BE throughput,
-        normalized to alone, at lithos' p99; None when no split reached it) and
-        ``be_throughput_gain_on_line`` (lithos' normalized BE throughput over that);
-        None without a lithos or static-split result.
-    """
-    lithos = scenarios.get(lithos_name, {})
-    bound = lithos.get("hp", {}).get("p99_ms")
-    statics = {n: s for n, s in scenarios.items()
-               if (n == statics_prefix or n.startswith(statics_prefix + "@"))
-               and s.get("hp", {}).get("p99_ms") and s.get("be")}
-    if not bound or "be" not in lithos or not statics:
-        return None
-    p99s = {n: s["hp"]["p99_ms"] for n, s in statics.items()}
-    meeting = [n for n in statics if p99s[n] <= bound]
-    name = max(meeting, key=lambda n: statics[n]["be"]["iters_per_s"]) if meeting else None
-    gain = _ratio(lithos["be"]["iters_per_s"], statics[name]["be"]["iters_per_s"]) if name else None
-    line = _static_line_at(bound, [(p99s[n], statics[n]["be"].get("throughput_norm")) for n in statics])
-    lithos_norm = lithos["be"].get("throughput_norm")
-    return {"lithos_p99_ms": bound, "static": name, "static_p99_ms": p99s.get(name), "be_throughput_gain": gain,
-            "static_p99s_ms": p99s, "static_line_be_norm": line,
-            "be_throughput_gain_on_line": _ratio(lithos_norm, line) if lithos_norm is not None else None}
-
-
-def _static_line_at(p99_ms: float, points: list[tuple[float, float | None]]) -> float | None:
-    """The BE throughput of the static splits' tail-throughput line at ``p99_ms``.
-
-    ``points`` are (LC p99, normalized BE throughput) per split. The line joins the splits
-    that no other split beats on both counts, in order of their p99; it is flat past the
-    last of them and undefined (None) before the first.
-    """
-    known = sorted((p, b) for p, b in points if b is not None)
-    frontier: list[tuple[float, float]] = []
-    for p, b in known:  # by rising p99: keep a split only if it beats every lower-tail one
-        if not frontier or b > frontier[-1][1]:
-            frontier.append((p, b))
-    if not frontier or p99_ms < frontier[0][0]:
-        return None
-    for (p0, b0), (p1, b1) in zip(frontier, frontier[1:]):
-        if p99_ms <= p1:
-            return b0 + (b1 - b0) * (p99_ms - p0) / (p1 - p0) if p1 > p0 else b1
-    return frontier[-1][1]
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
-
-
-def slo_of(cfg: MLColocationConfig, lc_alone: dict[str, Any]) -> float | None:
-    """The LC SLO in ms: `slo_ms`, else `slo_mult` times the LC-alone p99."""
-    if cfg.slo_ms is not None:
-        return float(cfg.slo_ms)
-    p99 = lc_alone.get("hp", {}).get("p99_ms")
-    return None if p99 is None else cfg.slo_mult * p99
 
 
 def order(scenarios: dict[str, Any]) -> dict[str, Any]:
@@ -527,7 +423,8 @@ def scheduler_for(name: str, device: Any, specs: Sequence[Any], right_sizer: Any
     The other scenarios have none.
     """
     policies = {"lithos": Policy(), "lithos_no_steal": Policy(stealing=False),
-                "lithos_no_atoms": Policy(atomize_best_effort=False), "lithos_rightsized": Policy()}
+                "lithos_no_atoms": Policy(atomize_best_effort=False), "lithos_rightsized": Policy(),
+                "lithos_unlent": Policy(lend_best_effort_tpcs=False)}
     if name not in policies:
         raise ValueError(f"not a lithos scenario: {name!r}; expected one of {list(policies)}")
     return Scheduler(device, specs, policies[name], right_sizer=right_sizer if name == "lithos_rightsized" else None)

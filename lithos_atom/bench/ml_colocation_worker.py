@@ -346,24 +346,16 @@ def run_process_pair(cfg: MLColocationConfig, be_kind: str, *, env: dict[str, st
         if not lithos or not tpcs or "lc" not in tpcs:
             raise ValueError("run_process_pair: request_tpcs needs lithos=True and tpcs['lc'] (the TPCs a "
                              "right-sized request runs on the first of)")
-        lo, hi = cfg.lc_batch
         n_lc = len(tpcs["lc"])
         bad = {b: n for b, n in request_tpcs.items() if not 1 <= n <= n_lc}
-        missing = sorted(set(range(lo, hi + 1)) - set(request_tpcs))
+        missing = sorted(set(cfg.batch_sizes()) - set(request_tpcs))
         if bad or missing:
-            raise ValueError(f"run_process_pair: request_tpcs must give every batch {lo}..{hi} a count in "
-                             f"1..{n_lc}; missing {missing}, out of range {bad}")
-    full_env = {**os.environ, **(env or {})}
-    # Workers import the same lithos as this process, installed or not.
-    root = str(Path(__file__).resolve().parents[1])
-    full_env["PYTHONPATH"] = os.pathsep.join(p for p in (root, full_env.get("PYTHONPATH", "")) if p)
-    workers: list[_Worker] = []
-    t_start = clock()
+            raise ValueError(f"run_process_pair: request_tpcs must give every batch size {list(cfg.batch_sizes())} "
+                             f"a count in 1..{n_lc}; missing {missing}, out of range {bad}")
     signal = RequestSignal.create() if lithos else None
     try:
+        specs: dict[str, dict[str, Any]] = {}
         for role in ("lc", "be"):
-            w = _Worker(role, command, {**full_env, **(role_env or {}).get(role, {})})
-            workers.append(w)
             spec: dict[str, Any] = {"config": dataclasses.asdict(cfg), "role": role, "be_kind": be_kind}
             if tpcs is not None and role in tpcs:
                 spec["tpcs"] = sorted(int(t) for t in tpcs[role])
@@ -373,26 +365,71 @@ def run_process_pair(cfg: MLColocationConfig, be_kind: str, *, env: dict[str, st
                     spec["policy"] = dict(policy)
                 if role == "lc" and request_tpcs is not None:
                     spec["request_tpcs"] = {str(b): int(n) for b, n in request_tpcs.items()}
+            specs[role] = spec
+        results, setup_s = run_workers(specs, cfg.span_s, env=env, command=command, ready_timeout_s=ready_timeout_s,
+                                       worker_env=role_env)
+    finally:
+        if signal is not None:
+            signal.close()
+    placement = {role: {k: results[role].pop(k) for k in _PLACEMENT_KEYS if k in results[role]}
+                 for role in results if "sms_seen" in results[role]}
+    out = {"lc": results["lc"], "be": results["be"].pop("done_s"), "setup_s": setup_s, "placement": placement}
+    if lithos:
+        out["be_scheduler"] = results["be"]
+    return out
+
+
+def run_workers(specs: dict[str, dict[str, Any]], span_s: float, *, env: dict[str, str] | None = None,
+                command: Sequence[str] = WORKER_COMMAND, ready_timeout_s: float = 180.0,
+                worker_env: dict[str, dict[str, str]] | None = None) -> tuple[dict[str, dict[str, Any]], float]:
+    """Run one worker process per spec with a synchronized start; their results by name.
+
+    Parameters
+    ----------
+    specs : dict
+        Worker name -> its spec (the protocol's first message: ``config``, ``role``, ...).
+    span_s : float
+        How long the workers run once started (their results are awaited 120 s longer).
+    env : dict, optional
+        Variables added to this process's environment for every worker.
+    command : sequence of str
+        How to start a worker.
+    ready_timeout_s : float
+        How long a worker may take to build and warm up its workload.
+    worker_env : dict, optional
+        Worker name -> variables added for that worker only, after ``env``.
+
+    Returns
+    -------
+    (dict, float)
+        Worker name -> its result message; the seconds until every worker was ready.
+
+    Raises
+    ------
+    WorkerError
+        A worker failed, timed out or broke the protocol (every worker is stopped).
+    """
+    full_env = {**os.environ, **(env or {})}
+    # Workers import the same lithos as this process, installed or not.
+    root = str(Path(__file__).resolve().parents[2])
+    full_env["PYTHONPATH"] = os.pathsep.join(p for p in (root, full_env.get("PYTHONPATH", "")) if p)
+    workers: list[_Worker] = []
+    t_start = clock()
+    try:
+        for name, spec in specs.items():
+            w = _Worker(name, command, {**full_env, **(worker_env or {}).get(name, {})})
+            workers.append(w)
             w.tell(spec)
-        for w in workers:  # both build and warm up at the same time
+        for w in workers:  # all build and warm up at the same time
             w.expect("ready", ready_timeout_s)
         setup_s = clock() - t_start
         t0 = clock() + 0.2
         for w in workers:
             w.tell({"go": t0})
-        results = {w.name: w.expect("result", cfg.span_s + 120.0) for w in workers}
-        placement = {role: {k: results[role].pop(k) for k in _PLACEMENT_KEYS if k in results[role]}
-                     for role in results if "sms_seen" in results[role]}
-        out = {"lc": results["lc"], "be": results["be"].pop("done_s"), "setup_s": setup_s, "placement": placement}
-        if lithos:
-            out["be_scheduler"] = results["be"]
-        return out
+        return {w.name: w.expect("result", span_s + 120.0) for w in workers}, setup_s
     finally:
         for w in workers:
             w.close()
-        if signal is not None:
-            signal.close()
-
 
 if __name__ == "__main__":
     sys.exit(worker_main(sys.stdin, sys.stdout))

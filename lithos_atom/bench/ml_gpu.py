@@ -9,7 +9,9 @@ scheduler, and drop them again afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,16 +20,8 @@ from typing import Any
 from lithos_atom.optin import using_atomizer
 from lithos_atom.bench import ml_tenants
 from lithos_atom.bench import rightsize_cases as rc
-from lithos_atom.bench.ml_colocation import (
-    LITHOS_SCENARIOS,
-    MLColocationConfig,
-    be_figures,
-    lc_figures,
-    order,
-    scheduler_for,
-    slo_of,
-    summarize_pair,
-)
+from lithos_atom.bench.ml_colocation import LITHOS_SCENARIOS, MLColocationConfig, order, run_order, scheduler_for
+from lithos_atom.bench.ml_figures import be_figures, lc_figures, slo_of, summarize_pair
 from lithos_atom.bench.ml_colocation_worker import WorkerError, run_process_pair
 from lithos_atom.bench.mps import MPSDaemon, MPSUnavailable
 from lithos_atom.bench.gate_metrics import gate_figures
@@ -86,15 +80,18 @@ def _run_processes(cfg: MLColocationConfig, pair: str) -> dict[str, Any]:
     return out
 
 
-def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None) -> dict[str, Any]:
-    """Every selected scenario of every selected pair on the GPU.
+def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None, round_index: int = 0,
+            rounds: int = 1) -> dict[str, Any]:
+    """Every selected scenario of every selected pair on the GPU, in the order of round
+    ``round_index`` of ``rounds`` (`ml_colocation.run_order`).
 
     Returns
     -------
     dict
         ``simulated`` (False), ``config``, ``device``, ``setup_s``, ``slo_ms``, ``lc_tpcs``,
-        ``workloads`` and ``pairs``: per pair the scenarios and the ratios of
-        `summarize_pair` (and ``rightsizing_setup`` when a right-sized scenario ran).
+        ``workloads``, ``order`` (the runs in the order they ran, as [pair, run name]) and
+        ``pairs``: per pair the scenarios and the ratios of `summarize_pair` (and
+        ``rightsizing_setup`` when a right-sized scenario ran).
     """
     import cupy
     from rich.progress import Progress
@@ -125,6 +122,7 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None)
     plain2.synchronize()
     setup_s = time.monotonic() - t_setup
     selected = cfg.pair_scenarios()
+    ran = run_order(cfg, round_index, rounds)
     raw: dict[str, dict[str, Any]] = {pair: {} for pair in cfg.pairs}
 
     def lc_on(stream: Any) -> tuple[Callable[[], Any], Any]:
@@ -152,65 +150,56 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None)
         if {"lithos_rightsized", "lithos_mps_rightsized"} & set(selected):
             progress.update(task, description="ML: profiling inference requests for right-sizing")
             t = time.monotonic()
-            request_tpcs = inference_request_tpcs(cfg, device, n_lc)
+            request_tpcs = inference_request_tpcs(cfg, device, n_lc, service)
             rightsizing_setup = {"request_tpcs": request_tpcs, "lc_tpcs": n_lc, "seconds": time.monotonic() - t}
-        lc_alone = measure("lc_alone", lambda: figures(cfg, ml_tenants.run_threads(cfg, lc_on(plain), None)))
-        for pair, job in jobs.items():
-            r = raw[pair]
-            r["lc_alone"] = lc_alone
-            r["be_alone"] = measure(f"{pair}: be_alone",
-                                    lambda: figures(cfg, ml_tenants.run_threads(cfg, None, be_on(plain2, job))))
+
+        def threads(lc: Any, be: Any) -> Callable[[], dict[str, Any]]:
+            return lambda: figures(cfg, ml_tenants.run_threads(cfg, lc, be))
+
+        def pair_runs(pair: str, job: Any) -> dict[tuple[str | None, str], Callable[[], dict[str, Any]]]:
+            """Every run of ``pair``, by (pair, run name), not yet run."""
             in_process = {
+                "be_alone": (None, be_on(plain2, job)),
                 "streams": (lc_on(plain), be_on(plain2, job)),
                 "priorities": (lc_on(hi), be_on(lo, job)),
                 **{name: (lc_on(lc_part.high.cupy), be_on(be_part.normal.cupy, job))
                    for name, (lc_part, be_part) in splits.items()},
             }
-            for name in selected:
-                if name == "static_split":  # and the static sweep after it
-                    for run_name in splits:
-                        lc, be = in_process[run_name]
-                        r[run_name] = measure(f"{pair}: {run_name}",
-                                              lambda: figures(cfg, ml_tenants.run_threads(cfg, lc, be)))
-                elif name in in_process:
-                    lc, be = in_process[name]
-                    r[name] = measure(f"{pair}: {name}", lambda: figures(cfg, ml_tenants.run_threads(cfg, lc, be)))
-                elif name == "processes":
-                    r[name] = measure(f"{pair}: {name}", lambda: _run_processes(cfg, pair))
-                elif name == "mps":
-                    r[name] = measure(f"{pair}: {name}", lambda: _run_mps(cfg, pair))
-                elif name == "mps_static_split":  # and its sweep
-                    for run_name, share in cfg.process_static_shares().items():
-                        r[run_name] = measure(f"{pair}: {run_name}",
-                                              lambda: _run_mps(cfg, pair, tpcs=tpcs_by_role(share)))
-                elif name in ("lithos_mps", "lithos_mps_rightsized"):
-                    lc_only = {"lc": tpcs_by_role(cfg.lc_share)["lc"]}
-                    policy = ({} if cfg.mps_steal_max_block_us is None
-                              else {"steal_max_block_us": cfg.mps_steal_max_block_us})
-                    sized = {"request_tpcs": request_tpcs} if name == "lithos_mps_rightsized" else {}
-                    r[name] = measure(f"{pair}: {name}",
-                                      lambda: _run_mps(cfg, pair, tpcs=lc_only, lithos=True, policy=policy, **sized))
+            runs = {(pair, name): threads(*ends) for name, ends in in_process.items()}
+            runs[(pair, "processes")] = functools.partial(_run_processes, cfg, pair)
+            runs[(pair, "mps")] = functools.partial(_run_mps, cfg, pair)
+            for run_name, share in cfg.process_static_shares().items():
+                runs[(pair, run_name)] = functools.partial(_run_mps, cfg, pair, tpcs=tpcs_by_role(share))
+            lc_only = {"lc": tpcs_by_role(cfg.lc_share)["lc"]}
+            policy = {} if cfg.mps_steal_max_block_us is None else {"steal_max_block_us": cfg.mps_steal_max_block_us}
+            runs[(pair, "lithos_mps")] = functools.partial(_run_mps, cfg, pair, tpcs=lc_only, lithos=True,
+                                                           policy=policy)
+            runs[(pair, "lithos_mps_rightsized")] = functools.partial(
+                _run_mps, cfg, pair, tpcs=lc_only, lithos=True, policy=policy, request_tpcs=request_tpcs)
+            for name in LITHOS_SCENARIOS:
+                runs[(pair, name)] = functools.partial(_run_lithos, cfg, device, name, service, job, trace_dir, pair,
+                                                       request_tpcs)
+            return runs
 
-        lithos_runs = [(pair, name) for pair in cfg.pairs for name in selected if name in LITHOS_SCENARIOS]
-        if lithos_runs:
-            kernels.reset_cache()
-            # Holding an atomizer (None: this thread launches as written) keeps lithos'
-            # interception installed, so the kernel objects rebuilt below route the
-            # launches of tenant threads through the scheduler.
-            with using_atomizer(None):
-                service.warmup(plain)
-                for job in jobs.values():
-                    job.step(plain2)
-                plain2.synchronize()
-                for pair, name in lithos_runs:
-                    raw[pair][name] = measure(f"{pair}: {name}",
-                                              lambda: _run_lithos(cfg, device, name, service, jobs[pair],
-                                                                  trace_dir, pair, request_tpcs))
-            kernels.reset_cache()
+        runs: dict[tuple[str | None, str], Callable[[], dict[str, Any]]] = {(None, "lc_alone"): threads(lc_on(plain),
+                                                                                                         None)}
+        for pair, job in jobs.items():
+            runs.update(pair_runs(pair, job))
+        lc_alone: dict[str, Any] = {}
+        with _Launches(service, list(jobs.values()), plain, plain2) as launches:
+            for pair, name in ran:
+                launches.use(intercepted=name in LITHOS_SCENARIOS)
+                out = measure(name if pair is None else f"{pair}: {name}", runs[(pair, name)])
+                if pair is None:
+                    lc_alone = out
+                else:
+                    raw[pair][name] = out
+    for pair in cfg.pairs:
+        raw[pair]["lc_alone"] = lc_alone
     slo = slo_of(cfg, lc_alone)
     pairs = {pair: summarize_pair(order(raw[pair]), slo) for pair in cfg.pairs}
     out = {"simulated": False, "config": dataclasses.asdict(cfg), "device": device.describe(),
-           "setup_s": setup_s, "slo_ms": slo, "lc_tpcs": n_lc,
+           "setup_s": setup_s, "slo_ms": slo, "lc_tpcs": n_lc, "order": [list(run) for run in ran],
            "workloads": {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
                          for k, v in cfg.workload_sizes().items()},
            "pairs": pairs}
@@ -219,30 +208,78 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None)
     return out
 
 
-def inference_request_tpcs(cfg: MLColocationConfig, device: Any, n_lc: int) -> dict[int, int]:
-    """TPCs a request of each batch of ``cfg.lc_batch`` needs, from profiles taken now.
+class _Launches:
+    """Which kernel objects the tenants launch: CuPy's own (the baselines) or, while lithos'
+    interception is installed, the rebuilt ones that route a tenant thread's launches through
+    the scheduler (the lithos scenarios). Each switch drops the kernels' cache and warms the
+    service (its graphs captured again) and every job up with the other objects."""
 
-    A whole request (the decoder stack's forward pass) of every batch is timed on
+    def __init__(self, service: Any, jobs: list[Any], lc_stream: Any, be_stream: Any):
+        self._service, self._jobs = service, jobs
+        self._lc_stream, self._be_stream = lc_stream, be_stream
+        self._held = contextlib.ExitStack()
+        self.intercepted = False
+
+    def use(self, intercepted: bool) -> None:
+        """Switch to the intercepting kernel objects, or back to CuPy's own."""
+        import kernels
+
+        if intercepted == self.intercepted:
+            return
+        if intercepted:
+            kernels.reset_cache()
+            # Holding an atomizer (None: this thread launches as written) keeps lithos'
+            # interception installed, so the kernel objects rebuilt below route the
+            # launches of tenant threads through the scheduler.
+            self._held.enter_context(using_atomizer(None))
+        else:
+            self._held.close()
+            kernels.reset_cache()
+        self.intercepted = intercepted
+        self._service.warmup(self._lc_stream)
+        for job in self._jobs:
+            job.step(self._be_stream)
+        self._be_stream.synchronize()
+
+    def __enter__(self) -> _Launches:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.intercepted:
+            import kernels
+
+            self._held.close()
+            kernels.reset_cache()
+            self.intercepted = False
+
+
+def inference_request_tpcs(cfg: MLColocationConfig, device: Any, n_lc: int, service: Any = None) -> dict[int, int]:
+    """TPCs a request of each batch size of ``cfg`` needs, from profiles taken now.
+
+    A whole request of every batch size (the decoder stack's forward pass, or a request
+    of the model ``service`` as it is served: its graph's replay by default) is timed on
     partitions of 10 sizes up to the inference tenant's ``n_lc`` TPCs, then on every count
-    where a choice within the `RightSizer`'s slack (5%) could lie; each batch gets the
-    fewest TPCs whose predicted slowdown stays within it.
+    where a choice within the `RightSizer`'s slack (5%) could lie; each batch size gets
+    the fewest TPCs whose predicted slowdown stays within it.
 
     Returns
     -------
     dict
-        Batch to TPC count, each in ``1 .. n_lc``.
+        Batch size to TPC count, each in ``1 .. n_lc``.
     """
     store = ProfileStore(path=Path("unsaved-ml-profiles.json"), device_name=device.name)  # never saved
-    lo, hi = cfg.lc_batch
+    sizes = cfg.batch_sizes()
 
     def request_case(batch: int) -> list[Any]:
+        if cfg.lc_service != "decoder":
+            return [rc.served_request_case(cfg.lc_service, service, batch)]
         return [c for c in rc.inference_cases(batch, seed=cfg.seed) if c.key.endswith(":request")]
 
     options = RightSizeOptions(explore=False)
-    profile_cases(device, [lambda b=b: request_case(b) for b in range(lo, hi + 1)], default_sizes(n_lc),
+    profile_cases(device, [lambda b=b: request_case(b) for b in sizes], default_sizes(n_lc),
                   TimingOptions(rounds=2, launches_per_round=2), store, refine_slack=options.slack)
     sizer = RightSizer(store, options)
-    return {b: sizer.tpcs_for(f"inference:b{b}:request", n_lc) for b in range(lo, hi + 1)}
+    return {b: sizer.tpcs_for(rc.request_key(cfg.lc_service, b), n_lc) for b in sizes}
 
 
 def run_tenants(cfg: MLColocationConfig, sched: Any, service: Any, job: Any,

@@ -3,7 +3,7 @@
 `serve` plays the inference service's scheduled requests (one at a time, in arrival order,
 each synchronized); `train` keeps a best-effort job's iterations queued until told to stop.
 Both record raw timestamps on `lithos_atom.bench.ml_colocation.clock` relative to a common
-start ``t0``; `ml_colocation.lc_figures` / `be_figures` turn them into figures.
+start ``t0``; `ml_figures.lc_figures` / `be_figures` turn them into figures.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import gc
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ContextManager
 
+from lithos_atom.bench import ml_services
 from lithos_atom.bench.ml_colocation import MLColocationConfig, clock
 from lithos_sched.scheduler import Tenant
 
@@ -66,16 +67,14 @@ def host_settings() -> Iterator[None]:
 
 
 def build_lc(cfg: MLColocationConfig, stream: Any) -> Any:
-    """The inference service of ``cfg`` (weights and inputs set up on ``stream``)."""
-    from kernels.workloads import InferenceService
-
-    sizes = cfg.workload_sizes()
-    return InferenceService(sizes["decoder"], batch=cfg.lc_batch, rate_hz=cfg.lc_rate_hz, seed=cfg.seed,
-                            stream=stream, graphs=cfg.lc_graphs)
+    """The inference service of ``cfg`` (`MLColocationConfig.lc_service`, serving its
+    `batch_sizes`; weights and inputs set up on ``stream``)."""
+    return ml_services.build_service(cfg.lc_service, cfg.size, cfg.batch_sizes(), cfg.seed, stream, cfg.lc_graphs,
+                                     decoder=cfg.workload_sizes()["decoder"], rate_hz=cfg.lc_rate_hz)
 
 
 def build_be(cfg: MLColocationConfig, kind: str, stream: Any) -> Any:
-    """The best-effort job ``kind`` (``"training"`` or ``"batch_inference"``) of ``cfg``."""
+    """The best-effort job ``kind`` (one of `ml_services.BE_JOBS`) of ``cfg``."""
     from kernels.workloads import BatchInference, TrainingJob
 
     sizes = cfg.workload_sizes()
@@ -84,7 +83,9 @@ def build_be(cfg: MLColocationConfig, kind: str, stream: Any) -> Any:
     if kind == "batch_inference":
         return BatchInference(sizes["decoder"], batch=sizes["batch_inference_batch"], seed=cfg.seed + 7,
                               stream=stream)
-    raise ValueError(f"best-effort kind must be 'training' or 'batch_inference', got {kind!r}")
+    if kind == "gpt2_training":
+        return ml_services.build_gpt2_job(cfg.size, cfg.training_gemm_max_k, cfg.seed, stream)
+    raise ValueError(f"best-effort kind must be one of {ml_services.BE_JOBS}, got {kind!r}")
 
 
 def _no_bracket(batch: int) -> ContextManager[Any]:
@@ -166,6 +167,29 @@ def train(step: Callable[[Any], Any], stream: Any, depth: int, t0: float, stop: 
     return done
 
 
+@dataclasses.dataclass
+class LCThread:
+    """One latency-critical tenant of `run_group`.
+
+    Attributes
+    ----------
+    cfg : MLColocationConfig
+        Its requests (`MLColocationConfig.requests`).
+    enter : callable
+        ``enter()`` returns the context its thread runs in (a lithos tenant, or a stream's
+        context); inside it CuPy's current stream is the one used.
+    service : object
+        Its service (``request(batch, stream, which)``).
+    bracket : callable
+        What each request runs in (`serve`'s ``bracket``; see `request_bracket`).
+    """
+
+    cfg: MLColocationConfig
+    enter: Callable[[], Any]
+    service: Any
+    bracket: Callable[[int], ContextManager[Any]] = _no_bracket
+
+
 def run_threads(cfg: MLColocationConfig, lc: tuple[Callable[[], Any], Any] | None,
                 be: tuple[Callable[[], Any], Callable[[Any], Any]] | None,
                 lc_bracket: Callable[[int], ContextManager[Any]] = _no_bracket) -> dict[str, Any]:
@@ -174,8 +198,7 @@ def run_threads(cfg: MLColocationConfig, lc: tuple[Callable[[], Any], Any] | Non
     Parameters
     ----------
     lc : (enter, service) or None
-        ``enter()`` returns the context the LC thread runs in (a lithos tenant, or a
-        stream's context); inside it CuPy's current stream is the one used.
+        The LC tenant (see `LCThread`).
     be : (enter, step) or None
         Likewise for the BE thread; ``step(stream)`` issues one iteration.
     lc_bracket : callable
@@ -191,22 +214,57 @@ def run_threads(cfg: MLColocationConfig, lc: tuple[Callable[[], Any], Any] | Non
     BaseException
         The first exception of either thread (the other is stopped).
     """
+    lcs = [] if lc is None else [LCThread(cfg, lc[0], lc[1], lc_bracket)]
+    out = run_group(cfg.span_s, lcs, be, cfg.be_queue_depth)
+    return {k: (v[0] if k == "lc" else v) for k, v in out.items()}
+
+
+def run_group(span_s: float, lcs: Sequence[LCThread], be: tuple[Callable[[], Any], Callable[[Any], Any]] | None,
+              be_depth: int) -> dict[str, Any]:
+    """Run every LC tenant's requests and the BE loop in threads of their own for ``span_s``.
+
+    Parameters
+    ----------
+    span_s : float
+        Warm-up plus measurement: the threads stop then.
+    lcs : sequence of LCThread
+        The latency-critical tenants.
+    be : (enter, step) or None
+        The best-effort thread: ``enter()`` as `LCThread.enter`, ``step(stream)`` issues
+        one iteration.
+    be_depth : int
+        Iterations the BE thread keeps queued.
+
+    Returns
+    -------
+    dict
+        ``lc``: an `LCRecord` per LC tenant, in order (when there are any), ``be``:
+        completion times (when run).
+
+    Raises
+    ------
+    BaseException
+        The first exception of any thread (the others are stopped).
+    """
     import cupy
 
     stop = threading.Event()
+    records: list[LCRecord | None] = [None] * len(lcs)
     out: dict[str, Any] = {}
     errors: list[BaseException] = []
     t0 = clock() + 0.05
 
-    def lc_body() -> None:
-        enter, service = lc  # type: ignore[misc]
-        with enter():
-            out["lc"] = serve(service, cupy.cuda.get_current_stream(), cfg, t0, stop, lc_bracket)
+    def lc_body(i: int) -> Callable[[], None]:
+        def body() -> None:
+            t = lcs[i]
+            with t.enter():
+                records[i] = serve(t.service, cupy.cuda.get_current_stream(), t.cfg, t0, stop, t.bracket)
+        return body
 
     def be_body() -> None:
         enter, step = be  # type: ignore[misc]
         with enter():
-            out["be"] = train(step, cupy.cuda.get_current_stream(), cfg.be_queue_depth, t0, stop)
+            out["be"] = train(step, cupy.cuda.get_current_stream(), be_depth, t0, stop)
 
     def guarded(body: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
@@ -217,15 +275,19 @@ def run_threads(cfg: MLColocationConfig, lc: tuple[Callable[[], Any], Any] | Non
                 stop.set()
         return run
 
-    threads = [threading.Thread(target=guarded(body), name=name)
-               for name, body, on in (("lc", lc_body, lc), ("be", be_body, be)) if on is not None]
+    bodies = [(f"lc{i}" if len(lcs) > 1 else "lc", lc_body(i)) for i in range(len(lcs))]
+    if be is not None:
+        bodies.append(("be", be_body))
+    threads = [threading.Thread(target=guarded(body), name=name) for name, body in bodies]
     with host_settings():
         for t in threads:
             t.start()
-        stop.wait(max(0.0, t0 + cfg.span_s - clock()))
+        stop.wait(max(0.0, t0 + span_s - clock()))
         stop.set()
         for t in threads:
             t.join()
     if errors:
         raise errors[0]
+    if lcs:
+        out["lc"] = records
     return out

@@ -1,8 +1,9 @@
-"""Bootstrap confidence intervals for tail latencies and their ratios.
+"""Bootstrap confidence intervals for tail latencies, their ratios, and medians across rounds.
 
-A p99 from a few hundred or thousand requests moves from run to run (the alone p99 of the
-co-location bench ranged 0.8-1.4 ms on the H100), so a ratio such as "lithos p99 / alone
-p99 <= 1.5" is reported with the interval the sample supports.
+A p99 from a few hundred or thousand requests moves from run to run, so a ratio such as
+"lithos p99 / alone p99 <= 1.5" is reported with the interval the sample supports; a figure
+measured once per round of a study is reported as its median across the rounds, with the
+interval of that median (`median_ci`).
 """
 
 from __future__ import annotations
@@ -18,11 +19,15 @@ def _check(values: Sequence[float], q: float, confidence: float, resamples: int,
         raise ValueError(f"{name} must be a non-empty 1-D sequence of finite numbers")
     if not 0 < q < 100:
         raise ValueError(f"q must be in (0, 100), got {q!r}")
+    _check_options(confidence, resamples)
+    return a
+
+
+def _check_options(confidence: float, resamples: int) -> None:
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
     if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
         raise ValueError(f"resamples must be an int >= 1, got {resamples!r}")
-    return a
 
 
 def _boot(a: np.ndarray, q: float, resamples: int, rng: np.random.Generator) -> np.ndarray:
@@ -70,4 +75,31 @@ def ratio_ci(numerator: Sequence[float], denominator: Sequence[float], q: float,
     boot = _boot(a, q, resamples, rng) / den
     tail = (1 - confidence) / 2 * 100
     lo, hi = np.percentile(boot, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def median_ci(values: Sequence[float], *, confidence: float = 0.95, resamples: int = 1000,
+              seed: int = 0) -> tuple[float, float]:
+    """Bootstrap interval of the median of ``values`` (one figure per round of a study).
+
+    ``values`` may hold ``inf`` (a tail that grew without bound in that round); the bounds
+    are then order statistics of the resampled medians (no interpolation, which would mix
+    a finite value with ``inf``), and a bound may be ``inf``. With three rounds the
+    resampled medians are the three values themselves, so the interval is their range.
+
+    Returns
+    -------
+    (float, float)
+        Lower and upper bound.
+    """
+    a = np.asarray(values, dtype=np.float64)
+    if a.ndim != 1 or a.size == 0 or np.any(np.isnan(a)) or np.any(a == -np.inf):
+        raise ValueError("values must be a non-empty 1-D sequence of numbers or +inf")
+    _check_options(confidence, resamples)
+    rng = np.random.default_rng(seed)
+    boot = np.sort(a[rng.integers(0, a.size, size=(resamples, a.size))], axis=1)
+    mid = a.size // 2
+    medians = boot[:, mid] if a.size % 2 else (boot[:, mid - 1] + boot[:, mid]) / 2
+    tail = (1 - confidence) / 2 * 100
+    lo, hi = np.percentile(medians, [tail, 100 - tail], method="inverted_cdf")
     return float(lo), float(hi)

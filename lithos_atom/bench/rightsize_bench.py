@@ -1,7 +1,9 @@
 """Right-sizing and DVFS report: ``python -m lithos_atom.bench.rightsize_bench --out DIR``.
 
 For every `kernels.registry` case (bench size) and every kernel of the inference
-service's decoder layer (batches 1 and 8), and for a whole inference request:
+service's decoder layer (batches 1 and 8), and for a whole inference request (with
+``--service NAME``, instead: the whole request of each named model service of
+`lithos_atom.bench.ml_services` at each of its batch sizes, as served: its CUDA graph):
 
 1. profile it on partitions of 10 TPC counts, then on every count where a choice within
    the slack could lie (`partition_timing.knee_sizes`; ``--no-refine``: the 10 only), and
@@ -14,8 +16,11 @@ service's decoder layer (batches 1 and 8), and for a whole inference request:
    never measured: no clock is changed. A kernel's achieved DRAM bandwidth is relative to
    the device's, measured first with a device-to-device copy.
 
-Writes ``rightsizing.json`` and ``rightsizing.png`` to ``--out``. ``--sim``, or a machine
-without a GPU, runs the same steps on the SIMULATED device with stand-in kernels (no energy).
+Writes ``rightsizing.json`` and ``rightsizing.png`` to ``--out``; the summary says, per
+model service, at which batch sizes a whole request saves at least `TARGET_SAVED` of its
+TPC-time at a measured slowdown under the slack. ``--sim``, or a machine without a GPU,
+runs the same steps on the SIMULATED device with stand-in kernels, or the services'
+requests as it models them (no energy).
 """
 
 from __future__ import annotations
@@ -41,6 +46,10 @@ from lithos_sched.energy import MODELED, EnergyMeter, fit_power_model
 from lithos_sched.partition_timing import TimingOptions, default_sizes, profile_on_partitions, time_on_partitions
 from lithos_sched.rightsizing import RightSizeOptions, choose_tpcs, predicted_latency_us
 from lithos_sched.scaling import ProfileStore
+
+#: The capacity a right-sized request should save (LithOS: about a quarter at < 4 % slowdown).
+TARGET_SAVED = 0.25
+
 
 def _busy_step(case: ProfileCase, stream: Any, kernel_us: float) -> Any:
     """A step for `EnergyMeter.mean_power_w` keeping ~5 ms of ``case`` queued."""
@@ -158,7 +167,7 @@ def _summaries(rows: list[dict[str, Any]], slack: float) -> dict[str, Any]:
     def mean(values: list[float]) -> float | None:
         return statistics.fmean(values) if values else None
 
-    registry_rows = [r for r in rows if not r["key"].startswith("inference:")]  # registry (or simulated) kernels
+    registry_rows = [r for r in rows if not r["key"].startswith(("inference:", "service:"))]  # registry (or simulated)
     out: dict[str, Any] = {}
     if registry_rows:
         out["registry"] = {
@@ -207,6 +216,9 @@ def _summaries(rows: list[dict[str, Any]], slack: float) -> dict[str, Any]:
         {"capacity_saved": e["per_kernel"]["capacity_saved"], "measured_slowdown": e["per_kernel"]["measured_slowdown"],
          "bound": e["per_kernel"]["profile_bound"]}
         for e in inference.values() if "per_kernel" in e]
+    services = _service_summaries([r for r in rows if r["key"].startswith("service:")], slack)
+    if services:
+        out["services"] = services
     if suite:
         out["suite"] = {
             "items": len(suite),
@@ -221,6 +233,30 @@ def _summaries(rows: list[dict[str, Any]], slack: float) -> dict[str, Any]:
                              "choice could lie was timed, so, as far as more TPCs never make a kernel "
                              "slower, no right-sizing of these kernels saves more",
         }
+    return out
+
+
+def _service_summaries(rows: list[dict[str, Any]], slack: float) -> dict[str, Any]:
+    """Per model service (rows keyed ``service:<name>:b<batch>:request``), each batch
+    size's whole request right-sized, and the batch sizes where it saves at least
+    `TARGET_SAVED` of its TPC-time at a measured slowdown under ``slack``."""
+    by_service: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        _, name, batch, _ = r["key"].split(":")
+        reaches = r["capacity_saved"] >= TARGET_SAVED and r["measured_slowdown"] < slack
+        by_service.setdefault(name, {})[int(batch[1:])] = {
+            "tpcs": r["tpcs"], "home_tpcs": r["home_tpcs"], "us_full": r["us_full"], "us_chosen": r["us_chosen"],
+            "measured_slowdown": r["measured_slowdown"], "capacity_saved": r["capacity_saved"],
+            "profile_bound": r["profile_bound"]["capacity_saved"], "reaches_target": reaches}
+    out: dict[str, Any] = {
+        "target": f"a whole request saves >= {TARGET_SAVED:.0%} of its TPC-time at < {slack:.0%} measured slowdown",
+        "per_service": {}}
+    for name, batches in by_service.items():
+        out["per_service"][name] = {
+            "batches": {str(b): e for b, e in sorted(batches.items())},
+            "reach_target_at": sorted(b for b, e in batches.items() if e["reaches_target"]),
+            "mean_capacity_saved": statistics.fmean(e["capacity_saved"] for e in batches.values())}
+    out["services_reaching_target"] = sorted(n for n, e in out["per_service"].items() if e["reach_target_at"])
     return out
 
 
@@ -328,6 +364,8 @@ def _parser() -> argparse.ArgumentParser:
     """The command's argument parser."""
     from kernels import registry
 
+    from lithos_atom.bench.ml_services import MODEL_SERVICES
+
     p = argparse.ArgumentParser(prog="python -m lithos_atom.bench.rightsize_bench", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="rightsizing-report", help="output directory (default ./rightsizing-report)")
     p.add_argument("--sim", action="store_true", help="SIMULATED device and stand-in kernels (the default without "
@@ -335,6 +373,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--case", action="append", choices=registry.case_names(), metavar="NAME",
                    help="registry case (repeatable; default all)")
     p.add_argument("--inference-batch", action="append", type=int, help="decoder batches (default 1 and 8)")
+    p.add_argument("--service", action="append", choices=MODEL_SERVICES, metavar="NAME",
+                   help=f"model service whose whole request is right-sized at each of its batch sizes (repeatable; "
+                        f"one of {', '.join(MODEL_SERVICES)}); alone, only these are measured")
+    p.add_argument("--service-batch", action="append", type=int, metavar="N",
+                   help="a batch size of the services (repeatable; default each service's own sizes)")
+    p.add_argument("--service-size", choices=("default", "small"), default="default",
+                   help="the services' shapes: published (default) or 2 layers (small, a smoke run)")
     p.add_argument("--slack", type=_finite, default=0.05, help="right-sizing slack (default 0.05)")
     p.add_argument("--energy-window", type=_finite, default=0.3, help="seconds of power measurement per kernel "
                                                                       "(0: none)")
@@ -358,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--slack must be in [0, 10), got {args.slack}")
     if args.inference_batch and any(not 1 <= b <= 8 for b in args.inference_batch):
         p.error(f"--inference-batch must be 1-8, got {args.inference_batch}")
+    if args.service_batch and (not args.service or min(args.service_batch) < 1):
+        p.error(f"--service-batch needs --service and sizes >= 1, got {args.service_batch}")
     if args.energy_window < 0 or args.max_seconds <= 0:
         p.error("--energy-window must be >= 0 and --max-seconds > 0")
     kernels_asked = bool(args.case or args.inference_batch)
@@ -380,8 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     device = open_device(simulate=simulate)
     if device.simulated:
         why = "--sim was given" if args.sim else "no CUDA GPU was found"
-        print(f"SIMULATED DEVICE: {why}; latencies are the simulator's model of stand-in kernels; no energy is "
-              "measured")
+        what = "the model services' requests" if args.service else "stand-in kernels"
+        print(f"SIMULATED DEVICE: {why}; latencies are the simulator's model of {what}; no energy is measured")
     sizes = default_sizes(device.num_tpcs)
     meter = None
     idle_w = None
@@ -399,15 +446,24 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # NVML missing or not permitted: report without energy
             print(f"NVML unavailable, no energy figures: {exc}")
             meter = None
-    groups: list[tuple[str, Any]]  # (label, builder of the group's cases): built one group at a time
-    if device.simulated:
-        groups = [(c.key, lambda c=c: [c]) for c in rc.sim_cases(device.num_tpcs)]
-    else:
+    groups: list[tuple[str, Any]] = []  # (label, builder of the group's cases): built one group at a time
+    batches = tuple(sorted(set(args.service_batch))) if args.service_batch else None
+    for name in args.service or []:
+        if device.simulated:
+            groups.append((f"service {name}", lambda n=name: rc.sim_service_cases(n, device.num_sms, args.service_size,
+                                                                                  batches)))
+        else:
+            groups.append((f"service {name}", lambda n=name: rc.service_cases(n, args.service_size, batches)))
+    if device.simulated and not args.service:
+        groups += [(c.key, lambda c=c: [c]) for c in rc.sim_cases(device.num_tpcs)]
+    elif not device.simulated and (not args.service or args.inference_batch or args.case):
         from kernels import registry
 
         # The inference workload first: it is short, and the time limit cuts from the end.
-        groups = [(f"inference batch {b}", lambda b=b: rc.inference_cases(b)) for b in (args.inference_batch or [1, 8])]
-        groups += [(n, lambda n=n: [rc.registry_case(n, "bench")]) for n in (args.case or registry.case_names())]
+        decoder = args.inference_batch or ([] if args.service else [1, 8])
+        groups += [(f"inference batch {b}", lambda b=b: rc.inference_cases(b)) for b in decoder]
+        groups += [(n, lambda n=n: [rc.registry_case(n, "bench")])
+                   for n in (args.case or ([] if args.service else registry.case_names()))]
     store = ProfileStore(out_dir / "profiles.json", device_name=device.name)
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []

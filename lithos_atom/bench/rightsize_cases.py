@@ -7,10 +7,14 @@ memory-bound):
 - the `kernels.registry` cases (``case:<name>@<size>``);
 - the kernels of one layer of the inference service's decoder stack
   (``inference:b<batch>:<op>``; every layer has the same shapes), in the order a request
-  runs them, and ``inference:b<batch>:request``, the whole forward pass of a request.
+  runs them, and ``inference:b<batch>:request``, the whole forward pass of a request;
+- the whole request of each model service of `lithos_atom.bench.ml_services` at each of
+  its batch sizes (``service:<name>:b<batch>:request``), as it is served: its CUDA graph
+  replayed (or its kernels launched from Python).
 
-On the simulated device `sim_cases` gives `SimKernel` launches instead (SIMULATED: their
-latencies are the simulator's model, not measurements).
+On the simulated device `sim_cases` gives `SimKernel` launches instead, and
+`sim_service_cases` a model service's requests as the simulated device models them
+(SIMULATED: their latencies are the simulator's model, not measurements).
 
 Building a GPU case allocates its inputs on the device; `ProfileCase.release` drops them.
 """
@@ -23,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from lithos_atom.bench import ml_services
 from lithos_sched.sim_device import SimKernel
 
 #: Ops of one decoder layer, in the order `DecoderStack.forward` runs them.
@@ -135,6 +140,61 @@ def inference_cases(batch: int, seed: int = 0) -> list[ProfileCase]:
     cases.append(ProfileCase(f"inference:b{batch}:request", lambda s: model.forward(x, batch, s.cupy),
                              total_bytes, total_flops, "mixed", 1, release))
     return cases
+
+
+def request_key(service: str, batch: int) -> str:
+    """The profile key of a whole request of ``service`` at ``batch``."""
+    return f"inference:b{batch}:request" if service == "decoder" else f"service:{service}:b{batch}:request"
+
+
+def served_request_case(service: str, served: Any, batch: int, release: Callable[[], None] = lambda: None
+                        ) -> ProfileCase:
+    """A whole request of a built model service (`ml_services.ServedModel`, warmed up) at ``batch``."""
+    cost = served.cost(batch)
+    return ProfileCase(request_key(service, batch), lambda s: served.request(batch, s.cupy), float(cost.bytes),
+                       float(cost.flops), "mixed", 1, release)
+
+
+def service_cases(service: str, size: str = "default", batch_sizes: tuple[int, ...] | None = None, seed: int = 0,
+                  graphs: bool = True) -> list[ProfileCase]:
+    """A whole request of model service ``service`` at each of its batch sizes (needs a GPU).
+
+    The service is built (random weights), warmed up and, with ``graphs``, its graphs
+    captured once; every case's `ProfileCase.release` drops it.
+    """
+    import cupy
+
+    sizes = tuple(batch_sizes or ml_services.DEFAULT_BATCH_SIZES[service])
+    setup = cupy.cuda.Stream(non_blocking=True)
+    holder = {"served": ml_services.build_service(service, size, sizes, seed, setup, graphs)}
+    holder["served"].warmup(setup, n=1)
+    served = holder["served"]
+
+    def release() -> None:
+        holder.clear()
+
+    return [served_request_case(service, served, b, release) for b in sizes]
+
+
+def sim_service_cases(service: str, num_sms: int, size: str = "default", batch_sizes: tuple[int, ...] | None = None,
+                      cost: Any = None) -> list[ProfileCase]:
+    """SIMULATED: a whole request of model service ``service`` at each of its batch sizes,
+    its kernels as the simulated device models them (`sim_models.service_kernels`;
+    ``cost``: the `SimCostModel`, the default's when None)."""
+    from lithos_atom.bench.sim_kernels import KernelModel, SimCostModel
+    from lithos_atom.bench.sim_models import service_kernels, service_work
+
+    sizes = tuple(batch_sizes or ml_services.DEFAULT_BATCH_SIZES[service])
+    kernels = service_kernels(KernelModel(cost or SimCostModel(), num_sms), service, size, sizes)
+    works = service_work(service, size, tuple(sorted(sizes)))
+
+    def launch(stream: Any, ks: list[Any]) -> None:
+        for k in ks:
+            stream.launch(k)
+
+    return [ProfileCase(request_key(service, b), lambda s, ks=kernels[b]: launch(s, ks),
+                        sum(w.bytes for _, w in works[b]), sum(w.flops for _, w in works[b]), "mixed")
+            for b in sizes]
 
 
 def sim_cases(num_tpcs: int) -> Iterator[ProfileCase]:

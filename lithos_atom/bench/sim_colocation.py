@@ -141,17 +141,21 @@ def _lithos(device: Any, run: _Run, cfg: SimColocationConfig, policy: Policy) ->
     return out
 
 
-def run_sim(duration_s: float | None = None, seed: int = 0, atom_us: float | None = None) -> dict[str, Any]:
-    """Every co-location scenario on a fresh simulated H100-sized device each."""
-    cfg = SimColocationConfig(seed=seed, atom_us=atom_us, **({"duration_s": duration_s} if duration_s else {}))
+def run_sim(cfg: SimColocationConfig | None = None, console: Any = None) -> dict[str, Any]:
+    """Every co-location scenario of ``cfg`` (default `SimColocationConfig()`) on a fresh
+    simulated H100-sized device each; a progress bar goes to ``console``."""
+    from rich.progress import Progress
 
-    def scenario(body: Callable[[Any, _Run], dict[str, Any]]) -> dict[str, Any]:
-        device = SimDevice(seed=seed, record_blocks=False)
-        run = _Run(cfg, device, SimTimeline(device))
-        try:
-            return body(device, run)
-        finally:
-            device.close()
+    cfg = cfg or SimColocationConfig()
+
+    def scenario(body: Callable[[Any, _Run], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+        def run() -> dict[str, Any]:
+            device = SimDevice(seed=cfg.seed, record_blocks=False)
+            try:
+                return body(device, _Run(cfg, device, SimTimeline(device)))
+            finally:
+                device.close()
+        return run
 
     def split(device: Any) -> tuple[Any, Any]:
         lc_tpcs, be_tpcs = pair_tpcs(cfg.lc_share, device.num_tpcs)
@@ -160,7 +164,7 @@ def run_sim(duration_s: float | None = None, seed: int = 0, atom_us: float | Non
     def full(device: Any) -> Any:
         return device.partition(range(device.num_tpcs))
 
-    results = {
+    scenarios = {
         "lc_alone": scenario(lambda d, r: _direct(d, r, full(d).high, None)),
         "be_alone": scenario(lambda d, r: _direct(d, r, None, full(d).normal)),
         "streams": scenario(lambda d, r: _direct(d, r, full(d).normal, full(d).stream("normal", new=True))),
@@ -170,4 +174,11 @@ def run_sim(duration_s: float | None = None, seed: int = 0, atom_us: float | Non
         "lithos_no_steal": scenario(lambda d, r: _lithos(d, r, cfg, cfg.policy(stealing=False))),
         "lithos_no_atoms": scenario(lambda d, r: _lithos(d, r, cfg, cfg.policy(atomize_best_effort=False))),
     }
+    results: dict[str, Any] = {}
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("co-location (simulated)", total=len(scenarios))
+        for name, run in scenarios.items():
+            progress.update(task, description=f"co-location {name} (simulated)")
+            results[name] = run()
+            progress.advance(task)
     return {"simulated": True, "config": dataclasses.asdict(cfg), **summarize(results)}

@@ -1,16 +1,14 @@
 """The ML co-location scenarios on the simulated device, in virtual time.
 
 Each ML kernel of a request, training step or batch-inference pass becomes a `SimKernel`
-with its real grid (128x128 GEMM tiles, 64-query attention tiles, one block per norm row,
-1024 elements per elementwise block) and a per-block duration from a cost model
-(`SimCostModel`: the H100 rates measured by ``python -m kernels.bench``). Grids of many
-waves are coarsened (fewer, longer blocks; the same work) to keep the simulation fast.
-Host launch costs are not modeled.
+with its real grid and a per-block duration from a cost model (`lithos_atom.bench.sim_kernels`;
+the `kernels.models` services and the GPT-2 job from their recorded launches,
+`lithos_atom.bench.sim_models`). Host launch costs are not modeled.
 
 The in-process scenarios and lithos run on the simulated device with the same scheduler
 code as on the GPU. The two multi-process scenarios are *modeled*, and labeled so:
 
-- ``processes``: time-slicing between two contexts (`timeslice_model`): the GPU belongs to
+- ``processes``: time-slicing between two contexts (`lithos_atom.bench.timeslice`): the GPU belongs to
   one context at a time; the best-effort context keeps it until the end of its time slice
   once a request waits; a context switch costs `SimMLConfig.switch_us`.
 - ``mps``: spatial sharing of the SMs without priorities between clients, simulated as
@@ -20,28 +18,23 @@ code as on the GPU. The two multi-process scenarios are *modeled*, and labeled s
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lithos_atom.bench.ml_colocation import (
-    LITHOS_SCENARIOS,
-    MLColocationConfig,
-    be_figures,
-    lc_figures,
-    order,
-    slo_of,
-    scheduler_for,
-    summarize_pair,
-)
+from lithos_atom.bench.ml_colocation import LITHOS_SCENARIOS, MLColocationConfig, order, scheduler_for
+from lithos_atom.bench.ml_figures import be_figures, lc_figures, slo_of, summarize_pair
 from lithos_atom.bench.gate_metrics import gate_figures
 from lithos_atom.bench.occupancy import tenant_occupancy
 from lithos_atom.bench.sim_colocation import sim_plan
+from lithos_atom.bench.sim_kernels import KernelModel, SimCostModel
+from lithos_atom.bench.sim_models import gpt2_kernels, service_kernels
 from lithos_atom.bench.tenant_pair import pair_specs, pair_tpcs
+from lithos_atom.bench.timeslice import timeslice_model
 from lithos_sched.rightsizing import RightSizer
-from lithos_sched.sim_device import SimDevice, SimKernel
+from lithos_sched.sim_device import SimDevice
 from lithos_sched.timeline import SimTimeline
 
 PROCESSES_MODEL = "modeled: time-slicing between two contexts (analytic, from simulated service times)"
@@ -52,45 +45,19 @@ PROCESS_SKIP = ("one process per tenant needs MPS on a GPU; the simulated device
 
 
 @dataclasses.dataclass(frozen=True)
-class SimCostModel:
-    """Per-kernel-class rates of the whole device (H100 figures of ``kernels.bench``).
-
-    Attributes
-    ----------
-    tensor_tflops : float
-        fp16/bf16 tensor-core GEMM.
-    simt_tflops : float
-        fp32 SGEMM.
-    attention_tflops : float
-        Fused attention (causal, fp16).
-    memory_gbps : float
-        Memory-bound kernels (norms, elementwise, optimizer).
-    min_block_us : float
-        Shortest block (launch and tail effects of tiny kernels).
-    max_waves : int
-        Grids of more waves are coarsened to this many.
-    """
-
-    tensor_tflops: float = 255.0
-    simt_tflops: float = 31.0
-    attention_tflops: float = 22.0
-    memory_gbps: float = 2800.0
-    min_block_us: float = 3.0
-    max_waves: int = 12
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise ValueError(f"SimCostModel.{f.name} must be > 0, got {v!r}")
-
-
-@dataclasses.dataclass(frozen=True)
 class SimMLConfig(MLColocationConfig):
     """`MLColocationConfig` for the simulated device (virtual time).
 
     Attributes
     ----------
+    duration_s : float
+        Virtual seconds measured per scenario and round: a few training iterations (about
+        50 ms each alone) and enough simulation that three rounds, run in parallel, keep
+        the default simulated bench within a minute on two cores.
+    warmup_s : float
+        Unmeasured virtual seconds first: as long as the window, since a lithos
+        scenario's first training iteration ends late (its queues fill and its atoms are
+        sized), and a window that holds it reads as no training at all.
     timeslice_us : float
         Time slice of the modeled ``processes`` scenario.
     switch_us : float
@@ -98,8 +65,8 @@ class SimMLConfig(MLColocationConfig):
     cost : SimCostModel
     """
 
-    duration_s: float = 0.5
-    warmup_s: float = 0.05
+    duration_s: float = 0.2
+    warmup_s: float = 0.2
     timeslice_us: float = 2000.0
     switch_us: float = 25.0
     cost: SimCostModel = SimCostModel()
@@ -115,115 +82,47 @@ class SimMLConfig(MLColocationConfig):
                                  f"got {v!r}")
 
 
-# ---- kernels of the workloads ----------------------------------------------------------------
+# ---- the workloads' kernels -------------------------------------------------------------------
 
 
-class KernelModel:
-    """Turns kernel shapes into `SimKernel`s for a device of ``num_sms`` SMs."""
+def workload_kernels(cfg: MLColocationConfig, model: KernelModel) -> dict[int, list[Any]]:
+    """The `SimKernel`s of one request of ``cfg``'s inference service, per batch size."""
+    if cfg.lc_service == "decoder":
+        return {b: model.decoder(cfg.workload_sizes()["decoder"], b) for b in cfg.batch_sizes()}
+    return service_kernels(model, cfg.lc_service, cfg.size, cfg.batch_sizes())
 
-    def __init__(self, cost: SimCostModel, num_sms: int):
-        self.cost, self.num_sms = cost, num_sms
 
-    def _per_sm_us(self, tflops: float) -> float:
-        """FLOP per microsecond of one SM."""
-        return tflops * 1e12 / self.num_sms / 1e6
-
-    def kernel(self, name: str, blocks: int, blocks_per_sm: int, block_us: float, max_waves: int | None = None) -> Any:
-        """A `SimKernel`; grids of more than ``max_waves`` (default ``cost.max_waves``) waves
-        are coarsened into that many waves of longer blocks."""
-        blocks = max(1, int(blocks))
-        limit = (max_waves or self.cost.max_waves) * blocks_per_sm * self.num_sms
-        if blocks > limit:
-            factor = math.ceil(blocks / limit)
-            coarse = math.ceil(blocks / factor)
-            block_us *= blocks / coarse
-            blocks = coarse
-        return SimKernel(name, blocks, max(self.cost.min_block_us, float(block_us)), blocks_per_sm=blocks_per_sm)
-
-    def gemm(self, name: str, m: int, n: int, k: int, tensor: bool) -> Any:
-        """128x128 output tiles, two resident blocks per SM."""
-        tiles = math.ceil(m / 128) * math.ceil(n / 128)
-        rate = self._per_sm_us(self.cost.tensor_tflops if tensor else self.cost.simt_tflops) / 2
-        return self.kernel(name, tiles, 2, 2.0 * 128 * 128 * k / rate)
-
-    def attention(self, batch: int, heads: int, seq: int, head_dim: int) -> Any:
-        """Causal attention: 64-query tiles per (head, sequence), four blocks per SM."""
-        blocks = math.ceil(seq / 64) * heads * batch
-        flops = 4.0 * 64 * seq * head_dim * 0.5
-        return self.kernel("attention", blocks, 4, flops / (self._per_sm_us(self.cost.attention_tflops) / 4))
-
-    def memory(self, name: str, blocks: int, nbytes: float) -> Any:
-        """A memory-bound kernel moving ``nbytes`` over ``blocks`` blocks.
-
-        Modeled as two blocks per SM and coarsened to one wave: the real blocks are short
-        (microseconds), and simulating every one of them would dominate the run time.
-        """
-        per_sm_bytes_us = self.cost.memory_gbps * 1e9 / self.num_sms / 1e6
-        return self.kernel(name, blocks, 2, nbytes / blocks / (per_sm_bytes_us / 2), max_waves=1)
-
-    def elementwise(self, name: str, n: int, bytes_per_elem: float) -> Any:
-        """1024 elements per block."""
-        return self.memory(name, math.ceil(n / 1024), n * bytes_per_elem)
-
-    def decoder(self, dec: Any, batch: int) -> list[Any]:
-        """The kernels of one `DecoderStack.forward` at ``batch`` sequences."""
-        from kernels import dtypes
-
-        e = dtypes.numpy_dtype(dec.dtype).itemsize
-        tensor = dec.dtype != dtypes.FLOAT32
-        t, d, f = batch * dec.seq_len, dec.d_model, dec.ffn_mult * dec.d_model
-        per_layer = [
-            self.memory("layernorm", t, 2.0 * t * d * e),
-            self.gemm("gemm_qkv", t, 3 * d, d, tensor),
-            self.attention(batch, dec.n_heads, dec.seq_len, dec.head_dim),
-            self.gemm("gemm_o", t, d, d, tensor),
-            self.elementwise("residual_add", t * d, 3.0 * e),
-            self.memory("layernorm", t, 2.0 * t * d * e),
-            self.gemm("gemm_up", t, f, d, tensor),
-            self.elementwise("gelu", t * f, 2.0 * e),
-            self.gemm("gemm_down", t, d, f, tensor),
-            self.elementwise("residual_add", t * d, 3.0 * e),
-        ]
-        return per_layer * dec.n_layers
-
-    def split_k_gemm(self, name: str, m: int, n: int, k: int, splits: int) -> list[Any]:
-        """An fp32 GEMM as `kernels.gemm.gemm` runs it with ``split_k=splits``: one SGEMM
-        per K-slice into a workspace, then the ordered sum of the slices."""
-        if splits == 1:
-            return [self.gemm(name, m, n, k, False)]
-        slices = [self.gemm(name, m, n, (i + 1) * k // splits - i * k // splits, False) for i in range(splits)]
-        return [*slices, self.elementwise("splitk_sum", m * n, 4.0 * (splits + 1))]
-
-    def training_step(self, mlp: Any) -> list[Any]:
-        """The kernels of one `TrainingJob.step` (fp32 SGEMM, split-K as `MLPConfig.split_k`
-        says, Adam or SGD)."""
-        b, d, f = mlp.batch, mlp.d_model, mlp.hidden
-
-        def gemm(name: str, m: int, n: int, k: int) -> list[Any]:
-            return self.split_k_gemm(name, m, n, k, mlp.split_k(k))
-
-        ks: list[Any] = []
-        for _ in range(mlp.n_layers):
-            ks += [*gemm("sgemm_up", b, f, d), self.elementwise("gelu", b * f, 8.0),
-                   *gemm("sgemm_down", b, d, f), self.elementwise("residual_add", b * d, 12.0)]
-        ks.append(self.elementwise("mse_grad", b * d, 12.0))
-        for layer in reversed(range(mlp.n_layers)):
-            ks += [*gemm("sgemm_dw2", f, d, b), *gemm("sgemm_dh", b, f, d),
-                   self.elementwise("gelu_backward", b * f, 12.0), *gemm("sgemm_dw1", d, f, b)]
-            if layer > 0:
-                ks += [*gemm("sgemm_dx", b, d, f), self.elementwise("residual_add", b * d, 12.0)]
-        per_param = 28.0 if mlp.optimizer == "adam" else 12.0
-        ks += [self.elementwise(mlp.optimizer, d * f, per_param) for _ in range(2 * mlp.n_layers)]
-        return ks
+def be_job_kernels(cfg: MLColocationConfig, model: KernelModel, job: str) -> list[Any]:
+    """The `SimKernel`s of one iteration of best-effort job ``job`` (of `BE_JOBS`)."""
+    sizes = cfg.workload_sizes()
+    if job == "training":
+        return model.training_step(sizes["mlp"])
+    if job == "batch_inference":
+        return model.decoder(sizes["decoder"], sizes["batch_inference_batch"])
+    return gpt2_kernels(model, cfg.size, cfg.training_gemm_max_k)
 
 
 # ---- one scenario -----------------------------------------------------------------------------
 
 
-class _Run:
-    """One scenario in virtual time: LC requests fire as timers while the BE loop waits on events."""
+class ScenarioRun:
+    """One tenant pair's scenario in virtual time: LC requests fire as timers while the BE
+    loop waits on events. Several share one device and timeline in the stacking study
+    (`lithos_atom.bench.sim_stacking`), one per tenant.
 
-    def __init__(self, cfg: SimMLConfig, device: Any, timeline: Any, lc_kernels: dict[int, list[Any]],
+    Parameters
+    ----------
+    cfg : MLColocationConfig
+        The LC requests (`MLColocationConfig.requests`), the span and the BE queue depth.
+    device, timeline
+        The simulated device and its `SimTimeline`.
+    lc_kernels : dict
+        Batch size -> the `SimKernel`s of one request.
+    be_kernels : list or None
+        The `SimKernel`s of one BE iteration.
+    """
+
+    def __init__(self, cfg: MLColocationConfig, device: Any, timeline: Any, lc_kernels: dict[int, list[Any]],
                  be_kernels: list[Any] | None):
         self.cfg, self.device, self.timeline = cfg, device, timeline
         self.lc_kernels, self.be_kernels = lc_kernels, be_kernels
@@ -293,7 +192,7 @@ class _Run:
         return out
 
 
-def _direct(run: _Run, lc_stream: Any | None, be_stream: Any | None) -> dict[str, Any]:
+def _direct(run: ScenarioRun, lc_stream: Any | None, be_stream: Any | None) -> dict[str, Any]:
     tl = run.timeline
     if lc_stream is not None:
         run.lc_requests(lambda p: p.issue_all(lc_stream), lambda: tl.record(lc_stream))
@@ -303,7 +202,7 @@ def _direct(run: _Run, lc_stream: Any | None, be_stream: Any | None) -> dict[str
     return run.figures(lc_stream is not None, be_stream is not None)
 
 
-def _lithos(run: _Run, name: str, trace: Path | None) -> dict[str, Any]:
+def _lithos(run: ScenarioRun, name: str, trace: Path | None) -> dict[str, Any]:
     cfg = run.cfg
     sched = scheduler_for(name, run.device, pair_specs(cfg.lc_share), right_sizer=RightSizer())
     sched.timeline = run.timeline  # share the scenario's timers
@@ -325,73 +224,7 @@ def _lithos(run: _Run, name: str, trace: Path | None) -> dict[str, Any]:
 # ---- the modeled time-sliced processes ---------------------------------------------------------
 
 
-def timeslice_model(arrivals_s: Sequence[float], demands_us: Sequence[float], timeslice_us: float, switch_us: float,
-                    window_s: tuple[float, float]) -> tuple[list[float], float]:
-    """LC latencies and the BE context's GPU share under time-slicing of two contexts.
-
-    The BE context always has work. It holds the GPU until a request waits, and then to
-    the end of its current time slice (slices start when it takes the GPU). The LC context
-    then serves its requests in order for up to one slice and yields when it runs out of
-    work. Each hand-over costs ``switch_us``.
-
-    Parameters
-    ----------
-    arrivals_s : sequence of float
-        Request arrivals (seconds, ascending).
-    demands_us : sequence of float
-        Each request's service time with the whole GPU.
-    timeslice_us, switch_us : float
-    window_s : (float, float)
-        The measured window, for the BE share.
-
-    Returns
-    -------
-    (list of float, float)
-        Latency (ms) of every request, in order; the fraction of the window the BE
-        context held the GPU.
-    """
-    arrivals = [a * 1e6 for a in arrivals_s]
-    n = len(arrivals)
-    lat = [0.0] * n
-    w0, w1 = window_s[0] * 1e6, window_s[1] * 1e6
-    be_us = 0.0
-
-    def be_held(a: float, b: float) -> None:
-        nonlocal be_us
-        be_us += max(0.0, min(b, w1) - max(a, w0))
-
-    t, slice_start, nxt = 0.0, 0.0, 0
-    queue: collections.deque[list[float]] = collections.deque()  # [index, remaining]
-    while nxt < n or queue:
-        # BE holds the GPU from t
-        first_wait = arrivals[nxt] if not queue else t
-        k = max(1, math.ceil((first_wait - slice_start) / timeslice_us))
-        hand_over = slice_start + k * timeslice_us
-        be_held(t, hand_over)
-        t = hand_over + switch_us
-        slice_end = t + timeslice_us
-        while nxt < n and arrivals[nxt] <= t:
-            queue.append([nxt, demands_us[nxt]])
-            nxt += 1
-        # LC serves until it runs dry or its slice ends
-        while queue and t < slice_end:
-            item = queue[0]
-            run = min(item[1], slice_end - t)
-            t += run
-            item[1] -= run
-            if item[1] <= 1e-9:
-                lat[int(item[0])] = (t - arrivals[int(item[0])]) / 1000.0
-                queue.popleft()
-            while nxt < n and arrivals[nxt] <= t:
-                queue.append([nxt, demands_us[nxt]])
-                nxt += 1
-        t += switch_us
-        slice_start = t
-    be_held(t, w1)
-    return lat, be_us / (w1 - w0)
-
-
-def _service_times(cfg: SimMLConfig, lc_kernels: dict[int, list[Any]], seed: int) -> dict[int, float]:
+def service_times(lc_kernels: dict[int, list[Any]], seed: int) -> dict[int, float]:
     """Each batch size's request time alone on the whole simulated device."""
     out = {}
     for batch, ks in lc_kernels.items():
@@ -402,6 +235,16 @@ def _service_times(cfg: SimMLConfig, lc_kernels: dict[int, list[Any]], seed: int
             stream.synchronize()
             out[batch] = float(dev.now_us)
     return out
+
+
+def request_service_ms(config: MLColocationConfig) -> dict[int, float]:
+    """Each batch size's request time alone on the whole simulated device, in ms (the
+    service times of `lithos_atom.bench.load`; with no host modeled, alone is back to
+    back); a plain `MLColocationConfig` is read as `run_sim` reads it."""
+    cfg = config if isinstance(config, SimMLConfig) else SimMLConfig(**dataclasses.asdict(config))
+    with SimDevice(seed=cfg.seed, record_blocks=False) as probe:
+        model = KernelModel(cfg.cost, probe.num_sms)
+    return {b: us / 1000.0 for b, us in service_times(workload_kernels(cfg, model), cfg.seed).items()}
 
 
 def _processes(cfg: SimMLConfig, demands: dict[int, float], be_alone: dict[str, Any]) -> dict[str, Any]:
@@ -450,14 +293,13 @@ def run_sim(config: MLColocationConfig | None = None, console: Any = None, trace
     model = KernelModel(cfg.cost, probe.num_sms)
     described, lc_tpcs = probe.describe(), len(pair_tpcs(cfg.lc_share, probe.num_tpcs)[0])
     probe.close()
-    lc_kernels = {b: model.decoder(sizes["decoder"], b) for b in range(cfg.lc_batch[0], cfg.lc_batch[1] + 1)}
-    be_kernels = {"training": model.training_step(sizes["mlp"]),
-                  "batch_inference": model.decoder(sizes["decoder"], sizes["batch_inference_batch"])}
+    lc_kernels = workload_kernels(cfg, model)
+    be_kernels = {pair: be_job_kernels(cfg, model, pair) for pair in cfg.pairs}
     selected = cfg.pair_scenarios()
 
-    def scenario(be: str | None, body: Callable[[Any, _Run], dict[str, Any]]) -> dict[str, Any]:
+    def scenario(be: str | None, body: Callable[[Any, ScenarioRun], dict[str, Any]]) -> dict[str, Any]:
         device = SimDevice(seed=cfg.seed, record_blocks=False)
-        run = _Run(cfg, device, SimTimeline(device), lc_kernels, be_kernels[be] if be else None)
+        run = ScenarioRun(cfg, device, SimTimeline(device), lc_kernels, be_kernels[be] if be else None)
         try:
             return body(device, run)
         finally:
@@ -483,7 +325,7 @@ def run_sim(config: MLColocationConfig | None = None, console: Any = None, trace
             return out
 
         lc_alone = measure("lc_alone", lambda: scenario(None, lambda d, r: _direct(r, full(d).high, None)))
-        demands = _service_times(cfg, lc_kernels, cfg.seed) if "processes" in selected else {}
+        demands = service_times(lc_kernels, cfg.seed) if "processes" in selected else {}
         for pair in cfg.pairs:
             r: dict[str, Any] = {"lc_alone": lc_alone}
             r["be_alone"] = measure(f"{pair}: be_alone", lambda: scenario(pair, lambda d, x: _direct(x, None, full(d).normal)))
@@ -492,8 +334,8 @@ def run_sim(config: MLColocationConfig | None = None, console: Any = None, trace
                                                                        full(d).stream("normal", new=True))),
                 "priorities": lambda: scenario(pair, lambda d, x: _direct(x, full(d).high, full(d).normal)),
                 "processes": lambda: _processes(cfg, demands, r["be_alone"]),
-                "mps": lambda: {**scenario(pair, lambda d, x: _direct(x, full(d).normal,
-                                                                      full(d).stream("normal", new=True))),
+                # the model is the streams scenario itself: its run when there is one
+                "mps": lambda: {**(copy.deepcopy(r["streams"]) if "streams" in r else bodies["streams"]()),
                                 "model": MPS_MODEL},
                 "lithos_mps": lambda: {"skipped": PROCESS_SKIP},
                 "lithos_mps_rightsized": lambda: {"skipped": PROCESS_SKIP},

@@ -78,8 +78,12 @@ def test_global_opt_in_runs_unchanged_code_bitwise_identical():
     finally:
         lithos.set_atomizer(None)
     assert cupy.RawKernel is original_raw_kernel and cupy.RawModule is original_raw_module
-    assert len(atomizer.plans) == 3, [p.key.name for p in atomizer.plans]
-    assert all(p.atomized and len(p.atoms) > 1 for p in atomizer.plans)
+    names = [p.key.name for p in atomizer.plans]
+    # the three user kernels, then CuPy's own ufuncs (caught where CuPy compiles them)
+    assert {"saxpy", "second"} <= set(names) and any("numba_axpy" in n for n in names), names
+    assert any("cupy_add" in n for n in names) and any("cupy_multiply" in n for n in names), names
+    assert all(p.atomized for p in atomizer.plans), [(p.key.name, p.reason) for p in atomizer.plans]
+    assert all(len(p.atoms) > 1 for p in atomizer.plans if p.total_blocks > 101)
     for g, r in zip(got, ref):
         assert np.array_equal(g, r)
 
