@@ -250,8 +250,8 @@ def test_sim_runs_every_scenario_of_both_pairs(simulated_bench):
         scen = out["pairs"][pair]["scenarios"]
         sweep = ["static_split@0.25", "static_split@0.375"]
         process_sweep = ["mps_" + n for n in sweep]
-        i, j = mc.SCENARIOS.index("static_split") + 1, mc.SCENARIOS.index("mps_static_split") + 1
-        assert list(scen) == [*mc.SCENARIOS[:i], *sweep, *mc.SCENARIOS[i:j], *process_sweep, *mc.SCENARIOS[j:]]
+        i, j = mc.DEFAULT_SCENARIOS.index("static_split") + 1, mc.DEFAULT_SCENARIOS.index("mps_static_split") + 1
+        assert list(scen) == [*mc.DEFAULT_SCENARIOS[:i], *sweep, *mc.DEFAULT_SCENARIOS[i:j], *process_sweep, *mc.DEFAULT_SCENARIOS[j:]]
         for name in [*mc.PROCESS_SCENARIOS, *process_sweep]:  # reported, with why they are not simulated
             assert "MPS on a GPU" in scen[name]["skipped"]
         for name in [*(n for n in mc.SCENARIOS if n not in mc.PROCESS_SCENARIOS), *sweep]:
