@@ -254,14 +254,14 @@ def test_sim_runs_every_scenario_of_both_pairs(simulated_bench):
         assert list(scen) == [*mc.DEFAULT_SCENARIOS[:i], *sweep, *mc.DEFAULT_SCENARIOS[i:j], *process_sweep, *mc.DEFAULT_SCENARIOS[j:]]
         for name in [*mc.PROCESS_SCENARIOS, *process_sweep]:  # reported, with why they are not simulated
             assert "MPS on a GPU" in scen[name]["skipped"]
-        for name in [*(n for n in mc.SCENARIOS if n not in mc.PROCESS_SCENARIOS), *sweep]:
+        for name in [*(n for n in mc.DEFAULT_SCENARIOS if n not in mc.PROCESS_SCENARIOS), *sweep]:
             if name != "be_alone":
                 hp = scen[name]["hp"]
                 assert hp["completed"] > 0 and hp["p99_ms"] >= hp["p50_ms"] > 0
             if name != "lc_alone":
                 assert scen[name]["be"]["throughput_norm"] is not None
         assert "time-slicing" in scen["processes"]["model"] and "MPS" in scen["mps"]["model"]
-        assert set(out["pairs"][pair]["ratios"]) == set(mc.SCENARIOS) - {"lithos", "be_alone", *mc.PROCESS_SCENARIOS} \
+        assert set(out["pairs"][pair]["ratios"]) == set(mc.DEFAULT_SCENARIOS) - {"lithos", "be_alone", *mc.PROCESS_SCENARIOS} \
             | set(sweep)
         assert "ratios_lithos_mps" not in out["pairs"][pair]  # lithos_mps did not run
         at = out["pairs"][pair]["static_at_lithos_p99"]
