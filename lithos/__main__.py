@@ -20,12 +20,11 @@ import importlib.util
 import os
 import runpy
 import sys
-import warnings
 from collections.abc import Sequence
 from typing import NoReturn
 
 from lithos.membership import JOIN_ENV, join, parse_join_spec
-from lithos_atom.settings import check_environment
+from lithos_atom.settings import environment_problem
 from lithos_sched.ledger import ledger_dir, ledger_paths
 from lithos_sched.ledger_file import snapshot
 from lithos_sched.memory_limit import format_bytes
@@ -83,18 +82,6 @@ def print_ledgers() -> int:
     return status
 
 
-def _environment_problem() -> str | None:
-    """A bad ``LITHOS_*`` variable, or None; unknown ones are warned about on one line each."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            check_environment()
-        except ValueError as exc:
-            return str(exc)
-    for w in caught:
-        print(f"python -m lithos: warning: {w.message}", file=sys.stderr)
-    return None
-
 
 def _target_problem(module: list[str] | None, target: list[str]) -> str | None:
     """Why the program or module to run cannot be, checked before joining; None if it can."""
@@ -116,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Parse the command; ``run``: join, and run the program in this interpreter."""
     parser = _parser()
     args = parser.parse_args(argv)
-    problem = _environment_problem()
+    problem = environment_problem("python -m lithos")
     if problem is not None:
         parser.exit(2, f"python -m lithos: error: {problem}\n")
     if args.command == "ledger":

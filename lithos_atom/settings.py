@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import math
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -203,6 +204,31 @@ def check_environment() -> None:
     if unknown:
         warnings.warn(f"lithos ignores the unknown environment variable{'s' * (len(unknown) > 1)} "
                       f"{', '.join(unknown)}; it reads {', '.join(VARIABLES)}", RuntimeWarning, stacklevel=3)
+
+
+def environment_problem(prog: str) -> str | None:
+    """Check the ``LITHOS_*`` environment for a command line, before it does any work.
+
+    Parameters
+    ----------
+    prog : str
+        The command's name, which starts each warning line.
+
+    Returns
+    -------
+    str or None
+        The first bad variable's one-line error, or None when every variable is good;
+        each unknown ``LITHOS_*`` variable is warned about on stderr, one line each.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            check_environment()
+        except ValueError as exc:
+            return str(exc)
+    for w in caught:
+        print(f"{prog}: warning: {w.message}", file=sys.stderr)
+    return None
 
 
 @functools.lru_cache(maxsize=1)

@@ -319,7 +319,6 @@ def setup_gpu(cfg: ColocationConfig) -> tuple[_Calibration, _Workloads]:
 def run_gpu(cfg: ColocationConfig, console: Any = None) -> dict[str, Any]:
     """Every scenario on the GPU, side by side."""
     import cupy
-    from rich.progress import Progress
 
     cal, w = setup_gpu(cfg)
     device = open_device(simulate=False)
@@ -366,16 +365,45 @@ def run_gpu(cfg: ColocationConfig, console: Any = None) -> dict[str, Any]:
         "lithos_no_steal": lithos(cfg.policy(stealing=False)),
         "lithos_no_atoms": lithos(cfg.policy(atomize_best_effort=False)),
     }
-    results: dict[str, Any] = {}
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("co-location scenarios", total=len(scenarios))
-        for name, fn in scenarios.items():
-            progress.update(task, description=f"scenario {name}")
-            results[name] = fn()
-            cupy.cuda.Device().synchronize()
-            progress.advance(task)
+    results = run_scenarios(scenarios, console, "co-location scenarios", "scenario {}",
+                            after=cupy.cuda.Device().synchronize)
     return {"config": dataclasses.asdict(cfg), "calibration": dataclasses.asdict(cal),
             "device": device.describe(), **summarize(results)}
+
+
+def run_scenarios(scenarios: dict[str, Callable[[], dict[str, Any]]], console: Any, title: str, label: str,
+                  after: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Run each scenario in turn under a progress bar.
+
+    Parameters
+    ----------
+    scenarios : dict of str to callable
+        Each scenario's run, by name; returns its figures.
+    console : rich.console.Console or None
+    title : str
+        The bar's first description.
+    label : str
+        Its description while a scenario runs, ``{}`` standing for the scenario's name.
+    after : callable, optional
+        Called after each scenario (on the GPU: synchronize the device).
+
+    Returns
+    -------
+    dict
+        Each scenario's figures, by name.
+    """
+    from rich.progress import Progress
+
+    results: dict[str, Any] = {}
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(title, total=len(scenarios))
+        for name, fn in scenarios.items():
+            progress.update(task, description=label.format(name))
+            results[name] = fn()
+            if after is not None:
+                after()
+            progress.advance(task)
+    return results
 
 
 def summarize(results: dict[str, Any]) -> dict[str, Any]:

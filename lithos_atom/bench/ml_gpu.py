@@ -135,16 +135,7 @@ def run_gpu(cfg: MLColocationConfig, console: Any = None, trace_dir: Any = None,
         task = progress.add_task("ML co-location", total=cfg.run_count())
 
         def measure(label: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-            progress.update(task, description=f"ML {label}")
-            t = time.monotonic()
-            try:
-                out = fn()
-                cupy.cuda.Device().synchronize()
-            except Exception as exc:  # recorded and shown: one broken scenario must not void the others
-                out = {"error": f"{type(exc).__name__}: {exc}"}
-            out["wall_s"] = time.monotonic() - t
-            progress.advance(task)
-            return out
+            return ml_tenants.measure_run(progress, task, f"ML {label}", fn)
 
         request_tpcs, rightsizing_setup = None, {}
         if {"lithos_rightsized", "lithos_mps_rightsized"} & set(selected):

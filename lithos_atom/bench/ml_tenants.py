@@ -291,3 +291,36 @@ def run_group(span_s: float, lcs: Sequence[LCThread], be: tuple[Callable[[], Any
     if lcs:
         out["lc"] = records
     return out
+
+
+def measure_run(progress: Any, task: Any, description: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run one scenario on the GPU under a progress bar, and time it.
+
+    Parameters
+    ----------
+    progress : rich.progress.Progress
+        The bar; ``task`` is shown as ``description`` while ``fn`` runs, then advanced.
+    task : rich.progress.TaskID
+    description : str
+    fn : callable
+        The scenario; returns its figures.
+
+    Returns
+    -------
+    dict
+        ``fn``'s figures after the device is synchronized, or ``{"error": ...}`` when it
+        raised (recorded and shown: one broken scenario must not void the others); with
+        its ``wall_s``.
+    """
+    import cupy
+
+    progress.update(task, description=description)
+    t = time.monotonic()
+    try:
+        out = fn()
+        cupy.cuda.Device().synchronize()
+    except Exception as exc:  # recorded and shown: one broken scenario must not void the others
+        out = {"error": f"{type(exc).__name__}: {exc}"}
+    out["wall_s"] = time.monotonic() - t
+    progress.advance(task)
+    return out

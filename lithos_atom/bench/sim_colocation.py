@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from lithos_atom.bench.colocation_bench import ColocationConfig, summarize
+from lithos_atom.bench.colocation_bench import ColocationConfig, run_scenarios, summarize
 from lithos_atom.bench.tenant_pair import pair_specs, pair_tpcs
 from lithos_atom.plan import KernelKey, LaunchPlan
 from lithos_sched.policy import Policy
@@ -144,8 +144,6 @@ def _lithos(device: Any, run: _Run, cfg: SimColocationConfig, policy: Policy) ->
 def run_sim(cfg: SimColocationConfig | None = None, console: Any = None) -> dict[str, Any]:
     """Every co-location scenario of ``cfg`` (default `SimColocationConfig()`) on a fresh
     simulated H100-sized device each; a progress bar goes to ``console``."""
-    from rich.progress import Progress
-
     cfg = cfg or SimColocationConfig()
 
     def scenario(body: Callable[[Any, _Run], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
@@ -174,11 +172,5 @@ def run_sim(cfg: SimColocationConfig | None = None, console: Any = None) -> dict
         "lithos_no_steal": scenario(lambda d, r: _lithos(d, r, cfg, cfg.policy(stealing=False))),
         "lithos_no_atoms": scenario(lambda d, r: _lithos(d, r, cfg, cfg.policy(atomize_best_effort=False))),
     }
-    results: dict[str, Any] = {}
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("co-location (simulated)", total=len(scenarios))
-        for name, run in scenarios.items():
-            progress.update(task, description=f"co-location {name} (simulated)")
-            results[name] = run()
-            progress.advance(task)
+    results = run_scenarios(scenarios, console, "co-location (simulated)", "co-location {} (simulated)")
     return {"simulated": True, "config": dataclasses.asdict(cfg), **summarize(results)}

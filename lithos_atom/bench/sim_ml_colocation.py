@@ -32,7 +32,7 @@ from lithos_atom.bench.sim_colocation import sim_plan
 from lithos_atom.bench.sim_kernels import KernelModel, SimCostModel
 from lithos_atom.bench.sim_models import gpt2_kernels, service_kernels
 from lithos_atom.bench.tenant_pair import pair_specs, pair_tpcs
-from lithos_atom.bench.timeslice import timeslice_model
+from lithos_atom.bench.timeslice import check_timeslice_config, timeslice_model
 from lithos_sched.rightsizing import RightSizer
 from lithos_sched.sim_device import SimDevice
 from lithos_sched.timeline import SimTimeline
@@ -75,11 +75,7 @@ class SimMLConfig(MLColocationConfig):
         if isinstance(self.cost, dict):
             object.__setattr__(self, "cost", SimCostModel(**self.cost))
         super().__post_init__()
-        for name in ("timeslice_us", "switch_us"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or (name == "timeslice_us" and v == 0):
-                raise ValueError(f"SimMLConfig.{name} must be a number {'> 0' if name == 'timeslice_us' else '>= 0'}, "
-                                 f"got {v!r}")
+        check_timeslice_config(self)
 
 
 # ---- the workloads' kernels -------------------------------------------------------------------

@@ -22,7 +22,7 @@ from lithos_atom.bench.sim_kernels import KernelModel, SimCostModel
 from lithos_atom.bench.sim_ml_colocation import MPS_MODEL, ScenarioRun, be_job_kernels, service_times, \
     workload_kernels
 from lithos_atom.bench.stacking_config import PRIORITIES_SIM, StackConfig, summarize_variant
-from lithos_atom.bench.timeslice import timeslice_contexts
+from lithos_atom.bench.timeslice import check_timeslice_config, timeslice_contexts
 from lithos_sched.policy import Policy
 from lithos_sched.scheduler import Scheduler
 from lithos_sched.sim_device import SimDevice
@@ -55,11 +55,7 @@ class SimStackConfig(StackConfig):
         if isinstance(self.cost, dict):
             object.__setattr__(self, "cost", SimCostModel(**self.cost))
         super().__post_init__()
-        for name in ("timeslice_us", "switch_us"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or (name == "timeslice_us" and v == 0):
-                raise ValueError(f"SimStackConfig.{name} must be a number {'> 0' if name == 'timeslice_us' else '>= 0'}, "
-                                 f"got {v!r}")
+        check_timeslice_config(self)
 
 
 class _Stack:

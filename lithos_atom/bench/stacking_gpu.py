@@ -175,16 +175,7 @@ def run_gpu(cfg: StackConfig, console: Any = None) -> dict[str, Any]:
         task = progress.add_task("stacking", total=runs)
 
         def measure(label: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-            progress.update(task, description=f"stacking: {label}")
-            t = time.monotonic()
-            try:
-                out = fn()
-                cupy.cuda.Device().synchronize()
-            except Exception as exc:  # recorded and shown: one broken scenario must not void the others
-                out = {"error": f"{type(exc).__name__}: {exc}"}
-            out["wall_s"] = time.monotonic() - t
-            progress.advance(task)
-            return out
+            return ml_tenants.measure_run(progress, task, f"stacking: {label}", fn)
 
         for i, name in enumerate(stack.names):
             run = measure(f"{name} alone", lambda i=i: stack.threads({i: on(plain[i])}, None))

@@ -111,3 +111,24 @@ def timeslice_model(arrivals_s: Sequence[float], demands_us: Sequence[float], ti
     """
     lat, share = timeslice_contexts([arrivals_s], [demands_us], True, timeslice_us, switch_us, window_s)
     return lat[0], share
+
+
+def check_timeslice_config(config: object) -> None:
+    """Refuse a simulated config whose modeled ``processes`` scenario cannot run.
+
+    Parameters
+    ----------
+    config : object
+        A frozen config with ``timeslice_us`` (a number > 0) and ``switch_us`` (a
+        number >= 0), as `SimMLConfig` and `SimStackConfig` have.
+
+    Raises
+    ------
+    ValueError
+        One line naming the config's class and the field.
+    """
+    for name in ("timeslice_us", "switch_us"):
+        v = getattr(config, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or (name == "timeslice_us" and v == 0):
+            raise ValueError(f"{type(config).__name__}.{name} must be a number "
+                             f"{'> 0' if name == 'timeslice_us' else '>= 0'}, got {v!r}")

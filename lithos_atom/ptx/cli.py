@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -17,7 +16,7 @@ from typing import NoReturn
 from lithos_atom.errors import AtomizeError, UnsupportedKernelError
 from lithos_atom.ptx.model import ATOM_PARAMS
 from lithos_atom.ptx.rewrite import rewrite_module
-from lithos_atom.settings import check_environment
+from lithos_atom.settings import environment_problem
 
 _PROG = "python -m lithos_atom.ptx"
 
@@ -50,18 +49,6 @@ def _path_problem(source: str, target: str) -> str | None:
     return None
 
 
-def _environment_problem() -> str | None:
-    """A bad ``LITHOS_*`` variable, or None; unknown ones are warned about on one line each."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            check_environment()
-        except ValueError as exc:
-            return str(exc)
-    for w in caught:
-        print(f"{_PROG}: warning: {w.message}", file=sys.stderr)
-    return None
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: rewrite every entry of a PTX file.
@@ -87,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--skip-unsupported", action="store_true",
                    help="leave kernels that cannot be split unchanged (listed on stderr) instead of failing")
     args = p.parse_args(argv)
-    problem = _environment_problem() or _path_problem(args.input, args.output)
+    problem = environment_problem(_PROG) or _path_problem(args.input, args.output)
     if problem is not None:
         print(f"{prog}: error: {problem}", file=sys.stderr)
         return 2
