@@ -36,21 +36,6 @@ def jit_scale(x, y, size):
         y[i] = x[i] * 2.0 + tid
 
 
-def _counting_atomizer(**options):
-    import lithos
-
-    class Counting(lithos.Atomizer):
-        def __init__(self):
-            super().__init__(**options)
-            self.plans = []
-
-        def submit(self, plan, stream):
-            self.plans.append(plan)
-            super().submit(plan, stream)
-
-    return Counting()
-
-
 def _outputs(shape_by_name: dict) -> dict:
     outs = {name: cupy.empty(shape, np.float32) for name, shape in shape_by_name.items()}
     poison(outs, tuple(outs))
@@ -77,7 +62,7 @@ def _cupy_code(seed: int) -> list:
 
 
 @pytest.mark.parametrize("accelerators", [[], ["cub"]], ids=["plain-reductions", "cub-block-reductions"])
-def test_cupy_generated_kernels_as_one_block_atoms_bitwise_identical(accelerators):
+def test_cupy_generated_kernels_as_one_block_atoms_bitwise_identical(accelerators, counting_atomizer):
     import lithos
     from cupy._core import _accelerator
 
@@ -88,7 +73,7 @@ def test_cupy_generated_kernels_as_one_block_atoms_bitwise_identical(accelerator
     try:
         seed = int(np.random.SeedSequence().entropy % (2**32))
         ref = _cupy_code(seed)
-        atomizer = _counting_atomizer(atom_blocks=1, strict=True)
+        atomizer = counting_atomizer(atom_blocks=1, strict=True)
         with lithos.using_atomizer(atomizer):
             got = _cupy_code(seed)
     finally:
@@ -104,7 +89,7 @@ def test_cupy_generated_kernels_as_one_block_atoms_bitwise_identical(accelerator
         assert np.array_equal(g, r)
 
 
-def test_raw_kernel_made_before_the_opt_in_is_caught_at_its_first_launch():
+def test_raw_kernel_made_before_the_opt_in_is_caught_at_its_first_launch(counting_atomizer):
     import lithos
 
     k = cupy.RawKernel(r'''extern "C" __global__ void early(const float* x, float* y, int n) {
@@ -113,7 +98,7 @@ def test_raw_kernel_made_before_the_opt_in_is_caught_at_its_first_launch():
     x = cupy.arange(N, dtype=np.float32)
     ref, got = _outputs({"r": N})["r"], _outputs({"g": N})["g"]
     blocks = (N + 127) // 128
-    atomizer = _counting_atomizer(atom_blocks=1, strict=True)
+    atomizer = counting_atomizer(atom_blocks=1, strict=True)
     with lithos.using_atomizer(atomizer):
         k((blocks,), (128,), (x, got, np.int32(N)))
     k((blocks,), (128,), (x, ref, np.int32(N)))
@@ -122,7 +107,7 @@ def test_raw_kernel_made_before_the_opt_in_is_caught_at_its_first_launch():
     assert np.array_equal(cupy.asnumpy(got).view(np.uint8), cupy.asnumpy(ref).view(np.uint8))
 
 
-def test_numba_ufuncs_run_as_atoms_bitwise_identical():
+def test_numba_ufuncs_run_as_atoms_bitwise_identical(counting_atomizer):
     import lithos
     from lithos_atom._compat import import_numba_cuda
 
@@ -143,7 +128,7 @@ def test_numba_ufuncs_run_as_atoms_bitwise_identical():
     b = rng.standard_normal((4099, 33), dtype=np.float32)
     da, db = cuda.to_device(a), cuda.to_device(b)
     ref = (vmul(da, db).copy_to_host(), gu_axpy(da, db).copy_to_host())
-    atomizer = _counting_atomizer(atom_blocks=1, strict=True)
+    atomizer = counting_atomizer(atom_blocks=1, strict=True)
     with lithos.using_atomizer(atomizer):
         got = (vmul(da, db).copy_to_host(), gu_axpy(da, db).copy_to_host())
     assert len(atomizer.plans) >= 2 and all(p.atomized and len(p.atoms) > 1 for p in atomizer.plans), \

@@ -13,21 +13,6 @@ from lithos_atom.bench.atom_cases import poison
 pytestmark = pytest.mark.gpu
 
 
-def _counting_atomizer(**options):
-    import lithos
-
-    class Counting(lithos.Atomizer):
-        def __init__(self):
-            super().__init__(**options)
-            self.plans = []
-
-        def submit(self, plan, stream):
-            self.plans.append(plan)
-            super().submit(plan, stream)
-
-    return Counting()
-
-
 def _user_code(rng):
     """Ordinary CuPy + Numba code, as a user writes it (kernels built inside)."""
     import cupy
@@ -61,7 +46,7 @@ def _user_code(rng):
     return [cupy.asnumpy(a).view(np.uint8) for a in (out1, out2, out3, z)]
 
 
-def test_global_opt_in_runs_unchanged_code_bitwise_identical():
+def test_global_opt_in_runs_unchanged_code_bitwise_identical(counting_atomizer):
     import cupy
 
     import lithos
@@ -70,7 +55,7 @@ def test_global_opt_in_runs_unchanged_code_bitwise_identical():
     seed = np.random.SeedSequence().entropy % (2**32)
     ref = _user_code(np.random.default_rng(seed))
 
-    atomizer = _counting_atomizer(atom_blocks=101, strict=True)
+    atomizer = counting_atomizer(atom_blocks=101, strict=True)
     lithos.set_atomizer(atomizer)
     try:
         assert cupy.RawKernel is not original_raw_kernel
