@@ -6,10 +6,12 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
+
 from lithos_atom.errors import LithosCudaError
 from lithos_atom.plan import KernelKey, LaunchPlan
 from lithos_sched import tenant_runtime
-from lithos_sched.timeline import SimTimeline
+from lithos_sched.timeline import CupyTimeline, SimTimeline
 
 
 def sim_plan(device: Any, kernel: Any) -> LaunchPlan:
@@ -82,3 +84,27 @@ class FaultyTimeline(SimTimeline):
     def wait_gate(self, stream: Any, gate: Any) -> None:
         self._check("cuStreamWaitValue64")
         super().wait_gate(stream, gate)
+
+
+class ClockTimeline(CupyTimeline):
+    """`CupyTimeline`'s polling loop on a fake clock, without CuPy: sleeping advances the
+    clock (each pause is kept in ``sleeps_us``), and the event completes at ``done_at_us``."""
+
+    def __init__(self, done_at_us: float, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.clock_us, self.done_at_us = 0.0, done_at_us
+        self.sleeps_us: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            self.sleeps_us.append(seconds * 1e6)
+            self.clock_us += seconds * 1e6
+
+        monkeypatch.setattr("lithos_sched.timeline.time.sleep", sleep)
+
+    def now_us(self) -> float:
+        return self.clock_us
+
+    def done(self, event: object) -> bool:
+        return self.clock_us >= self.done_at_us
+
+    def synchronize(self, event: object) -> None:
+        raise AssertionError("a bounded wait never blocks in the driver")

@@ -31,8 +31,8 @@ from lithos_sched import (
     TenantSpec,
 )
 from lithos_sched.request_signal import RequestSignal
-from lithos_sched.timeline import CupyTimeline, SimTimeline
-from tests.sim_helpers import FaultyTimeline, bound, sim_plan
+from lithos_sched.timeline import SimTimeline
+from tests.sim_helpers import ClockTimeline, FaultyTimeline, bound, sim_plan
 
 SPECS = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5), TenantSpec("be", Priority.BEST_EFFORT, share=0.5)]
 ARRIVALS_US = [300.0 + 700.0 * i for i in range(12)]
@@ -320,28 +320,6 @@ def test_a_ledger_locked_too_long_is_a_timeout_naming_the_file(tmp_path, monkeyp
             assert ledger.entries() == []
         finally:
             os.close(fd)
-
-
-class ClockTimeline(CupyTimeline):
-    """The GPU timeline's waiting logic on a fake clock: ``done`` once ``done_at_us``."""
-
-    def __init__(self, done_at_us: float, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.clock_us, self.done_at_us, self.sleeps_us = 0.0, done_at_us, []
-
-        def sleep(seconds: float) -> None:
-            self.sleeps_us.append(seconds * 1e6)
-            self.clock_us += seconds * 1e6
-
-        monkeypatch.setattr("lithos_sched.timeline.time.sleep", sleep)
-
-    def now_us(self) -> float:
-        return self.clock_us
-
-    def done(self, event: object) -> bool:
-        return self.clock_us >= self.done_at_us
-
-    def synchronize(self, event: object) -> None:
-        raise AssertionError("a bounded wait never blocks in the driver")
 
 
 def test_a_bounded_gpu_wait_polls_with_growing_pauses_and_times_out(monkeypatch):

@@ -10,7 +10,8 @@ import pytest
 
 from lithos_atom.bench.sim_colocation import sim_plan
 from lithos_sched import Policy, Priority, Scheduler, SimDevice, SimKernel, TenantSpec
-from lithos_sched.timeline import CupyTimeline, SimTimeline
+from lithos_sched.timeline import SimTimeline
+from tests.sim_helpers import ClockTimeline
 
 SPECS = [TenantSpec("lc", Priority.LATENCY_CRITICAL, share=0.5), TenantSpec("be", Priority.BEST_EFFORT, share=0.5)]
 CAP_US = 100.0
@@ -89,32 +90,9 @@ def test_the_simulated_timeline_stops_waiting_at_the_deadline_in_virtual_time():
     assert tl.now_us() == pytest.approx(t0 + 1000.0)  # the kernel's end, not the deadline
 
 
-class FakeClockTimeline(CupyTimeline):
-    """`CupyTimeline`'s polling loop on a fake clock: sleeping advances it, and the event
-    completes at ``done_at_us``."""
-
-    def __init__(self, done_at_us: float, monkeypatch: pytest.MonkeyPatch) -> None:
-        super().__init__()
-        self.clock_us = 0.0
-        self.done_at_us = done_at_us
-        self.sleeps_us: list[float] = []
-
-        def sleep(seconds: float) -> None:
-            self.sleeps_us.append(seconds * 1e6)
-            self.clock_us += seconds * 1e6
-
-        monkeypatch.setattr("lithos_sched.timeline.time.sleep", sleep)
-
-    def now_us(self) -> float:
-        return self.clock_us
-
-    def done(self, event: object) -> bool:
-        return self.clock_us >= self.done_at_us
-
-
 @pytest.mark.parametrize("poll_us", [100.0, 0.0])
 def test_the_gpu_timeline_returns_at_the_deadline_without_sleeping_past_it(poll_us, monkeypatch):
-    tl = FakeClockTimeline(done_at_us=5000.0, monkeypatch=monkeypatch)
+    tl = ClockTimeline(done_at_us=5000.0, monkeypatch=monkeypatch)
     assert tl.wait_until(object(), None, poll_us, deadline_us=750.0) is False
     assert tl.clock_us == pytest.approx(750.0)
     assert max(tl.sleeps_us) <= (poll_us or 750.0) + 1e-9
@@ -123,12 +101,12 @@ def test_the_gpu_timeline_returns_at_the_deadline_without_sleeping_past_it(poll_
 
 
 def test_the_gpu_timeline_notices_the_event_within_one_poll_before_the_deadline(monkeypatch):
-    tl = FakeClockTimeline(done_at_us=420.0, monkeypatch=monkeypatch)
+    tl = ClockTimeline(done_at_us=420.0, monkeypatch=monkeypatch)
     assert tl.wait_until(object(), None, 100.0, deadline_us=750.0) is True
     assert 420.0 <= tl.clock_us <= 520.0
 
 
 def test_the_gpu_timeline_asks_stop_between_polls(monkeypatch):
-    tl = FakeClockTimeline(done_at_us=5000.0, monkeypatch=monkeypatch)
+    tl = ClockTimeline(done_at_us=5000.0, monkeypatch=monkeypatch)
     assert tl.wait_until(object(), lambda: tl.clock_us >= 300.0, 100.0) is False
     assert tl.clock_us == pytest.approx(300.0)
