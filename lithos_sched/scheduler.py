@@ -9,8 +9,9 @@ milliseconds deep at home and on the idle latency-critical TPCs behind each such
 gate, which its own stream closes when its work starts and opens when it ends, so the GPU
 stops and resumes them at atom boundaries; without gates the host decides each atom.
 `lithos_sched.tenant_runtime` holds the tenant a thread enters; `lithos_sched.accounting`
-the per-tenant statistics; `lithos_sched.remote_tenants` the latency-critical tenants of
-other processes, followed while they come and go.
+the per-tenant statistics; `lithos_sched.scheduler_records` what the scheduler keeps of
+finished work (statistics, the atom trace); `lithos_sched.remote_tenants` the
+latency-critical tenants of other processes, followed while they come and go.
 
 Stream semantics stay as the user wrote them: atoms on partition streams start after the
 work the tenant queued before the launch, and the tenant's stream waits for every atom, so
@@ -23,13 +24,10 @@ Its settings are `Policy` (`lithos_sched.policy`). Next: the partitions tenants 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 from lithos_atom.atomizer import Atomizer
@@ -48,17 +46,18 @@ from lithos_sched.predictor import LatencyPredictor
 from lithos_sched.process_tuning import TUNING
 from lithos_sched.remote_tenants import RemoteTenants
 from lithos_sched.rightsizing import RightSizer
+from lithos_sched.scheduler_records import SchedulerRecords
 from lithos_sched.tenant import Priority, TenantConfigError, TenantSpec, assign_tpcs, specs_from
 from lithos_sched.timeline import Timeline, timeline_for
 from lithos_sched.tenant_runtime import Tenant, current_tenant
-from lithos_sched.trace_buffer import TraceBuffer, TraceRow
 
 
 class SchedulerClosedError(RuntimeError):
     """The scheduler was closed; its tenants can no longer launch through it."""
 
 
-class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, DeviceWaits, Atomizer):
+class Scheduler(SchedulerRecords, RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, DeviceWaits,
+                Atomizer):
     """Shares one device among tenants.
 
     Parameters
@@ -126,10 +125,7 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
         self._lc_shared: dict[frozenset[int], bool] = {}
         self._requests_open = 0  # latency-critical tenants inside `Tenant.request`
         self._request_done = threading.Condition()
-        self._trace_on = trace
-        self._trace = TraceBuffer()
-        self._request_windows: list[tuple[str, float, float]] = []  # (tenant, start_us, duration_us)
-        self._t0 = self.timeline.origin()  # the trace's clock starts here
+        self._start_records(trace)
         self._gate_board = self._open_gate_board()
         if self._gate_board is not None:
             for t in self._lc:
@@ -319,38 +315,6 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def stats(self) -> dict[str, Any]:
-        """Per-tenant accounting and the predictor's error report.
-
-        Besides the `TenantStats` fields, each tenant has ``host_us_per_atom`` and
-        ``host_cpu_us_per_atom`` (``host_issue_us`` and ``host_cpu_us`` per atom), and
-        ``tpc_ms_estimated``: its measured TPC-time scaled from the timed atoms to all of
-        them (the same as ``tpc_ms`` for best-effort tenants, whose atoms are all timed).
-        """
-        for t in self.tenants.values():
-            self.retire(t)
-        return {
-            "tenants": {
-                t.name: {"priority": t.priority.value, "tpcs": len(t.tpcs), **dataclasses.asdict(t.stats),
-                         "host_us_per_atom": t.stats.host_issue_us / max(1, t.stats.atoms),
-                         "host_cpu_us_per_atom": t.stats.host_cpu_us / max(1, t.stats.atoms),
-                         "tpc_ms_estimated": t.stats.tpc_ms * t.stats.atoms / max(1, t.stats.timed_atoms)}
-                for t in self.tenants.values()
-            },
-            "predictor": self.predictor.error_report(),
-        }
-
-    def atoms(self) -> list[TraceRow]:
-        """Every atom retired so far (those finished are retired first), in retiring order."""
-        for t in self.tenants.values():
-            self.retire(t)
-        return list(self._trace.rows())
-
-    @property
-    def tracing(self) -> bool:
-        """Whether the scheduler keeps a record of every atom (its ``trace`` argument)."""
-        return self._trace_on
-
     @property
     def latency_critical_tenants(self) -> list[Tenant]:
         """Its latency-critical tenants, those of other processes it follows among them
@@ -362,31 +326,6 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
         """Whether best-effort atoms on stolen TPCs wait behind device-side gates now
         (`Policy.device_gates`, a device that can map them, no right-sizer)."""
         return self._gated()
-
-    def request_windows(self) -> list[tuple[str, float, float]]:
-        """``(tenant, start_us, duration_us)`` of every finished `Tenant.request` block, on
-        the clock of `atoms` (events on the tenant's stream at the block's edges: from
-        when its stream reached its work to when that work was done); kept while tracing."""
-        for t in self.tenants.values():
-            self.retire(t)
-        return list(self._request_windows)
-
-    def export_trace(self, path: str | Path) -> Path:
-        """Write a Chrome/Perfetto trace of every retired atom (one process per partition,
-        one thread per stream) and of the requests (one thread per tenant). Returns the path."""
-        events = [
-            {"name": r.kernel, "ph": "X", "ts": r.start_us, "dur": r.duration_us, "pid": f"TPCs {_ranges(r.tpcs)}",
-             "tid": f"{r.tenant} stream {r.stream:#x}",
-             "args": {"tenant": r.tenant, "blocks": [r.start_block, r.start_block + r.blocks],
-                      "predicted_us": r.predicted_us, "stolen": r.stolen}}
-            for r in self.atoms()
-        ]
-        events += [{"name": "request", "ph": "X", "ts": start, "dur": dur, "pid": "requests", "tid": name}
-                   for name, start, dur in self.request_windows()]
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
-        return out
 
     # ---- dispatch ------------------------------------------------------------------
 
@@ -429,6 +368,12 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
         if tenant is not None:
             stream = self.timeline.thread_stream(stream)
         return tenant, stream
+
+    @property
+    def requests_open(self) -> int:
+        """How many latency-critical tenants of this process are inside a `Tenant.request`
+        block now (nested blocks count once)."""
+        return self._requests_open
 
     def request_opened(self) -> None:
         """A latency-critical tenant's outermost `Tenant.request` block began."""
@@ -488,41 +433,6 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
         tenant.stats.timed_atoms += 1
         tenant.stats.stolen_atoms += int(stolen)
         return rec
-
-    def retire(self, tenant: Tenant) -> None:
-        """Account, learn from and trace every finished atom of ``tenant`` (and the
-        windows of its finished requests)."""
-        tl = self.timeline
-        with tenant.book.lock:
-            while tenant.book.request_marks and tl.done(tenant.book.request_marks[0][1]):
-                begin, end = tenant.book.request_marks.popleft()
-                self._request_windows.append((tenant.name, tl.elapsed_us(self._t0, begin), tl.elapsed_us(begin, end)))
-            done = [r for r in tenant.book.inflight if tl.done(r.end)]
-            if not done:
-                return
-            for r in done:
-                tenant.book.inflight.remove(r)
-        for r in done:
-            measured = tl.elapsed_us(r.start, r.end)
-            self.predictor.observe(r.key, r.partition.num_tpcs, r.count, r.wave_blocks, measured, r.predicted_us)
-            if self.right_sizer is not None and tenant.priority is Priority.LATENCY_CRITICAL:
-                self.right_sizer.observe(r.key, r.partition.num_tpcs, r.count, r.wave_blocks, measured)
-            tenant.stats.busy_ms += measured / 1000.0
-            tenant.stats.tpc_ms += measured / 1000.0 * r.partition.num_tpcs
-            if self._trace_on:
-                self._trace.append(r.key.name, tenant.name, r.partition.tpcs, tl.handle(r.stream), r.start_block,
-                                   r.count, r.predicted_us, r.stolen, tl.elapsed_us(self._t0, r.start), measured)
-
-
-def _ranges(ids: Any) -> str:
-    """'0-32,40' for a set of ints."""
-    runs: list[list[int]] = []
-    for i in sorted(ids):
-        if runs and runs[-1][1] == i - 1:
-            runs[-1][1] = i
-        else:
-            runs.append([i, i])
-    return ",".join(f"{a}-{b}" if a != b else f"{a}" for a, b in runs)
 
 
 def _check_arguments(device: Any, policy: Any, predictor: Any, right_sizer: Any, trace: Any) -> None:

@@ -274,7 +274,7 @@ class GpuSoak:
                 gate = sched.tenant(name).gate
                 if gate is not None and (not gate.is_open() or sched.tenant(name).gate_held):
                     self._problem(f"{name}: its gate was closed when it left")
-            if sched._requests_open or any(s.open_requests for s in member.signals.values()):
+            if sched.requests_open or any(s.open_requests for s in member.signals.values()):
                 self._problem(f"member {member.key}: a request was left open")
         except Exception as exc:
             self._problem(f"member {member.key} leaving: {type(exc).__name__}: {exc}")

@@ -219,7 +219,7 @@ class SimSoak:
         for t in member.tenants(LC):
             if not t.gate.is_open() or t.gate_held:
                 self.problems.append(f"{t.name}: its gate was closed when it left")
-        if sched._requests_open or any(s.open_requests for s in member.signals.values()):
+        if sched.requests_open or any(s.open_requests for s in member.signals.values()):
             self.problems.append(f"member {member.key}: a request was left open")
         for other in self.members:
             for name in member.signals:

@@ -47,11 +47,11 @@ def test_a_request_marks_the_tenant_busy_and_nested_blocks_count_once():
         assert lc.idle()
         with lc.request():
             with lc.request():
-                assert not lc.idle() and sched._requests_open == 1
-            assert not lc.idle() and sched._requests_open == 1
-        assert lc.idle() and sched._requests_open == 0
+                assert not lc.idle() and sched.requests_open == 1
+            assert not lc.idle() and sched.requests_open == 1
+        assert lc.idle() and sched.requests_open == 0
         with lc.on_tpcs(2):  # a block on fewer TPCs is a request too
-            assert sched._requests_open == 1
+            assert sched.requests_open == 1
         assert lc.stats.requests == 2
     finally:
         scheduler_module._current.tenant = None
@@ -142,7 +142,7 @@ def test_a_request_opened_while_waiting_for_room_holds_before_the_next_atom(monk
         return False
 
     def hold(tenant):  # noqa: ANN001, ANN202
-        events.append(f"hold, {sched._requests_open} open")
+        events.append(f"hold, {sched.requests_open} open")
         sched._requests_open = 0  # held until the request ends
         return True
 
