@@ -1,6 +1,7 @@
 """Pieces of the soak (``scripts/soak.py``) shared by its simulated and GPU modes: what a
-process holds (memory, files, threads, shared-memory files) before and after, and the
-checks of a run.
+process holds (memory, files, threads, shared-memory files) before and after, the checks
+of a run, and how a member (one scheduler, as one process would hold) joins, follows the
+others' latency-critical tenants and leaves.
 
 Run as ``python scripts/soak.py``, which puts this folder on the import path.
 """
@@ -13,8 +14,16 @@ import os
 import sys
 import threading
 import tracemalloc
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from lithos_sched import Policy, Priority, Scheduler, TenantSpec
+from lithos_sched.ledger import Ledger, TenantClaim
+from lithos_sched.processes import ProcessId
+from lithos_sched.request_signal import RequestSignal
+
+LC, BE = Priority.LATENCY_CRITICAL, Priority.BEST_EFFORT
 
 #: How much more host memory the end of a soak may hold than its start, after a collection:
 #: caches that grow with the kernel shapes seen (the predictor's, the launch durations')
@@ -129,3 +138,57 @@ class BlockCounts:
     def pending(self) -> list[int]:
         """Launches not complete: at the end of a run, their missing blocks are lost."""
         return sorted(self._counts)
+
+
+def join_member(key: int, makeup: Sequence[Priority], ledger: Ledger, folder: Path, tpcs: int, device: Any,
+                policy: Policy, timeline: Any = None, **options: Any
+                ) -> tuple[ProcessId, Scheduler, dict[str, RequestSignal]]:
+    """Register member ``key``'s tenants (one of ``makeup`` each, ``tpcs`` TPCs) in the
+    ledger as a process of its own, and start its scheduler (``options``: the
+    `Scheduler`'s; ``timeline``: one shared by every member instead of its own) with a
+    published request signal per latency-critical tenant.
+
+    Returns
+    -------
+    (ProcessId, Scheduler, dict of str to RequestSignal)
+        The process the ledger sees, the scheduler, and the signals by tenant name.
+    """
+    names = [f"m{key}-{'lc' if p is LC else 'be'}{i}" for i, p in enumerate(makeup)]
+    signals = {n: RequestSignal.create(folder) for n, p in zip(names, makeup) if p is LC}
+    claims = [TenantClaim(n, p, tpcs=tpcs, signal=str(signals[n].path) if n in signals else None)
+              for n, p in zip(names, makeup)]
+    process = ProcessId(os.getpid(), -1 - key)  # a process of its own, as the ledger sees it
+    owned = ledger.register(claims, process)
+    sched = Scheduler(device, [TenantSpec(n, p, tpcs=tuple(sorted(owned[n]))) for n, p in zip(names, makeup)],
+                      policy, **options)
+    if timeline is not None:
+        sched.timeline = timeline  # one virtual clock and one timer queue for every member
+    for name, signal in signals.items():
+        sched.tenant(name).publish_requests(signal)
+    return process, sched, signals
+
+
+def follow_member(follower: Scheduler, leader: Scheduler, signals: dict[str, RequestSignal]) -> int:
+    """Let ``follower``'s best-effort tenants steal the TPCs of ``leader``'s latency-critical
+    tenants (``signals``: theirs); returns how many tenants it follows now (0 without
+    best-effort tenants of its own)."""
+    if not any(t.priority is BE for t in follower.tenants.values() if not t.remote):
+        return 0
+    for name, signal in signals.items():
+        tpcs = tuple(sorted(leader.tenant(name).tpcs))
+        follower.follow(TenantSpec(name, LC, tpcs=tpcs), RequestSignal.attach(signal.path))
+    return len(signals)
+
+
+def request_left_open(sched: Scheduler, signals: dict[str, RequestSignal]) -> bool:
+    """Whether a leaving member still has a request open, in its scheduler or a signal."""
+    return bool(sched.requests_open) or any(s.open_requests for s in signals.values())
+
+
+def unfollow_member(others: Iterable[Scheduler], names: Iterable[str]) -> None:
+    """Stop following the tenants ``names`` (of a member that leaves) in every other scheduler."""
+    names = list(names)
+    for other in others:
+        for name in names:
+            if name in other.followed():
+                other.unfollow(name)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
 import random
 import shutil
 import tempfile
@@ -36,15 +35,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from soak_common import Resources, compare
+from soak_common import (
+    LC, Resources, compare, follow_member, join_member, request_left_open, unfollow_member,
+)
 from soak_sim import MEMBERS
 
-from lithos_sched import Policy, Priority, Scheduler, TenantSpec, open_device
-from lithos_sched.ledger import Ledger, TenantClaim
+from lithos_sched import Policy, Priority, Scheduler, open_device
+from lithos_sched.ledger import Ledger
 from lithos_sched.processes import ProcessId
 from lithos_sched.request_signal import RequestSignal
 
-LC, BE = Priority.LATENCY_CRITICAL, Priority.BEST_EFFORT
 COUNT = r"""
 extern "C" __global__ void count_blocks(unsigned int* counts, int iters) {
     float x = threadIdx.x;
@@ -227,16 +227,9 @@ class GpuSoak:
 
     def _join(self, makeup: tuple[Priority, Priority]) -> GpuMember:
         key = next(self.member_keys)
-        names = [f"m{key}-{'lc' if p is LC else 'be'}{i}" for i, p in enumerate(makeup)]
-        signals = {n: RequestSignal.create(self.folder) for n, p in zip(names, makeup) if p is LC}
-        claims = [TenantClaim(n, p, tpcs=self.tpcs_per_tenant, signal=str(signals[n].path) if n in signals else None)
-                  for n, p in zip(names, makeup)]
-        process = ProcessId(os.getpid(), -1 - key)  # a process of its own, as the ledger sees it
-        owned = self.ledger.register(claims, process)
-        sched = Scheduler(self.device, [TenantSpec(n, p, tpcs=tuple(sorted(owned[n]))) for n, p in zip(names, makeup)],
-                          self.policy, trace=False)
-        for name, signal in signals.items():
-            sched.tenant(name).publish_requests(signal)
+        process, sched, signals = join_member(key, makeup, self.ledger, self.folder, self.tpcs_per_tenant,
+                                              self.device, self.policy, trace=False)
+        names = list(sched.tenants)  # its own, in ``makeup``'s order (before it follows any other's)
         member = GpuMember(key, process, sched, signals)
         for other in self.members:
             self._follow(member, other)
@@ -252,12 +245,7 @@ class GpuSoak:
         return member
 
     def _follow(self, follower: GpuMember, leader: GpuMember) -> None:
-        if not any(t.priority is BE for t in follower.scheduler.tenants.values() if not t.remote):
-            return
-        for name, signal in leader.signals.items():
-            tpcs = tuple(sorted(leader.scheduler.tenant(name).tpcs))
-            follower.scheduler.follow(TenantSpec(name, LC, tpcs=tpcs), RequestSignal.attach(signal.path))
-            self.stats["follows"] += 1
+        self.stats["follows"] += follow_member(follower.scheduler, leader.scheduler, leader.signals)
 
     def _leave(self, member: GpuMember) -> None:
         member.stop.set()
@@ -274,14 +262,11 @@ class GpuSoak:
                 gate = sched.tenant(name).gate
                 if gate is not None and (not gate.is_open() or sched.tenant(name).gate_held):
                     self._problem(f"{name}: its gate was closed when it left")
-            if sched.requests_open or any(s.open_requests for s in member.signals.values()):
+            if request_left_open(sched, member.signals):
                 self._problem(f"member {member.key}: a request was left open")
         except Exception as exc:
             self._problem(f"member {member.key} leaving: {type(exc).__name__}: {exc}")
-        for other in self.members:
-            for name in member.signals:
-                if name in other.scheduler.followed():
-                    other.scheduler.unfollow(name)
+        unfollow_member((other.scheduler for other in self.members), member.signals)
         try:
             sched.close()
         except Exception as exc:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
 import random
 import time
 import tracemalloc
@@ -38,17 +37,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from soak_common import BlockCounts, Resources, compare
+from soak_common import (
+    BE, BlockCounts, LC, Resources, compare, follow_member, join_member, request_left_open,
+    unfollow_member,
+)
 
 from lithos_atom.plan import KernelKey, LaunchPlan, LaunchShape
-from lithos_sched import Policy, Priority, Scheduler, SimDevice, SimKernel, TenantSpec
+from lithos_sched import Policy, Priority, Scheduler, SimDevice, SimKernel
 from lithos_sched import tenant_runtime
-from lithos_sched.ledger import Ledger, TenantClaim
+from lithos_sched.ledger import Ledger
 from lithos_sched.processes import ProcessId
 from lithos_sched.request_signal import RequestSignal
 from lithos_sched.timeline import SimTimeline
 
-LC, BE = Priority.LATENCY_CRITICAL, Priority.BEST_EFFORT
 #: The make-up of the four members: eight tenants, four of each priority.
 MEMBERS = ((LC, BE), (LC, BE), (BE, BE), (LC, LC))
 TPCS_PER_TENANT = 8
@@ -180,17 +181,8 @@ class SimSoak:
 
     def _join(self, makeup: tuple[Priority, Priority]) -> Member:
         key = next(self.member_keys)
-        names = [f"m{key}-{'lc' if p is LC else 'be'}{i}" for i, p in enumerate(makeup)]
-        signals = {n: RequestSignal.create(self.folder) for n, p in zip(names, makeup) if p is LC}
-        claims = [TenantClaim(n, p, tpcs=TPCS_PER_TENANT, signal=str(signals[n].path) if n in signals else None)
-                  for n, p in zip(names, makeup)]
-        process = ProcessId(os.getpid(), -1 - key)  # a process of its own, as the ledger sees it
-        owned = self.ledger.register(claims, process)
-        sched = Scheduler(self.device, [TenantSpec(n, p, tpcs=tuple(sorted(owned[n]))) for n, p in zip(names, makeup)],
-                          self.policy)
-        sched.timeline = self.tl  # one virtual clock and one timer queue for every member
-        for name, signal in signals.items():
-            sched.tenant(name).publish_requests(signal)
+        process, sched, signals = join_member(key, makeup, self.ledger, self.folder, TPCS_PER_TENANT, self.device,
+                                              self.policy, timeline=self.tl)
         member = Member(key, process, sched, signals)
         for other in self.members:
             self._follow(member, other)
@@ -203,12 +195,7 @@ class SimSoak:
 
     def _follow(self, follower: Member, leader: Member) -> None:
         """``follower``'s best-effort tenants steal ``leader``'s latency-critical TPCs."""
-        if not follower.tenants(BE):
-            return
-        for name, signal in leader.signals.items():
-            tpcs = tuple(sorted(leader.scheduler.tenant(name).tpcs))
-            follower.scheduler.follow(TenantSpec(name, LC, tpcs=tpcs), RequestSignal.attach(signal.path))
-            self.stats["follows"] += 1
+        self.stats["follows"] += follow_member(follower.scheduler, leader.scheduler, leader.signals)
 
     def _leave(self, member: Member) -> None:
         member.alive = False
@@ -219,12 +206,9 @@ class SimSoak:
         for t in member.tenants(LC):
             if not t.gate.is_open() or t.gate_held:
                 self.problems.append(f"{t.name}: its gate was closed when it left")
-        if sched.requests_open or any(s.open_requests for s in member.signals.values()):
+        if request_left_open(sched, member.signals):
             self.problems.append(f"member {member.key}: a request was left open")
-        for other in self.members:
-            for name in member.signals:
-                if name in other.scheduler.followed():
-                    other.scheduler.unfollow(name)
+        unfollow_member((other.scheduler for other in self.members), member.signals)
         sched.close()
         for signal in member.signals.values():
             signal.close()
