@@ -49,7 +49,8 @@ def atomize(
     atom_blocks : int, optional
         Blocks per atom (wins over ``atom_us``).
     atom_us : float, optional
-        Target atom duration in microseconds (default ``LITHOS_ATOM_US``, 250).
+        Target atom duration in microseconds (default ``LITHOS_ATOM_US``, 1000:
+        `lithos_atom.settings.DEFAULT_ATOM_US`).
     strict : bool, optional
         Raise `UnsupportedKernelError` for kernels that cannot be split, instead of
         running them whole with a warning (default ``LITHOS_STRICT``, off).

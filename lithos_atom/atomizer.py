@@ -38,7 +38,7 @@ class AtomizeOptions:
         Wins over ``atom_us``. A NumPy integer is taken as an int.
     atom_us : float, optional
         Target atom duration in microseconds, finite and > 0 (default: ``LITHOS_ATOM_US``,
-        250). The first launch of each kernel shape runs whole and is timed with device
+        1000: `lithos_atom.settings.DEFAULT_ATOM_US`). The first launch of each kernel shape runs whole and is timed with device
         events. A NumPy number is taken as a float.
     strict : bool, optional
         Raise `lithos_atom.UnsupportedKernelError` for a kernel that cannot be atomized,
