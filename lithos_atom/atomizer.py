@@ -38,8 +38,8 @@ class AtomizeOptions:
         Wins over ``atom_us``. A NumPy integer is taken as an int.
     atom_us : float, optional
         Target atom duration in microseconds, finite and > 0 (default: ``LITHOS_ATOM_US``,
-        1000: `lithos_atom.settings.DEFAULT_ATOM_US`). The first launch of each kernel shape runs whole and is timed with device
-        events. A NumPy number is taken as a float.
+        1000: `lithos_atom.settings.DEFAULT_ATOM_US`). The first launch of each kernel
+        shape runs whole and is timed with device events. A NumPy number is taken as a float.
     strict : bool, optional
         Raise `lithos_atom.UnsupportedKernelError` for a kernel that cannot be atomized,
         instead of running it whole with an `AtomizeWarning` (default: ``LITHOS_STRICT``).
