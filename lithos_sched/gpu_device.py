@@ -27,41 +27,31 @@ the next partition of the same TPCs (up to ``max_idle_contexts``, least recently
 first out) and destroys it in `GpuDevice.close` or at exit. The driver was measured to
 keep about 4 MiB of device memory for every green context destroyed (driver 580, raw
 driver calls, ``scripts/green_leak.py``), so create/destroy cycles would leak.
+
+The split itself is `lithos_sched.gpu_split`; a partition's streams and events are
+`lithos_sched.gpu_stream`.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import logging
 import threading
 import time
-import warnings
 import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from lithos_sched.device_api import (
-    NULL_STREAM_HANDLES,
-    StreamPriority,
-    validate_priority,
-    validate_tpcs,
-)
+from lithos_sched.device_api import StreamPriority, validate_priority, validate_tpcs
 from lithos_sched.errors import LithosCudaError, PartitionError, check
 from lithos_sched.faults import is_sticky
+from lithos_sched.gpu_split import TPC_SMS, cuda_driver, split_for
+from lithos_sched.gpu_stream import GpuStream
 
 log = logging.getLogger("lithos_sched")
 
-_TPC_SMS = 2
 _CUDA_ERROR_DEINITIALIZED = 4  # at interpreter exit the driver may be gone before our finalizers
-
-
-def _driver() -> Any:
-    """The ``cuda.bindings`` driver module (imported late: CPU-only machines import this file)."""
-    from cuda.bindings import driver
-
-    return driver
 
 
 def _activate_primary(device_id: int) -> None:
@@ -81,7 +71,7 @@ def _activate_primary(device_id: int) -> None:
 def _bound(ctx: Any) -> Iterator[None]:
     """Make ``ctx`` current on this thread inside the block; restore the previous context
     afterwards, also when a call inside changed it."""
-    driver = _driver()
+    driver = cuda_driver()
     prev = check(driver.cuCtxGetCurrent(), "cuCtxGetCurrent")
     if int(prev) != int(ctx):
         check(driver.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
@@ -92,261 +82,14 @@ def _bound(ctx: Any) -> Iterator[None]:
             check(driver.cuCtxSetCurrent(prev), "cuCtxSetCurrent")
 
 
-# ---- the one split ------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class _SplitAttempt:
-    flags: int
-    min_count: int
-    label: str
-
-
-# Finest first: TPCs (flag 1 = CU_DEV_SM_RESOURCE_SPLIT_IGNORE_SM_COSCHEDULING), then the
-# driver's default, co-scheduling-aligned groups (8 SMs on the H100).
-_ATTEMPTS = (
-    _SplitAttempt(1, _TPC_SMS, "TPC (ignore SM co-scheduling, 2 SMs)"),
-    _SplitAttempt(0, _TPC_SMS, "default (co-scheduling aligned)"),
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class Split:
-    """The device's SM split, made once.
-
-    Attributes
-    ----------
-    groups : tuple
-        The ``CUdevResource`` groups, disjoint; group i is unit (TPC) i.
-    sms_per_unit : int
-        SMs per group (2: TPC granularity).
-    flags : int
-        The ``cuDevSmResourceSplitByCount`` flags that gave it.
-    label : str
-        Human-readable description.
-    unused_sms : int
-        SMs in no group (the split's remainder); no partition uses them.
-    """
-
-    groups: tuple[Any, ...]
-    sms_per_unit: int
-    flags: int
-    label: str
-    unused_sms: int
-
-
-def discover_units(resource: Any, num_sms: int) -> Split:
-    """Split the SM resource into the finest disjoint groups the driver offers.
-
-    Parameters
-    ----------
-    resource : CUdevResource
-        The device's SM resource (``cuDeviceGetDevResource``).
-    num_sms : int
-        SMs of the device.
-
-    Returns
-    -------
-    Split
-
-    Raises
-    ------
-    LithosCudaError
-        When every attempt fails; names the last driver error.
-
-    Warns
-    -----
-    RuntimeWarning
-        When the finest split is coarser than a TPC.
-    """
-    driver = _driver()
-    best: Split | None = None
-    failures: list[str] = []
-    last_error: LithosCudaError | None = None
-    for attempt in _ATTEMPTS:
-        try:
-            # n=0 asks only how many groups the split would make. The answer is a hint: if
-            # the query fails or says nothing, ask for as many groups as could fit; the
-            # driver makes what it can and says how many.
-            err, _, asked, _ = driver.cuDevSmResourceSplitByCount(0, resource, attempt.flags, attempt.min_count)
-            count = (int(asked) if int(err) == 0 else 0) or num_sms // attempt.min_count
-            result, made, _ = check(
-                driver.cuDevSmResourceSplitByCount(count, resource, attempt.flags, attempt.min_count),
-                "cuDevSmResourceSplitByCount")
-            groups = tuple(result)[: int(made)]
-        except LithosCudaError as exc:
-            last_error = exc
-            failures.append(f"{attempt.label}: {exc.name}")
-            continue
-        sizes = sorted({int(g.sm.smCount) for g in groups})
-        if len(sizes) != 1:
-            failures.append(f"{attempt.label}: group sizes {sizes or 'none'}")
-            continue
-        split = Split(groups, sizes[0], attempt.flags, attempt.label, num_sms - sizes[0] * len(groups))
-        if best is None or split.sms_per_unit < best.sms_per_unit:
-            best = split
-        if best.sms_per_unit <= _TPC_SMS:
-            break
-    if best is None:
-        detail = "; ".join(failures)
-        if last_error is not None:
-            raise LithosCudaError("cuDevSmResourceSplitByCount", last_error.code, f"{last_error.name} ({detail})")
-        raise LithosCudaError("cuDevSmResourceSplitByCount", 0, f"no usable split ({detail})")
-    if best.sms_per_unit != _TPC_SMS:
-        message = (f"lithos: the driver gives no TPC-granular split ({'; '.join(failures) or 'groups too big'}); "
-                   f"partitions are made of {best.sms_per_unit}-SM units ({best.label}), "
-                   f"{best.unused_sms} SMs unused")
-        log.warning(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
-    return best
-
-
-_splits: dict[int, Split] = {}
-_splits_lock = threading.Lock()
-
-
-def _split_for(device_id: int, cu_device: Any) -> tuple[Split, int]:
-    """The process's one split of ``device_id`` (made on first use) and the SM count."""
-    driver = _driver()
-    resource = check(driver.cuDeviceGetDevResource(cu_device, driver.CUdevResourceType.CU_DEV_RESOURCE_TYPE_SM),
-                     "cuDeviceGetDevResource")
-    num_sms = int(resource.sm.smCount)
-    with _splits_lock:
-        if device_id not in _splits:
-            _splits[device_id] = discover_units(resource, num_sms)
-        return _splits[device_id], num_sms
-
-
-# ---- events, streams, partitions --------------------------------------------------------
-
-
-class GpuEvent:
-    """A CUDA event (CuPy's) recorded on a stream.
-
-    Attributes
-    ----------
-    cupy : cupy.cuda.Event
-    """
-
-    def __init__(self, event: Any):
-        self.cupy = event
-
-    def query(self) -> bool:
-        """Whether the event has completed."""
-        return bool(self.cupy.done)
-
-    def synchronize(self) -> None:
-        """Wait for the event (the GIL is released)."""
-        self.cupy.synchronize()
-
-    def elapsed_ms(self, end: GpuEvent) -> float:
-        """Milliseconds from this event to ``end``."""
-        import cupy
-
-        return float(cupy.cuda.get_elapsed_time(self.cupy, end.cupy))
-
-
-class GpuStream:
-    """A stream of a green-context partition.
-
-    Attributes
-    ----------
-    handle : int
-        The ``CUstream``; never a null handle (0, 1 or 2), which would escape the partition.
-    priority : {"high", "normal"}
-    partition : GpuPartition
-
-    Raises
-    ------
-    PartitionError
-        At construction, for a null handle.
-    """
-
-    def __init__(self, handle: int, priority: StreamPriority, partition: GpuPartition):
-        import cupy
-
-        handle = int(handle)
-        if handle in NULL_STREAM_HANDLES:
-            raise PartitionError(f"refusing stream handle {handle}: the default stream escapes every partition")
-        self.handle = handle
-        self.priority = validate_priority(priority)
-        self.partition = partition
-        # CuPy keeps a reference to this object; it never destroys an external stream.
-        self._cupy = cupy.cuda.Stream.from_external(self)
-        self._numba: Any = None
-
-    def __cuda_stream__(self) -> tuple[int, int]:
-        """The CUDA stream protocol (version 0, handle)."""
-        self.partition._check_open()
-        return (0, self.handle)
-
-    @property
-    def cupy(self) -> Any:
-        """The same stream for CuPy: ``with stream.cupy:`` or ``k(..., stream=stream.cupy)``."""
-        self.partition._check_open()
-        return self._cupy
-
-    @property
-    def numba(self) -> Any:
-        """The same stream for Numba launches: ``k[grid, block, stream.numba](...)``."""
-        self.partition._check_open()
-        if self._numba is None:
-            from lithos_atom._compat import import_numba_cuda
-
-            self._numba = import_numba_cuda().external_stream(self.handle)
-        return self._numba
-
-    def record(self) -> GpuEvent:
-        """Record an event (timing enabled) after the work queued so far."""
-        import cupy
-
-        event = cupy.cuda.Event()
-        event.record(self.cupy)
-        return GpuEvent(event)
-
-    def wait(self, event: Any) -> None:
-        """Make later work on this stream wait for ``event`` (a `GpuEvent` or CuPy event)."""
-        self.cupy.wait_event(getattr(event, "cupy", event))
-
-    def synchronize(self) -> None:
-        """Wait until all work on this stream has finished (the GIL is released)."""
-        self.partition._check_open()
-        self._drain()
-
-    @contextlib.contextmanager
-    def use(self) -> Iterator[GpuStream]:
-        """Make this stream CuPy's current stream inside the block, and restore the previous one.
-
-        CuPy operations issued in the block without an explicit stream (ufuncs,
-        reductions, copies, cuBLAS ``a @ b``) run on the partition's TPCs. Work sent
-        explicitly to ``cupy.cuda.Stream.null`` (or any stream not of this partition)
-        still escapes the partition: the legacy default stream runs on every SM.
-
-        Yields
-        ------
-        GpuStream
-            This stream.
-        """
-        import cupy
-
-        with cupy.cuda.Device(self.partition.device.device_id), self.cupy:
-            current = cupy.cuda.get_current_stream().ptr
-            if current != self.handle:  # would mean CuPy ignored the stream: work would escape
-                raise RuntimeError(f"CuPy's current stream is {current:#x}, not the partition's {self.handle:#x}")
-            yield self
-
-    def _drain(self) -> None:
-        self._cupy.synchronize()
-
-    def __repr__(self) -> str:
-        return f"<GpuStream {self.priority} {self.handle:#x} of {self.partition!r}>"
+# ---- green contexts, partitions --------------------------------------------------------
 
 
 class _GreenContext:
     """A green context for one TPC set and its streams; owned by the device."""
 
     def __init__(self, device: GpuDevice, tpcs: frozenset[int]):
-        driver = _driver()
+        driver = cuda_driver()
         groups = [device._groups[t] for t in sorted(tpcs)]
         flags = driver.CUstream_flags.CU_STREAM_NON_BLOCKING
         with _bound(device._primary):
@@ -374,7 +117,7 @@ class _GreenContext:
 
 
 def _destroy_green_context(primary: Any, ctx: Any, handles: list[int]) -> None:
-    driver = _driver()
+    driver = cuda_driver()
     try:
         with _bound(primary):
             for h in handles:
@@ -391,7 +134,7 @@ def _destroy_green_context(primary: Any, ctx: Any, handles: list[int]) -> None:
 
 def _release_primary(cu_device: Any) -> None:
     try:
-        check(_driver().cuDevicePrimaryCtxRelease(cu_device), "cuDevicePrimaryCtxRelease")
+        check(cuda_driver().cuDevicePrimaryCtxRelease(cu_device), "cuDevicePrimaryCtxRelease")
     except LithosCudaError as exc:
         if exc.code != _CUDA_ERROR_DEINITIALIZED:
             raise
@@ -447,7 +190,7 @@ class GpuPartition:
 
     def stream(self, priority: StreamPriority = "normal") -> GpuStream:
         """The ``"high"`` or ``"normal"`` priority stream."""
-        self._check_open()
+        self.check_open()
         return self.high if validate_priority(priority) == "high" else self.normal
 
     def use(self, priority: StreamPriority = "normal") -> contextlib.AbstractContextManager[GpuStream]:
@@ -455,10 +198,11 @@ class GpuPartition:
         (see `GpuStream.use`)."""
         return self.stream(priority).use()
 
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
+        """Raise `PartitionError` once this partition or its device is closed."""
         if self.closed:
             raise PartitionError(f"partition of TPCs {sorted(self.tpcs)} is closed")
-        self.device._check_open()
+        self.device.check_open()
 
     def close(self) -> None:
         """Release this holder's claim; the last one waits for the partition's streams and
@@ -534,7 +278,7 @@ class GpuDevice:
         if isinstance(max_idle_contexts, bool) or not isinstance(max_idle_contexts, int) or max_idle_contexts < 0:
             raise PartitionError(f"max_idle_contexts must be a non-negative int, got {max_idle_contexts!r}")
         try:
-            driver = _driver()
+            driver = cuda_driver()
             init = driver.cuInit(0)
         except Exception as exc:  # no libcuda: a CPU-only machine
             raise RuntimeError(f"no CUDA driver ({exc}); use open_device(simulate=True)") from exc
@@ -553,7 +297,7 @@ class GpuDevice:
         raw_name = check(driver.cuDeviceGetName(256, self._cu_device), "cuDeviceGetName")
         self.name = raw_name.split(b"\0")[0].decode()
         self.driver_version = int(check(driver.cuDriverGetVersion(), "cuDriverGetVersion"))
-        split, self.num_sms = _split_for(device_id, self._cu_device)
+        split, self.num_sms = split_for(device_id, self._cu_device)
         self._groups = split.groups
         self.sms_per_unit = split.sms_per_unit
         self.split = split.label
@@ -589,10 +333,10 @@ class GpuDevice:
         LithosCudaError
             When the driver refuses the green context or its streams.
         """
-        self._check_open()
+        self.check_open()
         key = validate_tpcs(tpcs, self.num_tpcs)
         with self._lock:
-            self._check_open()
+            self.check_open()
             part = self._open.get(key)
             if part is not None:
                 part._holders += 1
@@ -651,7 +395,7 @@ class GpuDevice:
         """``GPU-`` and the 16 bytes of ``cuDeviceGetUuid`` as ``nvidia-smi -L`` prints a
         GPU's (a MIG instance's own bytes under MIG): the same in every process, whichever
         ordinal ``CUDA_VISIBLE_DEVICES`` gives the device there."""
-        raw = check(_driver().cuDeviceGetUuid(self._cu_device), "cuDeviceGetUuid").bytes.hex()
+        raw = check(cuda_driver().cuDeviceGetUuid(self._cu_device), "cuDeviceGetUuid").bytes.hex()
         return f"GPU-{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"
 
     def describe(self) -> dict[str, Any]:
@@ -659,7 +403,7 @@ class GpuDevice:
         return {
             "name": self.name, "simulated": False, "driver_version": self.driver_version,
             "sms": self.num_sms, "tpcs": self.num_tpcs, "sms_per_unit": self.sms_per_unit,
-            "granularity": "TPC" if self.sms_per_unit == _TPC_SMS else f"{self.sms_per_unit}-SM units",
+            "granularity": "TPC" if self.sms_per_unit == TPC_SMS else f"{self.sms_per_unit}-SM units",
             "split": self.split, "unused_sms": self.unused_sms,
         }
 
@@ -697,6 +441,7 @@ class GpuDevice:
             while len(self._idle) > self.max_idle_contexts:
                 self._idle.popitem(last=False)[1].destroy()
 
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
+        """Raise `PartitionError` once the device is closed."""
         if self.closed:
             raise PartitionError(f"device {self.device_id} ({self.name}) is closed")

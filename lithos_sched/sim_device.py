@@ -209,7 +209,7 @@ class SimStream:
         PartitionError
             On a closed partition or device.
         """
-        self.partition._check_open()
+        self.partition.check_open()
         if not is_int(start) or not (count is None or is_int(count)):
             raise ValueError(f"block range start and count must be ints, got {start!r} and {count!r}")
         count = kernel.grid_blocks - start if count is None else count
@@ -223,7 +223,7 @@ class SimStream:
 
     def record(self) -> SimEvent:
         """Enqueue an event; it completes when every earlier operation of the stream has."""
-        self.partition._check_open()
+        self.partition.check_open()
         event = SimEvent(self.device)
         self._ops.append(("record", event))
         self.device._progress()
@@ -232,7 +232,7 @@ class SimStream:
     def record_into(self, event: SimEvent) -> None:
         """Enqueue ``event`` again: pending from now on, it completes when every earlier
         operation of the stream has (``cuEventRecord`` of an existing event)."""
-        self.partition._check_open()
+        self.partition.check_open()
         mark = SimEvent(self.device)
         event.time_us, event.latest = None, mark
         self._ops.append(("record_into", (event, mark)))
@@ -241,7 +241,7 @@ class SimStream:
     def wait(self, event: SimEvent) -> None:
         """Later operations of this stream wait until ``event``'s latest record so far has
         completed (a record made later does not move the wait, as on a GPU)."""
-        self.partition._check_open()
+        self.partition.check_open()
         target = event.latest if event.latest is not None else event
         if target is event and event.time_us is not None:  # complete: for good, even if recorded again
             target = SimEvent(self.device)
@@ -252,14 +252,14 @@ class SimStream:
     def write_value(self, gate: Any, value: int) -> None:
         """Enqueue a write of ``value`` to the open word of a `lithos_sched.gates.Gate`,
         done once every earlier operation of the stream has (``cuStreamWriteValue32``)."""
-        self.partition._check_open()
+        self.partition.check_open()
         self._ops.append(("write_value", (gate, value)))
         self.device._progress()
 
     def wait_gate(self, gate: Any) -> None:
         """Later operations of this stream wait until the gate is open or forced
         (``cuStreamWaitValue64``); the wait is evaluated when the stream reaches it."""
-        self.partition._check_open()
+        self.partition.check_open()
         self._ops.append(("wait_gate", gate))
         self.device._progress()
 
@@ -274,7 +274,7 @@ class SimStream:
     @contextlib.contextmanager
     def use(self) -> Iterator[SimStream]:
         """Yield this stream (the simulator has no CuPy current stream to set)."""
-        self.partition._check_open()
+        self.partition.check_open()
         yield self
 
     def idle(self) -> bool:
@@ -328,7 +328,7 @@ class SimPartition:
 
     def stream(self, priority: StreamPriority = "normal", *, new: bool = False) -> SimStream:
         """The partition's stream of ``priority``; ``new=True`` makes another one."""
-        self._check_open()
+        self.check_open()
         priority = validate_priority(priority)
         if new:
             return self._new_stream(priority)
@@ -344,10 +344,11 @@ class SimPartition:
         self.device._streams.append(s)
         return s
 
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
+        """Raise `PartitionError` once this partition or its device is closed."""
         if self.closed:
             raise PartitionError(f"partition of TPCs {sorted(self.tpcs)} is closed")
-        self.device._check_open()
+        self.device.check_open()
 
     def close(self) -> None:
         """Release this holder's claim; the last one runs the partition's streams dry
@@ -452,7 +453,7 @@ class SimDevice:
         PartitionError
             For an empty set, non-int, duplicate or out-of-range ids, or a closed device.
         """
-        self._check_open()
+        self.check_open()
         key = validate_tpcs(tpcs, self.num_tpcs)
         part = self._partitions.get(key)
         if part is None:
@@ -537,7 +538,8 @@ class SimDevice:
         gone = {id(s) for s in part._streams}
         self._streams = [s for s in self._streams if id(s) not in gone]
 
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
+        """Raise `PartitionError` once the device is closed."""
         if self.closed:
             raise PartitionError("the simulated device is closed")
 

@@ -23,6 +23,7 @@ from lithos_sched import (
     open_device,
 )
 from lithos_sched import gpu_device as gd
+from lithos_sched import gpu_split
 from lithos_sched.device_api import NULL_STREAM_HANDLES, validate_priority, validate_tpcs
 from lithos_sched.errors import check
 from lithos_sched.smid_probe import unit_map_problems
@@ -239,10 +240,11 @@ class FakeDriver:
 @pytest.fixture
 def fake(monkeypatch):
     drv = FakeDriver()
-    monkeypatch.setattr(gd, "_driver", lambda: drv)
+    monkeypatch.setattr(gd, "cuda_driver", lambda: drv)
+    monkeypatch.setattr(gpu_split, "cuda_driver", lambda: drv)
     monkeypatch.setattr(gd, "_activate_primary", lambda device_id: None)
     monkeypatch.setattr(gd.GpuStream, "_drain", lambda self: None)  # no CUDA runtime to wait on here
-    monkeypatch.setattr(gd, "_splits", {})
+    monkeypatch.setattr(gpu_split, "_splits", {})
     return drv
 
 
