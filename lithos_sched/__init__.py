@@ -42,7 +42,8 @@ from lithos_sched.scheduler import (
     set_scheduler,
     using_scheduler,
 )
-from lithos_sched.sim_device import BlockRecord, SimDevice, SimKernel
+from lithos_sched.sim_device import SimDevice
+from lithos_sched.sim_kernel import BlockRecord, SimKernel
 from lithos_sched.tenant import Priority, TenantConfigError, TenantSpec
 from lithos_sched.visible_gpus import visible_sim_gpus
 

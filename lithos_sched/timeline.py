@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from lithos_atom import driver_calls
 from lithos_sched.gates import WAIT_MASK, Gate, GateMemory
-from lithos_sched.sim_device import SimEvent
+from lithos_sched.sim_kernel import SimEvent
 
 #: Pauses of a bounded GPU wait asked for no poll: a quarter of the time waited so far, from
 #: the first to the second (us), so a long wait takes the GIL back a few times per ms at most.

@@ -8,7 +8,7 @@ import pytest
 
 from lithos_atom.plan import KernelKey
 from lithos_sched import Policy, Priority, Scheduler, SimDevice, TenantSpec
-from lithos_sched.sim_device import SimKernel
+from lithos_sched.sim_kernel import SimKernel
 from lithos_sched.scheduler import AtomRecord
 from lithos_sched.timeline import SimTimeline
 

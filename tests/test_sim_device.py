@@ -368,7 +368,7 @@ def test_a_partition_stays_open_until_every_holder_closed_it():
 
 
 def test_a_wait_keeps_the_record_it_was_given_when_the_event_is_recorded_again():
-    from lithos_sched.sim_device import SimEvent, SimKernel
+    from lithos_sched.sim_kernel import SimEvent, SimKernel
 
     dev = SimDevice(num_tpcs=4, seed=0)
     a, b = dev.partition([0, 1]), dev.partition([2, 3])

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from lithos_atom.bench.burn import BURN, THREADS
-from lithos_sched.sim_device import SimKernel
+from lithos_sched.sim_kernel import SimKernel
 from lithos_sched.smid_probe import sms_of
 
 _EMPTY = 'extern "C" __global__ void empty(int* p) {}'

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from lithos_atom.bench import ml_services
-from lithos_sched.sim_device import SimKernel
+from lithos_sched.sim_kernel import SimKernel
 
 #: Ops of one decoder layer, in the order `DecoderStack.forward` runs them.
 DECODER_OPS = ("ln1", "qkv_gemm", "attention", "out_gemm", "residual1", "ln2", "ffn1_gemm", "gelu", "ffn2_gemm",

@@ -18,7 +18,8 @@ from lithos_atom.bench.tenant_pair import pair_specs, pair_tpcs
 from lithos_atom.plan import KernelKey, LaunchPlan
 from lithos_sched.policy import Policy
 from lithos_sched.scheduler import Scheduler
-from lithos_sched.sim_device import SimDevice, SimKernel
+from lithos_sched.sim_device import SimDevice
+from lithos_sched.sim_kernel import SimKernel
 from lithos_sched.timeline import SimTimeline
 
 

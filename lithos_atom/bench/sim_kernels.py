@@ -17,7 +17,7 @@ import dataclasses
 import math
 from typing import Any
 
-from lithos_sched.sim_device import SimKernel
+from lithos_sched.sim_kernel import SimKernel
 
 
 @dataclasses.dataclass(frozen=True)
