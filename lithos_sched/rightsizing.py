@@ -27,7 +27,8 @@ from collections.abc import Hashable, Mapping
 import numpy as np
 
 from lithos_sched.fields import is_int, is_number, require
-from lithos_sched.scaling import ProfileStore, ScalingModel, ScalingProfile, fill_tpcs
+from lithos_sched.scaling import ProfileStore, ScalingProfile
+from lithos_sched.scaling_fit import ScalingModel, fill_tpcs
 
 #: Fractions of the home partition probed, in order, while a profile is being learned.
 EXPLORE_LADDER = (1.0, 0.75, 0.5, 0.25)

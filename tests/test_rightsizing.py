@@ -18,7 +18,8 @@ from lithos_atom.plan import KernelKey
 from lithos_sched import SimKernel, open_device
 from lithos_sched.partition_timing import TimingOptions, default_sizes, profile_on_partitions, validate_sizes
 from lithos_sched.rightsizing import RightSizeOptions, RightSizer, choose_tpcs
-from lithos_sched.scaling import ProfileStore, ScalingModel, fit_scaling
+from lithos_sched.scaling import ProfileStore
+from lithos_sched.scaling_fit import ScalingModel, fit_scaling
 from tests.conftest import cuda_device_count, early, start_early
 
 SIZES = np.array([66, 59, 53, 46, 40, 33, 26, 20, 13, 7])

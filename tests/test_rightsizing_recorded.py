@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lithos_sched.rightsizing import RightSizeOptions, choose_tpcs
-from lithos_sched.scaling import fit_scaling
+from lithos_sched.scaling_fit import fit_scaling
 
 REPORT = Path(__file__).resolve().parents[1] / "bench/results/h100-2026-11-25-rightsizing/rightsizing.json"
 

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lithos_atom.plan import KernelKey
-from lithos_sched.scaling import ProfileStore, ScalingModel, ScalingProfile, default_cache_dir, fill_tpcs, fit_scaling
+from lithos_sched.scaling import ProfileStore, ScalingProfile, default_cache_dir
+from lithos_sched.scaling_fit import ScalingModel, fill_tpcs, fit_scaling
 
 SIZES = np.array([66, 59, 53, 46, 40, 33, 26, 20, 13, 7])
 
