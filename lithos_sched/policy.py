@@ -13,6 +13,8 @@ from lithos_sched.fields import is_int, is_number, require
 BLOCKING_WAITS = ("none", "best-effort", "all")
 #: The values of `Policy.issue_ahead_of_drain`.
 ISSUE_AHEAD = ("none", "home", "all")
+#: The values of `Policy.lend_best_effort_tpcs`.
+LEND_MODES = ("gated", "priority", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,14 +55,19 @@ class Policy:
         `steal_queue_us` ahead, a request stops them at the next atom boundary and its end
         resumes them, with no host round trip. Stolen atoms run on a partition of the
         stolen TPCs only, beside the tenant's own queue at home, so a closed gate stops
-        nothing at home unless `lend_best_effort_tpcs` lends those TPCs too. False, or a device that cannot map the gate words (one warning):
-        the host decides every stolen atom, with the queue caps, holds and polls below.
-    lend_best_effort_tpcs : bool
+        nothing at home unless `lend_best_effort_tpcs` gates those TPCs too. False, or a
+        device that cannot map the gate words (one warning): the host decides every stolen
+        atom, with the queue caps, holds and polls below.
+    lend_best_effort_tpcs : {"gated", "priority", "none"}
         With `device_gates`, latency-critical kernels of this process run on their own
-        TPCs and on those of this process's best-effort tenants, whose atoms at home then
-        wait behind the same gates and are sized by `atom_us`: a request gets the whole GPU
-        within about one atom instead of its share only (LithOS lends TPCs both ways).
-        Tenants of other processes keep their own TPCs.
+        TPCs and on those of this process's best-effort tenants (LithOS lends TPCs both
+        ways). "gated" (the default): best-effort atoms at home wait behind the same gates
+        and are sized by `atom_us`, so a request gets the whole GPU after at most one
+        atom, and the best-effort tenant gives up its own TPCs while a request runs.
+        "priority": home atoms do not wait; the latency-critical kernels' blocks take the
+        home TPCs as best-effort blocks end, by stream priority (the best-effort tenant
+        keeps more, the request waits longer). "none": each keeps to its own TPCs.
+        Tenants of other processes keep to their own TPCs.
     steal_queue_us : float
         With `device_gates`, how much best-effort work is queued on stolen TPCs while
         their gates are open (while one is closed the rest of the launch goes home). Deeper
@@ -145,7 +152,7 @@ class Policy:
     home_queue_cap_us: float = 2000.0
     issue_ahead_of_drain: Literal["none", "home", "all"] = "none"
     device_gates: bool = True
-    lend_best_effort_tpcs: bool = True
+    lend_best_effort_tpcs: Literal["gated", "priority", "none"] = "gated"
     steal_queue_us: float = 2000.0
     stealing: bool = True
     steal_max_block_us: float = 1500.0
@@ -178,6 +185,8 @@ class Policy:
                 "an int >= 0", self.steal_reserve_tpcs)
         require(self.blocking_waits in BLOCKING_WAITS, "Policy.blocking_waits", f"one of {BLOCKING_WAITS}",
                 self.blocking_waits)
+        require(self.lend_best_effort_tpcs in LEND_MODES, "Policy.lend_best_effort_tpcs", f"one of {LEND_MODES}",
+                self.lend_best_effort_tpcs)
         require(self.issue_ahead_of_drain in ISSUE_AHEAD, "Policy.issue_ahead_of_drain", f"one of {ISSUE_AHEAD}",
                 self.issue_ahead_of_drain)
         for field in dataclasses.fields(self):

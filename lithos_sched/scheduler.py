@@ -139,7 +139,7 @@ class Scheduler(SchedulerRecords, RemoteTenants, LatencyCriticalLaunches, BestEf
         """Where `Policy.lend_best_effort_tpcs` and the gates allow, move each
         latency-critical tenant onto a partition of its TPCs and the best-effort tenants'."""
         lent = frozenset().union(*(t.tpcs for t in self.tenants.values() if t.priority is Priority.BEST_EFFORT))
-        if not (self.policy.lend_best_effort_tpcs and lent and self._gated()):
+        if not (self.policy.lend_best_effort_tpcs != "none" and lent and self._gated()):
             return
         for t in self._lc:
             t.run_on(self.device.partition(t.tpcs | lent))
@@ -147,6 +147,8 @@ class Scheduler(SchedulerRecords, RemoteTenants, LatencyCriticalLaunches, BestEf
     def _home_gates(self) -> list[Gate]:
         """The gates best-effort atoms at home wait behind: those of the latency-critical
         tenants of this process that borrow best-effort TPCs (`_lend_best_effort_tpcs`)."""
+        if self.policy.lend_best_effort_tpcs != "gated":
+            return []
         return [t.gate for t in self._lc if t.gate is not None and not t.remote and t.home.tpcs != t.tpcs]
 
     # ---- public API --------------------------------------------------------------

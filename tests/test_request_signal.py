@@ -167,7 +167,7 @@ def run_through_a_request(tmp_path, steal_poll_us: float, close_at_us: float) ->
     """A best-effort kernel of 20 ms on its own TPCs, launched while the remote tenant is
     inside a request that closes ``close_at_us`` later: its run time and stolen atoms."""
     device = SimDevice(num_tpcs=8, seed=0)
-    sched = Scheduler(device, SPECS, Policy(lc_idle_grace_us=0.0, steal_poll_us=steal_poll_us, lend_best_effort_tpcs=False))
+    sched = Scheduler(device, SPECS, Policy(lc_idle_grace_us=0.0, steal_poll_us=steal_poll_us, lend_best_effort_tpcs="none"))
     tl = sched.timeline = SimTimeline(device)
     be = sched.tenant("be")
     with RequestSignal.create(tmp_path) as signal:

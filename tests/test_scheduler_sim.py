@@ -181,7 +181,7 @@ def test_a_launch_shared_by_home_and_stolen_tpcs_is_split_once_in_whole_waves():
 
 @pytest.mark.parametrize("gates", [False, True])
 def test_best_effort_is_not_starved_by_a_busy_latency_critical_tenant(gates):
-    device, sched = make(Policy(atom_us=200.0, queue_cap_us=100.0, device_gates=gates, lend_best_effort_tpcs=False))
+    device, sched = make(Policy(atom_us=200.0, queue_cap_us=100.0, device_gates=gates, lend_best_effort_tpcs="none"))
     tl = sched.timeline
     lc, be = sched.tenant("lc"), sched.tenant("be")
     stop = []
@@ -226,8 +226,24 @@ def test_a_request_borrows_the_best_effort_tpcs_and_holds_their_atoms_at_most_th
     sched.close()
 
 
+def test_lending_by_priority_leaves_the_home_atoms_ungated():
+    """``lend_best_effort_tpcs="priority"``: the latency-critical kernels still run on every
+    TPC, but best-effort atoms at home never wait at a gate (a closed gate holds only the
+    stolen ones), so a request that never ends does not hold them."""
+    device, sched = make(Policy(atom_us=200.0, request_hold_max_us=50_000.0, lend_best_effort_tpcs="priority"))
+    tl = sched.timeline
+    lc, be = sched.tenant("lc"), sched.tenant("be")
+    assert lc.home.tpcs == device.all_tpcs()
+    tl.store_gate(lc.gate, 0)  # a request opens, and never closes
+    sched.submit_for(be, sim_plan(device, SimKernel("be", 8 * 40, 100.0)))
+    done = tl.record(be.stream)
+    tl.synchronize(done)
+    assert done.time_us <= 1.1 * 40 * 100.0 and be.stats.forced_gate_opens == 0  # 40 waves of 100 us on its 8 SMs
+    sched.close()
+
+
 def test_without_lending_the_latency_critical_tenant_keeps_to_its_own_tpcs():
-    device, sched = make(Policy(atom_us=200.0, lend_best_effort_tpcs=False))
+    device, sched = make(Policy(atom_us=200.0, lend_best_effort_tpcs="none"))
     lc = sched.tenant("lc")
     assert lc.home.tpcs == lc.tpcs != device.all_tpcs()
     sched.close()
@@ -236,7 +252,7 @@ def test_without_lending_the_latency_critical_tenant_keeps_to_its_own_tpcs():
 def test_atoms_stranded_behind_a_closed_gate_are_let_through_after_the_hold_bound():
     """Atoms queued on stolen TPCs before a request that never ends pass its gate once
     they waited `Policy.request_hold_max_us`: the best-effort launch completes."""
-    device, sched = make(Policy(atom_us=200.0, request_hold_max_us=2000.0, lend_best_effort_tpcs=False))
+    device, sched = make(Policy(atom_us=200.0, request_hold_max_us=2000.0, lend_best_effort_tpcs="none"))
     tl = sched.timeline
     lc, be = sched.tenant("lc"), sched.tenant("be")
     tl.call_at(150.0, lambda: tl.store_gate(lc.gate, 0))  # a request opens, and never closes
@@ -384,7 +400,7 @@ def test_invalid_tenant_spec_names_the_field(kwargs, match):
 
 @pytest.mark.parametrize("field, value", [("atom_us", 0), ("queue_cap_us", -1.0), ("lc_idle_grace_us", -5.0),
                                           ("gil_switch_interval_s", 0.0), ("steal_reserve_tpcs", -1),
-                                          ("steal_reserve_tpcs", 1.5)])
+                                          ("steal_reserve_tpcs", 1.5), ("lend_best_effort_tpcs", True)])
 def test_invalid_policy_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         Policy(**{field: value})
@@ -466,7 +482,7 @@ def test_best_effort_queues_deeper_only_on_tpcs_no_latency_critical_tenant_uses(
 
 
 def test_work_a_latency_critical_tenant_runs_outside_the_scheduler_keeps_its_tpcs_from_stealing():
-    device, sched = make(Policy(atom_us=200.0, queue_cap_us=100.0, lend_best_effort_tpcs=False))
+    device, sched = make(Policy(atom_us=200.0, queue_cap_us=100.0, lend_best_effort_tpcs="none"))
     lc, be = sched.tenant("lc"), sched.tenant("be")
     opaque = SimKernel("opaque", 2, 3000.0)  # a CuPy/cuBLAS op on the tenant's stream, not intercepted
     lc.home.high.launch(opaque)
@@ -525,7 +541,7 @@ def test_request_windows_are_traced_on_the_atoms_clock(tmp_path):
 def test_with_gates_atoms_on_stolen_tpcs_are_short_and_those_at_home_long():
     """Gated, one launch runs on two queues at once: on the idle tenant's TPCs in atoms of
     `Policy.atom_us` (two 100 us waves) and at home in atoms of up to `Policy.home_atom_us`."""
-    device, sched = make(Policy(atom_us=200.0, home_atom_us=800.0, lend_best_effort_tpcs=False))
+    device, sched = make(Policy(atom_us=200.0, home_atom_us=800.0, lend_best_effort_tpcs="none"))
     be, lc = sched.tenant("be"), sched.tenant("lc")
     for i in range(3):
         sched.submit_for(be, sim_plan(device, SimKernel(f"be{i}", 8 * 200, 100.0)))

@@ -37,7 +37,7 @@ def teach(sched: Scheduler, wave_us: float) -> None:
 
 @pytest.mark.parametrize("gates", [False, True])
 def test_a_short_launch_runs_whole_as_one_timed_atom_and_the_user_stream_waits_for_it(gates):
-    sched, tl = scheduler(Policy(device_gates=gates, lend_best_effort_tpcs=False))
+    sched, tl = scheduler(Policy(device_gates=gates, lend_best_effort_tpcs="none"))
     be = sched.tenant("be")
     teach(sched, 100.0)
     assert be.atomizer.launch_whole(launch_on(tl, "k"), None, lambda: SHAPE) is True
@@ -86,7 +86,7 @@ def test_the_policy_can_turn_it_off():
 
 
 def test_a_whole_launch_on_the_users_own_stream_needs_no_ordering_event():
-    sched, tl = scheduler(Policy(stealing=False, lend_best_effort_tpcs=False))
+    sched, tl = scheduler(Policy(stealing=False, lend_best_effort_tpcs="none"))
     be = sched.tenant("be")
     teach(sched, 100.0)
     assert be.atomizer.launch_whole(launch_on(tl, "k"), None, lambda: SHAPE) is True

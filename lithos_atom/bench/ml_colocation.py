@@ -25,8 +25,9 @@ GPT-2-small training step (``gpt2_training``). For each pair, side by side in on
   (`Tenant.follow_requests`; `MLColocationConfig.mps_steal_max_block_us`). These two
   run only on a GPU with MPS; the simulated device has no interpreter to share, and
   reports them skipped.
-- ``lithos_no_steal`` / ``lithos_no_atoms`` / ``lithos_unlent``: ablations (the last, of
-  `Policy.lend_best_effort_tpcs`, only when asked for)
+- ``lithos_no_steal`` / ``lithos_no_atoms``: ablations; ``lithos_unlent`` /
+  ``lithos_lend_priority``: `Policy.lend_best_effort_tpcs` "none" and "priority", only when
+  asked for
 - ``lithos_rightsized``: lithos with right-sizing, the TPCs the inference service does not
   need going to the best-effort job. On the GPU each request runs in `Tenant.on_tpcs` on
   the fewest of the inference TPCs that keep a request of its batch within 5% (whole
@@ -84,17 +85,18 @@ PAIRS: tuple[str, ...] = ("training", "batch_inference")
 #: Every scenario, in report order.
 SCENARIOS: tuple[str, ...] = ("lc_alone", "be_alone", "streams", "priorities", "processes", "mps",
                               "static_split", "mps_static_split", "lithos", "lithos_mps", "lithos_no_steal",
-                              "lithos_no_atoms", "lithos_rightsized", "lithos_mps_rightsized", "lithos_unlent")
+                              "lithos_no_atoms", "lithos_rightsized", "lithos_mps_rightsized", "lithos_unlent",
+                              "lithos_lend_priority")
 
-#: The scenarios run unless asked for (``lithos_unlent``, the ablation of TPC lending, on request).
-DEFAULT_SCENARIOS: tuple[str, ...] = tuple(s for s in SCENARIOS if s != "lithos_unlent")
+#: The scenarios run unless asked for (the variants of TPC lending run on request).
+DEFAULT_SCENARIOS: tuple[str, ...] = tuple(s for s in SCENARIOS if s not in ("lithos_unlent", "lithos_lend_priority"))
 
 #: Scenarios with one process per tenant under MPS, each on its TPCs (GPU only).
 PROCESS_SCENARIOS: tuple[str, ...] = ("mps_static_split", "lithos_mps", "lithos_mps_rightsized")
 
 #: The scenarios that run the lithos scheduler (see `scheduler_for`).
 LITHOS_SCENARIOS: tuple[str, ...] = ("lithos", "lithos_no_steal", "lithos_no_atoms", "lithos_rightsized",
-                                     "lithos_unlent")
+                                     "lithos_unlent", "lithos_lend_priority")
 
 #: Scenarios that run both tenants (the baselines lithos is compared with, and lithos).
 COLOCATED: tuple[str, ...] = tuple(s for s in SCENARIOS if s not in ("lc_alone", "be_alone"))
@@ -424,7 +426,8 @@ def scheduler_for(name: str, device: Any, specs: Sequence[Any], right_sizer: Any
     """
     policies = {"lithos": Policy(), "lithos_no_steal": Policy(stealing=False),
                 "lithos_no_atoms": Policy(atomize_best_effort=False), "lithos_rightsized": Policy(),
-                "lithos_unlent": Policy(lend_best_effort_tpcs=False)}
+                "lithos_unlent": Policy(lend_best_effort_tpcs="none"),
+                "lithos_lend_priority": Policy(lend_best_effort_tpcs="priority")}
     if name not in policies:
         raise ValueError(f"not a lithos scenario: {name!r}; expected one of {list(policies)}")
     return Scheduler(device, specs, policies[name], right_sizer=right_sizer if name == "lithos_rightsized" else None)
