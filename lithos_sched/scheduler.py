@@ -90,6 +90,8 @@ class Scheduler(RemoteTenants, LatencyCriticalLaunches, BestEffortPlacement, Dev
     default tenant (`set_default_tenant`).
     """
 
+    wants_sized_plans = False  # `BestEffortPlacement._atom_blocks` sizes every atom
+
     def __init__(
         self,
         device: Any,
