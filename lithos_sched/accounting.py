@@ -119,10 +119,11 @@ class UnsplitWork:
     ends the gap (`end_gap`), and the time between the two events is that work's device
     time (read once complete, `retire_gaps`). Where the event is complete, the stream had
     caught up and may have idled while the host ran Python, so the gap's length says
-    nothing of the work in it: it counts as untimed. Not seen at all: work before a
-    tenant's first launch and after its last, work on other streams than its launches',
-    how a gap's time divides among the calls in it, and best-effort CUDA graphs (run whole
-    at home). The cost: one event recorded per launch, and one more per timed gap.
+    nothing of the work in it: it counts as untimed. A best-effort CUDA graph launched on
+    the stream between two launches (it runs whole, at home) is part of that gap's work.
+    Not seen at all: work before a tenant's first launch and after its last, work on other
+    streams than its launches', and how a gap's time divides among the calls in it. The
+    cost: one event recorded per launch, and one more per timed gap.
 
     Attributes
     ----------

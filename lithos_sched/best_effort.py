@@ -278,9 +278,9 @@ class BestEffortPlacement:
             reasons = t.stats.unsplit_reasons
             for r in t.book.unsplit.trace.rows():
                 opaque = r.kernel == OPAQUE_WORK
-                args = {"stream": f"{r.stream:#x}"} if opaque else {
-                    "reason": reasons.get(r.kernel, ""), "blocks": r.blocks, "tpcs": len(r.tpcs),
-                    "stolen": r.stolen, "predicted_us": r.predicted_us}
+                args = {"tenant": r.tenant, "stream": f"{r.stream:#x}"} if opaque else {
+                    "tenant": r.tenant, "reason": reasons.get(r.kernel, ""), "blocks": r.blocks,
+                    "tpcs": len(r.tpcs), "stolen": r.stolen, "predicted_us": r.predicted_us}
                 events.append({"name": r.kernel, "ph": "X", "ts": r.start_us, "dur": r.duration_us,
                                "pid": "unsplit work", "tid": r.tenant, "args": args})
         return events
