@@ -27,6 +27,12 @@ if TYPE_CHECKING:
 _SHORT_REASON = "predicted to run within one atom"
 
 
+def _cannot_split(plan: LaunchPlan) -> bool:
+    """Whether ``plan`` runs whole because its kernel cannot be split (not merely because
+    it is predicted within one atom, `Policy.short_best_effort_whole`)."""
+    return not plan.atomized and plan.reason != _SHORT_REASON
+
+
 class BestEffortPlacement:
     """`Scheduler`'s best-effort launch path (a mixin of `Scheduler`)."""
 
@@ -50,7 +56,7 @@ class BestEffortPlacement:
     def _run_best_effort(self, tenant: Tenant, plan: LaunchPlan, user: Any) -> None:
         tl = self.timeline
         user_handle = tl.handle(user)
-        unsplit = not plan.atomized and plan.reason != _SHORT_REASON  # it cannot be split
+        unsplit = _cannot_split(plan)
         if unsplit:
             tenant.stats.unsplit_reasons.setdefault(plan.key.name, plan.reason or "")
         # Atoms start after what the tenant queued before the launch. A launch run whole is
@@ -236,7 +242,7 @@ class BestEffortPlacement:
         whole kernel (`_unsplit_may_steal`)."""
         if not self.policy.stealing:
             return False
-        if not plan.atomized and plan.reason != _SHORT_REASON:
+        if _cannot_split(plan):
             return self._unsplit_may_steal(tenant, plan)
         wave_us = self.predictor.wave_us(plan.key, tenant.home.num_tpcs)
         return wave_us is None or wave_us <= self.policy.steal_max_block_us
