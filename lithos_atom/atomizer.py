@@ -97,6 +97,10 @@ class Atomizer:
         Naming the parameter or the ``LITHOS_*`` variable, when one is invalid.
     """
 
+    #: Whether `submit` issues a plan in the atoms its front end sized (`LaunchPlan.atom_blocks`).
+    #: A scheduler sizes each atom where it places it, so front ends skip sizing for one.
+    wants_sized_plans: bool = True
+
     def __init__(self, *, atom_blocks: int | None = None, atom_us: float | None = None, strict: bool | None = None):
         self.options = AtomizeOptions(atom_blocks=atom_blocks, atom_us=atom_us, strict=strict).resolved()
         self._warned: set[str] = set()

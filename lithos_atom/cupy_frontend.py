@@ -333,8 +333,13 @@ class AtomizedRawKernel:
         *,
         shared_mem: int = 0,
         options: AtomizeOptions | None = None,
+        sized: bool = True,
     ) -> LaunchPlan:
         """Build the `LaunchPlan` of one launch without issuing anything.
+
+        With ``sized=False`` (for an atomizer that sizes atoms itself: a scheduler, see
+        `Atomizer.wants_sized_plans`) the plan is one atom of every block, and no launch
+        duration is looked up to size it.
 
         Raises
         ------
@@ -389,7 +394,7 @@ class AtomizedRawKernel:
             function((count, 1, 1), block3, (*args, np.uint64(start), gx, gy, gz),
                      shared_mem=shared_mem, stream=as_cupy_stream(stream))
 
-        atom_blocks = choose_atom_blocks(
+        atom_blocks = total if not sized else choose_atom_blocks(
             total, wave, atom_blocks=opts.atom_blocks, atom_us=opts.atom_us, launch_us=DURATIONS.estimate_us(key)
         )
         return LaunchPlan.build(key, total, atom_blocks, issue_range, wave_blocks=wave)
@@ -411,7 +416,8 @@ class AtomizedRawKernel:
 
         with passthrough():  # kernels lithos launches while dispatching run as CuPy's
             atomizer.dispatch(original, stream, lambda: self.shape(grid, block, args, shared_mem=shared_mem),
-                              lambda: self.plan(grid, block, args, shared_mem=shared_mem, options=self.options),
+                              lambda: self.plan(grid, block, args, shared_mem=shared_mem, options=self.options,
+                                                sized=atomizer.wants_sized_plans),
                               self._source.name)
 
 

@@ -78,7 +78,8 @@ def _make_classes(module_cls: type, function_cls: type) -> tuple[type, type]:
                 atomizer.dispatch(
                     lambda s: original(grid, block, args, shared_mem=shared_mem, stream=as_cupy_stream(s)), stream,
                     lambda: atomized.shape(grid, block, args, shared_mem=shared_mem),
-                    lambda: atomized.plan(grid, block, args, shared_mem=shared_mem, options=atomizer.options),
+                    lambda: atomized.plan(grid, block, args, shared_mem=shared_mem, options=atomizer.options,
+                                          sized=atomizer.wants_sized_plans),
                     self.lithos_source.name)
 
     class GeneratedModule(module_cls):  # type: ignore[misc, valid-type]

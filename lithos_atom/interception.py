@@ -42,7 +42,7 @@ def _make_classes(raw_kernel: type, raw_module: type) -> tuple[type, type]:
         with passthrough():  # kernels lithos launches while dispatching run as CuPy's
             atomizer.dispatch(original, stream, lambda: atomized.shape(grid, block, args, shared_mem=shared_mem),
                               lambda: atomized.plan(grid, block, args, shared_mem=shared_mem,
-                                                    options=atomizer.options),
+                                                    options=atomizer.options, sized=atomizer.wants_sized_plans),
                               atomized.source.name)
 
     class RawKernel(raw_kernel):  # type: ignore[misc, valid-type]

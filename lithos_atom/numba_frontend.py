@@ -171,8 +171,13 @@ def plan_launch(
     sharedmem: int,
     options: AtomizeOptions,
     original_launch: Any,
+    sized: bool = True,
 ) -> LaunchPlan:
     """Build the `LaunchPlan` of one Numba launch (arguments are packed now, once).
+
+    With ``sized=False`` (for an atomizer that sizes atoms itself: a scheduler, see
+    `Atomizer.wants_sized_plans`) the plan is one atom of every block, and no launch
+    duration is looked up to size it.
 
     Raises
     ------
@@ -209,7 +214,7 @@ def plan_launch(
             writeback()
 
     wave = _wave_blocks(prepared, tuple(blockdim), sharedmem)
-    atom_blocks = choose_atom_blocks(
+    atom_blocks = total if not sized else choose_atom_blocks(
         total, wave, atom_blocks=options.atom_blocks, atom_us=options.atom_us, launch_us=DURATIONS.estimate_us(key)
     )
     return LaunchPlan.build(key, total, atom_blocks, issue_range, wave_blocks=wave, finish=finish)
@@ -238,7 +243,7 @@ def _launch_hook(self: Any, args: Any, griddim: Any, blockdim: Any, stream: Any 
     atomizer.dispatch(lambda s: original(self, args, griddim, blockdim, _core_stream(s), sharedmem), stream,
                       lambda: launch_shape(self, tuple(args), tuple(griddim), tuple(blockdim), sharedmem),
                       lambda: plan_launch(self, tuple(args), tuple(griddim), tuple(blockdim), stream, sharedmem,
-                                          options, original))
+                                          options, original, atomizer.wants_sized_plans))
 
 
 def acquire_hook() -> None:

@@ -18,13 +18,19 @@ from lithos_atom.plan import LaunchPlan, LaunchShape, WholeLaunch
 from lithos_sched.gates import Gate
 from lithos_sched.tenant import Priority
 
-from lithos_sched.accounting import AtomRecord
+from lithos_sched.accounting import OPAQUE_WORK, AtomRecord
 
 if TYPE_CHECKING:
     from lithos_sched.tenant_runtime import Tenant
 
 #: `LaunchPlan.reason` of a best-effort launch run unsplit by `Policy.short_best_effort_whole`
 _SHORT_REASON = "predicted to run within one atom"
+
+
+def _cannot_split(plan: LaunchPlan) -> bool:
+    """Whether ``plan`` runs whole because its kernel cannot be split (not merely because
+    it is predicted within one atom, `Policy.short_best_effort_whole`)."""
+    return not plan.atomized and plan.reason != _SHORT_REASON
 
 
 class BestEffortPlacement:
@@ -50,9 +56,15 @@ class BestEffortPlacement:
     def _run_best_effort(self, tenant: Tenant, plan: LaunchPlan, user: Any) -> None:
         tl = self.timeline
         user_handle = tl.handle(user)
+        unsplit = _cannot_split(plan)
+        if unsplit:
+            tenant.stats.unsplit_reasons.setdefault(plan.key.name, plan.reason or "")
         # Atoms start after what the tenant queued before the launch. A launch run whole is
         # one atom: that order is recorded only if it lands on another stream than the user's.
-        before = tl.record(user) if plan.atomized else None
+        # An event that ends the gap since the tenant's previous launch marks that point too.
+        before = tenant.book.unsplit.end_gap(tl, user, tenant.stats)
+        if before is None and plan.atomized:
+            before = tl.record(user)
         joined: set[int] = set()  # handles of the streams ordered after ``before``
         last_on: dict[int, Any] = {}  # stream handle -> end event of its last atom
         issued = 0  # blocks issued so far, in order
@@ -71,7 +83,9 @@ class BestEffortPlacement:
                 tl.wait_gate(stream, gate)
             predicted = self.predictor.predict_us(plan.key, partition.num_tpcs, count,
                                                   self._wave_blocks(plan, partition))
-            last_on[h] = self._issue(tenant, plan, issued, count, partition, stream, predicted, stolen).end
+            record = self._issue(tenant, plan, issued, count, partition, stream, predicted, stolen)
+            record.unsplit = unsplit
+            last_on[h] = record.end
             issued += count
             broken = False
 
@@ -91,6 +105,9 @@ class BestEffortPlacement:
                 for h, end in last_on.items():
                     if h != user_handle:
                         tl.wait(user, end)
+                if last_on:  # the next gap starts where the user's stream passes this launch
+                    tenant.book.unsplit.start_gap(tl, user, last_on[user_handle] if len(last_on) == 1 and
+                                                  user_handle in last_on else None)
 
     def _place_host(self, tenant: Tenant, plan: LaunchPlan, issue: Callable[..., None],
                     remaining: Callable[[], int]) -> None:
@@ -219,12 +236,60 @@ class BestEffortPlacement:
         return record.stolen or (record.tenant.priority is Priority.BEST_EFFORT and bool(self._home_gates()))
 
     def _may_steal(self, tenant: Tenant, plan: LaunchPlan) -> bool:
-        """Whether ``plan``'s atoms may run on stolen TPCs: stealing is on and its blocks
-        are short enough to give TPCs back quickly (`Policy.steal_max_block_us`)."""
+        """Whether ``plan``'s atoms may run on stolen TPCs: stealing is on and what cannot
+        be stopped is short enough to give TPCs back quickly (`Policy.steal_max_block_us`):
+        its blocks (waves), or, for a kernel that cannot be split and runs whole, the
+        whole kernel (`_unsplit_may_steal`)."""
         if not self.policy.stealing:
             return False
+        if _cannot_split(plan):
+            return self._unsplit_may_steal(tenant, plan)
         wave_us = self.predictor.wave_us(plan.key, tenant.home.num_tpcs)
         return wave_us is None or wave_us <= self.policy.steal_max_block_us
+
+    def _unsplit_may_steal(self, tenant: Tenant, plan: LaunchPlan) -> bool:
+        """Whether a kernel that cannot be split may run on stolen TPCs, which it holds
+        until it ends: where it is predicted (on its tenant's own TPCs) to end within
+        `Policy.steal_max_block_us`, or, never timed, where the tenant's latest unsplit
+        kernels all did (`UnsplitWork.longest_recent_us`). A tenant's first unsplit kernel
+        runs at home, where it is timed."""
+        predicted = self.predictor.predict_us(plan.key, tenant.home.num_tpcs, plan.total_blocks,
+                                              self._wave_blocks(plan, tenant.home))
+        if predicted is None:
+            predicted = tenant.book.unsplit.longest_recent_us()
+        return predicted is not None and predicted <= self.policy.steal_max_block_us
+
+    def _retire_unsplit(self, tenant: Tenant, record: AtomRecord, measured_us: float) -> None:
+        """Account (and trace) a finished kernel of ``tenant`` that ran whole because it
+        cannot be split (`AtomRecord.unsplit`)."""
+        tenant.book.unsplit.kernel_done(tenant.stats, measured_us)
+        if self._trace_on:
+            tl = self.timeline
+            tenant.book.unsplit.trace.append(
+                record.key.name, tenant.name, record.partition.tpcs, tl.handle(record.stream), record.start_block,
+                record.count, record.predicted_us, record.stolen, tl.elapsed_us(self._t0, record.start), measured_us)
+
+    def _retire_opaque(self, tenant: Tenant) -> None:
+        """Account (and trace) the timed gaps of ``tenant``'s stream that are over (`UnsplitWork`)."""
+        if tenant.book.unsplit.gaps:
+            tenant.book.unsplit.retire_gaps(self.timeline, tenant.stats, self._t0,
+                                            tenant.name if self._trace_on else None)
+
+    def unsplit_trace_events(self) -> list[dict[str, Any]]:
+        """Perfetto events of the tenants' unsplit work: an "unsplit work" process with a
+        thread per tenant, each kernel run whole (its reason in its arguments) and each
+        timed gap of work lithos never saw (`OPAQUE_WORK`: cuBLAS and other library calls)."""
+        events = []
+        for t in self.tenants.values():
+            reasons = t.stats.unsplit_reasons
+            for r in t.book.unsplit.trace.rows():
+                opaque = r.kernel == OPAQUE_WORK
+                args = {"tenant": r.tenant, "stream": f"{r.stream:#x}"} if opaque else {
+                    "tenant": r.tenant, "reason": reasons.get(r.kernel, ""), "blocks": r.blocks,
+                    "tpcs": len(r.tpcs), "stolen": r.stolen, "predicted_us": r.predicted_us}
+                events.append({"name": r.kernel, "ph": "X", "ts": r.start_us, "dur": r.duration_us,
+                               "pid": "unsplit work", "tid": r.tenant, "args": args})
+        return events
 
     def _steal_partition(self, lcs: Sequence[Tenant]) -> Any:
         """The partition of the stealable TPCs of the latency-critical tenants ``lcs``, or
@@ -338,8 +403,7 @@ class BestEffortPlacement:
         free = [t.stealable if t.idle() else t.stealable - t.busy_tpcs() for t in self._lc]
         if not any(free):
             return tenant.home, False
-        wave_us = self.predictor.wave_us(plan.key, tenant.home.num_tpcs)
-        if wave_us is not None and wave_us > policy.steal_max_block_us:
+        if not self._may_steal(tenant, plan):
             return tenant.home, False
         tpcs = frozenset(tenant.tpcs).union(*free)
         part = self._steal_partitions.get(tpcs)

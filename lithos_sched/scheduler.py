@@ -89,6 +89,8 @@ class Scheduler(SchedulerRecords, RemoteTenants, LatencyCriticalLaunches, BestEf
     default tenant (`set_default_tenant`).
     """
 
+    wants_sized_plans = False  # `BestEffortPlacement._atom_blocks` sizes every atom
+
     def __init__(
         self,
         device: Any,

@@ -80,7 +80,8 @@ class SchedulerRecords:
 
     def export_trace(self, path: str | Path) -> Path:
         """Write a Chrome/Perfetto trace of every retired atom (one process per partition,
-        one thread per stream) and of the requests (one thread per tenant). Returns the path."""
+        one thread per stream), of the requests and of the unsplit work (one thread per
+        tenant each: `unsplit_trace_events`). Returns the path."""
         events = [
             {"name": r.kernel, "ph": "X", "ts": r.start_us, "dur": r.duration_us, "pid": f"TPCs {_ranges(r.tpcs)}",
              "tid": f"{r.tenant} stream {r.stream:#x}",
@@ -90,6 +91,7 @@ class SchedulerRecords:
         ]
         events += [{"name": "request", "ph": "X", "ts": start, "dur": dur, "pid": "requests", "tid": name}
                    for name, start, dur in self.request_windows()]
+        events += self.unsplit_trace_events()
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
@@ -103,6 +105,7 @@ class SchedulerRecords:
             while tenant.book.request_marks and tl.done(tenant.book.request_marks[0][1]):
                 begin, end = tenant.book.request_marks.popleft()
                 self._request_windows.append((tenant.name, tl.elapsed_us(self._t0, begin), tl.elapsed_us(begin, end)))
+            self._retire_opaque(tenant)
             done = [r for r in tenant.book.inflight if tl.done(r.end)]
             if not done:
                 return
@@ -115,6 +118,8 @@ class SchedulerRecords:
                 self.right_sizer.observe(r.key, r.partition.num_tpcs, r.count, r.wave_blocks, measured)
             tenant.stats.busy_ms += measured / 1000.0
             tenant.stats.tpc_ms += measured / 1000.0 * r.partition.num_tpcs
+            if r.unsplit:
+                self._retire_unsplit(tenant, r, measured)
             if self._trace_on:
                 self._trace.append(r.key.name, tenant.name, r.partition.tpcs, tl.handle(r.stream), r.start_block,
                                    r.count, r.predicted_us, r.stolen, tl.elapsed_us(self._t0, r.start), measured)

@@ -450,6 +450,8 @@ def current_tenant() -> Tenant | None:
 class TenantAtomizer(Atomizer):
     """Routes a bound thread's intercepted launches to the scheduler."""
 
+    wants_sized_plans = False  # the scheduler sizes each atom where it places it
+
     def __init__(self, scheduler: Scheduler, tenant: Tenant):
         super().__init__(atom_us=scheduler.policy.atom_us, strict=False)
         self.scheduler = scheduler

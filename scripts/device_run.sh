@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything lithos does on the lent GPU, in one call: install, GPU tests, benchmarks.
 # Usage (on the device machine, from the repo root): bash scripts/device_run.sh [what...]
-#   what: probe | gates | tests | atoms | partitions | colocation | ml | study | rightsizing | rightsized | kernels |
+#   what: probe | gates | matmul | tests | atoms | partitions | colocation | ml | study | rightsizing | rightsized | kernels |
 #         diag | arms | mps_split | mps_confine | services | ml_models | stacking | rightsize_services
 #   (default: probe tests atoms partitions colocation ml rightsizing; ml: the default ML study, 3 interleaved
 #   rounds at load 0.5, ML_DURATION (--ml-duration, default the bench's 1.5 s) per scenario and round;
@@ -30,6 +30,9 @@
 #   plainly and under the opt-in at one-block atoms, the subsets SUITE_NUMBA / SUITE_CUPY, each pytest
 #   run bounded by SUITE_TIMEOUT (55 s), about 4 minutes; ufunc_cost: scripts/diag_ufunc_cost.py, the host
 #   cost of an intercepted CuPy ufunc launch against CuPy's own, about 20 s;
+#   matmul: scripts/diag_matmul_vs_gemm.py, cupy.matmul (cuBLAS, run whole) against kernels.gemm (atomized) in a
+#   best-effort job: each alone, and the requests of a latency-critical tenant beside each (MATMUL_SECONDS, default 4,
+#   per arm), about 40 s;
 #   mps_confine: scripts/diag_mps_confine.py, whether two MPS clients' green contexts are
 #   different physical SMs, about 20 s;
 #   rightsized: the ML bench's inference + training pair, lithos with and without
@@ -107,6 +110,10 @@ for w in "${what[@]}"; do
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     ufunc_cost)
       python3 scripts/diag_ufunc_cost.py --json "$STAGE/ufunc-cost.json" 2>&1 | tee "$STAGE/ufunc-cost.log" | tail -12
+      [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+    matmul)
+      PYTHONPATH=$PWD python3 scripts/diag_matmul_vs_gemm.py --seconds "${MATMUL_SECONDS:-4}" \
+        --json "$STAGE/diag-matmul.json" 2>&1 | tee "$STAGE/diag-matmul.log" | tail -12
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     gates)
       python3 scripts/probe_gates.py "$STAGE/probe-gates.json" 2>&1 | tee "$STAGE/probe-gates.log" | tail -20

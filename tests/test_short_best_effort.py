@@ -62,7 +62,8 @@ def test_a_short_launch_runs_whole_as_one_timed_atom_and_the_user_stream_waits_f
         return
     before = tl.ops[0]
     assert before[:2] == ("record", user) and tl.ops[1] == ("wait", stream, before[2])  # after earlier work
-    assert tl.ops[-1] == ("wait", user, rec.end)  # later work on the user's stream runs after it
+    assert tl.ops[-2] == ("wait", user, rec.end)  # later work on the user's stream runs after it
+    assert tl.ops[-1] == ("record", user, be.book.unsplit.gap_start[1])  # where the gap to the next launch starts
     assert (be.stats.kernels, be.stats.atoms, be.stats.timed_atoms) == (1, 1, 1)
 
 
