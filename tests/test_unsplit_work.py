@@ -25,7 +25,7 @@ REASON = "uses grid-wide sync (cooperative launch)"
 
 def make(**policy):  # noqa: ANN003, ANN201
     device = SimDevice(num_tpcs=8, seed=0)
-    sched = Scheduler(device, SPECS, Policy(atom_us=200.0, lend_best_effort_tpcs=False, **policy))
+    sched = Scheduler(device, SPECS, Policy(atom_us=200.0, lend_best_effort_tpcs="none", **policy))
     sched.timeline = SimTimeline(device)
     return device, sched
 
