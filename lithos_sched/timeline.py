@@ -187,6 +187,8 @@ class CupyTimeline:
     driver take an interrupt when the GPU reaches it.
     """
 
+    virtual = False
+
     def __init__(self) -> None:
         import cupy
 
