@@ -24,7 +24,7 @@ from lithos_atom.compile import cuda_source_to_ptx, link_ptx, register_cap
 from lithos_atom import driver_calls, driver_launch
 from lithos_atom.errors import AtomizeError, UnsupportedKernelError
 from lithos_atom.indexing import total_blocks as count_blocks
-from lithos_atom.plan import KernelKey, LaunchPlan, LaunchShape
+from lithos_atom.plan import KernelKey, LaunchPlan, LaunchShape, arg_shapes
 from lithos_atom.ptx import RewriteResult, rewrite_module
 from lithos_atom.sizing import choose_atom_blocks
 
@@ -270,9 +270,6 @@ def _threads(block: tuple[int, int, int]) -> int:
     return max(1, block[0]) * max(1, block[1]) * max(1, block[2])
 
 
-def _arg_shapes(args: Sequence[Any]) -> tuple:
-    return tuple(getattr(a, "shape", ()) for a in args)
-
 
 class AtomizedRawKernel:
     """A CuPy raw kernel whose launches run as atoms; call it like the kernel itself.
@@ -319,7 +316,7 @@ class AtomizedRawKernel:
     def shape(self, grid: Any, block: Any, args: Sequence[Any], *, shared_mem: int = 0) -> LaunchShape:
         """The `LaunchShape` of one launch (for a scheduler that runs it unsplit)."""
         grid3, block3 = _dim3(grid, "grid"), _dim3(block, "block")
-        key = KernelKey(self._source.name, grid3, block3, int(shared_mem), _arg_shapes(tuple(args)))
+        key = KernelKey(self._source.name, grid3, block3, int(shared_mem), arg_shapes(tuple(args)))
         prepared = self.prepared()
         wave = (_wave_blocks(prepared.for_block(_threads(block3)), block3, shared_mem)
                 if isinstance(prepared, PreparedKernel) else 0)
@@ -349,7 +346,7 @@ class AtomizedRawKernel:
         opts = options or self.options
         grid3, block3 = _dim3(grid, "grid"), _dim3(block, "block")
         args = tuple(args)
-        key = KernelKey(self._source.name, grid3, block3, int(shared_mem), _arg_shapes(args))
+        key = KernelKey(self._source.name, grid3, block3, int(shared_mem), arg_shapes(args))
         total = grid3[0] * grid3[1] * grid3[2]
         reason = None
         prepared = self.prepared()

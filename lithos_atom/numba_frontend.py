@@ -22,7 +22,7 @@ from lithos_atom.atomizer import DURATIONS, AtomizeOptions, Atomizer
 from lithos_atom.active import get_atomizer
 from lithos_atom.compile import link_ptx, register_cap
 from lithos_atom.errors import AtomizeError, UnsupportedKernelError
-from lithos_atom.plan import KernelKey, LaunchPlan, LaunchShape
+from lithos_atom.plan import KernelKey, LaunchPlan, LaunchShape, arg_shapes
 from lithos_atom.ptx import RewriteResult, rewrite_module
 from lithos_atom.sizing import choose_atom_blocks
 
@@ -144,14 +144,11 @@ def _wave_blocks(prepared: PreparedNumbaKernel, block: tuple[int, int, int], sha
     return max(1, per_sm) * import_numba_cuda().get_current_device().MULTIPROCESSOR_COUNT
 
 
-def _arg_shapes(args: tuple) -> tuple:
-    return tuple(getattr(a, "shape", ()) for a in args)
-
 
 def _key(kernel: Any, args: tuple, griddim: tuple[int, int, int], blockdim: tuple[int, int, int],
          sharedmem: int) -> KernelKey:
     name = getattr(kernel, "entry_name", None) or str(getattr(kernel, "py_func", kernel))
-    return KernelKey(name, tuple(griddim), tuple(blockdim), int(sharedmem), _arg_shapes(args))
+    return KernelKey(name, tuple(griddim), tuple(blockdim), int(sharedmem), arg_shapes(args))
 
 
 def launch_shape(kernel: Any, args: tuple, griddim: tuple[int, int, int], blockdim: tuple[int, int, int],

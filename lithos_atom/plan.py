@@ -42,6 +42,20 @@ class KernelKey:
     arg_shapes: tuple = ()
 
 
+def arg_shapes(args: Any) -> tuple:
+    """The `KernelKey.arg_shapes` of a launch's arguments: each argument's ``shape`` as a
+    tuple of ints (``()`` for scalars and for objects without one), so the key hashes
+    whatever the argument types (CuPy's own kernels pass indexers whose shape is a list)."""
+    out = []
+    for a in args:
+        shape = getattr(a, "shape", ())
+        try:
+            out.append(tuple(int(d) for d in shape))
+        except (TypeError, ValueError):  # not a sequence of ints: no shape to tell launches apart by
+            out.append(())
+    return tuple(out)
+
+
 @dataclasses.dataclass(frozen=True)
 class LaunchShape:
     """What a scheduler needs to time and predict an unsplit launch.
