@@ -42,6 +42,7 @@ WAIT_VALUE_AND = 0x2
 #: ``cuMemHostRegister`` flags: usable from every context, mapped into the device's space.
 HOST_REGISTER_PORTABLE = 0x1
 HOST_REGISTER_DEVICEMAP = 0x2
+CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED = 712
 
 EVENT_DEFAULT = 0
 EVENT_BLOCKING_SYNC = 1
@@ -66,6 +67,8 @@ _SIGNATURES: dict[str, tuple] = {
     "cuMemHostRegister_v2": (_P, ctypes.c_size_t, _U),
     "cuMemHostUnregister": (_P,),
     "cuMemHostGetDevicePointer_v2": (ctypes.POINTER(ctypes.c_uint64), _P, _U),
+    "cuMemHostAlloc": (ctypes.POINTER(_P), ctypes.c_size_t, _U),
+    "cuMemFreeHost": (_P,),
 }
 
 
@@ -236,16 +239,42 @@ def stream_is_capturing(stream: int) -> bool:
 def host_register(address: int, size: int) -> int:
     """Page-lock ``size`` bytes of host memory at ``address`` and map them into every
     context's device space (``cuMemHostRegister``, portable and device-mapped); returns
-    their device address."""
+    their device address. A registration the driver still holds for the same address
+    (memory of an earlier mapping, unmapped without unregistering) is dropped first."""
     lib = _lib()
-    _check("cuMemHostRegister", lib.cuMemHostRegister_v2(address, size,
-                                                          HOST_REGISTER_PORTABLE | HOST_REGISTER_DEVICEMAP))
+    flags = HOST_REGISTER_PORTABLE | HOST_REGISTER_DEVICEMAP
+    code = lib.cuMemHostRegister_v2(address, size, flags)
+    if code == CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED:
+        _check("cuMemHostUnregister", lib.cuMemHostUnregister(address))
+        code = lib.cuMemHostRegister_v2(address, size, flags)
+    _check("cuMemHostRegister", code)
     device = ctypes.c_uint64()
     code = lib.cuMemHostGetDevicePointer_v2(ctypes.byref(device), address, 0)
     if code:
         lib.cuMemHostUnregister(address)
         _check("cuMemHostGetDevicePointer", code)
     return int(device.value)
+
+
+def host_alloc_mapped(size: int) -> tuple[int, int]:
+    """``size`` bytes of page-locked host memory mapped into every context's device space
+    (``cuMemHostAlloc``, portable and device-mapped); returns ``(host, device)`` addresses.
+    Free it with `host_free`."""
+    lib = _lib()
+    host = _P()
+    _check("cuMemHostAlloc", lib.cuMemHostAlloc(ctypes.byref(host), size,
+                                                HOST_REGISTER_PORTABLE | HOST_REGISTER_DEVICEMAP))
+    device = ctypes.c_uint64()
+    code = lib.cuMemHostGetDevicePointer_v2(ctypes.byref(device), host, 0)
+    if code:
+        lib.cuMemFreeHost(host)
+        _check("cuMemHostGetDevicePointer", code)
+    return int(host.value or 0), int(device.value)
+
+
+def host_free(address: int) -> None:
+    """Free memory of `host_alloc_mapped` (``cuMemFreeHost``)."""
+    _check("cuMemFreeHost", _lib().cuMemFreeHost(address))
 
 
 def host_unregister(address: int) -> None:

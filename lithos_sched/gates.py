@@ -17,7 +17,7 @@ so a process that finds a gate forced by one that died can clear it
 otherwise leave the latency-critical tenant unprotected for good.
 
 The words live in host memory that the driver maps into the device's address space
-(``cuMemHostRegister``): the host reads a gate with a plain load and may store it, and the
+(``cuMemHostAlloc`` for a process's own gates, ``cuMemHostRegister`` for a shared file's): the host reads a gate with a plain load and may store it, and the
 memory can be a file in ``/dev/shm`` mapped by several processes, so a gate is shared
 between a latency-critical process and the best-effort processes that follow it
 (`lithos_sched.request_signal.RequestSignal` carries one).
@@ -50,59 +50,72 @@ class GateMemory:
         `close`.
     """
 
-    def __init__(self, mapping: mmap.mmap) -> None:
+    def __init__(self, mapping: mmap.mmap, *, shared: bool = True) -> None:
         if len(mapping) < PAGE_BYTES:
             raise ValueError(f"gate memory needs at least {PAGE_BYTES} bytes, got {len(mapping)}")
         self._map = mapping
         self._anchor = ctypes.c_char.from_buffer(mapping)  # pins the buffer: its address must not move
         self.host_address = ctypes.addressof(self._anchor)
         self.words = np.frombuffer(mapping, dtype=np.uint32, count=PAGE_BYTES // 4)
+        self._shared = shared
+        self._pinned = False  # the words moved to driver-allocated memory (`device_address`)
         self._device_address: int | None = None
         self._lock = threading.Lock()
 
     @classmethod
     def anonymous(cls) -> GateMemory:
         """Gate memory private to this process."""
-        return cls(mmap.mmap(-1, PAGE_BYTES))
+        return cls(mmap.mmap(-1, PAGE_BYTES), shared=False)
 
     def device_address(self) -> int:
-        """The page's address in the device's space, registering it with the driver on
-        first use (needs a GPU; the simulated device never asks).
+        """The page's address in the device's space, mapped on first use (needs a GPU; the
+        simulated device never asks). Memory private to this process moves to a page the
+        driver allocates mapped (``cuMemHostAlloc``: what host-mapped memory is made for;
+        gates read it through `words` as before); a shared file's page is registered
+        (``cuMemHostRegister``), since other processes map the same file.
 
         Raises
         ------
         lithos_atom.errors.LithosCudaError
-            When the driver refuses to register or map the page.
+            When the driver refuses to allocate, register or map the page.
         """
         with self._lock:
             if self._device_address is None:
                 from lithos_atom import driver_calls
 
-                self._device_address = driver_calls.in_cupy_context(driver_calls.host_register,
-                                                                     self.host_address, PAGE_BYTES)
+                if self._shared:
+                    self._device_address = driver_calls.in_cupy_context(driver_calls.host_register,
+                                                                         self.host_address, PAGE_BYTES)
+                else:
+                    host, device = driver_calls.in_cupy_context(driver_calls.host_alloc_mapped, PAGE_BYTES)
+                    words = np.ctypeslib.as_array((ctypes.c_uint32 * (PAGE_BYTES // 4)).from_address(host))
+                    words[:] = self.words
+                    self.words, self.host_address, self._pinned = words, host, True
+                    self._device_address = device
             return self._device_address
 
     def close(self) -> None:
-        """Unregister the page from the driver (if registered) and unmap it (idempotent);
-        its gates then read open and not forced."""
+        """Give the page back to the driver (unregister it, or free the page it allocated)
+        and unmap it (idempotent); its gates then read open and not forced."""
         with self._lock:
             if self._map.closed:
                 return
+            # readers from now on (a thread that still holds a gate) find it open and not
+            # forced, as a released tenant's should be; the buffer's exports go before it closes
+            self.words = np.tile(np.array([OPEN, 0], dtype=np.uint32), PAGE_BYTES // 8)
             if self._device_address is not None:
                 from lithos_atom import driver_calls
                 from lithos_sched.faults import is_sticky
 
+                release = driver_calls.host_free if self._pinned else driver_calls.host_unregister
                 try:
-                    driver_calls.in_cupy_context(driver_calls.host_unregister, self.host_address)
+                    driver_calls.in_cupy_context(release, self.host_address)
                 except Exception as exc:
                     if not is_sticky(exc):  # a context lost to a fault took the registration with it
                         raise
                 self._device_address = None
-        # buffer exports must go before the map closes; a gate read after (a thread that
-        # still holds it) finds it open and not forced, as a released tenant's should be
-        self.words = np.tile(np.array([OPEN, 0], dtype=np.uint32), PAGE_BYTES // 8)
-        del self._anchor
-        self._map.close()
+            del self._anchor
+            self._map.close()
 
     @property
     def closed(self) -> bool:
