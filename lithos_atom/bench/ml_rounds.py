@@ -61,23 +61,32 @@ def _quiet_round(cfg: MLColocationConfig, trace_dir: Any) -> dict[str, Any]:
 
 def _sim_rounds(cfgs: Sequence[MLColocationConfig], console: Any, trace_dir: Any,
                 load: dict[str, Any]) -> list[dict[str, Any]]:
-    """The simulated rounds of ``cfgs``, one process each, up to one per CPU (the rounds
-    share nothing, and each is deterministic wherever it runs); round 0 writes the traces."""
+    """The simulated rounds of ``cfgs``, each pair of each round a process of its own, up
+    to one per CPU (they share nothing, and each is deterministic wherever it runs: a
+    pair's figures are those of the whole round's run); round 0 writes the traces."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    workers = min(len(cfgs), os.cpu_count() or 1)
+    jobs = [(r, dataclasses.replace(c, pairs=(pair,))) for r, c in enumerate(cfgs) for pair in c.pairs]
+    workers = min(len(jobs), os.cpu_count() or 1)
     if workers == 1:
         return [{"round": r, "seed": c.seed, **sim_round(c, trace_dir if r == 0 else None, console)}
                 for r, c in enumerate(cfgs)]
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        futures = [pool.submit(_quiet_round, c, trace_dir if r == 0 else None) for r, c in enumerate(cfgs)]
+        futures = [pool.submit(_quiet_round, c, trace_dir if r == 0 else None) for r, c in jobs]
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=True) as progress:
             task = progress.add_task(f"ML rounds (simulated, {load['rate_hz']:.4g} requests/s, {workers} processes)",
-                                     total=len(cfgs))
+                                     total=len(jobs))
             for _ in as_completed(futures):
                 progress.advance(task)
-        return [{"round": r, "seed": c.seed, **f.result()} for r, (c, f) in enumerate(zip(cfgs, futures))]
+        parts = [f.result() for f in futures]
+    out = []
+    for r, c in enumerate(cfgs):
+        mine = [part for (job_round, _), part in zip(jobs, parts) if job_round == r]
+        merged = {**mine[0], "config": {**mine[0]["config"], "pairs": tuple(c.pairs)},
+                  "pairs": {pair: res for part in mine for pair, res in part["pairs"].items()}}
+        out.append({"round": r, "seed": c.seed, **merged})
+    return out
 
 
 def study_slo(cfg: MLColocationConfig, rounds: Sequence[dict[str, Any]]) -> tuple[float | None, dict[str, Any]]:
