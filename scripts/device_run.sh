@@ -3,6 +3,7 @@
 # Usage (on the device machine, from the repo root): bash scripts/device_run.sh [what...]
 #   what: probe | gates | matmul | tests | atoms | partitions | colocation | ml | study | rightsizing | rightsized | kernels |
 #         diag | arms | mps_split | mps_confine | services | ml_models | stacking | rightsize_services
+#   tests: the GPU tier, bounded by TESTS_TIMEOUT (420 s) and each test by GPU_TEST_TIMEOUT (150 s);
 #   (default: probe tests atoms partitions colocation ml rightsizing; ml: the default ML study, 3 interleaved
 #   rounds at load 0.5, ML_DURATION (--ml-duration, default the bench's 1.5 s) per scenario and round;
 #   study: the interleaved ML study one pair per command, for each of STUDY_PAIRS (training batch_inference),
@@ -69,7 +70,9 @@ for w in "${what[@]}"; do
         python3 -c "from cuda.bindings import nvjitlink, nvrtc; print('nvjitlink', nvjitlink.version(), 'nvrtc', nvrtc.nvrtcVersion())"
       } 2>&1 | tee "$STAGE/probe.log" ;;
     tests)
-      python3 -m pytest -q -m gpu tests -p no:cacheprovider --junitxml="$STAGE/gpu-tests.xml" 2>&1 | tee "$STAGE/gpu-tests.log" | tail -40
+      # bounded below the device tool's limit, so the logs come back (one test: GPU_TEST_TIMEOUT, 150 s)
+      timeout -s INT "${TESTS_TIMEOUT:-420}" python3 -m pytest -q -m gpu tests -p no:cacheprovider \
+        --junitxml="$STAGE/gpu-tests.xml" 2>&1 | tee "$STAGE/gpu-tests.log" | tail -40
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     kernels)
       python3 -m kernels.bench --size bench --json "$STAGE/bench-kernels.json" 2>&1 | tee "$STAGE/bench-kernels.log" | tail -60
