@@ -72,21 +72,23 @@ def lc_figures(arrivals_s: Sequence[float], latencies_ms: Sequence[float], cfg: 
     return out
 
 
-def be_figures(done_s: Sequence[float], cfg: MLColocationConfig) -> dict[str, Any]:
-    """BE figures of the measured window from iteration completion times.
+def be_figures(done_s: Sequence[float], cfg: MLColocationConfig, steps: int = 1) -> dict[str, Any]:
+    """BE figures of the measured window from completion times.
 
-    Throughput is ``(n - 1) / (last - first)`` over the ``n`` completions inside the
-    window (sub-iteration precision for long iterations); with fewer than two it is
-    ``n / duration`` and ``coarse`` is True.
+    ``done_s`` holds ``steps`` completions per iteration (1: whole iterations; the
+    simulated device gives one per kernel). Throughput is ``(n - 1) / (last - first)``
+    over the ``n`` completions inside the window, divided by ``steps`` (sub-iteration
+    precision); with fewer than two it is ``n / steps / duration`` and ``coarse`` is True.
+    ``iterations`` is ``n / steps``.
     """
     t = np.sort(np.asarray(done_s, dtype=np.float64))
     t = t[(t >= cfg.warmup_s) & (t <= cfg.span_s)]
     n = int(t.size)
     if n >= 2 and t[-1] > t[0]:
-        rate, coarse = (n - 1) / float(t[-1] - t[0]), False
+        rate, coarse = (n - 1) / float(t[-1] - t[0]) / steps, False
     else:
-        rate, coarse = n / cfg.duration_s, True
-    return {"iterations": n, "iters_per_s": rate, "coarse": coarse}
+        rate, coarse = n / steps / cfg.duration_s, True
+    return {"iterations": n / steps if steps > 1 else n, "iters_per_s": rate, "coarse": coarse}
 
 
 def summarize_pair(scenarios: dict[str, Any], slo_ms: float | None) -> dict[str, Any]:

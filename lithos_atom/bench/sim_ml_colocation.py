@@ -124,7 +124,7 @@ class ScenarioRun:
         self.lc_kernels, self.be_kernels = lc_kernels, be_kernels
         self.arrivals_s: list[float] = []
         self.latencies_ms: list[float] = []
-        self.be_done_s: list[float] = []
+        self.be_done_s: list[float] = []  # when each BE kernel completed (`be_loop`)
         self._pending: collections.deque[tuple[Any, float]] = collections.deque()
 
     def lc_requests(self, submit: Callable[[Any], Any], done_event: Callable[[], Any]) -> None:
@@ -159,21 +159,29 @@ class ScenarioRun:
             tl.call_at(nxt if nxt is not None else tl.now_us() + 1.0, self._check)
 
     def be_loop(self, submit: Callable[[Any], Any], done_event: Callable[[], Any]) -> None:
-        """BE iterations back to back, ``be_queue_depth`` queued, until the span ends."""
+        """BE iterations back to back, ``be_queue_depth`` queued, until the span ends. The
+        completion of every kernel is kept (`be_done_s`, `be_steps` to an iteration), so a
+        window that holds few iterations still measures the work done in it."""
         tl = self.timeline
         end_us = self.cfg.span_s * 1e6
         queued: list[Any] = []
+        marks: list[Any] = []
         assert self.be_kernels is not None
         while tl.now_us() < end_us:
             for k in self.be_kernels:
                 submit(sim_plan(self.device, k))
-            queued.append(done_event())
+                marks.append(done_event())
+            queued.append(marks[-1])
             while len(queued) > self.cfg.be_queue_depth:
                 tl.synchronize(queued.pop(0))
-                self.be_done_s.append(tl.now_us() / 1e6)
         for ev in queued:
             tl.synchronize(ev)
-            self.be_done_s.append(tl.now_us() / 1e6)
+        self.be_done_s = [ev.time_us / 1e6 for ev in marks]
+
+    @property
+    def be_steps(self) -> int:
+        """Kernels in one BE iteration: entries of `be_done_s` per iteration."""
+        return len(self.be_kernels or ()) or 1
 
     def finish(self) -> None:
         """Let the last requests complete."""
@@ -184,7 +192,7 @@ class ScenarioRun:
         if lc:
             out["hp"] = lc_figures(self.arrivals_s, self.latencies_ms, self.cfg)
         if be:
-            out["be"] = be_figures(self.be_done_s, self.cfg)
+            out["be"] = be_figures(self.be_done_s, self.cfg, self.be_steps)
         return out
 
 

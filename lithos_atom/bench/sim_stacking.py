@@ -91,7 +91,7 @@ class _Stack:
         if runs:
             out["services"] = {n: lc_figures(r.arrivals_s, r.latencies_ms, r.cfg) for n, r in zip(self.names, runs)}
         if be is not None:
-            out["be"] = be_figures(be.be_done_s, self.be_cfg)
+            out["be"] = be_figures(be.be_done_s, self.be_cfg, be.be_steps)
         return {**out, **extra}
 
 
