@@ -91,7 +91,9 @@ for w in "${what[@]}"; do
       done ;;
     study)
       for pair in ${STUDY_PAIRS:-training batch_inference}; do
+        # the static splits up to 0.75 of the TPCs for inference, so the line reaches lithos' p99
         python3 -m lithos_atom.bench --ml --ml-pairs "$pair" --rounds "${ROUNDS:-3}" --ml-duration "${ML_DURATION:-4}" \
+          --static-sweep "${STATIC_SWEEP:-0.25,0.375,0.625,0.75}" \
           --load "${LOADS:-0.5}" --json "$STAGE/bench-study-$pair.json" --plot "$STAGE/plots-study-$pair" 2>&1 \
           | tee "$STAGE/bench-study-$pair.log" | tail -60
         [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
