@@ -19,10 +19,7 @@ LEND_MODES = ("gated", "priority", "none")
 
 @dataclasses.dataclass(frozen=True)
 class Policy:
-    """Scheduling policy.
-
-    The measurements behind the defaults are in ``bench/results/NOTES-policy.md`` and the
-    NOTES.md of each run it cites.
+    """Scheduling policy: each attribute states what it decides and why its default.
 
     Attributes
     ----------

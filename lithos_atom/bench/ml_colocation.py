@@ -151,44 +151,26 @@ class MLColocationConfig:
         launches its kernels one by one from Python (host time then sets most of a
         request's latency). The simulated device models no host time, so there both read alike.
     lc_share : float
-        Fraction of the TPCs owned by the LC tenant in the partitioned scenarios. On the
-        H200 the inference tail hardly moved between a half and three quarters of the TPCs
-        (static split p99 4.05 and 4.30 ms in run2 of bench/results/h200-2026-12-04-*)
-        while the best-effort job's home halved, so the default is a half.
+        Fraction of the TPCs owned by the LC tenant in the partitioned scenarios; a half,
+        since more hardly lowered the inference tail while it halved the best-effort home.
     static_sweep : tuple of float
         Further LC shares at which the static split runs too (scenarios
         ``static_split@<share>``, after ``static_split``), when ``static_split`` is
         selected: a larger share buys the inference tail with best-effort throughput, and
-        `ml_figures.summarize_pair` compares lithos with the best static split at lithos' p99. The
-        default shares are smaller than `lc_share`: those are the splits that give the
-        best-effort job more at a higher tail, the ones lithos competes with. On the H200
-        (bench/results/h200-2026-12-04-run7-diag-share) they gave training 0.57 and 0.69
-        of alone at inference p99s of 4.2 and 5.3 ms, against 0.50 at 3.5 ms for a half;
-        larger shares (run3: 0.625 and 0.75) lost training without lowering the tail.
+        `ml_figures.summarize_pair` compares lithos with the best static split at lithos' p99.
+        The default shares are smaller than `lc_share`: the splits that give the best-effort
+        job more at a higher tail, the ones lithos competes with (``--static-sweep`` adds
+        larger ones where the line must reach lithos' p99).
     mps_steal_max_block_us : float or None
         `Policy.steal_max_block_us` of the best-effort process's scheduler under lithos
         across processes (``lithos_mps``); None keeps the `Policy` default, 1.5 ms, as
-        lithos in one process does. Beside training on the H200, 4 ms blocks (the
-        weight-gradient SGEMM's ~1.1 ms blocks then steal too) raised training from
-        0.56-0.72 to 0.72-0.86 of alone, and from 1.00-1.38x to 1.41-1.80x the
-        per-process static line at their p99, in every interleaved round (runs 17, 18 and
-        20 of bench/results/h200-2026-12-04-*). Their inference p99 was 1.17-1.54x alone
-        against 1.06-1.44x: 0.26-0.46 ms higher on a quiet host, from 0.40 ms lower to
-        0.38 ms higher on noisier ones, and 1.40x against 1.20x alone in two runs of the
-        bench back to back on one host (run21). The tail is what the inference service is
-        promised, so the default stays. With `training_gemm_max_k` (the default) no
-        training block runs longer than 1.5 ms, and the two limits steal alike (run24).
+        lithos in one process does: longer blocks raised training but also the inference
+        tail, which is what the service is promised.
     training_gemm_max_k : int or None
         `MLPConfig.gemm_max_k` of the training job, in every scenario alike (alone too):
-        its GEMMs that reduce over more than this run deterministic split-K. At the
-        default sizes the weight gradients reduce over the 4096-row batch, the down
-        projection and the input gradient over the 8192-wide hidden layer; unsplit, their
-        128x128 blocks ran about 1.1 ms and longer on the H200 (the up projection's, over
-        2048, about half that), and a block cannot be preempted: under the 1.5 ms
-        steal-block limit the longest could not borrow the inference TPCs (about 0.46 of
-        the best-effort time ran on them, against 0.75 with a 4 ms limit, which raised the
-        inference tail; runs 17-23 of bench/results/h200-2026-12-04-*). None runs them
-        unsplit.
+        its GEMMs that reduce over more than this run deterministic split-K, so no training
+        block runs longer than the 1.5 ms steal-block limit (a block cannot be preempted).
+        None runs them unsplit.
     slo_mult : float
         The LC SLO is this multiple of the LC-alone p99 (unless `slo_ms` is given).
     slo_ms : float or None
