@@ -248,10 +248,17 @@ def host_register(address: int, size: int) -> int:
         _check("cuMemHostUnregister", lib.cuMemHostUnregister(address))
         code = lib.cuMemHostRegister_v2(address, size, flags)
     _check("cuMemHostRegister", code)
+    return _mapped_address(address, lib.cuMemHostUnregister)
+
+
+def _mapped_address(address: int, release: Callable[[int], Any]) -> int:
+    """The device address of page-locked, device-mapped host memory at ``address``
+    (``cuMemHostGetDevicePointer``); where the driver has none, ``release(address)`` gives
+    the memory back before the error is raised."""
     device = ctypes.c_uint64()
-    code = lib.cuMemHostGetDevicePointer_v2(ctypes.byref(device), address, 0)
+    code = _lib().cuMemHostGetDevicePointer_v2(ctypes.byref(device), address, 0)
     if code:
-        lib.cuMemHostUnregister(address)
+        release(address)
         _check("cuMemHostGetDevicePointer", code)
     return int(device.value)
 
@@ -264,12 +271,8 @@ def host_alloc_mapped(size: int) -> tuple[int, int]:
     host = _P()
     _check("cuMemHostAlloc", lib.cuMemHostAlloc(ctypes.byref(host), size,
                                                 HOST_REGISTER_PORTABLE | HOST_REGISTER_DEVICEMAP))
-    device = ctypes.c_uint64()
-    code = lib.cuMemHostGetDevicePointer_v2(ctypes.byref(device), host, 0)
-    if code:
-        lib.cuMemFreeHost(host)
-        _check("cuMemHostGetDevicePointer", code)
-    return int(host.value or 0), int(device.value)
+    address = int(host.value or 0)
+    return address, _mapped_address(address, lib.cuMemFreeHost)
 
 
 def host_free(address: int) -> None:

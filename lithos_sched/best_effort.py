@@ -195,11 +195,11 @@ class BestEffortPlacement:
         return {id(home): blocks - stolen_blocks, id(stolen): stolen_blocks}
 
     def _guard_stranded(self, tenant: Tenant, gates: Sequence[Gate]) -> None:
-        """While ``tenant`` has atoms queued behind gates (`_behind_gate`), have the keeper look at them
+        """While ``tenant`` has atoms queued behind gates (`_behind_gates`), have the keeper look at them
         every `Policy.request_hold_max_us`: an atom that waited behind a closed gate
         through a whole such period gets the gate forced for it (`Gate.force`) until
         every atom queued then has started (see `GateKeeper`)."""
-        if tenant.name in self._stranded_guards or not any(self._behind_gate(r) for r in tenant.book.inflight):
+        if tenant.name in self._stranded_guards or not self._behind_gates(tenant):
             return
         self._stranded_guards.add(tenant.name)
         tl = self.timeline
@@ -209,8 +209,7 @@ class BestEffortPlacement:
             if self._gate_keeper.failed is not None:
                 self._stranded_guards.discard(tenant.name)
                 return  # the keeper failed open: every gate stays forced
-            # a snapshot, not the tenant's lock: its thread holds that for a whole launch
-            stolen = [r for r in tuple(tenant.book.inflight) if self._behind_gate(r)]
+            stolen = self._behind_gates(tenant)
             # by id, the events kept alive with them: a freed event's id may be a new one's
             waiting = {id(r.start): r.start for r in stolen if not tl.done(r.start)}
             waited = waiting.keys() & seen_waiting.keys()
@@ -230,10 +229,14 @@ class BestEffortPlacement:
 
         self._gate_keeper.at(tl.now_us() + period_us, lambda: check({}))
 
-    def _behind_gate(self, record: AtomRecord) -> bool:
-        """Whether the atom of ``record`` waited behind gates: on stolen TPCs, or at home
-        while latency-critical tenants borrow them (`Policy.lend_best_effort_tpcs`)."""
-        return record.stolen or (record.tenant.priority is Priority.BEST_EFFORT and bool(self._home_gates()))
+    def _behind_gates(self, tenant: Tenant) -> list[AtomRecord]:
+        """``tenant``'s atoms in flight that waited behind gates: on stolen TPCs, and at home
+        too while latency-critical tenants borrow them (`Policy.lend_best_effort_tpcs`); a
+        snapshot, not the tenant's lock (its thread holds that for a whole launch)."""
+        inflight = tuple(tenant.book.inflight)
+        if tenant.priority is Priority.BEST_EFFORT and self._home_gates():
+            return list(inflight)
+        return [r for r in inflight if r.stolen]
 
     def _may_steal(self, tenant: Tenant, plan: LaunchPlan) -> bool:
         """Whether ``plan``'s atoms may run on stolen TPCs: stealing is on and what cannot

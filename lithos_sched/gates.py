@@ -57,8 +57,7 @@ class GateMemory:
         self._anchor = ctypes.c_char.from_buffer(mapping)  # pins the buffer: its address must not move
         self.host_address = ctypes.addressof(self._anchor)
         self.words = np.frombuffer(mapping, dtype=np.uint32, count=PAGE_BYTES // 4)
-        self._shared = shared
-        self._pinned = False  # the words moved to driver-allocated memory (`device_address`)
+        self._shared = shared  # else its words move to a page the driver allocates (`device_address`)
         self._device_address: int | None = None
         self._lock = threading.Lock()
 
@@ -90,7 +89,7 @@ class GateMemory:
                     host, device = driver_calls.in_cupy_context(driver_calls.host_alloc_mapped, PAGE_BYTES)
                     words = np.ctypeslib.as_array((ctypes.c_uint32 * (PAGE_BYTES // 4)).from_address(host))
                     words[:] = self.words
-                    self.words, self.host_address, self._pinned = words, host, True
+                    self.words, self.host_address = words, host
                     self._device_address = device
             return self._device_address
 
@@ -107,7 +106,7 @@ class GateMemory:
                 from lithos_atom import driver_calls
                 from lithos_sched.faults import is_sticky
 
-                release = driver_calls.host_free if self._pinned else driver_calls.host_unregister
+                release = driver_calls.host_unregister if self._shared else driver_calls.host_free
                 try:
                     driver_calls.in_cupy_context(release, self.host_address)
                 except Exception as exc:
